@@ -1,0 +1,29 @@
+# Shared settings of tests/cluster/up and tests/cluster/down. Sourced, not run.
+# shellcheck shell=bash
+
+K8S_VERSION="${K8S_VERSION:-v1.33.13}"
+KDEV_CACHE="${KDEV_CACHE:-$HOME/.cache/kdev}"
+K8S_BIN="$KDEV_CACHE/k8s/$K8S_VERSION/bin"
+
+# Everything the running cluster owns lives below these two directories; `down` removes both.
+STATE="${KDEV_CLUSTER_STATE:-/var/lib/kdev-cluster}"
+RUN="${KDEV_CLUSTER_RUN:-/run/kdev-cluster}"
+
+NODE_NAME="kdev-node"
+# The pods' bridge. Its address is also the node IP and the API server's advertised address, so
+# nothing the cluster does needs the VM's own network interface.
+BRIDGE="kdev0"
+POD_CIDR="10.244.0.0/24"
+NODE_IP="10.244.0.1"
+SERVICE_CIDR="10.96.0.0/24"
+KUBERNETES_SVC_IP="10.96.0.1"
+APISERVER_PORT=6443
+ETCD_CLIENT_PORT=23790
+ETCD_PEER_PORT=23800
+CONTAINERD_SOCK="$RUN/containerd/containerd.sock"
+ISOLATE_CHAIN="KDEV-ISOLATE"
+
+ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'cluster: error: %s\n' "$*" >&2; exit 1; }

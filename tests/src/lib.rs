@@ -1,0 +1,223 @@
+//! Shared helpers for kdev's end-to-end tests, which run against a real Kubernetes cluster
+//! (`tests/cluster/up` starts one on this machine; any cluster named by `KUBECONFIG` works).
+//!
+//! Tests never skip: without a reachable cluster they fail and say how to start one.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{Api, AttachParams, DeleteParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The sidecar image: Go toolchain, Delve, busybox (sh, tar). Built by tests/cluster/build-images.
+pub const TOOLCHAIN_IMAGE: &str = "kdev.local/go-toolchain:dev";
+/// The example Gin service, built static into an image with no shell.
+pub const APP_IMAGE: &str = "kdev.local/gin-hello:dev";
+
+/// A client for the cluster named by `KUBECONFIG` (or the default kubeconfig), with an error
+/// that says how to get one when there is none.
+pub async fn client() -> Result<Client> {
+    let client = Client::try_default().await.context(
+        "no Kubernetes cluster configured: start the test cluster with `sudo tests/cluster/up` \
+         and export the KUBECONFIG it prints, or point KUBECONFIG at another cluster",
+    )?;
+    client
+        .apiserver_version()
+        .await
+        .context("the Kubernetes API server named by KUBECONFIG does not answer; is the cluster up?")?;
+    Ok(client)
+}
+
+/// A uniquely named namespace that is deleted when the value is dropped, so a failing test does
+/// not leave its pods behind.
+pub struct TestNamespace {
+    client: Client,
+    name: String,
+}
+
+impl TestNamespace {
+    /// Create `<prefix>-<random>` and wait for its default ServiceAccount (pods cannot be created
+    /// before the controller-manager has made it).
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": name, "labels": { "kdev.dev/test": "true" } }
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        let this = TestNamespace { client: client.clone(), name };
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &this.name);
+        poll_until(Duration::from_secs(60), "the namespace's default ServiceAccount", || {
+            let sas = sas.clone();
+            async move { Ok(sas.get_opt("default").await?.is_some()) }
+        })
+        .await?;
+        Ok(this)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        // Drop cannot be async; delete from a thread with its own runtime and wait for the
+        // request (not for the namespace to finish terminating).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Poll `check` every 200 ms until it returns true, or fail after `timeout` naming `what`.
+pub async fn poll_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wait until the pod is Running with every container ready, or fail with its status.
+pub async fn wait_pod_running(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<Pod> {
+    let running = await_condition(pods.clone(), name, conditions::is_pod_running());
+    match tokio::time::timeout(timeout, running).await {
+        Ok(Ok(Some(pod))) => Ok(pod),
+        Ok(Ok(None)) => bail!("pod {name} was deleted while waiting for it to run"),
+        Ok(Err(e)) => Err(e).context(format!("watching pod {name}")),
+        Err(_) => {
+            let pod = pods.get(name).await?;
+            bail!(
+                "pod {name} not running after {timeout:?}: {}",
+                serde_json::to_string_pretty(&pod.status).unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// What a command run through `exec` produced.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// `Success` or `Failure` as the API server reported it.
+    pub status: String,
+    pub message: Option<String>,
+}
+
+impl ExecOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Fail with the command's stderr unless it succeeded.
+    pub fn ok(self) -> Result<Self> {
+        if self.status == "Success" {
+            Ok(self)
+        } else {
+            bail!(
+                "command failed ({}): {}; stderr: {}",
+                self.status,
+                self.message.as_deref().unwrap_or(""),
+                String::from_utf8_lossy(&self.stderr)
+            )
+        }
+    }
+}
+
+/// Run `command` in a container through the exec API, feeding it `stdin` if given.
+///
+/// kube's exec needs care: stdout and stderr must be drained while stdin is written (or the
+/// stream stalls once a buffer fills), stdin must be shut down explicitly (dropping the writer
+/// does not send EOF), and the `AttachedProcess` must be kept until its status has arrived.
+pub async fn exec(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    command: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput> {
+    let params = AttachParams::default()
+        .container(container)
+        .stdin(stdin.is_some())
+        .stdout(true)
+        .stderr(true);
+    let mut proc = pods
+        .exec(pod, command.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &params)
+        .await
+        .with_context(|| format!("exec {command:?} in {pod}/{container}"))?;
+    let mut out = proc.stdout().context("no stdout stream")?;
+    let mut err = proc.stderr().context("no stderr stream")?;
+    let status = proc.take_status().context("no status stream")?;
+    let read_out = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        out.read_to_end(&mut buf).await.map(|_| buf)
+    });
+    let read_err = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        err.read_to_end(&mut buf).await.map(|_| buf)
+    });
+    if let Some(input) = stdin {
+        let mut w = proc.stdin().context("no stdin stream")?;
+        w.write_all(input).await.context("writing to the command's stdin")?;
+        w.shutdown().await.context("closing the command's stdin")?;
+    }
+    let status = status.await;
+    let stdout = read_out.await??;
+    let stderr = read_err.await??;
+    proc.join().await.context("exec stream")?;
+    let (status, message) = match status {
+        Some(s) => (s.status.unwrap_or_default(), s.message),
+        None => ("Unknown".to_string(), Some("the exec stream ended without a status".into())),
+    };
+    Ok(ExecOutput { stdout, stderr, status, message })
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
+}
