@@ -1,0 +1,67 @@
+//! The wire protocol between the `kdev` CLI and the in-pod `kdev-controller serve`.
+//!
+//! Both sides depend on this crate, so it stays light: serde, serde_json, thiserror, blake3
+//! and (behind the `tokio` feature) tokio's I/O traits. It holds no process handling.
+//!
+//! # Transport
+//!
+//! One long-lived byte stream (the exec stream's stdin/stdout). The stream carries **frames**:
+//! a `u32` big-endian length followed by that many payload bytes. A frame larger than
+//! [`MAX_FRAME_SIZE`] is refused *before* anything is allocated for it ([`frame`]).
+//!
+//! # Message encoding
+//!
+//! A frame's payload is one message: a `u32` big-endian header length, the header as JSON
+//! (UTF-8), then an optional raw binary body (only [`ClientMessage::Patch`] has one: its tar).
+//! See [`codec`].
+//!
+//! Why JSON plus raw bytes rather than a compact binary serde format (postcard, bincode):
+//!
+//! * The only bulky data is file content, and it travels as raw bytes in the body, never
+//!   through serde, so JSON's size overhead only applies to small control messages (a
+//!   reconcile listing of 10 000 files is about 1.5 MB, once per session).
+//! * JSON is self-describing: a newer peer can add fields and an older one ignores them, and the
+//!   handshake can read `protocol_version` out of a `Hello` whose other fields it does not
+//!   understand, so a version mismatch always produces the clear error rather than a decode
+//!   failure. Positional formats cannot do that.
+//! * It is debuggable (`kdev-controller serve` logs and test failures show readable messages),
+//!   and `serde_json` is already a dependency of the CLI.
+//!
+//! # Conversation
+//!
+//! 1. Client → [`ClientMessage::Hello`] (protocol version, client version, [`SessionConfig`]).
+//!    Server → [`ServerMessage::Welcome`], or [`ServerMessage::Error`] with
+//!    `code = "protocol_version_mismatch"` and exits non-zero. [`handshake::client_handshake`]
+//!    (and its async twin) does this step.
+//! 2. Client → [`ClientMessage::Reconcile`]; server → [`ServerMessage::ReconcileResult`] with
+//!    every entry under the sync root ([`Entry`]: path, kind, size, mode, BLAKE3 hash).
+//! 3. Client → [`ClientMessage::Patch`] (deletions + a tar of changed files); server →
+//!    [`ServerMessage::PatchResult`], then, if a build runs, [`Event`]s: `BuildStarted`,
+//!    `BuildFinished`, `Restarted`, `Ready` (and `AppExited`, `AppOutput`, `Warning` at any time).
+//! 4. Client closes stdin (or sends [`ClientMessage::Bye`]) to end the session.
+//!
+//! Requests carry a client-chosen `id` that the matching response echoes.
+
+pub mod codec;
+pub mod frame;
+pub mod handshake;
+pub mod hash;
+pub mod messages;
+pub mod paths;
+
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
+
+pub use codec::{WireMessage, decode_message, encode_message};
+pub use frame::{FrameError, MAX_FRAME_SIZE, read_frame, read_message, write_frame, write_message};
+pub use handshake::{HandshakeError, check_hello, client_handshake};
+pub use hash::{ContentHash, hash_bytes, hash_file, hash_reader};
+pub use messages::*;
+pub use paths::{PathError, normalize_wire_path, wire_path_from_relative, wire_path_to_relative};
+
+/// The protocol version this crate speaks. Bump it on any incompatible change to the framing
+/// or to the meaning of existing messages; additive fields do not need a bump.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The version of this crate (and of the controller and CLI built with it).
+pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

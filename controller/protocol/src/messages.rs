@@ -1,0 +1,561 @@
+//! Message types. Client → server: [`ClientMessage`]; server → client: [`ServerMessage`].
+//!
+//! JSON shape: both enums are internally tagged by `"type"` (snake_case), e.g.
+//! `{"type":"ping","id":3}`; [`Event`]s are tagged by `"kind"`. Durations are milliseconds in
+//! fields ending in `_ms`; wall-clock times are Unix milliseconds in fields ending in `_at_ms`.
+//! Paths on the wire are relative to the sync root, `/`-separated, never `..` or absolute (see
+//! [`crate::paths`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, WireMessage};
+
+// ---------------------------------------------------------------------------------------------
+// Client → server
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message of a session.
+    Hello(Hello),
+    /// Ask for the listing of the sync root.
+    Reconcile(Reconcile),
+    /// Deletions plus a tar of added/changed files (the tar is the frame's binary body).
+    Patch(Patch),
+    /// Build now, whatever changed (e.g. the user pressed "rebuild").
+    Build(BuildRequest),
+    /// Restart the app without building (SIGHUP to the supervisor).
+    Restart(RestartRequest),
+    /// Liveness check; answered by [`ServerMessage::Pong`].
+    Ping(Ping),
+    /// End the session cleanly (closing stdin does the same).
+    Bye,
+}
+
+/// The handshake request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal the server's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The client's version string (e.g. `kdev 0.3.1`), shown in mismatch errors.
+    pub client_version: String,
+    #[serde(default)]
+    pub config: SessionConfig,
+}
+
+/// Per-session settings chosen by the CLI (from kdev.yaml). Every field has a default, so `{}`
+/// is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionConfig {
+    /// Absolute sync root in the pod; `None` = the controller's `--src-dir` (default `/kdev/src`).
+    pub sync_root: Option<String>,
+    pub build: BuildConfig,
+    /// The app's TCP port; when set, `Ready` is reported once `127.0.0.1:<port>` accepts.
+    pub app_port: Option<u16>,
+    /// How long to wait for the port after a restart before reporting `NotReady` (default 60 s).
+    pub ready_timeout_ms: Option<u64>,
+    /// Which changed paths trigger a build in [`BuildMode::Auto`]: each pattern is either a
+    /// suffix starting with `.` (`.go`), or a file name (`go.mod`) matched against the last path
+    /// component, or a directory prefix ending in `/` (`assets/`). `None` = every change
+    /// triggers a build (the safe default: `//go:embed` can pull in any file).
+    pub build_inputs: Option<Vec<String>>,
+    /// Forward the app's stdout/stderr lines as [`Event::AppOutput`] (default true).
+    pub forward_app_output: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            sync_root: None,
+            build: BuildConfig::default(),
+            app_port: None,
+            ready_timeout_ms: None,
+            build_inputs: None,
+            forward_app_output: true,
+        }
+    }
+}
+
+/// How to build the app. The default command is
+/// `go build -o <bin-dir>/app.next <flags...> <package>` run in the sync root with
+/// `CGO_ENABLED=0` and GOCACHE/GOMODCACHE on the cache volume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuildConfig {
+    /// Replace the whole command (argv, no shell). `{output}` and `{package}` in any argument are
+    /// replaced by the output path (`app.next`) and the package. The command must write the
+    /// binary to `{output}`.
+    pub command: Option<Vec<String>>,
+    /// Package to build, relative to the sync root (default `.`).
+    pub package: Option<String>,
+    /// Extra flags for `go build` (e.g. `-gcflags=all=-N -l`, `-tags=dev`), inserted before the
+    /// package. Ignored when `command` is set.
+    pub flags: Vec<String>,
+    /// Extra environment for the build; overrides the controller's defaults.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Request the sync root listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub id: u64,
+}
+
+/// A change set. Deletions are applied first, then the tar's entries in order, so a rename is a
+/// delete plus an add and a file can be replaced by a directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Patch {
+    pub id: u64,
+    /// Paths to delete (files, symlinks, or whole directories). Missing paths are not errors.
+    #[serde(default)]
+    pub deletes: Vec<String>,
+    #[serde(default)]
+    pub build: BuildMode,
+    /// An uncompressed tar (ustar/GNU/PAX) of regular files, directories and in-root symlinks.
+    /// Travels as the frame's binary body, not in the JSON.
+    #[serde(skip)]
+    pub tar: Vec<u8>,
+}
+
+/// Whether a patch should be followed by a build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildMode {
+    /// Build if the patch touched a build input, or if the tree is still unbuilt (a previous
+    /// build failed or was cancelled, or no app binary exists). An empty patch in this mode means
+    /// "build if needed" (send it after the initial reconcile).
+    #[default]
+    Auto,
+    /// Build even if nothing relevant changed.
+    Always,
+    /// Do not build (the tree is still marked as needing one).
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    pub id: u64,
+}
+
+impl WireMessage for ClientMessage {
+    fn body(&self) -> &[u8] {
+        match self {
+            ClientMessage::Patch(p) => &p.tar,
+            _ => &[],
+        }
+    }
+    fn set_body(&mut self, body: Vec<u8>) -> Result<(), CodecError> {
+        match self {
+            ClientMessage::Patch(p) => {
+                p.tar = body;
+                Ok(())
+            }
+            _ if body.is_empty() => Ok(()),
+            other => Err(CodecError::UnexpectedBody(other.kind())),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello(_) => "hello",
+            ClientMessage::Reconcile(_) => "reconcile",
+            ClientMessage::Patch(_) => "patch",
+            ClientMessage::Build(_) => "build",
+            ClientMessage::Restart(_) => "restart",
+            ClientMessage::Ping(_) => "ping",
+            ClientMessage::Bye => "bye",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server → client
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome(Welcome),
+    /// A request failed (`fatal == false`, the session goes on) or the session ends
+    /// (`fatal == true`, the server exits non-zero after sending it).
+    Error(ErrorMessage),
+    ReconcileResult(ReconcileResult),
+    PatchResult(PatchResult),
+    /// Something happened; `at_ms` is milliseconds since the Welcome on the server's monotonic
+    /// clock, so phases can be laid out on one time line.
+    Event {
+        at_ms: u64,
+        event: Event,
+    },
+    Pong(Ping),
+}
+
+/// The handshake answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    /// e.g. `0.1.0`.
+    pub controller_version: String,
+    /// The effective sync root (absolute path in the pod).
+    pub sync_root: String,
+    /// Where the built app lives (`/kdev/bin/app`).
+    pub app_binary: String,
+    pub app_binary_present: bool,
+    /// True when the tree has changes that were never built successfully, or no app binary
+    /// exists. A `Patch` with `build: auto` (possibly empty) will build.
+    pub needs_build: bool,
+    /// PID of `kdev-controller supervise` (from its PID file), if one is running.
+    pub supervisor_pid: Option<u32>,
+    /// The supervisor's last status report, if any.
+    pub app_status: Option<AppStatus>,
+    /// Largest frame the server accepts.
+    pub max_frame_size: u32,
+    pub limits: PatchLimits,
+}
+
+/// Limits the server enforces on one patch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchLimits {
+    pub max_entries: u32,
+    pub max_file_size: u64,
+    pub max_total_size: u64,
+    /// Largest PAX extended header or GNU long name/link the server accepts.
+    pub max_extension_header: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Stable machine-readable code, e.g. `protocol_version_mismatch`, `bad_frame`,
+    /// `bad_message`, `reconcile_failed`, `unexpected_message`.
+    pub code: String,
+    /// Human-readable, says what to do.
+    pub message: String,
+    pub fatal: bool,
+    /// The request this answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// The sync root listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileResult {
+    pub id: u64,
+    pub root: String,
+    /// Every file, directory (empty or not) and symlink under the root, sorted by path. The
+    /// root itself is not listed.
+    pub entries: Vec<Entry>,
+    /// Names that cannot be represented (not UTF-8) or could not be read, with the reason.
+    #[serde(default)]
+    pub skipped: Vec<Refused>,
+    pub elapsed_ms: u64,
+    /// Files whose hash came from the cache rather than being read.
+    pub cached: u32,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative, `/`-separated.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Bytes for files, target length for symlinks, 0 for directories.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// BLAKE3 of the content, lowercase hex (files only); see [`crate::hash`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Symlink target as stored (symlinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// A path that was not applied (or not listed), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The entry's path as given (may be unsafe, e.g. `../x`; `<archive>` for archive-level
+    /// errors).
+    pub path: String,
+    pub reason: String,
+}
+
+/// The outcome of one patch. Valid entries are applied even when others are refused; `complete`
+/// says whether everything was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchResult {
+    pub id: u64,
+    /// True when every deletion and every tar entry was applied.
+    pub complete: bool,
+    /// Paths written (files, symlinks) or created (directories), in archive order.
+    pub applied: Vec<String>,
+    /// Deletion paths handled (including ones that were already absent).
+    pub deleted: Vec<String>,
+    /// Entries and deletions that were not applied, with the reason.
+    pub refused: Vec<Refused>,
+    /// Regular files written and their total bytes.
+    pub files: u32,
+    pub bytes: u64,
+    /// Time to apply, from receipt of the frame.
+    pub elapsed_ms: u64,
+    /// The build this patch cancelled (it was running when the patch arrived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_build: Option<u64>,
+    /// The build started after this patch, if any (its events follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<u64>,
+}
+
+/// Asynchronous notifications, wrapped in [`ServerMessage::Event`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    BuildStarted {
+        build_id: u64,
+        /// Patches whose changes this build includes.
+        patch_ids: Vec<u64>,
+        /// The `Build` request that asked for it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<u64>,
+        command: Vec<String>,
+    },
+    BuildFinished {
+        build_id: u64,
+        outcome: BuildOutcome,
+        exit_code: Option<i32>,
+        elapsed_ms: u64,
+        /// Combined stdout+stderr, sync-root prefixes stripped (paths are relative, `./x.go`).
+        output: String,
+        output_truncated: bool,
+        /// The new binary was moved to the app path (only on success).
+        installed: bool,
+    },
+    /// The supervisor started the new binary (after a build or a `Restart` request).
+    Restarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_id: Option<u64>,
+        pid: u32,
+        /// From sending SIGHUP to seeing the new PID.
+        elapsed_ms: u64,
+        /// Of that, how long stopping the old process took (from the supervisor's status).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_ms: Option<u64>,
+    },
+    /// The app's port accepts connections.
+    Ready {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_id: Option<u64>,
+        pid: u32,
+        port: u16,
+        /// From the new process starting to the port accepting.
+        elapsed_ms: u64,
+        /// From sending SIGHUP to the port accepting.
+        since_signal_ms: u64,
+    },
+    /// The port did not accept in time, or the app exited first.
+    NotReady {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_id: Option<u64>,
+        port: u16,
+        waited_ms: u64,
+        reason: String,
+    },
+    /// Restart could not be requested or did not happen (e.g. no supervisor PID file).
+    RestartFailed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_id: Option<u64>,
+        reason: String,
+    },
+    /// The supervisor started a process that serve did not ask for (crash restart, first start).
+    AppStarted {
+        pid: u32,
+        starts: u64,
+    },
+    AppExited {
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+        /// True when the supervisor stopped it (restart or shutdown), false for a crash/exit.
+        expected: bool,
+        runtime_ms: u64,
+        /// When the supervisor will start it again (crash backoff).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_start_in_ms: Option<u64>,
+        /// The app's last output lines (up to 20).
+        last_output: Vec<OutputLine>,
+    },
+    AppOutput {
+        pid: u32,
+        stream: Stream,
+        line: String,
+    },
+    /// Output lines were dropped because the client did not keep up.
+    AppOutputDropped {
+        lines: u64,
+    },
+    Warning {
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildOutcome {
+    Succeeded,
+    /// The command exited non-zero (compile error).
+    Failed,
+    /// Killed because a newer patch arrived.
+    Cancelled,
+    /// Could not run at all (command not found, output missing, rename failed).
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub stream: Stream,
+    pub line: String,
+}
+
+impl WireMessage for ServerMessage {
+    fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome(_) => "welcome",
+            ServerMessage::Error(_) => "error",
+            ServerMessage::ReconcileResult(_) => "reconcile_result",
+            ServerMessage::PatchResult(_) => "patch_result",
+            ServerMessage::Event { .. } => "event",
+            ServerMessage::Pong(_) => "pong",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervisor status (the file `<kdev-dir>/run/app-status.json`)
+// ---------------------------------------------------------------------------------------------
+
+/// What `kdev-controller supervise` writes (atomically, as JSON) to
+/// `<kdev-dir>/run/app-status.json` on every change; `serve` watches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppStatus {
+    pub supervisor_pid: u32,
+    pub state: AppState,
+    /// The running child's PID (also its process group id).
+    pub pid: Option<u32>,
+    /// How many times a child was started (1 after the first start).
+    pub starts: u64,
+    /// Unix ms when the current child started.
+    pub started_at_ms: Option<u64>,
+    pub command: Vec<String>,
+    pub last_exit: Option<ExitInfo>,
+    /// Crash backoff: Unix ms of the next start attempt.
+    pub next_start_at_ms: Option<u64>,
+    /// The last completed SIGHUP restart.
+    pub last_restart: Option<RestartInfo>,
+    /// e.g. "exec /kdev/bin/app: No such file or directory".
+    pub last_error: Option<String>,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    /// Waiting for `--wait-for` to exist.
+    #[default]
+    Waiting,
+    Running,
+    /// Exited on its own; waiting out the backoff delay.
+    Backoff,
+    /// Being stopped (restart or shutdown).
+    Stopping,
+    /// The supervisor is exiting.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExitInfo {
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at_ms: u64,
+    pub runtime_ms: u64,
+    /// Stopped by the supervisor (restart/shutdown) rather than exiting on its own.
+    pub expected: bool,
+    /// The `starts` value of the process that exited.
+    pub start_seq: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestartInfo {
+    pub requested_at_ms: u64,
+    /// How long stopping the old process group took (0 if none was running).
+    pub stop_ms: u64,
+    /// Whether SIGKILL was needed after the grace period.
+    pub killed: bool,
+    pub started_at_ms: u64,
+    /// The `starts` value of the process it started.
+    pub start_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shapes_are_stable() {
+        let m = ClientMessage::Ping(Ping { id: 3 });
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"ping","id":3}"#
+        );
+        let e = ServerMessage::Event {
+            at_ms: 5,
+            event: Event::AppOutputDropped { lines: 2 },
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"event","at_ms":5,"event":{"kind":"app_output_dropped","lines":2}}"#
+        );
+        let h: ClientMessage =
+            serde_json::from_str(r#"{"type":"hello","protocol_version":1,"client_version":"x"}"#)
+                .unwrap();
+        match h {
+            ClientMessage::Hello(h) => assert!(h.config.forward_app_output),
+            _ => panic!(),
+        }
+        let b: ClientMessage = serde_json::from_str(r#"{"type":"bye"}"#).unwrap();
+        assert_eq!(b, ClientMessage::Bye);
+    }
+}

@@ -1,0 +1,203 @@
+//! Path rules shared by both sides.
+//!
+//! A *wire path* is relative to the sync root, uses `/` as separator, has no empty, `.` or `..`
+//! components, is valid UTF-8 and contains no NUL. [`normalize_wire_path`] turns any acceptable
+//! spelling (`./a//b/`) into the canonical one (`a/b`) and refuses anything that could name a
+//! place outside the root. The CLI builds wire paths from local relative paths with
+//! [`wire_path_from_relative`] (this also converts Windows separators).
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path (it would name the sync root itself)")]
+    Empty,
+    #[error("absolute path {0:?}: only paths relative to the sync root are allowed")]
+    Absolute(String),
+    #[error("path {0:?} contains '..', which could escape the sync root")]
+    ParentDir(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("path {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("path {0:?} has a Windows drive or UNC prefix")]
+    Prefix(String),
+    #[error("symlink {link:?} points to {target:?}, which is outside the sync root")]
+    SymlinkEscapes { link: String, target: String },
+    #[error(
+        "symlink {link:?} points to absolute path {target:?}; only relative targets inside the sync root are allowed"
+    )]
+    SymlinkAbsolute { link: String, target: String },
+    #[error("symlink {0:?} has an empty target")]
+    SymlinkEmpty(String),
+}
+
+/// Canonicalise a wire path, refusing anything unsafe.
+pub fn normalize_wire_path(p: &str) -> Result<String, PathError> {
+    if p.contains('\0') {
+        return Err(PathError::Nul(p.into()));
+    }
+    if p.starts_with('/') {
+        return Err(PathError::Absolute(p.into()));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(PathError::ParentDir(p.into())),
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Err(PathError::Empty);
+    }
+    Ok(parts.join("/"))
+}
+
+/// Canonicalise a wire path given as raw bytes (e.g. a tar header).
+pub fn normalize_wire_path_bytes(p: &[u8]) -> Result<String, PathError> {
+    let s = std::str::from_utf8(p)
+        .map_err(|_| PathError::NotUtf8(String::from_utf8_lossy(p).into_owned()))?;
+    normalize_wire_path(s)
+}
+
+/// Turn a local relative path (as found under the CLI's project root) into a wire path.
+pub fn wire_path_from_relative(p: &Path) -> Result<String, PathError> {
+    let shown = || p.to_string_lossy().into_owned();
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::ParentDir(shown())),
+            Component::RootDir => return Err(PathError::Absolute(shown())),
+            Component::Prefix(_) => return Err(PathError::Prefix(shown())),
+            Component::Normal(s) => {
+                let s = s.to_str().ok_or_else(|| PathError::NotUtf8(shown()))?;
+                if s.contains('\0') {
+                    return Err(PathError::Nul(shown()));
+                }
+                parts.push(s);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(PathError::Empty);
+    }
+    Ok(parts.join("/"))
+}
+
+/// Turn a wire path into a relative filesystem path (after validating it).
+pub fn wire_path_to_relative(p: &str) -> Result<PathBuf, PathError> {
+    Ok(PathBuf::from(normalize_wire_path(p)?))
+}
+
+/// Check that a symlink at wire path `link` with target `target` stays inside the root when the
+/// target is resolved lexically relative to the link's directory. Absolute targets are refused.
+pub fn check_symlink_target(link: &str, target: &str) -> Result<(), PathError> {
+    let err_escape = || PathError::SymlinkEscapes {
+        link: link.into(),
+        target: target.into(),
+    };
+    if target.is_empty() {
+        return Err(PathError::SymlinkEmpty(link.into()));
+    }
+    if target.contains('\0') {
+        return Err(PathError::Nul(target.into()));
+    }
+    if target.starts_with('/') {
+        return Err(PathError::SymlinkAbsolute {
+            link: link.into(),
+            target: target.into(),
+        });
+    }
+    let link = normalize_wire_path(link)?;
+    // Depth of the link's directory below the root.
+    let mut depth: usize = link.split('/').count() - 1;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth = depth.checked_sub(1).ok_or_else(err_escape)?,
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize_wire_path("./a//b/").unwrap(), "a/b");
+        assert_eq!(
+            normalize_wire_path("dir with space/ünï.go").unwrap(),
+            "dir with space/ünï.go"
+        );
+        assert_eq!(normalize_wire_path("..a/b..").unwrap(), "..a/b..");
+    }
+
+    #[test]
+    fn refuses_unsafe() {
+        assert_eq!(normalize_wire_path(""), Err(PathError::Empty));
+        assert_eq!(normalize_wire_path("./"), Err(PathError::Empty));
+        assert!(matches!(
+            normalize_wire_path("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            normalize_wire_path("a/../../x"),
+            Err(PathError::ParentDir(_))
+        ));
+        assert!(matches!(
+            normalize_wire_path(".."),
+            Err(PathError::ParentDir(_))
+        ));
+        assert!(matches!(
+            normalize_wire_path("a\0b"),
+            Err(PathError::Nul(_))
+        ));
+        assert!(matches!(
+            normalize_wire_path_bytes(b"a\xff"),
+            Err(PathError::NotUtf8(_))
+        ));
+    }
+
+    #[test]
+    fn from_local() {
+        assert_eq!(
+            wire_path_from_relative(Path::new("./a/b.go")).unwrap(),
+            "a/b.go"
+        );
+        assert!(wire_path_from_relative(Path::new("../x")).is_err());
+        assert!(wire_path_from_relative(Path::new("/x")).is_err());
+    }
+
+    #[test]
+    fn symlink_targets() {
+        assert!(check_symlink_target("a/link", "../b").is_ok());
+        assert!(check_symlink_target("a/link", "./c/../../b").is_ok());
+        assert!(check_symlink_target("link", "sub/x").is_ok());
+        assert!(matches!(
+            check_symlink_target("link", "../x"),
+            Err(PathError::SymlinkEscapes { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target("a/link", "../../x"),
+            Err(PathError::SymlinkEscapes { .. })
+        ));
+        // Going above the root and coming back is still refused (lexical resolution).
+        assert!(matches!(
+            check_symlink_target("link", "../root/x"),
+            Err(PathError::SymlinkEscapes { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target("link", "/"),
+            Err(PathError::SymlinkAbsolute { .. })
+        ));
+        assert!(matches!(
+            check_symlink_target("link", ""),
+            Err(PathError::SymlinkEmpty(_))
+        ));
+    }
+}
