@@ -1,0 +1,3 @@
+module kdev.local/pause
+
+go 1.22
