@@ -1,0 +1,570 @@
+//! `kdev.yaml`: the project's kdev configuration.
+//!
+//! Every field has a default, so the smallest useful file names only what cannot be guessed
+//! (often nothing: the manifests in `k8s/` and their only Deployment). Unknown fields are errors,
+//! so a typo is reported with its line and column instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file kdev looks for in the project root.
+pub const FILE_NAME: &str = "kdev.yaml";
+/// Where the sources live in the pod unless `sync.remote` says otherwise.
+pub const DEFAULT_REMOTE_ROOT: &str = "/kdev/src";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad YAML or a field of the wrong shape: where, and what was expected.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed but not meaningful (e.g. a port of 0).
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The configuration as written in `kdev.yaml`.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Manifest files or directories to apply, relative to the project root. Default: `k8s/`.
+    #[serde(default)]
+    pub manifests: Vec<PathBuf>,
+    /// The workload that runs the app, as `kind/name` (e.g. `deployment/gin-hello`) or a bare
+    /// Deployment name. Default: the only Deployment in the manifests.
+    #[serde(default)]
+    pub workload: Option<WorkloadRef>,
+    /// The app's container in that workload. Default: the first container.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Namespace to deploy into. Default: the kubeconfig context's namespace, else `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// kubeconfig context to use. Default: the current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub build: BuildConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub run: RunConfig,
+    #[serde(default)]
+    pub sidecar: SidecarConfig,
+}
+
+/// How the app is built in the sidecar.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuildConfig {
+    /// The Go package to build, relative to the sync root. Default: `.`.
+    #[serde(default = "default_package")]
+    pub package: String,
+    /// Extra `go build` flags, e.g. `["-tags", "dev"]`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Extra environment for the build (`CGO_ENABLED=0` is the default).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            package: default_package(),
+            flags: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_package() -> String {
+    ".".to_string()
+}
+
+/// What is synced, from where to where.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncConfig {
+    /// Local directory to sync, relative to the project root. Default: the project root.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Directory in the pod. Default: `/kdev/src`.
+    #[serde(default = "default_remote")]
+    pub remote: String,
+    /// Extra exclude patterns, in `.gitignore` syntax (on top of `.gitignore`, `.kdevignore`,
+    /// `.git/` and kdev's own defaults).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            root: None,
+            remote: default_remote(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+fn default_remote() -> String {
+    DEFAULT_REMOTE_ROOT.to_string()
+}
+
+/// How the app runs in its container.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunConfig {
+    /// Arguments for the app. Default: the container's own `args` (and `command` past argv[0]).
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Ports to forward to localhost. Default: the container's `containerPort`s.
+    #[serde(default)]
+    pub ports: Option<Vec<PortSpec>>,
+    /// The port whose accepting connections means "ready". Default: the first port.
+    #[serde(default)]
+    pub ready_port: Option<u16>,
+    /// Signal that asks the app to stop. Default: SIGTERM.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// How long the app may take to stop before it is killed, e.g. `5s`, `500ms`. Default: 5s.
+    #[serde(default)]
+    pub grace_period: Option<DurationSpec>,
+}
+
+/// The sidecar that builds the app.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SidecarConfig {
+    /// An image with the Go toolchain and `sh`. Default: `golang:<go version of go.mod>`.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+/// `deployment/name`, `statefulset/name` or a bare Deployment name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+        };
+        write!(f, "{kind}/{}", self.name)
+    }
+}
+
+impl std::str::FromStr for WorkloadRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, name) = match s.split_once('/') {
+            Some((k, n)) => (k, n),
+            None => ("deployment", s),
+        };
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "deployment" | "deployments" | "deploy" => WorkloadKind::Deployment,
+            "statefulset" | "statefulsets" | "sts" => WorkloadKind::StatefulSet,
+            other => {
+                return Err(format!(
+                    "unsupported workload kind `{other}`: expected `deployment/NAME` or `statefulset/NAME`"
+                ));
+            }
+        };
+        if !is_dns_label(name) && !is_dns_subdomain(name) {
+            return Err(format!("`{name}` is not a valid Kubernetes object name"));
+        }
+        Ok(WorkloadRef {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkloadRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A port to forward: `8080` (same port locally) or `"9000:8080"` (local:remote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    pub local: u16,
+    pub remote: u16,
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        let parse = |s: &str| -> Result<u16, String> {
+            match s.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("`{s}` is not a port number (1-65535)")),
+                Ok(p) => Ok(p),
+            }
+        };
+        let spec = match Raw::deserialize(d)? {
+            Raw::Num(n) => {
+                let p = parse(&n.to_string()).map_err(serde::de::Error::custom)?;
+                PortSpec {
+                    local: p,
+                    remote: p,
+                }
+            }
+            Raw::Str(s) => match s.split_once(':') {
+                Some((l, r)) => PortSpec {
+                    local: parse(l).map_err(serde::de::Error::custom)?,
+                    remote: parse(r).map_err(serde::de::Error::custom)?,
+                },
+                None => {
+                    let p = parse(&s).map_err(serde::de::Error::custom)?;
+                    PortSpec {
+                        local: p,
+                        remote: p,
+                    }
+                }
+            },
+        };
+        Ok(spec)
+    }
+}
+
+/// A duration written as `5s`, `500ms`, `1m` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationSpec(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(DurationSpec(Duration::from_secs(n))),
+            Raw::Str(s) => parse_duration(&s)
+                .map(DurationSpec)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}` is not a duration like 500ms, 5s or 1m")),
+    }
+}
+
+impl Config {
+    /// Parse `kdev.yaml` text; `path` is only used in error messages. An empty file is the
+    /// default configuration.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Read and parse the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if !self.sync.remote.starts_with('/') {
+            return Err(invalid(
+                "sync.remote",
+                format!("`{}` must be an absolute path in the pod", self.sync.remote),
+            ));
+        }
+        if self.sync.remote.split('/').any(|c| c == "..") {
+            return Err(invalid(
+                "sync.remote",
+                format!("`{}` must not contain `..`", self.sync.remote),
+            ));
+        }
+        if let Some(ns) = &self.namespace {
+            if !is_dns_label(ns) {
+                return Err(invalid(
+                    "namespace",
+                    format!(
+                        "`{ns}` is not a valid namespace name (lowercase letters, digits and `-`, at most 63)"
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &self.container {
+            if !is_dns_label(c) {
+                return Err(invalid(
+                    "container",
+                    format!("`{c}` is not a valid container name"),
+                ));
+            }
+        }
+        if let Some(sig) = &self.run.stop_signal {
+            if signal_number(sig).is_none() {
+                return Err(invalid(
+                    "run.stopSignal",
+                    format!("`{sig}` is not a signal name like SIGTERM, SIGINT or SIGQUIT"),
+                ));
+            }
+        }
+        for key in self.build.env.keys() {
+            if key.is_empty() || key.contains('=') {
+                return Err(invalid(
+                    "build.env",
+                    format!("`{key}` is not an environment variable name"),
+                ));
+            }
+        }
+        if self.build.package.is_empty() {
+            return Err(invalid(
+                "build.package",
+                "must not be empty (use `.` for the sync root)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// yaml_serde appends " at line L column C" to messages; we print the location first instead.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The number of a signal given as `SIGTERM`, `TERM` or `15`.
+pub fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match bare {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        other => other.parse().ok().filter(|n| (1..=64).contains(n))?,
+    };
+    Some(n)
+}
+
+/// RFC 1123 label: what namespaces, container names and label values mostly need.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: what most object names need.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("kdev.yaml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_default_configuration() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.build.package, ".");
+        assert_eq!(c.sync.remote, "/kdev/src");
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "manifests: [k8s/app.yaml]\n\
+             workload: deployment/gin-hello\n\
+             container: app\n\
+             namespace: team-a\n\
+             build:\n  package: ./cmd/server\n  flags: [-tags, dev]\n  env: {GOFLAGS: -mod=mod}\n\
+             sync:\n  exclude: ['*.md', tmp/]\n\
+             run:\n  ports: [8080, '9090:9000']\n  readyPort: 8080\n  gracePeriod: 500ms\n  stopSignal: SIGINT\n\
+             sidecar:\n  image: golang:1.24\n",
+        )
+        .unwrap();
+        assert_eq!(c.workload.unwrap().to_string(), "deployment/gin-hello");
+        assert_eq!(c.build.package, "./cmd/server");
+        assert_eq!(c.build.env["GOFLAGS"], "-mod=mod");
+        assert_eq!(
+            c.run.ports.unwrap(),
+            vec![
+                PortSpec {
+                    local: 8080,
+                    remote: 8080
+                },
+                PortSpec {
+                    local: 9090,
+                    remote: 9000
+                }
+            ]
+        );
+        assert_eq!(c.run.grace_period.unwrap().0, Duration::from_millis(500));
+        assert_eq!(c.sidecar.image.as_deref(), Some("golang:1.24"));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let err = parse("build:\n  package: .\n  flagz: [-v]\n").unwrap_err();
+        match &err {
+            ConfigError::Syntax {
+                line,
+                column,
+                message,
+                ..
+            } => {
+                assert_eq!((*line, *column), (3, 3), "{err}");
+                assert!(message.contains("unknown field `flagz`"), "{message}");
+                assert!(
+                    message.contains("flags"),
+                    "should list the expected fields: {message}"
+                );
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+        assert!(err.to_string().starts_with("kdev.yaml:3:3: "), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_line() {
+        let err = parse("workload: a\nrun:\n  ports: [8080\n").unwrap_err();
+        let ConfigError::Syntax { line, .. } = err else {
+            panic!("expected syntax error")
+        };
+        assert!(line >= 3, "line {line}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_was_expected() {
+        let err = parse("run:\n  ports: [0]\n").unwrap_err().to_string();
+        assert!(
+            err.contains("kdev.yaml:2:") && err.contains("not a port number"),
+            "{err}"
+        );
+        let err = parse("workload: cronjob/x\n").unwrap_err().to_string();
+        assert!(err.contains("unsupported workload kind"), "{err}");
+        let err = parse("sync:\n  remote: relative/path\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sync.remote") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = parse("run:\n  stopSignal: SIGFOO\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run.stopSignal"), "{err}");
+        let err = parse("run:\n  gracePeriod: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = parse("namespace: Team_A\n").unwrap_err().to_string();
+        assert!(err.contains("namespace"), "{err}");
+    }
+
+    #[test]
+    fn bare_workload_name_is_a_deployment() {
+        let w: WorkloadRef = "gin-hello".parse().unwrap();
+        assert_eq!(
+            w,
+            WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                name: "gin-hello".into()
+            }
+        );
+        let w: WorkloadRef = "sts/db".parse().unwrap();
+        assert_eq!(w.kind, WorkloadKind::StatefulSet);
+    }
+
+    #[test]
+    fn signals_and_durations() {
+        assert_eq!(signal_number("SIGTERM"), Some(15));
+        assert_eq!(signal_number("int"), Some(2));
+        assert_eq!(signal_number("3"), Some(3));
+        assert_eq!(signal_number("SIGNOPE"), None);
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5h").is_err());
+    }
+}

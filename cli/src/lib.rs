@@ -1,0 +1,4 @@
+//! The `kdev` CLI as a library: each module is one concern of the developer-side loop, usable
+//! (and tested) on its own.
+
+pub mod config;
