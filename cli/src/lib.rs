@@ -2,3 +2,4 @@
 //! (and tested) on its own.
 
 pub mod config;
+pub mod rewrite;

@@ -1,0 +1,374 @@
+//! Rewrite the app's pod template into a kdev dev pod.
+//!
+//! What changes, and why:
+//! - `shareProcessNamespace: true`: the sidecar signals the supervisor in the app container.
+//! - an `emptyDir` at `/kdev` in both containers: sources, binaries and the controller.
+//! - a cache volume for the Go build cache: rebuilds after the first one are incremental.
+//! - the sidecar as a native sidecar (an init container with `restartPolicy: Always`): it starts
+//!   first, and its startup probe (the controller has been uploaded) holds the app container back
+//!   until the supervisor exists, so that container never starts without it and never enters
+//!   kubelet's restart backoff.
+//! - the app container's command becomes `kdev-controller supervise -- /kdev/bin/app ARGS`.
+//! - liveness and startup probes go: they would kill an app that has not been built yet.
+//!   Readiness stays (it only gates Service traffic).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, ExecAction, PodTemplateSpec, Probe, Volume,
+    VolumeMount,
+};
+
+/// Where the shared volume is mounted in both containers.
+pub const KDEV_DIR: &str = "/kdev";
+/// The controller binary the CLI uploads.
+pub const CONTROLLER_PATH: &str = "/kdev/bin/kdev-controller";
+/// The app binary the sidecar builds.
+pub const APP_PATH: &str = "/kdev/bin/app";
+/// The sidecar's name.
+pub const SIDECAR_NAME: &str = "kdev";
+/// Mount point of the build cache in the sidecar.
+pub const CACHE_DIR: &str = "/kdev-cache";
+
+const SHARED_VOLUME: &str = "kdev";
+const CACHE_VOLUME: &str = "kdev-cache";
+
+/// Labels on everything kdev creates or rewrites.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_SESSION: &str = "kdev.dev/session";
+
+/// How the template is rewritten.
+#[derive(Debug, Clone)]
+pub struct DevPodSpec {
+    /// The app's container in the template.
+    pub container: Option<String>,
+    /// The sidecar's image (Go toolchain + sh).
+    pub sidecar_image: String,
+    /// The app's arguments; `None` keeps the container's own.
+    pub args: Option<Vec<String>>,
+    /// `--stop-signal` for the supervisor.
+    pub stop_signal: Option<String>,
+    /// `--grace-period` for the supervisor, in milliseconds.
+    pub grace_period_ms: Option<u64>,
+    /// Extra labels for the pod (session, owner).
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RewriteError {
+    #[error("the workload's pod template has no containers")]
+    NoContainers,
+    #[error("container `{0}` not found in the workload (it has: {1})")]
+    NoSuchContainer(String, String),
+    #[error(
+        "the workload already has a container or volume named `{0}`, which kdev needs; \
+         rename it in your manifest"
+    )]
+    NameClash(String),
+}
+
+/// What the rewrite did that the user should know about.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RewriteNotes {
+    /// The app container's name.
+    pub container: String,
+    /// The app's arguments after the rewrite.
+    pub app_args: Vec<String>,
+    /// Probes removed from the app container (`liveness`, `startup`).
+    pub removed_probes: Vec<&'static str>,
+    /// The container's TCP ports.
+    pub ports: Vec<u16>,
+}
+
+/// Rewrite `template` in place.
+pub fn rewrite_pod_template(
+    template: &mut PodTemplateSpec,
+    spec: &DevPodSpec,
+) -> Result<RewriteNotes, RewriteError> {
+    let labels = template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default);
+    labels.insert(LABEL_MANAGED_BY.into(), "kdev".into());
+    labels.extend(spec.labels.clone());
+
+    let pod = template.spec.get_or_insert_with(Default::default);
+    if pod.containers.is_empty() {
+        return Err(RewriteError::NoContainers);
+    }
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    for name in [SHARED_VOLUME, CACHE_VOLUME] {
+        if volumes.iter().any(|v| v.name == name) {
+            return Err(RewriteError::NameClash(name.into()));
+        }
+    }
+    let init = pod.init_containers.get_or_insert_with(Vec::new);
+    if init
+        .iter()
+        .chain(pod.containers.iter())
+        .any(|c| c.name == SIDECAR_NAME)
+    {
+        return Err(RewriteError::NameClash(SIDECAR_NAME.into()));
+    }
+
+    pod.share_process_namespace = Some(true);
+    volumes.push(empty_dir(SHARED_VOLUME));
+    volumes.push(empty_dir(CACHE_VOLUME));
+
+    let index = match &spec.container {
+        Some(name) => pod
+            .containers
+            .iter()
+            .position(|c| &c.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+                RewriteError::NoSuchContainer(name.clone(), names.join(", "))
+            })?,
+        None => 0,
+    };
+    let app = &mut pod.containers[index];
+    let mut notes = RewriteNotes {
+        container: app.name.clone(),
+        ..Default::default()
+    };
+
+    // The app's own arguments: what followed the binary in `command`, then `args`.
+    let app_args = spec.args.clone().unwrap_or_else(|| {
+        let mut a: Vec<String> = app.command.iter().flatten().skip(1).cloned().collect();
+        a.extend(app.args.iter().flatten().cloned());
+        a
+    });
+    let mut command = vec![CONTROLLER_PATH.to_string(), "supervise".into()];
+    command.push(format!("--kdev-dir={KDEV_DIR}"));
+    command.push(format!("--wait-for={APP_PATH}"));
+    if let Some(sig) = &spec.stop_signal {
+        command.push(format!("--stop-signal={sig}"));
+    }
+    if let Some(ms) = spec.grace_period_ms {
+        command.push(format!("--grace-period={ms}ms"));
+    }
+    command.push("--".into());
+    command.push(APP_PATH.into());
+    command.extend(app_args.iter().cloned());
+    app.command = Some(command);
+    app.args = None;
+    notes.app_args = app_args;
+
+    if app.liveness_probe.take().is_some() {
+        notes.removed_probes.push("liveness");
+    }
+    if app.startup_probe.take().is_some() {
+        notes.removed_probes.push("startup");
+    }
+    app.volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: SHARED_VOLUME.into(),
+            mount_path: KDEV_DIR.into(),
+            ..Default::default()
+        });
+    notes.ports = app
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+
+    init.push(sidecar(&spec.sidecar_image));
+    Ok(notes)
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+/// The native sidecar. Its main process only waits (the CLI runs `kdev-controller serve` in it
+/// through exec); its startup probe passes once the controller has been uploaded.
+fn sidecar(image: &str) -> Container {
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        restart_policy: Some("Always".into()),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            // Exit promptly on TERM; otherwise wait forever without busy-looping.
+            format!(
+                "mkdir -p {KDEV_DIR}/bin {KDEV_DIR}/src {KDEV_DIR}/run; \
+                 trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done"
+            ),
+        ]),
+        env: Some(vec![
+            env("GOCACHE", &format!("{CACHE_DIR}/go-build")),
+            env("CGO_ENABLED", "0"),
+            env("GOFLAGS", "-mod=mod"),
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: SHARED_VOLUME.into(),
+                mount_path: KDEV_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: CACHE_VOLUME.into(),
+                mount_path: CACHE_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        startup_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["test".into(), "-x".into(), CONTROLLER_PATH.into()]),
+            }),
+            period_seconds: Some(1),
+            // The upload happens once the sidecar runs; allow a slow first image start.
+            failure_threshold: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    fn gin_hello() -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": "gin-hello" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "gin-hello" } },
+                "template": {
+                    "metadata": { "labels": { "app": "gin-hello" } },
+                    "spec": {
+                        "containers": [{
+                            "name": "app",
+                            "image": "kdev.local/gin-hello:dev",
+                            "command": ["/app/gin-hello", "--verbose"],
+                            "args": ["--port=8080"],
+                            "ports": [{ "containerPort": 8080, "name": "http" }],
+                            "readinessProbe": { "httpGet": { "path": "/ping", "port": 8080 } },
+                            "livenessProbe": { "httpGet": { "path": "/ping", "port": 8080 } }
+                        }]
+                    }
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    fn spec() -> DevPodSpec {
+        DevPodSpec {
+            container: None,
+            sidecar_image: "golang:1.24".into(),
+            args: None,
+            stop_signal: Some("SIGINT".into()),
+            grace_period_ms: Some(2000),
+            labels: BTreeMap::from([(LABEL_SESSION.to_string(), "s1".to_string())]),
+        }
+    }
+
+    #[test]
+    fn rewrites_the_template_into_a_dev_pod() {
+        let mut d = gin_hello();
+        let template = &mut d.spec.as_mut().unwrap().template;
+        let notes = rewrite_pod_template(template, &spec()).unwrap();
+        let pod = template.spec.as_ref().unwrap();
+        assert_eq!(pod.share_process_namespace, Some(true));
+        let app = &pod.containers[0];
+        assert_eq!(
+            app.command.as_ref().unwrap(),
+            &[
+                "/kdev/bin/kdev-controller",
+                "supervise",
+                "--kdev-dir=/kdev",
+                "--wait-for=/kdev/bin/app",
+                "--stop-signal=SIGINT",
+                "--grace-period=2000ms",
+                "--",
+                "/kdev/bin/app",
+                "--verbose",
+                "--port=8080"
+            ]
+        );
+        assert!(app.args.is_none());
+        assert!(app.liveness_probe.is_none());
+        assert!(
+            app.readiness_probe.is_some(),
+            "readiness only gates traffic; it stays"
+        );
+        assert_eq!(notes.removed_probes, vec!["liveness"]);
+        assert_eq!(notes.ports, vec![8080]);
+        assert!(
+            app.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/kdev")
+        );
+
+        let sidecar = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, "kdev");
+        assert_eq!(
+            sidecar.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert_eq!(sidecar.image.as_deref(), Some("golang:1.24"));
+        assert!(sidecar.startup_probe.is_some());
+        let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels["app"], "gin-hello", "selector labels are kept");
+        assert_eq!(labels[LABEL_SESSION], "s1");
+        assert_eq!(labels[LABEL_MANAGED_BY], "kdev");
+    }
+
+    #[test]
+    fn configured_args_replace_the_containers_own() {
+        let mut d = gin_hello();
+        let template = &mut d.spec.as_mut().unwrap().template;
+        let s = DevPodSpec {
+            args: Some(vec!["serve".into()]),
+            ..spec()
+        };
+        let notes = rewrite_pod_template(template, &s).unwrap();
+        assert_eq!(notes.app_args, vec!["serve"]);
+        let cmd = template.spec.as_ref().unwrap().containers[0]
+            .command
+            .clone()
+            .unwrap();
+        assert_eq!(&cmd[cmd.len() - 2..], &["/kdev/bin/app", "serve"]);
+    }
+
+    #[test]
+    fn unknown_container_and_name_clashes_are_errors() {
+        let mut d = gin_hello();
+        let template = &mut d.spec.as_mut().unwrap().template;
+        let s = DevPodSpec {
+            container: Some("web".into()),
+            ..spec()
+        };
+        assert_eq!(
+            rewrite_pod_template(&mut template.clone(), &s),
+            Err(RewriteError::NoSuchContainer("web".into(), "app".into()))
+        );
+        template.spec.as_mut().unwrap().volumes = Some(vec![empty_dir("kdev")]);
+        assert_eq!(
+            rewrite_pod_template(template, &spec()),
+            Err(RewriteError::NameClash("kdev".into()))
+        );
+    }
+}
