@@ -352,31 +352,31 @@ impl Config {
                 format!("`{}` must not contain `..`", self.sync.remote),
             ));
         }
-        if let Some(ns) = &self.namespace {
-            if !is_dns_label(ns) {
-                return Err(invalid(
-                    "namespace",
-                    format!(
-                        "`{ns}` is not a valid namespace name (lowercase letters, digits and `-`, at most 63)"
-                    ),
-                ));
-            }
+        if let Some(ns) = &self.namespace
+            && !is_dns_label(ns)
+        {
+            return Err(invalid(
+                "namespace",
+                format!(
+                    "`{ns}` is not a valid namespace name (lowercase letters, digits and `-`, at most 63)"
+                ),
+            ));
         }
-        if let Some(c) = &self.container {
-            if !is_dns_label(c) {
-                return Err(invalid(
-                    "container",
-                    format!("`{c}` is not a valid container name"),
-                ));
-            }
+        if let Some(c) = &self.container
+            && !is_dns_label(c)
+        {
+            return Err(invalid(
+                "container",
+                format!("`{c}` is not a valid container name"),
+            ));
         }
-        if let Some(sig) = &self.run.stop_signal {
-            if signal_number(sig).is_none() {
-                return Err(invalid(
-                    "run.stopSignal",
-                    format!("`{sig}` is not a signal name like SIGTERM, SIGINT or SIGQUIT"),
-                ));
-            }
+        if let Some(sig) = &self.run.stop_signal
+            && signal_number(sig).is_none()
+        {
+            return Err(invalid(
+                "run.stopSignal",
+                format!("`{sig}` is not a signal name like SIGTERM, SIGINT or SIGQUIT"),
+            ));
         }
         for key in self.build.env.keys() {
             if key.is_empty() || key.contains('=') {
