@@ -4,3 +4,4 @@
 pub mod config;
 pub mod rewrite;
 pub mod tree;
+pub mod watch;
