@@ -1,0 +1,13 @@
+//! `kdev-controller`: the in-pod half of kdev.
+//!
+//! * [`supervise`]: the main container's entrypoint; runs the app, restarts it on SIGHUP and
+//!   after crashes, reaps, stops cleanly.
+//! * [`serve`]: one protocol session on stdin/stdout (run by the CLI through a long-lived exec):
+//!   reconcile, patch, build, restart, report.
+//!
+//! The two roles talk through files under `<kdev-dir>/run` (see [`util::KdevPaths`]) and one
+//! signal (SIGHUP to the PID in `run/supervisor.pid`).
+
+pub mod serve;
+pub mod supervise;
+pub mod util;

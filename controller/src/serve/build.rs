@@ -1,0 +1,215 @@
+//! Running the build command: its own process group (so cancelling kills the compiler
+//! processes too), combined stdout+stderr captured through one pipe, the sync root as working
+//! directory and any absolute sync-root prefix stripped from the output.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kdev_protocol::{BuildConfig, BuildOutcome};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+/// Output kept per build; the rest is counted and dropped.
+const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// A fully resolved build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub output: PathBuf,
+}
+
+/// Build-related settings that come from the controller's flags.
+#[derive(Debug, Clone)]
+pub struct BuildDefaults {
+    pub go: String,
+    pub gocache: PathBuf,
+    pub gomodcache: PathBuf,
+}
+
+impl BuildSpec {
+    pub fn resolve(cfg: &BuildConfig, defaults: &BuildDefaults, root: &Path, output: &Path) -> BuildSpec {
+        let out = output.to_string_lossy().into_owned();
+        let package = cfg.package.clone().unwrap_or_else(|| ".".into());
+        let argv = match &cfg.command {
+            Some(cmd) if !cmd.is_empty() => cmd
+                .iter()
+                .map(|a| a.replace("{output}", &out).replace("{package}", &package))
+                .collect(),
+            _ => {
+                let mut v = vec![defaults.go.clone(), "build".into(), "-o".into(), out];
+                v.extend(cfg.flags.iter().cloned());
+                v.push(package);
+                v
+            }
+        };
+        let mut env = BTreeMap::new();
+        env.insert("CGO_ENABLED".to_string(), "0".to_string());
+        env.insert("GOCACHE".to_string(), defaults.gocache.to_string_lossy().into_owned());
+        env.insert("GOMODCACHE".to_string(), defaults.gomodcache.to_string_lossy().into_owned());
+        env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        BuildSpec { argv, cwd: root.to_path_buf(), env, output: output.to_path_buf() }
+    }
+}
+
+#[derive(Debug)]
+pub struct BuildResult {
+    pub outcome: BuildOutcome,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+/// Replace `<root>/` (and a bare `<root>`) in build output with nothing, so paths are relative
+/// to the sync root.
+pub fn strip_root(text: &str, root: &Path) -> String {
+    let root = root.to_string_lossy();
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return text.to_string();
+    }
+    text.replace(&format!("{root}/"), "").replace(root, ".")
+}
+
+fn read_capped(fd: OwnedFd) -> (Vec<u8>, bool) {
+    let mut f = File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut truncated = false;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(out.len());
+                if n > room {
+                    truncated = true;
+                }
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    (out, truncated)
+}
+
+/// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
+/// `cancel` fires.
+pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildResult {
+    let t0 = Instant::now();
+    let fail = |msg: String| BuildResult {
+        outcome: BuildOutcome::Error,
+        exit_code: None,
+        output: msg,
+        truncated: false,
+        elapsed: t0.elapsed(),
+    };
+    let _ = std::fs::remove_file(&spec.output);
+    let (rd, wr) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot create a pipe for the build output: {e}")),
+    };
+    let wr2 = match wr.try_clone() {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot duplicate the build output pipe: {e}")),
+    };
+    let mut cmd = tokio::process::Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(wr))
+        .stderr(Stdio::from(wr2))
+        .process_group(0)
+        .kill_on_drop(false);
+    let spawned = cmd.spawn();
+    // Close our copies of the write end, or the reader would never see EOF.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
+                "cannot run the build command {:?}: {e} (is the Go toolchain on PATH in this container?)",
+                spec.argv[0]
+            ));
+        }
+    };
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    let reader = tokio::task::spawn_blocking(move || read_capped(rd));
+    let (status, cancelled) = tokio::select! {
+        st = child.wait() => (st.ok(), false),
+        _ = &mut cancel => {
+            if let Some(pg) = pgid {
+                let _ = signal::killpg(pg, Signal::SIGKILL);
+            }
+            (child.wait().await.ok(), true)
+        }
+    };
+    // The go command waits for its compiler processes; if a custom command leaves helpers
+    // holding the pipe, do not wait for them forever.
+    let (bytes, truncated) = match tokio::time::timeout(Duration::from_secs(5), reader).await {
+        Ok(Ok(r)) => r,
+        _ => (b"(build output could not be collected)".to_vec(), false),
+    };
+    let output = strip_root(&String::from_utf8_lossy(&bytes), &spec.cwd);
+    let exit_code = status.and_then(|s| s.code());
+    let outcome = if cancelled {
+        let _ = std::fs::remove_file(&spec.output);
+        BuildOutcome::Cancelled
+    } else if exit_code == Some(0) {
+        if spec.output.is_file() {
+            BuildOutcome::Succeeded
+        } else {
+            return BuildResult {
+                outcome: BuildOutcome::Error,
+                exit_code,
+                output: format!(
+                    "{output}\nthe build command succeeded but did not write {}; a custom build command must write the binary to {{output}}",
+                    spec.output.display()
+                ),
+                truncated,
+                elapsed: t0.elapsed(),
+            };
+        }
+    } else {
+        BuildOutcome::Failed
+    };
+    BuildResult { outcome, exit_code, output, truncated, elapsed: t0.elapsed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_root() {
+        let s = strip_root("/kdev/src/main.go:3:1: x\n/kdev/src: y", Path::new("/kdev/src"));
+        assert_eq!(s, "main.go:3:1: x\n.: y");
+    }
+
+    #[test]
+    fn default_and_custom_commands() {
+        let d = BuildDefaults { go: "go".into(), gocache: "/c/b".into(), gomodcache: "/c/m".into() };
+        let cfg = BuildConfig { flags: vec!["-tags=dev".into()], package: Some("./cmd/app".into()), ..Default::default() };
+        let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/bin/app.next"));
+        assert_eq!(s.argv, ["go", "build", "-o", "/bin/app.next", "-tags=dev", "./cmd/app"]);
+        assert_eq!(s.env["CGO_ENABLED"], "0");
+        let cfg = BuildConfig {
+            command: Some(vec!["sh".into(), "-c".into(), "cp x {output}".into()]),
+            env: [("CGO_ENABLED".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/o"));
+        assert_eq!(s.argv, ["sh", "-c", "cp x /o"]);
+        assert_eq!(s.env["CGO_ENABLED"], "1");
+    }
+}

@@ -1,0 +1,491 @@
+//! `kdev-controller serve`: one session of the kdev protocol on stdin/stdout.
+//!
+//! Tasks: a reader (frames from stdin), a writer (the only thing that touches stdout), the app
+//! watcher ([`app`]), at most one build and at most one restart tracker. The main loop owns the
+//! session state and handles one client message at a time; build completions come back to it
+//! through a channel. Builds coalesce: a patch (or build request) that arrives while a build
+//! runs kills that build's process group before the patch is applied, and a new build starts
+//! after it, so the newest tree always wins and a half-patched tree is never installed.
+
+pub mod app;
+pub mod build;
+pub mod patch;
+pub mod reconcile;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kdev_protocol::asynchronous::{read_frame_async, write_message_async};
+use kdev_protocol::{
+    BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE, PROTOCOL_VERSION, Patch,
+    PatchLimits, PatchResult, ReconcileResult, ServerMessage, SessionConfig, Welcome, check_hello,
+    decode_message,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
+use build::{BuildDefaults, BuildResult, BuildSpec};
+
+/// Exit codes of `serve`.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_HANDSHAKE: i32 = 3;
+pub const EXIT_SETUP: i32 = 4;
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("kdev-serve: {}", msg.as_ref());
+}
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub paths: KdevPaths,
+    pub build: BuildDefaults,
+    /// Grace period of the supervisor, to size the restart timeout.
+    pub restart_timeout: Duration,
+}
+
+/// The sending side of stdout. Cheap to clone.
+#[derive(Clone)]
+pub struct Out {
+    tx: mpsc::Sender<ServerMessage>,
+    t0: Instant,
+}
+
+impl Out {
+    pub async fn send(&self, m: ServerMessage) {
+        let _ = self.tx.send(m).await;
+    }
+    fn wrap(&self, event: Event) -> ServerMessage {
+        ServerMessage::Event { at_ms: ms(self.t0.elapsed()), event }
+    }
+    pub async fn event(&self, e: Event) {
+        let m = self.wrap(e);
+        self.send(m).await;
+    }
+    /// Send unless the queue is full (for output lines). Returns whether it was queued.
+    pub fn try_event(&self, e: Event) -> bool {
+        self.tx.try_send(self.wrap(e)).is_ok()
+    }
+}
+
+async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
+    let mut stdout = tokio::io::stdout();
+    while let Some(m) = rx.recv().await {
+        if let Err(e) = write_message_async(&mut stdout, &m).await {
+            log(format!("cannot write to the client ({e}); it went away"));
+            return;
+        }
+    }
+}
+
+async fn reader_task(tx: mpsc::Sender<Result<Option<Vec<u8>>, FrameError>>) {
+    let mut stdin = tokio::io::stdin();
+    loop {
+        let r = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
+        let stop = !matches!(r, Ok(Some(_)));
+        if tx.send(r).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn fatal(code: &str, message: String) -> ServerMessage {
+    ServerMessage::Error(ErrorMessage { code: code.into(), message, fatal: true, id: None })
+}
+
+fn error(code: &str, message: String, id: Option<u64>) -> ServerMessage {
+    ServerMessage::Error(ErrorMessage { code: code.into(), message, fatal: false, id })
+}
+
+struct RunningBuild {
+    id: u64,
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+struct Session {
+    opts: ServeOptions,
+    config: SessionConfig,
+    root: PathBuf,
+    out: Out,
+    limits: PatchLimits,
+    state: BuildState,
+    build: Option<RunningBuild>,
+    done_tx: mpsc::Sender<(u64, BuildResult)>,
+    done_rx: mpsc::Receiver<(u64, BuildResult)>,
+    next_build_id: u64,
+    pending_patches: Vec<u64>,
+    restart_task: Option<JoinHandle<()>>,
+    restart_ctx: app::RestartCtx,
+    cache: Arc<Mutex<reconcile::HashCache>>,
+}
+
+/// Run one session. Returns the process exit code.
+pub async fn run(opts: ServeOptions) -> i32 {
+    let t0 = Instant::now();
+    let (out_tx, out_rx) = mpsc::channel::<ServerMessage>(1024);
+    let writer = tokio::spawn(writer_task(out_rx));
+    let (in_tx, mut in_rx) = mpsc::channel(2);
+    tokio::spawn(reader_task(in_tx));
+    let out = Out { tx: out_tx, t0 };
+
+    let finish = |out: Out, code: i32| async move {
+        drop(out);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        code
+    };
+
+    // Handshake.
+    let hello = match in_rx.recv().await {
+        None | Some(Ok(None)) => {
+            log("the client closed the stream before saying hello");
+            return finish(out, EXIT_BAD_INPUT).await;
+        }
+        Some(Err(e)) => {
+            log(format!("bad first frame: {e}"));
+            out.send(fatal("bad_frame", e.to_string())).await;
+            return finish(out, EXIT_BAD_INPUT).await;
+        }
+        Some(Ok(Some(payload))) => match check_hello(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                log(format!("refusing the session: {e}"));
+                out.send(ServerMessage::Error(e.to_error_message())).await;
+                return finish(out, EXIT_HANDSHAKE).await;
+            }
+        },
+    };
+    log(format!("session from {} (protocol {})", hello.client_version, hello.protocol_version));
+    let config = hello.config;
+    let root = match prepare_root(config.sync_root.as_deref().map(Path::new).unwrap_or(&opts.paths.src)) {
+        Ok(r) => r,
+        Err(e) => {
+            out.send(fatal("bad_sync_root", e)).await;
+            return finish(out, EXIT_SETUP).await;
+        }
+    };
+    for d in [&opts.paths.bin, &opts.paths.run] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            out.send(fatal("setup_failed", format!("cannot create {}: {e}", d.display()))).await;
+            return finish(out, EXIT_SETUP).await;
+        }
+    }
+    let state: BuildState = std::fs::read(opts.paths.build_state_file())
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    let (watch, watcher) = app::spawn_watcher(
+        opts.paths.status_file(),
+        opts.paths.log_file(),
+        out.clone(),
+        config.forward_app_output,
+    );
+    let app_binary = opts.paths.app_binary();
+    let app_present = app_binary.is_file();
+    let supervisor_pid = crate::supervise::read_pid_file(&opts.paths.pid_file()).ok();
+    let limits = patch::default_limits();
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        controller_version: kdev_protocol::CRATE_VERSION.into(),
+        sync_root: root.to_string_lossy().into_owned(),
+        app_binary: app_binary.to_string_lossy().into_owned(),
+        app_binary_present: app_present,
+        needs_build: state.dirty || !app_present,
+        supervisor_pid,
+        app_status: watch.status.borrow().clone(),
+        max_frame_size: MAX_FRAME_SIZE,
+        limits: limits.clone(),
+    };
+    out.send(ServerMessage::Welcome(welcome)).await;
+
+    let restart_ctx = app::RestartCtx {
+        pid_file: opts.paths.pid_file(),
+        out: out.clone(),
+        watch,
+        app_port: config.app_port,
+        ready_timeout: Duration::from_millis(config.ready_timeout_ms.unwrap_or(60_000)),
+        restart_timeout: opts.restart_timeout,
+    };
+    let (done_tx, done_rx) = mpsc::channel(4);
+    let mut s = Session {
+        opts,
+        config,
+        root,
+        out,
+        limits,
+        state,
+        build: None,
+        done_tx,
+        done_rx,
+        next_build_id: 1,
+        pending_patches: Vec::new(),
+        restart_task: None,
+        restart_ctx,
+        cache: Arc::new(Mutex::new(reconcile::HashCache::default())),
+    };
+    let code = s.main_loop(&mut in_rx).await;
+
+    // Shut down: no build keeps running without a session (the tree stays marked dirty).
+    s.cancel_build().await;
+    if let Some(t) = s.restart_task.take() {
+        t.abort();
+        let _ = t.await;
+    }
+    watcher.abort();
+    let _ = watcher.await;
+    let Session { out, restart_ctx, .. } = s;
+    drop(restart_ctx);
+    finish(out, code).await
+}
+
+fn prepare_root(root: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the sync root {}: {e}", root.display()))?;
+    if !root.is_dir() {
+        return Err(format!("the sync root {} is not a directory", root.display()));
+    }
+    Ok(root)
+}
+
+impl Session {
+    async fn main_loop(&mut self, in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>) -> i32 {
+        loop {
+            tokio::select! {
+                msg = in_rx.recv() => {
+                    let payload = match msg {
+                        None | Some(Ok(None)) => {
+                            log("the client closed the stream; ending the session");
+                            return EXIT_OK;
+                        }
+                        Some(Err(e)) => {
+                            log(format!("bad frame: {e}"));
+                            self.out.send(fatal("bad_frame", format!("{e}; ending the session"))).await;
+                            return EXIT_BAD_INPUT;
+                        }
+                        Some(Ok(Some(p))) => p,
+                    };
+                    let msg = match decode_message::<ClientMessage>(payload) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            log(format!("bad message: {e}"));
+                            self.out.send(fatal("bad_message", format!("{e}; ending the session"))).await;
+                            return EXIT_BAD_INPUT;
+                        }
+                    };
+                    if !self.handle(msg).await {
+                        return EXIT_OK;
+                    }
+                }
+                Some((id, res)) = self.done_rx.recv() => self.on_build_done(id, res).await,
+            }
+        }
+    }
+
+    /// Handle one client message. Returns false to end the session.
+    async fn handle(&mut self, msg: ClientMessage) -> bool {
+        match msg {
+            ClientMessage::Hello(_) => {
+                self.out.send(error("unexpected_message", "hello was already received".into(), None)).await;
+            }
+            ClientMessage::Reconcile(r) => self.reconcile(r.id).await,
+            ClientMessage::Patch(p) => self.patch(p).await,
+            ClientMessage::Build(b) => {
+                let cancelled = self.cancel_build().await;
+                if cancelled.is_some() {
+                    log("build request: cancelled the running build");
+                }
+                self.start_build(Some(b.id));
+            }
+            ClientMessage::Restart(_) => self.spawn_restart(None),
+            ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
+            ClientMessage::Bye => return false,
+        }
+        true
+    }
+
+    async fn reconcile(&mut self, id: u64) {
+        let t0 = Instant::now();
+        let root = self.root.clone();
+        let cache = self.cache.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile::list(&root, &mut cache)
+        })
+        .await;
+        let msg = match res {
+            Ok(Ok(l)) => ServerMessage::ReconcileResult(ReconcileResult {
+                id,
+                root: self.root.to_string_lossy().into_owned(),
+                entries: l.entries,
+                skipped: l.skipped,
+                elapsed_ms: ms(t0.elapsed()),
+                cached: l.cached,
+            }),
+            Ok(Err(e)) => error("reconcile_failed", format!("cannot list {}: {e}", self.root.display()), Some(id)),
+            Err(e) => error("reconcile_failed", format!("listing failed: {e}"), Some(id)),
+        };
+        self.out.send(msg).await;
+    }
+
+    async fn patch(&mut self, p: Patch) {
+        let t0 = Instant::now();
+        let cancelled_build = self.cancel_build().await;
+        let Patch { id, deletes, build, tar } = p;
+        let root = self.root.clone();
+        let limits = self.limits.clone();
+        let outcome = match tokio::task::spawn_blocking(move || patch::apply_patch(&root, &deletes, &tar, &limits)).await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.out.send(error("patch_failed", format!("applying the patch failed: {e}"), Some(id))).await;
+                return;
+            }
+        };
+        let inputs = self.config.build_inputs.as_deref();
+        if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some() {
+            self.set_dirty(true);
+        }
+        self.pending_patches.push(id);
+        let do_build = match build {
+            BuildMode::Never => false,
+            BuildMode::Always => true,
+            BuildMode::Auto => self.state.dirty || !self.opts.paths.app_binary().is_file(),
+        };
+        let result = PatchResult {
+            id,
+            complete: outcome.complete(),
+            files: outcome.files,
+            bytes: outcome.bytes,
+            elapsed_ms: ms(t0.elapsed()),
+            cancelled_build,
+            build_id: do_build.then_some(self.next_build_id),
+            applied: outcome.applied,
+            deleted: outcome.deleted,
+            refused: outcome.refused,
+        };
+        if !result.complete {
+            log(format!("patch {id}: {} entries refused", result.refused.len()));
+        }
+        self.out.send(ServerMessage::PatchResult(result)).await;
+        if do_build {
+            self.start_build(None);
+        }
+    }
+
+    fn set_dirty(&mut self, dirty: bool) {
+        if self.state.dirty == dirty && dirty {
+            return;
+        }
+        self.state.dirty = dirty;
+        if !dirty {
+            self.state.last_success_at_ms = Some(unix_ms());
+        }
+        if let Ok(data) = serde_json::to_vec(&self.state)
+            && let Err(e) = util::write_atomic(&self.opts.paths.build_state_file(), &data)
+        {
+            log(format!("cannot record the build state: {e}"));
+        }
+    }
+
+    fn start_build(&mut self, request_id: Option<u64>) {
+        let id = self.next_build_id;
+        self.next_build_id += 1;
+        let spec = BuildSpec::resolve(&self.config.build, &self.opts.build, &self.root, &self.opts.paths.app_next());
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.build = Some(RunningBuild { id, cancel: Some(cancel_tx) });
+        let ev = Event::BuildStarted {
+            build_id: id,
+            patch_ids: std::mem::take(&mut self.pending_patches),
+            request_id,
+            command: spec.argv.clone(),
+        };
+        // Queue the event before the task can finish, so BuildStarted precedes BuildFinished.
+        let out = self.out.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            out.event(ev).await;
+            let res = build::run(spec, cancel_rx).await;
+            let _ = done.send((id, res)).await;
+        });
+    }
+
+    /// Cancel the running build, if any, and wait until it is gone. Returns its id.
+    async fn cancel_build(&mut self) -> Option<u64> {
+        let mut b = self.build.take()?;
+        if let Some(c) = b.cancel.take() {
+            let _ = c.send(());
+        }
+        while let Some((id, res)) = self.done_rx.recv().await {
+            let mine = id == b.id;
+            self.report_build(id, res, false).await;
+            if mine {
+                break;
+            }
+        }
+        Some(b.id)
+    }
+
+    async fn on_build_done(&mut self, id: u64, res: BuildResult) {
+        if self.build.as_ref().map(|b| b.id) == Some(id) {
+            self.build = None;
+        }
+        self.report_build(id, res, true).await;
+    }
+
+    /// Install a successful build, report it, and restart the app.
+    async fn report_build(&mut self, id: u64, mut res: BuildResult, may_install: bool) {
+        let mut installed = false;
+        if res.outcome == BuildOutcome::Succeeded {
+            if may_install {
+                match std::fs::rename(self.opts.paths.app_next(), self.opts.paths.app_binary()) {
+                    Ok(()) => installed = true,
+                    Err(e) => {
+                        res.outcome = BuildOutcome::Error;
+                        res.output.push_str(&format!(
+                            "\ncannot move {} to {}: {e}",
+                            self.opts.paths.app_next().display(),
+                            self.opts.paths.app_binary().display()
+                        ));
+                    }
+                }
+            } else {
+                // It finished just as it was cancelled: the tree changed since, do not install.
+                res.outcome = BuildOutcome::Cancelled;
+            }
+        }
+        log(format!("build {id}: {:?} in {} ms", res.outcome, res.elapsed.as_millis()));
+        self.out
+            .event(Event::BuildFinished {
+                build_id: id,
+                outcome: res.outcome,
+                exit_code: res.exit_code,
+                elapsed_ms: ms(res.elapsed),
+                output: res.output,
+                output_truncated: res.truncated,
+                installed,
+            })
+            .await;
+        if installed {
+            self.set_dirty(false);
+            self.spawn_restart(Some(id));
+        }
+    }
+
+    fn spawn_restart(&mut self, build_id: Option<u64>) {
+        if let Some(t) = self.restart_task.take() {
+            t.abort();
+        }
+        let ctx = self.restart_ctx.clone();
+        self.restart_task = Some(tokio::spawn(app::restart_and_wait(ctx, build_id)));
+    }
+}
+
+/// Used by `main` for the `--help`-documented exit codes.
+pub fn describe_exit_codes() -> &'static str {
+    "exit codes: 0 session ended by the client, 2 bad input on stdin, 3 handshake refused \
+     (protocol version mismatch), 4 setup failed (sync root or /kdev not usable)"
+}

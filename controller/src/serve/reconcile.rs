@@ -1,0 +1,172 @@
+//! Listing the sync root: every file, directory and symlink (not followed), with BLAKE3 hashes
+//! of file contents. Hashes are cached by (path, size, mtime, ctime, inode) so repeated
+//! reconciles only read changed files; files modified in the last two seconds are never served
+//! from the cache (a same-size rewrite within one timestamp tick would look unchanged).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kdev_protocol::{Entry, EntryKind, Refused, hash_file};
+
+use super::patch::is_temp_name;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+/// Content hashes of files seen before.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    map: HashMap<String, (Key, String)>,
+}
+
+/// The listing plus bookkeeping.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<Refused>,
+    pub cached: u32,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Walk `root` and list everything below it, sorted by path.
+pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
+    let meta = fs::symlink_metadata(root)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("sync root {} is not a directory", root.display())));
+    }
+    let mut out = Listing::default();
+    let mut seen: HashMap<String, (Key, String)> = HashMap::new();
+    let now = now_secs();
+    walk(root, "", cache, &mut seen, now, &mut out)?;
+    cache.map = seen;
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    cache: &HashCache,
+    seen: &mut HashMap<String, (Key, String)>,
+    now: i64,
+    out: &mut Listing,
+) -> io::Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if !prefix.is_empty() => {
+            out.skipped.push(Refused { path: prefix.to_string(), reason: format!("cannot read directory: {e}") });
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for de in rd {
+        let de = de?;
+        let name = de.file_name();
+        let Some(name) = name.to_str() else {
+            out.skipped.push(Refused {
+                path: format!("{prefix}{}", name.to_string_lossy()),
+                reason: "name is not valid UTF-8".into(),
+            });
+            continue;
+        };
+        if is_temp_name(name) {
+            continue;
+        }
+        let rel = format!("{prefix}{name}");
+        let path = de.path();
+        let m = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.skipped.push(Refused { path: rel, reason: e.to_string() });
+                continue;
+            }
+        };
+        let mode = m.mode() & 0o7777;
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(&path)?;
+            let Some(target) = target.to_str() else {
+                out.skipped.push(Refused { path: rel, reason: "symlink target is not valid UTF-8".into() });
+                continue;
+            };
+            out.entries.push(Entry {
+                path: rel,
+                kind: EntryKind::Symlink,
+                size: target.len() as u64,
+                mode,
+                hash: None,
+                target: Some(target.to_string()),
+            });
+        } else if ft.is_dir() {
+            out.entries.push(Entry { path: rel.clone(), kind: EntryKind::Dir, size: 0, mode, hash: None, target: None });
+            walk(&path, &format!("{rel}/"), cache, seen, now, out)?;
+        } else if ft.is_file() {
+            let key = Key {
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+                ino: m.ino(),
+                dev: m.dev(),
+            };
+            let fresh = now - m.mtime().max(m.ctime()) < 2;
+            let hash = match cache.map.get(&rel) {
+                Some((k, h)) if *k == key && !fresh => {
+                    out.cached += 1;
+                    h.clone()
+                }
+                _ => match hash_file(&path) {
+                    Ok(h) => h,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        out.skipped.push(Refused { path: rel, reason: format!("cannot read: {e}") });
+                        continue;
+                    }
+                },
+            };
+            seen.insert(rel.clone(), (key, hash.clone()));
+            out.entries.push(Entry { path: rel, kind: EntryKind::File, size: m.size(), mode, hash: Some(hash), target: None });
+        } else {
+            out.skipped.push(Refused { path: rel, reason: "not a regular file, directory or symlink".into() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_caches() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a/empty")).unwrap();
+        fs::write(d.path().join("a/x.go"), "package a").unwrap();
+        std::os::unix::fs::symlink("a/x.go", d.path().join("l")).unwrap();
+        fs::write(d.path().join(".kdev-1-2.tmp"), "junk").unwrap();
+        let mut cache = HashCache::default();
+        let l = list(d.path(), &mut cache).unwrap();
+        let paths: Vec<_> = l.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            paths,
+            [("a", EntryKind::Dir), ("a/empty", EntryKind::Dir), ("a/x.go", EntryKind::File), ("l", EntryKind::Symlink)]
+        );
+        assert_eq!(l.entries[2].hash.as_deref(), Some(kdev_protocol::hash_bytes(b"package a").as_str()));
+        assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
+        // Files are fresh (just written), so the cache is not used yet.
+        assert_eq!(l.cached, 0);
+    }
+}

@@ -1,0 +1,585 @@
+//! `kdev-controller supervise`: run the app as a child, restart it on SIGHUP, restart it with
+//! backoff when it exits, reap everything, stop it cleanly on SIGTERM.
+//!
+//! Signals are handled explicitly: they are blocked in every thread at startup and taken with
+//! `sigtimedwait` in the main loop, so nothing runs in signal-handler context and PID 1's
+//! "no default action" rule does not matter. The child runs in its own process group (its PGID
+//! is its PID); stopping means: stop signal to the group, wait up to the grace period, SIGKILL
+//! the group, then wait until no process of the group is left (this is what keeps the next
+//! start from hitting "address already in use"). The supervisor is a child subreaper, so
+//! orphaned grandchildren are reparented to it and reaped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kdev_protocol::{AppState, AppStatus, ExitInfo, RestartInfo, Stream};
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::util::{self, LogRecord, ms, unix_ms};
+
+/// Settings for one supervisor.
+#[derive(Debug, Clone)]
+pub struct SuperviseOptions {
+    pub run_dir: PathBuf,
+    pub stop_signal: Signal,
+    pub grace_period: Duration,
+    pub wait_for: Option<PathBuf>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub healthy_after: Duration,
+    pub log_max_bytes: u64,
+    pub command: Vec<String>,
+}
+
+const HANDLED: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGCHLD,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The longest line kept as one record; longer lines are split.
+const MAX_LINE: usize = 16 * 1024;
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("kdev-supervise: {}", msg.as_ref());
+}
+
+fn handled_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in HANDLED {
+        set.add(s);
+    }
+    set
+}
+
+/// Wait up to `timeout` for one of the handled signals.
+fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` is a valid sigset_t, `info` may be null, `ts` is a valid timespec.
+    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if r < 0 {
+        return None; // EAGAIN (timeout) or EINTR
+    }
+    Signal::try_from(r).ok()
+}
+
+/// The app's output log, shared by the two output-copying threads.
+struct AppLog {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max: u64,
+}
+
+impl AppLog {
+    fn open(path: PathBuf, max: u64) -> AppLog {
+        let mut log = AppLog { path, file: None, size: 0, max };
+        log.reopen();
+        log
+    }
+
+    fn reopen(&mut self) {
+        match OpenOptions::new().create(true).append(true).open(&self.path) {
+            Ok(f) => {
+                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(f);
+            }
+            Err(e) => {
+                log(format!("cannot open {}: {e}; app output is not recorded", self.path.display()));
+                self.file = None;
+            }
+        }
+    }
+
+    fn append(&mut self, rec: &LogRecord) {
+        let Ok(mut line) = serde_json::to_vec(rec) else { return };
+        line.push(b'\n');
+        if self.size + line.len() as u64 > self.max {
+            // Rotate: keep one previous file so a reader that is behind can finish it.
+            let _ = fs::rename(&self.path, self.path.with_extension("log.1"));
+            self.reopen();
+        }
+        if let Some(f) = &mut self.file
+            && f.write_all(&line).is_ok()
+        {
+            self.size += line.len() as u64;
+        }
+    }
+}
+
+/// Copy one output stream of the child: to our own stdout/stderr (so `kubectl logs` works) and,
+/// line by line, to the app log. Runs until the pipe closes.
+fn copy_output<R: Read>(pipe: R, pid: u32, stream: Stream, log: Arc<Mutex<AppLog>>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        // Read one line, but never more than MAX_LINE bytes into one record.
+        let eof = loop {
+            let buf = match reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            };
+            if buf.is_empty() {
+                break true;
+            }
+            let room = MAX_LINE - line.len();
+            let (take, done) = match buf.iter().take(room).position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len().min(room), line.len() + buf.len().min(room) >= MAX_LINE),
+            };
+            line.extend_from_slice(&buf[..take]);
+            reader.consume(take);
+            if done {
+                break false;
+            }
+        };
+        if !line.is_empty() {
+            let _ = match stream {
+                Stream::Stdout => io::stdout().lock().write_all(&line),
+                Stream::Stderr => io::stderr().lock().write_all(&line),
+            };
+            let text = String::from_utf8_lossy(&line);
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            let rec = LogRecord { at_ms: unix_ms(), pid, stream, line: text.to_string() };
+            if let Ok(mut l) = log.lock() {
+                l.append(&rec);
+            }
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+struct Child {
+    pid: Pid,
+    started: Instant,
+    start_seq: u64,
+    /// Receives one message per output thread when it finishes.
+    output_done: mpsc::Receiver<()>,
+    exited: Option<WaitStatus>,
+}
+
+struct Supervisor {
+    opts: SuperviseOptions,
+    sigset: SigSet,
+    status: AppStatus,
+    log: Arc<Mutex<AppLog>>,
+    child: Option<Child>,
+    backoff: Duration,
+    next_start: Option<Instant>,
+    shutdown: Option<Signal>,
+    restart_requested: Option<u64>,
+}
+
+/// Run the supervisor until it is told to stop. Returns the process exit code.
+pub fn run(opts: SuperviseOptions) -> Result<i32> {
+    anyhow::ensure!(!opts.command.is_empty(), "no command given: use `kdev-controller supervise -- CMD [ARGS...]`");
+    let sigset = handled_set();
+    // Block before any thread exists so every thread inherits the mask.
+    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigset), None).context("blocking signals")?;
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log(format!("cannot become a child subreaper ({e}); orphaned grandchildren may stay as zombies"));
+    }
+    fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("creating the run directory {}", opts.run_dir.display()))?;
+    let pid_file = opts.run_dir.join("supervisor.pid");
+    util::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .with_context(|| format!("writing the PID file {}", pid_file.display()))?;
+    let log_path = opts.run_dir.join("app.log");
+    let status = AppStatus {
+        supervisor_pid: std::process::id(),
+        state: AppState::Waiting,
+        command: opts.command.clone(),
+        ..Default::default()
+    };
+    let mut sup = Supervisor {
+        log: Arc::new(Mutex::new(AppLog::open(log_path, opts.log_max_bytes))),
+        backoff: opts.backoff_min,
+        opts,
+        sigset,
+        status,
+        child: None,
+        next_start: None,
+        shutdown: None,
+        restart_requested: None,
+    };
+    sup.write_status();
+    let code = sup.main_loop();
+    sup.status.state = AppState::Stopped;
+    sup.status.pid = None;
+    sup.status.next_start_at_ms = None;
+    sup.write_status();
+    let _ = fs::remove_file(&pid_file);
+    Ok(code)
+}
+
+impl Supervisor {
+    fn write_status(&mut self) {
+        self.status.updated_at_ms = unix_ms();
+        let path = self.opts.run_dir.join("app-status.json");
+        match serde_json::to_vec_pretty(&self.status) {
+            Ok(data) => {
+                if let Err(e) = util::write_atomic(&path, &data) {
+                    log(format!("cannot write {}: {e}", path.display()));
+                }
+            }
+            Err(e) => log(format!("cannot encode status: {e}")),
+        }
+    }
+
+    fn main_loop(&mut self) -> i32 {
+        // Wait for the app binary before the first start.
+        if let Some(path) = self.opts.wait_for.clone() {
+            let mut logged = false;
+            while !path.exists() {
+                if !logged {
+                    log(format!("waiting for {} to exist before starting the app", path.display()));
+                    logged = true;
+                }
+                if let Some(sig) = wait_signal(&self.sigset, Duration::from_millis(100)) {
+                    self.on_signal(sig);
+                }
+                if let Some(sig) = self.shutdown {
+                    log(format!("got {sig} while waiting; exiting"));
+                    return 0;
+                }
+            }
+            self.restart_requested = None;
+        }
+        self.next_start = Some(Instant::now());
+        loop {
+            if let Some(sig) = self.shutdown {
+                if self.child.is_some() {
+                    let stop_sig = if sig == Signal::SIGINT { Signal::SIGINT } else { self.opts.stop_signal };
+                    log(format!("got {sig}: stopping the app with {stop_sig}"));
+                    self.stop_child(stop_sig);
+                }
+                // Reap anything left (orphaned grandchildren).
+                self.reap();
+                return 0;
+            }
+            if let Some(requested_at_ms) = self.restart_requested.take() {
+                self.restart(requested_at_ms);
+                continue;
+            }
+            if self.child.is_none()
+                && let Some(at) = self.next_start
+                && Instant::now() >= at
+            {
+                self.next_start = None;
+                self.start_child();
+                continue;
+            }
+            let timeout = match (self.child.is_none(), self.next_start) {
+                (true, Some(at)) => at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+                _ => Duration::from_secs(1),
+            };
+            if let Some(sig) = wait_signal(&self.sigset, timeout) {
+                self.on_signal(sig);
+            }
+        }
+    }
+
+    /// Record what a signal asks for; the main loop acts on it.
+    fn on_signal(&mut self, sig: Signal) {
+        match sig {
+            Signal::SIGCHLD => self.reap(),
+            Signal::SIGHUP => {
+                if self.restart_requested.is_none() {
+                    self.restart_requested = Some(unix_ms());
+                }
+            }
+            Signal::SIGTERM | Signal::SIGINT => {
+                if self.shutdown.is_none() {
+                    self.shutdown = Some(sig);
+                }
+            }
+            other => {
+                if let Some(c) = &self.child
+                    && c.exited.is_none()
+                {
+                    let _ = signal::killpg(c.pid, other);
+                }
+            }
+        }
+    }
+
+    /// Reap every exited child (ours and reparented orphans).
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log(format!("waitpid: {e}"));
+                    return;
+                }
+                Ok(st) => {
+                    let pid = st.pid();
+                    if let Some(c) = &mut self.child
+                        && Some(c.pid) == pid
+                        && matches!(st, WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+                    {
+                        c.exited = Some(st);
+                        if self.status.state == AppState::Running {
+                            self.on_unexpected_exit();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn exit_info(&mut self, expected: bool) -> Option<ExitInfo> {
+        let c = self.child.as_ref()?;
+        let (code, signal) = match c.exited {
+            Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+            Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        Some(ExitInfo {
+            pid: c.pid.as_raw() as u32,
+            code,
+            signal,
+            at_ms: unix_ms(),
+            runtime_ms: ms(c.started.elapsed()),
+            expected,
+            start_seq: c.start_seq,
+        })
+    }
+
+    /// Wait (briefly) for the output threads so the app's last lines are in the log before the
+    /// exit is reported. Grandchildren may keep the pipes open: do not wait for them long.
+    fn drain_output(&mut self) {
+        if let Some(c) = &self.child {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            for _ in 0..2 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if c.output_done.recv_timeout(left).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_unexpected_exit(&mut self) {
+        self.drain_output();
+        let info = self.exit_info(false);
+        let runtime = self.child.as_ref().map(|c| c.started.elapsed()).unwrap_or_default();
+        self.child = None;
+        if runtime >= self.opts.healthy_after {
+            self.backoff = self.opts.backoff_min;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.opts.backoff_max).max(self.opts.backoff_min);
+        if let Some(i) = &info {
+            log(format!(
+                "app (pid {}) exited on its own ({}) after {} ms; restarting in {} ms",
+                i.pid,
+                describe_exit(i),
+                i.runtime_ms,
+                delay.as_millis()
+            ));
+        }
+        self.next_start = Some(Instant::now() + delay);
+        self.status.state = AppState::Backoff;
+        self.status.pid = None;
+        self.status.started_at_ms = None;
+        self.status.last_exit = info;
+        self.status.next_start_at_ms = Some(unix_ms() + ms(delay));
+        self.write_status();
+    }
+
+    fn start_child(&mut self) {
+        let cmd = &self.opts.command;
+        let mut command = Command::new(&cmd[0]);
+        command
+            .args(&cmd[1..])
+            .process_group(0)
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.status.starts += 1;
+        let start_seq = self.status.starts;
+        match command.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                let (tx, rx) = mpsc::channel();
+                if let Some(out) = child.stdout.take() {
+                    let (log, tx) = (self.log.clone(), tx.clone());
+                    thread::spawn(move || {
+                        copy_output(out, pid, Stream::Stdout, log);
+                        let _ = tx.send(());
+                    });
+                }
+                if let Some(err) = child.stderr.take() {
+                    let (log, tx) = (self.log.clone(), tx.clone());
+                    thread::spawn(move || {
+                        copy_output(err, pid, Stream::Stderr, log);
+                        let _ = tx.send(());
+                    });
+                }
+                // The std Child is dropped without waiting: we reap with waitpid(-1) ourselves.
+                drop(child);
+                log(format!("started {} (pid {pid})", cmd.join(" ")));
+                self.child = Some(Child {
+                    pid: Pid::from_raw(pid as i32),
+                    started: Instant::now(),
+                    start_seq,
+                    output_done: rx,
+                    exited: None,
+                });
+                self.status.state = AppState::Running;
+                self.status.pid = Some(pid);
+                self.status.started_at_ms = Some(unix_ms());
+                self.status.next_start_at_ms = None;
+                self.status.last_error = None;
+            }
+            Err(e) => {
+                let msg = format!("cannot start {}: {e}", cmd[0]);
+                let delay = self.backoff;
+                self.backoff = (self.backoff * 2).min(self.opts.backoff_max).max(self.opts.backoff_min);
+                log(format!("{msg}; retrying in {} ms", delay.as_millis()));
+                self.next_start = Some(Instant::now() + delay);
+                self.status.state = AppState::Backoff;
+                self.status.pid = None;
+                self.status.last_error = Some(msg);
+                self.status.next_start_at_ms = Some(unix_ms() + ms(delay));
+            }
+        }
+        self.write_status();
+    }
+
+    /// SIGHUP: stop the running child (if any) and start the command again right away.
+    fn restart(&mut self, requested_at_ms: u64) {
+        let t0 = Instant::now();
+        let mut killed = false;
+        if self.child.is_some() {
+            log(format!("restart requested: stopping the app with {}", self.opts.stop_signal));
+            killed = self.stop_child(self.opts.stop_signal);
+        }
+        let stop_ms = ms(t0.elapsed());
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.backoff = self.opts.backoff_min;
+        self.next_start = None;
+        self.start_child();
+        self.status.last_restart = Some(RestartInfo {
+            requested_at_ms,
+            stop_ms,
+            killed,
+            started_at_ms: unix_ms(),
+            start_seq: self.status.starts,
+        });
+        self.write_status();
+        // A SIGHUP that arrived while we were stopping asked for the restart we just did.
+        self.restart_requested = None;
+    }
+
+    /// Stop the child's process group: `sig`, grace period, SIGKILL, then wait until the group
+    /// is empty. Returns whether SIGKILL was needed.
+    fn stop_child(&mut self, sig: Signal) -> bool {
+        let Some(c) = &self.child else { return false };
+        let pgid = c.pid;
+        self.status.state = AppState::Stopping;
+        self.write_status();
+        send_group(pgid, sig);
+        let deadline = Instant::now() + self.opts.grace_period;
+        let mut killed = false;
+        let mut kill_deadline: Option<Instant> = None;
+        loop {
+            self.reap();
+            let leader_gone = self.child.as_ref().is_none_or(|c| c.exited.is_some());
+            if leader_gone && group_gone(pgid) {
+                break;
+            }
+            let now = Instant::now();
+            if !killed && now >= deadline {
+                log(format!(
+                    "app did not stop within {} ms: sending SIGKILL to its process group",
+                    self.opts.grace_period.as_millis()
+                ));
+                send_group(pgid, Signal::SIGKILL);
+                killed = true;
+                kill_deadline = Some(now + Duration::from_secs(10));
+            }
+            if let Some(kd) = kill_deadline
+                && now >= kd
+            {
+                log("processes of the app's group survive SIGKILL (uninterruptible?); giving up waiting");
+                break;
+            }
+            if let Some(s) = wait_signal(&self.sigset, Duration::from_millis(20)) {
+                match s {
+                    Signal::SIGCHLD => {}
+                    Signal::SIGHUP => {} // already restarting
+                    other => self.on_signal(other),
+                }
+            }
+        }
+        self.drain_output();
+        let info = self.exit_info(true);
+        if let Some(i) = &info {
+            log(format!("app (pid {}) stopped ({})", i.pid, describe_exit(i)));
+        }
+        self.child = None;
+        self.status.pid = None;
+        self.status.started_at_ms = None;
+        self.status.last_exit = info;
+        self.write_status();
+        killed
+    }
+}
+
+fn send_group(pgid: Pid, sig: Signal) {
+    if signal::killpg(pgid, sig) == Err(Errno::ESRCH) {
+        // The leader may have left its group (setsid): signal it directly.
+        let _ = signal::kill(pgid, sig);
+    }
+}
+
+fn group_gone(pgid: Pid) -> bool {
+    signal::killpg(pgid, None) == Err(Errno::ESRCH)
+}
+
+fn describe_exit(i: &ExitInfo) -> String {
+    match (i.code, i.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!(
+            "killed by {}",
+            Signal::try_from(s).map(|s| s.to_string()).unwrap_or_else(|_| s.to_string())
+        ),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Read the supervisor's PID from its PID file.
+pub fn read_pid_file(path: &Path) -> io::Result<u32> {
+    let s = fs::read_to_string(path)?;
+    s.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} does not hold a PID", path.display())))
+}
