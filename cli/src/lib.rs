@@ -2,6 +2,7 @@
 //! (and tested) on its own.
 
 pub mod config;
+pub mod deploy;
 pub mod rewrite;
 pub mod tree;
 pub mod watch;

@@ -1,0 +1,617 @@
+//! Deploy: read the project's manifests, turn the app's workload into a dev workload, apply
+//! everything with server-side apply, and find the dev pod.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, StatefulSet};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+
+use crate::config::{WorkloadKind, WorkloadRef};
+use crate::rewrite::{self, DevPodSpec, RewriteNotes};
+
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "kdev";
+/// Label naming the kdev project (the directory of kdev.yaml) an object belongs to.
+pub const LABEL_PROJECT: &str = "kdev.dev/project";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: document {doc}: {message}")]
+    Object {
+        path: PathBuf,
+        doc: usize,
+        message: String,
+    },
+    #[error("no manifests found in {0}: point `manifests` in kdev.yaml at your YAML files")]
+    NoManifests(String),
+    #[error("{0}")]
+    Workload(String),
+    #[error(transparent)]
+    Rewrite(#[from] rewrite::RewriteError),
+    #[error("applying {kind}/{name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Pod(String),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// One object read from a manifest file.
+#[derive(Debug, Clone)]
+pub struct ManifestObject {
+    pub source: PathBuf,
+    pub object: DynamicObject,
+}
+
+impl ManifestObject {
+    pub fn kind(&self) -> &str {
+        self.object
+            .types
+            .as_ref()
+            .map(|t| t.kind.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// Read every YAML document from the given files and directories (`*.yaml`, `*.yml`, sorted).
+pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<ManifestObject>, DeployError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let read = std::fs::read_dir(p).map_err(|source| DeployError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let mut in_dir: Vec<PathBuf> = read
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| DeployError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        out.extend(parse_manifests(&text, file)?);
+    }
+    if out.is_empty() {
+        let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(DeployError::NoManifests(names.join(", ")));
+    }
+    Ok(out)
+}
+
+/// Parse a multi-document YAML text; `path` is for messages.
+pub fn parse_manifests(text: &str, path: &Path) -> Result<Vec<ManifestObject>, DeployError> {
+    let mut out = Vec::new();
+    for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            DeployError::Yaml {
+                path: path.into(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        if value.is_null() {
+            continue; // an empty document (`---` at the end)
+        }
+        let object: DynamicObject =
+            serde_json::from_value(value).map_err(|e| DeployError::Object {
+                path: path.into(),
+                doc: i + 1,
+                message: format!("not a Kubernetes object: {e}"),
+            })?;
+        if object.types.is_none() || object.metadata.name.is_none() {
+            return Err(DeployError::Object {
+                path: path.into(),
+                doc: i + 1,
+                message: "every object needs apiVersion, kind and metadata.name".into(),
+            });
+        }
+        out.push(ManifestObject {
+            source: path.into(),
+            object,
+        });
+    }
+    Ok(out)
+}
+
+/// Find the workload that runs the app: the configured one, or the only Deployment.
+pub fn find_workload(
+    objects: &[ManifestObject],
+    wanted: Option<&WorkloadRef>,
+) -> Result<usize, DeployError> {
+    let kind_of = |o: &ManifestObject| match o.kind() {
+        "Deployment" => Some(WorkloadKind::Deployment),
+        "StatefulSet" => Some(WorkloadKind::StatefulSet),
+        _ => None,
+    };
+    let workloads: Vec<(usize, WorkloadRef)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| {
+            Some((
+                i,
+                WorkloadRef {
+                    kind: kind_of(o)?,
+                    name: o.object.name_any(),
+                },
+            ))
+        })
+        .collect();
+    let list = || {
+        workloads
+            .iter()
+            .map(|(_, w)| w.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match wanted {
+        Some(w) => workloads
+            .iter()
+            .find(|(_, x)| x == w)
+            .map(|(i, _)| *i)
+            .ok_or_else(|| {
+                DeployError::Workload(format!(
+                    "workload {w} is not in the manifests (they have: {})",
+                    list()
+                ))
+            }),
+        None => match workloads.as_slice() {
+            [(i, _)] => Ok(*i),
+            [] => Err(DeployError::Workload(
+                "the manifests contain no Deployment or StatefulSet to run the app".into(),
+            )),
+            _ => Err(DeployError::Workload(format!(
+                "the manifests contain several workloads ({}); name the app's in kdev.yaml, e.g. `workload: {}`",
+                list(),
+                workloads[0].1
+            ))),
+        },
+    }
+}
+
+/// The objects to apply, with the app's workload rewritten, everything labelled and namespaced.
+#[derive(Debug, Clone)]
+pub struct DeployPlan {
+    pub objects: Vec<DynamicObject>,
+    pub workload: WorkloadRef,
+    /// Labels that select the dev pod.
+    pub pod_selector: BTreeMap<String, String>,
+    pub notes: RewriteNotes,
+}
+
+/// Build the deploy plan (pure: no cluster access).
+pub fn prepare(
+    objects: &[ManifestObject],
+    wanted: Option<&WorkloadRef>,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    dev: &DevPodSpec,
+) -> Result<DeployPlan, DeployError> {
+    let index = find_workload(objects, wanted)?;
+    let mut out = Vec::new();
+    let mut result = None;
+    for (i, m) in objects.iter().enumerate() {
+        let mut obj = m.object.clone();
+        obj.metadata.namespace = Some(namespace.to_string());
+        obj.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .extend(labels.clone());
+        obj.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(rewrite::LABEL_MANAGED_BY.into(), "kdev".into());
+        if i == index {
+            let (rewritten, workload, selector, notes) = rewrite_workload(obj, m, dev, labels)?;
+            obj = rewritten;
+            result = Some((workload, selector, notes));
+        }
+        out.push(obj);
+    }
+    let (workload, pod_selector, notes) = result.expect("the workload index is in range");
+    Ok(DeployPlan {
+        objects: out,
+        workload,
+        pod_selector,
+        notes,
+    })
+}
+
+type Rewritten = (
+    DynamicObject,
+    WorkloadRef,
+    BTreeMap<String, String>,
+    RewriteNotes,
+);
+
+fn rewrite_workload(
+    obj: DynamicObject,
+    m: &ManifestObject,
+    dev: &DevPodSpec,
+    labels: &BTreeMap<String, String>,
+) -> Result<Rewritten, DeployError> {
+    let bad = |message: String| DeployError::Object {
+        path: m.source.clone(),
+        doc: 0,
+        message,
+    };
+    let value = serde_json::to_value(&obj).map_err(|e| bad(e.to_string()))?;
+    let mut dev = dev.clone();
+    dev.labels.extend(labels.clone());
+    match m.kind() {
+        "Deployment" => {
+            let mut d: Deployment = serde_json::from_value(value)
+                .map_err(|e| bad(format!("invalid Deployment: {e}")))?;
+            let spec = d
+                .spec
+                .as_mut()
+                .ok_or_else(|| bad("the Deployment has no spec".into()))?;
+            // One dev pod, and never two at once: both would take the same edits.
+            spec.replicas = Some(1);
+            spec.strategy = Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            });
+            let notes = rewrite::rewrite_pod_template(&mut spec.template, &dev)?;
+            let selector = spec.selector.match_labels.clone().unwrap_or_default();
+            let name = d.name_any();
+            let back =
+                serde_json::from_value(serde_json::to_value(&d).map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            Ok((
+                back,
+                WorkloadRef {
+                    kind: WorkloadKind::Deployment,
+                    name,
+                },
+                selector,
+                notes,
+            ))
+        }
+        "StatefulSet" => {
+            let mut s: StatefulSet = serde_json::from_value(value)
+                .map_err(|e| bad(format!("invalid StatefulSet: {e}")))?;
+            let spec = s
+                .spec
+                .as_mut()
+                .ok_or_else(|| bad("the StatefulSet has no spec".into()))?;
+            spec.replicas = Some(1);
+            let notes = rewrite::rewrite_pod_template(&mut spec.template, &dev)?;
+            let selector = spec.selector.match_labels.clone().unwrap_or_default();
+            let name = s.name_any();
+            let back =
+                serde_json::from_value(serde_json::to_value(&s).map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            Ok((
+                back,
+                WorkloadRef {
+                    kind: WorkloadKind::StatefulSet,
+                    name,
+                },
+                selector,
+                notes,
+            ))
+        }
+        other => Err(bad(format!("{other} is not a supported workload"))),
+    }
+}
+
+/// Apply every object with server-side apply (field manager `kdev`), in manifest order.
+pub async fn apply(client: &Client, namespace: &str, plan: &DeployPlan) -> Result<(), DeployError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in &plan.objects {
+        let types = obj.types.as_ref().expect("checked when parsing");
+        let gvk = GroupVersionKind::try_from(types).map_err(|e| DeployError::Object {
+            path: PathBuf::from("<manifest>"),
+            doc: 0,
+            message: e.to_string(),
+        })?;
+        let (resource, caps) =
+            kube::discovery::pinned_kind(client, &gvk)
+                .await
+                .map_err(|source| DeployError::Apply {
+                    kind: types.kind.clone(),
+                    name: obj.name_any(),
+                    source,
+                })?;
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        api.patch(&obj.name_any(), &params, &Patch::Apply(obj))
+            .await
+            .map_err(|source| DeployError::Apply {
+                kind: types.kind.clone(),
+                name: obj.name_any(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Container states that will not get better by waiting.
+const FATAL_WAITING_REASONS: &[&str] = &[
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Wait for the newest live pod matching `selector` whose kdev sidecar is running (the point at
+/// which the controller can be uploaded). Fails early, with the reason, on states that waiting
+/// does not fix, and after `timeout` with the pod's conditions and recent events.
+pub async fn wait_for_dev_pod(
+    client: &Client,
+    namespace: &str,
+    selector: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<Pod, DeployError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let label_selector = selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last: Option<Pod> = None;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&label_selector))
+            .await?;
+        let newest = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.init_containers
+                        .iter()
+                        .flatten()
+                        .any(|c| c.name == rewrite::SIDECAR_NAME)
+                })
+            })
+            .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+        if let Some(pod) = newest {
+            if let Some(reason) = fatal_reason(&pod) {
+                return Err(DeployError::Pod(format!(
+                    "pod {} cannot start: {reason}",
+                    pod.name_any()
+                )));
+            }
+            if sidecar_running(&pod) {
+                return Ok(pod);
+            }
+            last = Some(pod);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let detail = match &last {
+                Some(p) => describe_pending(client, namespace, p).await,
+                None => format!(
+                    "no pod matches {label_selector}; is the workload's controller running?"
+                ),
+            };
+            return Err(DeployError::Pod(format!(
+                "the dev pod did not start within {timeout:?}: {detail}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn sidecar_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.name == rewrite::SIDECAR_NAME && c.state.as_ref().is_some_and(|s| s.running.is_some())
+        })
+}
+
+fn fatal_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    for c in status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+    {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.clone().unwrap_or_default();
+            if FATAL_WAITING_REASONS.contains(&reason.as_str()) {
+                let hint = if reason.contains("Image") {
+                    format!(
+                        " (image {}: is it present on the node or pullable? kdev.yaml `sidecar.image` sets the sidecar's)",
+                        c.image
+                    )
+                } else {
+                    String::new()
+                };
+                return Some(format!(
+                    "container {}: {reason}: {}{hint}",
+                    c.name,
+                    w.message.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    None
+}
+
+async fn describe_pending(client: &Client, namespace: &str, pod: &Pod) -> String {
+    let mut parts = Vec::new();
+    if let Some(status) = &pod.status {
+        parts.push(format!(
+            "phase {}",
+            status.phase.clone().unwrap_or_default()
+        ));
+        for c in status.conditions.iter().flatten() {
+            if c.status != "True" {
+                parts.push(format!(
+                    "{}: {} {}",
+                    c.type_,
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("involvedObject.name={}", pod.name_any());
+    if let Ok(list) = events.list(&ListParams::default().fields(&selector)).await {
+        for e in list.items.iter().rev().take(5) {
+            parts.push(format!(
+                "event {}: {}",
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    format!("pod {}: {}", pod.name_any(), parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: gin-hello
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: gin-hello}
+  template:
+    metadata:
+      labels: {app: gin-hello}
+    spec:
+      containers:
+        - name: app
+          image: kdev.local/gin-hello:dev
+          ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: gin-hello
+spec:
+  selector: {app: gin-hello}
+  ports: [{port: 8080}]
+---
+";
+
+    fn dev() -> DevPodSpec {
+        DevPodSpec {
+            container: None,
+            sidecar_image: "img".into(),
+            args: None,
+            stop_signal: None,
+            grace_period_ms: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn parses_multi_document_manifests() {
+        let objs = parse_manifests(MANIFEST, Path::new("k8s/app.yaml")).unwrap();
+        assert_eq!(
+            objs.iter().map(|o| o.kind()).collect::<Vec<_>>(),
+            vec!["Deployment", "Service"]
+        );
+    }
+
+    #[test]
+    fn bad_yaml_names_file_and_line() {
+        let err = parse_manifests("kind: Pod\nmetadata: [\n", Path::new("k8s/x.yaml")).unwrap_err();
+        assert!(err.to_string().starts_with("k8s/x.yaml:"), "{err}");
+        let err = parse_manifests("foo: bar\n", Path::new("k8s/x.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("apiVersion, kind and metadata.name")
+                || err.to_string().contains("not a Kubernetes object"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prepare_rewrites_the_only_deployment_and_labels_everything() {
+        let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
+        let labels = BTreeMap::from([(LABEL_PROJECT.to_string(), "gin-hello".to_string())]);
+        let plan = prepare(&objs, None, "dev", &labels, &dev()).unwrap();
+        assert_eq!(plan.workload.to_string(), "deployment/gin-hello");
+        assert_eq!(plan.pod_selector["app"], "gin-hello");
+        for o in &plan.objects {
+            assert_eq!(o.metadata.namespace.as_deref(), Some("dev"));
+            assert_eq!(o.labels()[LABEL_PROJECT], "gin-hello");
+        }
+        let d: Deployment =
+            serde_json::from_value(serde_json::to_value(&plan.objects[0]).unwrap()).unwrap();
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        assert_eq!(
+            spec.template.spec.unwrap().share_process_namespace,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn missing_or_ambiguous_workloads_are_explained() {
+        let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
+        let w: WorkloadRef = "deployment/other".parse().unwrap();
+        let err = find_workload(&objs, Some(&w)).unwrap_err().to_string();
+        assert!(
+            err.contains("deployment/other is not in the manifests")
+                && err.contains("deployment/gin-hello"),
+            "{err}"
+        );
+        let two = [objs[0].clone(), objs[0].clone()];
+        let err = find_workload(&two, None).unwrap_err().to_string();
+        assert!(err.contains("several workloads"), "{err}");
+    }
+}
