@@ -4,5 +4,6 @@
 pub mod config;
 pub mod deploy;
 pub mod rewrite;
+pub mod session;
 pub mod tree;
 pub mod watch;
