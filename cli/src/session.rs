@@ -177,7 +177,7 @@ impl ControllerSession {
         &mut self,
         id: u64,
         timeout: Duration,
-        mut pick: impl FnMut(ServerMessage) -> Result<T, ServerMessage>,
+        mut pick: impl FnMut(ServerMessage) -> Result<T, Box<ServerMessage>>,
     ) -> Result<T, SessionError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -192,7 +192,7 @@ impl ControllerSession {
             }
             match pick(msg) {
                 Ok(t) => return Ok(t),
-                Err(other) => self.events.push_back(other),
+                Err(other) => self.events.push_back(*other),
             }
         }
     }
@@ -204,7 +204,7 @@ impl ControllerSession {
             .await?;
         self.response(id, Duration::from_secs(300), |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -226,7 +226,7 @@ impl ControllerSession {
         .await?;
         self.response(id, Duration::from_secs(300), |m| match m {
             ServerMessage::PatchResult(r) if r.id == id => Ok(r),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
@@ -237,7 +237,7 @@ impl ControllerSession {
         self.send(&ClientMessage::Ping(Ping { id })).await?;
         self.response(id, timeout, |m| match m {
             ServerMessage::Pong(p) if p.id == id => Ok(()),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
         .await
     }
