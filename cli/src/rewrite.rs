@@ -3,7 +3,9 @@
 //! What changes, and why:
 //! - `shareProcessNamespace: true`: the sidecar signals the supervisor in the app container.
 //! - an `emptyDir` at `/kdev` in both containers: sources, binaries and the controller.
-//! - a cache volume for the Go build cache: rebuilds after the first one are incremental.
+//! - no cache volume of kdev's own: the controller uses the image's Go build and module caches
+//!   (`go env GOCACHE GOMODCACHE`), which an image may ship pre-filled; an `emptyDir` would
+//!   start empty and not outlive the pod either.
 //! - the sidecar as a native sidecar (an init container with `restartPolicy: Always`): it starts
 //!   first, and its startup probe (the controller has been uploaded) holds the app container back
 //!   until the supervisor exists, so that container never starts without it and never enters
@@ -27,11 +29,7 @@ pub const CONTROLLER_PATH: &str = "/kdev/bin/kdev-controller";
 pub const APP_PATH: &str = "/kdev/bin/app";
 /// The sidecar's name.
 pub const SIDECAR_NAME: &str = "kdev";
-/// Mount point of the build cache in the sidecar.
-pub const CACHE_DIR: &str = "/kdev-cache";
-
 const SHARED_VOLUME: &str = "kdev";
-const CACHE_VOLUME: &str = "kdev-cache";
 
 /// Labels on everything kdev creates or rewrites.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -98,10 +96,8 @@ pub fn rewrite_pod_template(
         return Err(RewriteError::NoContainers);
     }
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
-    for name in [SHARED_VOLUME, CACHE_VOLUME] {
-        if volumes.iter().any(|v| v.name == name) {
-            return Err(RewriteError::NameClash(name.into()));
-        }
+    if volumes.iter().any(|v| v.name == SHARED_VOLUME) {
+        return Err(RewriteError::NameClash(SHARED_VOLUME.into()));
     }
     let init = pod.init_containers.get_or_insert_with(Vec::new);
     if init
@@ -114,7 +110,6 @@ pub fn rewrite_pod_template(
 
     pod.share_process_namespace = Some(true);
     volumes.push(empty_dir(SHARED_VOLUME));
-    volumes.push(empty_dir(CACHE_VOLUME));
 
     let index = match &spec.container {
         Some(name) => pod
@@ -210,23 +205,12 @@ fn sidecar(image: &str) -> Container {
                  trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done"
             ),
         ]),
-        env: Some(vec![
-            env("GOCACHE", &format!("{CACHE_DIR}/go-build")),
-            env("CGO_ENABLED", "0"),
-            env("GOFLAGS", "-mod=mod"),
-        ]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: SHARED_VOLUME.into(),
-                mount_path: KDEV_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: CACHE_VOLUME.into(),
-                mount_path: CACHE_DIR.into(),
-                ..Default::default()
-            },
-        ]),
+        env: Some(vec![env("CGO_ENABLED", "0"), env("GOFLAGS", "-mod=mod")]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: SHARED_VOLUME.into(),
+            mount_path: KDEV_DIR.into(),
+            ..Default::default()
+        }]),
         startup_probe: Some(Probe {
             exec: Some(ExecAction {
                 command: Some(vec!["test".into(), "-x".into(), CONTROLLER_PATH.into()]),
