@@ -421,6 +421,21 @@ impl Supervisor {
             .stdin(Stdio::inherit())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The supervisor blocks the signals it handles; the app must start with none blocked
+        // (std does not reset the mask, and a blocked SIGTERM would survive exec).
+        // SAFETY: only async-signal-safe calls (sigemptyset, sigprocmask, signal) run in the
+        // child between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         self.status.starts += 1;
         let start_seq = self.status.starts;
         match command.spawn() {
