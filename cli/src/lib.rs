@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod deploy;
+pub mod forward;
 pub mod rewrite;
 pub mod session;
 pub mod tree;
