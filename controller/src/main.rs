@@ -133,7 +133,9 @@ fn paths(common: &CommonArgs) -> KdevPaths {
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn main() {
@@ -179,10 +181,20 @@ fn run_serve(a: ServeArgs) -> Result<i32> {
     }
     let build = BuildDefaults {
         go: a.go,
-        gocache: a.gocache.or_else(|| env_path("GOCACHE")).unwrap_or_else(|| p.cache.join("go-build")),
-        gomodcache: a.gomodcache.or_else(|| env_path("GOMODCACHE")).unwrap_or_else(|| p.cache.join("mod")),
+        gocache: a
+            .gocache
+            .or_else(|| env_path("GOCACHE"))
+            .unwrap_or_else(|| p.cache.join("go-build")),
+        gomodcache: a
+            .gomodcache
+            .or_else(|| env_path("GOMODCACHE"))
+            .unwrap_or_else(|| p.cache.join("mod")),
     };
-    let opts = ServeOptions { paths: p, build, restart_timeout: a.restart_timeout };
+    let opts = ServeOptions {
+        paths: p,
+        build,
+        restart_timeout: a.restart_timeout,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

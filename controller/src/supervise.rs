@@ -11,8 +11,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -91,26 +91,40 @@ struct AppLog {
 
 impl AppLog {
     fn open(path: PathBuf, max: u64) -> AppLog {
-        let mut log = AppLog { path, file: None, size: 0, max };
+        let mut log = AppLog {
+            path,
+            file: None,
+            size: 0,
+            max,
+        };
         log.reopen();
         log
     }
 
     fn reopen(&mut self) {
-        match OpenOptions::new().create(true).append(true).open(&self.path) {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
             Ok(f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
             }
             Err(e) => {
-                log(format!("cannot open {}: {e}; app output is not recorded", self.path.display()));
+                log(format!(
+                    "cannot open {}: {e}; app output is not recorded",
+                    self.path.display()
+                ));
                 self.file = None;
             }
         }
     }
 
     fn append(&mut self, rec: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else { return };
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
         line.push(b'\n');
         if self.size + line.len() as u64 > self.max {
             // Rotate: keep one previous file so a reader that is behind can finish it.
@@ -145,7 +159,10 @@ fn copy_output<R: Read>(pipe: R, pid: u32, stream: Stream, log: Arc<Mutex<AppLog
             let room = MAX_LINE - line.len();
             let (take, done) = match buf.iter().take(room).position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
-                None => (buf.len().min(room), line.len() + buf.len().min(room) >= MAX_LINE),
+                None => (
+                    buf.len().min(room),
+                    line.len() + buf.len().min(room) >= MAX_LINE,
+                ),
             };
             line.extend_from_slice(&buf[..take]);
             reader.consume(take);
@@ -161,7 +178,12 @@ fn copy_output<R: Read>(pipe: R, pid: u32, stream: Stream, log: Arc<Mutex<AppLog
             let text = String::from_utf8_lossy(&line);
             let text = text.strip_suffix('\n').unwrap_or(&text);
             let text = text.strip_suffix('\r').unwrap_or(text);
-            let rec = LogRecord { at_ms: unix_ms(), pid, stream, line: text.to_string() };
+            let rec = LogRecord {
+                at_ms: unix_ms(),
+                pid,
+                stream,
+                line: text.to_string(),
+            };
             if let Ok(mut l) = log.lock() {
                 l.append(&rec);
             }
@@ -195,12 +217,18 @@ struct Supervisor {
 
 /// Run the supervisor until it is told to stop. Returns the process exit code.
 pub fn run(opts: SuperviseOptions) -> Result<i32> {
-    anyhow::ensure!(!opts.command.is_empty(), "no command given: use `kdev-controller supervise -- CMD [ARGS...]`");
+    anyhow::ensure!(
+        !opts.command.is_empty(),
+        "no command given: use `kdev-controller supervise -- CMD [ARGS...]`"
+    );
     let sigset = handled_set();
     // Block before any thread exists so every thread inherits the mask.
-    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigset), None).context("blocking signals")?;
+    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigset), None)
+        .context("blocking signals")?;
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        log(format!("cannot become a child subreaper ({e}); orphaned grandchildren may stay as zombies"));
+        log(format!(
+            "cannot become a child subreaper ({e}); orphaned grandchildren may stay as zombies"
+        ));
     }
     fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("creating the run directory {}", opts.run_dir.display()))?;
@@ -255,7 +283,10 @@ impl Supervisor {
             let mut logged = false;
             while !path.exists() {
                 if !logged {
-                    log(format!("waiting for {} to exist before starting the app", path.display()));
+                    log(format!(
+                        "waiting for {} to exist before starting the app",
+                        path.display()
+                    ));
                     logged = true;
                 }
                 if let Some(sig) = wait_signal(&self.sigset, Duration::from_millis(100)) {
@@ -272,7 +303,11 @@ impl Supervisor {
         loop {
             if let Some(sig) = self.shutdown {
                 if self.child.is_some() {
-                    let stop_sig = if sig == Signal::SIGINT { Signal::SIGINT } else { self.opts.stop_signal };
+                    let stop_sig = if sig == Signal::SIGINT {
+                        Signal::SIGINT
+                    } else {
+                        self.opts.stop_signal
+                    };
                     log(format!("got {sig}: stopping the app with {stop_sig}"));
                     self.stop_child(stop_sig);
                 }
@@ -293,7 +328,9 @@ impl Supervisor {
                 continue;
             }
             let timeout = match (self.child.is_none(), self.next_start) {
-                (true, Some(at)) => at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+                (true, Some(at)) => at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
                 _ => Duration::from_secs(1),
             };
             if let Some(sig) = wait_signal(&self.sigset, timeout) {
@@ -387,13 +424,19 @@ impl Supervisor {
     fn on_unexpected_exit(&mut self) {
         self.drain_output();
         let info = self.exit_info(false);
-        let runtime = self.child.as_ref().map(|c| c.started.elapsed()).unwrap_or_default();
+        let runtime = self
+            .child
+            .as_ref()
+            .map(|c| c.started.elapsed())
+            .unwrap_or_default();
         self.child = None;
         if runtime >= self.opts.healthy_after {
             self.backoff = self.opts.backoff_min;
         }
         let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.opts.backoff_max).max(self.opts.backoff_min);
+        self.backoff = (self.backoff * 2)
+            .min(self.opts.backoff_max)
+            .max(self.opts.backoff_min);
         if let Some(i) = &info {
             log(format!(
                 "app (pid {}) exited on its own ({}) after {} ms; restarting in {} ms",
@@ -475,7 +518,9 @@ impl Supervisor {
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", cmd[0]);
                 let delay = self.backoff;
-                self.backoff = (self.backoff * 2).min(self.opts.backoff_max).max(self.opts.backoff_min);
+                self.backoff = (self.backoff * 2)
+                    .min(self.opts.backoff_max)
+                    .max(self.opts.backoff_min);
                 log(format!("{msg}; retrying in {} ms", delay.as_millis()));
                 self.next_start = Some(Instant::now() + delay);
                 self.status.state = AppState::Backoff;
@@ -492,7 +537,10 @@ impl Supervisor {
         let t0 = Instant::now();
         let mut killed = false;
         if self.child.is_some() {
-            log(format!("restart requested: stopping the app with {}", self.opts.stop_signal));
+            log(format!(
+                "restart requested: stopping the app with {}",
+                self.opts.stop_signal
+            ));
             killed = self.stop_child(self.opts.stop_signal);
         }
         let stop_ms = ms(t0.elapsed());
@@ -544,7 +592,9 @@ impl Supervisor {
             if let Some(kd) = kill_deadline
                 && now >= kd
             {
-                log("processes of the app's group survive SIGKILL (uninterruptible?); giving up waiting");
+                log(
+                    "processes of the app's group survive SIGKILL (uninterruptible?); giving up waiting",
+                );
                 break;
             }
             if let Some(s) = wait_signal(&self.sigset, Duration::from_millis(20)) {
@@ -558,7 +608,11 @@ impl Supervisor {
         self.drain_output();
         let info = self.exit_info(true);
         if let Some(i) = &info {
-            log(format!("app (pid {}) stopped ({})", i.pid, describe_exit(i)));
+            log(format!(
+                "app (pid {}) stopped ({})",
+                i.pid,
+                describe_exit(i)
+            ));
         }
         self.child = None;
         self.status.pid = None;
@@ -585,7 +639,9 @@ fn describe_exit(i: &ExitInfo) -> String {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!(
             "killed by {}",
-            Signal::try_from(s).map(|s| s.to_string()).unwrap_or_else(|_| s.to_string())
+            Signal::try_from(s)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| s.to_string())
         ),
         _ => "unknown status".into(),
     }
@@ -594,7 +650,10 @@ fn describe_exit(i: &ExitInfo) -> String {
 /// Read the supervisor's PID from its PID file.
 pub fn read_pid_file(path: &Path) -> io::Result<u32> {
     let s = fs::read_to_string(path)?;
-    s.trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{} does not hold a PID", path.display())))
+    s.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} does not hold a PID", path.display()),
+        )
+    })
 }

@@ -74,7 +74,10 @@ pub struct BuildState {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn ms(d: Duration) -> u64 {
@@ -112,7 +115,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: use e.g. 250ms, 5s, 1m"))?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("invalid duration {s:?}: must be a non-negative number"));
+        return Err(format!(
+            "invalid duration {s:?}: must be a non-negative number"
+        ));
     }
     Ok(Duration::from_secs_f64(v * mult))
 }
@@ -123,7 +128,11 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>()
         .map_err(|_| format!("unknown signal {s:?}: use a name like TERM, INT, QUIT or a number"))
 }

@@ -40,20 +40,32 @@ fn waits_for_the_binary_then_sighup_restarts_with_new_pid_and_rebuilt_binary() {
     );
     // Nothing to run yet: the supervisor waits, says so once, and writes its PID file.
     let pid_file = kdev.join("run/supervisor.pid");
-    let pid: u32 = wait_for(T, "the PID file", || fs::read_to_string(&pid_file).ok()?.trim().parse().ok());
+    let pid: u32 = wait_for(T, "the PID file", || {
+        fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
     assert_eq!(pid, sup.pid());
-    wait_for(T, "the waiting status", || read_status(kdev).filter(|s| s.state == AppState::Waiting));
-    wait_for(T, "the waiting message", || sup.stderr().contains("waiting for").then_some(()));
+    wait_for(T, "the waiting status", || {
+        read_status(kdev).filter(|s| s.state == AppState::Waiting)
+    });
+    wait_for(T, "the waiting message", || {
+        sup.stderr().contains("waiting for").then_some(())
+    });
 
     install_app(kdev, "echo \"version 1 pid $$\"\nexec sleep 1000");
     let s1 = sup.wait_running(0, T);
     let pid1 = s1.pid.unwrap();
     wait_for(T, "version 1 output in app.log", || {
-        log_lines(kdev).iter().any(|(p, l)| *p == pid1 && l == &format!("version 1 pid {pid1}")).then_some(())
+        log_lines(kdev)
+            .iter()
+            .any(|(p, l)| *p == pid1 && l == &format!("version 1 pid {pid1}"))
+            .then_some(())
     });
     // The output is also copied to the supervisor's own stdout (kubectl logs).
     wait_for(T, "version 1 on the supervisor's stdout", || {
-        fs::read_to_string(kdev.join("supervisor.stdout")).ok()?.contains("version 1").then_some(())
+        fs::read_to_string(kdev.join("supervisor.stdout"))
+            .ok()?
+            .contains("version 1")
+            .then_some(())
     });
 
     install_app(kdev, "echo \"version 2 pid $$\"\nexec sleep 1000");
@@ -62,13 +74,24 @@ fn waits_for_the_binary_then_sighup_restarts_with_new_pid_and_rebuilt_binary() {
     let pid2 = s2.pid.unwrap();
     assert_ne!(pid1, pid2, "a restart must start a new process");
     wait_for(T, "version 2 output from the new process", || {
-        log_lines(kdev).iter().any(|(p, l)| *p == pid2 && l == &format!("version 2 pid {pid2}")).then_some(())
+        log_lines(kdev)
+            .iter()
+            .any(|(p, l)| *p == pid2 && l == &format!("version 2 pid {pid2}"))
+            .then_some(())
     });
-    assert!(!process_exists(pid1), "the old process {pid1} must be gone (and reaped)");
+    assert!(
+        !process_exists(pid1),
+        "the old process {pid1} must be gone (and reaped)"
+    );
     let exit = s2.last_exit.expect("the stop is recorded");
     assert_eq!(exit.pid, pid1);
     assert!(exit.expected);
-    assert_eq!(exit.signal, Some(Signal::SIGTERM as i32), "{}", sup.stderr());
+    assert_eq!(
+        exit.signal,
+        Some(Signal::SIGTERM as i32),
+        "{}",
+        sup.stderr()
+    );
     let r = s2.last_restart.expect("restart info");
     assert!(!r.killed);
     assert_eq!(r.start_seq, s2.starts);
@@ -82,24 +105,39 @@ fn child_ignoring_sigterm_is_killed_after_the_grace_period_with_its_group() {
     // TERM is ignored by the shell and (inherited) by its background sleep.
     install_app(
         kdev,
-        &format!("trap '' TERM\nsleep 1000 &\necho $! > {}\nwhile true; do sleep 0.05; done", gc.display()),
+        &format!(
+            "trap '' TERM\nsleep 1000 &\necho $! > {}\nwhile true; do sleep 0.05; done",
+            gc.display()
+        ),
     );
     let app = app_path(kdev);
     let sup = Supervisor::start(kdev, &["--grace-period", "1s"], &[&app], &[]);
     let s1 = sup.wait_running(0, T);
     let pid1 = s1.pid.unwrap();
-    let gc_pid: u32 = wait_for(T, "the grandchild PID", || fs::read_to_string(&gc).ok()?.trim().parse().ok());
+    let gc_pid: u32 = wait_for(T, "the grandchild PID", || {
+        fs::read_to_string(&gc).ok()?.trim().parse().ok()
+    });
     assert!(process_exists(gc_pid));
 
     sup.signal(Signal::SIGHUP);
     let s2 = sup.wait_running(s1.starts, T);
     let r = s2.last_restart.expect("restart info");
     assert!(r.killed, "SIGKILL must have been needed: {r:?}");
-    assert!(r.stop_ms >= 900, "the grace period (1s) must be honoured, stopped after {} ms", r.stop_ms);
+    assert!(
+        r.stop_ms >= 900,
+        "the grace period (1s) must be honoured, stopped after {} ms",
+        r.stop_ms
+    );
     assert!(r.stop_ms < 10_000, "stopping took {} ms", r.stop_ms);
-    assert_eq!(s2.last_exit.as_ref().unwrap().signal, Some(Signal::SIGKILL as i32));
+    assert_eq!(
+        s2.last_exit.as_ref().unwrap().signal,
+        Some(Signal::SIGKILL as i32)
+    );
     assert!(!process_exists(pid1), "old app {pid1} still exists");
-    assert!(!process_exists(gc_pid), "grandchild {gc_pid} still exists (not killed or not reaped)");
+    assert!(
+        !process_exists(gc_pid),
+        "grandchild {gc_pid} still exists (not killed or not reaped)"
+    );
     assert!(sup.stderr().contains("SIGKILL"), "{}", sup.stderr());
 }
 
@@ -111,7 +149,14 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
     let app = app_path(kdev);
     let mut sup = Supervisor::start(
         kdev,
-        &["--backoff-min", "100ms", "--backoff-max", "3s", "--healthy-after", "30s"],
+        &[
+            "--backoff-min",
+            "100ms",
+            "--backoff-max",
+            "3s",
+            "--healthy-after",
+            "30s",
+        ],
         &[&app],
         &[],
     );
@@ -129,7 +174,10 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
     // Delays 100, 200, 400, 800 ms (plus start-up time): each at least the delay, and growing.
     for (i, g) in gaps.iter().take(4).enumerate() {
         let min = 100u64 << i;
-        assert!(*g >= min * 9 / 10, "gap {i} is {g} ms, expected >= {min} ms; gaps {gaps:?}");
+        assert!(
+            *g >= min * 9 / 10,
+            "gap {i} is {g} ms, expected >= {min} ms; gaps {gaps:?}"
+        );
     }
     assert!(gaps[3] > gaps[0] * 3, "delays must grow: {gaps:?}");
     let st = read_status(kdev).unwrap();
@@ -138,7 +186,10 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
     assert!(!exit.expected);
     assert!(st.starts >= 5);
     // The supervisor itself never exits for that.
-    assert!(sup.child.try_wait().unwrap().is_none(), "the supervisor must keep running");
+    assert!(
+        sup.child.try_wait().unwrap().is_none(),
+        "the supervisor must keep running"
+    );
     // A restart request resets the delay and starts right away.
     install_app(kdev, "echo fixed\nexec sleep 1000");
     let before = read_status(kdev).unwrap().starts;
@@ -166,20 +217,40 @@ fn sigterm_to_the_supervisor_leaves_no_child_or_zombie_behind() {
     let mut sup = Supervisor::start(kdev, &["--grace-period", "5s"], &[&app], &[]);
     let st = sup.wait_running(0, T);
     let pid = st.pid.unwrap();
-    let gc_pid: u32 = wait_for(T, "grandchild PID", || fs::read_to_string(&gc).ok()?.trim().parse().ok());
-    let orphan_pid: u32 = wait_for(T, "orphan PID", || fs::read_to_string(&orphan).ok()?.trim().parse().ok());
+    let gc_pid: u32 = wait_for(T, "grandchild PID", || {
+        fs::read_to_string(&gc).ok()?.trim().parse().ok()
+    });
+    let orphan_pid: u32 = wait_for(T, "orphan PID", || {
+        fs::read_to_string(&orphan).ok()?.trim().parse().ok()
+    });
     // The orphan exits after 0.3 s; as a zombie it would keep its /proc entry.
-    wait_for(T, "the orphan to be reaped by the supervisor", || (!process_exists(orphan_pid)).then_some(()));
+    wait_for(T, "the orphan to be reaped by the supervisor", || {
+        (!process_exists(orphan_pid)).then_some(())
+    });
 
     let t0 = std::time::Instant::now();
     sup.signal(Signal::SIGTERM);
-    let status = wait_for(T, "the supervisor to exit", || sup.child.try_wait().unwrap());
+    let status = wait_for(T, "the supervisor to exit", || {
+        sup.child.try_wait().unwrap()
+    });
     // The app stops on SIGTERM: no need to wait for the 5 s grace period.
-    assert!(t0.elapsed() < Duration::from_secs(4), "shutdown took {:?}\n{}", t0.elapsed(), sup.stderr());
-    assert!(status.success(), "supervisor exit: {status:?}\n{}", sup.stderr());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}\n{}",
+        t0.elapsed(),
+        sup.stderr()
+    );
+    assert!(
+        status.success(),
+        "supervisor exit: {status:?}\n{}",
+        sup.stderr()
+    );
     assert!(!process_exists(pid), "app {pid} survived");
     assert!(!process_exists(gc_pid), "grandchild {gc_pid} survived");
-    assert!(!kdev.join("run/supervisor.pid").exists(), "PID file must be removed");
+    assert!(
+        !kdev.join("run/supervisor.pid").exists(),
+        "PID file must be removed"
+    );
     assert_eq!(read_status(kdev).unwrap().state, AppState::Stopped);
 }
 
@@ -188,8 +259,15 @@ fn missing_command_is_retried_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
     let kdev = tmp.path();
     let app = app_path(kdev);
-    let mut sup = Supervisor::start(kdev, &["--backoff-min", "50ms", "--backoff-max", "200ms"], &[&app], &[]);
-    let st = wait_for(T, "the start error in the status", || read_status(kdev).filter(|s| s.last_error.is_some()));
+    let mut sup = Supervisor::start(
+        kdev,
+        &["--backoff-min", "50ms", "--backoff-max", "200ms"],
+        &[&app],
+        &[],
+    );
+    let st = wait_for(T, "the start error in the status", || {
+        read_status(kdev).filter(|s| s.last_error.is_some())
+    });
     assert!(st.last_error.unwrap().contains("cannot start"));
     install_app(kdev, "exec sleep 1000");
     sup.wait_running(0, T);

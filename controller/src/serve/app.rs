@@ -47,7 +47,13 @@ struct Tail {
 impl Tail {
     /// Start at the current end of the log: old output is not replayed.
     fn new(path: PathBuf) -> Tail {
-        let mut t = Tail { path, file: None, ino: 0, pos: 0, partial: Vec::new() };
+        let mut t = Tail {
+            path,
+            file: None,
+            ino: 0,
+            pos: 0,
+            partial: Vec::new(),
+        };
         if let Ok(mut f) = File::open(&t.path) {
             t.ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
             t.pos = f.seek(SeekFrom::End(0)).unwrap_or(0);
@@ -126,7 +132,10 @@ pub fn spawn_watcher(
     let initial = read_status(&status_path);
     let (tx, rx) = watch::channel(initial.clone());
     let pending = Arc::new(AtomicBool::new(false));
-    let w = AppWatch { status: rx, restart_pending: pending.clone() };
+    let w = AppWatch {
+        status: rx,
+        restart_pending: pending.clone(),
+    };
     let handle = tokio::spawn(async move {
         let mut tail = Tail::new(log_path);
         let mut recent: VecDeque<LogRecord> = VecDeque::new();
@@ -135,9 +144,14 @@ pub fn spawn_watcher(
         loop {
             for rec in tail.poll() {
                 if forward_output {
-                    let ev = Event::AppOutput { pid: rec.pid, stream: rec.stream, line: rec.line.clone() };
+                    let ev = Event::AppOutput {
+                        pid: rec.pid,
+                        stream: rec.stream,
+                        line: rec.line.clone(),
+                    };
                     if out.try_event(ev) {
-                        if dropped > 0 && out.try_event(Event::AppOutputDropped { lines: dropped }) {
+                        if dropped > 0 && out.try_event(Event::AppOutputDropped { lines: dropped })
+                        {
                             dropped = 0;
                         }
                     } else {
@@ -150,21 +164,26 @@ pub fn spawn_watcher(
                 }
             }
             let cur = read_status(&status_path);
-            if cur.is_some() && cur != prev {
-                let c = cur.as_ref().expect("checked");
+            if let Some(c) = cur.as_ref().filter(|_| cur != prev) {
                 let p = prev.as_ref();
                 if let Some(exit) = &c.last_exit
                     && p.and_then(|p| p.last_exit.as_ref()) != Some(exit)
                 {
                     let last_output: Vec<OutputLine> = {
-                        let mine: Vec<&LogRecord> = recent.iter().filter(|r| r.pid == exit.pid).collect();
+                        let mine: Vec<&LogRecord> =
+                            recent.iter().filter(|r| r.pid == exit.pid).collect();
                         mine[mine.len().saturating_sub(LAST_LINES)..]
                             .iter()
-                            .map(|r| OutputLine { stream: r.stream, line: r.line.clone() })
+                            .map(|r| OutputLine {
+                                stream: r.stream,
+                                line: r.line.clone(),
+                            })
                             .collect()
                     };
                     let next_start_in_ms = match c.state {
-                        AppState::Backoff => c.next_start_at_ms.map(|t| t.saturating_sub(unix_ms())),
+                        AppState::Backoff => {
+                            c.next_start_at_ms.map(|t| t.saturating_sub(unix_ms()))
+                        }
                         _ => None,
                     };
                     out.event(Event::AppExited {
@@ -183,7 +202,11 @@ pub fn spawn_watcher(
                     && let Some(pid) = c.pid
                     && !pending.load(Ordering::SeqCst)
                 {
-                    out.event(Event::AppStarted { pid, starts: c.starts }).await;
+                    out.event(Event::AppStarted {
+                        pid,
+                        starts: c.starts,
+                    })
+                    .await;
                 }
                 let _ = tx.send(cur.clone());
                 prev = cur;
@@ -225,7 +248,9 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
     let t_sig = Instant::now();
     // A supervisor still waiting for the first binary starts it by itself: no signal needed
     // (one would only restart the process it is about to start).
-    let waiting = before.as_ref().is_some_and(|s| s.state == AppState::Waiting);
+    let waiting = before
+        .as_ref()
+        .is_some_and(|s| s.state == AppState::Waiting);
     let pid = match read_pid_file(&ctx.pid_file) {
         Ok(pid) => pid,
         Err(e) => {
@@ -309,7 +334,14 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
         .as_ref()
         .filter(|r| r.start_seq == status.starts)
         .map(|r| r.stop_ms);
-    ctx.out.event(Event::Restarted { build_id, pid, elapsed_ms: ms(t_sig.elapsed()), stop_ms }).await;
+    ctx.out
+        .event(Event::Restarted {
+            build_id,
+            pid,
+            elapsed_ms: ms(t_sig.elapsed()),
+            stop_ms,
+        })
+        .await;
     drop(_guard);
     let Some(port) = ctx.app_port else { return };
     let t_start = Instant::now();
@@ -321,12 +353,21 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
             std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
         ];
         for addr in addrs {
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(250), tokio::net::TcpStream::connect(addr)).await
+            if let Ok(Ok(_)) = tokio::time::timeout(
+                Duration::from_millis(250),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
             {
                 let elapsed_ms = unix_ms().saturating_sub(started_at);
                 ctx.out
-                    .event(Event::Ready { build_id, pid, port, elapsed_ms, since_signal_ms: ms(t_sig.elapsed()) })
+                    .event(Event::Ready {
+                        build_id,
+                        pid,
+                        port,
+                        elapsed_ms,
+                        since_signal_ms: ms(t_sig.elapsed()),
+                    })
                     .await;
                 return;
             }
@@ -334,11 +375,21 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
         let alive = status_rx.borrow().as_ref().and_then(|s| s.pid) == Some(pid);
         if !alive || Instant::now() >= deadline {
             let reason = if alive {
-                format!("port {port} did not accept connections within {} s", ctx.ready_timeout.as_secs())
+                format!(
+                    "port {port} did not accept connections within {} s",
+                    ctx.ready_timeout.as_secs()
+                )
             } else {
                 "the app exited before its port accepted connections".to_string()
             };
-            ctx.out.event(Event::NotReady { build_id, port, waited_ms: ms(t_start.elapsed()), reason }).await;
+            ctx.out
+                .event(Event::NotReady {
+                    build_id,
+                    port,
+                    waited_ms: ms(t_start.elapsed()),
+                    reason,
+                })
+                .await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

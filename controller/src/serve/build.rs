@@ -36,7 +36,12 @@ pub struct BuildDefaults {
 }
 
 impl BuildSpec {
-    pub fn resolve(cfg: &BuildConfig, defaults: &BuildDefaults, root: &Path, output: &Path) -> BuildSpec {
+    pub fn resolve(
+        cfg: &BuildConfig,
+        defaults: &BuildDefaults,
+        root: &Path,
+        output: &Path,
+    ) -> BuildSpec {
         let out = output.to_string_lossy().into_owned();
         let package = cfg.package.clone().unwrap_or_else(|| ".".into());
         let argv = match &cfg.command {
@@ -53,10 +58,21 @@ impl BuildSpec {
         };
         let mut env = BTreeMap::new();
         env.insert("CGO_ENABLED".to_string(), "0".to_string());
-        env.insert("GOCACHE".to_string(), defaults.gocache.to_string_lossy().into_owned());
-        env.insert("GOMODCACHE".to_string(), defaults.gomodcache.to_string_lossy().into_owned());
+        env.insert(
+            "GOCACHE".to_string(),
+            defaults.gocache.to_string_lossy().into_owned(),
+        );
+        env.insert(
+            "GOMODCACHE".to_string(),
+            defaults.gomodcache.to_string_lossy().into_owned(),
+        );
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        BuildSpec { argv, cwd: root.to_path_buf(), env, output: output.to_path_buf() }
+        BuildSpec {
+            argv,
+            cwd: root.to_path_buf(),
+            env,
+            output: output.to_path_buf(),
+        }
     }
 }
 
@@ -183,7 +199,13 @@ pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildRes
     } else {
         BuildOutcome::Failed
     };
-    BuildResult { outcome, exit_code, output, truncated, elapsed: t0.elapsed() }
+    BuildResult {
+        outcome,
+        exit_code,
+        output,
+        truncated,
+        elapsed: t0.elapsed(),
+    }
 }
 
 #[cfg(test)]
@@ -192,16 +214,37 @@ mod tests {
 
     #[test]
     fn strips_root() {
-        let s = strip_root("/kdev/src/main.go:3:1: x\n/kdev/src: y", Path::new("/kdev/src"));
+        let s = strip_root(
+            "/kdev/src/main.go:3:1: x\n/kdev/src: y",
+            Path::new("/kdev/src"),
+        );
         assert_eq!(s, "main.go:3:1: x\n.: y");
     }
 
     #[test]
     fn default_and_custom_commands() {
-        let d = BuildDefaults { go: "go".into(), gocache: "/c/b".into(), gomodcache: "/c/m".into() };
-        let cfg = BuildConfig { flags: vec!["-tags=dev".into()], package: Some("./cmd/app".into()), ..Default::default() };
+        let d = BuildDefaults {
+            go: "go".into(),
+            gocache: "/c/b".into(),
+            gomodcache: "/c/m".into(),
+        };
+        let cfg = BuildConfig {
+            flags: vec!["-tags=dev".into()],
+            package: Some("./cmd/app".into()),
+            ..Default::default()
+        };
         let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/bin/app.next"));
-        assert_eq!(s.argv, ["go", "build", "-o", "/bin/app.next", "-tags=dev", "./cmd/app"]);
+        assert_eq!(
+            s.argv,
+            [
+                "go",
+                "build",
+                "-o",
+                "/bin/app.next",
+                "-tags=dev",
+                "./cmd/app"
+            ]
+        );
         assert_eq!(s.env["CGO_ENABLED"], "0");
         let cfg = BuildConfig {
             command: Some(vec!["sh".into(), "-c".into(), "cp x {output}".into()]),

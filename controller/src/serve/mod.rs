@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use kdev_protocol::asynchronous::{read_frame_async, write_message_async};
 use kdev_protocol::{
-    BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE, PROTOCOL_VERSION, Patch,
-    PatchLimits, PatchResult, ReconcileResult, ServerMessage, SessionConfig, Welcome, check_hello,
-    decode_message,
+    BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE,
+    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, ReconcileResult, ServerMessage,
+    SessionConfig, Welcome, check_hello, decode_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -59,7 +59,10 @@ impl Out {
         let _ = self.tx.send(m).await;
     }
     fn wrap(&self, event: Event) -> ServerMessage {
-        ServerMessage::Event { at_ms: ms(self.t0.elapsed()), event }
+        ServerMessage::Event {
+            at_ms: ms(self.t0.elapsed()),
+            event,
+        }
     }
     pub async fn event(&self, e: Event) {
         let m = self.wrap(e);
@@ -93,16 +96,28 @@ async fn reader_task(tx: mpsc::Sender<Result<Option<Vec<u8>>, FrameError>>) {
 }
 
 fn fatal(code: &str, message: String) -> ServerMessage {
-    ServerMessage::Error(ErrorMessage { code: code.into(), message, fatal: true, id: None })
+    ServerMessage::Error(ErrorMessage {
+        code: code.into(),
+        message,
+        fatal: true,
+        id: None,
+    })
 }
 
 fn error(code: &str, message: String, id: Option<u64>) -> ServerMessage {
-    ServerMessage::Error(ErrorMessage { code: code.into(), message, fatal: false, id })
+    ServerMessage::Error(ErrorMessage {
+        code: code.into(),
+        message,
+        fatal: false,
+        id,
+    })
 }
 
 struct RunningBuild {
     id: u64,
     cancel: Option<oneshot::Sender<()>>,
+    /// Patches whose changes it was building (re-queued if it is cancelled).
+    patch_ids: Vec<u64>,
 }
 
 struct Session {
@@ -157,9 +172,18 @@ pub async fn run(opts: ServeOptions) -> i32 {
             }
         },
     };
-    log(format!("session from {} (protocol {})", hello.client_version, hello.protocol_version));
+    log(format!(
+        "session from {} (protocol {})",
+        hello.client_version, hello.protocol_version
+    ));
     let config = hello.config;
-    let root = match prepare_root(config.sync_root.as_deref().map(Path::new).unwrap_or(&opts.paths.src)) {
+    let root = match prepare_root(
+        config
+            .sync_root
+            .as_deref()
+            .map(Path::new)
+            .unwrap_or(&opts.paths.src),
+    ) {
         Ok(r) => r,
         Err(e) => {
             out.send(fatal("bad_sync_root", e)).await;
@@ -168,7 +192,11 @@ pub async fn run(opts: ServeOptions) -> i32 {
     };
     for d in [&opts.paths.bin, &opts.paths.run] {
         if let Err(e) = std::fs::create_dir_all(d) {
-            out.send(fatal("setup_failed", format!("cannot create {}: {e}", d.display()))).await;
+            out.send(fatal(
+                "setup_failed",
+                format!("cannot create {}: {e}", d.display()),
+            ))
+            .await;
             return finish(out, EXIT_SETUP).await;
         }
     }
@@ -235,24 +263,33 @@ pub async fn run(opts: ServeOptions) -> i32 {
     }
     watcher.abort();
     let _ = watcher.await;
-    let Session { out, restart_ctx, .. } = s;
+    let Session {
+        out, restart_ctx, ..
+    } = s;
     drop(restart_ctx);
     finish(out, code).await
 }
 
 fn prepare_root(root: &Path) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
+    std::fs::create_dir_all(root)
+        .map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
     let root = root
         .canonicalize()
         .map_err(|e| format!("cannot resolve the sync root {}: {e}", root.display()))?;
     if !root.is_dir() {
-        return Err(format!("the sync root {} is not a directory", root.display()));
+        return Err(format!(
+            "the sync root {} is not a directory",
+            root.display()
+        ));
     }
     Ok(root)
 }
 
 impl Session {
-    async fn main_loop(&mut self, in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>) -> i32 {
+    async fn main_loop(
+        &mut self,
+        in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>,
+    ) -> i32 {
         loop {
             tokio::select! {
                 msg = in_rx.recv() => {
@@ -289,7 +326,13 @@ impl Session {
     async fn handle(&mut self, msg: ClientMessage) -> bool {
         match msg {
             ClientMessage::Hello(_) => {
-                self.out.send(error("unexpected_message", "hello was already received".into(), None)).await;
+                self.out
+                    .send(error(
+                        "unexpected_message",
+                        "hello was already received".into(),
+                        None,
+                    ))
+                    .await;
             }
             ClientMessage::Reconcile(r) => self.reconcile(r.id).await,
             ClientMessage::Patch(p) => self.patch(p).await,
@@ -325,7 +368,11 @@ impl Session {
                 elapsed_ms: ms(t0.elapsed()),
                 cached: l.cached,
             }),
-            Ok(Err(e)) => error("reconcile_failed", format!("cannot list {}: {e}", self.root.display()), Some(id)),
+            Ok(Err(e)) => error(
+                "reconcile_failed",
+                format!("cannot list {}: {e}", self.root.display()),
+                Some(id),
+            ),
             Err(e) => error("reconcile_failed", format!("listing failed: {e}"), Some(id)),
         };
         self.out.send(msg).await;
@@ -334,19 +381,34 @@ impl Session {
     async fn patch(&mut self, p: Patch) {
         let t0 = Instant::now();
         let cancelled_build = self.cancel_build().await;
-        let Patch { id, deletes, build, tar } = p;
+        let Patch {
+            id,
+            deletes,
+            build,
+            tar,
+        } = p;
         let root = self.root.clone();
         let limits = self.limits.clone();
-        let outcome = match tokio::task::spawn_blocking(move || patch::apply_patch(&root, &deletes, &tar, &limits)).await
+        let outcome = match tokio::task::spawn_blocking(move || {
+            patch::apply_patch(&root, &deletes, &tar, &limits)
+        })
+        .await
         {
             Ok(o) => o,
             Err(e) => {
-                self.out.send(error("patch_failed", format!("applying the patch failed: {e}"), Some(id))).await;
+                self.out
+                    .send(error(
+                        "patch_failed",
+                        format!("applying the patch failed: {e}"),
+                        Some(id),
+                    ))
+                    .await;
                 return;
             }
         };
         let inputs = self.config.build_inputs.as_deref();
-        if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some() {
+        if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
+        {
             self.set_dirty(true);
         }
         self.pending_patches.push(id);
@@ -368,7 +430,10 @@ impl Session {
             refused: outcome.refused,
         };
         if !result.complete {
-            log(format!("patch {id}: {} entries refused", result.refused.len()));
+            log(format!(
+                "patch {id}: {} entries refused",
+                result.refused.len()
+            ));
         }
         self.out.send(ServerMessage::PatchResult(result)).await;
         if do_build {
@@ -394,12 +459,22 @@ impl Session {
     fn start_build(&mut self, request_id: Option<u64>) {
         let id = self.next_build_id;
         self.next_build_id += 1;
-        let spec = BuildSpec::resolve(&self.config.build, &self.opts.build, &self.root, &self.opts.paths.app_next());
+        let spec = BuildSpec::resolve(
+            &self.config.build,
+            &self.opts.build,
+            &self.root,
+            &self.opts.paths.app_next(),
+        );
         let (cancel_tx, cancel_rx) = oneshot::channel();
-        self.build = Some(RunningBuild { id, cancel: Some(cancel_tx) });
+        let patch_ids = std::mem::take(&mut self.pending_patches);
+        self.build = Some(RunningBuild {
+            id,
+            cancel: Some(cancel_tx),
+            patch_ids: patch_ids.clone(),
+        });
         let ev = Event::BuildStarted {
             build_id: id,
-            patch_ids: std::mem::take(&mut self.pending_patches),
+            patch_ids,
             request_id,
             command: spec.argv.clone(),
         };
@@ -416,6 +491,10 @@ impl Session {
     /// Cancel the running build, if any, and wait until it is gone. Returns its id.
     async fn cancel_build(&mut self) -> Option<u64> {
         let mut b = self.build.take()?;
+        // Its changes are still unbuilt: the next build includes them.
+        let mut ids = std::mem::take(&mut b.patch_ids);
+        ids.append(&mut self.pending_patches);
+        self.pending_patches = ids;
         if let Some(c) = b.cancel.take() {
             let _ = c.send(());
         }
@@ -457,7 +536,11 @@ impl Session {
                 res.outcome = BuildOutcome::Cancelled;
             }
         }
-        log(format!("build {id}: {:?} in {} ms", res.outcome, res.elapsed.as_millis()));
+        log(format!(
+            "build {id}: {:?} in {} ms",
+            res.outcome,
+            res.elapsed.as_millis()
+        ));
         self.out
             .event(Event::BuildFinished {
                 build_id: id,

@@ -49,7 +49,10 @@ pub struct PatchOutcome {
 impl PatchOutcome {
     /// Every path that changed (for deciding whether a build input was touched).
     pub fn touched(&self) -> impl Iterator<Item = &str> {
-        self.applied.iter().chain(self.deleted.iter()).map(String::as_str)
+        self.applied
+            .iter()
+            .chain(self.deleted.iter())
+            .map(String::as_str)
     }
     pub fn complete(&self) -> bool {
         self.refused.is_empty()
@@ -58,27 +61,48 @@ impl PatchOutcome {
 
 #[derive(Debug)]
 enum Op {
-    File { path: String, start: usize, len: usize, mode: u32 },
-    Dir { path: String, mode: u32 },
-    Symlink { path: String, target: String },
+    File {
+        path: String,
+        start: usize,
+        len: usize,
+        mode: u32,
+    },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 fn refuse(out: &mut Vec<Refused>, path: impl Into<String>, reason: impl Into<String>) {
-    out.push(Refused { path: path.into(), reason: reason.into() });
+    out.push(Refused {
+        path: path.into(),
+        reason: reason.into(),
+    });
 }
 
 /// Parse and validate the archive. `Err` = the archive as a whole is unusable.
-fn plan(tar_bytes: &[u8], limits: &PatchLimits, refused: &mut Vec<Refused>) -> Result<Vec<Op>, String> {
+fn plan(
+    tar_bytes: &[u8],
+    limits: &PatchLimits,
+    refused: &mut Vec<Refused>,
+) -> Result<Vec<Op>, String> {
     let mut ops = Vec::new();
     if tar_bytes.is_empty() {
         return Ok(ops);
     }
     let mut archive = tar::Archive::new(tar_bytes);
-    let entries = archive.entries().map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
     let mut prev_end: u64 = 0;
     let mut total: u64 = 0;
     for (index, entry) in entries.enumerate() {
-        let entry = entry.map_err(|e| format!("malformed tar archive at entry {}: {e}", index + 1))?;
+        let entry =
+            entry.map_err(|e| format!("malformed tar archive at entry {}: {e}", index + 1))?;
         if index as u64 >= u64::from(limits.max_entries) {
             return Err(format!(
                 "the archive has more than {} entries; split the patch",
@@ -99,7 +123,10 @@ fn plan(tar_bytes: &[u8], limits: &PatchLimits, refused: &mut Vec<Refused>) -> R
         }
         let start = entry.raw_file_position();
         let size = entry.size();
-        if start.checked_add(size).is_none_or(|end| end > tar_bytes.len() as u64) {
+        if start
+            .checked_add(size)
+            .is_none_or(|end| end > tar_bytes.len() as u64)
+        {
             return Err(format!(
                 "malformed tar archive: entry {} claims {size} bytes but the archive ends first",
                 index + 1
@@ -121,7 +148,14 @@ fn plan(tar_bytes: &[u8], limits: &PatchLimits, refused: &mut Vec<Refused>) -> R
         match ty {
             EntryType::Regular | EntryType::Continuous => {
                 if size > limits.max_file_size {
-                    refuse(refused, path, format!("file of {size} bytes exceeds the limit of {}", limits.max_file_size));
+                    refuse(
+                        refused,
+                        path,
+                        format!(
+                            "file of {size} bytes exceeds the limit of {}",
+                            limits.max_file_size
+                        ),
+                    );
                     continue;
                 }
                 total += size;
@@ -131,9 +165,17 @@ fn plan(tar_bytes: &[u8], limits: &PatchLimits, refused: &mut Vec<Refused>) -> R
                         limits.max_total_size
                     ));
                 }
-                ops.push(Op::File { path, start: start as usize, len: size as usize, mode: mode & 0o777 });
+                ops.push(Op::File {
+                    path,
+                    start: start as usize,
+                    len: size as usize,
+                    mode: mode & 0o777,
+                });
             }
-            EntryType::Directory => ops.push(Op::Dir { path, mode: (mode & 0o777) | 0o700 }),
+            EntryType::Directory => ops.push(Op::Dir {
+                path,
+                mode: (mode & 0o777) | 0o700,
+            }),
             EntryType::Symlink => {
                 let Some(target) = entry.link_name_bytes() else {
                     refuse(refused, path, "symlink without a target");
@@ -150,17 +192,26 @@ fn plan(tar_bytes: &[u8], limits: &PatchLimits, refused: &mut Vec<Refused>) -> R
                 ops.push(Op::Symlink { path, target });
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned());
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned());
                 refuse(
                     refused,
                     path,
-                    format!("hard link (to {:?}) refused: send the file's content instead", target.unwrap_or_default()),
+                    format!(
+                        "hard link (to {:?}) refused: send the file's content instead",
+                        target.unwrap_or_default()
+                    ),
                 );
             }
             EntryType::Char | EntryType::Block => refuse(refused, path, "device file refused"),
             EntryType::Fifo => refuse(refused, path, "FIFO refused"),
             EntryType::GNUSparse => refuse(refused, path, "sparse file refused"),
-            other => refuse(refused, path, format!("unsupported tar entry type {other:?}")),
+            other => refuse(
+                refused,
+                path,
+                format!("unsupported tar entry type {other:?}"),
+            ),
         }
     }
     Ok(ops)
@@ -180,7 +231,9 @@ pub fn is_temp_name(name: &str) -> bool {
 
 impl SafeRoot {
     pub fn new(root: &Path) -> SafeRoot {
-        SafeRoot { root: root.to_path_buf() }
+        SafeRoot {
+            root: root.to_path_buf(),
+        }
     }
 
     /// Check every parent of `rel` (a normalized wire path): each must be a real directory.
@@ -193,10 +246,16 @@ impl SafeRoot {
             let shown = comps[..=i].join("/");
             match fs::symlink_metadata(&dir) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(format!("parent {shown:?} is a symlink; refusing to write through it"));
+                    return Err(format!(
+                        "parent {shown:?} is a symlink; refusing to write through it"
+                    ));
                 }
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("parent {shown:?} is not a directory; delete it first")),
+                Ok(_) => {
+                    return Err(format!(
+                        "parent {shown:?} is not a directory; delete it first"
+                    ));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if !create {
                         return Ok(None);
@@ -205,7 +264,8 @@ impl SafeRoot {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             // Raced with something; re-check on the next pass.
-                            let m = fs::symlink_metadata(&dir).map_err(|e| format!("{shown:?}: {e}"))?;
+                            let m = fs::symlink_metadata(&dir)
+                                .map_err(|e| format!("{shown:?}: {e}"))?;
                             if !m.is_dir() {
                                 return Err(format!("parent {shown:?} is not a directory"));
                             }
@@ -273,9 +333,14 @@ impl SafeRoot {
                 let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
                 Ok(())
             }
-            Ok(_) => Err(format!("a file or symlink exists at {rel:?}; delete it first")),
+            Ok(_) => Err(format!(
+                "a file or symlink exists at {rel:?}; delete it first"
+            )),
             Err(_) => {
-                fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| format!("cannot create {rel:?}: {e}"))?;
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| format!("cannot create {rel:?}: {e}"))?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("cannot set permissions of {rel:?}: {e}"))
             }
@@ -285,26 +350,36 @@ impl SafeRoot {
     pub fn make_symlink(&self, rel: &str, target: &str) -> Result<(), String> {
         let dir = self.parent_dir(rel, true)?.expect("created");
         let tmp = Self::temp_path(&dir);
-        std::os::unix::fs::symlink(target, &tmp).map_err(|e| format!("cannot create symlink {rel:?}: {e}"))?;
+        std::os::unix::fs::symlink(target, &tmp)
+            .map_err(|e| format!("cannot create symlink {rel:?}: {e}"))?;
         Self::install(&tmp, &dir, Self::final_name(rel), rel)
     }
 
     /// Delete a file, symlink (not its target) or whole directory. Absent paths are fine.
     pub fn delete(&self, rel: &str) -> Result<(), String> {
-        let Some(dir) = self.parent_dir(rel, false)? else { return Ok(()) };
+        let Some(dir) = self.parent_dir(rel, false)? else {
+            return Ok(());
+        };
         let path = dir.join(Self::final_name(rel));
         match fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(format!("cannot inspect {rel:?}: {e}")),
             // remove_dir_all does not follow symlinks inside the tree.
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(|e| format!("cannot delete {rel:?}: {e}")),
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&path).map_err(|e| format!("cannot delete {rel:?}: {e}"))
+            }
             Ok(_) => fs::remove_file(&path).map_err(|e| format!("cannot delete {rel:?}: {e}")),
         }
     }
 }
 
 /// Apply deletions, then the tar's entries, below `root`.
-pub fn apply_patch(root: &Path, deletes: &[String], tar_bytes: &[u8], limits: &PatchLimits) -> PatchOutcome {
+pub fn apply_patch(
+    root: &Path,
+    deletes: &[String],
+    tar_bytes: &[u8],
+    limits: &PatchLimits,
+) -> PatchOutcome {
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
     let ops = match plan(tar_bytes, limits, &mut plan_refused) {
@@ -313,14 +388,21 @@ pub fn apply_patch(root: &Path, deletes: &[String], tar_bytes: &[u8], limits: &P
             // Nothing is applied: report the archive and every deletion as refused.
             refuse(&mut out.refused, ARCHIVE, reason);
             for d in deletes {
-                refuse(&mut out.refused, d.clone(), "not applied: the archive of this patch was refused");
+                refuse(
+                    &mut out.refused,
+                    d.clone(),
+                    "not applied: the archive of this patch was refused",
+                );
             }
             return out;
         }
     };
     let safe = SafeRoot::new(root);
     for d in deletes {
-        match normalize_wire_path(d).map_err(|e| e.to_string()).and_then(|p| safe.delete(&p).map(|()| p)) {
+        match normalize_wire_path(d)
+            .map_err(|e| e.to_string())
+            .and_then(|p| safe.delete(&p).map(|()| p))
+        {
             Ok(p) => out.deleted.push(p),
             Err(reason) => refuse(&mut out.refused, d.clone(), reason),
         }
@@ -328,7 +410,12 @@ pub fn apply_patch(root: &Path, deletes: &[String], tar_bytes: &[u8], limits: &P
     out.refused.extend(plan_refused);
     for op in ops {
         let (path, res) = match op {
-            Op::File { path, start, len, mode } => {
+            Op::File {
+                path,
+                start,
+                len,
+                mode,
+            } => {
                 let res = safe.write_file(&path, &tar_bytes[start..start + len], mode);
                 if res.is_ok() {
                     out.files += 1;
@@ -356,7 +443,9 @@ pub fn apply_patch(root: &Path, deletes: &[String], tar_bytes: &[u8], limits: &P
 /// Whether `path` matches one of the build-input patterns (see
 /// [`kdev_protocol::SessionConfig::build_inputs`]). `None` matches everything.
 pub fn is_build_input(path: &str, patterns: Option<&[String]>) -> bool {
-    let Some(patterns) = patterns else { return true };
+    let Some(patterns) = patterns else {
+        return true;
+    };
     let name = path.rsplit('/').next().unwrap_or(path);
     patterns.iter().any(|p| {
         if let Some(dir) = p.strip_suffix('/') {
@@ -385,7 +474,9 @@ mod tests {
         h
     }
 
-    fn tar_of(entries: &[(EntryType, &[u8], &[u8], Option<&str>)]) -> Vec<u8> {
+    type Spec<'a> = (EntryType, &'a [u8], &'a [u8], Option<&'a str>);
+
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (ty, path, data, link) in entries {
             let mut h = header(*ty, path, data.len() as u64, 0o644);
@@ -429,7 +520,10 @@ mod tests {
         let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits());
         assert_eq!(out.applied, ["ok.go"]);
         let refused: Vec<&str> = out.refused.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(refused, ["../x", "../evil", "/abs", "up", "hl", "dev", "fifo"]);
+        assert_eq!(
+            refused,
+            ["../x", "../evil", "/abs", "up", "hl", "dev", "fifo"]
+        );
         assert!(!root.path().join("up").exists());
     }
 
@@ -470,7 +564,10 @@ mod tests {
         let t = b.into_inner().unwrap();
         let out = apply_patch(root.path(), &[], &t, &default_limits());
         assert_eq!(out.refused.len(), 1, "{out:?}");
-        assert!(out.refused[0].reason.contains("extension headers"), "{out:?}");
+        assert!(
+            out.refused[0].reason.contains("extension headers"),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -487,8 +584,14 @@ mod tests {
     #[test]
     fn too_many_entries() {
         let root = tempfile::tempdir().unwrap();
-        let t = tar_of(&[(EntryType::Regular, b"a", b"", None), (EntryType::Regular, b"b", b"", None)]);
-        let limits = PatchLimits { max_entries: 1, ..default_limits() };
+        let t = tar_of(&[
+            (EntryType::Regular, b"a", b"", None),
+            (EntryType::Regular, b"b", b"", None),
+        ]);
+        let limits = PatchLimits {
+            max_entries: 1,
+            ..default_limits()
+        };
         let out = apply_patch(root.path(), &[], &t, &limits);
         assert_eq!(out.refused[0].path, ARCHIVE);
         assert!(out.applied.is_empty());
@@ -504,7 +607,10 @@ mod tests {
         let t = b.into_inner().unwrap();
         let out = apply_patch(root.path(), &[], &t, &default_limits());
         assert!(out.complete());
-        let mode = fs::metadata(root.path().join("run.sh")).unwrap().permissions().mode();
+        let mode = fs::metadata(root.path().join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         // Replace the file with a directory: delete + add in one patch.
         let t = tar_of(&[(EntryType::Regular, b"run.sh/inner", b"y", None)]);
@@ -515,7 +621,11 @@ mod tests {
 
     #[test]
     fn build_inputs() {
-        let pats = vec![".go".to_string(), "go.mod".to_string(), "assets/".to_string()];
+        let pats = vec![
+            ".go".to_string(),
+            "go.mod".to_string(),
+            "assets/".to_string(),
+        ];
         assert!(is_build_input("a/b.go", Some(&pats)));
         assert!(is_build_input("go.mod", Some(&pats)));
         assert!(is_build_input("assets/x.png", Some(&pats)));

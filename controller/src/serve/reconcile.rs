@@ -38,14 +38,20 @@ pub struct Listing {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Walk `root` and list everything below it, sorted by path.
 pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
     let meta = fs::symlink_metadata(root)?;
     if !meta.is_dir() {
-        return Err(io::Error::other(format!("sync root {} is not a directory", root.display())));
+        return Err(io::Error::other(format!(
+            "sync root {} is not a directory",
+            root.display()
+        )));
     }
     let mut out = Listing::default();
     let mut seen: HashMap<String, (Key, String)> = HashMap::new();
@@ -67,7 +73,10 @@ fn walk(
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if !prefix.is_empty() => {
-            out.skipped.push(Refused { path: prefix.to_string(), reason: format!("cannot read directory: {e}") });
+            out.skipped.push(Refused {
+                path: prefix.to_string(),
+                reason: format!("cannot read directory: {e}"),
+            });
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -91,7 +100,10 @@ fn walk(
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                out.skipped.push(Refused { path: rel, reason: e.to_string() });
+                out.skipped.push(Refused {
+                    path: rel,
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
@@ -100,7 +112,10 @@ fn walk(
         if ft.is_symlink() {
             let target = fs::read_link(&path)?;
             let Some(target) = target.to_str() else {
-                out.skipped.push(Refused { path: rel, reason: "symlink target is not valid UTF-8".into() });
+                out.skipped.push(Refused {
+                    path: rel,
+                    reason: "symlink target is not valid UTF-8".into(),
+                });
                 continue;
             };
             out.entries.push(Entry {
@@ -112,7 +127,14 @@ fn walk(
                 target: Some(target.to_string()),
             });
         } else if ft.is_dir() {
-            out.entries.push(Entry { path: rel.clone(), kind: EntryKind::Dir, size: 0, mode, hash: None, target: None });
+            out.entries.push(Entry {
+                path: rel.clone(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mode,
+                hash: None,
+                target: None,
+            });
             walk(&path, &format!("{rel}/"), cache, seen, now, out)?;
         } else if ft.is_file() {
             let key = Key {
@@ -132,15 +154,28 @@ fn walk(
                     Ok(h) => h,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => {
-                        out.skipped.push(Refused { path: rel, reason: format!("cannot read: {e}") });
+                        out.skipped.push(Refused {
+                            path: rel,
+                            reason: format!("cannot read: {e}"),
+                        });
                         continue;
                     }
                 },
             };
             seen.insert(rel.clone(), (key, hash.clone()));
-            out.entries.push(Entry { path: rel, kind: EntryKind::File, size: m.size(), mode, hash: Some(hash), target: None });
+            out.entries.push(Entry {
+                path: rel,
+                kind: EntryKind::File,
+                size: m.size(),
+                mode,
+                hash: Some(hash),
+                target: None,
+            });
         } else {
-            out.skipped.push(Refused { path: rel, reason: "not a regular file, directory or symlink".into() });
+            out.skipped.push(Refused {
+                path: rel,
+                reason: "not a regular file, directory or symlink".into(),
+            });
         }
     }
     Ok(())
@@ -159,12 +194,24 @@ mod tests {
         fs::write(d.path().join(".kdev-1-2.tmp"), "junk").unwrap();
         let mut cache = HashCache::default();
         let l = list(d.path(), &mut cache).unwrap();
-        let paths: Vec<_> = l.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let paths: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind))
+            .collect();
         assert_eq!(
             paths,
-            [("a", EntryKind::Dir), ("a/empty", EntryKind::Dir), ("a/x.go", EntryKind::File), ("l", EntryKind::Symlink)]
+            [
+                ("a", EntryKind::Dir),
+                ("a/empty", EntryKind::Dir),
+                ("a/x.go", EntryKind::File),
+                ("l", EntryKind::Symlink)
+            ]
         );
-        assert_eq!(l.entries[2].hash.as_deref(), Some(kdev_protocol::hash_bytes(b"package a").as_str()));
+        assert_eq!(
+            l.entries[2].hash.as_deref(),
+            Some(kdev_protocol::hash_bytes(b"package a").as_str())
+        );
         assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
         // Files are fresh (just written), so the cache is not used yet.
         assert_eq!(l.cached, 0);

@@ -39,16 +39,27 @@ pub fn process_exists(pid: u32) -> bool {
 
 /// The app log's records as (pid, line).
 pub fn log_lines(kdev: &Path) -> Vec<(u32, String)> {
-    let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else { return vec![] };
+    let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else {
+        return vec![];
+    };
     data.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| (v["pid"].as_u64().unwrap_or(0) as u32, v["line"].as_str().unwrap_or("").to_string()))
+        .map(|v| {
+            (
+                v["pid"].as_u64().unwrap_or(0) as u32,
+                v["line"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
 pub fn log_records(kdev: &Path) -> Vec<serde_json::Value> {
-    let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else { return vec![] };
-    data.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else {
+        return vec![];
+    };
+    data.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// A supervisor child process, killed on drop.
@@ -62,10 +73,21 @@ impl Supervisor {
         let stderr = fs::File::create(kdev.join("supervisor.stderr")).unwrap();
         let stdout = fs::File::create(kdev.join("supervisor.stdout")).unwrap();
         let mut c = Command::new(BIN);
-        c.arg("supervise").arg("--kdev-dir").arg(kdev).args(extra).arg("--").args(cmd);
-        c.envs(env.iter().copied()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        c.arg("supervise")
+            .arg("--kdev-dir")
+            .arg(kdev)
+            .args(extra)
+            .arg("--")
+            .args(cmd);
+        c.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         let child = c.spawn().expect("start supervisor");
-        Supervisor { child, kdev: kdev.to_path_buf() }
+        Supervisor {
+            child,
+            kdev: kdev.to_path_buf(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -83,7 +105,9 @@ impl Supervisor {
     /// Wait until the status shows a running child whose start count is above `after`.
     pub fn wait_running(&self, after: u64, timeout: Duration) -> AppStatus {
         wait_for(timeout, "the supervised app to be running", || {
-            read_status(&self.kdev).filter(|s| s.starts > after && s.pid.is_some() && s.state == kdev_protocol::AppState::Running)
+            read_status(&self.kdev).filter(|s| {
+                s.starts > after && s.pid.is_some() && s.state == kdev_protocol::AppState::Running
+            })
         })
     }
 }
@@ -145,7 +169,13 @@ impl Serve {
                 }
             }
         });
-        Serve { stdin: child.stdin.take(), child, rx, seen: Vec::new(), stderr_path }
+        Serve {
+            stdin: child.stdin.take(),
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr_path,
+        }
     }
 
     pub fn stderr(&self) -> String {
@@ -153,7 +183,8 @@ impl Serve {
     }
 
     pub fn send(&mut self, m: &ClientMessage) {
-        kdev_protocol::write_message(self.stdin.as_mut().expect("stdin open"), m).expect("write to serve");
+        kdev_protocol::write_message(self.stdin.as_mut().expect("stdin open"), m)
+            .expect("write to serve");
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -177,18 +208,31 @@ impl Serve {
             Ok(Err(e)) => panic!("bad frame from serve: {e}\nstderr:\n{}", self.stderr()),
             Err(mpsc::RecvTimeoutError::Disconnected) => None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("no message from serve within {timeout:?}; seen: {:#?}\nstderr:\n{}", self.seen, self.stderr())
+                panic!(
+                    "no message from serve within {timeout:?}; seen: {:#?}\nstderr:\n{}",
+                    self.seen,
+                    self.stderr()
+                )
             }
         }
     }
 
     /// Receive until `f` picks a message.
-    pub fn recv_until<T>(&mut self, timeout: Duration, what: &str, mut f: impl FnMut(&ServerMessage) -> Option<T>) -> T {
+    pub fn recv_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&ServerMessage) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("timed out waiting for {what}; seen: {:#?}\nstderr:\n{}", self.seen, self.stderr());
+                panic!(
+                    "timed out waiting for {what}; seen: {:#?}\nstderr:\n{}",
+                    self.seen,
+                    self.stderr()
+                );
             }
             match self.recv(left) {
                 Some(m) => {
@@ -196,13 +240,22 @@ impl Serve {
                         return v;
                     }
                 }
-                None => panic!("serve ended while waiting for {what}; seen: {:#?}\nstderr:\n{}", self.seen, self.stderr()),
+                None => panic!(
+                    "serve ended while waiting for {what}; seen: {:#?}\nstderr:\n{}",
+                    self.seen,
+                    self.stderr()
+                ),
             }
         }
     }
 
     /// Receive until an event matching `f`.
-    pub fn event_until<T>(&mut self, timeout: Duration, what: &str, mut f: impl FnMut(&Event) -> Option<T>) -> T {
+    pub fn event_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
         self.recv_until(timeout, what, |m| match m {
             ServerMessage::Event { event, .. } => f(event),
             _ => None,
@@ -210,17 +263,28 @@ impl Serve {
     }
 
     pub fn hello(&mut self, config: SessionConfig) -> Welcome {
-        self.send(&ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", config)));
+        self.send(&ClientMessage::Hello(kdev_protocol::handshake::hello(
+            "kdev-tests",
+            config,
+        )));
         match self.recv(Duration::from_secs(20)) {
             Some(ServerMessage::Welcome(w)) => w,
-            other => panic!("expected welcome, got {other:?}\nstderr:\n{}", self.stderr()),
+            other => panic!(
+                "expected welcome, got {other:?}\nstderr:\n{}",
+                self.stderr()
+            ),
         }
     }
 
     /// Wait for the process to exit and return its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
         let status = wait_for(timeout, "serve to exit", || self.child.try_wait().unwrap());
-        status.code().unwrap_or_else(|| panic!("serve died from a signal: {status:?}\nstderr:\n{}", self.stderr()))
+        status.code().unwrap_or_else(|| {
+            panic!(
+                "serve died from a signal: {status:?}\nstderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 }
 

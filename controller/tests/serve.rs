@@ -1,0 +1,794 @@
+//! `kdev-controller serve`, driven over its stdin/stdout with the real protocol.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use kdev_protocol::{
+    BuildConfig, BuildMode, BuildOutcome, ClientMessage, EntryKind, Event, Patch, PatchResult,
+    Ping, Reconcile, ReconcileResult, ServerMessage, SessionConfig, hash_bytes,
+};
+use tar::{EntryType, Header};
+
+const T: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+/// A tar built entry by entry, including entries `tar::Builder` would refuse to write.
+struct Tar(tar::Builder<Vec<u8>>);
+
+impl Tar {
+    fn new() -> Tar {
+        Tar(tar::Builder::new(Vec::new()))
+    }
+    fn raw_header(ty: EntryType, path: &str, size: u64, mode: u32) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(ty);
+        let name = &mut h.as_old_mut().name;
+        assert!(path.len() <= 100, "use file() for long names");
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        h
+    }
+    /// A regular file (long and unicode names go through GNU long-name headers).
+    fn file(mut self, path: &str, data: &[u8], mode: u32) -> Tar {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+    fn dir(mut self, path: &str) -> Tar {
+        let h = Tar::raw_header(EntryType::Directory, path, 0, 0o755);
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+    fn link(mut self, ty: EntryType, path: &str, target: &str) -> Tar {
+        let mut h = Tar::raw_header(ty, path, 0, 0o777);
+        h.set_link_name(target).unwrap();
+        h.set_cksum();
+        self.0.append(&h, &[][..]).unwrap();
+        self
+    }
+    fn raw(mut self, ty: EntryType, path: &str, data: &[u8]) -> Tar {
+        let h = Tar::raw_header(ty, path, data.len() as u64, 0o644);
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn patch(id: u64, deletes: &[&str], tar: Vec<u8>, build: BuildMode) -> ClientMessage {
+    ClientMessage::Patch(Patch {
+        id,
+        deletes: deletes.iter().map(|s| s.to_string()).collect(),
+        build,
+        tar,
+    })
+}
+
+fn patch_result(s: &mut Serve, id: u64) -> PatchResult {
+    s.recv_until(T, &format!("patch result {id}"), |m| match m {
+        ServerMessage::PatchResult(r) if r.id == id => Some(r.clone()),
+        _ => None,
+    })
+}
+
+fn reconcile(s: &mut Serve, id: u64) -> ReconcileResult {
+    s.send(&ClientMessage::Reconcile(Reconcile { id }));
+    s.recv_until(T, "reconcile result", |m| match m {
+        ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// What a tree holds, independently of the controller: path → (kind, mode, content/target).
+type Snapshot = BTreeMap<String, (EntryKind, u32, Vec<u8>)>;
+
+fn snapshot(root: &Path, skip: &[&str]) -> Snapshot {
+    fn walk(dir: &Path, prefix: &str, skip: &[&str], out: &mut Snapshot) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().into_string().unwrap();
+            let rel = format!("{prefix}{name}");
+            if skip.contains(&rel.as_str()) {
+                continue;
+            }
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let mode = m.mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                let t = fs::read_link(e.path()).unwrap();
+                out.insert(
+                    rel,
+                    (
+                        EntryKind::Symlink,
+                        0,
+                        t.into_os_string().into_encoded_bytes(),
+                    ),
+                );
+            } else if m.is_dir() {
+                out.insert(rel.clone(), (EntryKind::Dir, mode, vec![]));
+                walk(&e.path(), &format!("{rel}/"), skip, out);
+            } else {
+                out.insert(rel, (EntryKind::File, mode, fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    let mut out = Snapshot::new();
+    walk(root, "", skip, &mut out);
+    out
+}
+
+fn no_build() -> SessionConfig {
+    SessionConfig {
+        build: BuildConfig {
+            command: Some(vec!["false".into()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Handshake and bad input
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn handshake_refuses_another_protocol_version_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    let json = r#"{"type":"hello","protocol_version":999,"client_version":"kdev 9.9.9","config":{"future":true}}"#;
+    let mut payload = (json.len() as u32).to_be_bytes().to_vec();
+    payload.extend_from_slice(json.as_bytes());
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    s.send_raw(&frame);
+    match s.recv(T) {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, "protocol_version_mismatch");
+            assert!(e.fatal);
+            assert!(
+                e.message.contains("protocol 999") && e.message.contains("protocol 1"),
+                "{}",
+                e.message
+            );
+            assert!(
+                e.message.contains("kdev 9.9.9") && e.message.contains("re-upload the controller"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(s.wait_exit(T), 3);
+}
+
+#[test]
+fn welcome_describes_the_pod_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    let w = s.hello(no_build());
+    assert_eq!(w.protocol_version, kdev_protocol::PROTOCOL_VERSION);
+    assert_eq!(
+        w.sync_root,
+        tmp.path()
+            .join("src")
+            .canonicalize()
+            .unwrap()
+            .to_string_lossy()
+    );
+    assert!(!w.app_binary_present);
+    assert!(w.needs_build);
+    assert_eq!(w.supervisor_pid, None);
+    s.send(&ClientMessage::Ping(Ping { id: 42 }));
+    assert!(matches!(
+        s.recv(T),
+        Some(ServerMessage::Pong(Ping { id: 42 }))
+    ));
+    s.send(&ClientMessage::Bye);
+    assert_eq!(s.wait_exit(T), 0);
+}
+
+#[test]
+fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+
+    // Garbage instead of a hello: "hell" read as a length is far over the limit.
+    let mut s = Serve::start(kdev, &[]);
+    s.send_raw(b"hello, is this the kdev controller?\n");
+    match s.recv(T) {
+        Some(ServerMessage::Error(e)) => {
+            assert_eq!(e.code, "bad_frame");
+            assert!(e.message.contains("exceeds the limit"), "{}", e.message);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(s.wait_exit(T), 2);
+
+    // Oversized frame after the handshake.
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    s.send_raw(&(kdev_protocol::MAX_FRAME_SIZE + 1).to_be_bytes());
+    let e = s.recv_until(T, "an error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        _ => None,
+    });
+    assert!(e.fatal && e.message.contains("exceeds the limit"), "{e:?}");
+    assert_eq!(s.wait_exit(T), 2);
+
+    // Truncated frame: a length of 100, 10 bytes, end of stream.
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    s.send_raw(&100u32.to_be_bytes());
+    s.send_raw(&[7u8; 10]);
+    s.close_stdin();
+    let e = s.recv_until(T, "an error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        _ => None,
+    });
+    assert!(e.message.contains("stream ended inside a frame"), "{e:?}");
+    assert_eq!(s.wait_exit(T), 2);
+
+    // A well-formed frame that is not a message.
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let junk = br#"{"type":"format_disk"}"#;
+    let mut payload = (junk.len() as u32).to_be_bytes().to_vec();
+    payload.extend_from_slice(junk);
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    s.send_raw(&frame);
+    let e = s.recv_until(T, "an error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(e.code, "bad_message");
+    assert_eq!(s.wait_exit(T), 2);
+
+    // Random bytes, before and after the handshake.
+    let before = snapshot(kdev, &[]);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..24 {
+        let mut s = Serve::start(kdev, &[]);
+        if round % 2 == 1 {
+            s.hello(no_build());
+        }
+        let mut bytes = Vec::new();
+        let len = 1 + (seed % 300) as usize;
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            bytes.push(seed as u8);
+        }
+        // Keep some lengths small enough to be read as frames.
+        if round % 3 == 0 {
+            bytes[0] = 0;
+            bytes[1] = 0;
+        }
+        s.send_raw(&bytes);
+        s.close_stdin();
+        let code = s.wait_exit(T);
+        let err = s.stderr();
+        assert!(
+            !err.contains("panicked"),
+            "serve panicked on random input: {err}"
+        );
+        assert!(
+            code == 0 || code == 2 || code == 3,
+            "exit code {code} on random input; stderr: {err}"
+        );
+    }
+    // Nothing was written anywhere by all that, apart from serve's own files.
+    let after = snapshot(kdev, &[]);
+    let changed: Vec<_> = after
+        .keys()
+        .filter(|k| !k.starts_with("serve-") && before.get(*k) != after.get(*k))
+        .filter(|k| !["src", "bin", "run"].contains(&k.as_str()))
+        .collect();
+    assert!(changed.is_empty(), "random input changed {changed:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Reconcile and patch
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn reconcile_listing_matches_the_files_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("pkg/empty")).unwrap();
+    fs::create_dir_all(src.join("dir with space")).unwrap();
+    fs::write(src.join("main.go"), "package main\n").unwrap();
+    fs::write(src.join("pkg/util.go"), "package pkg\n").unwrap();
+    fs::write(src.join("dir with space/ünïcödé 文件.txt"), "unicode").unwrap();
+    fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("pkg/util.go", src.join("alias.go")).unwrap();
+
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    let r = reconcile(&mut s, 1);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    let disk = snapshot(&src, &[]);
+    let listed: Snapshot = r
+        .entries
+        .iter()
+        .map(|e| {
+            let content = match e.kind {
+                EntryKind::File => {
+                    let data = fs::read(src.join(&e.path)).unwrap();
+                    assert_eq!(
+                        e.hash.as_deref(),
+                        Some(hash_bytes(&data).as_str()),
+                        "hash of {}",
+                        e.path
+                    );
+                    assert_eq!(e.size, data.len() as u64);
+                    data
+                }
+                EntryKind::Symlink => e.target.clone().unwrap().into_bytes(),
+                EntryKind::Dir => vec![],
+            };
+            let mode = if e.kind == EntryKind::Symlink {
+                0
+            } else {
+                e.mode
+            };
+            (e.path.clone(), (e.kind, mode, content))
+        })
+        .collect();
+    assert_eq!(listed, disk);
+    assert!(
+        listed.contains_key("pkg/empty"),
+        "empty directories are listed"
+    );
+    assert_eq!(listed["run.sh"].1 & 0o111, 0o111);
+    // The second listing serves unchanged (old enough) files from the cache; same answer.
+    let r2 = reconcile(&mut s, 2);
+    assert_eq!(r2.entries, r.entries);
+}
+
+#[test]
+fn patch_with_adds_modifies_deletes_renames_and_odd_names_applies_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("gone/sub")).unwrap();
+    fs::write(src.join("keep.go"), "keep").unwrap();
+    fs::write(src.join("modify.go"), "old").unwrap();
+    fs::write(src.join("old_name.go"), "rename me").unwrap();
+    fs::write(src.join("gone/a.go"), "a").unwrap();
+    fs::write(src.join("gone/sub/b.go"), "b").unwrap();
+    fs::write(src.join("tool.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("tool.sh"), fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    let tar = Tar::new()
+        .file("modify.go", b"new content", 0o644)
+        .file("new_name.go", b"rename me", 0o644)
+        .file("deep/nested/new/dir/file.go", b"nested", 0o644)
+        .file("tool.sh", b"#!/bin/sh\necho hi\n", 0o755)
+        .file("dir with space/ünïcödé 文件.go", b"unicode", 0o644)
+        .file(&format!("{}/long.go", "l".repeat(120)), b"long name", 0o600)
+        .dir("empty")
+        .link(EntryType::Symlink, "link.go", "keep.go")
+        .bytes();
+    s.send(&patch(
+        1,
+        &["old_name.go", "gone", "never/existed.go"],
+        tar,
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 1);
+    assert!(r.complete, "{:?}", r.refused);
+    assert_eq!(r.deleted, ["old_name.go", "gone", "never/existed.go"]);
+    assert_eq!(r.files, 6);
+    assert_eq!(r.bytes, (11 + 9 + 6 + 18 + 7 + 9) as u64);
+    assert_eq!(r.build_id, None);
+    assert_eq!(r.applied.len(), 8);
+
+    let mut expected = Snapshot::new();
+    let f = |c: &[u8], m: u32| (EntryKind::File, m, c.to_vec());
+    let d = (EntryKind::Dir, 0o755, vec![]);
+    expected.insert("keep.go".into(), f(b"keep", 0o644));
+    expected.insert("modify.go".into(), f(b"new content", 0o644));
+    expected.insert("new_name.go".into(), f(b"rename me", 0o644));
+    for p in [
+        "deep",
+        "deep/nested",
+        "deep/nested/new",
+        "deep/nested/new/dir",
+    ] {
+        expected.insert(p.into(), d.clone());
+    }
+    expected.insert("deep/nested/new/dir/file.go".into(), f(b"nested", 0o644));
+    expected.insert("tool.sh".into(), f(b"#!/bin/sh\necho hi\n", 0o755));
+    expected.insert("dir with space".into(), d.clone());
+    expected.insert(
+        "dir with space/ünïcödé 文件.go".into(),
+        f(b"unicode", 0o644),
+    );
+    expected.insert("l".repeat(120), d.clone());
+    expected.insert(
+        format!("{}/long.go", "l".repeat(120)),
+        f(b"long name", 0o600),
+    );
+    expected.insert("empty".into(), d.clone());
+    expected.insert(
+        "link.go".into(),
+        (EntryKind::Symlink, 0, b"keep.go".to_vec()),
+    );
+    let mut disk = snapshot(&src, &[]);
+    // Directory modes depend on the umask for created parents; compare them as "a directory".
+    for v in disk.values_mut().filter(|v| v.0 == EntryKind::Dir) {
+        v.1 = 0o755;
+    }
+    let mut files_mode_ok = disk.clone();
+    for v in files_mode_ok.values_mut() {
+        if v.0 == EntryKind::File {
+            v.1 &= 0o777;
+        }
+    }
+    assert_eq!(files_mode_ok, expected);
+    // And the controller's own view agrees.
+    let listing = reconcile(&mut s, 2);
+    let paths: Vec<&str> = listing.entries.iter().map(|e| e.path.as_str()).collect();
+    let want: Vec<&str> = expected.keys().map(String::as_str).collect();
+    assert_eq!(paths, want);
+}
+
+#[test]
+fn malicious_tars_are_refused_and_nothing_outside_the_root_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(kdev.join("outside")).unwrap();
+    fs::write(kdev.join("outside/secret"), "secret").unwrap();
+    // A symlink planted in the tree earlier (e.g. by the app): must never be written through.
+    std::os::unix::fs::symlink(kdev.join("outside"), src.join("planted")).unwrap();
+    let passwd_before = fs::read("/etc/passwd").unwrap();
+    let abs_target = format!("/tmp/kdev-test-abs-{}", rand_u32());
+    let outside_before = snapshot(kdev, &["src", "run", "bin"]);
+
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "dotdot",
+            Tar::new()
+                .raw(EntryType::Regular, "../outside/secret", b"pwned")
+                .bytes(),
+            vec!["../outside/secret"],
+        ),
+        (
+            "nested dotdot",
+            Tar::new()
+                .raw(EntryType::Regular, "a/../../outside/x", b"pwned")
+                .bytes(),
+            vec!["a/../../outside/x"],
+        ),
+        (
+            "absolute",
+            Tar::new()
+                .raw(EntryType::Regular, &abs_target, b"pwned")
+                .bytes(),
+            vec![abs_target.as_str()],
+        ),
+        (
+            "symlink escape then write through it",
+            Tar::new()
+                .link(EntryType::Symlink, "esc", "../outside")
+                .raw(EntryType::Regular, "esc/secret", b"pwned")
+                .bytes(),
+            vec!["esc"],
+        ),
+        (
+            "absolute symlink",
+            Tar::new().link(EntryType::Symlink, "root", "/").bytes(),
+            vec!["root"],
+        ),
+        (
+            "write through a symlink already in the tree",
+            Tar::new()
+                .raw(EntryType::Regular, "planted/secret", b"pwned")
+                .bytes(),
+            vec!["planted/secret"],
+        ),
+        (
+            "hard link to /etc/passwd",
+            Tar::new()
+                .link(EntryType::Link, "passwd", "/etc/passwd")
+                .bytes(),
+            vec!["passwd"],
+        ),
+        (
+            "hard link inside",
+            Tar::new().link(EntryType::Link, "hl", "keep.go").bytes(),
+            vec!["hl"],
+        ),
+        (
+            "char device",
+            Tar::new().raw(EntryType::Char, "null", b"").bytes(),
+            vec!["null"],
+        ),
+        (
+            "block device",
+            Tar::new().raw(EntryType::Block, "sda", b"").bytes(),
+            vec!["sda"],
+        ),
+        (
+            "fifo",
+            Tar::new().raw(EntryType::Fifo, "fifo", b"").bytes(),
+            vec!["fifo"],
+        ),
+    ];
+    let mut id = 0;
+    for (name, tar, refused) in cases {
+        id += 1;
+        s.send(&patch(id, &[], tar, BuildMode::Never));
+        let r = patch_result(&mut s, id);
+        assert!(!r.complete, "{name}: must not be complete: {r:?}");
+        let got: Vec<&str> = r.refused.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(got, refused, "{name}: {r:?}");
+        assert!(r.refused.iter().all(|x| !x.reason.is_empty()));
+    }
+    // Deletions that escape.
+    id += 1;
+    s.send(&patch(
+        id,
+        &["../outside/secret", "/etc/passwd", "planted/secret"],
+        vec![],
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, id);
+    assert_eq!(r.refused.len(), 3, "{r:?}");
+    assert!(r.deleted.is_empty());
+
+    // Archive-level attacks: oversized extension header, size beyond the end, garbage.
+    let mut long = tar::Builder::new(Vec::new());
+    let mut h = Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    long.append_data(&mut h, "x/".repeat(50_000) + "f", &b"x"[..])
+        .unwrap();
+    let mut beyond = Tar::raw_header(EntryType::Regular, "big", 1 << 40, 0o644)
+        .as_bytes()
+        .to_vec();
+    beyond.extend_from_slice(&[0u8; 1024]);
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (name, tar) in [
+        ("long name", long.into_inner().unwrap()),
+        ("size beyond end", beyond),
+        ("garbage", garbage),
+    ] {
+        id += 1;
+        s.send(&patch(id, &["keep-me"], tar, BuildMode::Never));
+        let r = patch_result(&mut s, id);
+        assert_eq!(r.refused[0].path, "<archive>", "{name}: {r:?}");
+        assert_eq!(
+            r.refused[1].path, "keep-me",
+            "{name}: deletions are not applied either: {r:?}"
+        );
+        assert!(
+            r.applied.is_empty() && r.deleted.is_empty(),
+            "{name}: {r:?}"
+        );
+    }
+
+    // The session is still usable, and nothing outside the sync root changed.
+    s.send(&ClientMessage::Ping(Ping { id: 1 }));
+    s.recv_until(T, "pong", |m| {
+        matches!(m, ServerMessage::Pong(_)).then_some(())
+    });
+    assert_eq!(
+        snapshot(kdev, &["src", "run", "bin"])
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("serve-"))
+            .collect::<Snapshot>(),
+        outside_before
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("serve-"))
+            .collect::<Snapshot>()
+    );
+    assert_eq!(fs::read("/etc/passwd").unwrap(), passwd_before);
+    assert!(!Path::new(&abs_target).exists());
+    assert_eq!(
+        fs::read_to_string(kdev.join("outside/secret")).unwrap(),
+        "secret"
+    );
+    // Inside the root only what was allowed exists: `esc` became a real directory holding the
+    // file (the symlink was refused), the planted symlink is untouched.
+    assert!(fs::symlink_metadata(src.join("esc")).unwrap().is_dir());
+    assert!(
+        fs::symlink_metadata(src.join("planted"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    for n in ["root", "passwd", "hl", "null", "sda", "fifo", "big", "x"] {
+        assert!(
+            fs::symlink_metadata(src.join(n)).is_err(),
+            "{n} must not exist"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Builds (shell build commands: fast and deterministic)
+// ------------------------------------------------------------------------------------------
+
+fn sh_build(script: &str) -> SessionConfig {
+    SessionConfig {
+        build: BuildConfig {
+            command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn build_finished(s: &mut Serve, build_id: u64) -> (BuildOutcome, String, bool, u64) {
+    s.event_until(
+        Duration::from_secs(60),
+        &format!("build {build_id} to finish"),
+        |e| match e {
+            Event::BuildFinished {
+                build_id: b,
+                outcome,
+                output,
+                installed,
+                elapsed_ms,
+                ..
+            } if *b == build_id => Some((*outcome, output.clone(), *installed, *elapsed_ms)),
+            _ => None,
+        },
+    )
+}
+
+#[test]
+fn failed_build_keeps_the_old_binary_and_reports_relative_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("bin")).unwrap();
+    fs::write(kdev.join("bin/app"), "old binary").unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    let w = s.hello(sh_build(
+        "echo \"$PWD/main.go:3:1: syntax error: unexpected }\" >&2; exit 1",
+    ));
+    assert!(w.app_binary_present);
+    s.send(&patch(
+        1,
+        &[],
+        Tar::new()
+            .file("main.go", b"package main\n}", 0o644)
+            .bytes(),
+        BuildMode::Auto,
+    ));
+    let r = patch_result(&mut s, 1);
+    assert_eq!(r.build_id, Some(1));
+    let (outcome, output, installed, _) = build_finished(&mut s, 1);
+    assert_eq!(outcome, BuildOutcome::Failed);
+    assert!(!installed);
+    assert_eq!(output.trim(), "main.go:3:1: syntax error: unexpected }");
+    assert_eq!(
+        fs::read_to_string(kdev.join("bin/app")).unwrap(),
+        "old binary"
+    );
+    // The tree is still unbuilt: a new session is told so.
+    s.send(&ClientMessage::Bye);
+    assert_eq!(s.wait_exit(T), 0);
+    let mut s = Serve::start(kdev, &[]);
+    assert!(s.hello(no_build()).needs_build);
+}
+
+#[test]
+fn a_patch_during_a_build_cancels_it_and_the_newest_tree_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(sh_build("sleep 3; cp version.txt {output}"));
+    s.send(&patch(
+        1,
+        &[],
+        Tar::new().file("version.txt", b"1", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut s, 1).build_id, Some(1));
+    s.event_until(T, "build 1 to start", |e| {
+        matches!(e, Event::BuildStarted { build_id: 1, .. }).then_some(())
+    });
+    s.send(&patch(
+        2,
+        &[],
+        Tar::new().file("version.txt", b"2", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    let (outcome, _, installed, elapsed) = build_finished(&mut s, 1);
+    assert_eq!(outcome, BuildOutcome::Cancelled);
+    assert!(!installed);
+    assert!(
+        elapsed < 2500,
+        "cancelling must kill the build's process group at once ({elapsed} ms)"
+    );
+    let r = patch_result(&mut s, 2);
+    assert_eq!(r.cancelled_build, Some(1));
+    assert_eq!(r.build_id, Some(2));
+    let ids = s.event_until(T, "build 2 to start", |e| match e {
+        Event::BuildStarted {
+            build_id: 2,
+            patch_ids,
+            ..
+        } => Some(patch_ids.clone()),
+        _ => None,
+    });
+    assert_eq!(ids, [1, 2], "the new build covers both patches");
+    let (outcome, output, installed, _) = build_finished(&mut s, 2);
+    assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+    assert!(installed);
+    assert_eq!(fs::read_to_string(kdev.join("bin/app")).unwrap(), "2");
+    assert!(!kdev.join("bin/app.next").exists());
+    // No supervisor in this test: said in an event, not a failure.
+    let reason = s.event_until(T, "restart failure", |e| match e {
+        Event::RestartFailed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(reason.contains("supervisor.pid"), "{reason}");
+    // Clean build: a new session does not need one.
+    s.send(&ClientMessage::Bye);
+    assert_eq!(s.wait_exit(T), 0);
+    let mut s = Serve::start(kdev, &[]);
+    assert!(!s.hello(no_build()).needs_build);
+}
+
+#[test]
+fn build_inputs_decide_whether_a_patch_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("bin")).unwrap();
+    fs::write(kdev.join("bin/app"), "app").unwrap();
+    fs::create_dir_all(kdev.join("run")).unwrap();
+    fs::write(kdev.join("run/build-state.json"), r#"{"dirty":false}"#).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    let mut cfg = sh_build("cp x.go {output}");
+    cfg.build_inputs = Some(vec![".go".into(), "go.mod".into()]);
+    assert!(!s.hello(cfg).needs_build);
+    s.send(&patch(
+        1,
+        &[],
+        Tar::new().file("README.md", b"docs", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut s, 1).build_id, None);
+    s.send(&patch(
+        2,
+        &[],
+        Tar::new().file("x.go", b"code", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut s, 2).build_id, Some(1));
+    let (outcome, _, _, _) = build_finished(&mut s, 1);
+    assert_eq!(outcome, BuildOutcome::Succeeded);
+    // An empty patch with `always` builds regardless.
+    s.send(&patch(3, &[], vec![], BuildMode::Always));
+    assert_eq!(patch_result(&mut s, 3).build_id, Some(2));
+    assert_eq!(build_finished(&mut s, 2).0, BuildOutcome::Succeeded);
+}
