@@ -4,8 +4,11 @@
 pub mod bootstrap;
 pub mod config;
 pub mod deploy;
+pub mod dev;
+pub mod down;
 pub mod forward;
 pub mod rewrite;
 pub mod session;
 pub mod tree;
+pub mod ui;
 pub mod watch;

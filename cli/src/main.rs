@@ -1,20 +1,117 @@
 //! `kdev`: the developer-side CLI.
-//!
-//! Today it only identifies itself; the commands arrive with the issues that build them, and
-//! `--help` lists only what exists.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
 
 /// Hot-reload inner loop for Go services on Kubernetes.
 ///
-/// kdev syncs your Go sources into a running pod, rebuilds them there and restarts the app
-/// without rebuilding images or restarting the pod. This build provides no commands yet.
+/// kdev syncs your Go sources into a running pod, rebuilds them there and restarts the app,
+/// about a second after each save: no image build, no registry push, no pod restart.
+///
+/// Start with a kdev.yaml in your project root (an empty file works when your manifests are in
+/// k8s/ and hold one Deployment), then run `kdev watch`.
 #[derive(Debug, Parser)]
 #[command(name = "kdev", version, about, long_about)]
-struct Cli {}
+struct Cli {
+    /// The project's config file; its directory is the project root.
+    #[arg(
+        long,
+        short = 'f',
+        global = true,
+        default_value = "kdev.yaml",
+        value_name = "FILE"
+    )]
+    file: PathBuf,
+    /// Namespace to use [default: kdev.yaml's, else the kubeconfig context's].
+    #[arg(long, short = 'n', global = true, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    /// kubeconfig context to use [default: kdev.yaml's, else the current one].
+    #[arg(long, global = true, value_name = "CONTEXT")]
+    context: Option<String>,
+    /// Log what kdev does internally (repeat for more).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("kdev: no commands are implemented in this build yet; see `kdev --help`.");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deploy the dev workload, sync your sources into it, rebuild and restart on every save.
+    ///
+    /// Applies the project's manifests with the app's workload rewritten into a dev pod (a Go
+    /// sidecar that builds, a supervisor that restarts the app), forwards the app's ports to
+    /// localhost, and then keeps the pod's source tree equal to yours. Each save shows one line:
+    /// what changed and how long syncing, building, restarting and becoming ready took. Compile
+    /// errors are shown with local paths while the previous version keeps serving. If the
+    /// stream to the pod breaks or the pod is replaced, kdev reconnects and re-syncs by itself.
+    /// Ctrl-C stops watching and leaves the pod running; `kdev down` removes it.
+    Watch {
+        /// Watch by polling instead of inotify (for network file systems or VMs that do not
+        /// deliver file events).
+        #[arg(long)]
+        poll: bool,
+        /// How long to wait for the dev pod to start, e.g. 120s or 5m.
+        #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
+        pod_timeout: Duration,
+    },
+    /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
+    Down,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    kdev::config::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "kdev=debug,info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KDEV_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kdev: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watch { poll, pod_timeout } => {
+                kdev::dev::watch(kdev::dev::WatchOptions {
+                    config_path: cli.file,
+                    namespace: cli.namespace,
+                    context: cli.context,
+                    poll,
+                    pod_timeout,
+                })
+                .await
+            }
+            Command::Down => {
+                kdev::down::down(&cli.file, cli.namespace.as_deref(), cli.context.as_deref()).await
+            }
+        }
+    });
+    // The watcher and forwarders run on the runtime; do not wait for them on exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("kdev: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

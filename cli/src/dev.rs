@@ -1,0 +1,714 @@
+//! `kdev watch`: deploy the dev workload, then keep the pod's tree equal to the local one and
+//! show every reload, surviving broken streams and replaced pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kdev_protocol::{BuildMode, BuildOutcome, Entry, Event, ServerMessage, SessionConfig, Stream};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::bootstrap::{self, Uploaded};
+use crate::config::{Config, FILE_NAME};
+use crate::deploy::{self, LABEL_PROJECT};
+use crate::forward::{self, ForwardEvent};
+use crate::rewrite::DevPodSpec;
+use crate::session::{ControllerSession, build_tar};
+use crate::tree::{self, IgnoreRules, SyncPlan};
+use crate::ui::{Ui, fmt_duration, summarize_paths};
+use crate::watch::{DEFAULT_DEBOUNCE, Mode, Notice, TreeWatcher};
+
+/// Options of `kdev watch` that do not come from kdev.yaml.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub config_path: PathBuf,
+    pub namespace: Option<String>,
+    pub context: Option<String>,
+    pub poll: bool,
+    pub pod_timeout: Duration,
+}
+
+/// A loaded project: kdev.yaml and where it lives.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+    pub config: Config,
+    pub name: String,
+}
+
+impl Project {
+    pub fn load(config_path: &Path) -> Result<Project> {
+        if !config_path.is_file() {
+            bail!(
+                "no {} at {}: run kdev in your project's root, or pass --file",
+                FILE_NAME,
+                config_path.display()
+            );
+        }
+        let config = Config::load(config_path)?;
+        let root = config_path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .canonicalize()
+            .context("resolving the project directory")?;
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "project".into());
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Ok(Project {
+            root,
+            config,
+            name: name.trim_matches('-').chars().take(63).collect(),
+        })
+    }
+
+    /// The local directory that is synced.
+    pub fn sync_root(&self) -> PathBuf {
+        match &self.config.sync.root {
+            Some(r) => self.root.join(r),
+            None => self.root.clone(),
+        }
+    }
+
+    pub fn manifest_paths(&self) -> Vec<PathBuf> {
+        if self.config.manifests.is_empty() {
+            vec![self.root.join("k8s")]
+        } else {
+            self.config
+                .manifests
+                .iter()
+                .map(|m| self.root.join(m))
+                .collect()
+        }
+    }
+
+    /// The sidecar image: configured, else `golang:<go directive of go.mod>`.
+    pub fn sidecar_image(&self) -> String {
+        if let Some(i) = &self.config.sidecar.image {
+            return i.clone();
+        }
+        let gomod = std::fs::read_to_string(self.sync_root().join("go.mod")).unwrap_or_default();
+        let version = gomod
+            .lines()
+            .find_map(|l| l.strip_prefix("go "))
+            .map(|v| v.trim().split('.').take(2).collect::<Vec<_>>().join("."))
+            .unwrap_or_else(|| "1".into());
+        format!("golang:{version}")
+    }
+
+    /// Labels on everything kdev applies for this project.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(LABEL_PROJECT.to_string(), self.name.clone())])
+    }
+}
+
+/// A kube client for the configured (or current) context, and the namespace to use.
+pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<(Client, String)> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    let config = match kube::Config::from_kubeconfig(&options).await {
+        Ok(c) => c,
+        Err(e) if context.is_none() => kube::Config::incluster().map_err(|_| e).context(
+            "no usable kubeconfig: set KUBECONFIG or create ~/.kube/config (for a local cluster, \
+             `kind create cluster --config kind-config.yaml`)",
+        )?,
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot use kubeconfig context `{}`", context.unwrap_or(""))
+            });
+        }
+    };
+    let ns = namespace
+        .map(String::from)
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).context("creating the Kubernetes client")?;
+    client
+        .apiserver_version()
+        .await
+        .with_context(|| format!("the Kubernetes API server at {server} does not answer"))?;
+    Ok((client, ns))
+}
+
+/// Run `kdev watch` until Ctrl-C.
+pub async fn watch(opts: WatchOptions) -> Result<()> {
+    let ui = Ui::detect();
+    let project = Project::load(&opts.config_path)?;
+    let cfg = &project.config;
+    let (client, ns) = connect(
+        opts.context.as_deref().or(cfg.context.as_deref()),
+        opts.namespace.as_deref().or(cfg.namespace.as_deref()),
+    )
+    .await?;
+
+    // Deploy.
+    let objects = deploy::load_manifests(&project.manifest_paths())?;
+    let dev = DevPodSpec {
+        container: cfg.container.clone(),
+        sidecar_image: project.sidecar_image(),
+        args: cfg.run.args.clone(),
+        stop_signal: cfg.run.stop_signal.clone(),
+        grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
+        labels: BTreeMap::new(),
+    };
+    let plan = deploy::prepare(
+        &objects,
+        cfg.workload.as_ref(),
+        &ns,
+        &project.labels(),
+        &dev,
+    )?;
+    ui.step(&format!(
+        "applying {} objects to namespace {ns} ({} is the dev workload)",
+        plan.objects.len(),
+        plan.workload
+    ));
+    deploy::apply(&client, &ns, &plan).await?;
+    if !plan.notes.removed_probes.is_empty() {
+        ui.warn(&format!(
+            "{} probe removed from container {} while developing (it would kill an app that is being rebuilt)",
+            plan.notes.removed_probes.join(" and "),
+            plan.notes.container
+        ));
+    }
+    let controller_path = bootstrap::find_controller()?;
+    let controller = std::fs::read(&controller_path)
+        .with_context(|| format!("reading {}", controller_path.display()))?;
+
+    // Port-forwards, up for the whole session.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let (pod_tx, pod_rx) = watch::channel::<Option<String>>(None);
+    let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
+    let ports: Vec<(u16, u16)> = match &cfg.run.ports {
+        Some(p) => p.iter().map(|p| (p.local, p.remote)).collect(),
+        None => plan.notes.ports.iter().map(|p| (*p, *p)).collect(),
+    };
+    for (local, remote) in &ports {
+        let addr = forward::start(pods.clone(), pod_rx.clone(), *local, *remote, fwd_tx.clone())
+            .await
+            .with_context(|| format!("cannot listen on localhost:{local} (is it in use? map another port in kdev.yaml `run.ports: [\"{}:{remote}\"]`)", local.wrapping_add(1)))?;
+        ui.ok(&format!("forwarding http://{addr} → pod port {remote}"));
+    }
+
+    // Watch before the first reconcile, so nothing saved in between is missed.
+    let sync_root = project.sync_root();
+    let rules = IgnoreRules::load(&sync_root, &cfg.sync.exclude)?;
+    let (watcher, mut batches) =
+        TreeWatcher::start(&sync_root, rules.clone(), opts.poll, DEFAULT_DEBOUNCE)
+            .context("starting the file watcher")?;
+    match &watcher.mode {
+        Mode::Native => {}
+        Mode::Polling => ui.step("watching by polling (--poll)"),
+        Mode::PollingFallback(why) => ui.warn(why),
+    }
+
+    let session_config = SessionConfig {
+        sync_root: Some(cfg.sync.remote.clone()),
+        build: kdev_protocol::BuildConfig {
+            package: Some(cfg.build.package.clone()),
+            flags: cfg.build.flags.clone(),
+            env: cfg.build.env.clone(),
+            ..Default::default()
+        },
+        app_port: cfg.run.ready_port.or(ports.first().map(|p| p.1)),
+        forward_app_output: true,
+        ..Default::default()
+    };
+
+    let mut state = SyncState {
+        rules,
+        root: sync_root.clone(),
+        known: BTreeMap::new(),
+        reload: None,
+    };
+    let mut backoff = Duration::from_millis(250);
+    let mut first = true;
+    loop {
+        // (Re)connect: find the pod, make sure it has our controller, open the session.
+        let pod = tokio::select! {
+            p = deploy::wait_for_dev_pod(&client, &ns, &plan.pod_selector, opts.pod_timeout) => p?,
+            _ = tokio::signal::ctrl_c() => { ui.step("stopped"); return Ok(()); }
+        };
+        let pod_name = pod.name_any();
+        let connected = async {
+            match bootstrap::upload(&pods, &pod_name, &controller).await? {
+                Uploaded::Bytes(n) => ui.step(&format!(
+                    "uploaded kdev-controller ({:.1} MiB) into {pod_name}",
+                    n as f64 / 1048576.0
+                )),
+                Uploaded::AlreadyPresent => {}
+            }
+            let hello = kdev_protocol::handshake::hello(
+                format!("kdev {}", env!("CARGO_PKG_VERSION")),
+                session_config.clone(),
+            );
+            let session = ControllerSession::open(&pods, &pod_name, hello).await?;
+            anyhow::Ok(session)
+        }
+        .await;
+        let mut session = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                ui.warn(&format!(
+                    "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",
+                    fmt_duration(backoff)
+                ));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let _ = pod_tx.send(Some(pod_name.clone()));
+        if first {
+            ui.ok(&format!(
+                "connected to {pod_name}; syncing {}",
+                sync_root.display()
+            ));
+        } else {
+            ui.ok(&format!("reconnected to {pod_name}; reconciling"));
+        }
+        match initial_sync(&mut session, &mut state, &ui).await {
+            Ok(()) => {}
+            Err(e) => {
+                ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        first = false;
+        backoff = Duration::from_millis(250);
+
+        // The loop proper.
+        let outcome: Result<(), anyhow::Error> = loop {
+            tokio::select! {
+                batch = batches.recv() => {
+                    let Some(batch) = batch else { break Err(anyhow::anyhow!("the file watcher stopped")) };
+                    for n in &batch.notices {
+                        match n {
+                            Notice::FellBackToPolling(why) => ui.warn(why),
+                            Notice::Error(e) => ui.warn(&format!("watcher: {e}")),
+                        }
+                    }
+                    if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths).await {
+                        break Err(e);
+                    }
+                }
+                msg = session.next_event() => match msg {
+                    Ok(m) => show_message(m, &mut state, &ui),
+                    Err(e) => break Err(e.into()),
+                },
+                Some(ev) = fwd_rx.recv() => match ev {
+                    ForwardEvent::Failed { local, error } => ui.warn(&format!("localhost:{local}: {error}")),
+                },
+                _ = tokio::signal::ctrl_c() => {
+                    session.close().await;
+                    ui.step("stopped; the dev pod keeps running (`kdev down` removes it)");
+                    return Ok(());
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            ui.warn(&format!(
+                "lost the connection to {pod_name}: {e:#}; reconnecting"
+            ));
+            // Keep forwarding to the old pod name until a new one is found: a broken stream
+            // often leaves the pod itself healthy.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// What the CLI believes the pod holds, and the reload in progress.
+struct SyncState {
+    rules: IgnoreRules,
+    root: PathBuf,
+    /// path → entry as last sent (or reported by the pod).
+    known: BTreeMap<String, Entry>,
+    reload: Option<Reload>,
+}
+
+/// Timings of one reload, for its summary line.
+struct Reload {
+    changed: Vec<String>,
+    started: Instant,
+    patch_ms: u64,
+    build_ms: Option<u64>,
+    restart_ms: Option<u64>,
+}
+
+/// Reconcile: make the pod's tree equal to the local one, then build if needed.
+async fn initial_sync(
+    session: &mut ControllerSession,
+    state: &mut SyncState,
+    ui: &Ui,
+) -> Result<()> {
+    let started = Instant::now();
+    let remote = session.reconcile().await?;
+    let local = tree::scan(&state.root, &state.rules)?;
+    let plan = tree::plan(&local, &remote.entries);
+    let bytes: u64 = plan
+        .send
+        .iter()
+        .filter_map(|p| local.iter().find(|e| &e.path == p))
+        .map(|e| e.size)
+        .sum();
+    if !plan.is_empty() {
+        ui.step(&format!(
+            "sending {} paths ({:.1} KiB), deleting {} stale paths in the pod",
+            plan.send.len(),
+            bytes as f64 / 1024.0,
+            plan.delete.len()
+        ));
+    }
+    send_plan(session, state, &plan, BuildMode::Auto, true).await?;
+    state.known = local.into_iter().map(|e| (e.path.clone(), e)).collect();
+    state.reload = Some(Reload {
+        changed: vec![format!(
+            "{} files",
+            state
+                .known
+                .values()
+                .filter(|e| e.kind == kdev_protocol::EntryKind::File)
+                .count()
+        )],
+        started,
+        patch_ms: started.elapsed().as_millis() as u64,
+        build_ms: None,
+        restart_ms: None,
+    });
+    Ok(())
+}
+
+/// Send a plan in frames that respect the controller's limits. Only the last one asks for a
+/// build, so a large initial sync builds once.
+async fn send_plan(
+    session: &mut ControllerSession,
+    state: &SyncState,
+    plan: &SyncPlan,
+    build: BuildMode,
+    always_send: bool,
+) -> Result<()> {
+    const CHUNK_BYTES: u64 = 16 * 1024 * 1024;
+    let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
+    let mut size = 0;
+    for p in &plan.send {
+        let len = std::fs::symlink_metadata(state.root.join(p))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size + len > CHUNK_BYTES && !chunks.last().unwrap().is_empty() {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        chunks.last_mut().unwrap().push(p.clone());
+    }
+    if plan.is_empty() && !always_send {
+        return Ok(());
+    }
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let (tar, _) = build_tar(&state.root, &chunk)?;
+        let deletes = if i == 0 {
+            plan.delete.clone()
+        } else {
+            Vec::new()
+        };
+        let mode = if i + 1 == n { build } else { BuildMode::Never };
+        let result = session.patch(deletes, tar, mode).await?;
+        if !result.complete {
+            let refused: Vec<_> = result
+                .refused
+                .iter()
+                .map(|r| format!("{}: {}", r.path, r.reason))
+                .collect();
+            bail!(
+                "the pod refused part of the patch (the rest was applied): {}",
+                refused.join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sync paths that may have changed.
+async fn sync_paths(
+    session: &mut ControllerSession,
+    state: &mut SyncState,
+    paths: &BTreeSet<PathBuf>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut prefixes: BTreeSet<String> = BTreeSet::new();
+    for path in paths {
+        if path.file_name().is_some_and(|n| n == ".gitignore") {
+            state.rules.reload_gitignore(path);
+        }
+        let Ok(rel) = path.strip_prefix(&state.root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        if rel.is_empty() {
+            // The root itself: rescan everything.
+            for e in tree::scan(&state.root, &state.rules)? {
+                fresh.insert(e.path.clone(), e);
+            }
+            prefixes.insert(String::new());
+            continue;
+        }
+        prefixes.insert(rel.clone());
+        if let Some(e) = tree::entry_for(&state.root, path, &state.rules)? {
+            let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
+            fresh.insert(e.path.clone(), e);
+            if is_dir {
+                // A directory that appeared (or was renamed in) brings its contents along.
+                let mut sub = Vec::new();
+                scan_into(&state.root, path, &state.rules, &mut sub)?;
+                for e in sub {
+                    fresh.insert(e.path.clone(), e);
+                }
+            }
+        }
+    }
+    let under = |p: &str, prefix: &str| {
+        prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"))
+    };
+    let old: Vec<Entry> = state
+        .known
+        .values()
+        .filter(|e| prefixes.iter().any(|pre| under(&e.path, pre)))
+        .cloned()
+        .collect();
+    let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
+    let plan = tree::plan(&fresh_list, &old);
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let mut changed: Vec<String> = plan
+        .send
+        .iter()
+        .filter(|p| {
+            fresh
+                .get(*p)
+                .is_some_and(|e| e.kind != kdev_protocol::EntryKind::Dir)
+        })
+        .cloned()
+        .collect();
+    changed.extend(plan.delete.iter().map(|p| format!("-{p}")));
+    if changed.is_empty() {
+        changed = plan.send.clone();
+    }
+    send_plan(session, state, &plan, BuildMode::Auto, false).await?;
+    for d in &plan.delete {
+        state.known.retain(|p, _| !under(p, d));
+    }
+    for e in fresh_list {
+        state.known.insert(e.path.clone(), e);
+    }
+    state.reload = Some(Reload {
+        changed,
+        started,
+        patch_ms: started.elapsed().as_millis() as u64,
+        build_ms: None,
+        restart_ms: None,
+    });
+    Ok(())
+}
+
+fn scan_into(root: &Path, dir: &Path, rules: &IgnoreRules, out: &mut Vec<Entry>) -> Result<()> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in read.flatten() {
+        let path = entry.path();
+        if let Some(e) = tree::entry_for(root, &path, rules)? {
+            let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
+            out.push(e);
+            if is_dir {
+                scan_into(root, &path, rules, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Show an event from the controller.
+fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
+    let event = match msg {
+        ServerMessage::Event { event, .. } => event,
+        ServerMessage::Error(e) => {
+            ui.warn(&format!("controller: {}: {}", e.code, e.message));
+            return;
+        }
+        _ => return,
+    };
+    match event {
+        Event::BuildStarted { .. } => {}
+        Event::BuildFinished {
+            outcome,
+            elapsed_ms,
+            output,
+            ..
+        } => match outcome {
+            BuildOutcome::Succeeded => {
+                if let Some(r) = state.reload.as_mut() {
+                    r.build_ms = Some(elapsed_ms);
+                }
+            }
+            BuildOutcome::Cancelled => {}
+            BuildOutcome::Failed | BuildOutcome::Error => {
+                let what = state
+                    .reload
+                    .as_ref()
+                    .map(|r| summarize_paths(&r.changed))
+                    .unwrap_or_default();
+                ui.fail(&format!(
+                    "{what} → build failed in {} (the previous version keeps running)",
+                    fmt_duration(Duration::from_millis(elapsed_ms))
+                ));
+                ui.detail(&map_build_output(&output, &state.root));
+            }
+        },
+        Event::Restarted { elapsed_ms, .. } => {
+            if let Some(r) = state.reload.as_mut() {
+                r.restart_ms = Some(elapsed_ms);
+            }
+        }
+        Event::Ready { elapsed_ms, .. } => match state.reload.take() {
+            Some(r) => ui.ok(&format!(
+                "{} → synced {}, built {}, restarted {}, ready {} (total {})",
+                summarize_paths(&r.changed),
+                fmt_duration(Duration::from_millis(r.patch_ms)),
+                r.build_ms
+                    .map(|b| fmt_duration(Duration::from_millis(b)))
+                    .unwrap_or_else(|| "-".into()),
+                r.restart_ms
+                    .map(|b| fmt_duration(Duration::from_millis(b)))
+                    .unwrap_or_else(|| "-".into()),
+                fmt_duration(Duration::from_millis(elapsed_ms)),
+                fmt_duration(r.started.elapsed()),
+            )),
+            None => ui.ok(&format!(
+                "app ready in {}",
+                fmt_duration(Duration::from_millis(elapsed_ms))
+            )),
+        },
+        Event::NotReady {
+            port,
+            waited_ms,
+            reason,
+            ..
+        } => {
+            ui.warn(&format!(
+                "app not accepting on port {port} after {}: {reason}",
+                fmt_duration(Duration::from_millis(waited_ms))
+            ));
+        }
+        Event::RestartFailed { reason, .. } => ui.fail(&format!("restart failed: {reason}")),
+        Event::AppStarted { .. } => {}
+        Event::AppExited {
+            code,
+            signal,
+            expected,
+            next_start_in_ms,
+            last_output,
+            ..
+        } => {
+            if !expected {
+                let how = match (code, signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "unknown status".into(),
+                };
+                let again = next_start_in_ms
+                    .map(|ms| {
+                        format!(
+                            "; restarting in {}",
+                            fmt_duration(Duration::from_millis(ms))
+                        )
+                    })
+                    .unwrap_or_default();
+                ui.fail(&format!("app exited ({how}){again}"));
+                let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
+                if !tail.is_empty() {
+                    ui.detail(&tail.join("\n"));
+                }
+            }
+        }
+        Event::AppOutput { stream, line, .. } => ui.app(stream == Stream::Stderr, &line),
+        Event::AppOutputDropped { lines } => {
+            ui.warn(&format!("{lines} lines of app output dropped"))
+        }
+        Event::Warning { message, .. } => ui.warn(&message),
+    }
+}
+
+/// Compiler output names files relative to the sync root (`./handlers/ping.go:12:5: ...`):
+/// rewrite them to paths relative to where the user runs kdev, so editors can jump to them.
+pub fn map_build_output(output: &str, local_root: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let base = local_root
+        .strip_prefix(&cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| local_root.to_path_buf());
+    output
+        .lines()
+        .map(|line| {
+            let trimmed = line.strip_prefix("./").unwrap_or(line);
+            let is_location = trimmed
+                .split(':')
+                .next()
+                .is_some_and(|f| f.ends_with(".go"))
+                && trimmed.contains(':');
+            if is_location && !trimmed.starts_with('/') {
+                if base.as_os_str().is_empty() {
+                    trimmed.to_string()
+                } else {
+                    format!("{}/{trimmed}", base.display())
+                }
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_output_paths_become_local() {
+        let cwd = std::env::current_dir().unwrap();
+        let out = "# example.com/gin-hello\n./main.go:12:5: undefined: foo\nhandlers/ping.go:3:1: syntax error";
+        assert_eq!(
+            map_build_output(out, &cwd.join("examples/gin-hello")),
+            "# example.com/gin-hello\nexamples/gin-hello/main.go:12:5: undefined: foo\nexamples/gin-hello/handlers/ping.go:3:1: syntax error"
+        );
+        assert_eq!(map_build_output("./main.go:1:1: x", &cwd), "main.go:1:1: x");
+    }
+}

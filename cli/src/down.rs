@@ -1,0 +1,82 @@
+//! `kdev down`: remove what `kdev watch` applied for this project, and nothing else.
+//!
+//! An object is deleted only if it is named in the project's manifests AND carries kdev's
+//! labels for this project: a same-named object someone else created is left alone and named.
+
+use anyhow::Result;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject};
+use kube::core::GroupVersionKind;
+
+use crate::deploy::{self, LABEL_PROJECT};
+use crate::dev::{Project, connect};
+use crate::rewrite::{DevPodSpec, LABEL_MANAGED_BY};
+use crate::ui::Ui;
+
+pub async fn down(
+    config_path: &std::path::Path,
+    namespace: Option<&str>,
+    context: Option<&str>,
+) -> Result<()> {
+    let ui = Ui::detect();
+    let project = Project::load(config_path)?;
+    let cfg = &project.config;
+    let (client, ns) = connect(
+        context.or(cfg.context.as_deref()),
+        namespace.or(cfg.namespace.as_deref()),
+    )
+    .await?;
+    let objects = deploy::load_manifests(&project.manifest_paths())?;
+    let dev = DevPodSpec {
+        container: cfg.container.clone(),
+        sidecar_image: project.sidecar_image(),
+        args: None,
+        stop_signal: None,
+        grace_period_ms: None,
+        labels: Default::default(),
+    };
+    let plan = deploy::prepare(
+        &objects,
+        cfg.workload.as_ref(),
+        &ns,
+        &project.labels(),
+        &dev,
+    )?;
+    let mut removed = 0;
+    for obj in plan.objects.iter().rev() {
+        let types = obj.types.as_ref().expect("checked when parsing");
+        let gvk = GroupVersionKind::try_from(types)?;
+        let (resource, caps) = kube::discovery::pinned_kind(&client, &gvk).await?;
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(client.clone(), &ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let name = obj.name_any();
+        let Some(live) = api.get_opt(&name).await? else {
+            continue;
+        };
+        let labels = live.labels();
+        let ours = labels.get(LABEL_MANAGED_BY).is_some_and(|v| v == "kdev")
+            && labels
+                .get(LABEL_PROJECT)
+                .is_some_and(|v| v == &project.name);
+        if !ours {
+            ui.warn(&format!(
+                "{}/{name} in {ns} was not created by kdev for this project; left alone",
+                types.kind
+            ));
+            continue;
+        }
+        api.delete(&name, &DeleteParams::background()).await?;
+        ui.ok(&format!("deleted {}/{name}", types.kind));
+        removed += 1;
+    }
+    if removed == 0 {
+        ui.step(&format!(
+            "nothing of project {} to remove in namespace {ns}",
+            project.name
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! What the user sees: compact, one line per reload, colours on a terminal, plain when piped.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ui {
+    color: bool,
+}
+
+const GREEN: &str = "\x1b[32m";
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const DIM: &str = "\x1b[2m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+impl Ui {
+    /// Colours when stdout is a terminal and `NO_COLOR` is not set.
+    pub fn detect() -> Ui {
+        Ui {
+            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn line(&self, s: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    }
+
+    /// A step of setting up (`→ applying manifests`).
+    pub fn step(&self, s: &str) {
+        self.line(&format!("{} {s}", self.paint(DIM, "→")));
+    }
+
+    pub fn ok(&self, s: &str) {
+        self.line(&format!("{} {s}", self.paint(GREEN, "✓")));
+    }
+
+    pub fn fail(&self, s: &str) {
+        self.line(&format!("{} {s}", self.paint(RED, "✗")));
+    }
+
+    pub fn warn(&self, s: &str) {
+        self.line(&format!("{} {s}", self.paint(YELLOW, "!")));
+    }
+
+    pub fn heading(&self, s: &str) {
+        self.line(&self.paint(BOLD, s));
+    }
+
+    /// A line of the app's own output.
+    pub fn app(&self, stderr: bool, s: &str) {
+        let prefix = if stderr { "app!" } else { "app " };
+        self.line(&format!("{} {s}", self.paint(DIM, &format!("{prefix}│"))));
+    }
+
+    /// Indented detail (compiler output, last lines of a crashed app).
+    pub fn detail(&self, s: &str) {
+        for l in s.lines() {
+            self.line(&format!("    {l}"));
+        }
+    }
+}
+
+/// `0.61s`, `35ms`.
+pub fn fmt_duration(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.2}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `main.go`, `main.go, handlers/ping.go`, `main.go and 12 more`.
+pub fn summarize_paths(paths: &[String]) -> String {
+    match paths.len() {
+        0 => "(nothing)".into(),
+        1..=3 => paths.join(", "),
+        n => format!("{}, {} and {} more", paths[0], paths[1], n - 2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_duration(Duration::from_millis(35)), "35ms");
+        assert_eq!(fmt_duration(Duration::from_millis(1610)), "1.61s");
+        let p: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(summarize_paths(&p), "a, b and 3 more");
+        assert_eq!(summarize_paths(&p[..2]), "a, b");
+    }
+}
