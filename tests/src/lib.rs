@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, AttachParams, DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The sidecar image: Go toolchain, Delve, busybox (sh, tar). Built by tests/cluster/build-images.
@@ -24,10 +24,9 @@ pub async fn client() -> Result<Client> {
         "no Kubernetes cluster configured: start the test cluster with `sudo tests/cluster/up` \
          and export the KUBECONFIG it prints, or point KUBECONFIG at another cluster",
     )?;
-    client
-        .apiserver_version()
-        .await
-        .context("the Kubernetes API server named by KUBECONFIG does not answer; is the cluster up?")?;
+    client.apiserver_version().await.context(
+        "the Kubernetes API server named by KUBECONFIG does not answer; is the cluster up?",
+    )?;
     Ok(client)
 }
 
@@ -52,12 +51,19 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        let this = TestNamespace { client: client.clone(), name };
+        let this = TestNamespace {
+            client: client.clone(),
+            name,
+        };
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &this.name);
-        poll_until(Duration::from_secs(60), "the namespace's default ServiceAccount", || {
-            let sas = sas.clone();
-            async move { Ok(sas.get_opt("default").await?.is_some()) }
-        })
+        poll_until(
+            Duration::from_secs(60),
+            "the namespace's default ServiceAccount",
+            || {
+                let sas = sas.clone();
+                async move { Ok(sas.get_opt("default").await?.is_some()) }
+            },
+        )
         .await?;
         Ok(this)
     }
@@ -78,7 +84,9 @@ impl Drop for TestNamespace {
         // Drop cannot be async; delete from a thread with its own runtime and wait for the
         // request (not for the namespace to finish terminating).
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     let _ = Api::<Namespace>::all(client)
@@ -180,7 +188,11 @@ pub async fn exec(
         .stdout(true)
         .stderr(true);
     let mut proc = pods
-        .exec(pod, command.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &params)
+        .exec(
+            pod,
+            command.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &params,
+        )
         .await
         .with_context(|| format!("exec {command:?} in {pod}/{container}"))?;
     let mut out = proc.stdout().context("no stdout stream")?;
@@ -196,7 +208,9 @@ pub async fn exec(
     });
     if let Some(input) = stdin {
         let mut w = proc.stdin().context("no stdin stream")?;
-        w.write_all(input).await.context("writing to the command's stdin")?;
+        w.write_all(input)
+            .await
+            .context("writing to the command's stdin")?;
         w.shutdown().await.context("closing the command's stdin")?;
     }
     let status = status.await;
@@ -205,9 +219,17 @@ pub async fn exec(
     proc.join().await.context("exec stream")?;
     let (status, message) = match status {
         Some(s) => (s.status.unwrap_or_default(), s.message),
-        None => ("Unknown".to_string(), Some("the exec stream ended without a status".into())),
+        None => (
+            "Unknown".to_string(),
+            Some("the exec stream ended without a status".into()),
+        ),
     };
-    Ok(ExecOutput { stdout, stderr, status, message })
+    Ok(ExecOutput {
+        stdout,
+        stderr,
+        status,
+        message,
+    })
 }
 
 fn rand_u32() -> u32 {
