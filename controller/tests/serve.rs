@@ -299,7 +299,7 @@ fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
     let changed: Vec<_> = after
         .keys()
         .filter(|k| !k.starts_with("serve-") && before.get(*k) != after.get(*k))
-        .filter(|k| !["src", "bin", "run"].contains(&k.as_str()))
+        .filter(|k| !["src", "bin", "run", "run/serve.pid", "run/serve.lock"].contains(&k.as_str()))
         .collect();
     assert!(changed.is_empty(), "random input changed {changed:?}");
 }
@@ -791,4 +791,46 @@ fn build_inputs_decide_whether_a_patch_builds() {
     s.send(&patch(3, &[], vec![], BuildMode::Always));
     assert_eq!(patch_result(&mut s, 3).build_id, Some(2));
     assert_eq!(build_finished(&mut s, 2).0, BuildOutcome::Succeeded);
+}
+
+#[test]
+fn a_new_session_replaces_a_stale_one_and_its_build_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let marker = kdev.join("build.pid");
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(sh_build(&format!(
+        "echo $$ > {}; sleep 30; cp x {{output}}",
+        marker.display()
+    )));
+    a.send(&patch(
+        1,
+        &[],
+        Tar::new().file("x", b"x", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut a, 1).build_id, Some(1));
+    let build_pid: u32 = wait_for(T, "the build to start", || {
+        fs::read_to_string(&marker).ok()?.trim().parse().ok()
+    });
+
+    // The CLI reconnects (the old exec stream broke but its process lives on).
+    let mut b = Serve::start(kdev, &[]);
+    let w = b.hello(no_build());
+    assert!(w.needs_build, "the cancelled build leaves the tree unbuilt");
+    let msg = b.event_until(T, "the takeover warning", |e| match e {
+        Event::Warning { code, message } if code == "replaced_session" => Some(message.clone()),
+        _ => None,
+    });
+    assert!(msg.contains(&a.child.id().to_string()), "{msg}");
+    assert_eq!(a.wait_exit(T), 0);
+    wait_for(T, "the old session's build to be killed", || {
+        (!process_exists(build_pid)).then_some(())
+    });
+    assert!(!kdev.join("bin/app").exists());
+    // The new session works.
+    b.send(&ClientMessage::Ping(Ping { id: 5 }));
+    b.recv_until(T, "pong", |m| {
+        matches!(m, ServerMessage::Pong(Ping { id: 5 })).then_some(())
+    });
 }

@@ -22,7 +22,11 @@ use kdev_protocol::{
     PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, ReconcileResult, ServerMessage,
     SessionConfig, Welcome, check_hello, decode_message,
 };
-use tokio::sync::{mpsc, oneshot};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
@@ -145,6 +149,26 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let (in_tx, mut in_rx) = mpsc::channel(2);
     tokio::spawn(reader_task(in_tx));
     let out = Out { tx: out_tx, t0 };
+    // SIGTERM/SIGINT end the session gracefully (the running build's process group is killed).
+    let (term_tx, mut term_rx) = watch::channel(false);
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                    let _ = term_tx.send(true);
+                });
+            }
+            _ => log("cannot install signal handlers; SIGTERM will end the session abruptly"),
+        }
+    }
 
     let finish = |out: Out, code: i32| async move {
         drop(out);
@@ -153,7 +177,14 @@ pub async fn run(opts: ServeOptions) -> i32 {
     };
 
     // Handshake.
-    let hello = match in_rx.recv().await {
+    let first = tokio::select! {
+        m = in_rx.recv() => m,
+        _ = term_rx.changed() => {
+            log("terminated before the handshake");
+            return finish(out, EXIT_OK).await;
+        }
+    };
+    let hello = match first {
         None | Some(Ok(None)) => {
             log("the client closed the stream before saying hello");
             return finish(out, EXIT_BAD_INPUT).await;
@@ -176,6 +207,23 @@ pub async fn run(opts: ServeOptions) -> i32 {
         "session from {} (protocol {})",
         hello.client_version, hello.protocol_version
     ));
+    if let Err(e) = std::fs::create_dir_all(&opts.paths.run) {
+        out.send(fatal(
+            "setup_failed",
+            format!("cannot create {}: {e}", opts.paths.run.display()),
+        ))
+        .await;
+        return finish(out, EXIT_SETUP).await;
+    }
+    // One session at a time: a previous `serve` whose exec stream broke may still be alive
+    // (and building into the same app.next). The newest session wins.
+    let (_lock, replaced) = match take_session_lock(&opts.paths.run).await {
+        Ok(v) => v,
+        Err(e) => {
+            out.send(fatal("setup_failed", e)).await;
+            return finish(out, EXIT_SETUP).await;
+        }
+    };
     let config = hello.config;
     let root = match prepare_root(
         config
@@ -227,6 +275,13 @@ pub async fn run(opts: ServeOptions) -> i32 {
         limits: limits.clone(),
     };
     out.send(ServerMessage::Welcome(welcome)).await;
+    if let Some(pid) = replaced {
+        out.event(Event::Warning {
+            code: "replaced_session".into(),
+            message: format!("stopped a previous kdev-controller serve session (PID {pid}) still running in the pod"),
+        })
+        .await;
+    }
 
     let restart_ctx = app::RestartCtx {
         pid_file: opts.paths.pid_file(),
@@ -253,7 +308,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         restart_ctx,
         cache: Arc::new(Mutex::new(reconcile::HashCache::default())),
     };
-    let code = s.main_loop(&mut in_rx).await;
+    let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 
     // Shut down: no build keeps running without a session (the tree stays marked dirty).
     s.cancel_build().await;
@@ -268,6 +323,62 @@ pub async fn run(opts: ServeOptions) -> i32 {
     } = s;
     drop(restart_ctx);
     finish(out, code).await
+}
+
+/// Take `run/serve.lock` (flock), stopping a previous session that holds it. Returns the lock
+/// (held until dropped) and the PID of the session that was stopped, if any.
+async fn take_session_lock(run: &Path) -> Result<(Flock<std::fs::File>, Option<u32>), String> {
+    let lock_path = run.join("serve.lock");
+    let pid_path = run.join("serve.pid");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))
+    };
+    let mut replaced = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut killed = false;
+    loop {
+        match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                let _ =
+                    util::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes());
+                return Ok((lock, replaced));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                if replaced.is_none() {
+                    let pid = crate::supervise::read_pid_file(&pid_path)
+                        .ok()
+                        .filter(|p| *p != std::process::id());
+                    if let Some(pid) = pid {
+                        log(format!(
+                            "a previous session (PID {pid}) is still running; stopping it"
+                        ));
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    }
+                    replaced = Some(pid.unwrap_or(0));
+                }
+                if Instant::now() > deadline - Duration::from_secs(5) && !killed {
+                    if let Some(pid) = replaced.filter(|p| *p != 0) {
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                    killed = true;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "another kdev-controller serve session holds {} and did not stop; \
+                         end the other kdev session first",
+                        lock_path.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err((_, e)) => return Err(format!("cannot lock {}: {e}", lock_path.display())),
+        }
+    }
 }
 
 fn prepare_root(root: &Path) -> Result<PathBuf, String> {
@@ -289,9 +400,18 @@ impl Session {
     async fn main_loop(
         &mut self,
         in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>,
+        term: &mut watch::Receiver<bool>,
     ) -> i32 {
         loop {
             tokio::select! {
+                _ = term.changed() => {
+                    log("terminated (a newer session took over, or the pod is stopping); ending the session");
+                    self.out.send(fatal(
+                        "terminated",
+                        "kdev-controller serve was terminated (a newer session took over, or the pod is stopping)".into(),
+                    )).await;
+                    return EXIT_OK;
+                }
                 msg = in_rx.recv() => {
                     let payload = match msg {
                         None | Some(Ok(None)) => {

@@ -263,7 +263,12 @@ impl Serve {
     }
 
     /// Like [`Serve::event_until`], but first looks at everything already received.
-    pub fn event_seen_or_until<T>(&mut self, timeout: Duration, what: &str, mut f: impl FnMut(&Event) -> Option<T>) -> T {
+    pub fn event_seen_or_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
         for m in &self.seen {
             if let ServerMessage::Event { event, .. } = m
                 && let Some(v) = f(event)
