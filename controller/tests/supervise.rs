@@ -171,7 +171,8 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
         (times.len() >= 5).then_some(times)
     });
     let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-    // Delays 100, 200, 400, 800 ms (plus start-up time): each at least the delay, and growing.
+    // Delays 100, 200, 400, 800 ms (plus start-up time): each gap is at least its delay, so the
+    // lower bounds themselves show the growth without depending on how fast processes start.
     for (i, g) in gaps.iter().take(4).enumerate() {
         let min = 100u64 << i;
         assert!(
@@ -179,7 +180,6 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
             "gap {i} is {g} ms, expected >= {min} ms; gaps {gaps:?}"
         );
     }
-    assert!(gaps[3] > gaps[0] * 3, "delays must grow: {gaps:?}");
     let st = read_status(kdev).unwrap();
     let exit = st.last_exit.expect("exit recorded");
     assert_eq!(exit.code, Some(3));

@@ -197,7 +197,9 @@ pub fn spawn_watcher(
                     })
                     .await;
                 }
-                let started = c.starts > p.map(|p| p.starts).unwrap_or(0);
+                // A new supervisor (the main container restarted) counts starts from zero again.
+                let new_supervisor = p.is_some_and(|p| p.supervisor_pid != c.supervisor_pid);
+                let started = new_supervisor || c.starts > p.map(|p| p.starts).unwrap_or(0);
                 if started
                     && let Some(pid) = c.pid
                     && !pending.load(Ordering::SeqCst)
@@ -245,6 +247,10 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
     let mut status_rx = ctx.watch.status.clone();
     let before = status_rx.borrow().clone();
     let before_starts = before.as_ref().map(|s| s.starts).unwrap_or(0);
+    let before_supervisor = before.as_ref().map(|s| s.supervisor_pid);
+    // A new child: the start count grew, or a different supervisor reports (restarted container).
+    let is_new =
+        |s: &AppStatus| s.starts > before_starts || Some(s.supervisor_pid) != before_supervisor;
     let t_sig = Instant::now();
     // A supervisor still waiting for the first binary starts it by itself: no signal needed
     // (one would only restart the process it is about to start).
@@ -300,8 +306,8 @@ pub async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
         let seen: Result<Option<AppStatus>, String> = {
             let cur = status_rx.borrow_and_update();
             match cur.as_ref() {
-                Some(s) if s.starts > before_starts && s.pid.is_some() => Ok(Some(s.clone())),
-                Some(s) if s.starts > before_starts && s.state == AppState::Backoff => Err(s
+                Some(s) if is_new(s) && s.pid.is_some() => Ok(Some(s.clone())),
+                Some(s) if is_new(s) && s.state == AppState::Backoff => Err(s
                     .last_error
                     .clone()
                     .unwrap_or_else(|| "the new process exited right after starting".into())),

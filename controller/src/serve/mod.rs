@@ -81,9 +81,31 @@ impl Out {
 async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
     let mut stdout = tokio::io::stdout();
     while let Some(m) = rx.recv().await {
-        if let Err(e) = write_message_async(&mut stdout, &m).await {
-            log(format!("cannot write to the client ({e}); it went away"));
-            return;
+        match write_message_async(&mut stdout, &m).await {
+            Ok(()) => {}
+            // Too large for one frame (e.g. a listing of a gigantic tree): say so instead.
+            Err(FrameError::Codec(e)) => {
+                log(format!("cannot send a message: {e}"));
+                let id = match &m {
+                    ServerMessage::ReconcileResult(r) => Some(r.id),
+                    ServerMessage::PatchResult(r) => Some(r.id),
+                    _ => None,
+                };
+                let err = error(
+                    "message_too_large",
+                    format!(
+                        "a reply could not be sent: {e}; reduce the synced tree (ignore generated files)"
+                    ),
+                    id,
+                );
+                if write_message_async(&mut stdout, &err).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                log(format!("cannot write to the client ({e}); it went away"));
+                return;
+            }
         }
     }
 }
