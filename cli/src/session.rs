@@ -79,11 +79,14 @@ impl ControllerSession {
             .stdin(true)
             .stdout(true)
             .stderr(true);
-        let command = vec![
-            CONTROLLER_PATH.to_string(),
-            "serve".into(),
-            format!("--kdev-dir={KDEV_DIR}"),
-        ];
+        // Build with the image's own Go caches (which it may ship pre-filled), where `go env`
+        // says they are in that image.
+        let script = format!(
+            "m=$(go env GOMODCACHE 2>/dev/null); c=$(go env GOCACHE 2>/dev/null); \
+             exec {CONTROLLER_PATH} serve --kdev-dir={KDEV_DIR} ${{m:+--gomodcache=\"$m\"}} \
+             ${{c:+--gocache=\"$c\"}}"
+        );
+        let command = vec!["sh".to_string(), "-c".into(), script];
         let mut process =
             pods.exec(pod, command, &params)
                 .await
