@@ -570,6 +570,62 @@ mod tests {
         );
     }
 
+    fn pax_record(key: &str, value: &str) -> Vec<u8> {
+        // "<len> <key>=<value>\n", where <len> counts itself.
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    #[test]
+    fn pax_path_is_honoured_and_oversized_pax_headers_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // A PAX path override is what gets checked and applied (not the header's own name).
+        let mut b = tar::Builder::new(Vec::new());
+        let rec = pax_record("path", "../escaped");
+        b.append(
+            &header(EntryType::XHeader, b"pax", rec.len() as u64, 0o644),
+            &rec[..],
+        )
+        .unwrap();
+        b.append(
+            &header(EntryType::Regular, b"innocent", 1, 0o644),
+            &b"x"[..],
+        )
+        .unwrap();
+        let out = apply_patch(
+            root.path(),
+            &[],
+            &b.into_inner().unwrap(),
+            &default_limits(),
+        );
+        assert_eq!(out.refused.len(), 1, "{out:?}");
+        assert_eq!(out.refused[0].path, "../escaped");
+        assert!(!root.path().join("innocent").exists());
+
+        let mut b = tar::Builder::new(Vec::new());
+        let rec = pax_record("comment", &"c".repeat(100_000));
+        b.append(
+            &header(EntryType::XHeader, b"pax", rec.len() as u64, 0o644),
+            &rec[..],
+        )
+        .unwrap();
+        b.append(&header(EntryType::Regular, b"f", 1, 0o644), &b"x"[..])
+            .unwrap();
+        let out = apply_patch(
+            root.path(),
+            &[],
+            &b.into_inner().unwrap(),
+            &default_limits(),
+        );
+        assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
+        assert!(out.refused[0].reason.contains("extension headers"));
+        assert!(!root.path().join("f").exists());
+    }
+
     #[test]
     fn declared_size_beyond_the_archive_is_refused() {
         let root = tempfile::tempdir().unwrap();
