@@ -1,0 +1,452 @@
+//! End-to-end: the real `kdev` binary, as a subprocess, against the real cluster, on a copy of
+//! examples/gin-hello. Every save must be served by the same pod (no container restarts) and,
+//! after every kind of change and every disruption, the pod's tree must equal the local one.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kdev_tests::{TestNamespace, client, exec, poll_until};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+
+/// The `kdev` binary next to this test's (cargo puts both under target/<profile>/).
+fn kdev_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("kdev");
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kdev watch` running in a copy of the example, with its output collected.
+struct Watch {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Watch {
+    fn start(namespace: &str) -> Result<Watch> {
+        let dir = tempfile::tempdir()?;
+        let project = dir.path().join("gin-hello");
+        copy_dir(&repo_root().join("examples/gin-hello"), &project)?;
+        let port = free_port();
+        std::fs::write(
+            project.join("kdev.yaml"),
+            format!(
+                "manifests: [k8s/]\nnamespace: {namespace}\nsidecar:\n  image: kdev.local/go-toolchain:dev\n\
+                 run:\n  ports: [\"{port}:8080\"]\n"
+            ),
+        )?;
+        let mut child = Command::new(kdev_bin())
+            .arg("watch")
+            .current_dir(&project)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting kdev watch")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("kdev| {line}");
+                    let mut o = output.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Ok(Watch {
+            child,
+            output,
+            dir,
+            port,
+        })
+    }
+
+    fn project(&self) -> PathBuf {
+        self.dir.path().join("gin-hello")
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let p = self.project().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn set_message(&self, msg: &str) {
+        let main = self.project().join("main.go");
+        let text = std::fs::read_to_string(&main).unwrap();
+        let start = text.find("const pingMessage = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        let new = format!(
+            "{}const pingMessage = {msg}{}",
+            &text[..start],
+            &text[end..]
+        );
+        std::fs::write(main, new).unwrap();
+    }
+
+    /// Wait until GET /ping answers with `message`.
+    async fn wait_served(&self, message: &str, timeout: Duration) -> Result<()> {
+        let want = format!(r#"{{"message":"{message}"}}"#);
+        let port = self.port;
+        let mut last = String::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match http_get(port, "/ping").await {
+                Ok(body) if body.contains(&want) => return Ok(()),
+                Ok(body) => last = body,
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{want} not served within {timeout:?}; last answer: {last}\nkdev output:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+async fn dev_pod(pods: &Api<Pod>) -> Result<Pod> {
+    let list = pods
+        .list(&ListParams::default().labels("app=gin-hello"))
+        .await?;
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+        .context("no gin-hello pod")
+}
+
+fn restart_counts(pod: &Pod) -> BTreeMap<String, i32> {
+    let s = pod.status.clone().unwrap_or_default();
+    s.init_container_statuses
+        .into_iter()
+        .flatten()
+        .chain(s.container_statuses.into_iter().flatten())
+        .map(|c| (c.name, c.restart_count))
+        .collect()
+}
+
+/// Every file under the local project (as kdev syncs it) with its content.
+fn local_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Every file under the pod's sync root, read through a tar from the sidecar.
+async fn pod_tree(pods: &Api<Pod>, pod: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    let out = exec(
+        pods,
+        pod,
+        "kdev",
+        &["tar", "-c", "-C", "/kdev/src", "."],
+        None,
+    )
+    .await?
+    .ok()?;
+    let mut archive = tar::Archive::new(out.stdout.as_slice());
+    let mut files = BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        files.insert(path, data);
+    }
+    Ok(files)
+}
+
+/// The pod's tree equals the local one (content hashes of every file), within a few seconds.
+async fn assert_trees_equal(pods: &Api<Pod>, w: &Watch) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let pod = dev_pod(pods).await?.name_any();
+        let local = local_tree(&w.project());
+        match pod_tree(pods, &pod).await {
+            Ok(remote) if remote == local => return Ok(()),
+            Ok(remote) => {
+                let l: Vec<_> = local
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", blake3::hash(v)))
+                    .collect();
+                let r: Vec<_> = remote
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{}", blake3::hash(v)))
+                    .collect();
+                last = format!("local {l:?}\npod   {r:?}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the pod's tree differs from the local one:\n{last}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
+    let client: Client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-watch").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+
+    // First deploy: the example answers pong through the forwarded port.
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    assert_trees_equal(&pods, &w).await?;
+    let pod = dev_pod(&pods).await?;
+    let restarts = restart_counts(&pod);
+
+    // An edit is served by the same pod, with no container restarted.
+    w.set_message("\"pong v2\"");
+    w.wait_served("pong v2", Duration::from_secs(60)).await?;
+    let after = dev_pod(&pods).await?;
+    ensure!(after.name_any() == pod.name_any(), "the pod was replaced");
+    ensure!(
+        restart_counts(&after) == restarts,
+        "containers restarted: {:?} → {:?}",
+        restarts,
+        restart_counts(&after)
+    );
+
+    // A new file used by main.
+    w.write(
+        "extra.go",
+        "package main\n\nfunc extraMessage() string { return \"from extra.go\" }\n",
+    );
+    w.set_message("\"pong \" + \"v3\"");
+    w.wait_served("pong v3", Duration::from_secs(60)).await?;
+    w.write("ping_extra.go", "package main\n\nvar _ = extraMessage()\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.set_message("\"pong v4\"");
+    w.wait_served("pong v4", Duration::from_secs(60)).await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    // Delete files: the pod loses them too (and the build still works without them).
+    std::fs::remove_file(w.project().join("ping_extra.go"))?;
+    std::fs::remove_file(w.project().join("extra.go"))?;
+    w.set_message("\"pong v5\"");
+    w.wait_served("pong v5", Duration::from_secs(60)).await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    // Rename a file (delete + add) and add a nested directory.
+    std::fs::rename(
+        w.project().join("handlers/hello.go"),
+        w.project().join("handlers/greet.go"),
+    )?;
+    w.write(
+        "internal/deep/nested/version.go",
+        "package nested\n\nconst Version = \"1\"\n",
+    );
+    w.set_message("\"pong v6\"");
+    w.wait_served("pong v6", Duration::from_secs(60)).await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    // A compile error: the old version keeps serving, the error names the local file.
+    w.set_message("undefinedThing");
+    poll_until(
+        Duration::from_secs(60),
+        "the compile error in kdev's output",
+        || {
+            let out = w.output();
+            async move { Ok(out.contains("main.go:") && out.contains("undefined: undefinedThing")) }
+        },
+    )
+    .await?;
+    w.wait_served("pong v6", Duration::from_secs(5)).await?;
+    let out = w.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("undefined: undefinedThing"))
+        .unwrap();
+    ensure!(
+        line.trim_start().starts_with("main.go:"),
+        "the error should name the local path: {line}"
+    );
+    w.set_message("\"pong v7\"");
+    w.wait_served("pong v7", Duration::from_secs(60)).await?;
+
+    // Kill the controller's exec stream: kdev reconnects, reconciles, and later edits arrive.
+    let pod_name = dev_pod(&pods).await?.name_any();
+    let kill_serve = "for p in /proc/[0-9]*; do \
+        if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/kdev/bin/kdev-controller serve'; then \
+        kill -9 ${p#/proc/}; echo killed; fi; done";
+    let killed = exec(&pods, &pod_name, "kdev", &["sh", "-c", kill_serve], None)
+        .await?
+        .stdout_str();
+    ensure!(killed.contains("killed"), "no serve process found to kill");
+    w.write("handlers/after_kill.go", "package handlers\n");
+    w.set_message("\"pong v8\"");
+    w.wait_served("pong v8", Duration::from_secs(90)).await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    // Delete the pod: kdev finds the new one, uploads the controller, re-syncs everything.
+    pods.delete(&pod_name, &DeleteParams::default().grace_period(0))
+        .await?;
+    poll_until(Duration::from_secs(120), "a new dev pod", || {
+        let pods = pods.clone();
+        let old = pod_name.clone();
+        async move {
+            Ok(dev_pod(&pods)
+                .await
+                .map(|p| p.name_any() != old)
+                .unwrap_or(false))
+        }
+    })
+    .await?;
+    w.set_message("\"pong v9\"");
+    w.wait_served("pong v9", Duration::from_secs(180)).await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    let out = w.output();
+    ensure!(!out.contains("panicked"), "kdev panicked:\n{out}");
+    Ok(())
+}
+
+fn run_kdev(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(kdev_bin());
+    cmd.args(args).current_dir(dir);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn malformed_config_and_missing_cluster_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_root().join("examples/gin-hello"), dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join("kdev.yaml"),
+        "manifests: [k8s/]\nbuild:\n  packge: .\n",
+    )
+    .unwrap();
+    let (ok, out) = run_kdev(dir.path(), &["watch"], &[]);
+    assert!(!ok);
+    assert!(
+        out.contains("kdev.yaml:3:3: build.packge: unknown field `packge`")
+            || out.contains("kdev.yaml:3:3:"),
+        "{out}"
+    );
+    assert!(out.contains("unknown field `packge`"), "{out}");
+    assert!(
+        !out.contains("panicked") && !out.contains("backtrace"),
+        "{out}"
+    );
+
+    std::fs::write(dir.path().join("kdev.yaml"), "manifests: [k8s/]\n").unwrap();
+    let (ok, out) = run_kdev(
+        dir.path(),
+        &["watch"],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    assert!(!ok);
+    assert!(out.contains("kubeconfig"), "{out}");
+    assert!(
+        !out.contains("panicked") && !out.contains("backtrace"),
+        "{out}"
+    );
+
+    let (ok, out) = run_kdev(dir.path(), &["watch", "--context", "no-such-context"], &[]);
+    assert!(!ok);
+    assert!(out.contains("no-such-context"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
