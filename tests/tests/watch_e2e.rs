@@ -139,7 +139,7 @@ impl Watch {
     async fn wait_served(&self, message: &str, timeout: Duration) -> Result<()> {
         let want = format!(r#"{{"message":"{message}"}}"#);
         let port = self.port;
-        let mut last = String::new();
+        let mut last;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match http_get(port, "/ping").await {
