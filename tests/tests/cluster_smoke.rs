@@ -56,8 +56,11 @@ fn smoke_pod() -> Result<Pod> {
     }))?)
 }
 
+/// A file of the sample tar: path, content, mode.
+type SampleFile = (&'static str, &'static [u8], u32);
+
 /// A tar with a nested directory, an executable and a name with a space and unicode.
-fn sample_tar() -> Result<(Vec<u8>, Vec<(&'static str, &'static [u8], u32)>)> {
+fn sample_tar() -> Result<(Vec<u8>, Vec<SampleFile>)> {
     let files: Vec<(&str, &[u8], u32)> = vec![
         ("main.go", b"package main\n\nfunc main() {}\n", 0o644),
         ("handlers/ping handler é.go", b"package handlers\n", 0o644),
