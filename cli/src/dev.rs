@@ -342,6 +342,11 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     }
 }
 
+/// Patches are split into frames of about this size (well under the protocol's 64 MiB).
+const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// An initial sync larger than this shows a progress bar.
+const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
+
 /// What the CLI believes the pod holds, and the reload in progress.
 struct SyncState {
     rules: IgnoreRules,
@@ -384,7 +389,29 @@ async fn initial_sync(
             plan.delete.len()
         ));
     }
-    send_plan(session, state, &plan, BuildMode::Auto, true).await?;
+    // A large initial sync gets a progress bar (only on a terminal: indicatif hides it otherwise).
+    let progress = (bytes > PROGRESS_THRESHOLD).then(|| {
+        let bar = indicatif::ProgressBar::new(bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    send_plan(
+        session,
+        state,
+        &plan,
+        BuildMode::Auto,
+        true,
+        progress.as_ref(),
+    )
+    .await?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
     state.known = local.into_iter().map(|e| (e.path.clone(), e)).collect();
     state.reload = Some(Reload {
         changed: vec![format!(
@@ -411,8 +438,8 @@ async fn send_plan(
     plan: &SyncPlan,
     build: BuildMode,
     always_send: bool,
+    progress: Option<&indicatif::ProgressBar>,
 ) -> Result<()> {
-    const CHUNK_BYTES: u64 = 16 * 1024 * 1024;
     let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = 0;
     for p in &plan.send {
@@ -438,7 +465,11 @@ async fn send_plan(
             Vec::new()
         };
         let mode = if i + 1 == n { build } else { BuildMode::Never };
+        let sent = tar.len() as u64;
         let result = session.patch(deletes, tar, mode).await?;
+        if let Some(bar) = progress {
+            bar.inc(sent);
+        }
         if !result.complete {
             let refused: Vec<_> = result
                 .refused
@@ -521,7 +552,7 @@ async fn sync_paths(
     if changed.is_empty() {
         changed = plan.send.clone();
     }
-    send_plan(session, state, &plan, BuildMode::Auto, false).await?;
+    send_plan(session, state, &plan, BuildMode::Auto, false, None).await?;
     for d in &plan.delete {
         state.known.retain(|p, _| !under(p, d));
     }
