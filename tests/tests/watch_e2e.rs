@@ -388,9 +388,58 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
     w.wait_served("pong v9", Duration::from_secs(180)).await?;
     assert_trees_equal(&pods, &w).await?;
 
+    // Ctrl-C stops kdev cleanly (exit 0) and leaves the pod running.
+    let mut w = w;
+    let pid = w.child.id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc_kill(pid, 2) };
+    let status = wait_child(&mut w.child, Duration::from_secs(20))?;
+    ensure!(
+        status.success(),
+        "kdev exited with {status} after Ctrl-C:\n{}",
+        w.output()
+    );
     let out = w.output();
     ensure!(!out.contains("panicked"), "kdev panicked:\n{out}");
+
+    // `kdev down` removes the Deployment and the Service it applied.
+    let (ok, down_out) = run_kdev(&w.project(), &["down"], &[]);
+    ensure!(ok, "kdev down failed: {down_out}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), ns.name());
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), ns.name());
+    poll_until(
+        Duration::from_secs(30),
+        "kdev down to remove the Deployment and Service",
+        || {
+            let (d, s) = (deployments.clone(), services.clone());
+            async move {
+                Ok(d.get_opt("gin-hello").await?.is_none()
+                    && s.get_opt("gin-hello").await?.is_none())
+            }
+        },
+    )
+    .await?;
     Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("kdev did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn run_kdev(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
