@@ -273,6 +273,16 @@ fn rewrite_workload(
         doc: 0,
         message,
     };
+    // Back from the typed workload to the object that is applied.
+    let finish = |typed: serde_json::Result<serde_json::Value>, kind, selector, notes| {
+        let back = serde_json::from_value(typed.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+        let workload = WorkloadRef {
+            kind,
+            name: obj.name_any(),
+        };
+        Ok::<Rewritten, DeployError>((back, workload, selector, notes))
+    };
     let value = serde_json::to_value(&obj).map_err(|e| bad(e.to_string()))?;
     let mut dev = dev.clone();
     dev.labels.extend(labels.clone());
@@ -292,19 +302,12 @@ fn rewrite_workload(
             });
             let notes = rewrite::rewrite_pod_template(&mut spec.template, &dev)?;
             let selector = spec.selector.match_labels.clone().unwrap_or_default();
-            let name = d.name_any();
-            let back =
-                serde_json::from_value(serde_json::to_value(&d).map_err(|e| bad(e.to_string()))?)
-                    .map_err(|e| bad(e.to_string()))?;
-            Ok((
-                back,
-                WorkloadRef {
-                    kind: WorkloadKind::Deployment,
-                    name,
-                },
+            finish(
+                serde_json::to_value(&d),
+                WorkloadKind::Deployment,
                 selector,
                 notes,
-            ))
+            )
         }
         "StatefulSet" => {
             let mut s: StatefulSet = serde_json::from_value(value)
@@ -316,19 +319,12 @@ fn rewrite_workload(
             spec.replicas = Some(1);
             let notes = rewrite::rewrite_pod_template(&mut spec.template, &dev)?;
             let selector = spec.selector.match_labels.clone().unwrap_or_default();
-            let name = s.name_any();
-            let back =
-                serde_json::from_value(serde_json::to_value(&s).map_err(|e| bad(e.to_string()))?)
-                    .map_err(|e| bad(e.to_string()))?;
-            Ok((
-                back,
-                WorkloadRef {
-                    kind: WorkloadKind::StatefulSet,
-                    name,
-                },
+            finish(
+                serde_json::to_value(&s),
+                WorkloadKind::StatefulSet,
                 selector,
                 notes,
-            ))
+            )
         }
         other => Err(bad(format!("{other} is not a supported workload"))),
     }

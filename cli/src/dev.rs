@@ -117,6 +117,35 @@ impl Project {
         format!("golang:{version}")
     }
 
+    /// How the app's pod becomes a dev pod, from kdev.yaml.
+    pub fn dev_pod_spec(&self) -> DevPodSpec {
+        let cfg = &self.config;
+        DevPodSpec {
+            container: cfg.container.clone(),
+            sidecar_image: self.sidecar_image(),
+            args: cfg.run.args.clone(),
+            stop_signal: cfg.run.stop_signal.clone(),
+            grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The objects to apply in `namespace`, with the app's workload rewritten.
+    pub fn deploy_plan(
+        &self,
+        objects: &[deploy::ManifestObject],
+        namespace: &str,
+    ) -> Result<deploy::DeployPlan, deploy::DeployError> {
+        let workload = self.config.workload.as_ref();
+        deploy::prepare(
+            objects,
+            workload,
+            namespace,
+            &self.labels(),
+            &self.dev_pod_spec(),
+        )
+    }
+
     /// Labels on everything kdev applies for this project.
     pub fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(LABEL_PROJECT.to_string(), self.name.clone())])
@@ -166,21 +195,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
 
     // Deploy.
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let dev = DevPodSpec {
-        container: cfg.container.clone(),
-        sidecar_image: project.sidecar_image(),
-        args: cfg.run.args.clone(),
-        stop_signal: cfg.run.stop_signal.clone(),
-        grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
-        labels: BTreeMap::new(),
-    };
-    let plan = deploy::prepare(
-        &objects,
-        cfg.workload.as_ref(),
-        &ns,
-        &project.labels(),
-        &dev,
-    )?;
+    let plan = project.deploy_plan(&objects, &ns)?;
     ui.step(&format!(
         "applying {} objects to namespace {ns} ({} is the dev workload)",
         plan.objects.len(),

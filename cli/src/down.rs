@@ -10,7 +10,7 @@ use kube::core::GroupVersionKind;
 
 use crate::deploy::{self, LABEL_PROJECT};
 use crate::dev::{Project, connect};
-use crate::rewrite::{DevPodSpec, LABEL_MANAGED_BY};
+use crate::rewrite::LABEL_MANAGED_BY;
 use crate::ui::Ui;
 
 pub async fn down(
@@ -27,21 +27,7 @@ pub async fn down(
     )
     .await?;
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let dev = DevPodSpec {
-        container: cfg.container.clone(),
-        sidecar_image: project.sidecar_image(),
-        args: None,
-        stop_signal: None,
-        grace_period_ms: None,
-        labels: Default::default(),
-    };
-    let plan = deploy::prepare(
-        &objects,
-        cfg.workload.as_ref(),
-        &ns,
-        &project.labels(),
-        &dev,
-    )?;
+    let plan = project.deploy_plan(&objects, &ns)?;
     let mut removed = 0;
     for obj in plan.objects.iter().rev() {
         let types = obj.types.as_ref().expect("checked when parsing");
