@@ -549,6 +549,7 @@ spec:
             stop_signal: None,
             grace_period_ms: None,
             labels: BTreeMap::new(),
+            debug: None,
         }
     }
 

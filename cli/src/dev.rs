@@ -14,9 +14,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bootstrap::{self, Uploaded};
 use crate::config::{Config, FILE_NAME};
+use crate::debug::DebugOptions;
 use crate::deploy::{self, LABEL_PROJECT};
 use crate::forward::{self, ForwardEvent};
-use crate::rewrite::DevPodSpec;
+use crate::rewrite::{DebugSpec, DevPodSpec};
 use crate::session::{ControllerSession, build_tar};
 use crate::tree::{self, IgnoreRules, SyncPlan};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
@@ -30,6 +31,8 @@ pub struct WatchOptions {
     pub context: Option<String>,
     pub poll: bool,
     pub pod_timeout: Duration,
+    /// `kdev debug`: run the app under Delve.
+    pub debug: Option<DebugOptions>,
 }
 
 /// A loaded project: kdev.yaml and where it lives.
@@ -118,7 +121,7 @@ impl Project {
     }
 
     /// How the app's pod becomes a dev pod, from kdev.yaml.
-    pub fn dev_pod_spec(&self) -> DevPodSpec {
+    pub fn dev_pod_spec(&self, debug: Option<&DebugOptions>) -> DevPodSpec {
         let cfg = &self.config;
         DevPodSpec {
             container: cfg.container.clone(),
@@ -127,6 +130,10 @@ impl Project {
             stop_signal: cfg.run.stop_signal.clone(),
             grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
             labels: BTreeMap::new(),
+            debug: debug.map(|d| DebugSpec {
+                port: d.port,
+                continue_at_start: d.continue_at_start,
+            }),
         }
     }
 
@@ -135,6 +142,7 @@ impl Project {
         &self,
         objects: &[deploy::ManifestObject],
         namespace: &str,
+        debug: Option<&DebugOptions>,
     ) -> Result<deploy::DeployPlan, deploy::DeployError> {
         let workload = self.config.workload.as_ref();
         deploy::prepare(
@@ -142,7 +150,7 @@ impl Project {
             workload,
             namespace,
             &self.labels(),
-            &self.dev_pod_spec(),
+            &self.dev_pod_spec(debug),
         )
     }
 
@@ -195,7 +203,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
 
     // Deploy.
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let plan = project.deploy_plan(&objects, &ns)?;
+    let debug = opts.debug.clone();
+    let plan = project.deploy_plan(&objects, &ns, debug.as_ref())?;
     ui.step(&format!(
         "applying {} objects to namespace {ns} ({} is the dev workload)",
         plan.objects.len(),
@@ -217,15 +226,28 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let (pod_tx, pod_rx) = watch::channel::<Option<String>>(None);
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
-    let ports: Vec<(u16, u16)> = match &cfg.run.ports {
+    let mut ports: Vec<(u16, u16)> = match &cfg.run.ports {
         Some(p) => p.iter().map(|p| (p.local, p.remote)).collect(),
         None => plan.notes.ports.iter().map(|p| (*p, *p)).collect(),
     };
+    let app_port = cfg.run.ready_port.or(ports.first().map(|p| p.1));
+    if let Some(d) = &debug {
+        ports.push((d.port, d.port));
+    }
     for (local, remote) in &ports {
         let addr = forward::start(pods.clone(), pod_rx.clone(), *local, *remote, fwd_tx.clone())
             .await
             .with_context(|| format!("cannot listen on localhost:{local} (is it in use? map another port in kdev.yaml `run.ports: [\"{}:{remote}\"]`)", local.wrapping_add(1)))?;
-        ui.ok(&format!("forwarding http://{addr} → pod port {remote}"));
+        if debug
+            .as_ref()
+            .is_some_and(|d| d.port == *remote && ports.last() == Some(&(*local, *remote)))
+        {
+            ui.ok(&format!(
+                "forwarding {addr} → Delve in the pod (port {remote})"
+            ));
+        } else {
+            ui.ok(&format!("forwarding http://{addr} → pod port {remote}"));
+        }
     }
 
     // Watch before the first reconcile, so nothing saved in between is missed.
@@ -244,11 +266,21 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         sync_root: Some(cfg.sync.remote.clone()),
         build: kdev_protocol::BuildConfig {
             package: Some(cfg.build.package.clone()),
-            flags: cfg.build.flags.clone(),
+            flags: cfg
+                .build
+                .flags
+                .iter()
+                .cloned()
+                .chain(
+                    debug
+                        .as_ref()
+                        .map(|_| crate::debug::DEBUG_GCFLAGS.to_string()),
+                )
+                .collect(),
             env: cfg.build.env.clone(),
             ..Default::default()
         },
-        app_port: cfg.run.ready_port.or(ports.first().map(|p| p.1)),
+        app_port,
         forward_app_output: true,
         ..Default::default()
     };
@@ -258,7 +290,29 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         root: sync_root.clone(),
         known: BTreeMap::new(),
         reload: None,
+        build_mode: if debug.as_ref().is_some_and(|d| d.hold) {
+            BuildMode::Never
+        } else {
+            BuildMode::Auto
+        },
     };
+    // With --hold, a line on stdin (Enter) asks for the build and restart.
+    let (enter_tx, mut enter_rx) = mpsc::unbounded_channel::<()>();
+    if state.build_mode == BuildMode::Never {
+        ui.step("--hold: saves are synced but not built; press Enter to build and restart");
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                line.clear();
+                if enter_tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+    } else {
+        drop(enter_tx);
+    }
+    let mut delve_announced = false;
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
     loop {
@@ -275,6 +329,9 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                     n as f64 / 1048576.0
                 )),
                 Uploaded::AlreadyPresent => {}
+            }
+            if debug.is_some() {
+                crate::debug::install_delve(&pods, &pod_name, &project.sidecar_image()).await?;
             }
             let hello = kdev_protocol::handshake::hello(
                 format!("kdev {}", env!("CARGO_PKG_VERSION")),
@@ -333,9 +390,21 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                     }
                 }
                 msg = session.next_event() => match msg {
-                    Ok(m) => show_message(m, &mut state, &ui),
+                    Ok(m) => {
+                        let restarted = matches!(&m, ServerMessage::Event { event: Event::Restarted { .. }, .. });
+                        show_message(m, &mut state, &ui);
+                        if let (true, Some(d)) = (restarted, &debug) {
+                            announce_delve(&pods, &pod_name, d, &project, &ui, &mut delve_announced).await;
+                        }
+                    }
                     Err(e) => break Err(e.into()),
                 },
+                Some(()) = enter_rx.recv() => {
+                    if let Err(e) = session.build().await {
+                        break Err(e.into());
+                    }
+                    ui.step("building (asked for)");
+                }
                 Some(ev) = fwd_rx.recv() => match ev {
                     ForwardEvent::Failed { local, error } => ui.warn(&format!("localhost:{local}: {error}")),
                 },
@@ -357,6 +426,46 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     }
 }
 
+/// Once Delve listens after a (re)start, say so: the full editor configuration the first time,
+/// a reminder to re-attach after that.
+async fn announce_delve(
+    pods: &Api<Pod>,
+    pod: &str,
+    d: &DebugOptions,
+    project: &Project,
+    ui: &Ui,
+    announced: &mut bool,
+) {
+    for _ in 0..20 {
+        if crate::debug::port_open(pods, pod, d.port).await {
+            if *announced {
+                ui.ok(&format!(
+                    "Delve restarted on 127.0.0.1:{}: re-attach your debugger",
+                    d.port
+                ));
+            } else {
+                ui.ok(&format!(
+                    "Delve listening on 127.0.0.1:{} — attach your editor:",
+                    d.port
+                ));
+                crate::debug::print_editor_config(
+                    &project.sync_root(),
+                    &project.config.sync.remote,
+                    d.port,
+                    &project.name,
+                );
+                *announced = true;
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.warn(&format!(
+        "Delve does not accept connections on pod port {}; see the app's output above",
+        d.port
+    ));
+}
+
 /// Patches are split into frames of about this size (well under the protocol's 64 MiB).
 const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// An initial sync larger than this shows a progress bar.
@@ -369,6 +478,8 @@ struct SyncState {
     /// path → entry as last sent (or reported by the pod).
     known: BTreeMap<String, Entry>,
     reload: Option<Reload>,
+    /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
+    build_mode: BuildMode,
 }
 
 /// Timings of one reload, for its summary line.
@@ -567,7 +678,7 @@ async fn sync_paths(
     if changed.is_empty() {
         changed = plan.send.clone();
     }
-    send_plan(session, state, &plan, BuildMode::Auto, false, None).await?;
+    send_plan(session, state, &plan, state.build_mode, false, None).await?;
     for d in &plan.delete {
         state.known.retain(|p, _| !under(p, d));
     }
@@ -701,6 +812,9 @@ fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
                 let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
                 if !tail.is_empty() {
                     ui.detail(&tail.join("\n"));
+                }
+                if let Some(hint) = crate::debug::ptrace_hint(&tail.join("\n")) {
+                    ui.warn(hint);
                 }
             }
         }

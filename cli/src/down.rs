@@ -27,7 +27,7 @@ pub async fn down(
     )
     .await?;
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let plan = project.deploy_plan(&objects, &ns)?;
+    let plan = project.deploy_plan(&objects, &ns, None)?;
     let mut removed = 0;
     for obj in plan.objects.iter().rev() {
         let types = obj.types.as_ref().expect("checked when parsing");

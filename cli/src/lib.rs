@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod debug;
 pub mod deploy;
 pub mod dev;
 pub mod down;

@@ -58,6 +58,38 @@ enum Command {
         #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
         pod_timeout: Duration,
     },
+    /// Like `watch`, with the app built for debugging and run under Delve, port-forwarded.
+    ///
+    /// The app is built with `-gcflags=all=-N -l` and started as `dlv exec --headless
+    /// --accept-multiclient` in its container (Delve is copied there from the sidecar image).
+    /// Delve's port is forwarded to localhost, and once it listens kdev prints the VS Code
+    /// launch.json entry and the GoLand settings that attach to it, with the path mapping from
+    /// your project to the pod.
+    ///
+    /// On save, by default, kdev rebuilds and restarts the app under a new Delve, like `watch`:
+    /// your debugger is disconnected and re-attaches (VS Code: run the attach configuration
+    /// again). With --hold, saves are synced but nothing is rebuilt until you press Enter, so a
+    /// debugging session is not cut by every save.
+    Debug {
+        /// Delve's port, in the pod and on localhost.
+        #[arg(long, default_value_t = kdev::debug::DEFAULT_PORT, value_name = "PORT")]
+        port: u16,
+        /// Start the app stopped: it runs only once a debugger continues it.
+        #[arg(long)]
+        stop_at_start: bool,
+        /// Sync saves but build and restart only when you press Enter.
+        #[arg(long)]
+        hold: bool,
+        /// Print the editor configuration and exit, without deploying anything.
+        #[arg(long)]
+        print_config: bool,
+        /// Watch by polling instead of inotify.
+        #[arg(long)]
+        poll: bool,
+        /// How long to wait for the dev pod to start, e.g. 120s or 5m.
+        #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
+        pod_timeout: Duration,
+    },
     /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
     Down,
 }
@@ -96,6 +128,39 @@ fn main() -> ExitCode {
                     context: cli.context,
                     poll,
                     pod_timeout,
+                    debug: None,
+                })
+                .await
+            }
+            Command::Debug {
+                port,
+                stop_at_start,
+                hold,
+                print_config,
+                poll,
+                pod_timeout,
+            } => {
+                if print_config {
+                    return kdev::dev::Project::load(&cli.file).map(|project| {
+                        kdev::debug::print_editor_config(
+                            &project.sync_root(),
+                            &project.config.sync.remote,
+                            port,
+                            &project.name,
+                        )
+                    });
+                }
+                kdev::dev::watch(kdev::dev::WatchOptions {
+                    config_path: cli.file,
+                    namespace: cli.namespace,
+                    context: cli.context,
+                    poll,
+                    pod_timeout,
+                    debug: Some(kdev::debug::DebugOptions {
+                        port,
+                        continue_at_start: !stop_at_start,
+                        hold,
+                    }),
                 })
                 .await
             }

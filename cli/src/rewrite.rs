@@ -35,6 +35,18 @@ const SHARED_VOLUME: &str = "kdev";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_SESSION: &str = "kdev.dev/session";
 
+/// Where `kdev debug` puts Delve so the app container can run it.
+pub const DLV_PATH: &str = "/kdev/bin/dlv";
+
+/// Run the app under Delve (`kdev debug`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugSpec {
+    /// Delve's listen port in the pod.
+    pub port: u16,
+    /// Let the app run at once (`--continue`) rather than wait for a debugger to continue it.
+    pub continue_at_start: bool,
+}
+
 /// How the template is rewritten.
 #[derive(Debug, Clone)]
 pub struct DevPodSpec {
@@ -50,6 +62,8 @@ pub struct DevPodSpec {
     pub grace_period_ms: Option<u64>,
     /// Extra labels for the pod (session, owner).
     pub labels: BTreeMap<String, String>,
+    /// Run the app under Delve.
+    pub debug: Option<DebugSpec>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -144,7 +158,27 @@ pub fn rewrite_pod_template(
         command.push(format!("--grace-period={ms}ms"));
     }
     command.push("--".into());
-    command.push(APP_PATH.into());
+    if let Some(d) = &spec.debug {
+        // Delve launches the app as its child: no ptrace of another process is needed.
+        command.push(DLV_PATH.into());
+        command.extend(
+            [
+                "exec".to_string(),
+                "--headless".into(),
+                format!("--listen=:{}", d.port),
+                "--api-version=2".into(),
+                "--accept-multiclient".into(),
+            ]
+            .into_iter()
+            .chain(d.continue_at_start.then(|| "--continue".to_string())),
+        );
+        command.push(APP_PATH.into());
+        if !app_args.is_empty() {
+            command.push("--".into());
+        }
+    } else {
+        command.push(APP_PATH.into());
+    }
     command.extend(app_args.iter().cloned());
     app.command = Some(command);
     app.args = None;
@@ -263,6 +297,7 @@ mod tests {
             stop_signal: Some("SIGINT".into()),
             grace_period_ms: Some(2000),
             labels: BTreeMap::from([(LABEL_SESSION.to_string(), "s1".to_string())]),
+            debug: None,
         }
     }
 
@@ -318,6 +353,46 @@ mod tests {
         assert_eq!(labels["app"], "gin-hello", "selector labels are kept");
         assert_eq!(labels[LABEL_SESSION], "s1");
         assert_eq!(labels[LABEL_MANAGED_BY], "kdev");
+    }
+
+    #[test]
+    fn debug_runs_the_app_under_delve() {
+        let mut d = gin_hello();
+        let template = &mut d.spec.as_mut().unwrap().template;
+        let s = DevPodSpec {
+            debug: Some(DebugSpec {
+                port: 2345,
+                continue_at_start: true,
+            }),
+            ..spec()
+        };
+        rewrite_pod_template(template, &s).unwrap();
+        let cmd = template.spec.as_ref().unwrap().containers[0]
+            .command
+            .clone()
+            .unwrap();
+        let after: Vec<_> = cmd
+            .iter()
+            .skip_while(|a| *a != "--")
+            .skip(1)
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            after,
+            vec![
+                "/kdev/bin/dlv",
+                "exec",
+                "--headless",
+                "--listen=:2345",
+                "--api-version=2",
+                "--accept-multiclient",
+                "--continue",
+                "/kdev/bin/app",
+                "--",
+                "--verbose",
+                "--port=8080"
+            ]
+        );
     }
 
     #[test]

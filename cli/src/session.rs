@@ -234,6 +234,13 @@ impl ControllerSession {
         .await
     }
 
+    /// Build now (and restart on success); the outcome arrives as events.
+    pub async fn build(&mut self) -> Result<(), SessionError> {
+        let id = self.id();
+        self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))
+            .await
+    }
+
     /// Check that the controller still answers.
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), SessionError> {
         let id = self.id();
