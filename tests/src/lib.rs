@@ -243,3 +243,101 @@ fn rand_u32() -> u32 {
     );
     h.finish() as u32
 }
+
+/// The `kdev` binary next to the running test's (cargo puts both under target/<profile>/).
+pub fn kdev_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("kdev");
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository's root.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Copy a directory tree (files and directories only).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A localhost port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A copy of examples/gin-hello under `dir`, with a kdev.yaml for the test cluster that deploys
+/// into `namespace` and forwards the app to localhost:`http_port`. Returns its (canonical) root.
+pub fn example_project(
+    dir: &std::path::Path,
+    namespace: &str,
+    http_port: u16,
+) -> Result<std::path::PathBuf> {
+    let project = dir.join("gin-hello");
+    copy_dir(&repo_root().join("examples/gin-hello"), &project)?;
+    std::fs::write(
+        project.join("kdev.yaml"),
+        format!(
+            "manifests: [k8s/]\nnamespace: {namespace}\nsidecar:\n  image: {TOOLCHAIN_IMAGE}\n\
+             run:\n  ports: [\"{http_port}:8080\"]\n"
+        ),
+    )?;
+    Ok(project.canonicalize()?)
+}
+
+/// Start `cmd` with stdout and stderr collected (and echoed to the test's stderr as `kdev| …`).
+pub fn spawn_captured(
+    cmd: &mut std::process::Command,
+) -> Result<(
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+)> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting kdev")?;
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("piped")),
+        Box::new(child.stderr.take().expect("piped")),
+    ];
+    for stream in streams {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("kdev| {line}");
+                let mut o = output.lock().unwrap_or_else(|e| e.into_inner());
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+    }
+    Ok((child, output))
+}

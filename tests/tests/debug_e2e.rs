@@ -3,43 +3,19 @@
 //! printed launch.json's substitutePath, as an editor would), sees it hit with the handler's
 //! argument, continues, and gets the response; after a save, the same works on the new code.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use kdev_tests::{TestNamespace, client, poll_until};
+use kdev_tests::{
+    TestNamespace, client, copy_dir, example_project, free_port, kdev_bin, poll_until, repo_root,
+    spawn_captured,
+};
 use serde_json::{Value, json};
-
-fn kdev_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("kdev")
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &target)?;
-        } else {
-            std::fs::copy(e.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Debug {
     child: Child,
@@ -60,43 +36,14 @@ impl Drop for Debug {
 impl Debug {
     fn start(namespace: &str) -> Result<Debug> {
         let dir = tempfile::tempdir()?;
-        let project = dir.path().join("gin-hello");
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gin-hello"),
-            &project,
-        )?;
-        let project = project.canonicalize()?;
         let (http_port, dlv_port) = (free_port(), free_port());
-        std::fs::write(
-            project.join("kdev.yaml"),
-            format!(
-                "manifests: [k8s/]\nnamespace: {namespace}\nsidecar:\n  image: kdev.local/go-toolchain:dev\n\
-                 run:\n  ports: [\"{http_port}:8080\"]\n"
-            ),
+        let project = example_project(dir.path(), namespace, http_port)?;
+        let (child, output) = spawn_captured(
+            Command::new(kdev_bin())
+                .args(["debug", "--port", &dlv_port.to_string()])
+                .current_dir(&project)
+                .stdin(Stdio::null()),
         )?;
-        let mut child = Command::new(kdev_bin())
-            .args(["debug", "--port", &dlv_port.to_string()])
-            .current_dir(&project)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting kdev debug")?;
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("kdev| {line}");
-                    let mut o = output.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
         Ok(Debug {
             child,
             output,
@@ -324,11 +271,7 @@ async fn debug_hits_breakpoints_before_and_after_a_save() -> Result<()> {
 fn print_config_writes_valid_launch_json_without_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("svc");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gin-hello"),
-        &project,
-    )
-    .unwrap();
+    copy_dir(&repo_root().join("examples/gin-hello"), &project).unwrap();
     let out = Command::new(kdev_bin())
         .args(["debug", "--print-config", "--port", "4000"])
         .current_dir(&project)

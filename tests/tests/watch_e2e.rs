@@ -3,59 +3,20 @@
 //! after every kind of change and every disruption, the pod's tree must equal the local one.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kdev_tests::{TestNamespace, client, exec, poll_until};
+use kdev_tests::{
+    TestNamespace, client, copy_dir, example_project, exec, free_port, kdev_bin, poll_until,
+    repo_root, spawn_captured,
+};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
-
-/// The `kdev` binary next to this test's (cargo puts both under target/<profile>/).
-fn kdev_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("kdev");
-    assert!(
-        bin.is_file(),
-        "{} not built: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &target)?;
-        } else {
-            std::fs::copy(e.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `kdev watch` running in a copy of the example, with its output collected.
 struct Watch {
@@ -68,38 +29,10 @@ struct Watch {
 impl Watch {
     fn start(namespace: &str) -> Result<Watch> {
         let dir = tempfile::tempdir()?;
-        let project = dir.path().join("gin-hello");
-        copy_dir(&repo_root().join("examples/gin-hello"), &project)?;
         let port = free_port();
-        std::fs::write(
-            project.join("kdev.yaml"),
-            format!(
-                "manifests: [k8s/]\nnamespace: {namespace}\nsidecar:\n  image: kdev.local/go-toolchain:dev\n\
-                 run:\n  ports: [\"{port}:8080\"]\n"
-            ),
-        )?;
-        let mut child = Command::new(kdev_bin())
-            .arg("watch")
-            .current_dir(&project)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting kdev watch")?;
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    eprintln!("kdev| {line}");
-                    let mut o = output.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            });
-        }
+        let project = example_project(dir.path(), namespace, port)?;
+        let (child, output) =
+            spawn_captured(Command::new(kdev_bin()).arg("watch").current_dir(&project))?;
         Ok(Watch {
             child,
             output,
@@ -109,7 +42,7 @@ impl Watch {
     }
 
     fn project(&self) -> PathBuf {
-        self.dir.path().join("gin-hello")
+        self.dir.path().join("gin-hello").canonicalize().unwrap()
     }
 
     fn output(&self) -> String {
