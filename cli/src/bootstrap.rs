@@ -163,7 +163,10 @@ async fn exec_sh(
             &params,
         )
         .await
-        .map_err(|e| format!("exec failed: {e} (the sidecar image needs `sh` and `cat`)"))?;
+        .map_err(|e| match e {
+            kube::Error::Api(status) => format!("exec failed: {}", status.message),
+            other => format!("exec failed: {other} (the sidecar image needs `sh` and `cat`)"),
+        })?;
     let mut out = proc.stdout().expect("requested");
     let mut errs = proc.stderr().expect("requested");
     let status = proc.take_status().expect("first take");

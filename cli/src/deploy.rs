@@ -47,17 +47,25 @@ pub enum DeployError {
     Workload(String),
     #[error(transparent)]
     Rewrite(#[from] rewrite::RewriteError),
-    #[error("applying {kind}/{name}: {source}")]
+    #[error("applying {kind}/{name}: {}", api_message(.source))]
     Apply {
         kind: String,
         name: String,
-        #[source]
         source: kube::Error,
     },
     #[error("{0}")]
     Pod(String),
     #[error(transparent)]
     Kube(#[from] kube::Error),
+}
+
+/// The API server's own message for API errors (its Status, without the debug dump), else the
+/// error itself.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// One object read from a manifest file.
@@ -328,6 +336,34 @@ fn rewrite_workload(
         }
         other => Err(bad(format!("{other} is not a supported workload"))),
     }
+}
+
+/// The API group and plural resource of each object (deduplicated), through discovery.
+pub async fn resources(
+    client: &Client,
+    objects: &[DynamicObject],
+) -> Result<Vec<(String, String)>, DeployError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for obj in objects {
+        let types = obj.types.as_ref().expect("checked when parsing");
+        let gvk = GroupVersionKind::try_from(types).map_err(|e| DeployError::Object {
+            path: PathBuf::from("<manifest>"),
+            doc: 0,
+            message: e.to_string(),
+        })?;
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|source| DeployError::Apply {
+                kind: types.kind.clone(),
+                name: obj.name_any(),
+                source,
+            })?;
+        let key = (resource.group.clone(), resource.plural.clone());
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    }
+    Ok(out)
 }
 
 /// Apply every object with server-side apply (field manager `kdev`), in manifest order.

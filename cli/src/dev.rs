@@ -205,6 +205,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let objects = deploy::load_manifests(&project.manifest_paths())?;
     let debug = opts.debug.clone();
     let plan = project.deploy_plan(&objects, &ns, debug.as_ref())?;
+    let kinds = deploy::resources(&client, &plan.objects).await?;
+    crate::access::require(&client, &ns, &crate::access::needed_for_watch(&kinds)).await?;
     ui.step(&format!(
         "applying {} objects to namespace {ns} ({} is the dev workload)",
         plan.objects.len(),
@@ -343,6 +345,12 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         .await;
         let mut session = match connected {
             Ok(s) => s,
+            // Waiting does not grant permissions: say so and stop.
+            Err(e) if format!("{e:#}").contains("is forbidden") => {
+                bail!(
+                    "{e:#}\n(manifests/rbac/role.yaml in the kdev repository lists the permissions kdev needs)"
+                )
+            }
             Err(e) => {
                 ui.warn(&format!(
                     "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",

@@ -28,6 +28,8 @@ pub async fn down(
     .await?;
     let objects = deploy::load_manifests(&project.manifest_paths())?;
     let plan = project.deploy_plan(&objects, &ns, None)?;
+    let kinds = deploy::resources(&client, &plan.objects).await?;
+    crate::access::require(&client, &ns, &crate::access::needed_for_down(&kinds)).await?;
     let mut removed = 0;
     for obj in plan.objects.iter().rev() {
         let types = obj.types.as_ref().expect("checked when parsing");

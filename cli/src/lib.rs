@@ -1,6 +1,7 @@
 //! The `kdev` CLI as a library: each module is one concern of the developer-side loop, usable
 //! (and tested) on its own.
 
+pub mod access;
 pub mod bootstrap;
 pub mod config;
 pub mod debug;

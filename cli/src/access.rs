@@ -1,0 +1,147 @@
+//! Check up front that the user may do what kdev is about to do, so a missing permission is
+//! named before anything is applied, instead of failing halfway through a session.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+/// One permission: `verb` on `group/resource[/subresource]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub group: String,
+    pub resource: String,
+    pub subresource: Option<&'static str>,
+    pub verb: &'static str,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", self.group)
+        };
+        match self.subresource {
+            Some(sub) => write!(f, "{} {}{group}/{sub}", self.verb, self.resource),
+            None => write!(f, "{} {}{group}", self.verb, self.resource),
+        }
+    }
+}
+
+fn perm(
+    group: &str,
+    resource: &str,
+    subresource: Option<&'static str>,
+    verb: &'static str,
+) -> Permission {
+    Permission {
+        group: group.to_string(),
+        resource: resource.to_string(),
+        subresource,
+        verb,
+    }
+}
+
+/// What `kdev watch`/`kdev debug` need, given the kinds (`group`, plural resource) they apply.
+pub fn needed_for_watch(applied: &[(String, String)]) -> Vec<Permission> {
+    let mut p = vec![
+        perm("", "pods", None, "get"),
+        perm("", "pods", None, "list"),
+        perm("", "pods", Some("exec"), "get"),
+        perm("", "pods", Some("exec"), "create"),
+        perm("", "pods", Some("portforward"), "get"),
+        perm("", "pods", Some("portforward"), "create"),
+        perm("", "events", None, "list"),
+    ];
+    // Server-side apply is a patch, and a create when the object does not exist yet.
+    for (group, resource) in applied {
+        p.push(perm(group, resource, None, "create"));
+        p.push(perm(group, resource, None, "patch"));
+    }
+    p
+}
+
+/// What `kdev down` needs for the kinds it removes.
+pub fn needed_for_down(applied: &[(String, String)]) -> Vec<Permission> {
+    applied
+        .iter()
+        .flat_map(|(group, resource)| {
+            ["get", "delete"].map(|verb| perm(group, resource, None, verb))
+        })
+        .collect()
+}
+
+/// Ask the API server (SelfSubjectAccessReview) about each permission in `namespace`; fail naming
+/// every one that is missing.
+pub async fn require(
+    client: &Client,
+    namespace: &str,
+    needed: &[Permission],
+) -> anyhow::Result<()> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for p in needed {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    group: Some(p.group.clone()),
+                    resource: Some(p.resource.clone()),
+                    subresource: p.subresource.map(String::from),
+                    verb: Some(p.verb.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&PostParams::default(), &review).await?;
+        if !answer.status.map(|s| s.allowed).unwrap_or(false) {
+            missing.push(p.to_string());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "missing permission in namespace {namespace}: {}. Ask your cluster admin to grant it \
+             (manifests/rbac/role.yaml in the kdev repository lists what kdev needs)",
+            missing.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_read_like_kubectl_auth_can_i() {
+        let applied = vec![
+            ("apps".to_string(), "deployments".to_string()),
+            ("".to_string(), "services".to_string()),
+        ];
+        let w: Vec<String> = needed_for_watch(&applied)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(w.contains(&"create pods/exec".to_string()), "{w:?}");
+        assert!(w.contains(&"patch deployments.apps".to_string()), "{w:?}");
+        assert!(w.contains(&"patch services".to_string()), "{w:?}");
+        let d: Vec<String> = needed_for_down(&applied)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            d,
+            vec![
+                "get deployments.apps",
+                "delete deployments.apps",
+                "get services",
+                "delete services"
+            ]
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! End-to-end: a developer bound only to manifests/rbac/role.yaml runs kdev in a team namespace
+//! without any permission error; with one verb taken out of the Role, kdev names the missing
+//! permission up front instead of failing halfway.
+//!
+//! The developer's client certificate is issued through the cluster's own CSR API
+//! (signer `kubernetes.io/kube-apiserver-client`), so this works on any cluster whose admin may
+//! approve CSRs, not only the local test cluster.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kdev_tests::{
+    TestNamespace, client, example_project, free_port, kdev_bin, repo_root, spawn_captured,
+};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+/// A kubeconfig for user `name`, with a certificate signed by the cluster.
+async fn user_kubeconfig(
+    admin: &kube::Client,
+    name: &str,
+    dir: &Path,
+) -> Result<std::path::PathBuf> {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            &format!("/CN={name}"),
+        ])
+        .output()
+        .context("running openssl")?;
+    ensure!(
+        ok.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let csr_pem = std::fs::read(&csr)?;
+
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let csr_name = format!("kdev-test-{name}-{}", std::process::id());
+    let obj: CertificateSigningRequest = serde_json::from_value(json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": { "name": csr_name },
+        "spec": {
+            "request": base64(&csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "usages": ["client auth"],
+            "expirationSeconds": 3600
+        }
+    }))?;
+    let _ = csrs.delete(&csr_name, &DeleteParams::default()).await;
+    csrs.create(&PostParams::default(), &obj).await?;
+    let mut approved = csrs.get(&csr_name).await?;
+    approved.status = Some(serde_json::from_value(json!({
+        "conditions": [{ "type": "Approved", "status": "True", "reason": "KdevTest", "message": "e2e test user" }]
+    }))?);
+    csrs.replace_subresource("approval", &csr_name, &PostParams::default(), &approved)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let cert = loop {
+        let c = csrs.get(&csr_name).await?;
+        if let Some(cert) = c.status.and_then(|s| s.certificate) {
+            break cert.0;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the CSR for {name} was not signed in 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = csrs.delete(&csr_name, &DeleteParams::default()).await;
+
+    // The cluster's address and CA from the admin's kubeconfig.
+    let kc = kube::config::Kubeconfig::read()?;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("no cluster in kubeconfig")?;
+    let ca = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(data), _) => data.clone(),
+        (None, Some(path)) => base64(&std::fs::read(path)?),
+        (None, None) => anyhow::bail!("the admin kubeconfig has no CA"),
+    };
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: {name}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+             contexts:\n- name: {name}\n  context: {{cluster: c, user: {name}}}\ncurrent-context: {name}\n",
+            cluster.server.context("no server")?,
+            base64(&cert),
+            base64(&std::fs::read(&key)?),
+        ),
+    )?;
+    Ok(path)
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn role_from_repo() -> Result<Role> {
+    let text = std::fs::read_to_string(repo_root().join("manifests/rbac/role.yaml"))?;
+    Ok(yaml_serde::from_str(&text)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
+    let admin = client().await?;
+    let ns = TestNamespace::create(&admin, "kdev-team").await?;
+    let dir = tempfile::tempdir()?;
+    let alice = user_kubeconfig(&admin, "alice", dir.path()).await?;
+
+    let roles: Api<Role> = Api::namespaced(admin.clone(), ns.name());
+    roles
+        .create(&PostParams::default(), &role_from_repo()?)
+        .await?;
+    let text = std::fs::read_to_string(repo_root().join("manifests/rbac/rolebinding.yaml"))?;
+    let mut binding: RoleBinding = yaml_serde::from_str(&text)?;
+    binding.subjects = Some(vec![serde_json::from_value(json!({
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"
+    }))?]);
+    Api::<RoleBinding>::namespaced(admin.clone(), ns.name())
+        .create(&PostParams::default(), &binding)
+        .await?;
+
+    // With the Role: kdev watch serves, kdev down cleans up, no permission error anywhere.
+    let port = free_port();
+    let project = example_project(dir.path(), ns.name(), port)?;
+    let (mut child, output) = spawn_captured(
+        Command::new(kdev_bin())
+            .arg("watch")
+            .current_dir(&project)
+            .env("KUBECONFIG", &alice),
+    )?;
+    // Poll /ping until pong, but stop at once if kdev exits (e.g. for lack of permission).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let served: Result<()> = loop {
+        let body = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
+            let mut b = String::new();
+            s.read_to_string(&mut b)?;
+            anyhow::Ok(b)
+        })
+        .await?;
+        if body.map(|b| b.contains("pong")).unwrap_or(false) {
+            break Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!("kdev watch as alice exited ({status})"));
+        }
+        if tokio::time::Instant::now() > deadline {
+            break Err(anyhow::anyhow!("pong not served to alice within 240s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = output.lock().unwrap().clone();
+    served.with_context(|| out.clone())?;
+    ensure!(
+        !out.contains("forbidden") && !out.contains("missing permission"),
+        "{out}"
+    );
+    let down = Command::new(kdev_bin())
+        .arg("down")
+        .current_dir(&project)
+        .env("KUBECONFIG", &alice)
+        .output()?;
+    ensure!(
+        down.status.success(),
+        "kdev down as alice: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
+    // Take `create` on pods/portforward away: kdev says exactly that, before applying anything.
+    let mut role = roles.get("kdev-developer").await?;
+    for rule in role.rules.iter_mut().flatten() {
+        if let Some(res) = rule.resources.as_mut() {
+            res.retain(|r| r != "pods/portforward");
+        }
+    }
+    roles
+        .replace("kdev-developer", &PostParams::default(), &role)
+        .await?;
+    let out = Command::new(kdev_bin())
+        .arg("watch")
+        .current_dir(&project)
+        .env("KUBECONFIG", &alice)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success(),
+        "kdev watch should fail without pods/portforward: {text}"
+    );
+    ensure!(
+        text.contains("missing permission") && text.contains("create pods/portforward"),
+        "{text}"
+    );
+    ensure!(
+        !text.contains("applying"),
+        "nothing should be applied before the check: {text}"
+    );
+    Ok(())
+}
