@@ -54,6 +54,10 @@ pub fn needed_for_watch(applied: &[(String, String)]) -> Vec<Permission> {
         perm("", "pods", Some("portforward"), "get"),
         perm("", "pods", Some("portforward"), "create"),
         perm("", "events", None, "list"),
+        perm("coordination.k8s.io", "leases", None, "get"),
+        perm("coordination.k8s.io", "leases", None, "create"),
+        perm("coordination.k8s.io", "leases", None, "update"),
+        perm("coordination.k8s.io", "leases", None, "delete"),
     ];
     // Server-side apply is a patch, and a create when the object does not exist yet.
     for (group, resource) in applied {

@@ -61,6 +61,10 @@ pub struct Config {
     /// kubeconfig context to use. Default: the current context.
     #[serde(default)]
     pub context: Option<String>,
+    /// Who is developing: names and labels this developer's objects and session lock.
+    /// Default: the kubeconfig user's name.
+    #[serde(default)]
+    pub owner: Option<String>,
     #[serde(default)]
     pub build: BuildConfig,
     #[serde(default)]
@@ -359,6 +363,16 @@ impl Config {
                 "namespace",
                 format!(
                     "`{ns}` is not a valid namespace name (lowercase letters, digits and `-`, at most 63)"
+                ),
+            ));
+        }
+        if let Some(o) = &self.owner
+            && !is_dns_label(o)
+        {
+            return Err(invalid(
+                "owner",
+                format!(
+                    "`{o}` is not a valid owner (lowercase letters, digits and `-`, at most 63)"
                 ),
             ));
         }

@@ -263,6 +263,72 @@ pub fn prepare(
     })
 }
 
+/// Label naming the developer an object belongs to.
+pub const LABEL_OWNER: &str = "kdev.dev/owner";
+
+/// Make the plan one developer's own, so several can share a namespace: workloads and Services
+/// get `-<owner>` appended to their names, every object the owner label, and the selectors of
+/// workloads and Services include it, so one developer's Service never selects another's pods.
+pub fn personalize(plan: &mut DeployPlan, owner: &str) {
+    let renamed = |name: &str| {
+        let mut n = format!("{name}-{owner}");
+        n.truncate(63);
+        n.trim_end_matches(['-', '.']).to_string()
+    };
+    let services: Vec<String> = plan
+        .objects
+        .iter()
+        .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "Service"))
+        .map(|o| o.name_any())
+        .collect();
+    for obj in &mut plan.objects {
+        obj.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_OWNER.into(), owner.into());
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default();
+        let owner_label = serde_json::Value::String(owner.to_string());
+        match kind.as_str() {
+            "Deployment" | "StatefulSet" => {
+                obj.metadata.name = Some(renamed(&obj.name_any()));
+                let spec = &mut obj.data["spec"];
+                spec["selector"]["matchLabels"][LABEL_OWNER] = owner_label.clone();
+                spec["template"]["metadata"]["labels"][LABEL_OWNER] = owner_label;
+                if let Some(svc) = spec["serviceName"].as_str()
+                    && services.iter().any(|s| s == svc)
+                {
+                    spec["serviceName"] = serde_json::Value::String(renamed(svc));
+                }
+            }
+            "Service" => {
+                obj.metadata.name = Some(renamed(&obj.name_any()));
+                if obj.data["spec"]["selector"].is_object() {
+                    obj.data["spec"]["selector"][LABEL_OWNER] = owner_label;
+                }
+            }
+            _ => {}
+        }
+    }
+    plan.workload.name = renamed(&plan.workload.name);
+    plan.pod_selector.insert(LABEL_OWNER.into(), owner.into());
+}
+
+/// A label-safe owner name from a user name (`alice@example.com` → `alice-example-com`).
+pub fn owner_from_user(user: &str) -> Option<String> {
+    let mut s: String = user
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.truncate(30);
+    let s = s.trim_matches('-').to_string();
+    crate::config::is_dns_label(&s).then_some(s)
+}
+
 type Rewritten = (
     DynamicObject,
     WorkloadRef,
@@ -631,6 +697,34 @@ spec:
             spec.template.spec.unwrap().share_process_namespace,
             Some(true)
         );
+    }
+
+    #[test]
+    fn personalize_renames_and_selects_by_owner() {
+        let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
+        let mut plan = prepare(&objs, None, "team", &BTreeMap::new(), &dev()).unwrap();
+        personalize(&mut plan, "alice");
+        assert_eq!(plan.workload.to_string(), "deployment/gin-hello-alice");
+        assert_eq!(plan.pod_selector[LABEL_OWNER], "alice");
+        let d = &plan.objects[0];
+        assert_eq!(d.name_any(), "gin-hello-alice");
+        assert_eq!(
+            d.data["spec"]["selector"]["matchLabels"][LABEL_OWNER],
+            "alice"
+        );
+        assert_eq!(
+            d.data["spec"]["template"]["metadata"]["labels"][LABEL_OWNER],
+            "alice"
+        );
+        let svc = &plan.objects[1];
+        assert_eq!(svc.name_any(), "gin-hello-alice");
+        assert_eq!(svc.data["spec"]["selector"][LABEL_OWNER], "alice");
+        assert_eq!(svc.labels()[LABEL_OWNER], "alice");
+        assert_eq!(
+            owner_from_user("Alice@Example.com").as_deref(),
+            Some("alice-example-com")
+        );
+        assert_eq!(owner_from_user("---"), None);
     }
 
     #[test]

@@ -33,6 +33,32 @@ pub struct WatchOptions {
     pub pod_timeout: Duration,
     /// `kdev debug`: run the app under Delve.
     pub debug: Option<DebugOptions>,
+    /// `--owner`: who is developing.
+    pub owner: Option<String>,
+    /// `--take-over`: take the session lock even if another kdev holds it.
+    pub take_over: bool,
+}
+
+/// Who is developing: `--owner`, kdev.yaml's `owner`, else the kubeconfig user of the context.
+pub fn resolve_owner(
+    flag: Option<&str>,
+    config: Option<&str>,
+    context: Option<&str>,
+) -> Result<String> {
+    if let Some(o) = flag.or(config) {
+        if crate::config::is_dns_label(o) {
+            return Ok(o.to_string());
+        }
+        bail!("`{o}` is not a valid owner name (lowercase letters, digits and `-`, at most 63)");
+    }
+    let user = kube::config::Kubeconfig::read().ok().and_then(|kc| {
+        let ctx_name = context.map(String::from).or(kc.current_context.clone())?;
+        let ctx = kc.contexts.iter().find(|c| c.name == ctx_name)?;
+        ctx.context.as_ref()?.user.clone()
+    });
+    user.as_deref()
+        .and_then(deploy::owner_from_user)
+        .context("cannot tell who you are from the kubeconfig: pass --owner NAME or set `owner` in kdev.yaml")
 }
 
 /// A loaded project: kdev.yaml and where it lives.
@@ -204,9 +230,26 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     // Deploy.
     let objects = deploy::load_manifests(&project.manifest_paths())?;
     let debug = opts.debug.clone();
-    let plan = project.deploy_plan(&objects, &ns, debug.as_ref())?;
+    let owner = resolve_owner(
+        opts.owner.as_deref(),
+        cfg.owner.as_deref(),
+        opts.context.as_deref().or(cfg.context.as_deref()),
+    )?;
+    let mut plan = project.deploy_plan(&objects, &ns, debug.as_ref())?;
+    deploy::personalize(&mut plan, &owner);
     let kinds = deploy::resources(&client, &plan.objects).await?;
     crate::access::require(&client, &ns, &crate::access::needed_for_watch(&kinds)).await?;
+    let mut lease = Some(
+        crate::lease::acquire(
+            &client,
+            &ns,
+            &owner,
+            &project.name,
+            &plan.workload.name,
+            opts.take_over,
+        )
+        .await?,
+    );
     ui.step(&format!(
         "applying {} objects to namespace {ns} ({} is the dev workload)",
         plan.objects.len(),
@@ -321,7 +364,11 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         // (Re)connect: find the pod, make sure it has our controller, open the session.
         let pod = tokio::select! {
             p = deploy::wait_for_dev_pod(&client, &ns, &plan.pod_selector, opts.pod_timeout) => p?,
-            _ = tokio::signal::ctrl_c() => { ui.step("stopped"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(l) = lease.take() { l.release().await; }
+                ui.step("stopped");
+                return Ok(());
+            }
         };
         let pod_name = pod.name_any();
         let connected = async {
@@ -418,6 +465,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                 },
                 _ = tokio::signal::ctrl_c() => {
                     session.close().await;
+                    if let Some(l) = lease.take() { l.release().await; }
                     ui.step("stopped; the dev pod keeps running (`kdev down` removes it)");
                     return Ok(());
                 }

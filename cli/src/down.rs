@@ -17,6 +17,7 @@ pub async fn down(
     config_path: &std::path::Path,
     namespace: Option<&str>,
     context: Option<&str>,
+    owner: Option<&str>,
 ) -> Result<()> {
     let ui = Ui::detect();
     let project = Project::load(config_path)?;
@@ -27,7 +28,13 @@ pub async fn down(
     )
     .await?;
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let plan = project.deploy_plan(&objects, &ns, None)?;
+    let mut plan = project.deploy_plan(&objects, &ns, None)?;
+    let owner = crate::dev::resolve_owner(
+        owner,
+        cfg.owner.as_deref(),
+        context.or(cfg.context.as_deref()),
+    )?;
+    deploy::personalize(&mut plan, &owner);
     let kinds = deploy::resources(&client, &plan.objects).await?;
     crate::access::require(&client, &ns, &crate::access::needed_for_down(&kinds)).await?;
     let mut removed = 0;
@@ -48,7 +55,8 @@ pub async fn down(
         let ours = labels.get(LABEL_MANAGED_BY).is_some_and(|v| v == "kdev")
             && labels
                 .get(LABEL_PROJECT)
-                .is_some_and(|v| v == &project.name);
+                .is_some_and(|v| v == &project.name)
+            && labels.get(deploy::LABEL_OWNER).is_some_and(|v| v == &owner);
         if !ours {
             ui.warn(&format!(
                 "{}/{name} in {ns} was not created by kdev for this project; left alone",
@@ -60,6 +68,15 @@ pub async fn down(
         ui.ok(&format!("deleted {}/{name}", types.kind));
         removed += 1;
     }
+    // The session lock, unless a live kdev still holds it (then it is that session's to release).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let _ = leases
+        .delete(
+            &crate::lease::lease_name(&plan.workload.name),
+            &DeleteParams::default(),
+        )
+        .await;
     if removed == 0 {
         ui.step(&format!(
             "nothing of project {} to remove in namespace {ns}",

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod dev;
 pub mod down;
 pub mod forward;
+pub mod lease;
 pub mod rewrite;
 pub mod session;
 pub mod tree;

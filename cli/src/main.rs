@@ -31,6 +31,10 @@ struct Cli {
     /// kubeconfig context to use [default: kdev.yaml's, else the current one].
     #[arg(long, global = true, value_name = "CONTEXT")]
     context: Option<String>,
+    /// Who is developing: names and labels your objects and session lock, so several developers
+    /// can share a namespace [default: kdev.yaml's `owner`, else the kubeconfig user].
+    #[arg(long, global = true, value_name = "NAME")]
+    owner: Option<String>,
     /// Log what kdev does internally (repeat for more).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -57,6 +61,9 @@ enum Command {
         /// How long to wait for the dev pod to start, e.g. 120s or 5m.
         #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
         pod_timeout: Duration,
+        /// Take the session lock even if another kdev of yours holds it for this workload.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Like `watch`, with the app built for debugging and run under Delve, port-forwarded.
     ///
@@ -89,6 +96,9 @@ enum Command {
         /// How long to wait for the dev pod to start, e.g. 120s or 5m.
         #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
         pod_timeout: Duration,
+        /// Take the session lock even if another kdev of yours holds it for this workload.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
     Down,
@@ -121,7 +131,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watch { poll, pod_timeout } => {
+            Command::Watch {
+                poll,
+                pod_timeout,
+                take_over,
+            } => {
                 kdev::dev::watch(kdev::dev::WatchOptions {
                     config_path: cli.file,
                     namespace: cli.namespace,
@@ -129,6 +143,8 @@ fn main() -> ExitCode {
                     poll,
                     pod_timeout,
                     debug: None,
+                    owner: cli.owner,
+                    take_over,
                 })
                 .await
             }
@@ -139,6 +155,7 @@ fn main() -> ExitCode {
                 print_config,
                 poll,
                 pod_timeout,
+                take_over,
             } => {
                 if print_config {
                     return kdev::dev::Project::load(&cli.file).map(|project| {
@@ -161,11 +178,19 @@ fn main() -> ExitCode {
                         continue_at_start: !stop_at_start,
                         hold,
                     }),
+                    owner: cli.owner,
+                    take_over,
                 })
                 .await
             }
             Command::Down => {
-                kdev::down::down(&cli.file, cli.namespace.as_deref(), cli.context.as_deref()).await
+                kdev::down::down(
+                    &cli.file,
+                    cli.namespace.as_deref(),
+                    cli.context.as_deref(),
+                    cli.owner.as_deref(),
+                )
+                .await
             }
         }
     });

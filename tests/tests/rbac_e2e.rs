@@ -198,10 +198,53 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The session lock: a second kdev for alice's workload is refused, naming her live session.
+    let second = Command::new(kdev_bin())
+        .arg("watch")
+        .current_dir(&project)
+        .env("KUBECONFIG", &alice)
+        .output()?;
+    let second_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
     let _ = child.kill();
     let _ = child.wait();
     let out = output.lock().unwrap().clone();
     served.with_context(|| out.clone())?;
+    ensure!(
+        !second.status.success(),
+        "a second kdev watch should be refused: {second_out}"
+    );
+    ensure!(
+        second_out.contains("already being developed by alice@")
+            && second_out.contains("--take-over"),
+        "{second_out}"
+    );
+    // The first kdev was killed without releasing its lock: --take-over gets past it at once.
+    let (mut third, third_output) = spawn_captured(
+        Command::new(kdev_bin())
+            .args(["watch", "--take-over"])
+            .current_dir(&project)
+            .env("KUBECONFIG", &alice),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !third_output.lock().unwrap().contains("connected to") {
+        ensure!(
+            third.try_wait()?.is_none(),
+            "kdev watch --take-over exited: {}",
+            third_output.lock().unwrap()
+        );
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "--take-over did not connect: {}",
+            third_output.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = third.kill();
+    let _ = third.wait();
     ensure!(
         !out.contains("forbidden") && !out.contains("missing permission"),
         "{out}"

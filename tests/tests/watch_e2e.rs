@@ -335,22 +335,20 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
     let out = w.output();
     ensure!(!out.contains("panicked"), "kdev panicked:\n{out}");
 
-    // `kdev down` removes the Deployment and the Service it applied.
+    // `kdev down` removes the Deployment and the Service it applied (named per owner).
     let (ok, down_out) = run_kdev(&w.project(), &["down"], &[]);
     ensure!(ok, "kdev down failed: {down_out}");
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), ns.name());
     let services: Api<k8s_openapi::api::core::v1::Service> =
         Api::namespaced(client.clone(), ns.name());
+    let ours = ListParams::default().labels("kdev.dev/project=gin-hello");
     poll_until(
         Duration::from_secs(30),
         "kdev down to remove the Deployment and Service",
         || {
-            let (d, s) = (deployments.clone(), services.clone());
-            async move {
-                Ok(d.get_opt("gin-hello").await?.is_none()
-                    && s.get_opt("gin-hello").await?.is_none())
-            }
+            let (d, s, lp) = (deployments.clone(), services.clone(), ours.clone());
+            async move { Ok(d.list(&lp).await?.items.is_empty() && s.list(&lp).await?.items.is_empty()) }
         },
     )
     .await?;
