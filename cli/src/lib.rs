@@ -12,6 +12,7 @@ pub mod forward;
 pub mod lease;
 pub mod rewrite;
 pub mod session;
+pub mod sessions;
 pub mod tree;
 pub mod ui;
 pub mod watch;

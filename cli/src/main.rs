@@ -102,6 +102,15 @@ enum Command {
     },
     /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
     Down,
+    /// List the dev sessions in the namespace: owner, workload, pod, age, last renewal, state.
+    Sessions,
+    /// Remove the workloads, Services and Leases of sessions whose Lease expired long ago
+    /// (abandoned by a crashed or closed laptop); live sessions are never touched.
+    Gc {
+        /// How long a session's Lease must have been expired, e.g. 10m or 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+        older_than: Duration,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -182,6 +191,19 @@ fn main() -> ExitCode {
                     take_over,
                 })
                 .await
+            }
+            Command::Sessions => {
+                let (client, ns) =
+                    kdev::dev::connect(cli.context.as_deref(), cli.namespace.as_deref()).await?;
+                kdev::sessions::print(&client, &ns).await
+            }
+            Command::Gc { older_than } => {
+                let (client, ns) =
+                    kdev::dev::connect(cli.context.as_deref(), cli.namespace.as_deref()).await?;
+                let ui = kdev::ui::Ui::detect();
+                kdev::sessions::gc(&client, &ns, older_than, &ui)
+                    .await
+                    .map(|_| ())
             }
             Command::Down => {
                 kdev::down::down(

@@ -55,7 +55,11 @@ async fn user_kubeconfig(
     let csr_pem = std::fs::read(&csr)?;
 
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
-    let csr_name = format!("kdev-test-{name}-{}", std::process::id());
+    // Unique per call: tests in this binary run in parallel and may issue the same user.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let csr_name = format!("kdev-test-{name}-{}-{nanos}", std::process::id());
     let obj: CertificateSigningRequest = serde_json::from_value(json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
@@ -138,6 +142,215 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// `GET /ping` on localhost:`port`, the body or an error.
+async fn ping(port: u16) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
+        let mut b = String::new();
+        s.read_to_string(&mut b)?;
+        anyhow::Ok(b)
+    })
+    .await?
+}
+
+/// Wait until localhost:`port` serves `message`, failing early if `child` exits.
+async fn wait_message(
+    port: u16,
+    message: &str,
+    child: &mut std::process::Child,
+    who: &str,
+) -> Result<()> {
+    let want = format!(r#"{{"message":"{message}"}}"#);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        if ping(port).await.map(|b| b.contains(&want)).unwrap_or(false) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("kdev watch as {who} exited ({status})");
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{want} not served to {who} within 240s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn set_message(project: &Path, msg: &str) -> Result<()> {
+    let main = project.join("main.go");
+    let text = std::fs::read_to_string(&main)?;
+    let start = text
+        .find("const pingMessage = ")
+        .context("no pingMessage")?;
+    let end = start + text[start..].find('\n').context("no newline")?;
+    std::fs::write(
+        &main,
+        format!(
+            "{}const pingMessage = \"{msg}\"{}",
+            &text[..start],
+            &text[end..]
+        ),
+    )?;
+    Ok(())
+}
+
+/// A namespace with the repository's Role bound to `users`, and a kubeconfig for each.
+async fn team_namespace(
+    admin: &kube::Client,
+    users: &[&str],
+    dir: &Path,
+) -> Result<(TestNamespace, Vec<std::path::PathBuf>)> {
+    let ns = TestNamespace::create(admin, "kdev-team").await?;
+    Api::<Role>::namespaced(admin.clone(), ns.name())
+        .create(&PostParams::default(), &role_from_repo()?)
+        .await?;
+    let text = std::fs::read_to_string(repo_root().join("manifests/rbac/rolebinding.yaml"))?;
+    let mut binding: RoleBinding = yaml_serde::from_str(&text)?;
+    binding.subjects = Some(
+        users
+            .iter()
+            .map(|u| {
+                serde_json::from_value(
+                    json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u }),
+                )
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    Api::<RoleBinding>::namespaced(admin.clone(), ns.name())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let mut configs = Vec::new();
+    for u in users {
+        configs.push(user_kubeconfig(admin, u, dir).await?);
+    }
+    Ok((ns, configs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_developers_share_a_namespace() -> Result<()> {
+    let admin = client().await?;
+    let dir = tempfile::tempdir()?;
+    let (ns, kcs) = team_namespace(&admin, &["alice", "bob"], dir.path()).await?;
+    let (alice, bob) = (kcs[0].clone(), kcs[1].clone());
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let proj_a = example_project(&da, ns.name(), pa)?;
+    let proj_b = example_project(&db, ns.name(), pb)?;
+    let start = |project: &Path, kc: &Path| {
+        spawn_captured(
+            Command::new(kdev_bin())
+                .arg("watch")
+                .current_dir(project)
+                .env("KUBECONFIG", kc),
+        )
+    };
+    let (mut ka, out_a) = start(&proj_a, &alice)?;
+    let (mut kb, out_b) = start(&proj_b, &bob)?;
+    wait_message(pa, "pong", &mut ka, "alice")
+        .await
+        .with_context(|| out_a.lock().unwrap().clone())?;
+    wait_message(pb, "pong", &mut kb, "bob")
+        .await
+        .with_context(|| out_b.lock().unwrap().clone())?;
+
+    // Each changes the message differently; each forwarded port serves only its owner's code.
+    set_message(&proj_a, "alice v2")?;
+    set_message(&proj_b, "bob v2")?;
+    wait_message(pa, "alice v2", &mut ka, "alice").await?;
+    wait_message(pb, "bob v2", &mut kb, "bob").await?;
+    for _ in 0..10 {
+        ensure!(
+            ping(pa).await?.contains("alice v2"),
+            "alice's port served someone else's code"
+        );
+        ensure!(
+            ping(pb).await?.contains("bob v2"),
+            "bob's port served someone else's code"
+        );
+    }
+
+    // `kdev sessions` lists both.
+    let sessions = Command::new(kdev_bin())
+        .args(["sessions", "-n", ns.name()])
+        .output()?;
+    let table = String::from_utf8_lossy(&sessions.stdout).into_owned();
+    ensure!(
+        table.contains("alice") && table.contains("bob") && table.contains("live"),
+        "{table}"
+    );
+
+    // bob stops and runs `kdev down`: his objects go, alice keeps serving.
+    let _ = kb.kill();
+    let _ = kb.wait();
+    let down = Command::new(kdev_bin())
+        .arg("down")
+        .current_dir(&proj_b)
+        .env("KUBECONFIG", &bob)
+        .output()?;
+    ensure!(
+        down.status.success(),
+        "kdev down as bob: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin.clone(), ns.name());
+    ensure!(
+        deployments.get_opt("gin-hello-bob").await?.is_none(),
+        "bob's Deployment is still there"
+    );
+    ensure!(
+        deployments.get_opt("gin-hello-alice").await?.is_some(),
+        "alice's Deployment went too"
+    );
+    for _ in 0..5 {
+        ensure!(
+            ping(pa).await?.contains("alice v2"),
+            "alice stopped being served after bob's down"
+        );
+    }
+
+    // alice's kdev dies without releasing its Lease. gc leaves a live (or recently expired)
+    // session alone, and removes it once its Lease has been expired longer than the threshold.
+    let _ = ka.kill();
+    let _ = ka.wait();
+    let gc = |older: &str| {
+        Command::new(kdev_bin())
+            .args(["gc", "-n", ns.name(), "--older-than", older])
+            .output()
+    };
+    let early = gc("2s")?;
+    ensure!(
+        early.status.success(),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    ensure!(
+        deployments.get_opt("gin-hello-alice").await?.is_some(),
+        "gc removed a live session"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let late = gc("2s")?;
+    ensure!(
+        late.status.success(),
+        "{}",
+        String::from_utf8_lossy(&late.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&late.stdout).contains("removed alice's session"),
+        "{}",
+        String::from_utf8_lossy(&late.stdout)
+    );
+    ensure!(
+        deployments.get_opt("gin-hello-alice").await?.is_none(),
+        "gc left alice's expired session"
+    );
+    Ok(())
 }
 
 fn role_from_repo() -> Result<Role> {
@@ -245,6 +458,30 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
     }
     let _ = third.kill();
     let _ = third.wait();
+    // Killed again, without --take-over this time: once the Lease expires, a new kdev takes it.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (mut fourth, fourth_output) = spawn_captured(
+        Command::new(kdev_bin())
+            .arg("watch")
+            .current_dir(&project)
+            .env("KUBECONFIG", &alice),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !fourth_output.lock().unwrap().contains("connected to") {
+        ensure!(
+            fourth.try_wait()?.is_none(),
+            "kdev watch after expiry exited: {}",
+            fourth_output.lock().unwrap()
+        );
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no connection after expiry: {}",
+            fourth_output.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = fourth.kill();
+    let _ = fourth.wait();
     ensure!(
         !out.contains("forbidden") && !out.contains("missing permission"),
         "{out}"

@@ -1,0 +1,176 @@
+//! `kdev sessions` and `kdev gc`: the dev sessions of a namespace, from their Leases.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::deploy::{LABEL_OWNER, LABEL_PROJECT};
+use crate::lease::LEASE_SECONDS;
+use crate::rewrite::LABEL_MANAGED_BY;
+use crate::ui::Ui;
+
+/// One dev session, as its Lease and pod describe it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub lease: String,
+    pub owner: String,
+    pub project: String,
+    pub workload: String,
+    pub holder: String,
+    pub acquired: Option<Timestamp>,
+    pub renewed: Option<Timestamp>,
+    pub duration_s: i64,
+    pub pod: Option<String>,
+}
+
+impl Session {
+    /// Seconds since the Lease expired (negative while it is live).
+    pub fn expired_for(&self, now: Timestamp) -> i64 {
+        let last = self
+            .renewed
+            .or(self.acquired)
+            .map(|t| t.as_second())
+            .unwrap_or(0);
+        now.as_second() - (last + self.duration_s)
+    }
+}
+
+fn selector(owner: &str, project: &str) -> String {
+    format!("{LABEL_MANAGED_BY}=kdev,{LABEL_OWNER}={owner},{LABEL_PROJECT}={project}")
+}
+
+/// Every kdev session in the namespace.
+pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut out = Vec::new();
+    for l in leases
+        .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}=kdev")))
+        .await?
+        .items
+    {
+        let labels = l.labels().clone();
+        let owner = labels.get(LABEL_OWNER).cloned().unwrap_or_default();
+        let project = labels.get(LABEL_PROJECT).cloned().unwrap_or_default();
+        let pod = pods
+            .list(&ListParams::default().labels(&selector(&owner, &project)))
+            .await?
+            .items
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any());
+        let spec = l.spec.clone().unwrap_or_default();
+        out.push(Session {
+            lease: l.name_any(),
+            workload: l
+                .annotations()
+                .get("kdev.dev/workload")
+                .cloned()
+                .unwrap_or_default(),
+            owner,
+            project,
+            holder: spec.holder_identity.unwrap_or_default(),
+            acquired: spec.acquire_time.map(|t| t.0),
+            renewed: spec.renew_time.map(|t| t.0),
+            duration_s: spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS) as i64,
+            pod,
+        });
+    }
+    out.sort_by(|a, b| (&a.owner, &a.workload).cmp(&(&b.owner, &b.workload)));
+    Ok(out)
+}
+
+fn ago(now: Timestamp, t: Option<Timestamp>) -> String {
+    match t {
+        None => "-".into(),
+        Some(t) => {
+            let s = (now.as_second() - t.as_second()).max(0);
+            if s < 120 {
+                format!("{s}s")
+            } else if s < 7200 {
+                format!("{}m", s / 60)
+            } else {
+                format!("{}h", s / 3600)
+            }
+        }
+    }
+}
+
+/// `kdev sessions`: print the table.
+pub async fn print(client: &Client, ns: &str) -> Result<()> {
+    let now = Timestamp::now();
+    let sessions = list(client, ns).await?;
+    if sessions.is_empty() {
+        println!("no kdev sessions in namespace {ns}");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<28} {:<36} {:>6} {:>8}  STATE",
+        "OWNER", "WORKLOAD", "POD", "AGE", "RENEWED"
+    );
+    for s in sessions {
+        let state = if s.expired_for(now) > 0 {
+            format!("expired {}s ago", s.expired_for(now))
+        } else {
+            format!("live ({})", s.holder)
+        };
+        println!(
+            "{:<16} {:<28} {:<36} {:>6} {:>8}  {state}",
+            s.owner,
+            s.workload,
+            s.pod.as_deref().unwrap_or("-"),
+            ago(now, s.acquired),
+            ago(now, s.renewed),
+        );
+    }
+    Ok(())
+}
+
+/// `kdev gc`: remove the workloads, Services and Lease of every session whose Lease expired
+/// more than `older_than` ago; live sessions and everything else are left alone.
+pub async fn gc(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
+    let now = Timestamp::now();
+    let mut removed = 0;
+    for s in list(client, ns).await? {
+        if s.expired_for(now) <= older_than.as_secs() as i64 {
+            continue;
+        }
+        let lp = ListParams::default().labels(&selector(&s.owner, &s.project));
+        let dp = DeleteParams::background();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        for d in deployments.list(&lp).await?.items {
+            deployments.delete(&d.name_any(), &dp).await?;
+        }
+        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        for d in statefulsets.list(&lp).await?.items {
+            statefulsets.delete(&d.name_any(), &dp).await?;
+        }
+        let services: Api<Service> = Api::namespaced(client.clone(), ns);
+        for d in services.list(&lp).await?.items {
+            services.delete(&d.name_any(), &dp).await?;
+        }
+        Api::<Lease>::namespaced(client.clone(), ns)
+            .delete(&s.lease, &dp)
+            .await?;
+        ui.ok(&format!(
+            "removed {}'s session of {} (lease expired {}s ago)",
+            s.owner,
+            s.workload,
+            s.expired_for(now)
+        ));
+        removed += 1;
+    }
+    if removed == 0 {
+        ui.step(&format!(
+            "no session in {ns} expired more than {}s ago",
+            older_than.as_secs()
+        ));
+    }
+    Ok(removed)
+}
