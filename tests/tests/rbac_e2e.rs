@@ -353,6 +353,39 @@ async fn two_developers_share_a_namespace() -> Result<()> {
     Ok(())
 }
 
+/// Start kdev with `args` as the kubeconfig's user, wait until it has connected to the pod,
+/// then kill it (without releasing its Lease, like a crash).
+async fn run_until_connected(project: &Path, kubeconfig: &Path, args: &[&str]) -> Result<()> {
+    let (mut child, output) = spawn_captured(
+        Command::new(kdev_bin())
+            .args(args)
+            .current_dir(project)
+            .env("KUBECONFIG", kubeconfig),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        if output.lock().unwrap().contains("connected to") {
+            break Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!(
+                "kdev {args:?} exited ({status}): {}",
+                output.lock().unwrap()
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "kdev {args:?} did not connect: {}",
+                output.lock().unwrap()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 fn role_from_repo() -> Result<Role> {
     let text = std::fs::read_to_string(repo_root().join("manifests/rbac/role.yaml"))?;
     Ok(yaml_serde::from_str(&text)?)
@@ -387,30 +420,8 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
             .current_dir(&project)
             .env("KUBECONFIG", &alice),
     )?;
-    // Poll /ping until pong, but stop at once if kdev exits (e.g. for lack of permission).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let served: Result<()> = loop {
-        let body = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
-            let mut b = String::new();
-            s.read_to_string(&mut b)?;
-            anyhow::Ok(b)
-        })
-        .await?;
-        if body.map(|b| b.contains("pong")).unwrap_or(false) {
-            break Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            break Err(anyhow::anyhow!("kdev watch as alice exited ({status})"));
-        }
-        if tokio::time::Instant::now() > deadline {
-            break Err(anyhow::anyhow!("pong not served to alice within 240s"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Serves pong; stops at once if kdev exits (e.g. for lack of permission).
+    let served = wait_message(port, "pong", &mut child, "alice").await;
     // The session lock: a second kdev for alice's workload is refused, naming her live session.
     let second = Command::new(kdev_bin())
         .arg("watch")
@@ -436,52 +447,10 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
         "{second_out}"
     );
     // The first kdev was killed without releasing its lock: --take-over gets past it at once.
-    let (mut third, third_output) = spawn_captured(
-        Command::new(kdev_bin())
-            .args(["watch", "--take-over"])
-            .current_dir(&project)
-            .env("KUBECONFIG", &alice),
-    )?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !third_output.lock().unwrap().contains("connected to") {
-        ensure!(
-            third.try_wait()?.is_none(),
-            "kdev watch --take-over exited: {}",
-            third_output.lock().unwrap()
-        );
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "--take-over did not connect: {}",
-            third_output.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = third.kill();
-    let _ = third.wait();
+    run_until_connected(&project, &alice, &["watch", "--take-over"]).await?;
     // Killed again, without --take-over this time: once the Lease expires, a new kdev takes it.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let (mut fourth, fourth_output) = spawn_captured(
-        Command::new(kdev_bin())
-            .arg("watch")
-            .current_dir(&project)
-            .env("KUBECONFIG", &alice),
-    )?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !fourth_output.lock().unwrap().contains("connected to") {
-        ensure!(
-            fourth.try_wait()?.is_none(),
-            "kdev watch after expiry exited: {}",
-            fourth_output.lock().unwrap()
-        );
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "no connection after expiry: {}",
-            fourth_output.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = fourth.kill();
-    let _ = fourth.wait();
+    run_until_connected(&project, &alice, &["watch"]).await?;
     ensure!(
         !out.contains("forbidden") && !out.contains("missing permission"),
         "{out}"
