@@ -67,6 +67,29 @@ pub fn needed_for_watch(applied: &[(String, String)]) -> Vec<Permission> {
     p
 }
 
+/// What `kdev sessions` needs.
+pub fn needed_for_sessions() -> Vec<Permission> {
+    vec![
+        perm("coordination.k8s.io", "leases", None, "list"),
+        perm("", "pods", None, "list"),
+    ]
+}
+
+/// What `kdev gc` needs.
+pub fn needed_for_gc() -> Vec<Permission> {
+    let mut p = needed_for_sessions();
+    p.push(perm("coordination.k8s.io", "leases", None, "delete"));
+    for (group, resource) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("", "services"),
+    ] {
+        p.push(perm(group, resource, None, "list"));
+        p.push(perm(group, resource, None, "delete"));
+    }
+    p
+}
+
 /// What `kdev down` needs for the kinds it removes.
 pub fn needed_for_down(applied: &[(String, String)]) -> Vec<Permission> {
     applied

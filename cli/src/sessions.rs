@@ -104,6 +104,7 @@ fn ago(now: Timestamp, t: Option<Timestamp>) -> String {
 
 /// `kdev sessions`: print the table.
 pub async fn print(client: &Client, ns: &str) -> Result<()> {
+    crate::access::require(client, ns, &crate::access::needed_for_sessions()).await?;
     let now = Timestamp::now();
     let sessions = list(client, ns).await?;
     if sessions.is_empty() {
@@ -135,6 +136,7 @@ pub async fn print(client: &Client, ns: &str) -> Result<()> {
 /// `kdev gc`: remove the workloads, Services and Lease of every session whose Lease expired
 /// more than `older_than` ago; live sessions and everything else are left alone.
 pub async fn gc(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
+    crate::access::require(client, ns, &crate::access::needed_for_gc()).await?;
     let now = Timestamp::now();
     let mut removed = 0;
     for s in list(client, ns).await? {

@@ -278,6 +278,7 @@ async fn two_developers_share_a_namespace() -> Result<()> {
     // `kdev sessions` lists both.
     let sessions = Command::new(kdev_bin())
         .args(["sessions", "-n", ns.name()])
+        .env("KUBECONFIG", &alice)
         .output()?;
     let table = String::from_utf8_lossy(&sessions.stdout).into_owned();
     ensure!(
@@ -322,6 +323,7 @@ async fn two_developers_share_a_namespace() -> Result<()> {
     let gc = |older: &str| {
         Command::new(kdev_bin())
             .args(["gc", "-n", ns.name(), "--older-than", older])
+            .env("KUBECONFIG", &alice)
             .output()
     };
     let early = gc("2s")?;
