@@ -5,8 +5,7 @@
 
 use anyhow::Result;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DeleteParams};
 
 use crate::deploy::{self, LABEL_PROJECT};
 use crate::dev::{Project, connect};
@@ -35,18 +34,12 @@ pub async fn down(
         context.or(cfg.context.as_deref()),
     )?;
     deploy::personalize(&mut plan, &owner);
-    let kinds = deploy::resources(&client, &plan.objects).await?;
+    let discovered = deploy::discover(&client, &ns, &plan.objects).await?;
+    let kinds = deploy::resource_kinds(&discovered);
     crate::access::require(&client, &ns, &crate::access::needed_for_down(&kinds)).await?;
     let mut removed = 0;
-    for obj in plan.objects.iter().rev() {
-        let types = obj.types.as_ref().expect("checked when parsing");
-        let gvk = GroupVersionKind::try_from(types)?;
-        let (resource, caps) = kube::discovery::pinned_kind(&client, &gvk).await?;
-        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
-            Api::namespaced_with(client.clone(), &ns, &resource)
-        } else {
-            Api::all_with(client.clone(), &resource)
-        };
+    for (obj, d) in plan.objects.iter().zip(&discovered).rev() {
+        let (api, kind) = (&d.api, &d.resource.kind);
         let name = obj.name_any();
         let Some(live) = api.get_opt(&name).await? else {
             continue;
@@ -59,13 +52,12 @@ pub async fn down(
             && labels.get(deploy::LABEL_OWNER).is_some_and(|v| v == &owner);
         if !ours {
             ui.warn(&format!(
-                "{}/{name} in {ns} was not created by kdev for this project; left alone",
-                types.kind
+                "{kind}/{name} in {ns} was not created by kdev for this project; left alone"
             ));
             continue;
         }
         api.delete(&name, &DeleteParams::background()).await?;
-        ui.ok(&format!("deleted {}/{name}", types.kind));
+        ui.ok(&format!("deleted {kind}/{name}"));
         removed += 1;
     }
     // The session lock, unless a live kdev still holds it (then it is that session's to release).
