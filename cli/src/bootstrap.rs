@@ -143,7 +143,7 @@ pub async fn upload(pods: &Api<Pod>, pod: &str, binary: &[u8]) -> Result<Uploade
 }
 
 /// Run a shell script in the sidecar and return its stdout; a failure carries its stderr.
-async fn exec_sh(
+pub(crate) async fn exec_sh(
     pods: &Api<Pod>,
     pod: &str,
     script: &str,

@@ -356,33 +356,22 @@ impl Config {
                 format!("`{}` must not contain `..`", self.sync.remote),
             ));
         }
-        if let Some(ns) = &self.namespace
-            && !is_dns_label(ns)
-        {
-            return Err(invalid(
-                "namespace",
-                format!(
-                    "`{ns}` is not a valid namespace name (lowercase letters, digits and `-`, at most 63)"
-                ),
-            ));
-        }
-        if let Some(o) = &self.owner
-            && !is_dns_label(o)
-        {
-            return Err(invalid(
-                "owner",
-                format!(
-                    "`{o}` is not a valid owner (lowercase letters, digits and `-`, at most 63)"
-                ),
-            ));
-        }
-        if let Some(c) = &self.container
-            && !is_dns_label(c)
-        {
-            return Err(invalid(
-                "container",
-                format!("`{c}` is not a valid container name"),
-            ));
+        let labels = [
+            ("namespace", &self.namespace, "namespace name"),
+            ("owner", &self.owner, "owner"),
+            ("container", &self.container, "container name"),
+        ];
+        for (field, value, what) in labels {
+            if let Some(v) = value
+                && !is_dns_label(v)
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{v}` is not a valid {what} (lowercase letters, digits and `-`, at most 63)"
+                    ),
+                ));
+            }
         }
         if let Some(sig) = &self.run.stop_signal
             && signal_number(sig).is_none()

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, AttachParams};
+use kube::api::Api;
 use tokio::io::AsyncReadExt;
 
-use crate::rewrite::{DLV_PATH, SIDECAR_NAME};
+use crate::rewrite::DLV_PATH;
 
 /// Delve's default port.
 pub const DEFAULT_PORT: u16 = 2345;
@@ -72,35 +72,14 @@ pub async fn install_delve(pods: &Api<Pod>, pod: &str, image: &str) -> anyhow::R
          if [ -x {DLV_PATH} ] && cmp -s \"$d\" {DLV_PATH} 2>/dev/null; then exit 0; fi; \
          t={DLV_PATH}.$$; cp \"$d\" \"$t\"; chmod 0755 \"$t\"; mv -f \"$t\" {DLV_PATH}"
     );
-    let params = AttachParams::default()
-        .container(SIDECAR_NAME)
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    let mut proc = pods
-        .exec(pod, vec!["sh".to_string(), "-c".into(), script], &params)
-        .await?;
-    let mut err = proc.stderr().expect("requested");
-    let status = proc.take_status().expect("first take");
-    let mut stderr = String::new();
-    let _ = err.read_to_string(&mut stderr).await;
-    let status = status.await;
-    let _ = proc.join().await;
-    match status {
-        Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
-        Some(s) if s.message.as_deref().unwrap_or("").contains("exit code 3") => anyhow::bail!(
+    match crate::bootstrap::exec_sh(pods, pod, &script, None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains("exit code 3") => anyhow::bail!(
             "Delve (dlv) is not in the sidecar image {image}: use an image that has it, e.g. build \
              one FROM golang with `RUN CGO_ENABLED=0 go install github.com/go-delve/delve/cmd/dlv@latest`, \
              and set `sidecar.image` in kdev.yaml"
         ),
-        Some(s) => anyhow::bail!(
-            "copying Delve into the pod failed: {} {}",
-            s.message.unwrap_or_default(),
-            stderr.trim()
-        ),
-        None => anyhow::bail!(
-            "copying Delve into the pod failed: the exec stream ended without a status"
-        ),
+        Err(e) => anyhow::bail!("copying Delve into the pod failed: {}", e.trim()),
     }
 }
 

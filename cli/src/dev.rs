@@ -237,7 +237,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     )?;
     let mut plan = project.deploy_plan(&objects, &ns, debug.as_ref())?;
     deploy::personalize(&mut plan, &owner);
-    let kinds = deploy::resources(&client, &plan.objects).await?;
+    let discovered = deploy::discover(&client, &ns, &plan.objects).await?;
+    let kinds = deploy::resource_kinds(&discovered);
     crate::access::require(&client, &ns, &crate::access::needed_for_watch(&kinds)).await?;
     let mut lease = Some(
         crate::lease::acquire(
@@ -255,7 +256,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         plan.objects.len(),
         plan.workload
     ));
-    deploy::apply(&client, &ns, &plan).await?;
+    deploy::apply(&plan, &discovered).await?;
     if !plan.notes.removed_probes.is_empty() {
         ui.warn(&format!(
             "{} probe removed from container {} while developing (it would kill an app that is being rebuilt)",
@@ -560,8 +561,9 @@ async fn initial_sync(
     let bytes: u64 = plan
         .send
         .iter()
-        .filter_map(|p| local.iter().find(|e| &e.path == p))
-        .map(|e| e.size)
+        // `scan` returns the listing sorted by path.
+        .filter_map(|p| local.binary_search_by(|e| e.path.as_str().cmp(p)).ok())
+        .map(|i| local[i].size)
         .sum();
     if !plan.is_empty() {
         ui.step(&format!(

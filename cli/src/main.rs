@@ -54,16 +54,8 @@ enum Command {
     /// stream to the pod breaks or the pod is replaced, kdev reconnects and re-syncs by itself.
     /// Ctrl-C stops watching and leaves the pod running; `kdev down` removes it.
     Watch {
-        /// Watch by polling instead of inotify (for network file systems or VMs that do not
-        /// deliver file events).
-        #[arg(long)]
-        poll: bool,
-        /// How long to wait for the dev pod to start, e.g. 120s or 5m.
-        #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
-        pod_timeout: Duration,
-        /// Take the session lock even if another kdev of yours holds it for this workload.
-        #[arg(long)]
-        take_over: bool,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// Like `watch`, with the app built for debugging and run under Delve, port-forwarded.
     ///
@@ -90,15 +82,8 @@ enum Command {
         /// Print the editor configuration and exit, without deploying anything.
         #[arg(long)]
         print_config: bool,
-        /// Watch by polling instead of inotify.
-        #[arg(long)]
-        poll: bool,
-        /// How long to wait for the dev pod to start, e.g. 120s or 5m.
-        #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
-        pod_timeout: Duration,
-        /// Take the session lock even if another kdev of yours holds it for this workload.
-        #[arg(long)]
-        take_over: bool,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
     Down,
@@ -113,8 +98,43 @@ enum Command {
     },
 }
 
+/// Flags of the dev loop that `watch` and `debug` share.
+#[derive(Debug, clap::Args)]
+struct SessionArgs {
+    /// Watch by polling instead of inotify (for network file systems or VMs that do not
+    /// deliver file events).
+    #[arg(long)]
+    poll: bool,
+    /// How long to wait for the dev pod to start, e.g. 120s or 5m.
+    #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
+    pod_timeout: Duration,
+    /// Take the session lock even if another kdev of yours holds it for this workload.
+    #[arg(long)]
+    take_over: bool,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     kdev::config::parse_duration(s)
+}
+
+fn watch_options(
+    config_path: PathBuf,
+    namespace: Option<String>,
+    context: Option<String>,
+    owner: Option<String>,
+    session: SessionArgs,
+    debug: Option<kdev::debug::DebugOptions>,
+) -> kdev::dev::WatchOptions {
+    kdev::dev::WatchOptions {
+        config_path,
+        namespace,
+        context,
+        poll: session.poll,
+        pod_timeout: session.pod_timeout,
+        debug,
+        owner,
+        take_over: session.take_over,
+    }
 }
 
 fn main() -> ExitCode {
@@ -140,21 +160,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Watch {
-                poll,
-                pod_timeout,
-                take_over,
-            } => {
-                kdev::dev::watch(kdev::dev::WatchOptions {
-                    config_path: cli.file,
-                    namespace: cli.namespace,
-                    context: cli.context,
-                    poll,
-                    pod_timeout,
-                    debug: None,
-                    owner: cli.owner,
-                    take_over,
-                })
+            Command::Watch { session } => {
+                kdev::dev::watch(watch_options(
+                    cli.file,
+                    cli.namespace,
+                    cli.context,
+                    cli.owner,
+                    session,
+                    None,
+                ))
                 .await
             }
             Command::Debug {
@@ -162,9 +176,7 @@ fn main() -> ExitCode {
                 stop_at_start,
                 hold,
                 print_config,
-                poll,
-                pod_timeout,
-                take_over,
+                session,
             } => {
                 if print_config {
                     return kdev::dev::Project::load(&cli.file).map(|project| {
@@ -176,20 +188,19 @@ fn main() -> ExitCode {
                         )
                     });
                 }
-                kdev::dev::watch(kdev::dev::WatchOptions {
-                    config_path: cli.file,
-                    namespace: cli.namespace,
-                    context: cli.context,
-                    poll,
-                    pod_timeout,
-                    debug: Some(kdev::debug::DebugOptions {
-                        port,
-                        continue_at_start: !stop_at_start,
-                        hold,
-                    }),
-                    owner: cli.owner,
-                    take_over,
-                })
+                let debug = kdev::debug::DebugOptions {
+                    port,
+                    continue_at_start: !stop_at_start,
+                    hold,
+                };
+                kdev::dev::watch(watch_options(
+                    cli.file,
+                    cli.namespace,
+                    cli.context,
+                    cli.owner,
+                    session,
+                    Some(debug),
+                ))
                 .await
             }
             Command::Sessions => {
