@@ -341,3 +341,41 @@ pub fn spawn_captured(
     }
     Ok((child, output))
 }
+
+/// `GET path` on `127.0.0.1:port` over HTTP/1.0; the whole response (status line, headers,
+/// body). Blocking, so a test can hold a request open on a thread (e.g. while a debugger has the
+/// handler stopped); async tests call it through `spawn_blocking`.
+pub fn http_get(port: u16, path: &str, read_timeout: Duration) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(5),
+    )?;
+    s.set_read_timeout(Some(read_timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The regular files of a tar (as `tar -c -C DIR .` writes it): path without `./` →
+/// (content, permission bits).
+pub fn tar_files(data: &[u8]) -> Result<std::collections::BTreeMap<String, (Vec<u8>, u32)>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(data).entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mode = entry.header().mode()? & 0o777;
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content)?;
+        files.insert(path, (content, mode));
+    }
+    Ok(files)
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::{
-    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, exec, poll_until, wait_pod_running,
+    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, exec, poll_until, tar_files,
+    wait_pod_running,
 };
 use kube::api::{Api, PostParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,23 +110,10 @@ async fn cluster_supports_what_kdev_needs() -> Result<()> {
     )
     .await?
     .ok()?;
-    let mut archive = tar::Archive::new(out.stdout.as_slice());
-    let mut seen = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let path = entry
-            .path()?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let mode = entry.header().mode()? & 0o777;
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut data)?;
-        seen.push((path, data, mode));
-    }
+    let mut seen: Vec<_> = tar_files(&out.stdout)?
+        .into_iter()
+        .map(|(path, (data, mode))| (path, data, mode))
+        .collect();
     seen.sort();
     let mut expected: Vec<_> = files
         .iter()

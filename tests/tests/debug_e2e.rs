@@ -3,7 +3,7 @@
 //! printed launch.json's substitutePath, as an editor would), sees it hit with the handler's
 //! argument, continues, and gets the response; after a save, the same works on the new code.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::{
-    TestNamespace, client, copy_dir, example_project, free_port, kdev_bin, poll_until, repo_root,
-    spawn_captured,
+    TestNamespace, client, copy_dir, example_project, free_port, http_get, kdev_bin, poll_until,
+    repo_root, spawn_captured,
 };
 use serde_json::{Value, json};
 
@@ -90,22 +90,16 @@ impl Debug {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    Ok(buf)
-}
-
 async fn wait_served(d: &Debug, message: &str, timeout: Duration) -> Result<()> {
     let want = format!(r#"{{"message":"{message}"}}"#);
     let port = d.http_port;
     poll_until(timeout, &format!("{want} on /ping"), || {
         let want = want.clone();
         async move {
-            let body = tokio::task::spawn_blocking(move || http_get(port, "/ping")).await?;
+            let body = tokio::task::spawn_blocking(move || {
+                http_get(port, "/ping", Duration::from_secs(60))
+            })
+            .await?;
             Ok(body.map(|b| b.contains(&want)).unwrap_or(false))
         }
     })
@@ -192,7 +186,7 @@ fn breakpoint_round_trip(d: &Debug, launch: &Value, expected: &str) -> Result<()
     let cont = dlv.send("Command", json!({ "name": "continue" }))?;
 
     let port = d.http_port;
-    let request = std::thread::spawn(move || http_get(port, "/ping"));
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(60)));
     let state = dlv.recv(cont)?;
     let thread = &state["State"]["currentThread"];
     ensure!(

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kdev_tests::{
-    TestNamespace, client, example_project, free_port, kdev_bin, repo_root, spawn_captured,
+    TestNamespace, client, example_project, free_port, http_get, kdev_bin, repo_root,
+    spawn_captured,
 };
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -146,16 +147,7 @@ fn base64(data: &[u8]) -> String {
 
 /// `GET /ping` on localhost:`port`, the body or an error.
 async fn ping(port: u16) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
-        let mut b = String::new();
-        s.read_to_string(&mut b)?;
-        anyhow::Ok(b)
-    })
-    .await?
+    tokio::task::spawn_blocking(move || http_get(port, "/ping", Duration::from_secs(10))).await?
 }
 
 /// Wait until localhost:`port` serves `message`, failing early if `child` exits.

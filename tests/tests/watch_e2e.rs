@@ -3,7 +3,6 @@
 //! after every kind of change and every disruption, the pod's tree must equal the local one.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -12,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::{
-    TestNamespace, client, copy_dir, example_project, exec, free_port, kdev_bin, poll_until,
-    repo_root, spawn_captured,
+    TestNamespace, client, copy_dir, example_project, exec, free_port, http_get, kdev_bin,
+    poll_until, repo_root, spawn_captured, tar_files,
 };
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -75,7 +74,11 @@ impl Watch {
         let mut last;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match http_get(port, "/ping").await {
+            let got = tokio::task::spawn_blocking(move || {
+                http_get(port, "/ping", Duration::from_secs(10))
+            })
+            .await?;
+            match got {
                 Ok(body) if body.contains(&want) => return Ok(()),
                 Ok(body) => last = body,
                 Err(e) => last = e.to_string(),
@@ -96,20 +99,6 @@ impl Drop for Watch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 async fn dev_pod(pods: &Api<Pod>) -> Result<Pod> {
@@ -162,23 +151,10 @@ async fn pod_tree(pods: &Api<Pod>, pod: &str) -> Result<BTreeMap<String, Vec<u8>
     )
     .await?
     .ok()?;
-    let mut archive = tar::Archive::new(out.stdout.as_slice());
-    let mut files = BTreeMap::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let path = entry
-            .path()?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data)?;
-        files.insert(path, data);
-    }
-    Ok(files)
+    Ok(tar_files(&out.stdout)?
+        .into_iter()
+        .map(|(path, (data, _))| (path, data))
+        .collect())
 }
 
 /// The pod's tree equals the local one (content hashes of every file), within a few seconds.
