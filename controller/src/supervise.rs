@@ -549,15 +549,16 @@ impl Supervisor {
         }
         self.backoff = self.opts.backoff_min;
         self.next_start = None;
-        self.start_child();
+        // Recorded before the start so the one status write that shows the new child also
+        // carries its restart info (readers wait for that write and must not see a gap).
         self.status.last_restart = Some(RestartInfo {
             requested_at_ms,
             stop_ms,
             killed,
             started_at_ms: unix_ms(),
-            start_seq: self.status.starts,
+            start_seq: self.status.starts + 1,
         });
-        self.write_status();
+        self.start_child();
         // A SIGHUP that arrived while we were stopping asked for the restart we just did.
         self.restart_requested = None;
     }
