@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
@@ -19,6 +19,7 @@ use crate::deploy::{self, LABEL_PROJECT};
 use crate::forward::{self, ForwardEvent};
 use crate::rewrite::{DebugSpec, DevPodSpec};
 use crate::session::{ControllerSession, build_tar};
+use crate::timings::{self, PodDurations, Timeline, TimingsLog};
 use crate::tree::{self, IgnoreRules, SyncPlan};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
 use crate::watch::{DEFAULT_DEBOUNCE, Mode, Notice, TreeWatcher};
@@ -37,6 +38,8 @@ pub struct WatchOptions {
     pub owner: Option<String>,
     /// `--take-over`: take the session lock even if another kdev holds it.
     pub take_over: bool,
+    /// `--timings FILE`: append each reload's timeline to FILE.
+    pub timings: Option<PathBuf>,
 }
 
 /// Who is developing: `--owner`, kdev.yaml's `owner`, else the kubeconfig user of the context.
@@ -208,7 +211,7 @@ pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<(
         .map(String::from)
         .unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).context("creating the Kubernetes client")?;
+    let client = crate::client::build(config)?;
     client
         .apiserver_version()
         .await
@@ -221,6 +224,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let ui = Ui::detect();
     let project = Project::load(&opts.config_path)?;
     let cfg = &project.config;
+    // Before anything is deployed: a bad path is a usage error.
+    let timings = opts.timings.as_deref().map(TimingsLog::open).transpose()?;
     let (client, ns) = connect(
         opts.context.as_deref().or(cfg.context.as_deref()),
         opts.namespace.as_deref().or(cfg.namespace.as_deref()),
@@ -272,6 +277,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let (pod_tx, pod_rx) = watch::channel::<Option<String>>(None);
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
+    // Counts app exits, so forwarded connections to an exited process are closed at once.
+    let (app_exits_tx, app_exits_rx) = watch::channel(0u64);
     let mut ports: Vec<(u16, u16)> = match &cfg.run.ports {
         Some(p) => p.iter().map(|p| (p.local, p.remote)).collect(),
         None => plan.notes.ports.iter().map(|p| (*p, *p)).collect(),
@@ -281,8 +288,15 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         ports.push((d.port, d.port));
     }
     for (local, remote) in &ports {
-        let addr = forward::start(pods.clone(), pod_rx.clone(), *local, *remote, fwd_tx.clone())
-            .await
+        let addr = forward::start(
+            pods.clone(),
+            pod_rx.clone(),
+            app_exits_rx.clone(),
+            *local,
+            *remote,
+            fwd_tx.clone(),
+        )
+        .await
             .with_context(|| format!("cannot listen on localhost:{local} (is it in use? map another port in kdev.yaml `run.ports: [\"{}:{remote}\"]`)", local.wrapping_add(1)))?;
         if debug
             .as_ref()
@@ -312,17 +326,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         sync_root: Some(cfg.sync.remote.clone()),
         build: kdev_protocol::BuildConfig {
             package: Some(cfg.build.package.clone()),
-            flags: cfg
-                .build
-                .flags
-                .iter()
-                .cloned()
-                .chain(
-                    debug
-                        .as_ref()
-                        .map(|_| crate::debug::DEBUG_GCFLAGS.to_string()),
-                )
-                .collect(),
+            flags: go_build_flags(&cfg.build, debug.is_some()),
             env: cfg.build.env.clone(),
             ..Default::default()
         },
@@ -336,6 +340,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         root: sync_root.clone(),
         known: BTreeMap::new(),
         reload: None,
+        app_port,
+        timings,
         build_mode: if debug.as_ref().is_some_and(|d| d.hold) {
             BuildMode::Never
         } else {
@@ -441,13 +447,16 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                             Notice::Error(e) => ui.warn(&format!("watcher: {e}")),
                         }
                     }
-                    if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths).await {
+                    if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths, batch.first_event_at).await {
                         break Err(e);
                     }
                 }
                 msg = session.next_event() => match msg {
                     Ok(m) => {
                         let restarted = matches!(&m, ServerMessage::Event { event: Event::Restarted { .. }, .. });
+                        if matches!(&m, ServerMessage::Event { event: Event::AppExited { .. }, .. }) {
+                            app_exits_tx.send_modify(|n| *n += 1);
+                        }
                         show_message(m, &mut state, &ui);
                         if let (true, Some(d)) = (restarted, &debug) {
                             announce_delve(&pods, &pod_name, d, &project, &ui, &mut delve_announced).await;
@@ -535,17 +544,39 @@ struct SyncState {
     /// path → entry as last sent (or reported by the pod).
     known: BTreeMap<String, Entry>,
     reload: Option<Reload>,
+    /// The port whose readiness ends a reload; without one, the restart ends it.
+    app_port: Option<u16>,
+    /// `--timings`.
+    timings: Option<TimingsLog>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
     build_mode: BuildMode,
 }
 
-/// Timings of one reload, for its summary line.
+/// Timings of one reload, for its summary line and `--timings`.
 struct Reload {
     changed: Vec<String>,
     started: Instant,
     patch_ms: u64,
-    build_ms: Option<u64>,
-    restart_ms: Option<u64>,
+    pod: PodDurations,
+    timeline: Timeline,
+}
+
+impl Reload {
+    fn new(changed: Vec<String>, started: Instant, event_at: Option<SystemTime>) -> Reload {
+        let now = SystemTime::now();
+        Reload {
+            changed,
+            started,
+            patch_ms: started.elapsed().as_millis() as u64,
+            pod: PodDurations::default(),
+            timeline: Timeline {
+                event_at_ms: event_at.map(timings::unix_ms),
+                sync_at_ms: timings::unix_ms(now - started.elapsed()),
+                applied_at_ms: Some(timings::unix_ms(now)),
+                ..Timeline::default()
+            },
+        }
+    }
 }
 
 /// Reconcile: make the pod's tree equal to the local one, then build if needed.
@@ -597,20 +628,12 @@ async fn initial_sync(
         bar.finish_and_clear();
     }
     state.known = local.into_iter().map(|e| (e.path.clone(), e)).collect();
-    state.reload = Some(Reload {
-        changed: vec![format!(
-            "{} files",
-            state
-                .known
-                .values()
-                .filter(|e| e.kind == kdev_protocol::EntryKind::File)
-                .count()
-        )],
-        started,
-        patch_ms: started.elapsed().as_millis() as u64,
-        build_ms: None,
-        restart_ms: None,
-    });
+    let files = state
+        .known
+        .values()
+        .filter(|e| e.kind == kdev_protocol::EntryKind::File)
+        .count();
+    state.reload = Some(Reload::new(vec![format!("{files} files")], started, None));
     Ok(())
 }
 
@@ -674,6 +697,7 @@ async fn sync_paths(
     session: &mut ControllerSession,
     state: &mut SyncState,
     paths: &BTreeSet<PathBuf>,
+    event_at: Option<SystemTime>,
 ) -> Result<()> {
     let started = Instant::now();
     let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
@@ -743,13 +767,7 @@ async fn sync_paths(
     for e in fresh_list {
         state.known.insert(e.path.clone(), e);
     }
-    state.reload = Some(Reload {
-        changed,
-        started,
-        patch_ms: started.elapsed().as_millis() as u64,
-        build_ms: None,
-        restart_ms: None,
-    });
+    state.reload = Some(Reload::new(changed, started, event_at));
     Ok(())
 }
 
@@ -768,6 +786,29 @@ fn scan_into(root: &Path, dir: &Path, rules: &IgnoreRules, out: &mut Vec<Entry>)
         }
     }
     Ok(())
+}
+
+/// The reload's summary line, and its `--timings` record.
+fn finish_reload(r: Reload, state: &mut SyncState, ui: &Ui) {
+    let ms = |v: Option<u64>| {
+        v.map(|v| fmt_duration(Duration::from_millis(v)))
+            .unwrap_or_else(|| "-".into())
+    };
+    ui.ok(&format!(
+        "{} → synced {}, built {}, restarted {}, ready {} (total {})",
+        summarize_paths(&r.changed),
+        ms(Some(r.patch_ms)),
+        ms(r.pod.build_ms),
+        ms(r.pod.restart_ms),
+        ms(r.pod.ready_ms),
+        fmt_duration(r.started.elapsed()),
+    ));
+    if let Some(log) = state.timings.as_mut()
+        && let Err(e) = log.record(&r.changed, &r.timeline, r.pod)
+    {
+        ui.warn(&format!("{e:#}; no more timings are written"));
+        state.timings = None;
+    }
 }
 
 /// Show an event from the controller.
@@ -790,7 +831,8 @@ fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
         } => match outcome {
             BuildOutcome::Succeeded => {
                 if let Some(r) = state.reload.as_mut() {
-                    r.build_ms = Some(elapsed_ms);
+                    r.pod.build_ms = Some(elapsed_ms);
+                    r.timeline.built_at_ms = Some(timings::now_ms());
                 }
             }
             BuildOutcome::Cancelled => {}
@@ -809,23 +851,22 @@ fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
         },
         Event::Restarted { elapsed_ms, .. } => {
             if let Some(r) = state.reload.as_mut() {
-                r.restart_ms = Some(elapsed_ms);
+                r.pod.restart_ms = Some(elapsed_ms);
+                r.timeline.restarted_at_ms = Some(timings::now_ms());
+            }
+            // Without a port to wait for, the restart is the end of the reload.
+            if state.app_port.is_none()
+                && let Some(r) = state.reload.take()
+            {
+                finish_reload(r, state, ui);
             }
         }
         Event::Ready { elapsed_ms, .. } => match state.reload.take() {
-            Some(r) => ui.ok(&format!(
-                "{} → synced {}, built {}, restarted {}, ready {} (total {})",
-                summarize_paths(&r.changed),
-                fmt_duration(Duration::from_millis(r.patch_ms)),
-                r.build_ms
-                    .map(|b| fmt_duration(Duration::from_millis(b)))
-                    .unwrap_or_else(|| "-".into()),
-                r.restart_ms
-                    .map(|b| fmt_duration(Duration::from_millis(b)))
-                    .unwrap_or_else(|| "-".into()),
-                fmt_duration(Duration::from_millis(elapsed_ms)),
-                fmt_duration(r.started.elapsed()),
-            )),
+            Some(mut r) => {
+                r.pod.ready_ms = Some(elapsed_ms);
+                r.timeline.ready_at_ms = Some(timings::now_ms());
+                finish_reload(r, state, ui);
+            }
             None => ui.ok(&format!(
                 "app ready in {}",
                 fmt_duration(Duration::from_millis(elapsed_ms))
@@ -915,9 +956,57 @@ pub fn map_build_output(output: &str, local_root: &Path) -> String {
         .join("\n")
 }
 
+/// Linker flag for `watch` builds: no DWARF. Nothing in the loop reads it (panics and pprof use
+/// the symbol table, which stays), and linking without it takes about a quarter less time
+/// (gin-hello: 0.75 s → 0.55 s in the pod).
+pub const WATCH_LDFLAGS: &str = "-ldflags=-w";
+
+/// `go build` flags: the user's, then for `kdev debug` the ones that keep code debuggable, and
+/// for `kdev watch` [`WATCH_LDFLAGS`] unless the user sets linker flags (theirs win, whole).
+fn go_build_flags(build: &crate::config::BuildConfig, debug: bool) -> Vec<String> {
+    let mut flags = build.flags.clone();
+    if debug {
+        flags.push(crate::debug::DEBUG_GCFLAGS.to_string());
+        return flags;
+    }
+    let sets_ldflags = |s: &str| s.trim_start_matches('-').starts_with("ldflags");
+    let user_ldflags = build.flags.iter().any(|f| sets_ldflags(f))
+        || build
+            .env
+            .get("GOFLAGS")
+            .is_some_and(|g| g.split_whitespace().any(sets_ldflags));
+    if !user_ldflags {
+        flags.insert(0, WATCH_LDFLAGS.to_string());
+    }
+    flags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BuildConfig;
+
+    #[test]
+    fn watch_builds_drop_dwarf_unless_the_user_sets_ldflags() {
+        let mut b = BuildConfig {
+            flags: vec!["-tags".into(), "dev".into()],
+            ..Default::default()
+        };
+        assert_eq!(go_build_flags(&b, false), ["-ldflags=-w", "-tags", "dev"]);
+        // Debugging needs DWARF and unoptimized code.
+        assert_eq!(
+            go_build_flags(&b, true),
+            ["-tags", "dev", "-gcflags=all=-N -l"]
+        );
+        b.flags = vec!["-ldflags".into(), "-X main.v=1".into()];
+        assert_eq!(go_build_flags(&b, false), ["-ldflags", "-X main.v=1"]);
+        b.flags = vec!["--ldflags=-s".into()];
+        assert_eq!(go_build_flags(&b, false), ["--ldflags=-s"]);
+        b.flags.clear();
+        b.env
+            .insert("GOFLAGS".into(), "-mod=mod -ldflags=-X=main.v=2".into());
+        assert!(go_build_flags(&b, false).is_empty());
+    }
 
     #[test]
     fn build_output_paths_become_local() {

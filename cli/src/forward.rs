@@ -4,6 +4,12 @@
 //! upstream port-forward to whichever pod is current at that moment. A restarted app or a
 //! replaced pod therefore only affects connections that were open at the time, never the
 //! listener (unlike `kubectl port-forward`, which dies with its pod).
+//!
+//! When the app process exits (a restart after a save), connections to it are closed here at
+//! once. Otherwise a client's kept-alive connection, as every browser keeps, would hang for a
+//! second on its next request: containerd's port-forward waits up to 1 s for the client's side
+//! to finish after the app closed its own (measured: 1.0 s through both `kubectl port-forward`
+//! and kdev, 0 ms straight to the pod).
 
 use std::net::SocketAddr;
 
@@ -20,10 +26,12 @@ pub enum ForwardEvent {
 }
 
 /// Listen on `127.0.0.1:<local>` and forward each connection to `<remote>` of the current pod.
-/// Returns the bound address (useful when `local` is 0).
+/// `app_exits` counts exits of the app process: a connection accepted before the count moved
+/// is closed when it moves. Returns the bound address (useful when `local` is 0).
 pub async fn start(
     pods: Api<Pod>,
     current_pod: watch::Receiver<Option<String>>,
+    app_exits: watch::Receiver<u64>,
     local: u16,
     remote: u16,
     events: mpsc::UnboundedSender<ForwardEvent>,
@@ -37,9 +45,11 @@ pub async fn start(
             };
             let pods = pods.clone();
             let mut current = current_pod.clone();
+            let mut exits = app_exits.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                if let Err(error) = forward_one(&pods, &mut current, conn, remote).await {
+                if let Err(error) = forward_one(&pods, &mut current, &mut exits, conn, remote).await
+                {
                     let _ = events.send(ForwardEvent::Failed {
                         local: addr.port(),
                         error,
@@ -54,6 +64,7 @@ pub async fn start(
 async fn forward_one(
     pods: &Api<Pod>,
     current: &mut watch::Receiver<Option<String>>,
+    app_exits: &mut watch::Receiver<u64>,
     mut conn: TcpStream,
     remote: u16,
 ) -> Result<(), String> {
@@ -77,7 +88,14 @@ async fn forward_one(
     let mut upstream = pf
         .take_stream(remote)
         .ok_or("port-forward gave no stream")?;
-    let copied = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+    // Only exits from now on end this connection: it reaches whichever process runs now.
+    app_exits.mark_unchanged();
+    let copied = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => copied,
+        // The process this connection reached is gone: close it now (see the module docs).
+        // The port-forward itself winds down in the background.
+        Ok(()) = app_exits.changed() => return Ok(()),
+    };
     drop(upstream);
     let _ = pf.join().await;
     match copied {

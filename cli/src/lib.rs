@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod bootstrap;
+pub mod client;
 pub mod config;
 pub mod debug;
 pub mod deploy;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod rewrite;
 pub mod session;
 pub mod sessions;
+pub mod timings;
 pub mod tree;
 pub mod ui;
 pub mod watch;

@@ -111,6 +111,10 @@ struct SessionArgs {
     /// Take the session lock even if another kdev of yours holds it for this workload.
     #[arg(long)]
     take_over: bool,
+    /// Append one JSON line per reload to FILE: when the change was seen, synced, built,
+    /// restarted and ready (milliseconds since the epoch). For benchmarks and slow-reload reports.
+    #[arg(long, value_name = "FILE")]
+    timings: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -134,6 +138,7 @@ fn watch_options(
         debug,
         owner,
         take_over: session.take_over,
+        timings: session.timings,
     }
 }
 

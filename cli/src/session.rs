@@ -220,6 +220,8 @@ impl ControllerSession {
         build: BuildMode,
     ) -> Result<PatchResult, SessionError> {
         let id = self.id();
+        let bytes = tar.len();
+        let t0 = std::time::Instant::now();
         self.send(&ClientMessage::Patch(Patch {
             id,
             deletes,
@@ -227,11 +229,20 @@ impl ControllerSession {
             tar,
         }))
         .await?;
-        self.response(id, Duration::from_secs(300), |m| match m {
-            ServerMessage::PatchResult(r) if r.id == id => Ok(r),
-            other => Err(Box::new(other)),
-        })
-        .await
+        let t_sent = t0.elapsed();
+        let result = self
+            .response(id, Duration::from_secs(300), |m| match m {
+                ServerMessage::PatchResult(r) if r.id == id => Ok(r),
+                other => Err(Box::new(other)),
+            })
+            .await?;
+        tracing::debug!(
+            "patch {id}: {bytes} bytes written in {t_sent:?}, applied in the pod in {} ms, \
+             answered after {:?}",
+            result.elapsed_ms,
+            t0.elapsed()
+        );
+        Ok(result)
     }
 
     /// Build now (and restart on success); the outcome arrives as events.

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
@@ -55,6 +55,8 @@ pub enum Notice {
 pub struct Batch {
     pub paths: BTreeSet<PathBuf>,
     pub notices: Vec<Notice>,
+    /// When the first event of the batch arrived (the start of a reload's timeline).
+    pub first_event_at: Option<SystemTime>,
 }
 
 /// The live watcher; held only so that dropping it stops watching.
@@ -195,7 +197,10 @@ async fn debounce_loop(
     debounce: Duration,
 ) {
     while let Some(first) = raw_rx.recv().await {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            first_event_at: Some(SystemTime::now()),
+            ..Batch::default()
+        };
         let started = tokio::time::Instant::now();
         let mut next = Some(first);
         loop {

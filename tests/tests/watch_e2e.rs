@@ -27,11 +27,24 @@ struct Watch {
 
 impl Watch {
     fn start(namespace: &str) -> Result<Watch> {
+        Self::start_with(namespace, &[], &[])
+    }
+
+    /// `kdev watch ARGS`, run through `wrapper` (a command line that kdev's path is appended to).
+    fn start_with(namespace: &str, wrapper: &[&str], args: &[&str]) -> Result<Watch> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let project = example_project(dir.path(), namespace, port)?;
-        let (child, output) =
-            spawn_captured(Command::new(kdev_bin()).arg("watch").current_dir(&project))?;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(kdev_bin());
+                c
+            }
+            None => Command::new(kdev_bin()),
+        };
+        cmd.arg("watch").args(args).current_dir(&project);
+        let (child, output) = spawn_captured(&mut cmd)?;
         Ok(Watch {
             child,
             output,
@@ -328,6 +341,87 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Large trees exhaust inotify watches (the field's users hit it on monorepos): kdev must say
+/// so with the fix, fall back to polling and keep serving. The limit is lowered for kdev alone,
+/// in a user namespace of its own (the sysctl is per user namespace), not for the machine.
+/// The same run checks `--timings`: every served edit has a complete timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_falls_back_to_polling_when_inotify_watches_run_out() -> Result<()> {
+    let client: Client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-poll").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let timings = tempfile::NamedTempFile::new()?;
+    let timings_path = timings.path().to_string_lossy().into_owned();
+    // One watch: the root is watched, its first subdirectory is not.
+    let limit_one_watch = "echo 1 > /proc/sys/user/max_inotify_watches && exec \"$@\"";
+    let w = Watch::start_with(
+        ns.name(),
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "sh",
+            "-c",
+            limit_one_watch,
+            "sh",
+        ],
+        &["--timings", &timings_path],
+    )?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let out = w.output();
+    ensure!(
+        out.contains("inotify watch limit reached")
+            && out.contains("sysctl fs.inotify.max_user_watches="),
+        "kdev must say the limit was reached and how to raise it:\n{out}"
+    );
+
+    // Changes are still found, now by polling: an edit in a subdirectory and a deleted file.
+    w.write(
+        "handlers/polled.go",
+        "package handlers\n\nconst Polled = true\n",
+    );
+    w.set_message("\"pong polled\"");
+    w.wait_served("pong polled", Duration::from_secs(60))
+        .await?;
+    std::fs::remove_file(w.project().join("handlers/polled.go"))?;
+    w.set_message("\"pong polled again\"");
+    w.wait_served("pong polled again", Duration::from_secs(60))
+        .await?;
+    assert_trees_equal(&pods, &w).await?;
+
+    // `--timings`: one JSON line per reload; a served edit's phases are all there, in order.
+    let text = std::fs::read_to_string(timings.path())?;
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--timings lines are JSON:\n{text}"))?;
+    let edit = records
+        .iter()
+        .rev()
+        .find(|r| r["paths"].to_string().contains("main.go"))
+        .with_context(|| format!("no --timings record for main.go:\n{text}"))?;
+    let at = |k: &str| {
+        edit[k]
+            .as_u64()
+            .with_context(|| format!("{k} missing in {edit}"))
+    };
+    let ends = [
+        at("event_at_ms")?,
+        at("sync_at_ms")?,
+        at("applied_at_ms")?,
+        at("built_at_ms")?,
+        at("restarted_at_ms")?,
+        at("ready_at_ms")?,
+    ];
+    ensure!(
+        ends.windows(2).all(|w| w[0] <= w[1]),
+        "phases out of order: {edit}"
+    );
+    ensure!(edit["build_ms"].as_u64().is_some(), "{edit}");
     Ok(())
 }
 
