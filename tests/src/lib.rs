@@ -260,9 +260,13 @@ pub fn kdev_bin() -> std::path::PathBuf {
     bin
 }
 
-/// The repository's root.
+/// The repository's root. From the variable cargo sets when it runs a test, before the path
+/// compiled in: checkouts that share a target directory (CI clones and a working copy) can
+/// share test binaries too, since cargo names them independently of the checkout's path.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .parent()
         .expect("repo root")
         .to_path_buf()
