@@ -83,11 +83,20 @@ pub fn needed_for_gc() -> Vec<Permission> {
         ("apps", "deployments"),
         ("apps", "statefulsets"),
         ("", "services"),
+        ("", "configmaps"),
     ] {
         p.push(perm(group, resource, None, "list"));
         p.push(perm(group, resource, None, "delete"));
     }
     p
+}
+
+/// What `kdev gc` needs to remove abandoned sessions' Secrets too. Optional: the Role grants
+/// nothing on Secrets (a team whose manifests hold Secrets adds rules for them).
+pub fn needed_for_gc_secrets() -> Vec<Permission> {
+    ["list", "delete"]
+        .map(|verb| perm("", "secrets", None, verb))
+        .to_vec()
 }
 
 /// What `kdev down` needs for the kinds it removes.
@@ -107,6 +116,28 @@ pub async fn require(
     namespace: &str,
     needed: &[Permission],
 ) -> anyhow::Result<()> {
+    let missing: Vec<String> = missing(client, namespace, needed)
+        .await?
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "missing permission in namespace {namespace}: {}. Ask your cluster admin to grant it \
+             (manifests/rbac/role.yaml in the kdev repository lists what kdev needs)",
+            missing.join(", ")
+        )
+    }
+}
+
+/// The permissions of `needed` the user does not have in `namespace`.
+pub async fn missing(
+    client: &Client,
+    namespace: &str,
+    needed: &[Permission],
+) -> anyhow::Result<Vec<Permission>> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
     for p in needed {
@@ -126,18 +157,10 @@ pub async fn require(
         };
         let answer = api.create(&PostParams::default(), &review).await?;
         if !answer.status.map(|s| s.allowed).unwrap_or(false) {
-            missing.push(p.to_string());
+            missing.push(p.clone());
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "missing permission in namespace {namespace}: {}. Ask your cluster admin to grant it \
-             (manifests/rbac/role.yaml in the kdev repository lists what kdev needs)",
-            missing.join(", ")
-        )
-    }
+    Ok(missing)
 }
 
 #[cfg(test)]

@@ -266,21 +266,27 @@ pub fn prepare(
 /// Label naming the developer an object belongs to.
 pub const LABEL_OWNER: &str = "kdev.dev/owner";
 
-/// Make the plan one developer's own, so several can share a namespace: workloads and Services
-/// get `-<owner>` appended to their names, every object the owner label, and the selectors of
-/// workloads and Services include it, so one developer's Service never selects another's pods.
+/// Make the plan one developer's own, so several can share a namespace: workloads, Services,
+/// ConfigMaps and Secrets get `-<owner>` appended to their names (and the pod templates refer
+/// to the renamed ConfigMaps and Secrets), every object gets the owner label, and the selectors
+/// of workloads and Services include it, so one developer's Service never selects another's
+/// pods and one developer's config edit never reaches another's app.
 pub fn personalize(plan: &mut DeployPlan, owner: &str) {
     let renamed = |name: &str| {
         let mut n = format!("{name}-{owner}");
         n.truncate(63);
         n.trim_end_matches(['-', '.']).to_string()
     };
-    let services: Vec<String> = plan
-        .objects
-        .iter()
-        .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "Service"))
-        .map(|o| o.name_any())
-        .collect();
+    let names_of = |kind: &str| -> Vec<String> {
+        plan.objects
+            .iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+            .map(|o| o.name_any())
+            .collect()
+    };
+    let services = names_of("Service");
+    let config_maps = names_of("ConfigMap");
+    let secrets = names_of("Secret");
     for obj in &mut plan.objects {
         obj.metadata
             .labels
@@ -303,6 +309,12 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
                 {
                     spec["serviceName"] = serde_json::Value::String(renamed(svc));
                 }
+                if let Some(pod) = spec.pointer_mut("/template/spec") {
+                    rename_config_refs(pod, &config_maps, &secrets, &renamed);
+                }
+            }
+            "ConfigMap" | "Secret" => {
+                obj.metadata.name = Some(renamed(&obj.name_any()));
             }
             "Service" => {
                 obj.metadata.name = Some(renamed(&obj.name_any()));
@@ -315,6 +327,61 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
     }
     plan.workload.name = renamed(&plan.workload.name);
     plan.pod_selector.insert(LABEL_OWNER.into(), owner.into());
+}
+
+/// Point a pod spec's references to the plan's ConfigMaps and Secrets at their renamed copies:
+/// volumes (also projected), `envFrom`, `env[].valueFrom` and `imagePullSecrets`. References to
+/// objects the manifests do not contain are shared ones and stay as they are.
+fn rename_config_refs(
+    pod: &mut serde_json::Value,
+    config_maps: &[String],
+    secrets: &[String],
+    renamed: &dyn Fn(&str) -> String,
+) {
+    // Only existing fields are touched (`pointer_mut`): indexing a JSON value mutably would
+    // insert the missing ones as nulls and corrupt the manifest.
+    let rename = |item: &mut serde_json::Value, pointer: &str, names: &[String]| {
+        if let Some(v) = item.pointer_mut(pointer)
+            && let Some(n) = v.as_str()
+            && names.iter().any(|x| x == n)
+        {
+            *v = serde_json::Value::String(renamed(n));
+        }
+    };
+    for volume in array_mut(pod, "/volumes") {
+        rename(volume, "/configMap/name", config_maps);
+        rename(volume, "/secret/secretName", secrets);
+        for source in array_mut(volume, "/projected/sources") {
+            rename(source, "/configMap/name", config_maps);
+            rename(source, "/secret/name", secrets);
+        }
+    }
+    for pull in array_mut(pod, "/imagePullSecrets") {
+        rename(pull, "/name", secrets);
+    }
+    for list in ["/initContainers", "/containers"] {
+        for container in array_mut(pod, list) {
+            for from in array_mut(container, "/envFrom") {
+                rename(from, "/configMapRef/name", config_maps);
+                rename(from, "/secretRef/name", secrets);
+            }
+            for env in array_mut(container, "/env") {
+                rename(env, "/valueFrom/configMapKeyRef/name", config_maps);
+                rename(env, "/valueFrom/secretKeyRef/name", secrets);
+            }
+        }
+    }
+}
+
+/// The elements of the array at `pointer`, if there is one.
+fn array_mut<'a>(
+    v: &'a mut serde_json::Value,
+    pointer: &str,
+) -> std::slice::IterMut<'a, serde_json::Value> {
+    match v.pointer_mut(pointer).and_then(|a| a.as_array_mut()) {
+        Some(a) => a.iter_mut(),
+        None => [].iter_mut(),
+    }
 }
 
 /// A label-safe owner name from a user name (`alice@example.com` → `alice-example-com`).
@@ -738,6 +805,92 @@ spec:
             Some("alice-example-com")
         );
         assert_eq!(owner_from_user("---"), None);
+    }
+
+    #[test]
+    fn personalize_gives_each_owner_their_config_and_leaves_shared_refs() {
+        let manifest = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      imagePullSecrets: [{name: pull}, {name: shared-pull}]
+      volumes:
+        - {name: cfg, configMap: {name: web-config}}
+        - {name: creds, secret: {secretName: web-secret}}
+        - {name: both, projected: {sources: [{configMap: {name: web-config}}, {secret: {name: shared}}]}}
+        - {name: scratch, emptyDir: {}}
+      containers:
+        - name: app
+          image: web
+          envFrom: [{configMapRef: {name: web-config}}, {secretRef: {name: shared}}]
+          env:
+            - {name: A, valueFrom: {configMapKeyRef: {name: web-config, key: a}}}
+            - {name: B, valueFrom: {secretKeyRef: {name: web-secret, key: b}}}
+            - {name: C, value: plain}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data: {a: "1"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-secret}
+stringData: {b: "2"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: pull}
+type: kubernetes.io/dockerconfigjson
+stringData: {.dockerconfigjson: "{}"}
+"#;
+        let objs = parse_manifests(manifest, Path::new("a.yaml")).unwrap();
+        let mut plan = prepare(&objs, None, "team", &BTreeMap::new(), &dev()).unwrap();
+        personalize(&mut plan, "bob");
+        let names: Vec<String> = plan.objects.iter().map(|o| o.name_any()).collect();
+        assert_eq!(
+            names,
+            ["web-bob", "web-config-bob", "web-secret-bob", "pull-bob"]
+        );
+        let pod = &plan.objects[0].data["spec"]["template"]["spec"];
+        let v = &pod["volumes"];
+        assert_eq!(v[0]["configMap"]["name"], "web-config-bob");
+        assert_eq!(v[1]["secret"]["secretName"], "web-secret-bob");
+        assert_eq!(
+            v[2]["projected"]["sources"][0]["configMap"]["name"],
+            "web-config-bob"
+        );
+        // Not in the manifests: shared, left alone.
+        assert_eq!(v[2]["projected"]["sources"][1]["secret"]["name"], "shared");
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "pull-bob");
+        assert_eq!(pod["imagePullSecrets"][1]["name"], "shared-pull");
+        let c = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "app")
+            .unwrap();
+        assert_eq!(c["envFrom"][0]["configMapRef"]["name"], "web-config-bob");
+        assert_eq!(c["envFrom"][1]["secretRef"]["name"], "shared");
+        assert_eq!(
+            c["env"][0]["valueFrom"]["configMapKeyRef"]["name"],
+            "web-config-bob"
+        );
+        assert_eq!(
+            c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "web-secret-bob"
+        );
+        // Nothing was added where there was nothing to rename.
+        assert_eq!(v[3], serde_json::json!({"name": "scratch", "emptyDir": {}}));
+        assert_eq!(
+            c["env"][2],
+            serde_json::json!({"name": "C", "value": "plain"})
+        );
     }
 
     #[test]

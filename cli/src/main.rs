@@ -89,8 +89,9 @@ enum Command {
     Down,
     /// List the dev sessions in the namespace: owner, workload, pod, age, last renewal, state.
     Sessions,
-    /// Remove the workloads, Services and Leases of sessions whose Lease expired long ago
-    /// (abandoned by a crashed or closed laptop); live sessions are never touched.
+    /// Remove the workloads, Services, ConfigMaps, Secrets and Leases of sessions whose Lease
+    /// expired long ago (abandoned by a crashed or closed laptop); live sessions are never
+    /// touched.
     Gc {
         /// How long a session's Lease must have been expired, e.g. 10m or 1h.
         #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -133,10 +133,32 @@ pub async fn print(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// `kdev gc`: remove the workloads, Services and Lease of every session whose Lease expired
-/// more than `older_than` ago; live sessions and everything else are left alone.
+/// Delete every `K` in `ns` that `lp` selects.
+async fn delete_all<K>(client: &Client, ns: &str, lp: &ListParams) -> Result<()>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    for o in api.list(lp).await?.items {
+        api.delete(&o.name_any(), &DeleteParams::background())
+            .await?;
+    }
+    Ok(())
+}
+
+/// `kdev gc`: remove the workloads, Services, ConfigMaps, Secrets (when the caller may) and
+/// Lease of every session whose Lease expired more than `older_than` ago; live sessions and
+/// everything else are left alone.
 pub async fn gc(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
     crate::access::require(client, ns, &crate::access::needed_for_gc()).await?;
+    let may_delete_secrets =
+        crate::access::missing(client, ns, &crate::access::needed_for_gc_secrets())
+            .await?
+            .is_empty();
     let now = Timestamp::now();
     let mut removed = 0;
     for s in list(client, ns).await? {
@@ -144,21 +166,15 @@ pub async fn gc(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Res
             continue;
         }
         let lp = ListParams::default().labels(&selector(&s.owner, &s.project));
-        let dp = DeleteParams::background();
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-        for d in deployments.list(&lp).await?.items {
-            deployments.delete(&d.name_any(), &dp).await?;
-        }
-        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-        for d in statefulsets.list(&lp).await?.items {
-            statefulsets.delete(&d.name_any(), &dp).await?;
-        }
-        let services: Api<Service> = Api::namespaced(client.clone(), ns);
-        for d in services.list(&lp).await?.items {
-            services.delete(&d.name_any(), &dp).await?;
+        delete_all::<Deployment>(client, ns, &lp).await?;
+        delete_all::<StatefulSet>(client, ns, &lp).await?;
+        delete_all::<Service>(client, ns, &lp).await?;
+        delete_all::<ConfigMap>(client, ns, &lp).await?;
+        if may_delete_secrets {
+            delete_all::<Secret>(client, ns, &lp).await?;
         }
         Api::<Lease>::namespaced(client.clone(), ns)
-            .delete(&s.lease, &dp)
+            .delete(&s.lease, &DeleteParams::background())
             .await?;
         ui.ok(&format!(
             "removed {}'s session of {} (lease expired {}s ago)",

@@ -307,6 +307,27 @@ async fn two_developers_share_a_namespace() -> Result<()> {
             "alice stopped being served after bob's down"
         );
     }
+    // The example's ConfigMap is per developer too, and alice's Deployment uses her own.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), ns.name());
+    ensure!(
+        config_maps.get_opt("gin-hello-config-bob").await?.is_none(),
+        "bob's ConfigMap is still there"
+    );
+    ensure!(
+        config_maps
+            .get_opt("gin-hello-config-alice")
+            .await?
+            .is_some(),
+        "alice's ConfigMap went too"
+    );
+    let alice_deployment = serde_json::to_value(deployments.get("gin-hello-alice").await?)?;
+    ensure!(
+        alice_deployment
+            .to_string()
+            .contains(r#""name":"gin-hello-config-alice""#),
+        "alice's pods do not use her ConfigMap: {alice_deployment}"
+    );
 
     // alice's kdev dies without releasing its Lease. gc leaves a live (or recently expired)
     // session alone, and removes it once its Lease has been expired longer than the threshold.
@@ -343,6 +364,13 @@ async fn two_developers_share_a_namespace() -> Result<()> {
     ensure!(
         deployments.get_opt("gin-hello-alice").await?.is_none(),
         "gc left alice's expired session"
+    );
+    ensure!(
+        config_maps
+            .get_opt("gin-hello-config-alice")
+            .await?
+            .is_none(),
+        "gc left alice's ConfigMap"
     );
     Ok(())
 }
