@@ -383,3 +383,60 @@ pub fn tar_files(data: &[u8]) -> Result<std::collections::BTreeMap<String, (Vec<
     }
     Ok(files)
 }
+
+/// Rewrite the example's `const pingMessage = …` line in `project`'s main.go to
+/// `const pingMessage = <go_expr>` (any Go expression, or something that does not compile).
+pub fn set_ping_expr(project: &std::path::Path, go_expr: &str) -> Result<()> {
+    let main = project.join("main.go");
+    let text = std::fs::read_to_string(&main)?;
+    let start = text
+        .find("const pingMessage = ")
+        .context("no `const pingMessage = ` line in main.go")?;
+    let end = start + text[start..].find('\n').context("no newline after it")?;
+    std::fs::write(
+        &main,
+        format!(
+            "{}const pingMessage = {go_expr}{}",
+            &text[..start],
+            &text[end..]
+        ),
+    )?;
+    Ok(())
+}
+
+/// Make the example answer `{"message":"<msg>"}` on GET /ping.
+pub fn set_ping_message(project: &std::path::Path, msg: &str) -> Result<()> {
+    set_ping_expr(project, &format!("\"{msg}\""))
+}
+
+/// Each container's restart count (init containers, e.g. native sidecars, included).
+pub fn restart_counts(pod: &Pod) -> std::collections::BTreeMap<String, i32> {
+    let s = pod.status.clone().unwrap_or_default();
+    s.init_container_statuses
+        .into_iter()
+        .flatten()
+        .chain(s.container_statuses.into_iter().flatten())
+        .map(|c| (c.name, c.restart_count))
+        .collect()
+}
+
+/// `GET <path>` (HTTP/1.0) to `port` of `pod` through a port-forward; the whole response.
+pub async fn http_get_via_portforward(
+    pods: &Api<Pod>,
+    pod: &str,
+    port: u16,
+    path: &str,
+) -> Result<String> {
+    let mut pf = pods.portforward(pod, &[port]).await?;
+    let mut stream = pf.take_stream(port).context("no stream for the port")?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    drop(stream);
+    // Once the pod side has closed the connection, kube's forwarder may report "sending after
+    // closing" on join; the response has been read in full by then, so that is not a failure.
+    let _ = pf.join().await;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}

@@ -10,11 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::{
-    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, exec, poll_until, tar_files,
-    wait_pod_running,
+    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, exec, http_get_via_portforward, poll_until,
+    tar_files, wait_pod_running,
 };
 use kube::api::{Api, PostParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POD: &str = "smoke";
 // `b` publishes its PID so container `a` can look for that process in the shared PID namespace.
@@ -174,7 +173,7 @@ async fn cluster_supports_what_kdev_needs() -> Result<()> {
     // 3. A port-forward reaches the app's TCP server (retry: the app may still be starting).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let response = loop {
-        match http_get_via_portforward(&pods, 8080, "/ping").await {
+        match http_get_via_portforward(&pods, POD, 8080, "/ping").await {
             Ok(r) if r.contains("200 OK") => break r,
             other if tokio::time::Instant::now() > deadline => {
                 anyhow::bail!("GET /ping through a port-forward failed: {other:?}")
@@ -196,19 +195,4 @@ async fn cluster_supports_what_kdev_needs() -> Result<()> {
         "the kubernetes Service is not reachable from the pod: {out:?}"
     );
     Ok(())
-}
-
-async fn http_get_via_portforward(pods: &Api<Pod>, port: u16, path: &str) -> Result<String> {
-    let mut pf = pods.portforward(POD, &[port]).await?;
-    let mut stream = pf.take_stream(port).context("no stream for the port")?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await?;
-    drop(stream);
-    // Once the pod side has closed the connection, kube's forwarder may report "sending after
-    // closing" on join; the response has been read in full by then, so that is not a failure.
-    let _ = pf.join().await;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kdev::session::{ControllerSession, build_tar};
 use kdev_protocol::{BuildConfig, BuildMode, BuildOutcome, Event, ServerMessage, SessionConfig};
 use kdev_tests::{
-    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, poll_until, repo_root, wait_pod_running,
+    APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, http_get_via_portforward, poll_until,
+    repo_root, restart_counts, set_ping_message, wait_pod_running,
 };
 use kube::api::{Api, PostParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POD: &str = "controller";
 
@@ -127,29 +127,6 @@ async fn reload(s: &mut ControllerSession, root: &Path, paths: &[String]) -> Res
     }
 }
 
-async fn get_ping(pods: &Api<Pod>) -> Result<String> {
-    let mut pf = pods.portforward(POD, &[8080]).await?;
-    let mut stream = pf.take_stream(8080).context("no stream for port 8080")?;
-    stream
-        .write_all(b"GET /ping HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await?;
-    drop(stream);
-    let _ = pf.join().await;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-fn restart_counts(pod: &Pod) -> Vec<(String, i32)> {
-    let s = pod.status.clone().unwrap_or_default();
-    s.init_container_statuses
-        .into_iter()
-        .flatten()
-        .chain(s.container_statuses.into_iter().flatten())
-        .map(|c| (c.name, c.restart_count))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Result<()> {
     let client = client().await?;
@@ -197,24 +174,15 @@ async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Resu
     kdev_tests::copy_dir(&repo_root().join("examples/gin-hello"), &root)?;
     std::fs::remove_file(root.join("kdev.yaml"))?;
     let first = reload(&mut session, &root, &files(&root)).await?;
-    let body = get_ping(&pods).await?;
+    let body = http_get_via_portforward(&pods, POD, 8080, "/ping").await?;
     ensure!(
         body.contains(r#"{"message":"pong"}"#),
         "first answer: {body}"
     );
 
-    let main_go = root.join("main.go");
-    let text = std::fs::read_to_string(&main_go)?;
-    ensure!(text.contains(r#"const pingMessage = "pong""#));
-    std::fs::write(
-        &main_go,
-        text.replace(
-            r#"const pingMessage = "pong""#,
-            r#"const pingMessage = "patched""#,
-        ),
-    )?;
+    set_ping_message(&root, "patched")?;
     let edit = reload(&mut session, &root, &["main.go".to_string()]).await?;
-    let body = get_ping(&pods).await?;
+    let body = http_get_via_portforward(&pods, POD, 8080, "/ping").await?;
     ensure!(
         body.contains(r#"{"message":"patched"}"#),
         "after the patch: {body}"

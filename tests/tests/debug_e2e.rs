@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::{
     TestNamespace, client, copy_dir, example_project, free_port, http_get, kdev_bin, poll_until,
-    repo_root, spawn_captured,
+    repo_root, set_ping_message, spawn_captured,
 };
 use serde_json::{Value, json};
 
@@ -59,19 +59,7 @@ impl Debug {
     }
 
     fn set_message(&self, msg: &str) {
-        let main = self.project.join("main.go");
-        let text = std::fs::read_to_string(&main).unwrap();
-        let start = text.find("const pingMessage = ").unwrap();
-        let end = start + text[start..].find('\n').unwrap();
-        std::fs::write(
-            &main,
-            format!(
-                "{}const pingMessage = \"{msg}\"{}",
-                &text[..start],
-                &text[end..]
-            ),
-        )
-        .unwrap();
+        set_ping_message(&self.project, msg).unwrap();
     }
 
     /// The launch.json entry kdev printed.

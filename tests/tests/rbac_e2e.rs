@@ -15,7 +15,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kdev_tests::{
     TestNamespace, client, example_project, free_port, http_get, kdev_bin, repo_root,
-    spawn_captured,
+    set_ping_message, spawn_captured,
 };
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -174,24 +174,6 @@ async fn wait_message(
     }
 }
 
-fn set_message(project: &Path, msg: &str) -> Result<()> {
-    let main = project.join("main.go");
-    let text = std::fs::read_to_string(&main)?;
-    let start = text
-        .find("const pingMessage = ")
-        .context("no pingMessage")?;
-    let end = start + text[start..].find('\n').context("no newline")?;
-    std::fs::write(
-        &main,
-        format!(
-            "{}const pingMessage = \"{msg}\"{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )?;
-    Ok(())
-}
-
 /// A namespace with the repository's Role bound to `users`, and a kubeconfig for each.
 async fn team_namespace(
     admin: &kube::Client,
@@ -252,8 +234,8 @@ async fn two_developers_share_a_namespace() -> Result<()> {
         .with_context(|| out_b.lock().unwrap().clone())?;
 
     // Each changes the message differently; each forwarded port serves only its owner's code.
-    set_message(&proj_a, "alice v2")?;
-    set_message(&proj_b, "bob v2")?;
+    set_ping_message(&proj_a, "alice v2")?;
+    set_ping_message(&proj_b, "bob v2")?;
     wait_message(pa, "alice v2", &mut ka, "alice").await?;
     wait_message(pb, "bob v2", &mut kb, "bob").await?;
     for _ in 0..10 {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::{
     TestNamespace, client, copy_dir, example_project, exec, free_port, http_get, kdev_bin,
-    poll_until, repo_root, spawn_captured, tar_files,
+    poll_until, repo_root, restart_counts, set_ping_expr, spawn_captured, tar_files,
 };
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
@@ -67,17 +67,9 @@ impl Watch {
         std::fs::write(p, content).unwrap();
     }
 
+    /// `msg` is a Go expression (or something that does not compile).
     fn set_message(&self, msg: &str) {
-        let main = self.project().join("main.go");
-        let text = std::fs::read_to_string(&main).unwrap();
-        let start = text.find("const pingMessage = ").unwrap();
-        let end = start + text[start..].find('\n').unwrap();
-        let new = format!(
-            "{}const pingMessage = {msg}{}",
-            &text[..start],
-            &text[end..]
-        );
-        std::fs::write(main, new).unwrap();
+        set_ping_expr(&self.project(), msg).unwrap();
     }
 
     /// Wait until GET /ping answers with `message`.
@@ -123,16 +115,6 @@ async fn dev_pod(pods: &Api<Pod>) -> Result<Pod> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
         .context("no gin-hello pod")
-}
-
-fn restart_counts(pod: &Pod) -> BTreeMap<String, i32> {
-    let s = pod.status.clone().unwrap_or_default();
-    s.init_container_statuses
-        .into_iter()
-        .flatten()
-        .chain(s.container_statuses.into_iter().flatten())
-        .map(|c| (c.name, c.restart_count))
-        .collect()
 }
 
 /// Every file under the local project (as kdev syncs it) with its content.
