@@ -30,7 +30,14 @@ pub enum PathError {
     SymlinkAbsolute { link: String, target: String },
     #[error("symlink {0:?} has an empty target")]
     SymlinkEmpty(String),
+    #[error(
+        "symlink {link:?} points to {target:?}, which goes through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
+    )]
+    SymlinkLoop { link: String, target: String },
 }
+
+/// How many symlinks one resolution may pass through (Linux's own limit is 40).
+pub const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Canonicalise a wire path, refusing anything unsafe.
 pub fn normalize_wire_path(p: &str) -> Result<String, PathError> {
@@ -92,9 +99,27 @@ pub fn wire_path_to_relative(p: &str) -> Result<PathBuf, PathError> {
 }
 
 /// Check that a symlink at wire path `link` with target `target` stays inside the root when the
-/// target is resolved lexically relative to the link's directory. Absolute targets are refused.
+/// target is resolved lexically relative to the link's directory, as if no other symlink
+/// existed. Absolute targets are refused. [`resolve_symlink_target`] also follows the tree's
+/// other links.
 pub fn check_symlink_target(link: &str, target: &str) -> Result<(), PathError> {
-    let err_escape = || PathError::SymlinkEscapes {
+    resolve_symlink_target(link, target, |_| None).map(|_| ())
+}
+
+/// Where a symlink at wire path `link` with target `target` points, as a wire path (`""` is
+/// the root itself), following every symlink met on the way the way the kernel would:
+/// `read_link(p)` returns the target of the symlink at wire path `p`, or `None` when `p` is not
+/// a symlink (a directory, a file, or nothing yet). Refused: absolute targets (of the link or
+/// of any link passed through), any step above the root, and more than [`MAX_SYMLINK_HOPS`]
+/// links. Resolution is by component, so `top/..` goes to the parent of wherever `top`
+/// resolves, not lexically back to the link's directory: two links that are each harmless can
+/// together point outside the root (`a/b/top -> ../..` plus `x -> a/b/top/..`), and this sees it.
+pub fn resolve_symlink_target(
+    link: &str,
+    target: &str,
+    mut read_link: impl FnMut(&str) -> Option<String>,
+) -> Result<String, PathError> {
+    let escape = || PathError::SymlinkEscapes {
         link: link.into(),
         target: target.into(),
     };
@@ -110,17 +135,42 @@ pub fn check_symlink_target(link: &str, target: &str) -> Result<(), PathError> {
             target: target.into(),
         });
     }
-    let link = normalize_wire_path(link)?;
-    // Depth of the link's directory below the root.
-    let mut depth: usize = link.split('/').count() - 1;
-    for c in target.split('/') {
-        match c {
+    let link_path = normalize_wire_path(link)?;
+    // Resolved components so far, starting at the link's directory.
+    let mut resolved: Vec<String> = link_path.split('/').map(String::from).collect();
+    resolved.pop();
+    // Components still to walk, in reverse (the next one is at the end).
+    let mut pending: Vec<String> = target.split('/').rev().map(String::from).collect();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match c.as_str() {
             "" | "." => {}
-            ".." => depth = depth.checked_sub(1).ok_or_else(err_escape)?,
-            _ => depth += 1,
+            ".." => {
+                resolved.pop().ok_or_else(escape)?;
+            }
+            name => {
+                resolved.push(name.to_string());
+                let here = resolved.join("/");
+                let Some(next) = read_link(&here) else {
+                    continue;
+                };
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(PathError::SymlinkLoop {
+                        link: link.into(),
+                        target: target.into(),
+                    });
+                }
+                if next.starts_with('/') || next.is_empty() {
+                    return Err(escape());
+                }
+                // The link is replaced by its target, resolved from the link's directory.
+                resolved.pop();
+                pending.extend(next.split('/').rev().map(String::from));
+            }
         }
     }
-    Ok(())
+    Ok(resolved.join("/"))
 }
 
 #[cfg(test)]
@@ -199,5 +249,43 @@ mod tests {
             check_symlink_target("link", ""),
             Err(PathError::SymlinkEmpty(_))
         ));
+    }
+
+    #[test]
+    fn resolution_follows_links_already_in_the_tree() {
+        use std::collections::HashMap;
+        let tree: HashMap<&str, &str> =
+            HashMap::from([("a/b/top", "../.."), ("loop1", "loop2"), ("loop2", "loop1")]);
+        let lookup = |p: &str| tree.get(p).map(|t| t.to_string());
+        // Each link alone is harmless: `top` is the root itself.
+        assert_eq!(
+            resolve_symlink_target("a/b/top", "../..", lookup).unwrap(),
+            ""
+        );
+        assert_eq!(
+            resolve_symlink_target("x", "a/b/top/a", lookup).unwrap(),
+            "a"
+        );
+        // Lexically `a/b/top/..` is `a/b`; through the link it is the root's parent.
+        assert!(check_symlink_target("x", "a/b/top/..").is_ok());
+        assert!(matches!(
+            resolve_symlink_target("x", "a/b/top/..", lookup),
+            Err(PathError::SymlinkEscapes { .. })
+        ));
+        assert!(matches!(
+            resolve_symlink_target("x", "loop1", lookup),
+            Err(PathError::SymlinkLoop { .. })
+        ));
+        // A link through an absolute link escapes.
+        let abs = |p: &str| (p == "etc").then(|| "/etc".to_string());
+        assert!(matches!(
+            resolve_symlink_target("x", "etc/passwd", abs),
+            Err(PathError::SymlinkEscapes { .. })
+        ));
+        // Dangling targets inside the root are fine (the file may come later).
+        assert_eq!(
+            resolve_symlink_target("d/x", "../later/y", lookup).unwrap(),
+            "later/y"
+        );
     }
 }
