@@ -8,6 +8,14 @@
 //! request through the port-forwards too. kube offers no switch for it, so this builds the same
 //! stack kube builds (base URI, retries, auth, extra headers, timeouts, rustls) on a connector
 //! with TCP_NODELAY set, as kube's `custom_client` example does.
+//!
+//! The same connector also makes dead connections die: NATs and cloud load balancers forget idle
+//! flows without a reset, after which a request on a pooled connection (or a long-lived exec or
+//! port-forward stream) would wait for minutes. TCP keepalive probes an idle connection every
+//! few seconds and TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged, so the
+//! kernel closes such a connection within about 15 s, and the pool stops handing it out.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,6 +26,13 @@ use kube::{Client, Config};
 use tower::ServiceBuilder;
 use tower::retry::RetryLayer;
 
+/// Idle time before the first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// How long written data may stay unacknowledged before the kernel gives up on the connection.
+const USER_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A client for `config` whose connections to the API server send small writes at once.
 pub fn build(config: Config) -> Result<Client> {
     // Proxies take kube's own path, which handles their connectors (and Nagle with them).
@@ -27,6 +42,10 @@ pub fn build(config: Config) -> Result<Client> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_keepalive(Some(KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    http.set_tcp_user_timeout(Some(USER_TIMEOUT));
     let https = config
         .rustls_https_connector_with_connector(http)
         .context("setting up TLS for the Kubernetes API")?;

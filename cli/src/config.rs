@@ -289,19 +289,21 @@ impl<'de> Deserialize<'de> for DurationSpec {
     }
 }
 
-/// Parse `500ms`, `5s`, `2m`.
+/// Parse `500ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s or 1m"))?;
+    let bad = || format!("`{s}` is not a duration like 500ms, 5s, 10m, 1h or 7d");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad);
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}` is not a duration like 500ms, 5s or 1m")),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => Err(bad()),
     }
 }
 
@@ -568,6 +570,13 @@ mod tests {
         assert_eq!(signal_number("3"), Some(3));
         assert_eq!(signal_number("SIGNOPE"), None);
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5h").is_err());
+        // `kdev gc --older-than 1h`, as the README says.
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
     }
 }

@@ -575,9 +575,20 @@ pub async fn wait_for_dev_pod(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last: Option<Pod> = None;
     loop {
-        let list = pods
-            .list(&ListParams::default().labels(&label_selector))
-            .await?;
+        // Bounded: a pooled connection that a NAT forgot would otherwise hold this for minutes
+        // (its connection is dropped on timeout, so the next attempt uses another).
+        let listed = tokio::time::timeout(
+            Duration::from_secs(10),
+            pods.list(&ListParams::default().labels(&label_selector)),
+        )
+        .await;
+        let list = match listed {
+            Ok(l) => l?,
+            Err(_) => {
+                tracing::debug!("listing pods timed out; retrying");
+                continue;
+            }
+        };
         let newest = list
             .items
             .into_iter()

@@ -16,9 +16,10 @@ use crate::bootstrap::{self, Uploaded};
 use crate::config::{Config, FILE_NAME};
 use crate::debug::DebugOptions;
 use crate::deploy::{self, LABEL_PROJECT};
-use crate::forward::{self, ForwardEvent};
+use crate::forward::{self, ForwardEvent, ForwardTarget};
+use crate::lease::SessionLease;
 use crate::rewrite::{DebugSpec, DevPodSpec};
-use crate::session::{ControllerSession, build_tar};
+use crate::session::{ControllerSession, SessionError, build_tar};
 use crate::timings::{self, PodDurations, Timeline, TimingsLog};
 use crate::tree::{self, IgnoreRules, SyncPlan};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
@@ -191,6 +192,15 @@ impl Project {
 
 /// A kube client for the configured (or current) context, and the namespace to use.
 pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<(Client, String)> {
+    let (config, ns) = cluster_config(context, namespace).await?;
+    Ok((client_for(&config).await?, ns))
+}
+
+/// The kubeconfig (or in-cluster) configuration for a context, and the namespace to use.
+async fn cluster_config(
+    context: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<(kube::Config, String)> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(String::from),
         ..Default::default()
@@ -210,27 +220,91 @@ pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<(
     let ns = namespace
         .map(String::from)
         .unwrap_or_else(|| config.default_namespace.clone());
-    let server = config.cluster_url.to_string();
-    let client = crate::client::build(config)?;
-    client
-        .apiserver_version()
-        .await
-        .with_context(|| format!("the Kubernetes API server at {server} does not answer"))?;
-    Ok((client, ns))
+    Ok((config, ns))
 }
 
-/// Run `kdev watch` until Ctrl-C.
+/// A client for `config`, checked to answer.
+async fn client_for(config: &kube::Config) -> Result<Client> {
+    let server = config.cluster_url.to_string();
+    let client = crate::client::build(config.clone())?;
+    tokio::time::timeout(Duration::from_secs(30), client.apiserver_version())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 30s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("the Kubernetes API server at {server} does not answer"))?;
+    Ok(client)
+}
+
+/// How `kdev watch` ended without an error.
+enum Stopped {
+    /// Ctrl-C.
+    Interrupted { deployed: bool },
+}
+
+/// Run `kdev watch` until Ctrl-C, or until its session Lease is lost.
 pub async fn watch(opts: WatchOptions) -> Result<()> {
     let ui = Ui::detect();
+    // The session Lease outlives the loop's future, so Ctrl-C in any phase can release it.
+    let mut lease: Option<SessionLease> = None;
+    let mut deployed = false;
+    // One shutdown signal for every phase: deploy, upload, handshake, sync and retry waits.
+    let outcome = tokio::select! {
+        r = watch_until_stopped(&opts, &ui, &mut lease, &mut deployed) => r,
+        _ = tokio::signal::ctrl_c() => Ok(Stopped::Interrupted { deployed }),
+    };
+    if let Some(l) = lease.take() {
+        l.release().await;
+    }
+    match outcome? {
+        Stopped::Interrupted { deployed: true } => {
+            ui.step("stopped; the dev pod keeps running (`kdev down` removes it)")
+        }
+        Stopped::Interrupted { deployed: false } => ui.step("stopped"),
+    }
+    Ok(())
+}
+
+/// The kube client of a session, and how to make a new one. After a connection went silent,
+/// its pooled siblings are likely dead too (a NAT forgets them all at once): the next session
+/// starts on a client with an empty pool, so it dials a new connection.
+struct Connection {
+    config: kube::Config,
+    client: Client,
+    namespace: String,
+}
+
+impl Connection {
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn renew(&mut self) -> Result<()> {
+        self.client = crate::client::build(self.config.clone())?;
+        Ok(())
+    }
+}
+
+async fn watch_until_stopped(
+    opts: &WatchOptions,
+    ui: &Ui,
+    lease_slot: &mut Option<SessionLease>,
+    deployed: &mut bool,
+) -> Result<Stopped> {
     let project = Project::load(&opts.config_path)?;
     let cfg = &project.config;
     // Before anything is deployed: a bad path is a usage error.
     let timings = opts.timings.as_deref().map(TimingsLog::open).transpose()?;
-    let (client, ns) = connect(
+    let (config, ns) = cluster_config(
         opts.context.as_deref().or(cfg.context.as_deref()),
         opts.namespace.as_deref().or(cfg.namespace.as_deref()),
     )
     .await?;
+    let client = client_for(&config).await?;
+    let mut conn = Connection {
+        config,
+        client: client.clone(),
+        namespace: ns.clone(),
+    };
 
     // Deploy.
     let objects = deploy::load_manifests(&project.manifest_paths())?;
@@ -245,7 +319,44 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let discovered = deploy::discover(&client, &ns, &plan.objects).await?;
     let kinds = deploy::resource_kinds(&discovered);
     crate::access::require(&client, &ns, &crate::access::needed_for_watch(&kinds)).await?;
-    let mut lease = Some(
+    let controller_path = bootstrap::find_controller()?;
+    let controller = std::fs::read(&controller_path)
+        .with_context(|| format!("reading {}", controller_path.display()))?;
+
+    // Local ports first: a port in use is found before anything is applied.
+    let (pod_tx, pod_rx) = watch::channel::<Option<ForwardTarget>>(None);
+    let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
+    // Counts app exits, so forwarded connections to an exited process are closed at once.
+    let (app_exits_tx, app_exits_rx) = watch::channel(0u64);
+    let mut ports: Vec<(u16, u16)> = match &cfg.run.ports {
+        Some(p) => p.iter().map(|p| (p.local, p.remote)).collect(),
+        None => plan.notes.ports.iter().map(|p| (*p, *p)).collect(),
+    };
+    let app_port = cfg.run.ready_port.or(ports.first().map(|p| p.1));
+    if let Some(d) = &debug {
+        ports.push((d.port, d.port));
+    }
+    let mut forwarded = Vec::new();
+    for (local, remote) in &ports {
+        let addr = forward::start(
+            pod_rx.clone(),
+            app_exits_rx.clone(),
+            *local,
+            *remote,
+            fwd_tx.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on localhost:{local} (is it in use? map another port in kdev.yaml \
+                 `run.ports: [\"{}:{remote}\"]`)",
+                local.wrapping_add(1)
+            )
+        })?;
+        forwarded.push((addr, *remote));
+    }
+
+    let lease = lease_slot.insert(
         crate::lease::acquire(
             &client,
             &ns,
@@ -262,6 +373,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         plan.workload
     ));
     deploy::apply(&plan, &discovered).await?;
+    *deployed = true;
     if !plan.notes.removed_probes.is_empty() {
         ui.warn(&format!(
             "{} probe removed from container {} while developing (it would kill an app that is being rebuilt)",
@@ -269,39 +381,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             plan.notes.container
         ));
     }
-    let controller_path = bootstrap::find_controller()?;
-    let controller = std::fs::read(&controller_path)
-        .with_context(|| format!("reading {}", controller_path.display()))?;
-
-    // Port-forwards, up for the whole session.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let (pod_tx, pod_rx) = watch::channel::<Option<String>>(None);
-    let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
-    // Counts app exits, so forwarded connections to an exited process are closed at once.
-    let (app_exits_tx, app_exits_rx) = watch::channel(0u64);
-    let mut ports: Vec<(u16, u16)> = match &cfg.run.ports {
-        Some(p) => p.iter().map(|p| (p.local, p.remote)).collect(),
-        None => plan.notes.ports.iter().map(|p| (*p, *p)).collect(),
-    };
-    let app_port = cfg.run.ready_port.or(ports.first().map(|p| p.1));
-    if let Some(d) = &debug {
-        ports.push((d.port, d.port));
-    }
-    for (local, remote) in &ports {
-        let addr = forward::start(
-            pods.clone(),
-            pod_rx.clone(),
-            app_exits_rx.clone(),
-            *local,
-            *remote,
-            fwd_tx.clone(),
-        )
-        .await
-            .with_context(|| format!("cannot listen on localhost:{local} (is it in use? map another port in kdev.yaml `run.ports: [\"{}:{remote}\"]`)", local.wrapping_add(1)))?;
-        if debug
-            .as_ref()
-            .is_some_and(|d| d.port == *remote && ports.last() == Some(&(*local, *remote)))
-        {
+    for (addr, remote) in &forwarded {
+        if debug.as_ref().is_some_and(|d| d.port == *remote) {
             ui.ok(&format!(
                 "forwarding {addr} → Delve in the pod (port {remote})"
             ));
@@ -339,6 +420,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         rules,
         root: sync_root.clone(),
         known: BTreeMap::new(),
+        refused: BTreeMap::new(),
         reload: None,
         app_port,
         timings,
@@ -364,20 +446,24 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     } else {
         drop(enter_tx);
     }
+    let mut forward_errors = forward::ErrorSummary::new(FORWARD_ERROR_WINDOW);
     let mut delve_announced = false;
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
     loop {
         // (Re)connect: find the pod, make sure it has our controller, open the session.
+        let pods = conn.pods();
         let pod = tokio::select! {
-            p = deploy::wait_for_dev_pod(&client, &ns, &plan.pod_selector, opts.pod_timeout) => p?,
-            _ = tokio::signal::ctrl_c() => {
-                if let Some(l) = lease.take() { l.release().await; }
-                ui.step("stopped");
-                return Ok(());
-            }
+            p = deploy::wait_for_dev_pod(&conn.client, &ns, &plan.pod_selector, opts.pod_timeout) => p?,
+            lost = lease.lost() => bail!(lost),
         };
         let pod_name = pod.name_any();
+        // Forward to the pod as soon as it is known, not only once the session is up: the
+        // old one may be gone.
+        pod_tx.send_replace(Some(ForwardTarget {
+            pod: pod_name.clone(),
+            pods: pods.clone(),
+        }));
         let connected = async {
             match bootstrap::upload(&pods, &pod_name, &controller).await? {
                 Uploaded::Bytes(n) => ui.step(&format!(
@@ -395,8 +481,11 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             );
             let session = ControllerSession::open(&pods, &pod_name, hello).await?;
             anyhow::Ok(session)
-        }
-        .await;
+        };
+        let connected = tokio::select! {
+            c = connected => c,
+            lost = lease.lost() => bail!(lost),
+        };
         let mut session = match connected {
             Ok(s) => s,
             // Waiting does not grant permissions: say so and stop.
@@ -410,12 +499,12 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                     "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",
                     fmt_duration(backoff)
                 ));
+                conn.renew()?;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        let _ = pod_tx.send(Some(pod_name.clone()));
         if first {
             ui.ok(&format!(
                 "connected to {pod_name}; syncing {}",
@@ -424,14 +513,16 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         } else {
             ui.ok(&format!("reconnected to {pod_name}; reconciling"));
         }
-        match initial_sync(&mut session, &mut state, &ui).await {
-            Ok(()) => {}
-            Err(e) => {
-                ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
+        let synced = tokio::select! {
+            r = initial_sync(&mut session, &mut state, ui) => r,
+            lost = lease.lost() => bail!(lost),
+        };
+        if let Err(e) = synced {
+            ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
+            conn.renew()?;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
         }
         first = false;
         backoff = Duration::from_millis(250);
@@ -447,7 +538,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                             Notice::Error(e) => ui.warn(&format!("watcher: {e}")),
                         }
                     }
-                    if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths, batch.first_event_at).await {
+                    if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths, batch.first_event_at, ui).await {
                         break Err(e);
                     }
                 }
@@ -457,38 +548,69 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
                         if matches!(&m, ServerMessage::Event { event: Event::AppExited { .. }, .. }) {
                             app_exits_tx.send_modify(|n| *n += 1);
                         }
-                        show_message(m, &mut state, &ui);
+                        show_message(m, &mut state, ui);
                         if let (true, Some(d)) = (restarted, &debug) {
-                            announce_delve(&pods, &pod_name, d, &project, &ui, &mut delve_announced).await;
+                            announce_delve(&pods, &pod_name, d, &project, ui, &mut delve_announced).await;
                         }
                     }
                     Err(e) => break Err(e.into()),
                 },
                 Some(()) = enter_rx.recv() => {
-                    if let Err(e) = session.build().await {
+                    if let Err(e) = session.build() {
                         break Err(e.into());
                     }
                     ui.step("building (asked for)");
                 }
                 Some(ev) = fwd_rx.recv() => match ev {
-                    ForwardEvent::Failed { local, error } => ui.warn(&format!("localhost:{local}: {error}")),
+                    ForwardEvent::Failed { local, error } => {
+                        if let Some(line) = forward_errors.record(local, &error, std::time::Instant::now()) {
+                            ui.warn(&line);
+                        }
+                    }
                 },
-                _ = tokio::signal::ctrl_c() => {
-                    session.close().await;
-                    if let Some(l) = lease.take() { l.release().await; }
-                    ui.step("stopped; the dev pod keeps running (`kdev down` removes it)");
-                    return Ok(());
+                _ = forward_errors.flush_due() => {
+                    for line in forward_errors.flush(std::time::Instant::now()) {
+                        ui.warn(&line);
+                    }
                 }
+                lost = lease.lost() => bail!(lost),
             }
         };
         if let Err(e) = outcome {
-            ui.warn(&format!(
-                "lost the connection to {pod_name}: {e:#}; reconnecting"
-            ));
-            // Keep forwarding to the old pod name until a new one is found: a broken stream
-            // often leaves the pod itself healthy.
+            let silent = e
+                .downcast_ref::<SessionError>()
+                .is_some_and(|e| matches!(e, SessionError::Silent(_)));
+            if silent {
+                ui.warn(&format!(
+                    "{e:#}; replacing the stream to {pod_name} over a new connection"
+                ));
+            } else {
+                ui.warn(&format!(
+                    "lost the connection to {pod_name}: {e:#}; reconnecting"
+                ));
+            }
+            drop(session);
+            conn.renew()?;
+            // Keep forwarding to this pod while it lives (a broken stream often leaves it
+            // healthy); stop at once if it is gone or going, rather than dial a dead pod.
+            if !pod_alive(&conn.pods(), &pod_name).await {
+                pod_tx.send_replace(None);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Identical forward errors within this window are counted, not repeated.
+const FORWARD_ERROR_WINDOW: Duration = Duration::from_secs(10);
+
+/// Whether a pod exists and is not being deleted (unknown counts as alive: the forward then
+/// fails on its own and says why).
+async fn pod_alive(pods: &Api<Pod>, name: &str) -> bool {
+    match tokio::time::timeout(Duration::from_secs(5), pods.get_opt(name)).await {
+        Ok(Ok(Some(p))) => p.metadata.deletion_timestamp.is_none(),
+        Ok(Ok(None)) => false,
+        _ => true,
     }
 }
 
@@ -543,6 +665,9 @@ struct SyncState {
     root: PathBuf,
     /// path → entry as last sent (or reported by the pod).
     known: BTreeMap<String, Entry>,
+    /// Entries the pod refused, as they were when refused: not sent again (nor warned about
+    /// again) until they change locally.
+    refused: BTreeMap<String, Entry>,
     reload: Option<Reload>,
     /// The port whose readiness ends a reload; without one, the restart ends it.
     app_port: Option<u16>,
@@ -550,6 +675,42 @@ struct SyncState {
     timings: Option<TimingsLog>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
     build_mode: BuildMode,
+}
+
+impl SyncState {
+    /// Drop from `plan` what the pod refused before and is unchanged since. `local` holds the
+    /// current local entries of the paths the plan covers; with `complete`, it is the whole
+    /// tree, and refusals of paths no longer there are forgotten too.
+    fn skip_refused(
+        &mut self,
+        plan: &mut SyncPlan,
+        local: &BTreeMap<String, Entry>,
+        complete: bool,
+    ) {
+        self.refused.retain(|p, e| match local.get(p) {
+            Some(now) => now == e,
+            None => !complete,
+        });
+        plan.send.retain(|p| !self.refused.contains_key(p));
+    }
+
+    /// Warn once about each newly refused entry (with how to stop syncing it) and remember it,
+    /// so it is neither sent nor reported again while it stays as it is.
+    fn note_refused(&mut self, refused: &[kdev_protocol::Refused], ui: &Ui) {
+        for r in refused {
+            let first_time = match self.known.remove(&r.path) {
+                Some(entry) => self.refused.insert(r.path.clone(), entry).is_none(),
+                None => true,
+            };
+            if first_time {
+                ui.warn(&format!(
+                    "{} cannot be synced: {}; skipped, everything else keeps syncing (to silence \
+                     this, add `/{}` to .kdevignore or to sync.exclude in kdev.yaml)",
+                    r.path, r.reason, r.path
+                ));
+            }
+        }
+    }
 }
 
 /// Timings of one reload, for its summary line and `--timings`.
@@ -588,13 +749,15 @@ async fn initial_sync(
     let started = Instant::now();
     let remote = session.reconcile().await?;
     let local = tree::scan(&state.root, &state.rules)?;
-    let plan = tree::plan(&local, &remote.entries);
+    let local_by_path: BTreeMap<String, Entry> =
+        local.iter().map(|e| (e.path.clone(), e.clone())).collect();
+    let mut plan = tree::plan(&local, &remote.entries);
+    state.skip_refused(&mut plan, &local_by_path, true);
     let bytes: u64 = plan
         .send
         .iter()
-        // `scan` returns the listing sorted by path.
-        .filter_map(|p| local.binary_search_by(|e| e.path.as_str().cmp(p)).ok())
-        .map(|i| local[i].size)
+        .filter_map(|p| local_by_path.get(p))
+        .map(|e| e.size)
         .sum();
     if !plan.is_empty() {
         ui.step(&format!(
@@ -615,7 +778,8 @@ async fn initial_sync(
         );
         bar
     });
-    send_plan(
+    // Sent even when empty: in `Auto` mode an empty patch builds if the pod's tree is unbuilt.
+    let sent = send_plan(
         session,
         state,
         &plan,
@@ -627,18 +791,47 @@ async fn initial_sync(
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    state.known = local.into_iter().map(|e| (e.path.clone(), e)).collect();
+    state.known = local_by_path;
+    state.note_refused(&sent.refused, ui);
     let files = state
         .known
         .values()
         .filter(|e| e.kind == kdev_protocol::EntryKind::File)
         .count();
-    state.reload = Some(Reload::new(vec![format!("{files} files")], started, None));
+    if plan.is_empty() && !sent.build_started {
+        let compared: u64 = state.known.values().map(|e| e.size).sum();
+        ui.ok(&format!(
+            "the pod is in sync: {files} files ({}) compared in {}; nothing to send or build",
+            fmt_bytes(compared),
+            fmt_duration(started.elapsed())
+        ));
+        state.reload = None;
+    } else {
+        state.reload = Some(Reload::new(vec![format!("{files} files")], started, None));
+    }
     Ok(())
 }
 
+fn fmt_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MB", n as f64 / 1048576.0)
+    } else {
+        format!("{:.1} KB", n as f64 / 1024.0)
+    }
+}
+
+/// What sending a plan did.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The pod started a build after the last patch.
+    build_started: bool,
+    /// Entries the pod refused (the rest was applied).
+    refused: Vec<kdev_protocol::Refused>,
+}
+
 /// Send a plan in frames that respect the controller's limits. Only the last one asks for a
-/// build, so a large initial sync builds once.
+/// build, so a large initial sync builds once. Entries the pod refuses are returned, not
+/// fatal: everything else was applied and keeps syncing.
 async fn send_plan(
     session: &mut ControllerSession,
     state: &SyncState,
@@ -646,22 +839,25 @@ async fn send_plan(
     build: BuildMode,
     always_send: bool,
     progress: Option<&indicatif::ProgressBar>,
-) -> Result<()> {
+) -> Result<Sent> {
+    let mut sent = Sent::default();
     let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = 0;
     for p in &plan.send {
         let len = std::fs::symlink_metadata(state.root.join(p))
             .map(|m| m.len())
             .unwrap_or(0);
-        if size + len > CHUNK_BYTES && !chunks.last().unwrap().is_empty() {
+        if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
             chunks.push(Vec::new());
             size = 0;
         }
         size += len;
-        chunks.last_mut().unwrap().push(p.clone());
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(p.clone());
+        }
     }
     if plan.is_empty() && !always_send {
-        return Ok(());
+        return Ok(sent);
     }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
@@ -672,24 +868,22 @@ async fn send_plan(
             Vec::new()
         };
         let mode = if i + 1 == n { build } else { BuildMode::Never };
-        let sent = tar.len() as u64;
+        let bytes = tar.len() as u64;
         let result = session.patch(deletes, tar, mode).await?;
         if let Some(bar) = progress {
-            bar.inc(sent);
+            bar.inc(bytes);
         }
-        if !result.complete {
-            let refused: Vec<_> = result
-                .refused
-                .iter()
-                .map(|r| format!("{}: {}", r.path, r.reason))
-                .collect();
-            bail!(
-                "the pod refused part of the patch (the rest was applied): {}",
-                refused.join("; ")
-            );
+        if let Some(whole) = result
+            .refused
+            .iter()
+            .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+        {
+            bail!("the pod refused a whole patch: {}", whole.reason);
         }
+        sent.refused.extend(result.refused);
+        sent.build_started = result.build_id.is_some();
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// Sync paths that may have changed.
@@ -698,6 +892,7 @@ async fn sync_paths(
     state: &mut SyncState,
     paths: &BTreeSet<PathBuf>,
     event_at: Option<SystemTime>,
+    ui: &Ui,
 ) -> Result<()> {
     let started = Instant::now();
     let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
@@ -742,7 +937,11 @@ async fn sync_paths(
         .cloned()
         .collect();
     let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
-    let plan = tree::plan(&fresh_list, &old);
+    let mut plan = tree::plan(&fresh_list, &old);
+    state.skip_refused(&mut plan, &fresh, false);
+    for d in &plan.delete {
+        state.refused.retain(|p, _| !under(p, d));
+    }
     if plan.is_empty() {
         return Ok(());
     }
@@ -760,14 +959,24 @@ async fn sync_paths(
     if changed.is_empty() {
         changed = plan.send.clone();
     }
-    send_plan(session, state, &plan, state.build_mode, false, None).await?;
+    let sent = send_plan(session, state, &plan, state.build_mode, false, None).await?;
     for d in &plan.delete {
         state.known.retain(|p, _| !under(p, d));
     }
     for e in fresh_list {
         state.known.insert(e.path.clone(), e);
     }
-    state.reload = Some(Reload::new(changed, started, event_at));
+    state.note_refused(&sent.refused, ui);
+    let refused_all = !sent.refused.is_empty()
+        && plan.delete.is_empty()
+        && plan
+            .send
+            .iter()
+            .all(|p| sent.refused.iter().any(|r| &r.path == p));
+    // Nothing was applied: no reload follows.
+    if !refused_all {
+        state.reload = Some(Reload::new(changed, started, event_at));
+    }
     Ok(())
 }
 

@@ -11,12 +11,25 @@
 //! to finish after the app closed its own (measured: 1.0 s through both `kubectl port-forward`
 //! and kdev, 0 ms straight to the pod).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+/// How long opening the upstream stream may take: a pooled connection to the API server that a
+/// NAT forgot would otherwise hold the client's connection for minutes.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pod to forward to, with the API handle of the session's current connection.
+#[derive(Clone)]
+pub struct ForwardTarget {
+    pub pod: String,
+    pub pods: Api<Pod>,
+}
 
 /// What a forwarder reports.
 #[derive(Debug, Clone)]
@@ -29,8 +42,7 @@ pub enum ForwardEvent {
 /// `app_exits` counts exits of the app process: a connection accepted before the count moved
 /// is closed when it moves. Returns the bound address (useful when `local` is 0).
 pub async fn start(
-    pods: Api<Pod>,
-    current_pod: watch::Receiver<Option<String>>,
+    target: watch::Receiver<Option<ForwardTarget>>,
     app_exits: watch::Receiver<u64>,
     local: u16,
     remote: u16,
@@ -43,13 +55,11 @@ pub async fn start(
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
-            let pods = pods.clone();
-            let mut current = current_pod.clone();
+            let mut target = target.clone();
             let mut exits = app_exits.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                if let Err(error) = forward_one(&pods, &mut current, &mut exits, conn, remote).await
-                {
+                if let Err(error) = forward_one(&mut target, &mut exits, conn, remote).await {
                     let _ = events.send(ForwardEvent::Failed {
                         local: addr.port(),
                         error,
@@ -62,17 +72,16 @@ pub async fn start(
 }
 
 async fn forward_one(
-    pods: &Api<Pod>,
-    current: &mut watch::Receiver<Option<String>>,
+    current: &mut watch::Receiver<Option<ForwardTarget>>,
     app_exits: &mut watch::Receiver<u64>,
     mut conn: TcpStream,
     remote: u16,
 ) -> Result<(), String> {
     // While the pod is being replaced there is none: wait for the next one rather than failing.
-    let pod = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+    let target = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
-            if let Some(p) = current.borrow_and_update().clone() {
-                return Ok(p);
+            if let Some(t) = current.borrow_and_update().clone() {
+                return Ok(t);
             }
             if current.changed().await.is_err() {
                 return Err("kdev is shutting down".to_string());
@@ -81,9 +90,15 @@ async fn forward_one(
     })
     .await
     .map_err(|_| "no dev pod to forward to".to_string())??;
-    let mut pf = pods
-        .portforward(&pod, &[remote])
+    let pod = &target.pod;
+    let mut pf = tokio::time::timeout(DIAL_TIMEOUT, target.pods.portforward(pod, &[remote]))
         .await
+        .map_err(|_| {
+            format!(
+                "port-forward to {pod}:{remote}: no answer within {}s",
+                DIAL_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("port-forward to {pod}:{remote}: {e}"))?;
     let mut upstream = pf
         .take_stream(remote)
@@ -110,5 +125,101 @@ async fn forward_one(
             Ok(())
         }
         Err(e) => Err(format!("{pod}:{remote}: {e}")),
+    }
+}
+
+/// Repeated forward errors, summarised: the first of a kind is shown at once; identical ones
+/// within the window are counted and shown as one line when the window ends (a browser
+/// retrying against a pod being replaced would otherwise print dozens of identical lines).
+#[derive(Debug)]
+pub struct ErrorSummary {
+    window: Duration,
+    /// (local port, error) → (window end, repeats since the first).
+    open: BTreeMap<(u16, String), (Instant, u32)>,
+}
+
+impl ErrorSummary {
+    pub fn new(window: Duration) -> ErrorSummary {
+        ErrorSummary {
+            window,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Record an error; returns the line to show now, if any.
+    pub fn record(&mut self, local: u16, error: &str, now: Instant) -> Option<String> {
+        let key = (local, error.to_string());
+        match self.open.get_mut(&key) {
+            Some((end, repeats)) if now < *end => {
+                *repeats += 1;
+                None
+            }
+            _ => {
+                self.open.insert(key, (now + self.window, 0));
+                Some(format!("localhost:{local}: {error}"))
+            }
+        }
+    }
+
+    /// Close the windows that ended; returns a line for each that saw repeats.
+    pub fn flush(&mut self, now: Instant) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.open.retain(|(local, error), (end, repeats)| {
+            if now < *end {
+                return true;
+            }
+            if *repeats > 0 {
+                lines.push(format!(
+                    "localhost:{local}: {error} ({repeats} more times in {}s)",
+                    self.window.as_secs()
+                ));
+            }
+            false
+        });
+        lines
+    }
+
+    /// Resolves when the earliest open window ends (never, when none is open).
+    pub async fn flush_due(&self) {
+        match self.open.values().map(|(end, _)| *end).min() {
+            Some(end) => tokio::time::sleep_until(end.into()).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_are_counted_then_summarised_once() {
+        let t0 = Instant::now();
+        let mut s = ErrorSummary::new(Duration::from_secs(10));
+        assert_eq!(
+            s.record(8080, "refused", t0).as_deref(),
+            Some("localhost:8080: refused")
+        );
+        for i in 1..=39 {
+            assert!(
+                s.record(8080, "refused", t0 + Duration::from_millis(i * 100))
+                    .is_none()
+            );
+        }
+        // Another error or port is its own line.
+        assert!(s.record(8080, "reset", t0).is_some());
+        assert!(s.record(9090, "refused", t0).is_some());
+        assert!(s.flush(t0 + Duration::from_secs(5)).is_empty());
+        let lines = s.flush(t0 + Duration::from_secs(10));
+        assert_eq!(
+            lines,
+            ["localhost:8080: refused (39 more times in 10s)"],
+            "windows without repeats end silently"
+        );
+        // After the window, the same error is shown again at once.
+        assert!(
+            s.record(8080, "refused", t0 + Duration::from_secs(11))
+                .is_some()
+        );
     }
 }

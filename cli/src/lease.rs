@@ -16,6 +16,10 @@ use crate::rewrite::LABEL_MANAGED_BY;
 /// How long a Lease lives without renewal.
 pub const LEASE_SECONDS: i32 = 15;
 const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// One renewal's requests must answer within this: a connection a NAT forgot would otherwise
+/// hold the renewal (and let the Lease expire) for minutes. A timed-out request's connection is
+/// dropped, so the next attempt dials or takes another.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A held session Lease; renewed in the background until released or dropped.
 pub struct SessionLease {
@@ -23,6 +27,8 @@ pub struct SessionLease {
     name: String,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
+    /// Set by the renewer when the Lease is no longer ours: why.
+    lost: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// This process's identity as a Lease holder: `owner@host/pid`.
@@ -102,35 +108,120 @@ pub async fn acquire(
             api.replace(&name, &PostParams::default(), &lease).await?;
         }
     }
-    let renewer = tokio::spawn(renew_loop(api.clone(), name.clone(), holder.clone()));
+    let (lost_tx, lost) = tokio::sync::watch::channel(None);
+    let renewer = tokio::spawn(renew_loop(
+        api.clone(),
+        name.clone(),
+        holder.clone(),
+        lost_tx,
+    ));
     Ok(SessionLease {
         api,
         name,
         holder,
         renewer,
+        lost,
     })
 }
 
-async fn renew_loop(api: Api<Lease>, name: String, holder: String) {
+/// What a renewal found.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    /// Still ours: renew it.
+    Ours,
+    /// Gone or someone else's: the session must stop, for this reason.
+    Lost(String),
+}
+
+/// Decide from the Lease as read (None: it no longer exists).
+fn check_renewal(name: &str, current: Option<&Lease>, holder: &str) -> Renewal {
+    let Some(lease) = current else {
+        return Renewal::Lost(format!(
+            "the session Lease {name} was deleted (by `kdev down`, or `kdev gc`); stopping so \
+             this kdev does not sync into a pod it no longer holds. Run `kdev watch` again to \
+             start a new session"
+        ));
+    };
+    let other = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default();
+    if other == holder {
+        Renewal::Ours
+    } else {
+        Renewal::Lost(format!(
+            "the session Lease {name} was taken over by {other}; stopping (this kdev no longer \
+             holds the session)"
+        ))
+    }
+}
+
+async fn renew_loop(
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut last_renewed = tokio::time::Instant::now();
+    let mut warned = false;
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        let Ok(Some(mut lease)) = api.get_opt(&name).await else {
-            continue;
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await;
+        let current = match read {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                tracing::debug!("renewing the session lease: {e}");
+                continue;
+            }
+            Err(_) => {
+                if !warned && last_renewed.elapsed() > Duration::from_secs(LEASE_SECONDS as u64) {
+                    eprintln!(
+                        "kdev: warning: the session Lease {name} could not be renewed for {}s (the \
+                         API server does not answer); still trying",
+                        last_renewed.elapsed().as_secs()
+                    );
+                    warned = true;
+                }
+                continue;
+            }
+        };
+        let mut lease = match check_renewal(&name, current.as_ref(), &holder) {
+            Renewal::Lost(why) => {
+                let _ = lost.send(Some(why));
+                return;
+            }
+            Renewal::Ours => current.unwrap_or_default(),
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
-        if spec.holder_identity.as_deref() != Some(holder.as_str()) {
-            eprintln!(
-                "kdev: warning: the session lease was taken over by {}; this kdev no longer holds it",
-                spec.holder_identity.clone().unwrap_or_default()
-            );
-            return;
-        }
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        let _ = api.replace(&name, &PostParams::default(), &lease).await;
+        match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            api.replace(&name, &PostParams::default(), &lease),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                last_renewed = tokio::time::Instant::now();
+                warned = false;
+            }
+            Ok(Err(e)) => tracing::debug!("renewing the session lease: {e}"),
+            Err(_) => tracing::debug!("renewing the session lease: timed out"),
+        }
     }
 }
 
 impl SessionLease {
+    /// Resolves (with the reason) once the Lease is no longer this session's: deleted by
+    /// `kdev down`/`gc`, or taken over. Never resolves while it is held.
+    pub async fn lost(&mut self) -> String {
+        match self.lost.wait_for(|l| l.is_some()).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The renewer ended without saying why (aborted): keep waiting forever.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Stop renewing and delete the Lease if this session still holds it.
     pub async fn release(self) {
         self.renewer.abort();
@@ -151,6 +242,26 @@ impl Drop for SessionLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_notices_a_deleted_or_taken_lease() {
+        let l = Lease {
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some("alice@h/1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check_renewal("n", Some(&l), "alice@h/1"), Renewal::Ours);
+        assert!(matches!(
+            check_renewal("n", Some(&l), "alice@h/2"),
+            Renewal::Lost(why) if why.contains("taken over by alice@h/1")
+        ));
+        assert!(matches!(
+            check_renewal("n", None, "alice@h/1"),
+            Renewal::Lost(why) if why.contains("deleted")
+        ));
+    }
 
     #[test]
     fn names_and_expiry() {

@@ -244,3 +244,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_takes_hours_and_days_as_the_readme_shows() {
+        let cli = Cli::try_parse_from(["kdev", "gc", "--older-than", "1h"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Gc { older_than } if older_than == Duration::from_secs(3600))
+        );
+        assert!(Cli::try_parse_from(["kdev", "gc", "--older-than", "2d"]).is_ok());
+        assert!(Cli::try_parse_from(["kdev", "gc", "--older-than", "soon"]).is_err());
+    }
+}

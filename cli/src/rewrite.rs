@@ -239,7 +239,9 @@ fn sidecar(image: &str) -> Container {
                  trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done"
             ),
         ]),
-        env: Some(vec![env("CGO_ENABLED", "0"), env("GOFLAGS", "-mod=mod")]),
+        // No GOFLAGS: `go` picks `-mod=vendor` for a vendored module and `readonly` otherwise,
+        // as on the laptop, and an image's own GOFLAGS (or build.env's) stays in force.
+        env: Some(vec![env("CGO_ENABLED", "0")]),
         volume_mounts: Some(vec![VolumeMount {
             name: SHARED_VOLUME.into(),
             mount_path: KDEV_DIR.into(),

@@ -4,24 +4,47 @@
 //! is most of what a small change should cost; so one stream carries every request, response and
 //! event of a session. Events can arrive at any time, also while a request waits for its
 //! response: they are queued and handed out by [`ControllerSession::next_event`].
+//!
+//! The stream can die silently: a NAT or a cloud load balancer forgets an idle flow without a
+//! reset, and nothing ever arrives again. So the session keeps a heartbeat: when nothing has
+//! been heard for [`PING_AFTER`] a `Ping` goes out (the controller answers it from its reader,
+//! even while it applies a large patch), and when nothing at all has been heard for
+//! [`DEAD_AFTER`] — while no frame of ours is still making progress on the way out — the
+//! session is declared dead ([`SessionError::Silent`]) and the caller replaces it over a new
+//! connection. One reader task and one writer task own the two halves of the stream, so every
+//! method here is cancel-safe (a frame is never half written because a `select!` moved on).
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kdev_protocol::asynchronous::{
-    client_handshake_async, read_message_async, write_message_async,
-};
+use kdev_protocol::asynchronous::{client_handshake_async, read_message_async};
 use kdev_protocol::{
-    BuildMode, ClientMessage, ErrorMessage, Hello, Patch, PatchResult, Ping, Reconcile,
+    BuildMode, ClientMessage, ErrorMessage, FrameError, Hello, Patch, PatchResult, Ping, Reconcile,
     ReconcileResult, ServerMessage, Welcome,
 };
 use kube::api::{Api, AttachParams, AttachedProcess};
-use tokio::io::{AsyncBufReadExt, AsyncWrite, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
 
 use crate::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
+
+/// Silence after which a `Ping` is sent.
+pub const PING_AFTER: Duration = Duration::from_secs(4);
+/// Silence after which the stream is declared dead (a dead stream is noticed within this plus
+/// one heartbeat check).
+pub const DEAD_AFTER: Duration = Duration::from_secs(12);
+/// How often the heartbeat looks at the stream.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(500);
+/// How long the controller may take to answer a patch once it is sent. Pings keep the stream
+/// alive meanwhile; this bounds a controller that answers pings but never the patch.
+const PATCH_REPLY_DEADLINE: Duration = Duration::from_secs(120);
+/// Listing a large tree hashes every file the controller has not seen yet.
+const RECONCILE_REPLY_DEADLINE: Duration = Duration::from_secs(600);
+/// Frames are written in slices of this size, so a stalled write is noticed per slice.
+const WRITE_SLICE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -39,10 +62,28 @@ pub enum SessionError {
     Closed(String),
     #[error("writing to kdev-controller: {0}")]
     Write(String),
+    #[error("unreadable message from kdev-controller: {0}")]
+    Decode(String),
     #[error("building the patch: {0}")]
     Tar(std::io::Error),
     #[error("kdev-controller did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("nothing heard from kdev-controller for {}s (the connection went silent)", .0.as_secs())]
+    Silent(Duration),
+}
+
+impl SessionError {
+    /// Whether the connection itself is gone (as opposed to the controller refusing something):
+    /// the next session must not reuse anything of this one's connection.
+    pub fn connection_lost(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Silent(_)
+                | SessionError::Closed(_)
+                | SessionError::Write(_)
+                | SessionError::Timeout(_)
+        )
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -55,12 +96,74 @@ fn stderr_suffix(stderr: &str) -> String {
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// What the reader task hands over.
+enum Incoming {
+    Message(Box<ServerMessage>),
+    /// The stream ended (cleanly, or with the error that ended it).
+    Ended(Option<FrameError>),
+}
+
+/// When the stream last showed life, shared by the reader, the writer and the heartbeat.
+#[derive(Debug)]
+struct Liveness {
+    started: Instant,
+    /// Last message received.
+    last_rx: Instant,
+    /// Last progress writing a frame that is not a ping (a ping "written" into a dead
+    /// connection's buffers proves nothing).
+    last_tx: Instant,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        let now = Instant::now();
+        Liveness {
+            started: now,
+            last_rx: now,
+            last_tx: now,
+        }
+    }
+}
+
+/// The heartbeat's decision, a pure function of the times involved.
+#[derive(Debug, PartialEq, Eq)]
+enum Beat {
+    Fine,
+    Ping,
+    Dead(Duration),
+}
+
+fn beat(now: Instant, live: &Liveness, last_ping: Option<Instant>) -> Beat {
+    let heard = now.saturating_duration_since(live.last_rx);
+    let silent = now.saturating_duration_since(live.last_rx.max(live.last_tx));
+    if silent >= DEAD_AFTER {
+        return Beat::Dead(silent);
+    }
+    let ping_due = last_ping.is_none_or(|p| now.saturating_duration_since(p) >= PING_AFTER);
+    if heard >= PING_AFTER && ping_due {
+        Beat::Ping
+    } else {
+        Beat::Fine
+    }
+}
+
+/// A frame on its way to the writer task.
+struct Outgoing {
+    frame: Vec<u8>,
+    is_ping: bool,
+}
+
 /// A running `kdev-controller serve`.
 pub struct ControllerSession {
-    writer: Writer,
-    incoming: mpsc::Receiver<ServerMessage>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Set by the writer task when a write fails or stalls.
+    write_failed: watch::Receiver<Option<String>>,
+    incoming: mpsc::Receiver<Incoming>,
     events: VecDeque<ServerMessage>,
-    stderr_tail: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+    ended: Option<SessionError>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    liveness: Arc<Mutex<Liveness>>,
+    last_ping: Option<Instant>,
     next_id: u64,
     pub welcome: Welcome,
     // Kept so the stream stays open; dropping it ends the session.
@@ -87,26 +190,31 @@ impl ControllerSession {
              ${{c:+--gocache=\"$c\"}}"
         );
         let command = vec!["sh".to_string(), "-c".into(), script];
-        let mut process =
-            pods.exec(pod, command, &params)
-                .await
-                .map_err(|source| SessionError::Exec {
-                    pod: pod.into(),
-                    source,
-                })?;
-        let mut stdout = process.stdout().expect("stdout was requested");
-        let stderr = process.stderr().expect("stderr was requested");
-        let mut writer: Writer = Box::new(process.stdin().expect("stdin was requested"));
+        let open = pods.exec(pod, command, &params);
+        let mut process = tokio::time::timeout(DEAD_AFTER, open)
+            .await
+            .map_err(|_| SessionError::Timeout(DEAD_AFTER))?
+            .map_err(|source| SessionError::Exec {
+                pod: pod.into(),
+                source,
+            })?;
+        // Requested above, so present; a missing one would be a kube bug, reported as closed.
+        let (Some(mut stdout), Some(stderr), Some(stdin)) =
+            (process.stdout(), process.stderr(), process.stdin())
+        else {
+            return Err(SessionError::Closed("the exec stream has no stdio".into()));
+        };
+        let mut writer: Writer = Box::new(stdin);
 
         // The controller logs to stderr; keep the last lines to explain a broken stream.
-        let stderr_tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         {
             let tail = stderr_tail.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::debug!(target: "kdev::controller", "{line}");
-                    let mut t = tail.lock().unwrap();
+                    let mut t = lock(&tail);
                     t.push_back(line);
                     if t.len() > 20 {
                         t.pop_front();
@@ -122,9 +230,7 @@ impl ControllerSession {
         .await
         .map_err(|_| SessionError::Timeout(Duration::from_secs(30)))?
         .map_err(|e| {
-            let tail = stderr_tail
-                .lock()
-                .unwrap()
+            let tail = lock(&stderr_tail)
                 .iter()
                 .cloned()
                 .collect::<Vec<_>>()
@@ -132,19 +238,40 @@ impl ControllerSession {
             SessionError::Handshake(format!("{e}{}", stderr_suffix(&tail)))
         })?;
 
+        let liveness = Arc::new(Mutex::new(Liveness::new()));
         let (tx, incoming) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = read_message_async::<ServerMessage, _>(&mut stdout).await {
-                if tx.send(msg).await.is_err() {
-                    break;
+        {
+            let liveness = liveness.clone();
+            tokio::spawn(async move {
+                loop {
+                    let got = read_message_async::<ServerMessage, _>(&mut stdout).await;
+                    let item = match got {
+                        Ok(Some(msg)) => {
+                            lock(&liveness).last_rx = Instant::now();
+                            Incoming::Message(Box::new(msg))
+                        }
+                        Ok(None) => Incoming::Ended(None),
+                        Err(e) => Incoming::Ended(Some(e)),
+                    };
+                    let ended = matches!(item, Incoming::Ended(_));
+                    if tx.send(item).await.is_err() || ended {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (failed_tx, write_failed) = watch::channel(None);
+        tokio::spawn(writer_task(writer, out_rx, failed_tx, liveness.clone()));
         Ok(ControllerSession {
-            writer,
+            outgoing: out_tx,
+            write_failed,
             incoming,
             events: VecDeque::new(),
+            ended: None,
             stderr_tail,
+            liveness,
+            last_ping: None,
             next_id: 1,
             welcome,
             _process: process,
@@ -153,9 +280,7 @@ impl ControllerSession {
 
     fn closed(&self) -> SessionError {
         SessionError::Closed(
-            self.stderr_tail
-                .lock()
-                .unwrap()
+            lock(&self.stderr_tail)
                 .iter()
                 .cloned()
                 .collect::<Vec<_>>()
@@ -169,10 +294,80 @@ impl ControllerSession {
         id
     }
 
-    async fn send(&mut self, msg: &ClientMessage) -> Result<(), SessionError> {
-        write_message_async(&mut self.writer, msg)
-            .await
-            .map_err(|e| SessionError::Write(e.to_string()))
+    /// Queue a message for the writer task (never blocks, so it is cancel-safe).
+    fn send(&mut self, msg: &ClientMessage) -> Result<(), SessionError> {
+        let mut frame = Vec::new();
+        kdev_protocol::write_message(&mut frame, msg)
+            .map_err(|e| SessionError::Write(e.to_string()))?;
+        let is_ping = matches!(msg, ClientMessage::Ping(_));
+        self.outgoing
+            .send(Outgoing { frame, is_ping })
+            .map_err(|_| self.write_error())
+    }
+
+    fn write_error(&self) -> SessionError {
+        SessionError::Write(
+            self.write_failed
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "the stream is closed".into()),
+        )
+    }
+
+    /// The next message from the controller, keeping the heartbeat while waiting. Pongs are
+    /// consumed here. Cancel-safe.
+    async fn recv(&mut self) -> Result<ServerMessage, SessionError> {
+        if let Some(e) = &self.ended {
+            return Err(clone_ended(e));
+        }
+        let mut check = tokio::time::interval(HEARTBEAT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                item = self.incoming.recv() => match item {
+                    Some(Incoming::Message(m)) => match *m {
+                        ServerMessage::Pong(_) => continue,
+                        m => return Ok(m),
+                    },
+                    Some(Incoming::Ended(err)) => {
+                        let e = match err {
+                            Some(FrameError::Io(_) | FrameError::Truncated { .. }) | None => {
+                                self.closed()
+                            }
+                            Some(e) => SessionError::Decode(e.to_string()),
+                        };
+                        self.ended = Some(clone_ended(&e));
+                        return Err(e);
+                    }
+                    None => {
+                        let e = self.closed();
+                        self.ended = Some(clone_ended(&e));
+                        return Err(e);
+                    }
+                },
+                _ = self.write_failed.changed() => {
+                    let e = self.write_error();
+                    self.ended = Some(clone_ended(&e));
+                    return Err(e);
+                }
+                _ = check.tick() => {
+                    let decision = beat(Instant::now(), &lock(&self.liveness), self.last_ping);
+                    match decision {
+                        Beat::Fine => {}
+                        Beat::Ping => {
+                            let id = self.id();
+                            self.last_ping = Some(Instant::now());
+                            self.send(&ClientMessage::Ping(Ping { id }))?;
+                        }
+                        Beat::Dead(silent) => {
+                            let e = SessionError::Silent(silent);
+                            self.ended = Some(clone_ended(&e));
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Wait for the response `pick` accepts, queueing events that arrive meanwhile.
@@ -184,10 +379,9 @@ impl ControllerSession {
     ) -> Result<T, SessionError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.incoming.recv())
+            let msg = tokio::time::timeout_at(deadline, self.recv())
                 .await
-                .map_err(|_| SessionError::Timeout(timeout))?
-                .ok_or_else(|| self.closed())?;
+                .map_err(|_| SessionError::Timeout(timeout))??;
             if let ServerMessage::Error(e) = &msg
                 && (e.id == Some(id) || e.fatal)
             {
@@ -203,9 +397,8 @@ impl ControllerSession {
     /// The pod's listing of the sync root.
     pub async fn reconcile(&mut self) -> Result<ReconcileResult, SessionError> {
         let id = self.id();
-        self.send(&ClientMessage::Reconcile(Reconcile { id }))
-            .await?;
-        self.response(id, Duration::from_secs(300), |m| match m {
+        self.send(&ClientMessage::Reconcile(Reconcile { id }))?;
+        self.response(id, RECONCILE_REPLY_DEADLINE, |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
             other => Err(Box::new(other)),
         })
@@ -227,18 +420,15 @@ impl ControllerSession {
             deletes,
             build,
             tar,
-        }))
-        .await?;
-        let t_sent = t0.elapsed();
+        }))?;
         let result = self
-            .response(id, Duration::from_secs(300), |m| match m {
+            .response(id, PATCH_REPLY_DEADLINE, |m| match m {
                 ServerMessage::PatchResult(r) if r.id == id => Ok(r),
                 other => Err(Box::new(other)),
             })
             .await?;
         tracing::debug!(
-            "patch {id}: {bytes} bytes written in {t_sent:?}, applied in the pod in {} ms, \
-             answered after {:?}",
+            "patch {id}: {bytes} bytes, applied in the pod in {} ms, answered after {:?}",
             result.elapsed_ms,
             t0.elapsed()
         );
@@ -246,36 +436,99 @@ impl ControllerSession {
     }
 
     /// Build now (and restart on success); the outcome arrives as events.
-    pub async fn build(&mut self) -> Result<(), SessionError> {
+    pub fn build(&mut self) -> Result<(), SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))
-            .await
     }
 
-    /// Check that the controller still answers.
-    pub async fn ping(&mut self, timeout: Duration) -> Result<(), SessionError> {
-        let id = self.id();
-        self.send(&ClientMessage::Ping(Ping { id })).await?;
-        self.response(id, timeout, |m| match m {
-            ServerMessage::Pong(p) if p.id == id => Ok(()),
-            other => Err(Box::new(other)),
-        })
-        .await
-    }
-
-    /// The next event (or unsolicited message); an error when the stream has ended.
+    /// The next event (or unsolicited message); an error when the stream has ended or went
+    /// silent. Cancel-safe.
     pub async fn next_event(&mut self) -> Result<ServerMessage, SessionError> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
         }
-        self.incoming.recv().await.ok_or_else(|| self.closed())
+        self.recv().await
     }
 
-    /// End the session politely.
-    pub async fn close(mut self) {
-        let _ = self.send(&ClientMessage::Bye).await;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.writer).await;
+    /// How long ago the controller was last heard from.
+    pub fn last_heard(&self) -> Duration {
+        lock(&self.liveness).last_rx.elapsed()
     }
+
+    /// How long this session has been up.
+    pub fn age(&self) -> Duration {
+        lock(&self.liveness).started.elapsed()
+    }
+
+    /// End the session politely: say bye and give the writer a moment to send it.
+    pub async fn close(mut self) {
+        if self.send(&ClientMessage::Bye).is_ok() {
+            let (tx, _) = mpsc::unbounded_channel();
+            // Dropping the sender lets the writer finish its queue and shut the stream down.
+            drop(std::mem::replace(&mut self.outgoing, tx));
+            let _ = tokio::time::timeout(
+                Duration::from_millis(500),
+                self.write_failed.wait_for(|f| f.is_some()),
+            )
+            .await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking holder cannot leave these plain values half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `SessionError` holds a non-clonable `kube::Error` in one variant that never ends a running
+/// session; the ones that do are re-created from their text.
+fn clone_ended(e: &SessionError) -> SessionError {
+    match e {
+        SessionError::Silent(d) => SessionError::Silent(*d),
+        SessionError::Closed(s) => SessionError::Closed(s.clone()),
+        SessionError::Decode(s) => SessionError::Decode(s.clone()),
+        SessionError::Timeout(d) => SessionError::Timeout(*d),
+        other => SessionError::Write(other.to_string()),
+    }
+}
+
+/// Owns the write half: writes whole frames in order, slice by slice, each slice within
+/// [`DEAD_AFTER`]; records progress for the heartbeat; reports the first failure and stops.
+/// When the queue's sender is dropped it shuts the stream down (the controller sees EOF).
+async fn writer_task(
+    mut writer: Writer,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    failed: watch::Sender<Option<String>>,
+    liveness: Arc<Mutex<Liveness>>,
+) {
+    let fail = |why: String| {
+        let _ = failed.send(Some(why));
+    };
+    while let Some(out) = rx.recv().await {
+        for slice in out.frame.chunks(WRITE_SLICE) {
+            match tokio::time::timeout(DEAD_AFTER, writer.write_all(slice)).await {
+                Ok(Ok(())) => {
+                    if !out.is_ping {
+                        lock(&liveness).last_tx = Instant::now();
+                    }
+                }
+                Ok(Err(e)) => return fail(e.to_string()),
+                Err(_) => {
+                    return fail(format!(
+                        "no progress sending to the pod for {}s",
+                        DEAD_AFTER.as_secs()
+                    ));
+                }
+            }
+        }
+        match tokio::time::timeout(DEAD_AFTER, writer.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return fail(e.to_string()),
+            Err(_) => return fail("flushing to the pod timed out".into()),
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+    fail("closed".into());
 }
 
 /// A tar of `paths` (relative, `/`-separated) under `root`: files with their mode, symlinks as
@@ -330,6 +583,37 @@ pub fn build_tar(root: &Path, paths: &[String]) -> Result<(Vec<u8>, usize), Sess
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_pings_when_quiet_and_declares_a_silent_stream_dead() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let live = Liveness {
+            started: t0,
+            last_rx: t0,
+            last_tx: t0,
+        };
+        assert_eq!(beat(s(1), &live, None), Beat::Fine);
+        assert_eq!(beat(s(4), &live, None), Beat::Ping);
+        // One ping per PING_AFTER while the silence lasts.
+        assert_eq!(beat(s(5), &live, Some(s(4))), Beat::Fine);
+        assert_eq!(beat(s(8), &live, Some(s(4))), Beat::Ping);
+        assert_eq!(beat(s(12), &live, Some(s(8))), Beat::Dead(DEAD_AFTER));
+        // A frame of ours still going out keeps it alive (a large patch on a slow link)...
+        let sending = Liveness {
+            last_tx: s(11),
+            ..live
+        };
+        assert_eq!(beat(s(12), &sending, Some(s(12))), Beat::Fine);
+        // ...but not forever once it stalls.
+        assert!(matches!(beat(s(23), &sending, Some(s(20))), Beat::Dead(_)));
+        // Hearing anything resets it.
+        let heard = Liveness {
+            last_rx: s(11),
+            ..live
+        };
+        assert_eq!(beat(s(12), &heard, Some(s(8))), Beat::Fine);
+    }
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 

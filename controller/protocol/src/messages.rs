@@ -293,6 +293,10 @@ pub enum EntryKind {
     Symlink,
 }
 
+/// The [`Refused::path`] of a refusal that concerns a whole patch's archive (nothing of that
+/// patch was applied).
+pub const ARCHIVE_PATH: &str = "<archive>";
+
 /// A path that was not applied (or not listed), and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
