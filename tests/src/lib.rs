@@ -3,6 +3,9 @@
 //!
 //! Tests never skip: without a reachable cluster they fail and say how to start one.
 
+pub mod netfault;
+pub mod watch;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};

@@ -2,180 +2,20 @@
 //! examples/gin-hello. Every save must be served by the same pod (no container restarts) and,
 //! after every kind of change and every disruption, the pod's tree must equal the local one.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kdev_tests::{
-    TestNamespace, client, copy_dir, example_project, exec, free_port, http_get, kdev_bin,
-    poll_until, repo_root, restart_counts, set_ping_expr, spawn_captured, tar_files,
-};
+use kdev_tests::watch::{Watch, assert_pod_tree_equals_local, dev_pod};
+use kdev_tests::{TestNamespace, client, copy_dir, exec, kdev_bin, poll_until, repo_root, restart_counts};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
-/// `kdev watch` running in a copy of the example, with its output collected.
-struct Watch {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Watch {
-    fn start(namespace: &str) -> Result<Watch> {
-        Self::start_with(namespace, &[], &[])
-    }
-
-    /// `kdev watch ARGS`, run through `wrapper` (a command line that kdev's path is appended to).
-    fn start_with(namespace: &str, wrapper: &[&str], args: &[&str]) -> Result<Watch> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let project = example_project(dir.path(), namespace, port)?;
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(kdev_bin());
-                c
-            }
-            None => Command::new(kdev_bin()),
-        };
-        cmd.arg("watch").args(args).current_dir(&project);
-        let (child, output) = spawn_captured(&mut cmd)?;
-        Ok(Watch {
-            child,
-            output,
-            dir,
-            port,
-        })
-    }
-
-    fn project(&self) -> PathBuf {
-        self.dir.path().join("gin-hello").canonicalize().unwrap()
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn write(&self, rel: &str, content: &str) {
-        let p = self.project().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    /// `msg` is a Go expression (or something that does not compile).
-    fn set_message(&self, msg: &str) {
-        set_ping_expr(&self.project(), msg).unwrap();
-    }
-
-    /// Wait until GET /ping answers with `message`.
-    async fn wait_served(&self, message: &str, timeout: Duration) -> Result<()> {
-        let want = format!(r#"{{"message":"{message}"}}"#);
-        let port = self.port;
-        let mut last;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let got = tokio::task::spawn_blocking(move || {
-                http_get(port, "/ping", Duration::from_secs(10))
-            })
-            .await?;
-            match got {
-                Ok(body) if body.contains(&want) => return Ok(()),
-                Ok(body) => last = body,
-                Err(e) => last = e.to_string(),
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{want} not served within {timeout:?}; last answer: {last}\nkdev output:\n{}",
-                    self.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn dev_pod(pods: &Api<Pod>) -> Result<Pod> {
-    let list = pods
-        .list(&ListParams::default().labels("app=gin-hello"))
-        .await?;
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
-        .context("no gin-hello pod")
-}
-
-/// Every file under the local project (as kdev syncs it) with its content.
-fn local_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// Every file under the pod's sync root, read through a tar from the sidecar.
-async fn pod_tree(pods: &Api<Pod>, pod: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-    let out = exec(
-        pods,
-        pod,
-        "kdev",
-        &["tar", "-c", "-C", "/kdev/src", "."],
-        None,
-    )
-    .await?
-    .ok()?;
-    Ok(tar_files(&out.stdout)?
-        .into_iter()
-        .map(|(path, (data, _))| (path, data))
-        .collect())
-}
-
-/// The pod's tree equals the local one (content hashes of every file), within a few seconds.
+/// The pod's whole tree equals the local one (content, mode, link targets).
 async fn assert_trees_equal(pods: &Api<Pod>, w: &Watch) -> Result<()> {
-    let mut last = String::new();
-    for _ in 0..50 {
-        let pod = dev_pod(pods).await?.name_any();
-        let local = local_tree(&w.project());
-        match pod_tree(pods, &pod).await {
-            Ok(remote) if remote == local => return Ok(()),
-            Ok(remote) => {
-                let l: Vec<_> = local
-                    .iter()
-                    .map(|(k, v)| format!("{k}:{}", blake3::hash(v)))
-                    .collect();
-                let r: Vec<_> = remote
-                    .iter()
-                    .map(|(k, v)| format!("{k}:{}", blake3::hash(v)))
-                    .collect();
-                last = format!("local {l:?}\npod   {r:?}");
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("the pod's tree differs from the local one:\n{last}")
+    assert_pod_tree_equals_local(pods, &w.project(), &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

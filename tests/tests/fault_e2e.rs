@@ -1,0 +1,429 @@
+//! The fault suite: what a new user met on real projects, each reproduced against the real
+//! cluster. Every test ends the same way: the pod's whole tree equals the local one (content,
+//! mode, link targets) and the newest edit is served.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kdev_tests::netfault::{BlackHole, TcpProxy, api_server_addr, kubeconfig_via};
+use kdev_tests::watch::{Watch, WatchOptions, assert_pod_tree_equals_local, dev_pod};
+use kdev_tests::{TestNamespace, client, exec, kdev_bin, poll_until};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+
+/// Lines of kdev's output that contain `needle`.
+fn count_lines(output: &str, needle: &str) -> usize {
+    output.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Kill `kdev-controller serve` in the dev pod with SIGKILL (as the OOM killer would).
+async fn kill_serve(pods: &Api<Pod>) -> Result<()> {
+    let pod = dev_pod(pods).await?.name_any();
+    let script = "for p in /proc/[0-9]*; do \
+        if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/kdev/bin/kdev-controller serve'; then \
+        kill -9 ${p#/proc/}; echo killed; fi; done";
+    let out = exec(pods, &pod, "kdev", &["sh", "-c", script], None)
+        .await?
+        .stdout_str();
+    ensure!(out.contains("killed"), "no serve process found to kill");
+    Ok(())
+}
+
+/// Defect 1: watching a symlink to a directory re-used that directory's inotify watch, and
+/// removing the link dropped both: later edits in the directory were never synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_directory_does_not_blind_the_watcher() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-symdir").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+
+    let root = w.project();
+    std::os::unix::fs::symlink("handlers", root.join("alias"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_pod_tree_equals_local(&pods, &root, &[]).await?;
+    std::fs::remove_file(root.join("alias"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An edit in the directory the link pointed to, and then one that changes the answer.
+    let hello = root.join("handlers/hello.go");
+    let mut text = std::fs::read_to_string(&hello)?;
+    text.push_str("\n// edited after the alias went away\n");
+    std::fs::write(&hello, &text)?;
+    w.write(
+        "handlers/message.go",
+        "package handlers\n\nconst Message = \"from handlers\"\n",
+    );
+    w.set_message("handlers.Message");
+    w.wait_served("from handlers", Duration::from_secs(60))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &root, &[]).await?;
+    ensure!(
+        !w.output().contains("reconnecting"),
+        "no reconnect may be needed:\n{}",
+        w.output()
+    );
+    Ok(())
+}
+
+/// Defects 2 and 8a: entries that cannot be synced (a link to an absolute path, two links that
+/// together resolve outside the root, a FIFO) are named once each, and everything else keeps
+/// syncing — no reconnect loop, no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_cannot_be_synced_are_named_once_and_the_rest_syncs() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-unsyncable").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let root = w.project();
+
+    std::os::unix::fs::symlink("/etc", root.join("etc-link"))?;
+    std::fs::create_dir_all(root.join("a/b"))?;
+    // Harmless alone (it is the root itself); together with `x`, `x` points above the root.
+    std::os::unix::fs::symlink("../..", root.join("a/b/top"))?;
+    std::os::unix::fs::symlink("a/b/top/..", root.join("x"))?;
+    let fifo = root.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status()?;
+    ensure!(made.success(), "mkfifo failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.set_message("\"still syncing\"");
+    w.wait_served("still syncing", Duration::from_secs(60))
+        .await?;
+    // Later edits too, and after a while nothing is warned about again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    w.set_message("\"and again\"");
+    w.wait_served("and again", Duration::from_secs(60)).await?;
+
+    let out = w.output();
+    for name in ["etc-link", "x", "fifo"] {
+        ensure!(
+            out.lines()
+                .any(|l| l.contains(&format!(" {name} cannot be synced"))),
+            "{name} must be named as not syncable:\n{out}"
+        );
+    }
+    ensure!(
+        count_lines(&out, "cannot be synced") == 3,
+        "each entry is named exactly once:\n{out}"
+    );
+    ensure!(
+        !out.contains("reconnecting"),
+        "refused entries must not break the session:\n{out}"
+    );
+    assert_pod_tree_equals_local(&pods, &root, &["etc-link", "x", "fifo"]).await?;
+    Ok(())
+}
+
+/// Defect 3: a connection silently forgotten by a NAT (no reset, every packet dropped both
+/// ways) hung kdev forever. The heartbeat notices within seconds, says so in one line, and a
+/// new connection carries the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_connection_is_noticed_and_replaced() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-blackhole").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let proxy = TcpProxy::start(api_server_addr().await?, Duration::ZERO).await?;
+    let kubeconfig = tempfile::NamedTempFile::new()?;
+    kubeconfig_via(proxy.port, kubeconfig.path())?;
+    let kc = kubeconfig.path().to_string_lossy().into_owned();
+    let w = Watch::start_opts(
+        ns.name(),
+        WatchOptions {
+            env: &[("KUBECONFIG", &kc)],
+            ..Default::default()
+        },
+    )?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    // Idle, as a developer reading code is.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let ports = proxy.client_ports();
+    let hole = BlackHole::swallow(proxy.port, &ports)?;
+    let t0 = Instant::now();
+    w.set_message("\"through a new connection\"");
+    let noticed = w
+        .wait_output("over a new connection", Duration::from_secs(30))
+        .await?;
+    w.wait_served("through a new connection", Duration::from_secs(60))
+        .await?;
+    let served = t0.elapsed();
+    eprintln!(
+        "black-holed {} connections: noticed after {noticed:?}, edit served {served:?} after the \
+         black hole",
+        ports.len()
+    );
+    ensure!(
+        noticed <= Duration::from_secs(16),
+        "a dead stream must be noticed within 15 s (took {noticed:?})"
+    );
+    ensure!(
+        count_lines(&w.output(), "over a new connection") == 1,
+        "one line says so:\n{}",
+        w.output()
+    );
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    drop(hole);
+    Ok(())
+}
+
+/// Defect 4: `GOFLAGS=-mod=mod` in the sidecar made a vendored project ignore `vendor/`. The
+/// test vendors the example and adds a function to the vendored gin that exists nowhere else,
+/// so only a build from `vendor/` succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendored_module_builds_from_its_vendor_tree() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-vendor").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let vendor = |project: &std::path::Path| -> Result<()> {
+        let out = Command::new("go")
+            .args(["mod", "vendor"])
+            .current_dir(project)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .context("running go mod vendor (needs Go and the module proxy)")?;
+        ensure!(
+            out.status.success(),
+            "go mod vendor: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(
+            project.join("vendor/github.com/gin-gonic/gin/kdev_vendored.go"),
+            "package gin\n\n// KdevVendored exists only in this vendor tree.\nconst KdevVendored = \"from vendor\"\n",
+        )?;
+        kdev_tests::set_ping_expr(project, "gin.KdevVendored")?;
+        Ok(())
+    };
+    let w = Watch::start_opts(
+        ns.name(),
+        WatchOptions {
+            prepare: Some(Box::new(vendor)),
+            ..Default::default()
+        },
+    )?;
+    w.wait_served("from vendor", Duration::from_secs(240))
+        .await?;
+    // An edit of the vendored code is a build input like any other.
+    let f = w
+        .project()
+        .join("vendor/github.com/gin-gonic/gin/kdev_vendored.go");
+    let text = std::fs::read_to_string(&f)?.replace("from vendor", "vendor edited");
+    std::fs::write(&f, text)?;
+    w.wait_served("vendor edited", Duration::from_secs(90))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
+
+/// Defect 5: after the pod was replaced, forwards kept dialing the deleted pod (40 identical
+/// error lines in 10 s). Now they wait for the new pod, dial it as soon as it is known, and
+/// repeated errors are summarised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_pod_is_dialled_at_once_and_errors_are_summarised() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-replaced").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let old = dev_pod(&pods).await?.name_any();
+
+    // A client keeps asking through the forward while the pod is replaced.
+    let port = w.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = kdev_tests::http_get(port, "/ping", Duration::from_secs(5));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    pods.delete(&old, &DeleteParams::default()).await?;
+    w.set_message("\"new pod\"");
+    w.wait_served("new pod", Duration::from_secs(180)).await?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = poller.join();
+    let new = dev_pod(&pods).await?.name_any();
+    ensure!(new != old, "the pod was not replaced");
+    let out = w.output();
+    ensure!(
+        !out.contains(&format!("port-forward to {old}")),
+        "no connection may be forwarded to the deleted pod:\n{out}"
+    );
+    let forward_lines = count_lines(&out, &format!("localhost:{port}:"));
+    ensure!(
+        forward_lines <= 6,
+        "{forward_lines} forward error lines: repeated errors must be summarised:\n{out}"
+    );
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
+
+/// Defect 6: an app that forks a worker and then crashes left the worker holding the port, so
+/// every later start failed with "address already in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_apps_worker_does_not_keep_the_port() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-fork").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+
+    let fork = |crash: bool| {
+        format!(
+            r#"package main
+
+import (
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"time"
+)
+
+const forkAndCrash = {crash}
+
+// A worker that holds the app's port, started by a main process that then crashes.
+func init() {{
+	if os.Getenv("KDEV_TEST_WORKER") == "1" {{
+		log.Printf("worker %d holding :8080", os.Getpid())
+		_ = http.ListenAndServe(":8080", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {{
+			_, _ = w.Write([]byte(`{{"message":"stale worker"}}`))
+		}}))
+		os.Exit(0)
+	}}
+	if forkAndCrash {{
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "KDEV_TEST_WORKER=1")
+		if err := cmd.Start(); err != nil {{
+			log.Fatalf("starting the worker: %v", err)
+		}}
+		time.Sleep(500 * time.Millisecond)
+		log.Fatalf("main process crashing, leaving worker %d behind", cmd.Process.Pid)
+	}}
+}}
+"#
+        )
+    };
+    w.write("fork.go", &fork(true));
+    w.wait_output("main process crashing", Duration::from_secs(60))
+        .await?;
+    // Let it crash a few times, then fix it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.write("fork.go", &fork(false));
+    w.set_message("\"after the crash\"");
+    w.wait_served("after the crash", Duration::from_secs(60))
+        .await?;
+    // Exactly one app process is left: no worker survived.
+    let pod = dev_pod(&pods).await?.name_any();
+    let count = "n=0; for p in /proc/[0-9]*; do \
+        if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/kdev/bin/app'; then n=$((n+1)); fi; \
+        done; echo $n";
+    let n = exec(&pods, &pod, "kdev", &["sh", "-c", count], None)
+        .await?
+        .stdout_str();
+    ensure!(
+        n.trim() == "1",
+        "one app process expected, found {}",
+        n.trim()
+    );
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
+
+/// Defect 7: a `serve` killed mid-patch must leave no temporary files, must not let a stale
+/// build run, and the next session must know the tree needs a build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_mid_patch_leaves_a_consistent_pod() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-killpatch").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+
+    // A large change (several frames), with the kill landing while it is applied.
+    let big: String = (0..200_000)
+        .map(|i| format!("// line {i} of a large generated file\n"))
+        .collect();
+    for i in 0..6 {
+        w.write(
+            &format!("gen/big{i}.go"),
+            &format!("package gen\n{big}"),
+        );
+    }
+    w.set_message("\"after the kill\"");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill_serve(&pods).await?;
+    w.wait_served("after the kill", Duration::from_secs(120))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
+
+/// Defect 8c: a FIFO in the pod's tree made the controller's listing hang forever (it opened it
+/// for hashing). Now it is skipped, and since it is not in the local tree, deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_pod_does_not_hang_the_reconcile() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-podfifo").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let pod = dev_pod(&pods).await?.name_any();
+    exec(
+        &pods,
+        &pod,
+        "kdev",
+        &["sh", "-c", "mkfifo /kdev/src/pipe && ls -l /kdev/src/pipe"],
+        None,
+    )
+    .await?
+    .ok()?;
+    // A new session lists the pod's tree (the reconcile).
+    kill_serve(&pods).await?;
+    w.set_message("\"after the fifo\"");
+    w.wait_served("after the fifo", Duration::from_secs(90))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
+
+/// Defect 9b: `kdev down` while `kdev watch` runs deleted the Lease, and the watch "renewed" a
+/// Lease that no longer existed, forever. It must stop with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdev_down_under_a_live_watch_stops_it() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-downlive").await?;
+    let mut w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let down = Command::new(kdev_bin())
+        .arg("down")
+        .current_dir(w.project())
+        .output()?;
+    ensure!(
+        down.status.success(),
+        "kdev down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let status = w.wait_exit(Duration::from_secs(20))?;
+    ensure!(!status.success(), "the watch must fail: it lost its session");
+    let out = w.output();
+    ensure!(
+        out.contains("session Lease") && out.contains("deleted"),
+        "the watch must say it lost its Lease:\n{out}"
+    );
+    // And it left nothing running that renews a Lease.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns.name());
+    poll_until(Duration::from_secs(10), "no Lease left", || {
+        let leases = leases.clone();
+        async move { Ok(leases.list(&Default::default()).await?.items.is_empty()) }
+    })
+    .await?;
+    Ok(())
+}
