@@ -834,3 +834,55 @@ fn a_new_session_replaces_a_stale_one_and_its_build_is_killed() {
         matches!(m, ServerMessage::Pong(Ping { id: 5 })).then_some(())
     });
 }
+
+#[test]
+fn a_build_left_running_by_a_killed_session_is_stopped_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let marker = kdev.join("build.pids");
+    let mut a = Serve::start(kdev, &[]);
+    // The shell and its sleep: the whole group must go.
+    a.hello(sh_build(&format!(
+        "sleep 30 & echo $$ $! > {}; wait; cp x {{output}}",
+        marker.display()
+    )));
+    a.send(&patch(
+        1,
+        &[],
+        Tar::new().file("x", b"x", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut a, 1).build_id, Some(1));
+    let pids: Vec<u32> = wait_for(T, "the build to start", || {
+        let s = fs::read_to_string(&marker).ok()?;
+        let v: Vec<u32> = s
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (v.len() == 2).then_some(v)
+    });
+    // The OOM killer, or the CLI's take-over after its grace period: no cleanup at all.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        pids.iter().all(|p| process_alive(*p)),
+        "the build survives its session"
+    );
+
+    let mut b = Serve::start(kdev, &[]);
+    let w = b.hello(no_build());
+    // Killed before the Welcome, so before this session could start a build of its own.
+    for p in &pids {
+        assert!(
+            !process_alive(*p),
+            "build process {p} left running\n{}",
+            b.stderr()
+        );
+    }
+    assert!(w.needs_build);
+    b.event_until(T, "the stale build warning", |e| match e {
+        Event::Warning { code, .. } if code == "stale_build" => Some(()),
+        _ => None,
+    });
+    assert!(!kdev.join("run/build.pgid").exists());
+}

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod build;
+pub mod leftovers;
 pub mod patch;
 pub mod reconcile;
 
@@ -246,6 +247,20 @@ pub async fn run(opts: ServeOptions) -> i32 {
             return finish(out, EXIT_SETUP).await;
         }
     };
+    // A previous session killed without cleaning up (SIGKILL) may have left its build running,
+    // writing the same app.next as ours will.
+    let stale_build = {
+        let f = opts.paths.build_group_file();
+        tokio::task::spawn_blocking(move || leftovers::kill_stale_build(&f))
+            .await
+            .ok()
+            .flatten()
+    };
+    if let Some(pg) = stale_build {
+        log(format!(
+            "stopped a build (process group {pg}) left running by a previous session"
+        ));
+    }
     let config = hello.config;
     let root = match prepare_root(
         config
@@ -301,6 +316,16 @@ pub async fn run(opts: ServeOptions) -> i32 {
         out.event(Event::Warning {
             code: "replaced_session".into(),
             message: format!("stopped a previous kdev-controller serve session (PID {pid}) still running in the pod"),
+        })
+        .await;
+    }
+
+    if let Some(pg) = stale_build {
+        out.event(Event::Warning {
+            code: "stale_build".into(),
+            message: format!(
+                "stopped a build (process group {pg}) that a previous kdev-controller serve session left running"
+            ),
         })
         .await;
     }
@@ -601,12 +626,13 @@ impl Session {
     fn start_build(&mut self, request_id: Option<u64>) {
         let id = self.next_build_id;
         self.next_build_id += 1;
-        let spec = BuildSpec::resolve(
+        let mut spec = BuildSpec::resolve(
             &self.config.build,
             &self.opts.build,
             &self.root,
             &self.opts.paths.app_next(),
         );
+        spec.group_file = Some(self.opts.paths.build_group_file());
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
         self.build = Some(RunningBuild {

@@ -37,6 +37,16 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether a process exists and is not a zombie (an orphan is reaped by whoever inherits it,
+/// which may take its time).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+    state != Some('Z')
+}
+
 /// The app log's records as (pid, line).
 pub fn log_lines(kdev: &Path) -> Vec<(u32, String)> {
     let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else {
