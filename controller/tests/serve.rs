@@ -886,3 +886,50 @@ fn a_build_left_running_by_a_killed_session_is_stopped_by_the_next_one() {
     });
     assert!(!kdev.join("run/build.pgid").exists());
 }
+
+#[test]
+fn temp_files_of_an_interrupted_patch_are_removed_at_startup_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let outside = kdev.join("outside");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    // What a session killed in the middle of writing files leaves (files and symlinks).
+    let ours = [".kdev-123-4.tmp", "a/b/.kdev-9-0.tmp", "a/.kdev-77-12.tmp"];
+    for p in &ours[..2] {
+        fs::write(src.join(p), "half-written").unwrap();
+    }
+    std::os::unix::fs::symlink("b", src.join(ours[2])).unwrap();
+    // Not ours, or not under the root without following a symlink: kept.
+    let keep = [
+        ".kdev-notours.tmp",
+        ".kdev-1-2.tmp.go",
+        "kdev-1-2.tmp",
+        "a/.kdev-1-x.tmp",
+    ];
+    for p in keep {
+        fs::write(src.join(p), "user file").unwrap();
+    }
+    fs::write(outside.join(".kdev-5-5.tmp"), "outside").unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    for p in ours {
+        assert!(fs::symlink_metadata(src.join(p)).is_err(), "{p} is left");
+    }
+    for p in keep {
+        assert!(src.join(p).exists(), "{p} was removed");
+    }
+    assert!(outside.join(".kdev-5-5.tmp").exists(), "followed a symlink");
+    assert!(
+        src.join("a/b").is_dir(),
+        "the target of a removed symlink is kept"
+    );
+    // And the user's odd names are listed, not mistaken for ours.
+    let r = reconcile(&mut s, 1);
+    for p in keep {
+        assert!(r.entries.iter().any(|e| e.path == p), "{p} not listed");
+    }
+}

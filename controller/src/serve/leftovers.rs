@@ -1,17 +1,23 @@
 //! What an interrupted session leaves behind, cleaned up when the next one starts.
 //!
-//! A `serve` killed with SIGKILL (the CLI's take-over after 5 s, the OOM killer) runs no
-//! cleanup: its build keeps running and writing the same `app.next` as the next session's
-//! build. So every build records its process group in `run/build.pgid` while it runs, and the
-//! next session kills that group at startup.
+//! * Temporary files of a patch that was being applied (`.kdev-<pid>-<n>.tmp`, files or
+//!   symlinks, anywhere in the sync root): [`remove_temp_files`].
+//! * A build that was running: a `serve` killed with SIGKILL (the CLI's take-over after 5 s,
+//!   the OOM killer) runs no cleanup, and its build keeps writing the same `app.next` as the
+//!   next session's build. So every build records its process group in `run/build.pgid`
+//!   while it runs, and the next session kills that group at startup
+//!   ([`kill_stale_build`]).
 
 use std::fs;
+use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+
+use super::patch::is_temp_name;
 
 /// The start time of a process (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
 /// PID it names one process, even after the PID is reused.
@@ -84,4 +90,31 @@ pub fn kill_stale_build(file: &Path) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Some(pgid)
+}
+
+/// Remove our temporary files (exact names, see [`is_temp_name`]) anywhere below `root`,
+/// descending only into real directories (never through a symlink). Returns how many went.
+pub fn remove_temp_files(root: &Path) -> usize {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for de in rd.flatten() {
+            // The entry's own type (d_type or lstat): a symlink is never followed.
+            let Ok(ft) = de.file_type() else { continue };
+            if ft.is_dir() {
+                dirs.push(de.path());
+            } else if de.file_name().to_str().is_some_and(is_temp_name) {
+                match fs::remove_file(de.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => eprintln!(
+                        "kdev-serve: cannot remove the temporary file {}: {e}",
+                        de.path().display()
+                    ),
+                }
+            }
+        }
+    }
+    removed
 }

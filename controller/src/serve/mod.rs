@@ -275,6 +275,17 @@ pub async fn run(opts: ServeOptions) -> i32 {
             return finish(out, EXIT_SETUP).await;
         }
     };
+    // Temporary files of a patch that an interrupted session was applying.
+    {
+        let root = root.clone();
+        if let Ok(n @ 1..) =
+            tokio::task::spawn_blocking(move || leftovers::remove_temp_files(&root)).await
+        {
+            log(format!(
+                "removed {n} temporary files left by an interrupted patch"
+            ));
+        }
+    }
     for d in [&opts.paths.bin, &opts.paths.run] {
         if let Err(e) = std::fs::create_dir_all(d) {
             out.send(fatal(

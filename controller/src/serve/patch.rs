@@ -224,9 +224,14 @@ pub struct SafeRoot {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Whether a file name is one of our temporary names (skipped by reconcile).
+/// Whether a file name is one of our temporary names, `.kdev-<pid>-<n>.tmp` (skipped by
+/// reconcile, removed at startup). Exactly that shape, so a user's file is never taken for one.
 pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with(".kdev-") && name.ends_with(".tmp")
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix(".kdev-")
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .and_then(|n| n.split_once('-'))
+        .is_some_and(|(pid, n)| digits(pid) && digits(n))
 }
 
 impl SafeRoot {
