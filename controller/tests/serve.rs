@@ -778,6 +778,9 @@ fn build_inputs_decide_whether_a_patch_builds() {
         BuildMode::Auto,
     ));
     assert_eq!(patch_result(&mut s, 1).build_id, None);
+    // Marked dirty while it was applied, clean again once it is known to touch no input.
+    let state = fs::read_to_string(kdev.join("run/build-state.json")).unwrap();
+    assert!(state.contains(r#""dirty":false"#), "{state}");
     s.send(&patch(
         2,
         &[],
@@ -932,4 +935,58 @@ fn temp_files_of_an_interrupted_patch_are_removed_at_startup_and_nothing_else() 
     for p in keep {
         assert!(r.entries.iter().any(|e| e.path == p), "{p} not listed");
     }
+}
+
+/// A patch of `n` small files in a few nested directories, slow enough to apply (seconds) to
+/// interrupt it. Returns the patch and the paths of its first and last files.
+fn big_patch(id: u64, n: usize) -> (ClientMessage, String, String) {
+    let mut t = Tar::new();
+    let path = |i: usize| format!("big/d{}/sub/f{i:06}.txt", i % 16);
+    for i in 0..n {
+        t = t.file(&path(i), b"x", 0o644);
+    }
+    (
+        patch(id, &[], t.bytes(), BuildMode::Never),
+        path(0),
+        path(n - 1),
+    )
+}
+
+/// A kdev dir with an installed app and a clean build state.
+fn built_kdev() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("bin")).unwrap();
+    fs::write(tmp.path().join("bin/app"), "app").unwrap();
+    fs::create_dir_all(tmp.path().join("run")).unwrap();
+    fs::write(
+        tmp.path().join("run/build-state.json"),
+        r#"{"dirty":false}"#,
+    )
+    .unwrap();
+    tmp
+}
+
+#[test]
+fn a_session_killed_in_the_middle_of_a_patch_leaves_the_tree_marked_as_needing_a_build() {
+    let tmp = built_kdev();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let mut a = Serve::start(kdev, &[]);
+    assert!(!a.hello(no_build()).needs_build);
+    let (p, first, last) = big_patch(1, 40_000);
+    a.send(&p);
+    wait_for(T, "the patch to be applied in part", || {
+        src.join(&first).exists().then_some(())
+    });
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        !src.join(&last).exists(),
+        "the patch was applied completely before the kill; make it bigger"
+    );
+    let mut b = Serve::start(kdev, &[]);
+    assert!(
+        b.hello(no_build()).needs_build,
+        "a half-applied tree must be built"
+    );
 }

@@ -565,6 +565,13 @@ impl Session {
             build,
             tar,
         } = p;
+        // Recorded before the tree changes, so a session killed in the middle of the patch
+        // leaves it marked as needing a build; undone below if no build input changed.
+        let was_dirty = self.state.dirty;
+        let changes = !deletes.is_empty() || !tar.is_empty();
+        if changes {
+            self.set_dirty(true);
+        }
         let root = self.root.clone();
         let limits = self.limits.clone();
         let outcome = match tokio::task::spawn_blocking(move || {
@@ -588,6 +595,9 @@ impl Session {
         if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
         {
             self.set_dirty(true);
+        } else if changes && !was_dirty {
+            self.state.dirty = false;
+            self.save_state();
         }
         self.pending_patches.push(id);
         let do_build = match build {
@@ -627,6 +637,11 @@ impl Session {
         if !dirty {
             self.state.last_success_at_ms = Some(unix_ms());
         }
+        self.save_state();
+    }
+
+    /// Write `run/build-state.json`.
+    fn save_state(&self) {
         if let Ok(data) = serde_json::to_vec(&self.state)
             && let Err(e) = util::write_atomic(&self.opts.paths.build_state_file(), &data)
         {
