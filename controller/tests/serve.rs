@@ -990,3 +990,77 @@ fn a_session_killed_in_the_middle_of_a_patch_leaves_the_tree_marked_as_needing_a
         "a half-applied tree must be built"
     );
 }
+
+#[test]
+fn sigterm_ends_the_session_promptly_even_in_the_middle_of_a_patch() {
+    let tmp = built_kdev();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(no_build());
+    let (p, first, last) = big_patch(1, 40_000);
+    a.send(&p);
+    wait_for(T, "the patch to be applied in part", || {
+        src.join(&first).exists().then_some(())
+    });
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let e = a.recv_until(T, "the terminated error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::PatchResult(r) => panic!(
+            "the patch went on to the end after SIGTERM ({} files in {} ms)",
+            r.files, r.elapsed_ms
+        ),
+        _ => None,
+    });
+    assert_eq!(e.code, "terminated");
+    assert_eq!(a.wait_exit(T), 0);
+    assert!(
+        !src.join(&last).exists(),
+        "the patch was applied to the end after SIGTERM ({:?})",
+        t0.elapsed()
+    );
+    let mut b = Serve::start(kdev, &[]);
+    assert!(b.hello(no_build()).needs_build);
+}
+
+#[test]
+fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Sparse, so it costs no disk, but hashing it takes seconds.
+    let big = src.join("big.bin");
+    fs::File::create(&big).unwrap().set_len(4 << 30).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile { id: 1 }));
+    let pid = s.child.id();
+    wait_for(T, "serve to be reading the big file", || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == big))
+            .then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let e = s.recv_until(T, "the terminated error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::ReconcileResult(r) => panic!(
+            "the listing went on to the end after SIGTERM ({} ms)",
+            r.elapsed_ms
+        ),
+        _ => None,
+    });
+    assert_eq!(e.code, "terminated");
+    assert_eq!(s.wait_exit(T), 0);
+}

@@ -14,6 +14,7 @@ pub mod patch;
 pub mod reconcile;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +163,8 @@ struct Session {
     restart_task: Option<JoinHandle<()>>,
     restart_ctx: app::RestartCtx,
     cache: Arc<Mutex<reconcile::HashCache>>,
+    /// Set on SIGTERM/SIGINT: a patch or listing in progress stops between entries.
+    stop: Arc<AtomicBool>,
 }
 
 /// Run one session. Returns the process exit code.
@@ -173,7 +176,9 @@ pub async fn run(opts: ServeOptions) -> i32 {
     tokio::spawn(reader_task(in_tx));
     let out = Out { tx: out_tx, t0 };
     // SIGTERM/SIGINT end the session gracefully (the running build's process group is killed).
+    // `stop` reaches into a patch or listing in progress (blocking code that cannot await).
     let (term_tx, mut term_rx) = watch::channel(false);
+    let stop = Arc::new(AtomicBool::new(false));
     {
         use tokio::signal::unix::{SignalKind, signal};
         match (
@@ -181,11 +186,13 @@ pub async fn run(opts: ServeOptions) -> i32 {
             signal(SignalKind::interrupt()),
         ) {
             (Ok(mut t), Ok(mut i)) => {
+                let stop = stop.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = t.recv() => {}
                         _ = i.recv() => {}
                     }
+                    stop.store(true, Ordering::Relaxed);
                     let _ = term_tx.send(true);
                 });
             }
@@ -365,6 +372,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         restart_task: None,
         restart_ctx,
         cache: Arc::new(Mutex::new(reconcile::HashCache::default())),
+        stop,
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 
@@ -462,6 +470,8 @@ impl Session {
     ) -> i32 {
         loop {
             tokio::select! {
+                // A SIGTERM that arrived while a message was handled wins over the next one.
+                biased;
                 _ = term.changed() => {
                     log("terminated (a newer session took over, or the pod is stopping); ending the session");
                     self.out.send(fatal(
@@ -532,12 +542,15 @@ impl Session {
         let t0 = Instant::now();
         let root = self.root.clone();
         let cache = self.cache.clone();
+        let stop = self.stop.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile::list(&root, &mut cache)
+            reconcile::list(&root, &mut cache, &stop)
         })
         .await;
         let msg = match res {
+            // SIGTERM: the main loop ends the session right after.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return,
             Ok(Ok(l)) => ServerMessage::ReconcileResult(ReconcileResult {
                 id,
                 root: self.root.to_string_lossy().into_owned(),
@@ -574,8 +587,9 @@ impl Session {
         }
         let root = self.root.clone();
         let limits = self.limits.clone();
+        let stop = self.stop.clone();
         let outcome = match tokio::task::spawn_blocking(move || {
-            patch::apply_patch(&root, &deletes, &tar, &limits)
+            patch::apply_patch(&root, &deletes, &tar, &limits, &stop)
         })
         .await
         {
@@ -591,6 +605,11 @@ impl Session {
                 return;
             }
         };
+        if outcome.interrupted {
+            // SIGTERM: the tree stays marked dirty; the main loop ends the session right after.
+            log(format!("patch {id}: interrupted, the session is ending"));
+            return;
+        }
         let inputs = self.config.build_inputs.as_deref();
         if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
         {

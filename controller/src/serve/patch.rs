@@ -17,7 +17,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kdev_protocol::paths::{check_symlink_target, normalize_wire_path, normalize_wire_path_bytes};
 use kdev_protocol::{PatchLimits, Refused};
@@ -44,6 +44,8 @@ pub struct PatchOutcome {
     pub refused: Vec<Refused>,
     pub files: u32,
     pub bytes: u64,
+    /// Stopped part-way because the session is ending (the rest was not applied).
+    pub interrupted: bool,
 }
 
 impl PatchOutcome {
@@ -378,13 +380,19 @@ impl SafeRoot {
     }
 }
 
-/// Apply deletions, then the tar's entries, below `root`.
+/// Apply deletions, then the tar's entries, below `root`. `stop` is checked between entries:
+/// once set, nothing more is applied and the outcome says `interrupted`.
 pub fn apply_patch(
     root: &Path,
     deletes: &[String],
     tar_bytes: &[u8],
     limits: &PatchLimits,
+    stop: &AtomicBool,
 ) -> PatchOutcome {
+    let stopped = |out: &mut PatchOutcome| {
+        out.interrupted = stop.load(Ordering::Relaxed);
+        out.interrupted
+    };
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
     let ops = match plan(tar_bytes, limits, &mut plan_refused) {
@@ -404,6 +412,9 @@ pub fn apply_patch(
     };
     let safe = SafeRoot::new(root);
     for d in deletes {
+        if stopped(&mut out) {
+            return out;
+        }
         match normalize_wire_path(d)
             .map_err(|e| e.to_string())
             .and_then(|p| safe.delete(&p).map(|()| p))
@@ -414,6 +425,9 @@ pub fn apply_patch(
     }
     out.refused.extend(plan_refused);
     for op in ops {
+        if stopped(&mut out) {
+            return out;
+        }
         let (path, res) = match op {
             Op::File {
                 path,
@@ -467,6 +481,8 @@ pub fn is_build_input(path: &str, patterns: Option<&[String]>) -> bool {
 mod tests {
     use super::*;
 
+    static GO: AtomicBool = AtomicBool::new(false);
+
     fn header(ty: EntryType, path: &[u8], size: u64, mode: u32) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(ty);
@@ -502,7 +518,7 @@ mod tests {
             (EntryType::Directory, b"empty", b"", None),
             (EntryType::Symlink, b"a/link", b"", Some("b/c.txt")),
         ]);
-        let out = apply_patch(dir.path(), &[], &t, &default_limits());
+        let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
         assert!(out.complete(), "{out:?}");
         assert_eq!(out.applied, ["a/b/c.txt", "empty", "a/link"]);
         assert_eq!(fs::read(dir.path().join("a/link")).unwrap(), b"hello");
@@ -522,7 +538,7 @@ mod tests {
             (EntryType::Fifo, b"fifo", b"", None),
             (EntryType::Regular, b"ok.go", b"package main", None),
         ]);
-        let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits(), &GO);
         assert_eq!(out.applied, ["ok.go"]);
         let refused: Vec<&str> = out.refused.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
@@ -538,7 +554,13 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         let t = tar_of(&[(EntryType::Regular, b"link/pwned", b"x", None)]);
-        let out = apply_patch(root.path(), &["link/other".into()], &t, &default_limits());
+        let out = apply_patch(
+            root.path(),
+            &["link/other".into()],
+            &t,
+            &default_limits(),
+            &GO,
+        );
         assert_eq!(out.refused.len(), 2, "{out:?}");
         assert!(out.refused[1].reason.contains("symlink"), "{out:?}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
@@ -550,7 +572,7 @@ mod tests {
         fs::write(root.path().join("keep"), "k").unwrap();
         let mut t = tar_of(&[(EntryType::Regular, b"a", b"12345", None)]);
         t[0] ^= 0xff; // break the checksum
-        let out = apply_patch(root.path(), &["keep".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["keep".into()], &t, &default_limits(), &GO);
         assert_eq!(out.refused[0].path, ARCHIVE);
         assert_eq!(out.refused[1].path, "keep");
         assert!(root.path().join("keep").exists());
@@ -567,7 +589,7 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, &long, &b"x"[..]).unwrap();
         let t = b.into_inner().unwrap();
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert_eq!(out.refused.len(), 1, "{out:?}");
         assert!(
             out.refused[0].reason.contains("extension headers"),
@@ -606,6 +628,7 @@ mod tests {
             &[],
             &b.into_inner().unwrap(),
             &default_limits(),
+            &GO,
         );
         assert_eq!(out.refused.len(), 1, "{out:?}");
         assert_eq!(out.refused[0].path, "../escaped");
@@ -625,6 +648,7 @@ mod tests {
             &[],
             &b.into_inner().unwrap(),
             &default_limits(),
+            &GO,
         );
         assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
         assert!(out.refused[0].reason.contains("extension headers"));
@@ -637,7 +661,7 @@ mod tests {
         let h = header(EntryType::Regular, b"big", 1 << 40, 0o644);
         let mut t = h.as_bytes().to_vec();
         t.extend_from_slice(&[0u8; 1024]);
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
         assert!(!root.path().join("big").exists());
     }
@@ -653,7 +677,7 @@ mod tests {
             max_entries: 1,
             ..default_limits()
         };
-        let out = apply_patch(root.path(), &[], &t, &limits);
+        let out = apply_patch(root.path(), &[], &t, &limits, &GO);
         assert_eq!(out.refused[0].path, ARCHIVE);
         assert!(out.applied.is_empty());
     }
@@ -666,7 +690,7 @@ mod tests {
         h.set_cksum();
         b.append(&h, &b"#!x"[..]).unwrap();
         let t = b.into_inner().unwrap();
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert!(out.complete());
         let mode = fs::metadata(root.path().join("run.sh"))
             .unwrap()
@@ -675,7 +699,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o755);
         // Replace the file with a directory: delete + add in one patch.
         let t = tar_of(&[(EntryType::Regular, b"run.sh/inner", b"y", None)]);
-        let out = apply_patch(root.path(), &["run.sh".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["run.sh".into()], &t, &default_limits(), &GO);
         assert!(out.complete(), "{out:?}");
         assert!(root.path().join("run.sh/inner").is_file());
     }

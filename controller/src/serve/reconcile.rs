@@ -5,14 +5,31 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kdev_protocol::{Entry, EntryKind, Refused, hash_file};
+use kdev_protocol::{Entry, EntryKind, Refused, hash_reader};
 
 use super::patch::is_temp_name;
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the session is ending")
+}
+
+/// A reader that fails once `stop` is set, so hashing a huge file ends promptly on SIGTERM.
+struct Stoppable<'a, R>(R, &'a AtomicBool);
+
+impl<R: Read> Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.1.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the session is ending"));
+        }
+        self.0.read(buf)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
@@ -44,8 +61,9 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Walk `root` and list everything below it, sorted by path.
-pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
+/// Walk `root` and list everything below it, sorted by path. Fails with
+/// [`io::ErrorKind::Interrupted`] once `stop` is set (checked between entries).
+pub fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io::Result<Listing> {
     let meta = fs::symlink_metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
@@ -56,7 +74,7 @@ pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
     let mut out = Listing::default();
     let mut seen: HashMap<String, (Key, String)> = HashMap::new();
     let now = now_secs();
-    walk(root, "", cache, &mut seen, now, &mut out)?;
+    walk(root, "", cache, &mut seen, now, stop, &mut out)?;
     cache.map = seen;
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -68,6 +86,7 @@ fn walk(
     cache: &HashCache,
     seen: &mut HashMap<String, (Key, String)>,
     now: i64,
+    stop: &AtomicBool,
     out: &mut Listing,
 ) -> io::Result<()> {
     let rd = match fs::read_dir(dir) {
@@ -82,6 +101,9 @@ fn walk(
         Err(e) => return Err(e),
     };
     for de in rd {
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted());
+        }
         let de = de?;
         let name = de.file_name();
         let Some(name) = name.to_str() else {
@@ -135,7 +157,7 @@ fn walk(
                 hash: None,
                 target: None,
             });
-            walk(&path, &format!("{rel}/"), cache, seen, now, out)?;
+            walk(&path, &format!("{rel}/"), cache, seen, now, stop, out)?;
         } else if ft.is_file() {
             let key = Key {
                 size: m.size(),
@@ -150,8 +172,9 @@ fn walk(
                     out.cached += 1;
                     h.clone()
                 }
-                _ => match hash_file(&path) {
+                _ => match fs::File::open(&path).and_then(|f| hash_reader(Stoppable(f, stop))) {
                     Ok(h) => h,
+                    Err(_) if stop.load(Ordering::Relaxed) => return Err(interrupted()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => {
                         out.skipped.push(Refused {
@@ -193,7 +216,7 @@ mod tests {
         std::os::unix::fs::symlink("a/x.go", d.path().join("l")).unwrap();
         fs::write(d.path().join(".kdev-1-2.tmp"), "junk").unwrap();
         let mut cache = HashCache::default();
-        let l = list(d.path(), &mut cache).unwrap();
+        let l = list(d.path(), &mut cache, &AtomicBool::new(false)).unwrap();
         let paths: Vec<_> = l
             .entries
             .iter()
