@@ -1064,3 +1064,112 @@ fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
     assert_eq!(e.code, "terminated");
     assert_eq!(s.wait_exit(T), 0);
 }
+
+#[test]
+fn symlinks_that_lead_outside_only_together_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    fs::create_dir_all(src.join("v2")).unwrap();
+    fs::write(src.join("v2/main.go"), "package main").unwrap();
+    // Planted by something else than a patch: an absolute link.
+    std::os::unix::fs::symlink("/etc", src.join("etc")).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let refused =
+        |r: &PatchResult| -> Vec<String> { r.refused.iter().map(|x| x.path.clone()).collect() };
+    // Each harmless alone; together `x` is the root's parent.
+    s.send(&patch(
+        1,
+        &[],
+        Tar::new()
+            .dir("a")
+            .dir("a/b")
+            .link(EntryType::Symlink, "a/b/top", "../..")
+            .link(EntryType::Symlink, "x", "a/b/top/..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 1);
+    assert_eq!(refused(&r), ["x"], "{r:?}");
+    let outside = |r: &PatchResult| {
+        r.refused
+            .iter()
+            .all(|x| x.reason.contains("which is outside the sync root"))
+    };
+    assert!(outside(&r), "{r:?}");
+    // The same in the other order (`y` checked before the link it goes through).
+    s.send(&patch(
+        2,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "y", "c/d/top/..")
+            .dir("c")
+            .dir("c/d")
+            .link(EntryType::Symlink, "c/d/top", "../..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 2);
+    assert_eq!(refused(&r), ["y"]);
+    assert!(outside(&r), "{r:?}");
+    // Through a link already on disk (from patch 1), and through an absolute one.
+    s.send(&patch(
+        3,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "z", "a/b/top/..")
+            .link(EntryType::Symlink, "pw", "etc/passwd")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 3);
+    assert_eq!(refused(&r), ["z", "pw"]);
+    assert!(outside(&r), "{r:?}");
+    // In separate patches, in the order where the first link is fine when it is created: a
+    // `..` after a name is refused, as a later link could turn it outwards.
+    s.send(&patch(
+        4,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "w", "e/f/top/..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 4);
+    assert_eq!(refused(&r), ["w"]);
+    assert!(r.refused[0].reason.contains("\"e/f\""), "{r:?}");
+    // Chains that stay inside are fine.
+    s.send(&patch(
+        5,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "latest", "v2")
+            .link(EntryType::Symlink, "cmd/main.go", "../latest/main.go")
+            .link(EntryType::Symlink, "root", "a/b/top")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 5);
+    assert!(r.complete, "{r:?}");
+    assert_eq!(
+        fs::read_to_string(src.join("cmd/main.go")).unwrap(),
+        "package main"
+    );
+    // Loops, through links of the same patch.
+    s.send(&patch(
+        6,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "l1", "l2")
+            .link(EntryType::Symlink, "l2", "l1")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 6);
+    assert_eq!(refused(&r), ["l1", "l2"]);
+    assert!(r.refused.iter().all(|x| x.reason.contains("loop")), "{r:?}");
+    for p in ["x", "y", "z", "pw", "w", "l1", "l2"] {
+        assert!(fs::symlink_metadata(src.join(p)).is_err(), "{p} exists");
+    }
+}

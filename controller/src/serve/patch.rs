@@ -3,23 +3,31 @@
 //! Two phases. **Validate** parses the whole archive (it is in memory, at most one frame) and
 //! turns every entry into a planned operation or a refusal: paths must be wire paths (no `..`,
 //! not absolute, UTF-8), only regular files, directories and symlinks whose target stays inside
-//! the root (resolved lexically from the link's directory) are accepted; hard links, devices,
+//! the root are accepted; hard links, devices,
 //! FIFOs, sparse files and anything unknown are refused, as are entries over the size limits.
 //! If the archive itself is malformed (bad checksum, truncated, oversized extension headers)
-//! nothing at all is applied. **Apply** then runs the deletions and the planned operations in
+//! nothing at all is applied. A symlink's target is resolved through every symlink it meets,
+//! in the tree as it will be after the patch (its own links, whatever their order, and those on
+//! disk), so two links that are harmless alone cannot together lead outside; and a `..` after a
+//! name in a target is refused, since a later patch could make that name a symlink (see
+//! [`check_symlink_target_form`]). **Apply** then runs the deletions and the planned operations in
 //! order. Every parent directory is checked with `lstat` and must be a real directory (never a
 //! symlink), so a symlink planted earlier cannot be written through; files and symlinks are
 //! created under a temporary name in their final directory (`O_CREAT|O_EXCL|O_NOFOLLOW`) and
 //! renamed into place, so a reader never sees a half-written file. Refusals do not stop the
 //! other entries; the result lists exactly what was applied and what was refused.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kdev_protocol::paths::{check_symlink_target, normalize_wire_path, normalize_wire_path_bytes};
+use kdev_protocol::paths::{
+    check_symlink_target, check_symlink_target_form, normalize_wire_path,
+    normalize_wire_path_bytes, resolve_symlink_target,
+};
 use kdev_protocol::{PatchLimits, Refused};
 use tar::EntryType;
 
@@ -187,6 +195,7 @@ fn plan(
                     refuse(refused, path, "symlink target is not valid UTF-8");
                     continue;
                 };
+                // Lexically first (cheap); through the tree's other links after planning.
                 if let Err(e) = check_symlink_target(&path, &target) {
                     refuse(refused, path, e.to_string());
                     continue;
@@ -217,6 +226,91 @@ fn plan(
         }
     }
     Ok(ops)
+}
+
+/// The target of the symlink at wire path `rel` on disk, found without following any symlink
+/// (every parent must be a real directory), or `None`. A target that is not UTF-8 counts as
+/// leading outside.
+fn disk_link(root: &Path, rel: &str) -> Option<String> {
+    let mut path = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        path.push(c);
+        if !fs::symlink_metadata(&path).ok()?.is_dir() {
+            return None;
+        }
+    }
+    path.push(comps[comps.len() - 1]);
+    if !fs::symlink_metadata(&path).ok()?.file_type().is_symlink() {
+        return None;
+    }
+    let target = fs::read_link(&path).ok()?;
+    Some(target.to_str().unwrap_or("/").to_string())
+}
+
+/// Refuse the patch's symlinks that resolve outside the root, following every link met on the
+/// way (see [`resolve_symlink_target`]) in the tree as it will be after the patch: the patch's
+/// own links whatever their order, and the links on disk that it does not delete or replace.
+/// Also refused: targets with a `..` after a name ([`check_symlink_target_form`]).
+fn refuse_escaping_links(
+    root: &Path,
+    deletes: &[String],
+    ops: Vec<Op>,
+    refused: &mut Vec<Refused>,
+) -> Vec<Op> {
+    if !ops.iter().any(|op| matches!(op, Op::Symlink { .. })) {
+        return ops;
+    }
+    // Final state of each path the patch writes: a link (its target) or a file (no link).
+    let mut planned: HashMap<&str, Option<&str>> = HashMap::new();
+    for op in &ops {
+        match op {
+            Op::Symlink { path, target } => {
+                planned.insert(path, Some(target));
+            }
+            Op::File { path, .. } => {
+                planned.insert(path, None);
+            }
+            // make_dir never replaces a link.
+            Op::Dir { .. } => {}
+        }
+    }
+    let deleted: HashSet<String> = deletes
+        .iter()
+        .filter_map(|d| normalize_wire_path(d).ok())
+        .collect();
+    let gone = |p: &str| {
+        deleted.contains(p) || p.match_indices('/').any(|(i, _)| deleted.contains(&p[..i]))
+    };
+    let lookup = |p: &str| match planned.get(p) {
+        Some(t) => t.map(str::to_string),
+        None if gone(p) => None,
+        None => disk_link(root, p),
+    };
+    let mut verdicts = Vec::new();
+    for op in &ops {
+        if let Op::Symlink { path, target } = op {
+            // A link that leads outside today says so; one that only might later, says that.
+            let verdict = resolve_symlink_target(path, target, lookup)
+                .and_then(|_| check_symlink_target_form(path, target));
+            verdicts.push(verdict.err());
+        }
+    }
+    let mut verdicts = verdicts.into_iter();
+    ops.into_iter()
+        .filter(|op| {
+            let Op::Symlink { path, .. } = op else {
+                return true;
+            };
+            match verdicts.next().flatten() {
+                Some(e) => {
+                    refuse(refused, path.clone(), e.to_string());
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect()
 }
 
 /// Operations on paths below a root that never follow a symlink inside the root.
@@ -410,6 +504,7 @@ pub fn apply_patch(
             return out;
         }
     };
+    let ops = refuse_escaping_links(root, deletes, ops, &mut plan_refused);
     let safe = SafeRoot::new(root);
     for d in deletes {
         if stopped(&mut out) {
