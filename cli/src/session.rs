@@ -205,11 +205,17 @@ impl ControllerSession {
         let id = self.id();
         self.send(&ClientMessage::Reconcile(Reconcile { id }))
             .await?;
-        self.response(id, Duration::from_secs(300), |m| match m {
+        let part = move |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
             other => Err(Box::new(other)),
-        })
-        .await
+        };
+        // A large listing comes in parts: all but the last say `more`.
+        let mut listing = self.response(id, Duration::from_secs(300), part).await?;
+        while listing.more {
+            let next = self.response(id, Duration::from_secs(300), part).await?;
+            listing.absorb(next);
+        }
+        Ok(listing)
     }
 
     /// Send deletions plus a tar of files; returns what was applied.

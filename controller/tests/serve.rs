@@ -87,12 +87,26 @@ fn patch_result(s: &mut Serve, id: u64) -> PatchResult {
     })
 }
 
-fn reconcile(s: &mut Serve, id: u64) -> ReconcileResult {
+/// The whole listing (gathered from its parts) and how many parts it came in.
+fn reconcile_parts(s: &mut Serve, id: u64) -> (ReconcileResult, usize) {
     s.send(&ClientMessage::Reconcile(Reconcile { id }));
-    s.recv_until(T, "reconcile result", |m| match m {
-        ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
-        _ => None,
-    })
+    let next = |s: &mut Serve| {
+        s.recv_until(T, "reconcile result", |m| match m {
+            ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
+            _ => None,
+        })
+    };
+    let mut all = next(s);
+    let mut parts = 1;
+    while all.more {
+        all.absorb(next(s));
+        parts += 1;
+    }
+    (all, parts)
+}
+
+fn reconcile(s: &mut Serve, id: u64) -> ReconcileResult {
+    reconcile_parts(s, id).0
 }
 
 /// What a tree holds, independently of the controller: path → (kind, mode, content/target).
@@ -162,7 +176,9 @@ fn handshake_refuses_another_protocol_version_with_a_clear_message() {
             assert_eq!(e.code, "protocol_version_mismatch");
             assert!(e.fatal);
             assert!(
-                e.message.contains("protocol 999") && e.message.contains("protocol 1"),
+                e.message.contains("protocol 999")
+                    && e.message
+                        .contains(&format!("protocol {}", kdev_protocol::PROTOCOL_VERSION)),
                 "{}",
                 e.message
             );
@@ -1172,4 +1188,98 @@ fn symlinks_that_lead_outside_only_together_are_refused() {
     for p in ["x", "y", "z", "pw", "w", "l1", "l2"] {
         assert!(fs::symlink_metadata(src.join(p)).is_err(), "{p} exists");
     }
+}
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_64_mib_frame_of_deletes_is_refused_with_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    let w = s.hello(no_build());
+    assert!(w.limits.max_deletes >= 10_000, "{:?}", w.limits);
+    // As many one-letter deletions as fit in one frame (about 16 million).
+    let head = br#"{"type":"patch","id":1,"build":"never","deletes":["a""#;
+    let room = kdev_protocol::MAX_FRAME_SIZE as usize - 4 - head.len() - 2;
+    let mut json = Vec::with_capacity(kdev_protocol::MAX_FRAME_SIZE as usize);
+    json.extend_from_slice(head);
+    for _ in 0..room / 4 {
+        json.extend_from_slice(br#","a""#);
+    }
+    json.extend_from_slice(b"]}");
+    let mut frame = ((json.len() + 4) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&json);
+    drop(json);
+    s.send_raw(&frame);
+    drop(frame);
+    let e = s.recv_until(Duration::from_secs(120), "the refusal", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::PatchResult(r) => panic!(
+            "a patch of {} deletions was applied",
+            r.deleted_count.max(r.deleted.len() as u64)
+        ),
+        _ => None,
+    });
+    let peak_mib = vm_hwm_kib(s.child.id()) / 1024;
+    eprintln!("serve's peak RSS after a 64 MiB frame of deletes: {peak_mib} MiB");
+    assert_eq!(
+        (e.code.as_str(), e.id, e.fatal),
+        ("too_many_deletes", Some(1), false),
+        "{e:?}"
+    );
+    assert!(
+        e.message.contains(&w.limits.max_deletes.to_string()),
+        "{}",
+        e.message
+    );
+    assert!(peak_mib < 300, "serve's peak RSS was {peak_mib} MiB");
+    // The session goes on.
+    s.send(&ClientMessage::Ping(Ping { id: 2 }));
+    s.recv_until(T, "pong", |m| {
+        matches!(m, ServerMessage::Pong(Ping { id: 2 })).then_some(())
+    });
+}
+
+#[test]
+fn a_large_listing_comes_in_parts_and_patch_results_echo_bounded_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    // Long names: more than one part's worth (each part stays far below a frame).
+    let name = |i: usize| format!("{i:05}{}", "n".repeat(240));
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..12_000 {
+        fs::write(src.join("d").join(name(i)), "x").unwrap();
+    }
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let (r, parts) = reconcile_parts(&mut s, 1);
+    assert!(parts >= 2, "{parts} part(s)");
+    assert_eq!(r.entries.len(), 12_001);
+    assert!(
+        r.entries.windows(2).all(|w| w[0].path < w[1].path),
+        "sorted across parts"
+    );
+
+    // 1500 deletions and 1500 files: each list echoes the first 1000, the counts say 1500.
+    let deletes: Vec<String> = (0..1500).map(|i| format!("d/{}", name(i))).collect();
+    let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
+    let mut t = Tar::new();
+    for i in 0..1500 {
+        t = t.file(&format!("new/{i}"), b"y", 0o644);
+    }
+    s.send(&patch(2, &deletes, t.bytes(), BuildMode::Never));
+    let r = patch_result(&mut s, 2);
+    assert!(r.complete);
+    assert_eq!((r.applied.len(), r.applied_count), (1000, 1500));
+    assert_eq!((r.deleted.len(), r.deleted_count), (1000, 1500));
+    assert_eq!(r.deleted[0], deletes[0]);
+    assert_eq!(r.files, 1500);
+    assert!(!src.join("d").join(name(1499)).exists());
 }

@@ -34,6 +34,12 @@ use tokio::task::JoinHandle;
 use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
 use build::{BuildDefaults, BuildResult, BuildSpec};
 
+/// Paths echoed per list in a `PatchResult` (the counts say how many there were).
+const MAX_LISTED: usize = 1000;
+
+/// Budget of one `ReconcileResult` part, in worst-case JSON bytes (see [`reconcile::split`]).
+const LISTING_PART_BYTES: usize = 16 << 20;
+
 /// Exit codes of `serve`.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -551,14 +557,24 @@ impl Session {
         let msg = match res {
             // SIGTERM: the main loop ends the session right after.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return,
-            Ok(Ok(l)) => ServerMessage::ReconcileResult(ReconcileResult {
-                id,
-                root: self.root.to_string_lossy().into_owned(),
-                entries: l.entries,
-                skipped: l.skipped,
-                elapsed_ms: ms(t0.elapsed()),
-                cached: l.cached,
-            }),
+            Ok(Ok(l)) => {
+                // In parts that each fit a frame whatever the tree's size.
+                let parts = reconcile::split(l.entries, l.skipped, LISTING_PART_BYTES);
+                let n = parts.len();
+                for (i, (entries, skipped)) in parts.into_iter().enumerate() {
+                    let part = ReconcileResult {
+                        id,
+                        root: self.root.to_string_lossy().into_owned(),
+                        entries,
+                        skipped,
+                        elapsed_ms: ms(t0.elapsed()),
+                        cached: l.cached,
+                        more: i + 1 < n,
+                    };
+                    self.out.send(ServerMessage::ReconcileResult(part)).await;
+                }
+                return;
+            }
             Ok(Err(e)) => error(
                 "reconcile_failed",
                 format!("cannot list {}: {e}", self.root.display()),
@@ -571,13 +587,26 @@ impl Session {
 
     async fn patch(&mut self, p: Patch) {
         let t0 = Instant::now();
-        let cancelled_build = self.cancel_build().await;
         let Patch {
             id,
             deletes,
             build,
             tar,
         } = p;
+        // Refused before anything changes (the running build goes on).
+        if deletes.len() > self.limits.max_deletes as usize {
+            let msg = format!(
+                "patch {id} has more than {} deletions (limits.max_deletes); nothing was applied: \
+                 split it into several patches",
+                self.limits.max_deletes
+            );
+            log(&msg);
+            self.out
+                .send(error("too_many_deletes", msg, Some(id)))
+                .await;
+            return;
+        }
+        let cancelled_build = self.cancel_build().await;
         // Recorded before the tree changes, so a session killed in the middle of the patch
         // leaves it marked as needing a build; undone below if no build input changed.
         let was_dirty = self.state.dirty;
@@ -624,23 +653,34 @@ impl Session {
             BuildMode::Always => true,
             BuildMode::Auto => self.state.dirty || !self.opts.paths.app_binary().is_file(),
         };
+        // Echo bounded lists: a patch of 100 000 paths must not make a reply of 100 000 paths.
+        fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
+            let n = v.len() as u64;
+            v.truncate(MAX_LISTED);
+            v.shrink_to_fit();
+            (v, n)
+        }
+        let complete = outcome.complete();
+        let (applied, applied_count) = capped(outcome.applied);
+        let (deleted, deleted_count) = capped(outcome.deleted);
+        let (refused, refused_count) = capped(outcome.refused);
         let result = PatchResult {
             id,
-            complete: outcome.complete(),
+            complete,
             files: outcome.files,
             bytes: outcome.bytes,
             elapsed_ms: ms(t0.elapsed()),
             cancelled_build,
             build_id: do_build.then_some(self.next_build_id),
-            applied: outcome.applied,
-            deleted: outcome.deleted,
-            refused: outcome.refused,
+            applied,
+            deleted,
+            refused,
+            applied_count,
+            deleted_count,
+            refused_count,
         };
         if !result.complete {
-            log(format!(
-                "patch {id}: {} entries refused",
-                result.refused.len()
-            ));
+            log(format!("patch {id}: {refused_count} entries refused"));
         }
         self.out.send(ServerMessage::PatchResult(result)).await;
         if do_build {

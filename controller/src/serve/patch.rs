@@ -38,6 +38,7 @@ pub fn default_limits() -> PatchLimits {
         max_file_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
         max_total_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
         max_extension_header: 64 * 1024,
+        max_deletes: kdev_protocol::MAX_DELETES,
     }
 }
 

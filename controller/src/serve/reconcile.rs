@@ -204,6 +204,38 @@ fn walk(
     Ok(())
 }
 
+/// Split a listing into parts whose JSON stays under `budget` bytes even in the worst case
+/// (every byte of a name escaped as `\u00XX`), each with at least one item; an empty listing
+/// is one empty part.
+pub fn split(
+    entries: Vec<Entry>,
+    skipped: Vec<Refused>,
+    budget: usize,
+) -> Vec<(Vec<Entry>, Vec<Refused>)> {
+    const OVERHEAD: usize = 200;
+    let mut parts = vec![(Vec::new(), Vec::new())];
+    let mut used = 0;
+    let mut room = |cost: usize, parts: &mut Vec<(Vec<Entry>, Vec<Refused>)>| {
+        let last = parts.last().expect("one part");
+        if used + cost > budget && !(last.0.is_empty() && last.1.is_empty()) {
+            parts.push((Vec::new(), Vec::new()));
+            used = 0;
+        }
+        used += cost;
+    };
+    for e in entries {
+        let cost = OVERHEAD + 6 * (e.path.len() + e.target.as_ref().map_or(0, String::len));
+        room(cost, &mut parts);
+        parts.last_mut().expect("one part").0.push(e);
+    }
+    for r in skipped {
+        let cost = OVERHEAD + 6 * (r.path.len() + r.reason.len());
+        room(cost, &mut parts);
+        parts.last_mut().expect("one part").1.push(r);
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +270,30 @@ mod tests {
         assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
         // Files are fresh (just written), so the cache is not used yet.
         assert_eq!(l.cached, 0);
+    }
+
+    #[test]
+    fn split_keeps_order_and_budget() {
+        let e = |p: &str| Entry {
+            path: p.into(),
+            kind: EntryKind::File,
+            size: 0,
+            mode: 0o644,
+            hash: None,
+            target: None,
+        };
+        let r = |p: &str| Refused {
+            path: p.into(),
+            reason: "r".into(),
+        };
+        assert_eq!(split(vec![], vec![], 1000), vec![(vec![], vec![])]);
+        // Each item costs 206 bytes: two per part of 500.
+        let parts = split(vec![e("a"), e("b"), e("c")], vec![r("x")], 500);
+        assert_eq!(
+            parts,
+            vec![(vec![e("a"), e("b")], vec![]), (vec![e("c")], vec![r("x")])]
+        );
+        // An item over the budget still goes (alone).
+        assert_eq!(split(vec![e("a"), e("b")], vec![], 10).len(), 2);
     }
 }
