@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,6 +38,59 @@ struct Key {
     ctime: (i64, i64),
     ino: u64,
     dev: u64,
+}
+
+impl Key {
+    fn of(m: &fs::Metadata) -> Key {
+        Key {
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+/// Why a file that `lstat` showed as regular was not hashed.
+enum Unhashed {
+    /// It vanished since: not listed.
+    Gone,
+    /// The session is ending.
+    Stopped,
+    /// Listed as skipped, with this reason.
+    Skip(String),
+}
+
+/// Hash the regular file at `path`, with the metadata of what was actually read. The name may
+/// have been replaced since it was listed: it is opened without following a symlink and
+/// without blocking (a FIFO would block `open` until a writer comes), then must be a regular
+/// file.
+fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, String), Unhashed> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Unhashed::Gone,
+            _ => Unhashed::Skip(format!("cannot open: {e}")),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| Unhashed::Skip(format!("cannot inspect: {e}")))?;
+    if !m.is_file() {
+        return Err(Unhashed::Skip(
+            "not a regular file (replaced while the tree was listed)".into(),
+        ));
+    }
+    let hash = hash_reader(Stoppable(f, stop)).map_err(|e| {
+        if stop.load(Ordering::Relaxed) {
+            Unhashed::Stopped
+        } else {
+            Unhashed::Skip(format!("cannot read: {e}"))
+        }
+    })?;
+    Ok((m, hash))
 }
 
 /// Content hashes of files seen before.
@@ -91,6 +144,16 @@ fn walk(
 ) -> io::Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
+        // Gone (or replaced by a file) since its parent was read.
+        Err(e)
+            if !prefix.is_empty()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+        {
+            return Ok(());
+        }
         Err(e) if !prefix.is_empty() => {
             out.skipped.push(Refused {
                 path: prefix.to_string(),
@@ -104,7 +167,16 @@ fn walk(
         if stop.load(Ordering::Relaxed) {
             return Err(interrupted());
         }
-        let de = de?;
+        let de = match de {
+            Ok(de) => de,
+            Err(e) => {
+                out.skipped.push(Refused {
+                    path: prefix.trim_end_matches('/').to_string(),
+                    reason: format!("cannot read the rest of the directory: {e}"),
+                });
+                break;
+            }
+        };
         let name = de.file_name();
         let Some(name) = name.to_str() else {
             out.skipped.push(Refused {
@@ -132,7 +204,18 @@ fn walk(
         let mode = m.mode() & 0o7777;
         let ft = m.file_type();
         if ft.is_symlink() {
-            let target = fs::read_link(&path)?;
+            let target = match fs::read_link(&path) {
+                Ok(t) => t,
+                // Gone since the directory was read: it is simply not listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    out.skipped.push(Refused {
+                        path: rel,
+                        reason: format!("cannot read the symlink: {e}"),
+                    });
+                    continue;
+                }
+            };
             let Some(target) = target.to_str() else {
                 out.skipped.push(Refused {
                     path: rel,
@@ -159,38 +242,28 @@ fn walk(
             });
             walk(&path, &format!("{rel}/"), cache, seen, now, stop, out)?;
         } else if ft.is_file() {
-            let key = Key {
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                ctime: (m.ctime(), m.ctime_nsec()),
-                ino: m.ino(),
-                dev: m.dev(),
-            };
             let fresh = now - m.mtime().max(m.ctime()) < 2;
-            let hash = match cache.map.get(&rel) {
-                Some((k, h)) if *k == key && !fresh => {
+            let (m, hash) = match cache.map.get(&rel) {
+                Some((k, h)) if *k == Key::of(&m) && !fresh => {
                     out.cached += 1;
-                    h.clone()
+                    (m, h.clone())
                 }
-                _ => match fs::File::open(&path).and_then(|f| hash_reader(Stoppable(f, stop))) {
-                    Ok(h) => h,
-                    Err(_) if stop.load(Ordering::Relaxed) => return Err(interrupted()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        out.skipped.push(Refused {
-                            path: rel,
-                            reason: format!("cannot read: {e}"),
-                        });
+                _ => match hash_regular_file(&path, stop) {
+                    Ok(v) => v,
+                    Err(Unhashed::Gone) => continue,
+                    Err(Unhashed::Stopped) => return Err(interrupted()),
+                    Err(Unhashed::Skip(reason)) => {
+                        out.skipped.push(Refused { path: rel, reason });
                         continue;
                     }
                 },
             };
-            seen.insert(rel.clone(), (key, hash.clone()));
+            seen.insert(rel.clone(), (Key::of(&m), hash.clone()));
             out.entries.push(Entry {
                 path: rel,
                 kind: EntryKind::File,
                 size: m.size(),
-                mode,
+                mode: m.mode() & 0o7777,
                 hash: Some(hash),
                 target: None,
             });
@@ -270,6 +343,75 @@ mod tests {
         assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
         // Files are fresh (just written), so the cache is not used yet.
         assert_eq!(l.cached, 0);
+    }
+
+    /// Lists `root` over and over in a thread while `change` runs; every listing must finish
+    /// (within 5 s: a FIFO opened for reading blocks forever) and succeed.
+    fn list_while(root: &Path, mut change: impl FnMut() + Send) {
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant};
+        let (tx, rx) = mpsc::channel();
+        let root2 = root.to_path_buf();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let done2 = done.clone();
+        // Not joined: if a listing blocks, the thread stays blocked and the test fails.
+        std::thread::spawn(move || {
+            let mut cache = HashCache::default();
+            let stop = AtomicBool::new(false);
+            while !done2.load(Ordering::Relaxed) {
+                let r = list(&root2, &mut cache, &stop).map(|l| l.skipped.len());
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        std::thread::scope(|sc| {
+            let done3 = done.clone();
+            sc.spawn(move || {
+                while !done3.load(Ordering::Relaxed) {
+                    change();
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Ok(_)) => n += 1,
+                    Ok(Err(e)) => {
+                        done.store(true, Ordering::Relaxed);
+                        panic!("listing {n} failed: {e}");
+                    }
+                    Err(_) => {
+                        done.store(true, Ordering::Relaxed);
+                        panic!("listing {n} blocked for 5 s");
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_while_listed_is_skipped_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let (x, fifo, file) = (d.path().join("x"), d.path().join("f"), d.path().join("r"));
+        fs::write(&x, "x").unwrap();
+        list_while(d.path(), || {
+            let _ = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644));
+            let _ = fs::rename(&fifo, &x);
+            let _ = fs::write(&file, "x");
+            let _ = fs::rename(&file, &x);
+        });
+    }
+
+    #[test]
+    fn a_symlink_that_vanishes_while_listed_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("l");
+        list_while(d.path(), || {
+            let _ = std::os::unix::fs::symlink("target", &l);
+            let _ = fs::remove_file(&l);
+        });
     }
 
     #[test]
