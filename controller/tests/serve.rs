@@ -1283,3 +1283,59 @@ fn a_large_listing_comes_in_parts_and_patch_results_echo_bounded_lists() {
     assert_eq!(r.files, 1500);
     assert!(!src.join("d").join(name(1499)).exists());
 }
+
+#[test]
+fn a_sync_root_over_kdev_own_directories_or_relative_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("bin")).unwrap();
+    std::os::unix::fs::symlink(kdev.join("bin"), kdev.join("to-bin")).unwrap();
+    let k = |p: &str| kdev.join(p).to_string_lossy().into_owned();
+    let refused = [
+        "/".to_string(),
+        k(""),
+        k("bin"),
+        k("run"),
+        k("cache/mod"),
+        k("src/../bin"),
+        k("to-bin"),
+        "relative/x".to_string(),
+    ];
+    for root in &refused {
+        let mut s = Serve::start(kdev, &[]);
+        s.send(&ClientMessage::Hello(kdev_protocol::handshake::hello(
+            "kdev-tests",
+            SessionConfig {
+                sync_root: Some(root.clone()),
+                ..no_build()
+            },
+        )));
+        match s.recv(T) {
+            Some(ServerMessage::Error(e)) => {
+                assert_eq!(
+                    (e.code.as_str(), e.fatal),
+                    ("bad_sync_root", true),
+                    "{root}: {e:?}"
+                );
+                assert!(e.message.contains(root.as_str()), "{root}: {}", e.message);
+            }
+            other => panic!("{root}: expected a refusal, got {other:?}"),
+        }
+        assert_eq!(s.wait_exit(T), 4, "{root}");
+    }
+    assert!(!kdev.join("relative").exists());
+    assert!(!kdev.join("bin/src").exists());
+    // The default and any other absolute directory are fine.
+    for root in [None, Some(k("elsewhere/src"))] {
+        let mut s = Serve::start(kdev, &[]);
+        let w = s.hello(SessionConfig {
+            sync_root: root.clone(),
+            ..no_build()
+        });
+        let want = root.unwrap_or_else(|| k("src"));
+        assert_eq!(
+            Path::new(&w.sync_root),
+            Path::new(&want).canonicalize().unwrap()
+        );
+    }
+}

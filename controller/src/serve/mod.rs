@@ -281,6 +281,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
             .as_deref()
             .map(Path::new)
             .unwrap_or(&opts.paths.src),
+        &opts.paths,
     ) {
         Ok(r) => r,
         Err(e) => {
@@ -453,19 +454,65 @@ async fn take_session_lock(run: &Path) -> Result<(Flock<std::fs::File>, Option<u
     }
 }
 
-fn prepare_root(root: &Path) -> Result<PathBuf, String> {
+/// `p` with `.` and `..` resolved lexically (no filesystem access).
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Refuse a sync root that is, contains or is inside one of kdev's own directories (a patch
+/// would overwrite the app binary or the controller in `bin/`, the state in `run/`, the caches).
+fn check_root_placement(root: &Path, shown: &Path, paths: &KdevPaths) -> Result<(), String> {
+    for (what, dir) in [
+        ("binaries", &paths.bin),
+        ("runtime files", &paths.run),
+        ("build caches", &paths.cache),
+    ] {
+        let dir = dir.canonicalize().unwrap_or_else(|_| lexical(dir));
+        if dir.starts_with(root) || root.starts_with(&dir) {
+            return Err(format!(
+                "the sync root {} overlaps kdev's directory for {what} ({}); use a directory of \
+                 its own, such as the default {}",
+                shown.display(),
+                dir.display(),
+                paths.src.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
+    if !root.is_absolute() {
+        return Err(format!(
+            "the sync root {} is not an absolute path",
+            root.display()
+        ));
+    }
+    // Before creating anything, then again on the real path (symlinks resolved).
+    check_root_placement(&lexical(root), root, paths)?;
     std::fs::create_dir_all(root)
         .map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
-    let root = root
+    let real = root
         .canonicalize()
         .map_err(|e| format!("cannot resolve the sync root {}: {e}", root.display()))?;
-    if !root.is_dir() {
+    if !real.is_dir() {
         return Err(format!(
             "the sync root {} is not a directory",
             root.display()
         ));
     }
-    Ok(root)
+    check_root_placement(&real, root, paths)?;
+    Ok(real)
 }
 
 impl Session {

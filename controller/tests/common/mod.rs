@@ -156,6 +156,8 @@ impl Serve {
             .arg("--kdev-dir")
             .arg(kdev)
             .args(extra)
+            // Anything relative it might create lands in the test's directory.
+            .current_dir(kdev)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
