@@ -1339,3 +1339,44 @@ fn a_sync_root_over_kdev_own_directories_or_relative_is_refused() {
         );
     }
 }
+
+#[test]
+fn pings_are_answered_while_a_long_patch_or_listing_runs() {
+    let first_reply = |s: &mut Serve, id: u64| {
+        s.recv_until(T, "a reply", |m| match m {
+            ServerMessage::Pong(Ping { id: p }) if *p == id => Some("pong"),
+            ServerMessage::PatchResult(_) => Some("patch result"),
+            ServerMessage::ReconcileResult(_) => Some("listing"),
+            _ => None,
+        })
+    };
+    // A patch that takes a second or more to apply, then a ping right behind it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    let (p, _, _) = big_patch(1, 10_000);
+    s.send(&p);
+    s.send(&ClientMessage::Ping(Ping { id: 10 }));
+    assert_eq!(first_reply(&mut s, 10), "pong");
+    assert_eq!(patch_result(&mut s, 1).files, 10_000);
+
+    // A listing that takes seconds (hashing a big sparse file), then two pings.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("src")).unwrap();
+    fs::File::create(tmp.path().join("src/big.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile { id: 2 }));
+    s.send(&ClientMessage::Ping(Ping { id: 11 }));
+    assert_eq!(first_reply(&mut s, 11), "pong");
+    s.send(&ClientMessage::Ping(Ping { id: 12 }));
+    assert_eq!(first_reply(&mut s, 12), "pong");
+    let r = s.recv_until(T, "the listing", |m| match m {
+        ServerMessage::ReconcileResult(r) if r.id == 2 => Some(r.clone()),
+        _ => None,
+    });
+    assert!(r.entries.iter().any(|e| e.path == "big.bin"));
+}

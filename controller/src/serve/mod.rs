@@ -3,7 +3,7 @@
 //! Tasks: a reader (frames from stdin), a writer (the only thing that touches stdout), the app
 //! watcher ([`app`]), at most one build and at most one restart tracker. The main loop owns the
 //! session state and handles one client message at a time; build completions come back to it
-//! through a channel. Builds coalesce: a patch (or build request) that arrives while a build
+//! through a channel. The reader answers pings itself, so they never wait behind the work. Builds coalesce: a patch (or build request) that arrives while a build
 //! runs kills that build's process group before the patch is applied, and a new build starts
 //! after it, so the newest tree always wins and a half-patched tree is never installed.
 
@@ -19,16 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kdev_protocol::asynchronous::{read_frame_async, write_message_async};
+use kdev_protocol::codec::split_payload;
 use kdev_protocol::{
     BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE,
-    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, ReconcileResult, ServerMessage,
-    SessionConfig, Welcome, check_hello, decode_message,
+    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping, ReconcileResult, ServerMessage,
+    SessionConfig, Welcome, WireMessage, check_hello, decode_message,
 };
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
@@ -118,12 +119,53 @@ async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
     }
 }
 
-async fn reader_task(tx: mpsc::Sender<Result<Option<Vec<u8>>, FrameError>>) {
+/// A frame from stdin (or how reading ended), with its share of the queue's byte budget.
+struct Inbound {
+    frame: Result<Option<Vec<u8>>, FrameError>,
+    _queued: Option<OwnedSemaphorePermit>,
+}
+
+/// How many bytes of frames may wait for the main loop (besides the one it handles).
+const QUEUED_BYTES: usize = MAX_FRAME_SIZE as usize;
+
+/// A small frame that is a ping.
+fn as_ping(payload: &[u8]) -> Option<Ping> {
+    let (header, body) = split_payload(payload).ok()?;
+    if !body.is_empty() || header.len() > 256 {
+        return None;
+    }
+    match ClientMessage::from_header(header) {
+        Ok(ClientMessage::Ping(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Reads frames and hands them to the main loop in order, except pings after the handshake:
+/// those are answered here at once. A ping checks that the stream is alive, not that the work
+/// is done, so it must not wait behind a long patch, listing or build cancellation.
+async fn reader_task(tx: mpsc::Sender<Inbound>, out: Out) {
     let mut stdin = tokio::io::stdin();
+    let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
+    let mut handshake = true;
     loop {
-        let r = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
-        let stop = !matches!(r, Ok(Some(_)));
-        if tx.send(r).await.is_err() || stop {
+        let frame = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
+        let mut queued = None;
+        if let Ok(Some(p)) = &frame {
+            if !handshake && let Some(ping) = as_ping(p) {
+                out.send(ServerMessage::Pong(ping)).await;
+                continue;
+            }
+            handshake = false;
+            // Memory stays bounded however fast the client sends: wait for room.
+            let n = p.len().clamp(1, QUEUED_BYTES) as u32;
+            queued = budget.clone().acquire_many_owned(n).await.ok();
+        }
+        let stop = !matches!(frame, Ok(Some(_)));
+        let msg = Inbound {
+            frame,
+            _queued: queued,
+        };
+        if tx.send(msg).await.is_err() || stop {
             return;
         }
     }
@@ -178,9 +220,9 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let t0 = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<ServerMessage>(1024);
     let writer = tokio::spawn(writer_task(out_rx));
-    let (in_tx, mut in_rx) = mpsc::channel(2);
-    tokio::spawn(reader_task(in_tx));
     let out = Out { tx: out_tx, t0 };
+    let (in_tx, mut in_rx) = mpsc::channel(64);
+    tokio::spawn(reader_task(in_tx, out.clone()));
     // SIGTERM/SIGINT end the session gracefully (the running build's process group is killed).
     // `stop` reaches into a patch or listing in progress (blocking code that cannot await).
     let (term_tx, mut term_rx) = watch::channel(false);
@@ -214,7 +256,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
 
     // Handshake.
     let first = tokio::select! {
-        m = in_rx.recv() => m,
+        m = in_rx.recv() => m.map(|m| m.frame),
         _ = term_rx.changed() => {
             log("terminated before the handshake");
             return finish(out, EXIT_OK).await;
@@ -518,7 +560,7 @@ fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
 impl Session {
     async fn main_loop(
         &mut self,
-        in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>,
+        in_rx: &mut mpsc::Receiver<Inbound>,
         term: &mut watch::Receiver<bool>,
     ) -> i32 {
         loop {
@@ -534,7 +576,8 @@ impl Session {
                     return EXIT_OK;
                 }
                 msg = in_rx.recv() => {
-                    let payload = match msg {
+                    // Its budget share is released here: it is no longer queued.
+                    let payload = match msg.map(|m| m.frame) {
                         None | Some(Ok(None)) => {
                             log("the client closed the stream; ending the session");
                             return EXIT_OK;
