@@ -1380,3 +1380,48 @@ fn pings_are_answered_while_a_long_patch_or_listing_runs() {
     });
     assert!(r.entries.iter().any(|e| e.path == "big.bin"));
 }
+
+#[test]
+fn the_build_inherits_the_sidecar_environment_with_the_session_env_on_top() {
+    let build_env = |sidecar: &[(&str, &str)], unset: &[&str]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let kdev = tmp.path();
+        let mut s = Serve::start_with_env(kdev, &[], sidecar, unset);
+        let mut cfg = sh_build("env > {output}");
+        cfg.build.env = [
+            ("KDEV_T_SESSION", "from-session"),
+            ("KDEV_T_BOTH", "session-wins"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        s.hello(cfg);
+        s.send(&patch(1, &[], vec![], BuildMode::Always));
+        let (outcome, output, _, _) = build_finished(&mut s, 1);
+        assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+        let env: BTreeMap<String, String> = fs::read_to_string(kdev.join("bin/app"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env
+    };
+    // The image's GOFLAGS reaches the build untouched; nothing forces -mod=mod.
+    let env = build_env(
+        &[
+            ("GOFLAGS", "-mod=vendor"),
+            ("KDEV_T_SIDECAR", "from-image"),
+            ("KDEV_T_BOTH", "image"),
+        ],
+        &[],
+    );
+    assert_eq!(env.get("GOFLAGS").map(String::as_str), Some("-mod=vendor"));
+    assert_eq!(env["KDEV_T_SIDECAR"], "from-image");
+    assert_eq!(env["KDEV_T_SESSION"], "from-session");
+    assert_eq!(env["KDEV_T_BOTH"], "session-wins");
+    assert_eq!(env["CGO_ENABLED"], "0");
+    // No GOFLAGS in the image: none in the build either.
+    let env = build_env(&[], &["GOFLAGS"]);
+    assert_eq!(env.get("GOFLAGS"), None, "{env:?}");
+    assert_eq!(env["KDEV_T_SESSION"], "from-session");
+}

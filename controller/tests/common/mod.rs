@@ -149,9 +149,25 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(kdev: &Path, extra: &[&str]) -> Serve {
+        Serve::start_with_env(kdev, extra, &[], &[])
+    }
+
+    /// Like [`Serve::start`], with `env` added to and `unset` removed from the environment it
+    /// inherits (the sidecar's).
+    pub fn start_with_env(
+        kdev: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Serve {
         let stderr_path = kdev.join(format!("serve-{}.stderr", std::process::id() ^ rand_u32()));
         let stderr = fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        for k in unset {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--kdev-dir")
             .arg(kdev)
