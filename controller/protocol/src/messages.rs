@@ -308,7 +308,8 @@ pub struct PatchLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
     /// Stable machine-readable code, e.g. `protocol_version_mismatch`, `bad_frame`,
-    /// `bad_message`, `reconcile_failed`, `unexpected_message`.
+    /// `bad_message`, `bad_sync_root`, `terminated` (fatal), `reconcile_failed`,
+    /// `patch_failed`, `too_many_deletes`, `unexpected_message` (not fatal).
     pub code: String,
     /// Human-readable, says what to do.
     pub message: String,
