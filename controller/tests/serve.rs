@@ -1035,6 +1035,14 @@ fn sigterm_ends_the_session_promptly_even_in_the_middle_of_a_patch() {
     });
     assert_eq!(e.code, "terminated");
     assert_eq!(a.wait_exit(T), 0);
+    // With its stdin still open (the client did not go away): nothing may keep it waiting.
+    // A new session SIGKILLs the old one after 5 s.
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "serve took {:?} to exit after SIGTERM\n{}",
+        t0.elapsed(),
+        a.stderr()
+    );
     assert!(
         !src.join(&last).exists(),
         "the patch was applied to the end after SIGTERM ({:?})",

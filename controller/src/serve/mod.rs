@@ -85,6 +85,22 @@ impl Out {
     pub fn try_event(&self, e: Event) -> bool {
         self.tx.try_send(self.wrap(e)).is_ok()
     }
+    /// A handle that does not keep the writer running: the session ends (and the writer
+    /// drains and stops) when the last `Out` is dropped, whatever still holds a `WeakOut`.
+    fn downgrade(&self) -> WeakOut {
+        WeakOut(self.tx.downgrade())
+    }
+}
+
+/// See [`Out::downgrade`].
+struct WeakOut(mpsc::WeakSender<ServerMessage>);
+
+impl WeakOut {
+    async fn send(&self, m: ServerMessage) {
+        if let Some(tx) = self.0.upgrade() {
+            let _ = tx.send(m).await;
+        }
+    }
 }
 
 async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
@@ -143,7 +159,7 @@ fn as_ping(payload: &[u8]) -> Option<Ping> {
 /// Reads frames and hands them to the main loop in order, except pings after the handshake:
 /// those are answered here at once. A ping checks that the stream is alive, not that the work
 /// is done, so it must not wait behind a long patch, listing or build cancellation.
-async fn reader_task(tx: mpsc::Sender<Inbound>, out: Out) {
+async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
     let mut stdin = tokio::io::stdin();
     let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
     let mut handshake = true;
@@ -222,7 +238,9 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let writer = tokio::spawn(writer_task(out_rx));
     let out = Out { tx: out_tx, t0 };
     let (in_tx, mut in_rx) = mpsc::channel(64);
-    tokio::spawn(reader_task(in_tx, out.clone()));
+    // Weak: the reader may sit in read(2) until the client goes away, long after the session
+    // ended (SIGTERM); it must not keep the writer, and so the process, waiting.
+    tokio::spawn(reader_task(in_tx, out.downgrade()));
     // SIGTERM/SIGINT end the session gracefully (the running build's process group is killed).
     // `stop` reaches into a patch or listing in progress (blocking code that cannot await).
     let (term_tx, mut term_rx) = watch::channel(false);
