@@ -859,14 +859,27 @@ async fn send_plan(
     if plan.is_empty() && !always_send {
         return Ok(sent);
     }
-    let n = chunks.len();
+    // Deletions go first, in patches of at most the pod's limit (the tar chunks follow).
+    let max_deletes = (session.welcome.limits.max_deletes as usize).max(1);
+    let mut delete_batches: Vec<Vec<String>> = plan
+        .delete
+        .chunks(max_deletes)
+        .map(<[String]>::to_vec)
+        .collect();
+    let mut patches: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    let last_deletes = delete_batches.pop().unwrap_or_default();
+    patches.extend(delete_batches.into_iter().map(|d| (d, Vec::new())));
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let (tar, _) = build_tar(&state.root, &chunk)?;
         let deletes = if i == 0 {
-            plan.delete.clone()
+            last_deletes.clone()
         } else {
             Vec::new()
         };
+        patches.push((deletes, chunk));
+    }
+    let n = patches.len();
+    for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
+        let (tar, _) = build_tar(&state.root, &chunk)?;
         let mode = if i + 1 == n { build } else { BuildMode::Never };
         let bytes = tar.len() as u64;
         let result = session.patch(deletes, tar, mode).await?;

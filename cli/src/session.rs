@@ -398,11 +398,17 @@ impl ControllerSession {
     pub async fn reconcile(&mut self) -> Result<ReconcileResult, SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Reconcile(Reconcile { id }))?;
-        self.response(id, RECONCILE_REPLY_DEADLINE, |m| match m {
+        let part = move |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
             other => Err(Box::new(other)),
-        })
-        .await
+        };
+        // A large listing comes in parts: all but the last say `more`.
+        let mut listing = self.response(id, RECONCILE_REPLY_DEADLINE, part).await?;
+        while listing.more {
+            let next = self.response(id, RECONCILE_REPLY_DEADLINE, part).await?;
+            listing.absorb(next);
+        }
+        Ok(listing)
     }
 
     /// Send deletions plus a tar of files; returns what was applied.

@@ -29,7 +29,8 @@ enum Command {
     ///
     /// Starts CMD in its own process group and keeps it running: SIGHUP restarts it (stop
     /// signal, grace period, SIGKILL to the whole group, wait until the group is gone, start CMD
-    /// again from disk); when it exits on its own it is started again after a growing delay
+    /// again from disk); when it exits on its own, what is left of its group is stopped the same
+    /// way and it is started again after a growing delay
     /// (reset after a healthy run), so the container never exits and kubelet's CrashLoopBackOff
     /// never applies; SIGTERM/SIGINT stop it the same way and exit. SIGQUIT, SIGUSR1 and SIGUSR2
     /// are forwarded to the app's process group. Orphaned grandchildren are reaped.

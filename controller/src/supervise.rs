@@ -6,7 +6,9 @@
 //! "no default action" rule does not matter. The child runs in its own process group (its PGID
 //! is its PID); stopping means: stop signal to the group, wait up to the grace period, SIGKILL
 //! the group, then wait until no process of the group is left (this is what keeps the next
-//! start from hitting "address already in use"). The supervisor is a child subreaper, so
+//! start from hitting "address already in use"). The same happens when the app's main process
+//! exits by itself (exit 0 or crash): workers it forked are stopped before the next start, not
+//! left holding its port. The supervisor is a child subreaper, so
 //! orphaned grandchildren are reparented to it and reaped.
 
 use std::fs::{self, File, OpenOptions};
@@ -301,6 +303,10 @@ impl Supervisor {
         }
         self.next_start = Some(Instant::now());
         loop {
+            if self.child.as_ref().is_some_and(|c| c.exited.is_some()) {
+                self.on_unexpected_exit();
+                continue;
+            }
             if let Some(sig) = self.shutdown {
                 if self.child.is_some() {
                     let stop_sig = if sig == Signal::SIGINT {
@@ -375,14 +381,12 @@ impl Supervisor {
                 }
                 Ok(st) => {
                     let pid = st.pid();
+                    // Only recorded here: the main loop (or a stop in progress) acts on it.
                     if let Some(c) = &mut self.child
                         && Some(c.pid) == pid
                         && matches!(st, WaitStatus::Exited(..) | WaitStatus::Signaled(..))
                     {
                         c.exited = Some(st);
-                        if self.status.state == AppState::Running {
-                            self.on_unexpected_exit();
-                        }
                     }
                 }
             }
@@ -421,7 +425,21 @@ impl Supervisor {
         }
     }
 
+    /// The app's main process exited by itself (exit or crash). Workers it forked may live on
+    /// in its process group (holding its port, its files): stop them the same way as a
+    /// restart would, before anything new starts.
     fn on_unexpected_exit(&mut self) {
+        if let Some(pgid) = self.child.as_ref().map(|c| c.pid)
+            && !group_gone(pgid)
+        {
+            log(format!(
+                "app (pid {pgid}) exited but left processes in its group; stopping them with {}",
+                self.opts.stop_signal
+            ));
+            self.status.state = AppState::Stopping;
+            self.write_status();
+            self.stop_group(pgid, self.opts.stop_signal);
+        }
         self.drain_output();
         let info = self.exit_info(false);
         let runtime = self
@@ -570,42 +588,7 @@ impl Supervisor {
         let pgid = c.pid;
         self.status.state = AppState::Stopping;
         self.write_status();
-        send_group(pgid, sig);
-        let deadline = Instant::now() + self.opts.grace_period;
-        let mut killed = false;
-        let mut kill_deadline: Option<Instant> = None;
-        loop {
-            self.reap();
-            let leader_gone = self.child.as_ref().is_none_or(|c| c.exited.is_some());
-            if leader_gone && group_gone(pgid) {
-                break;
-            }
-            let now = Instant::now();
-            if !killed && now >= deadline {
-                log(format!(
-                    "app did not stop within {} ms: sending SIGKILL to its process group",
-                    self.opts.grace_period.as_millis()
-                ));
-                send_group(pgid, Signal::SIGKILL);
-                killed = true;
-                kill_deadline = Some(now + Duration::from_secs(10));
-            }
-            if let Some(kd) = kill_deadline
-                && now >= kd
-            {
-                log(
-                    "processes of the app's group survive SIGKILL (uninterruptible?); giving up waiting",
-                );
-                break;
-            }
-            if let Some(s) = wait_signal(&self.sigset, Duration::from_millis(20)) {
-                match s {
-                    Signal::SIGCHLD => {}
-                    Signal::SIGHUP => {} // already restarting
-                    other => self.on_signal(other),
-                }
-            }
-        }
+        let killed = self.stop_group(pgid, sig);
         self.drain_output();
         let info = self.exit_info(true);
         if let Some(i) = &info {
@@ -622,11 +605,55 @@ impl Supervisor {
         self.write_status();
         killed
     }
+
+    /// `sig` to the process group `pgid`, wait up to the grace period, SIGKILL, then wait
+    /// until the leader (if it is still our child) is reaped and no process of the group is
+    /// left. Returns whether SIGKILL was needed.
+    fn stop_group(&mut self, pgid: Pid, sig: Signal) -> bool {
+        let leader_alive = |s: &Self| s.child.as_ref().is_some_and(|c| c.exited.is_none());
+        send_group(pgid, sig, leader_alive(self));
+        let deadline = Instant::now() + self.opts.grace_period;
+        let mut killed = false;
+        let mut kill_deadline: Option<Instant> = None;
+        loop {
+            self.reap();
+            if !leader_alive(self) && group_gone(pgid) {
+                break;
+            }
+            let now = Instant::now();
+            if !killed && now >= deadline {
+                log(format!(
+                    "app did not stop within {} ms: sending SIGKILL to its process group",
+                    self.opts.grace_period.as_millis()
+                ));
+                send_group(pgid, Signal::SIGKILL, leader_alive(self));
+                killed = true;
+                kill_deadline = Some(now + Duration::from_secs(10));
+            }
+            if let Some(kd) = kill_deadline
+                && now >= kd
+            {
+                log(
+                    "processes of the app's group survive SIGKILL (uninterruptible?); giving up waiting",
+                );
+                break;
+            }
+            // SIGCHLD: reaped at the top of the loop. A SIGHUP during a restart's stop asks for
+            // the restart in progress (restart() clears it); after a crash it skips the backoff.
+            if let Some(s) = wait_signal(&self.sigset, Duration::from_millis(20))
+                && s != Signal::SIGCHLD
+            {
+                self.on_signal(s);
+            }
+        }
+        killed
+    }
 }
 
-fn send_group(pgid: Pid, sig: Signal) {
-    if signal::killpg(pgid, sig) == Err(Errno::ESRCH) {
-        // The leader may have left its group (setsid): signal it directly.
+fn send_group(pgid: Pid, sig: Signal, leader_alive: bool) {
+    // The leader may have left its group (setsid): signal it directly, but only while it is
+    // not reaped (after that its PID may belong to someone else).
+    if signal::killpg(pgid, sig) == Err(Errno::ESRCH) && leader_alive {
         let _ = signal::kill(pgid, sig);
     }
 }

@@ -46,6 +46,11 @@ impl KdevPaths {
     pub fn build_state_file(&self) -> PathBuf {
         self.run.join("build-state.json")
     }
+    /// `run/build.pgid`: the running build's process group and its leader's start time, so a
+    /// session that starts after a killed one can stop a build it left running.
+    pub fn build_group_file(&self) -> PathBuf {
+        self.run.join("build.pgid")
+    }
     pub fn app_binary(&self) -> PathBuf {
         self.bin.join("app")
     }

@@ -87,12 +87,26 @@ fn patch_result(s: &mut Serve, id: u64) -> PatchResult {
     })
 }
 
-fn reconcile(s: &mut Serve, id: u64) -> ReconcileResult {
+/// The whole listing (gathered from its parts) and how many parts it came in.
+fn reconcile_parts(s: &mut Serve, id: u64) -> (ReconcileResult, usize) {
     s.send(&ClientMessage::Reconcile(Reconcile { id }));
-    s.recv_until(T, "reconcile result", |m| match m {
-        ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
-        _ => None,
-    })
+    let next = |s: &mut Serve| {
+        s.recv_until(T, "reconcile result", |m| match m {
+            ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
+            _ => None,
+        })
+    };
+    let mut all = next(s);
+    let mut parts = 1;
+    while all.more {
+        all.absorb(next(s));
+        parts += 1;
+    }
+    (all, parts)
+}
+
+fn reconcile(s: &mut Serve, id: u64) -> ReconcileResult {
+    reconcile_parts(s, id).0
 }
 
 /// What a tree holds, independently of the controller: path → (kind, mode, content/target).
@@ -162,7 +176,9 @@ fn handshake_refuses_another_protocol_version_with_a_clear_message() {
             assert_eq!(e.code, "protocol_version_mismatch");
             assert!(e.fatal);
             assert!(
-                e.message.contains("protocol 999") && e.message.contains("protocol 1"),
+                e.message.contains("protocol 999")
+                    && e.message
+                        .contains(&format!("protocol {}", kdev_protocol::PROTOCOL_VERSION)),
                 "{}",
                 e.message
             );
@@ -778,6 +794,9 @@ fn build_inputs_decide_whether_a_patch_builds() {
         BuildMode::Auto,
     ));
     assert_eq!(patch_result(&mut s, 1).build_id, None);
+    // Marked dirty while it was applied, clean again once it is known to touch no input.
+    let state = fs::read_to_string(kdev.join("run/build-state.json")).unwrap();
+    assert!(state.contains(r#""dirty":false"#), "{state}");
     s.send(&patch(
         2,
         &[],
@@ -833,4 +852,584 @@ fn a_new_session_replaces_a_stale_one_and_its_build_is_killed() {
     b.recv_until(T, "pong", |m| {
         matches!(m, ServerMessage::Pong(Ping { id: 5 })).then_some(())
     });
+}
+
+#[test]
+fn a_build_left_running_by_a_killed_session_is_stopped_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let marker = kdev.join("build.pids");
+    let mut a = Serve::start(kdev, &[]);
+    // The shell and its sleep: the whole group must go.
+    a.hello(sh_build(&format!(
+        "sleep 30 & echo $$ $! > {}; wait; cp x {{output}}",
+        marker.display()
+    )));
+    a.send(&patch(
+        1,
+        &[],
+        Tar::new().file("x", b"x", 0o644).bytes(),
+        BuildMode::Auto,
+    ));
+    assert_eq!(patch_result(&mut a, 1).build_id, Some(1));
+    let pids: Vec<u32> = wait_for(T, "the build to start", || {
+        let s = fs::read_to_string(&marker).ok()?;
+        let v: Vec<u32> = s
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (v.len() == 2).then_some(v)
+    });
+    // The OOM killer, or the CLI's take-over after its grace period: no cleanup at all.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        pids.iter().all(|p| process_alive(*p)),
+        "the build survives its session"
+    );
+
+    let mut b = Serve::start(kdev, &[]);
+    let w = b.hello(no_build());
+    // Killed before the Welcome, so before this session could start a build of its own.
+    for p in &pids {
+        assert!(
+            !process_alive(*p),
+            "build process {p} left running\n{}",
+            b.stderr()
+        );
+    }
+    assert!(w.needs_build);
+    b.event_until(T, "the stale build warning", |e| match e {
+        Event::Warning { code, .. } if code == "stale_build" => Some(()),
+        _ => None,
+    });
+    assert!(!kdev.join("run/build.pgid").exists());
+}
+
+#[test]
+fn temp_files_of_an_interrupted_patch_are_removed_at_startup_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let outside = kdev.join("outside");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    // What a session killed in the middle of writing files leaves (files and symlinks).
+    let ours = [".kdev-123-4.tmp", "a/b/.kdev-9-0.tmp", "a/.kdev-77-12.tmp"];
+    for p in &ours[..2] {
+        fs::write(src.join(p), "half-written").unwrap();
+    }
+    std::os::unix::fs::symlink("b", src.join(ours[2])).unwrap();
+    // Not ours, or not under the root without following a symlink: kept.
+    let keep = [
+        ".kdev-notours.tmp",
+        ".kdev-1-2.tmp.go",
+        "kdev-1-2.tmp",
+        "a/.kdev-1-x.tmp",
+    ];
+    for p in keep {
+        fs::write(src.join(p), "user file").unwrap();
+    }
+    fs::write(outside.join(".kdev-5-5.tmp"), "outside").unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    for p in ours {
+        assert!(fs::symlink_metadata(src.join(p)).is_err(), "{p} is left");
+    }
+    for p in keep {
+        assert!(src.join(p).exists(), "{p} was removed");
+    }
+    assert!(outside.join(".kdev-5-5.tmp").exists(), "followed a symlink");
+    assert!(
+        src.join("a/b").is_dir(),
+        "the target of a removed symlink is kept"
+    );
+    // And the user's odd names are listed, not mistaken for ours.
+    let r = reconcile(&mut s, 1);
+    for p in keep {
+        assert!(r.entries.iter().any(|e| e.path == p), "{p} not listed");
+    }
+}
+
+/// A patch of `n` small files in a few nested directories, slow enough to apply (seconds) to
+/// interrupt it. Returns the patch and the paths of its first and last files.
+fn big_patch(id: u64, n: usize) -> (ClientMessage, String, String) {
+    let mut t = Tar::new();
+    let path = |i: usize| format!("big/d{}/sub/f{i:06}.txt", i % 16);
+    for i in 0..n {
+        t = t.file(&path(i), b"x", 0o644);
+    }
+    (
+        patch(id, &[], t.bytes(), BuildMode::Never),
+        path(0),
+        path(n - 1),
+    )
+}
+
+/// A kdev dir with an installed app and a clean build state.
+fn built_kdev() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("bin")).unwrap();
+    fs::write(tmp.path().join("bin/app"), "app").unwrap();
+    fs::create_dir_all(tmp.path().join("run")).unwrap();
+    fs::write(
+        tmp.path().join("run/build-state.json"),
+        r#"{"dirty":false}"#,
+    )
+    .unwrap();
+    tmp
+}
+
+#[test]
+fn a_session_killed_in_the_middle_of_a_patch_leaves_the_tree_marked_as_needing_a_build() {
+    let tmp = built_kdev();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let mut a = Serve::start(kdev, &[]);
+    assert!(!a.hello(no_build()).needs_build);
+    let (p, first, last) = big_patch(1, 40_000);
+    a.send(&p);
+    wait_for(T, "the patch to be applied in part", || {
+        src.join(&first).exists().then_some(())
+    });
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        !src.join(&last).exists(),
+        "the patch was applied completely before the kill; make it bigger"
+    );
+    let mut b = Serve::start(kdev, &[]);
+    assert!(
+        b.hello(no_build()).needs_build,
+        "a half-applied tree must be built"
+    );
+}
+
+#[test]
+fn sigterm_ends_the_session_promptly_even_in_the_middle_of_a_patch() {
+    let tmp = built_kdev();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(no_build());
+    let (p, first, last) = big_patch(1, 40_000);
+    a.send(&p);
+    wait_for(T, "the patch to be applied in part", || {
+        src.join(&first).exists().then_some(())
+    });
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let e = a.recv_until(T, "the terminated error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::PatchResult(r) => panic!(
+            "the patch went on to the end after SIGTERM ({} files in {} ms)",
+            r.files, r.elapsed_ms
+        ),
+        _ => None,
+    });
+    assert_eq!(e.code, "terminated");
+    assert_eq!(a.wait_exit(T), 0);
+    // With its stdin still open (the client did not go away): nothing may keep it waiting.
+    // A new session SIGKILLs the old one after 5 s.
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "serve took {:?} to exit after SIGTERM\n{}",
+        t0.elapsed(),
+        a.stderr()
+    );
+    assert!(
+        !src.join(&last).exists(),
+        "the patch was applied to the end after SIGTERM ({:?})",
+        t0.elapsed()
+    );
+    let mut b = Serve::start(kdev, &[]);
+    assert!(b.hello(no_build()).needs_build);
+}
+
+#[test]
+fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Sparse, so it costs no disk, but hashing it takes seconds.
+    let big = src.join("big.bin");
+    fs::File::create(&big).unwrap().set_len(4 << 30).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile { id: 1 }));
+    let pid = s.child.id();
+    wait_for(T, "serve to be reading the big file", || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == big))
+            .then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let e = s.recv_until(T, "the terminated error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::ReconcileResult(r) => panic!(
+            "the listing went on to the end after SIGTERM ({} ms)",
+            r.elapsed_ms
+        ),
+        _ => None,
+    });
+    assert_eq!(e.code, "terminated");
+    assert_eq!(s.wait_exit(T), 0);
+}
+
+#[test]
+fn symlinks_that_lead_outside_only_together_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    fs::create_dir_all(src.join("v2")).unwrap();
+    fs::write(src.join("v2/main.go"), "package main").unwrap();
+    // Planted by something else than a patch: an absolute link.
+    std::os::unix::fs::symlink("/etc", src.join("etc")).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let refused =
+        |r: &PatchResult| -> Vec<String> { r.refused.iter().map(|x| x.path.clone()).collect() };
+    // Each harmless alone; together `x` is the root's parent.
+    s.send(&patch(
+        1,
+        &[],
+        Tar::new()
+            .dir("a")
+            .dir("a/b")
+            .link(EntryType::Symlink, "a/b/top", "../..")
+            .link(EntryType::Symlink, "x", "a/b/top/..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 1);
+    assert_eq!(refused(&r), ["x"], "{r:?}");
+    let outside = |r: &PatchResult| {
+        r.refused
+            .iter()
+            .all(|x| x.reason.contains("which is outside the sync root"))
+    };
+    assert!(outside(&r), "{r:?}");
+    // The same in the other order (`y` checked before the link it goes through).
+    s.send(&patch(
+        2,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "y", "c/d/top/..")
+            .dir("c")
+            .dir("c/d")
+            .link(EntryType::Symlink, "c/d/top", "../..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 2);
+    assert_eq!(refused(&r), ["y"]);
+    assert!(outside(&r), "{r:?}");
+    // Through a link already on disk (from patch 1), and through an absolute one.
+    s.send(&patch(
+        3,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "z", "a/b/top/..")
+            .link(EntryType::Symlink, "pw", "etc/passwd")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 3);
+    assert_eq!(refused(&r), ["z", "pw"]);
+    assert!(outside(&r), "{r:?}");
+    // In separate patches, in the order where the first link is fine when it is created: a
+    // `..` after a name is refused, as a later link could turn it outwards.
+    s.send(&patch(
+        4,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "w", "e/f/top/..")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 4);
+    assert_eq!(refused(&r), ["w"]);
+    assert!(r.refused[0].reason.contains("\"e/f\""), "{r:?}");
+    // Chains that stay inside are fine.
+    s.send(&patch(
+        5,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "latest", "v2")
+            .link(EntryType::Symlink, "cmd/main.go", "../latest/main.go")
+            .link(EntryType::Symlink, "root", "a/b/top")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 5);
+    assert!(r.complete, "{r:?}");
+    assert_eq!(
+        fs::read_to_string(src.join("cmd/main.go")).unwrap(),
+        "package main"
+    );
+    // Loops, through links of the same patch.
+    s.send(&patch(
+        6,
+        &[],
+        Tar::new()
+            .link(EntryType::Symlink, "l1", "l2")
+            .link(EntryType::Symlink, "l2", "l1")
+            .bytes(),
+        BuildMode::Never,
+    ));
+    let r = patch_result(&mut s, 6);
+    assert_eq!(refused(&r), ["l1", "l2"]);
+    assert!(r.refused.iter().all(|x| x.reason.contains("loop")), "{r:?}");
+    for p in ["x", "y", "z", "pw", "w", "l1", "l2"] {
+        assert!(fs::symlink_metadata(src.join(p)).is_err(), "{p} exists");
+    }
+}
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_64_mib_frame_of_deletes_is_refused_with_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    let w = s.hello(no_build());
+    assert!(w.limits.max_deletes >= 10_000, "{:?}", w.limits);
+    // As many one-letter deletions as fit in one frame (about 16 million).
+    let head = br#"{"type":"patch","id":1,"build":"never","deletes":["a""#;
+    let room = kdev_protocol::MAX_FRAME_SIZE as usize - 4 - head.len() - 2;
+    let mut json = Vec::with_capacity(kdev_protocol::MAX_FRAME_SIZE as usize);
+    json.extend_from_slice(head);
+    for _ in 0..room / 4 {
+        json.extend_from_slice(br#","a""#);
+    }
+    json.extend_from_slice(b"]}");
+    let mut frame = ((json.len() + 4) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&json);
+    drop(json);
+    s.send_raw(&frame);
+    drop(frame);
+    let e = s.recv_until(Duration::from_secs(120), "the refusal", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::PatchResult(r) => panic!(
+            "a patch of {} deletions was applied",
+            r.deleted_count.max(r.deleted.len() as u64)
+        ),
+        _ => None,
+    });
+    let peak_mib = vm_hwm_kib(s.child.id()) / 1024;
+    eprintln!("serve's peak RSS after a 64 MiB frame of deletes: {peak_mib} MiB");
+    assert_eq!(
+        (e.code.as_str(), e.id, e.fatal),
+        ("too_many_deletes", Some(1), false),
+        "{e:?}"
+    );
+    assert!(
+        e.message.contains(&w.limits.max_deletes.to_string()),
+        "{}",
+        e.message
+    );
+    assert!(peak_mib < 300, "serve's peak RSS was {peak_mib} MiB");
+    // The session goes on.
+    s.send(&ClientMessage::Ping(Ping { id: 2 }));
+    s.recv_until(T, "pong", |m| {
+        matches!(m, ServerMessage::Pong(Ping { id: 2 })).then_some(())
+    });
+}
+
+#[test]
+fn a_large_listing_comes_in_parts_and_patch_results_echo_bounded_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let src = kdev.join("src");
+    // Long names: more than one part's worth (each part stays far below a frame).
+    let name = |i: usize| format!("{i:05}{}", "n".repeat(240));
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..12_000 {
+        fs::write(src.join("d").join(name(i)), "x").unwrap();
+    }
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    let (r, parts) = reconcile_parts(&mut s, 1);
+    assert!(parts >= 2, "{parts} part(s)");
+    assert_eq!(r.entries.len(), 12_001);
+    assert!(
+        r.entries.windows(2).all(|w| w[0].path < w[1].path),
+        "sorted across parts"
+    );
+
+    // 1500 deletions and 1500 files: each list echoes the first 1000, the counts say 1500.
+    let deletes: Vec<String> = (0..1500).map(|i| format!("d/{}", name(i))).collect();
+    let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
+    let mut t = Tar::new();
+    for i in 0..1500 {
+        t = t.file(&format!("new/{i}"), b"y", 0o644);
+    }
+    s.send(&patch(2, &deletes, t.bytes(), BuildMode::Never));
+    let r = patch_result(&mut s, 2);
+    assert!(r.complete);
+    assert_eq!((r.applied.len(), r.applied_count), (1000, 1500));
+    assert_eq!((r.deleted.len(), r.deleted_count), (1000, 1500));
+    assert_eq!(r.deleted[0], deletes[0]);
+    assert_eq!(r.files, 1500);
+    assert!(!src.join("d").join(name(1499)).exists());
+}
+
+#[test]
+fn a_sync_root_over_kdev_own_directories_or_relative_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("bin")).unwrap();
+    std::os::unix::fs::symlink(kdev.join("bin"), kdev.join("to-bin")).unwrap();
+    let k = |p: &str| kdev.join(p).to_string_lossy().into_owned();
+    let refused = [
+        "/".to_string(),
+        k(""),
+        k("bin"),
+        k("run"),
+        k("cache/mod"),
+        k("src/../bin"),
+        k("to-bin"),
+        "relative/x".to_string(),
+    ];
+    for root in &refused {
+        let mut s = Serve::start(kdev, &[]);
+        s.send(&ClientMessage::Hello(kdev_protocol::handshake::hello(
+            "kdev-tests",
+            SessionConfig {
+                sync_root: Some(root.clone()),
+                ..no_build()
+            },
+        )));
+        match s.recv(T) {
+            Some(ServerMessage::Error(e)) => {
+                assert_eq!(
+                    (e.code.as_str(), e.fatal),
+                    ("bad_sync_root", true),
+                    "{root}: {e:?}"
+                );
+                assert!(e.message.contains(root.as_str()), "{root}: {}", e.message);
+            }
+            other => panic!("{root}: expected a refusal, got {other:?}"),
+        }
+        assert_eq!(s.wait_exit(T), 4, "{root}");
+    }
+    assert!(!kdev.join("relative").exists());
+    assert!(!kdev.join("bin/src").exists());
+    // The default and any other absolute directory are fine.
+    for root in [None, Some(k("elsewhere/src"))] {
+        let mut s = Serve::start(kdev, &[]);
+        let w = s.hello(SessionConfig {
+            sync_root: root.clone(),
+            ..no_build()
+        });
+        let want = root.unwrap_or_else(|| k("src"));
+        assert_eq!(
+            Path::new(&w.sync_root),
+            Path::new(&want).canonicalize().unwrap()
+        );
+    }
+}
+
+#[test]
+fn pings_are_answered_while_a_long_patch_or_listing_runs() {
+    let first_reply = |s: &mut Serve, id: u64| {
+        s.recv_until(T, "a reply", |m| match m {
+            ServerMessage::Pong(Ping { id: p }) if *p == id => Some("pong"),
+            ServerMessage::PatchResult(_) => Some("patch result"),
+            ServerMessage::ReconcileResult(_) => Some("listing"),
+            _ => None,
+        })
+    };
+    // A patch that takes a second or more to apply, then a ping right behind it.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    let (p, _, _) = big_patch(1, 10_000);
+    s.send(&p);
+    s.send(&ClientMessage::Ping(Ping { id: 10 }));
+    assert_eq!(first_reply(&mut s, 10), "pong");
+    assert_eq!(patch_result(&mut s, 1).files, 10_000);
+
+    // A listing that takes seconds (hashing a big sparse file), then two pings.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("src")).unwrap();
+    fs::File::create(tmp.path().join("src/big.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile { id: 2 }));
+    s.send(&ClientMessage::Ping(Ping { id: 11 }));
+    assert_eq!(first_reply(&mut s, 11), "pong");
+    s.send(&ClientMessage::Ping(Ping { id: 12 }));
+    assert_eq!(first_reply(&mut s, 12), "pong");
+    let r = s.recv_until(T, "the listing", |m| match m {
+        ServerMessage::ReconcileResult(r) if r.id == 2 => Some(r.clone()),
+        _ => None,
+    });
+    assert!(r.entries.iter().any(|e| e.path == "big.bin"));
+}
+
+#[test]
+fn the_build_inherits_the_sidecar_environment_with_the_session_env_on_top() {
+    let build_env = |sidecar: &[(&str, &str)], unset: &[&str]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let kdev = tmp.path();
+        let mut s = Serve::start_with_env(kdev, &[], sidecar, unset);
+        let mut cfg = sh_build("env > {output}");
+        cfg.build.env = [
+            ("KDEV_T_SESSION", "from-session"),
+            ("KDEV_T_BOTH", "session-wins"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        s.hello(cfg);
+        s.send(&patch(1, &[], vec![], BuildMode::Always));
+        let (outcome, output, _, _) = build_finished(&mut s, 1);
+        assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+        let env: BTreeMap<String, String> = fs::read_to_string(kdev.join("bin/app"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env
+    };
+    // The image's GOFLAGS reaches the build untouched; nothing forces -mod=mod.
+    let env = build_env(
+        &[
+            ("GOFLAGS", "-mod=vendor"),
+            ("KDEV_T_SIDECAR", "from-image"),
+            ("KDEV_T_BOTH", "image"),
+        ],
+        &[],
+    );
+    assert_eq!(env.get("GOFLAGS").map(String::as_str), Some("-mod=vendor"));
+    assert_eq!(env["KDEV_T_SIDECAR"], "from-image");
+    assert_eq!(env["KDEV_T_SESSION"], "from-session");
+    assert_eq!(env["KDEV_T_BOTH"], "session-wins");
+    assert_eq!(env["CGO_ENABLED"], "0");
+    // No GOFLAGS in the image: none in the build either.
+    let env = build_env(&[], &["GOFLAGS"]);
+    assert_eq!(env.get("GOFLAGS"), None, "{env:?}");
+    assert_eq!(env["KDEV_T_SESSION"], "from-session");
 }

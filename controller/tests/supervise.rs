@@ -180,11 +180,13 @@ fn crashing_child_is_restarted_with_growing_delay_and_the_exit_is_recorded() {
             "gap {i} is {g} ms, expected >= {min} ms; gaps {gaps:?}"
         );
     }
-    let st = read_status(kdev).unwrap();
+    // The fifth run's output can be logged before the status that counts its start is written.
+    let st = wait_for(T, "the status to count five starts", || {
+        read_status(kdev).filter(|s| s.starts >= 5)
+    });
     let exit = st.last_exit.expect("exit recorded");
     assert_eq!(exit.code, Some(3));
     assert!(!exit.expected);
-    assert!(st.starts >= 5);
     // The supervisor itself never exits for that.
     assert!(
         sup.child.try_wait().unwrap().is_none(),
@@ -272,4 +274,98 @@ fn missing_command_is_retried_not_fatal() {
     install_app(kdev, "exec sleep 1000");
     sup.wait_running(0, T);
     assert!(sup.child.try_wait().unwrap().is_none());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn workers_left_by_an_exited_app_are_stopped_before_the_restart_and_at_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let k = kdev.display();
+    let port = free_port();
+    // Each run starts a worker that listens on the app's port (and ignores SIGTERM, so only
+    // SIGKILL stops it), waits until the worker reports whether it could bind, then: run 1
+    // exits 0, run 2 crashes (SIGKILL to itself), later runs stay up.
+    install_app(
+        kdev,
+        &format!(
+            r#"n=$(cat {k}/runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > {k}/runs
+perl -MIO::Socket::INET -e '$SIG{{TERM}}="IGNORE"; my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => {port}, Listen => 5, ReuseAddr => 1); open(my $f, ">", "{k}/bind.tmp.$$") or die; print $f ($s ? "bound" : "failed: $@"); close $f; rename("{k}/bind.tmp.$$", "{k}/bind.'$n'"); sleep 1000' &
+echo $! > {k}/worker.$n
+while [ ! -e {k}/bind.$n ]; do sleep 0.02; done
+case $n in
+  1) exit 0 ;;
+  2) kill -KILL $$ ;;
+esac
+exec sleep 1000"#
+        ),
+    );
+    let app = app_path(kdev);
+    let mut sup = Supervisor::start(
+        kdev,
+        &[
+            "--grace-period",
+            "300ms",
+            "--backoff-min",
+            "50ms",
+            "--backoff-max",
+            "100ms",
+        ],
+        &[&app],
+        &[],
+    );
+    let bind = |n: u32| {
+        wait_for(T, &format!("run {n} to report its bind"), || {
+            fs::read_to_string(kdev.join(format!("bind.{n}"))).ok()
+        })
+    };
+    let worker = |n: u32| {
+        wait_for(T, &format!("the worker PID of run {n}"), || {
+            read_pid(&kdev.join(format!("worker.{n}")))
+        })
+    };
+    // Runs 1 (exit 0) and 2 (crash) leave a worker each; each must be gone before the next
+    // run starts, or that run's worker cannot bind.
+    for n in 1..=3 {
+        assert_eq!(bind(n), "bound", "run {n}\n{}", sup.stderr());
+        if n > 1 {
+            let old = worker(n - 1);
+            assert!(
+                !process_exists(old),
+                "the worker {old} of run {} survived the restart",
+                n - 1
+            );
+        }
+    }
+    let st = sup.wait_running(2, T);
+    assert_eq!(st.starts, 3);
+    // A SIGHUP restart of a running app stops its worker too.
+    sup.signal(Signal::SIGHUP);
+    assert_eq!(bind(4), "bound", "{}", sup.stderr());
+    assert!(!process_exists(worker(3)));
+    // And the supervisor's own exit leaves nothing of the group.
+    let st = sup.wait_running(3, T);
+    let pgid = st.pid.unwrap();
+    sup.signal(Signal::SIGTERM);
+    let status = wait_for(T, "the supervisor to exit", || {
+        sup.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", sup.stderr());
+    assert!(!process_exists(worker(4)), "the last worker survived");
+    assert_eq!(
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None),
+        Err(nix::errno::Errno::ESRCH),
+        "processes of the app's group are left"
+    );
 }

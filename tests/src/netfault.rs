@@ -39,7 +39,10 @@ impl TcpProxy {
                         };
                         let _ = down.set_nodelay(true);
                         let _ = up.set_nodelay(true);
-                        clients.lock().unwrap_or_else(|e| e.into_inner()).push(peer.port());
+                        clients
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(peer.port());
                         let (dr, dw) = down.into_split();
                         let (ur, uw) = up.into_split();
                         let a = tokio::spawn(pipe(dr, uw, delay));
@@ -62,7 +65,10 @@ impl TcpProxy {
 
     /// Client-side ports of the proxy's open connections.
     pub fn client_ports(&self) -> Vec<u16> {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -153,7 +159,15 @@ impl BlackHole {
             let (c, s) = (c.to_string(), server_port.to_string());
             for (sport, dport) in [(&c, &s), (&s, &c)] {
                 iptables(&[
-                    "-A", &hole.chain, "-p", "tcp", "--sport", sport, "--dport", dport, "-j",
+                    "-A",
+                    &hole.chain,
+                    "-p",
+                    "tcp",
+                    "--sport",
+                    sport,
+                    "--dport",
+                    dport,
+                    "-j",
                     "DROP",
                 ])?;
             }

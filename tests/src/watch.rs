@@ -93,7 +93,10 @@ impl Watch {
     }
 
     pub fn output(&self) -> String {
-        self.output.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Write `content` to `rel` in the project, creating directories.
@@ -249,7 +252,10 @@ pub async fn pod_nodes(pods: &Api<Pod>, pod: &str) -> Result<BTreeMap<String, No
     for entry in tar::Archive::new(out.stdout.as_slice()).entries()? {
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().into_owned();
-        let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
         if path.is_empty() || path == "." {
             continue;
         }

@@ -351,10 +351,7 @@ async fn serve_killed_mid_patch_leaves_a_consistent_pod() -> Result<()> {
         .map(|i| format!("// line {i} of a large generated file\n"))
         .collect();
     for i in 0..6 {
-        w.write(
-            &format!("gen/big{i}.go"),
-            &format!("package gen\n{big}"),
-        );
+        w.write(&format!("gen/big{i}.go"), &format!("package gen\n{big}"));
     }
     w.set_message("\"after the kill\"");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -411,7 +408,10 @@ async fn kdev_down_under_a_live_watch_stops_it() -> Result<()> {
         String::from_utf8_lossy(&down.stderr)
     );
     let status = w.wait_exit(Duration::from_secs(20))?;
-    ensure!(!status.success(), "the watch must fail: it lost its session");
+    ensure!(
+        !status.success(),
+        "the watch must fail: it lost its session"
+    );
     let out = w.output();
     ensure!(
         out.contains("session Lease") && out.contains("deleted"),

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::watch::{Watch, assert_pod_tree_equals_local, dev_pod};
-use kdev_tests::{TestNamespace, client, copy_dir, exec, kdev_bin, poll_until, repo_root, restart_counts};
+use kdev_tests::{
+    TestNamespace, client, copy_dir, exec, kdev_bin, poll_until, repo_root, restart_counts,
+};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 

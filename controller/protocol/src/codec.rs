@@ -40,6 +40,12 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     }
     /// A short name for error messages.
     fn kind(&self) -> &'static str;
+    /// Decode the JSON header. An internally tagged enum first buffers the whole header in
+    /// serde's generic form (tens of bytes per string: GBs for a 64 MiB list), so a message
+    /// that can be large decodes its own struct directly instead.
+    fn from_header(header: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(header)
+    }
 }
 
 pub(crate) fn encode_header<M: WireMessage>(msg: &M) -> Result<Vec<u8>, CodecError> {
@@ -87,7 +93,7 @@ pub fn split_payload(payload: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
 pub fn decode_message<M: WireMessage>(mut payload: Vec<u8>) -> Result<M, CodecError> {
     let (header, _) = split_payload(&payload)?;
     let hlen = header.len();
-    let mut msg: M = serde_json::from_slice(header)?;
+    let mut msg = M::from_header(header)?;
     // Reuse the allocation for the body: drop the length prefix and header in place.
     payload.drain(..4 + hlen);
     msg.set_body(payload)?;

@@ -68,27 +68,89 @@ fn advice(client: u32, server: u32) -> &'static str {
     }
 }
 
+/// A JSON value of the handshake's first frame, kept only if it is a string or an unsigned
+/// number; anything else (arrays, objects) is skipped without being stored. (An untagged enum
+/// or a `serde_json::Value` would buffer all of it: GBs for a hostile 64 MiB frame.)
+#[derive(Debug, Default)]
+enum Scalar {
+    Str(String),
+    U64(u64),
+    #[default]
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::U64(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Scalar, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Scalar, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Server side: validate the first frame's payload and decode the Hello.
 pub fn check_hello(payload: Vec<u8>) -> Result<Hello, HandshakeError> {
     let (header, _) = codec::split_payload(&payload)?;
-    let value: serde_json::Value = serde_json::from_slice(header)
+    // Only these fields, each kept only if it has the expected type; everything else is
+    // skipped without being stored (a `serde_json::Value` of a hostile 64 MiB frame takes GBs).
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type", default)]
+        ty: Scalar,
+        #[serde(default)]
+        protocol_version: Scalar,
+        #[serde(default)]
+        client_version: Scalar,
+    }
+    let head: Head = serde_json::from_slice(header)
         .map_err(|e| HandshakeError::NotHello(format!("invalid JSON ({e})")))?;
-    let ty = value
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("<no type>");
+    let ty = match &head.ty {
+        Scalar::Str(t) => t.as_str(),
+        _ => "<no type>",
+    };
     if ty != "hello" {
         return Err(HandshakeError::NotHello(format!("a {ty:?} message")));
     }
-    let client = value
-        .get("protocol_version")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| HandshakeError::NotHello("a hello without protocol_version".into()))?;
-    let client_version = value
-        .get("client_version")
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown version")
-        .to_string();
+    let Scalar::U64(client) = head.protocol_version else {
+        return Err(HandshakeError::NotHello(
+            "a hello without protocol_version".into(),
+        ));
+    };
+    let client_version = match head.client_version {
+        Scalar::Str(v) => v,
+        _ => "unknown version".to_string(),
+    };
     if client != u64::from(PROTOCOL_VERSION) {
         let client = u32::try_from(client).unwrap_or(u32::MAX);
         return Err(HandshakeError::VersionMismatch {
@@ -181,7 +243,10 @@ mod tests {
         let msg = err.to_error_message();
         assert_eq!(msg.code, VERSION_MISMATCH);
         assert!(
-            msg.message.contains("protocol 99") && msg.message.contains("protocol 1"),
+            msg.message.contains("protocol 99")
+                && msg
+                    .message
+                    .contains(&format!("protocol {PROTOCOL_VERSION}")),
             "{}",
             msg.message
         );

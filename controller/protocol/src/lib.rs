@@ -19,7 +19,8 @@
 //!
 //! * The only bulky data is file content, and it travels as raw bytes in the body, never
 //!   through serde, so JSON's size overhead only applies to small control messages (a
-//!   reconcile listing of 10 000 files is about 1.5 MB, once per session).
+//!   reconcile listing of 10 000 files is about 1.5 MB, once per session, split into several
+//!   messages when larger).
 //! * JSON is self-describing: a newer peer can add fields and an older one ignores them, and the
 //!   handshake can read `protocol_version` out of a `Hello` whose other fields it does not
 //!   understand, so a version mismatch always produces the clear error rather than a decode
@@ -34,7 +35,8 @@
 //!    `code = "protocol_version_mismatch"` and exits non-zero. [`handshake::client_handshake`]
 //!    (and its async twin) does this step.
 //! 2. Client → [`ClientMessage::Reconcile`]; server → [`ServerMessage::ReconcileResult`] with
-//!    every entry under the sync root ([`Entry`]: path, kind, size, mode, BLAKE3 hash).
+//!    every entry under the sync root ([`Entry`]: path, kind, size, mode, BLAKE3 hash), in
+//!    several messages for a large tree (`more: true` on all but the last).
 //! 3. Client → [`ClientMessage::Patch`] (deletions + a tar of changed files); server →
 //!    [`ServerMessage::PatchResult`], then, if a build runs, [`Event`]s: `BuildStarted`,
 //!    `BuildFinished`, `Restarted`, `Ready` (and `AppExited`, `AppOutput`, `Warning` at any time).
@@ -61,7 +63,10 @@ pub use paths::{PathError, normalize_wire_path, wire_path_from_relative, wire_pa
 
 /// The protocol version this crate speaks. Bump it on any incompatible change to the framing
 /// or to the meaning of existing messages; additive fields do not need a bump.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `reconcile_result` comes in parts (`more`); `patch_result` lists are capped (counts in
+/// `*_count`); `deletes` are limited (`limits.max_deletes`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The version of this crate (and of the controller and CLI built with it).
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -106,13 +106,20 @@ pub struct Reconcile {
     pub id: u64,
 }
 
+/// The most deletions one patch may carry (the server advertises its own limit, at most this,
+/// in [`PatchLimits::max_deletes`]).
+pub const MAX_DELETES: u32 = 100_000;
+
 /// A change set. Deletions are applied first, then the tar's entries in order, so a rename is a
 /// delete plus an add and a file can be replaced by a directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patch {
     pub id: u64,
     /// Paths to delete (files, symlinks, or whole directories). Missing paths are not errors.
-    #[serde(default)]
+    /// At most [`PatchLimits::max_deletes`]; decoding keeps at most [`MAX_DELETES`] + 1 of them
+    /// (the rest is parsed and dropped), so a receiver sees that a list is over the limit
+    /// without holding millions of strings.
+    #[serde(default, deserialize_with = "bounded_deletes")]
     pub deletes: Vec<String>,
     #[serde(default)]
     pub build: BuildMode,
@@ -120,6 +127,32 @@ pub struct Patch {
     /// Travels as the frame's binary body, not in the JSON.
     #[serde(skip)]
     pub tar: Vec<u8>,
+}
+
+fn bounded_deletes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of paths")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let keep = MAX_DELETES as usize + 1;
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(keep));
+            while v.len() < keep {
+                match seq.next_element::<String>()? {
+                    Some(p) => v.push(p),
+                    None => return Ok(v),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 /// Whether a patch should be followed by a build.
@@ -168,6 +201,37 @@ impl WireMessage for ClientMessage {
             _ if body.is_empty() => Ok(()),
             other => Err(CodecError::UnexpectedBody(other.kind())),
         }
+    }
+    fn from_header(header: &[u8]) -> Result<Self, serde_json::Error> {
+        // Read the tag first (every other field is skipped, not stored), then decode the
+        // variant's own struct, streaming: the same result as the derived decoding, without
+        // buffering a hostile frame's fields.
+        #[derive(Deserialize)]
+        struct Tag {
+            #[serde(rename = "type")]
+            ty: String,
+        }
+        const VARIANTS: &[&str] = &[
+            "hello",
+            "reconcile",
+            "patch",
+            "build",
+            "restart",
+            "ping",
+            "bye",
+        ];
+        let Tag { ty } = serde_json::from_slice(header)?;
+        let h = header;
+        Ok(match ty.as_str() {
+            "hello" => ClientMessage::Hello(serde_json::from_slice(h)?),
+            "reconcile" => ClientMessage::Reconcile(serde_json::from_slice(h)?),
+            "patch" => ClientMessage::Patch(serde_json::from_slice(h)?),
+            "build" => ClientMessage::Build(serde_json::from_slice(h)?),
+            "restart" => ClientMessage::Restart(serde_json::from_slice(h)?),
+            "ping" => ClientMessage::Ping(serde_json::from_slice(h)?),
+            "bye" => ClientMessage::Bye,
+            other => return Err(serde::de::Error::unknown_variant(other, VARIANTS)),
+        })
     }
     fn kind(&self) -> &'static str {
         match self {
@@ -236,12 +300,16 @@ pub struct PatchLimits {
     pub max_total_size: u64,
     /// Largest PAX extended header or GNU long name/link the server accepts.
     pub max_extension_header: u64,
+    /// Most deletions in one patch; a patch with more is refused as a whole (error
+    /// `too_many_deletes`): split it.
+    pub max_deletes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
     /// Stable machine-readable code, e.g. `protocol_version_mismatch`, `bad_frame`,
-    /// `bad_message`, `reconcile_failed`, `unexpected_message`.
+    /// `bad_message`, `bad_sync_root`, `terminated` (fatal), `reconcile_failed`,
+    /// `patch_failed`, `too_many_deletes`, `unexpected_message` (not fatal).
     pub code: String,
     /// Human-readable, says what to do.
     pub message: String,
@@ -251,7 +319,9 @@ pub struct ErrorMessage {
     pub id: Option<u64>,
 }
 
-/// The sync root listing.
+/// The sync root listing, in one or more messages (a large tree does not fit in one frame):
+/// every message but the last has `more: true`; the listing is the concatenation of their
+/// `entries` and `skipped` ([`ReconcileResult::absorb`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconcileResult {
     pub id: u64,
@@ -265,6 +335,20 @@ pub struct ReconcileResult {
     pub elapsed_ms: u64,
     /// Files whose hash came from the cache rather than being read.
     pub cached: u32,
+    /// More of this listing follows in the next `reconcile_result` with the same id.
+    #[serde(default)]
+    pub more: bool,
+}
+
+impl ReconcileResult {
+    /// Append the next part of the same listing.
+    pub fn absorb(&mut self, next: ReconcileResult) {
+        self.entries.extend(next.entries);
+        self.skipped.extend(next.skipped);
+        self.elapsed_ms = next.elapsed_ms;
+        self.cached = next.cached;
+        self.more = next.more;
+    }
 }
 
 /// One entry of a listing.
@@ -313,12 +397,19 @@ pub struct PatchResult {
     pub id: u64,
     /// True when every deletion and every tar entry was applied.
     pub complete: bool,
-    /// Paths written (files, symlinks) or created (directories), in archive order.
+    /// Paths written (files, symlinks) or created (directories), in archive order: the first
+    /// ones only (the server caps each list, 1000 today); `applied_count` counts them all.
     pub applied: Vec<String>,
-    /// Deletion paths handled (including ones that were already absent).
+    /// Deletion paths handled (including ones that were already absent); capped the same way.
     pub deleted: Vec<String>,
-    /// Entries and deletions that were not applied, with the reason.
+    /// Entries and deletions that were not applied, with the reason; capped the same way.
     pub refused: Vec<Refused>,
+    #[serde(default)]
+    pub applied_count: u64,
+    #[serde(default)]
+    pub deleted_count: u64,
+    #[serde(default)]
+    pub refused_count: u64,
     /// Regular files written and their total bytes.
     pub files: u32,
     pub bytes: u64,
@@ -561,5 +652,53 @@ mod tests {
         }
         let b: ClientMessage = serde_json::from_str(r#"{"type":"bye"}"#).unwrap();
         assert_eq!(b, ClientMessage::Bye);
+    }
+
+    #[test]
+    fn header_decoding_agrees_with_the_derived_one() {
+        use crate::codec::WireMessage;
+        for json in [
+            r#"{"type":"hello","protocol_version":2,"client_version":"x","config":{"app_port":8080}}"#,
+            r#"{"id":1,"type":"reconcile"}"#,
+            r#"{"type":"patch","id":3,"deletes":["a","b"],"build":"always"}"#,
+            r#"{"type":"patch","id":4}"#,
+            r#"{"type":"build","id":5}"#,
+            r#"{"type":"restart","id":6}"#,
+            r#"{"type":"ping","id":7,"future":[1,2]}"#,
+            r#"{"type":"bye"}"#,
+        ] {
+            let derived: ClientMessage = serde_json::from_str(json).unwrap();
+            assert_eq!(
+                ClientMessage::from_header(json.as_bytes()).unwrap(),
+                derived
+            );
+        }
+        for bad in [
+            r#"{"type":"format_disk"}"#,
+            r#"{"id":1}"#,
+            r#"{"type":["ping"]}"#,
+            r#"{"type":"ping"}"#,
+            "[]",
+        ] {
+            assert!(serde_json::from_str::<ClientMessage>(bad).is_err());
+            assert!(ClientMessage::from_header(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deletes_are_decoded_up_to_one_over_the_limit() {
+        let decode = |n: usize| {
+            let list = vec!["\"a\""; n].join(",");
+            let json = format!(r#"{{"type":"patch","id":1,"deletes":[{list}],"build":"never"}}"#);
+            match serde_json::from_str::<ClientMessage>(&json).unwrap() {
+                ClientMessage::Patch(p) => (p.deletes.len(), p.build),
+                _ => panic!(),
+            }
+        };
+        let max = MAX_DELETES as usize;
+        assert_eq!(decode(3), (3, BuildMode::Never));
+        assert_eq!(decode(max).0, max);
+        // The rest is skipped, and what follows the list is still read.
+        assert_eq!(decode(max + 5), (max + 1, BuildMode::Never));
     }
 }

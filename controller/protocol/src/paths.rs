@@ -31,6 +31,15 @@ pub enum PathError {
     #[error("symlink {0:?} has an empty target")]
     SymlinkEmpty(String),
     #[error(
+        "symlink {link:?} points to {target:?}: a '..' after a name can lead outside the sync root \
+         once that name becomes a symlink; write the target as {suggestion:?}"
+    )]
+    SymlinkDotDotAfterName {
+        link: String,
+        target: String,
+        suggestion: String,
+    },
+    #[error(
         "symlink {link:?} points to {target:?}, which goes through more than {MAX_SYMLINK_HOPS} symlinks (a loop?)"
     )]
     SymlinkLoop { link: String, target: String },
@@ -104,6 +113,47 @@ pub fn wire_path_to_relative(p: &str) -> Result<PathBuf, PathError> {
 /// other links.
 pub fn check_symlink_target(link: &str, target: &str) -> Result<(), PathError> {
     resolve_symlink_target(link, target, |_| None).map(|_| ())
+}
+
+/// Refuse a target with a `..` after a name (`a/b/top/..`). Where it leads depends on whether
+/// `a/b/top` is a symlink, which a later change can make it: resolving it against today's
+/// tree ([`resolve_symlink_target`]) cannot rule out that it leads outside tomorrow. Targets
+/// of the form `../../name/name` (any number of leading `..`, then only names) only climb real
+/// directories from the link's own directory, then descend; if each such link stays inside
+/// lexically, no combination of them can lead outside, whatever order they are created in.
+pub fn check_symlink_target_form(link: &str, target: &str) -> Result<(), PathError> {
+    let mut named = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if named => {
+                // The same place when no component is a symlink.
+                let mut parts: Vec<&str> = Vec::new();
+                for c in target.split('/') {
+                    match c {
+                        "" | "." => {}
+                        ".." if parts.last().is_some_and(|p| *p != "..") => {
+                            parts.pop();
+                        }
+                        c => parts.push(c),
+                    }
+                }
+                let suggestion = if parts.is_empty() {
+                    ".".to_string()
+                } else {
+                    parts.join("/")
+                };
+                return Err(PathError::SymlinkDotDotAfterName {
+                    link: link.into(),
+                    target: target.into(),
+                    suggestion,
+                });
+            }
+            ".." => {}
+            _ => named = true,
+        }
+    }
+    Ok(())
 }
 
 /// Where a symlink at wire path `link` with target `target` points, as a wire path (`""` is
@@ -249,6 +299,24 @@ mod tests {
             check_symlink_target("link", ""),
             Err(PathError::SymlinkEmpty(_))
         ));
+    }
+
+    #[test]
+    fn dotdot_after_a_name_is_refused_with_a_suggestion() {
+        assert!(check_symlink_target_form("x", "../../a/./b").is_ok());
+        assert!(check_symlink_target_form("x", "./a").is_ok());
+        let e = check_symlink_target_form("x", "a/b/top/..").unwrap_err();
+        assert!(
+            matches!(&e, PathError::SymlinkDotDotAfterName { suggestion, .. } if suggestion == "a/b"),
+            "{e:?}"
+        );
+        let e = check_symlink_target_form("d/x", "../a/../../b").unwrap_err();
+        assert!(
+            matches!(&e, PathError::SymlinkDotDotAfterName { suggestion, .. } if suggestion == "../../b"),
+            "{e:?}"
+        );
+        let e = check_symlink_target_form("x", "a/..").unwrap_err();
+        assert!(e.to_string().contains("\".\""), "{e}");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct BuildSpec {
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub output: PathBuf,
+    /// Where the running build's process group is recorded (see [`super::leftovers`]).
+    pub group_file: Option<PathBuf>,
 }
 
 /// Build-related settings that come from the controller's flags.
@@ -72,6 +74,7 @@ impl BuildSpec {
             cwd: root.to_path_buf(),
             env,
             output: output.to_path_buf(),
+            group_file: None,
         }
     }
 }
@@ -160,6 +163,9 @@ pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildRes
         }
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    if let (Some(f), Some(pg)) = (&spec.group_file, pgid) {
+        super::leftovers::record_build(f, pg.as_raw());
+    }
     let reader = tokio::task::spawn_blocking(move || read_capped(rd));
     let (status, cancelled) = tokio::select! {
         st = child.wait() => (st.ok(), false),
@@ -170,6 +176,9 @@ pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildRes
             (child.wait().await.ok(), true)
         }
     };
+    if let Some(f) = &spec.group_file {
+        let _ = std::fs::remove_file(f);
+    }
     // The go command waits for its compiler processes; if a custom command leaves helpers
     // holding the pipe, do not wait for them forever.
     let (bytes, truncated) = match tokio::time::timeout(Duration::from_secs(5), reader).await {

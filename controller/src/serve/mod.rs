@@ -3,34 +3,43 @@
 //! Tasks: a reader (frames from stdin), a writer (the only thing that touches stdout), the app
 //! watcher ([`app`]), at most one build and at most one restart tracker. The main loop owns the
 //! session state and handles one client message at a time; build completions come back to it
-//! through a channel. Builds coalesce: a patch (or build request) that arrives while a build
+//! through a channel. The reader answers pings itself, so they never wait behind the work. Builds coalesce: a patch (or build request) that arrives while a build
 //! runs kills that build's process group before the patch is applied, and a new build starts
 //! after it, so the newest tree always wins and a half-patched tree is never installed.
 
 pub mod app;
 pub mod build;
+pub mod leftovers;
 pub mod patch;
 pub mod reconcile;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kdev_protocol::asynchronous::{read_frame_async, write_message_async};
+use kdev_protocol::codec::split_payload;
 use kdev_protocol::{
     BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE,
-    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, ReconcileResult, ServerMessage,
-    SessionConfig, Welcome, check_hello, decode_message,
+    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping, ReconcileResult, ServerMessage,
+    SessionConfig, Welcome, WireMessage, check_hello, decode_message,
 };
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
 use build::{BuildDefaults, BuildResult, BuildSpec};
+
+/// Paths echoed per list in a `PatchResult` (the counts say how many there were).
+const MAX_LISTED: usize = 1000;
+
+/// Budget of one `ReconcileResult` part, in worst-case JSON bytes (see [`reconcile::split`]).
+const LISTING_PART_BYTES: usize = 16 << 20;
 
 /// Exit codes of `serve`.
 pub const EXIT_OK: i32 = 0;
@@ -76,6 +85,22 @@ impl Out {
     pub fn try_event(&self, e: Event) -> bool {
         self.tx.try_send(self.wrap(e)).is_ok()
     }
+    /// A handle that does not keep the writer running: the session ends (and the writer
+    /// drains and stops) when the last `Out` is dropped, whatever still holds a `WeakOut`.
+    fn downgrade(&self) -> WeakOut {
+        WeakOut(self.tx.downgrade())
+    }
+}
+
+/// See [`Out::downgrade`].
+struct WeakOut(mpsc::WeakSender<ServerMessage>);
+
+impl WeakOut {
+    async fn send(&self, m: ServerMessage) {
+        if let Some(tx) = self.0.upgrade() {
+            let _ = tx.send(m).await;
+        }
+    }
 }
 
 async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
@@ -110,12 +135,53 @@ async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
     }
 }
 
-async fn reader_task(tx: mpsc::Sender<Result<Option<Vec<u8>>, FrameError>>) {
+/// A frame from stdin (or how reading ended), with its share of the queue's byte budget.
+struct Inbound {
+    frame: Result<Option<Vec<u8>>, FrameError>,
+    _queued: Option<OwnedSemaphorePermit>,
+}
+
+/// How many bytes of frames may wait for the main loop (besides the one it handles).
+const QUEUED_BYTES: usize = MAX_FRAME_SIZE as usize;
+
+/// A small frame that is a ping.
+fn as_ping(payload: &[u8]) -> Option<Ping> {
+    let (header, body) = split_payload(payload).ok()?;
+    if !body.is_empty() || header.len() > 256 {
+        return None;
+    }
+    match ClientMessage::from_header(header) {
+        Ok(ClientMessage::Ping(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Reads frames and hands them to the main loop in order, except pings after the handshake:
+/// those are answered here at once. A ping checks that the stream is alive, not that the work
+/// is done, so it must not wait behind a long patch, listing or build cancellation.
+async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
     let mut stdin = tokio::io::stdin();
+    let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
+    let mut handshake = true;
     loop {
-        let r = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
-        let stop = !matches!(r, Ok(Some(_)));
-        if tx.send(r).await.is_err() || stop {
+        let frame = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
+        let mut queued = None;
+        if let Ok(Some(p)) = &frame {
+            if !handshake && let Some(ping) = as_ping(p) {
+                out.send(ServerMessage::Pong(ping)).await;
+                continue;
+            }
+            handshake = false;
+            // Memory stays bounded however fast the client sends: wait for room.
+            let n = p.len().clamp(1, QUEUED_BYTES) as u32;
+            queued = budget.clone().acquire_many_owned(n).await.ok();
+        }
+        let stop = !matches!(frame, Ok(Some(_)));
+        let msg = Inbound {
+            frame,
+            _queued: queued,
+        };
+        if tx.send(msg).await.is_err() || stop {
             return;
         }
     }
@@ -161,6 +227,8 @@ struct Session {
     restart_task: Option<JoinHandle<()>>,
     restart_ctx: app::RestartCtx,
     cache: Arc<Mutex<reconcile::HashCache>>,
+    /// Set on SIGTERM/SIGINT: a patch or listing in progress stops between entries.
+    stop: Arc<AtomicBool>,
 }
 
 /// Run one session. Returns the process exit code.
@@ -168,11 +236,15 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let t0 = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<ServerMessage>(1024);
     let writer = tokio::spawn(writer_task(out_rx));
-    let (in_tx, mut in_rx) = mpsc::channel(2);
-    tokio::spawn(reader_task(in_tx));
     let out = Out { tx: out_tx, t0 };
+    let (in_tx, mut in_rx) = mpsc::channel(64);
+    // Weak: the reader may sit in read(2) until the client goes away, long after the session
+    // ended (SIGTERM); it must not keep the writer, and so the process, waiting.
+    tokio::spawn(reader_task(in_tx, out.downgrade()));
     // SIGTERM/SIGINT end the session gracefully (the running build's process group is killed).
+    // `stop` reaches into a patch or listing in progress (blocking code that cannot await).
     let (term_tx, mut term_rx) = watch::channel(false);
+    let stop = Arc::new(AtomicBool::new(false));
     {
         use tokio::signal::unix::{SignalKind, signal};
         match (
@@ -180,11 +252,13 @@ pub async fn run(opts: ServeOptions) -> i32 {
             signal(SignalKind::interrupt()),
         ) {
             (Ok(mut t), Ok(mut i)) => {
+                let stop = stop.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = t.recv() => {}
                         _ = i.recv() => {}
                     }
+                    stop.store(true, Ordering::Relaxed);
                     let _ = term_tx.send(true);
                 });
             }
@@ -200,7 +274,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
 
     // Handshake.
     let first = tokio::select! {
-        m = in_rx.recv() => m,
+        m = in_rx.recv() => m.map(|m| m.frame),
         _ = term_rx.changed() => {
             log("terminated before the handshake");
             return finish(out, EXIT_OK).await;
@@ -246,6 +320,20 @@ pub async fn run(opts: ServeOptions) -> i32 {
             return finish(out, EXIT_SETUP).await;
         }
     };
+    // A previous session killed without cleaning up (SIGKILL) may have left its build running,
+    // writing the same app.next as ours will.
+    let stale_build = {
+        let f = opts.paths.build_group_file();
+        tokio::task::spawn_blocking(move || leftovers::kill_stale_build(&f))
+            .await
+            .ok()
+            .flatten()
+    };
+    if let Some(pg) = stale_build {
+        log(format!(
+            "stopped a build (process group {pg}) left running by a previous session"
+        ));
+    }
     let config = hello.config;
     let root = match prepare_root(
         config
@@ -253,6 +341,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
             .as_deref()
             .map(Path::new)
             .unwrap_or(&opts.paths.src),
+        &opts.paths,
     ) {
         Ok(r) => r,
         Err(e) => {
@@ -260,6 +349,17 @@ pub async fn run(opts: ServeOptions) -> i32 {
             return finish(out, EXIT_SETUP).await;
         }
     };
+    // Temporary files of a patch that an interrupted session was applying.
+    {
+        let root = root.clone();
+        if let Ok(n @ 1..) =
+            tokio::task::spawn_blocking(move || leftovers::remove_temp_files(&root)).await
+        {
+            log(format!(
+                "removed {n} temporary files left by an interrupted patch"
+            ));
+        }
+    }
     for d in [&opts.paths.bin, &opts.paths.run] {
         if let Err(e) = std::fs::create_dir_all(d) {
             out.send(fatal(
@@ -305,6 +405,16 @@ pub async fn run(opts: ServeOptions) -> i32 {
         .await;
     }
 
+    if let Some(pg) = stale_build {
+        out.event(Event::Warning {
+            code: "stale_build".into(),
+            message: format!(
+                "stopped a build (process group {pg}) that a previous kdev-controller serve session left running"
+            ),
+        })
+        .await;
+    }
+
     let restart_ctx = app::RestartCtx {
         pid_file: opts.paths.pid_file(),
         out: out.clone(),
@@ -329,6 +439,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         restart_task: None,
         restart_ctx,
         cache: Arc::new(Mutex::new(reconcile::HashCache::default())),
+        stop,
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 
@@ -403,29 +514,77 @@ async fn take_session_lock(run: &Path) -> Result<(Flock<std::fs::File>, Option<u
     }
 }
 
-fn prepare_root(root: &Path) -> Result<PathBuf, String> {
+/// `p` with `.` and `..` resolved lexically (no filesystem access).
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Refuse a sync root that is, contains or is inside one of kdev's own directories (a patch
+/// would overwrite the app binary or the controller in `bin/`, the state in `run/`, the caches).
+fn check_root_placement(root: &Path, shown: &Path, paths: &KdevPaths) -> Result<(), String> {
+    for (what, dir) in [
+        ("binaries", &paths.bin),
+        ("runtime files", &paths.run),
+        ("build caches", &paths.cache),
+    ] {
+        let dir = dir.canonicalize().unwrap_or_else(|_| lexical(dir));
+        if dir.starts_with(root) || root.starts_with(&dir) {
+            return Err(format!(
+                "the sync root {} overlaps kdev's directory for {what} ({}); use a directory of \
+                 its own, such as the default {}",
+                shown.display(),
+                dir.display(),
+                paths.src.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
+    if !root.is_absolute() {
+        return Err(format!(
+            "the sync root {} is not an absolute path",
+            root.display()
+        ));
+    }
+    // Before creating anything, then again on the real path (symlinks resolved).
+    check_root_placement(&lexical(root), root, paths)?;
     std::fs::create_dir_all(root)
         .map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
-    let root = root
+    let real = root
         .canonicalize()
         .map_err(|e| format!("cannot resolve the sync root {}: {e}", root.display()))?;
-    if !root.is_dir() {
+    if !real.is_dir() {
         return Err(format!(
             "the sync root {} is not a directory",
             root.display()
         ));
     }
-    Ok(root)
+    check_root_placement(&real, root, paths)?;
+    Ok(real)
 }
 
 impl Session {
     async fn main_loop(
         &mut self,
-        in_rx: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameError>>,
+        in_rx: &mut mpsc::Receiver<Inbound>,
         term: &mut watch::Receiver<bool>,
     ) -> i32 {
         loop {
             tokio::select! {
+                // A SIGTERM that arrived while a message was handled wins over the next one.
+                biased;
                 _ = term.changed() => {
                     log("terminated (a newer session took over, or the pod is stopping); ending the session");
                     self.out.send(fatal(
@@ -435,7 +594,8 @@ impl Session {
                     return EXIT_OK;
                 }
                 msg = in_rx.recv() => {
-                    let payload = match msg {
+                    // Its budget share is released here: it is no longer queued.
+                    let payload = match msg.map(|m| m.frame) {
                         None | Some(Ok(None)) => {
                             log("the client closed the stream; ending the session");
                             return EXIT_OK;
@@ -496,20 +656,33 @@ impl Session {
         let t0 = Instant::now();
         let root = self.root.clone();
         let cache = self.cache.clone();
+        let stop = self.stop.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile::list(&root, &mut cache)
+            reconcile::list(&root, &mut cache, &stop)
         })
         .await;
         let msg = match res {
-            Ok(Ok(l)) => ServerMessage::ReconcileResult(ReconcileResult {
-                id,
-                root: self.root.to_string_lossy().into_owned(),
-                entries: l.entries,
-                skipped: l.skipped,
-                elapsed_ms: ms(t0.elapsed()),
-                cached: l.cached,
-            }),
+            // SIGTERM: the main loop ends the session right after.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Ok(Ok(l)) => {
+                // In parts that each fit a frame whatever the tree's size.
+                let parts = reconcile::split(l.entries, l.skipped, LISTING_PART_BYTES);
+                let n = parts.len();
+                for (i, (entries, skipped)) in parts.into_iter().enumerate() {
+                    let part = ReconcileResult {
+                        id,
+                        root: self.root.to_string_lossy().into_owned(),
+                        entries,
+                        skipped,
+                        elapsed_ms: ms(t0.elapsed()),
+                        cached: l.cached,
+                        more: i + 1 < n,
+                    };
+                    self.out.send(ServerMessage::ReconcileResult(part)).await;
+                }
+                return;
+            }
             Ok(Err(e)) => error(
                 "reconcile_failed",
                 format!("cannot list {}: {e}", self.root.display()),
@@ -522,17 +695,38 @@ impl Session {
 
     async fn patch(&mut self, p: Patch) {
         let t0 = Instant::now();
-        let cancelled_build = self.cancel_build().await;
         let Patch {
             id,
             deletes,
             build,
             tar,
         } = p;
+        // Refused before anything changes (the running build goes on).
+        if deletes.len() > self.limits.max_deletes as usize {
+            let msg = format!(
+                "patch {id} has more than {} deletions (limits.max_deletes); nothing was applied: \
+                 split it into several patches",
+                self.limits.max_deletes
+            );
+            log(&msg);
+            self.out
+                .send(error("too_many_deletes", msg, Some(id)))
+                .await;
+            return;
+        }
+        let cancelled_build = self.cancel_build().await;
+        // Recorded before the tree changes, so a session killed in the middle of the patch
+        // leaves it marked as needing a build; undone below if no build input changed.
+        let was_dirty = self.state.dirty;
+        let changes = !deletes.is_empty() || !tar.is_empty();
+        if changes {
+            self.set_dirty(true);
+        }
         let root = self.root.clone();
         let limits = self.limits.clone();
+        let stop = self.stop.clone();
         let outcome = match tokio::task::spawn_blocking(move || {
-            patch::apply_patch(&root, &deletes, &tar, &limits)
+            patch::apply_patch(&root, &deletes, &tar, &limits, &stop)
         })
         .await
         {
@@ -548,10 +742,18 @@ impl Session {
                 return;
             }
         };
+        if outcome.interrupted {
+            // SIGTERM: the tree stays marked dirty; the main loop ends the session right after.
+            log(format!("patch {id}: interrupted, the session is ending"));
+            return;
+        }
         let inputs = self.config.build_inputs.as_deref();
         if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
         {
             self.set_dirty(true);
+        } else if changes && !was_dirty {
+            self.state.dirty = false;
+            self.save_state();
         }
         self.pending_patches.push(id);
         let do_build = match build {
@@ -559,23 +761,34 @@ impl Session {
             BuildMode::Always => true,
             BuildMode::Auto => self.state.dirty || !self.opts.paths.app_binary().is_file(),
         };
+        // Echo bounded lists: a patch of 100 000 paths must not make a reply of 100 000 paths.
+        fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
+            let n = v.len() as u64;
+            v.truncate(MAX_LISTED);
+            v.shrink_to_fit();
+            (v, n)
+        }
+        let complete = outcome.complete();
+        let (applied, applied_count) = capped(outcome.applied);
+        let (deleted, deleted_count) = capped(outcome.deleted);
+        let (refused, refused_count) = capped(outcome.refused);
         let result = PatchResult {
             id,
-            complete: outcome.complete(),
+            complete,
             files: outcome.files,
             bytes: outcome.bytes,
             elapsed_ms: ms(t0.elapsed()),
             cancelled_build,
             build_id: do_build.then_some(self.next_build_id),
-            applied: outcome.applied,
-            deleted: outcome.deleted,
-            refused: outcome.refused,
+            applied,
+            deleted,
+            refused,
+            applied_count,
+            deleted_count,
+            refused_count,
         };
         if !result.complete {
-            log(format!(
-                "patch {id}: {} entries refused",
-                result.refused.len()
-            ));
+            log(format!("patch {id}: {refused_count} entries refused"));
         }
         self.out.send(ServerMessage::PatchResult(result)).await;
         if do_build {
@@ -591,6 +804,11 @@ impl Session {
         if !dirty {
             self.state.last_success_at_ms = Some(unix_ms());
         }
+        self.save_state();
+    }
+
+    /// Write `run/build-state.json`.
+    fn save_state(&self) {
         if let Ok(data) = serde_json::to_vec(&self.state)
             && let Err(e) = util::write_atomic(&self.opts.paths.build_state_file(), &data)
         {
@@ -601,12 +819,13 @@ impl Session {
     fn start_build(&mut self, request_id: Option<u64>) {
         let id = self.next_build_id;
         self.next_build_id += 1;
-        let spec = BuildSpec::resolve(
+        let mut spec = BuildSpec::resolve(
             &self.config.build,
             &self.opts.build,
             &self.root,
             &self.opts.paths.app_next(),
         );
+        spec.group_file = Some(self.opts.paths.build_group_file());
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
         self.build = Some(RunningBuild {

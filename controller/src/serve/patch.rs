@@ -3,23 +3,31 @@
 //! Two phases. **Validate** parses the whole archive (it is in memory, at most one frame) and
 //! turns every entry into a planned operation or a refusal: paths must be wire paths (no `..`,
 //! not absolute, UTF-8), only regular files, directories and symlinks whose target stays inside
-//! the root (resolved lexically from the link's directory) are accepted; hard links, devices,
+//! the root are accepted; hard links, devices,
 //! FIFOs, sparse files and anything unknown are refused, as are entries over the size limits.
 //! If the archive itself is malformed (bad checksum, truncated, oversized extension headers)
-//! nothing at all is applied. **Apply** then runs the deletions and the planned operations in
+//! nothing at all is applied. A symlink's target is resolved through every symlink it meets,
+//! in the tree as it will be after the patch (its own links, whatever their order, and those on
+//! disk), so two links that are harmless alone cannot together lead outside; and a `..` after a
+//! name in a target is refused, since a later patch could make that name a symlink (see
+//! [`check_symlink_target_form`]). **Apply** then runs the deletions and the planned operations in
 //! order. Every parent directory is checked with `lstat` and must be a real directory (never a
 //! symlink), so a symlink planted earlier cannot be written through; files and symlinks are
 //! created under a temporary name in their final directory (`O_CREAT|O_EXCL|O_NOFOLLOW`) and
 //! renamed into place, so a reader never sees a half-written file. Refusals do not stop the
 //! other entries; the result lists exactly what was applied and what was refused.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kdev_protocol::paths::{check_symlink_target, normalize_wire_path, normalize_wire_path_bytes};
+use kdev_protocol::paths::{
+    check_symlink_target, check_symlink_target_form, normalize_wire_path,
+    normalize_wire_path_bytes, resolve_symlink_target,
+};
 use kdev_protocol::{PatchLimits, Refused};
 use tar::EntryType;
 
@@ -30,11 +38,12 @@ pub fn default_limits() -> PatchLimits {
         max_file_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
         max_total_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
         max_extension_header: 64 * 1024,
+        max_deletes: kdev_protocol::MAX_DELETES,
     }
 }
 
 /// The name used in refusals that concern the whole archive.
-pub const ARCHIVE: &str = "<archive>";
+pub const ARCHIVE: &str = kdev_protocol::ARCHIVE_PATH;
 
 /// What applying a patch did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -44,6 +53,8 @@ pub struct PatchOutcome {
     pub refused: Vec<Refused>,
     pub files: u32,
     pub bytes: u64,
+    /// Stopped part-way because the session is ending (the rest was not applied).
+    pub interrupted: bool,
 }
 
 impl PatchOutcome {
@@ -185,6 +196,7 @@ fn plan(
                     refuse(refused, path, "symlink target is not valid UTF-8");
                     continue;
                 };
+                // Lexically first (cheap); through the tree's other links after planning.
                 if let Err(e) = check_symlink_target(&path, &target) {
                     refuse(refused, path, e.to_string());
                     continue;
@@ -217,6 +229,91 @@ fn plan(
     Ok(ops)
 }
 
+/// The target of the symlink at wire path `rel` on disk, found without following any symlink
+/// (every parent must be a real directory), or `None`. A target that is not UTF-8 counts as
+/// leading outside.
+fn disk_link(root: &Path, rel: &str) -> Option<String> {
+    let mut path = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        path.push(c);
+        if !fs::symlink_metadata(&path).ok()?.is_dir() {
+            return None;
+        }
+    }
+    path.push(comps[comps.len() - 1]);
+    if !fs::symlink_metadata(&path).ok()?.file_type().is_symlink() {
+        return None;
+    }
+    let target = fs::read_link(&path).ok()?;
+    Some(target.to_str().unwrap_or("/").to_string())
+}
+
+/// Refuse the patch's symlinks that resolve outside the root, following every link met on the
+/// way (see [`resolve_symlink_target`]) in the tree as it will be after the patch: the patch's
+/// own links whatever their order, and the links on disk that it does not delete or replace.
+/// Also refused: targets with a `..` after a name ([`check_symlink_target_form`]).
+fn refuse_escaping_links(
+    root: &Path,
+    deletes: &[String],
+    ops: Vec<Op>,
+    refused: &mut Vec<Refused>,
+) -> Vec<Op> {
+    if !ops.iter().any(|op| matches!(op, Op::Symlink { .. })) {
+        return ops;
+    }
+    // Final state of each path the patch writes: a link (its target) or a file (no link).
+    let mut planned: HashMap<&str, Option<&str>> = HashMap::new();
+    for op in &ops {
+        match op {
+            Op::Symlink { path, target } => {
+                planned.insert(path, Some(target));
+            }
+            Op::File { path, .. } => {
+                planned.insert(path, None);
+            }
+            // make_dir never replaces a link.
+            Op::Dir { .. } => {}
+        }
+    }
+    let deleted: HashSet<String> = deletes
+        .iter()
+        .filter_map(|d| normalize_wire_path(d).ok())
+        .collect();
+    let gone = |p: &str| {
+        deleted.contains(p) || p.match_indices('/').any(|(i, _)| deleted.contains(&p[..i]))
+    };
+    let lookup = |p: &str| match planned.get(p) {
+        Some(t) => t.map(str::to_string),
+        None if gone(p) => None,
+        None => disk_link(root, p),
+    };
+    let mut verdicts = Vec::new();
+    for op in &ops {
+        if let Op::Symlink { path, target } = op {
+            // A link that leads outside today says so; one that only might later, says that.
+            let verdict = resolve_symlink_target(path, target, lookup)
+                .and_then(|_| check_symlink_target_form(path, target));
+            verdicts.push(verdict.err());
+        }
+    }
+    let mut verdicts = verdicts.into_iter();
+    ops.into_iter()
+        .filter(|op| {
+            let Op::Symlink { path, .. } = op else {
+                return true;
+            };
+            match verdicts.next().flatten() {
+                Some(e) => {
+                    refuse(refused, path.clone(), e.to_string());
+                    false
+                }
+                None => true,
+            }
+        })
+        .collect()
+}
+
 /// Operations on paths below a root that never follow a symlink inside the root.
 pub struct SafeRoot {
     root: PathBuf,
@@ -224,9 +321,14 @@ pub struct SafeRoot {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Whether a file name is one of our temporary names (skipped by reconcile).
+/// Whether a file name is one of our temporary names, `.kdev-<pid>-<n>.tmp` (skipped by
+/// reconcile, removed at startup). Exactly that shape, so a user's file is never taken for one.
 pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with(".kdev-") && name.ends_with(".tmp")
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix(".kdev-")
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .and_then(|n| n.split_once('-'))
+        .is_some_and(|(pid, n)| digits(pid) && digits(n))
 }
 
 impl SafeRoot {
@@ -373,13 +475,19 @@ impl SafeRoot {
     }
 }
 
-/// Apply deletions, then the tar's entries, below `root`.
+/// Apply deletions, then the tar's entries, below `root`. `stop` is checked between entries:
+/// once set, nothing more is applied and the outcome says `interrupted`.
 pub fn apply_patch(
     root: &Path,
     deletes: &[String],
     tar_bytes: &[u8],
     limits: &PatchLimits,
+    stop: &AtomicBool,
 ) -> PatchOutcome {
+    let stopped = |out: &mut PatchOutcome| {
+        out.interrupted = stop.load(Ordering::Relaxed);
+        out.interrupted
+    };
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
     let ops = match plan(tar_bytes, limits, &mut plan_refused) {
@@ -397,8 +505,12 @@ pub fn apply_patch(
             return out;
         }
     };
+    let ops = refuse_escaping_links(root, deletes, ops, &mut plan_refused);
     let safe = SafeRoot::new(root);
     for d in deletes {
+        if stopped(&mut out) {
+            return out;
+        }
         match normalize_wire_path(d)
             .map_err(|e| e.to_string())
             .and_then(|p| safe.delete(&p).map(|()| p))
@@ -409,6 +521,9 @@ pub fn apply_patch(
     }
     out.refused.extend(plan_refused);
     for op in ops {
+        if stopped(&mut out) {
+            return out;
+        }
         let (path, res) = match op {
             Op::File {
                 path,
@@ -462,6 +577,8 @@ pub fn is_build_input(path: &str, patterns: Option<&[String]>) -> bool {
 mod tests {
     use super::*;
 
+    static GO: AtomicBool = AtomicBool::new(false);
+
     fn header(ty: EntryType, path: &[u8], size: u64, mode: u32) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(ty);
@@ -497,7 +614,7 @@ mod tests {
             (EntryType::Directory, b"empty", b"", None),
             (EntryType::Symlink, b"a/link", b"", Some("b/c.txt")),
         ]);
-        let out = apply_patch(dir.path(), &[], &t, &default_limits());
+        let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
         assert!(out.complete(), "{out:?}");
         assert_eq!(out.applied, ["a/b/c.txt", "empty", "a/link"]);
         assert_eq!(fs::read(dir.path().join("a/link")).unwrap(), b"hello");
@@ -517,7 +634,7 @@ mod tests {
             (EntryType::Fifo, b"fifo", b"", None),
             (EntryType::Regular, b"ok.go", b"package main", None),
         ]);
-        let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits(), &GO);
         assert_eq!(out.applied, ["ok.go"]);
         let refused: Vec<&str> = out.refused.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(
@@ -533,7 +650,13 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         let t = tar_of(&[(EntryType::Regular, b"link/pwned", b"x", None)]);
-        let out = apply_patch(root.path(), &["link/other".into()], &t, &default_limits());
+        let out = apply_patch(
+            root.path(),
+            &["link/other".into()],
+            &t,
+            &default_limits(),
+            &GO,
+        );
         assert_eq!(out.refused.len(), 2, "{out:?}");
         assert!(out.refused[1].reason.contains("symlink"), "{out:?}");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
@@ -545,7 +668,7 @@ mod tests {
         fs::write(root.path().join("keep"), "k").unwrap();
         let mut t = tar_of(&[(EntryType::Regular, b"a", b"12345", None)]);
         t[0] ^= 0xff; // break the checksum
-        let out = apply_patch(root.path(), &["keep".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["keep".into()], &t, &default_limits(), &GO);
         assert_eq!(out.refused[0].path, ARCHIVE);
         assert_eq!(out.refused[1].path, "keep");
         assert!(root.path().join("keep").exists());
@@ -562,7 +685,7 @@ mod tests {
         h.set_mode(0o644);
         b.append_data(&mut h, &long, &b"x"[..]).unwrap();
         let t = b.into_inner().unwrap();
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert_eq!(out.refused.len(), 1, "{out:?}");
         assert!(
             out.refused[0].reason.contains("extension headers"),
@@ -601,6 +724,7 @@ mod tests {
             &[],
             &b.into_inner().unwrap(),
             &default_limits(),
+            &GO,
         );
         assert_eq!(out.refused.len(), 1, "{out:?}");
         assert_eq!(out.refused[0].path, "../escaped");
@@ -620,6 +744,7 @@ mod tests {
             &[],
             &b.into_inner().unwrap(),
             &default_limits(),
+            &GO,
         );
         assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
         assert!(out.refused[0].reason.contains("extension headers"));
@@ -632,7 +757,7 @@ mod tests {
         let h = header(EntryType::Regular, b"big", 1 << 40, 0o644);
         let mut t = h.as_bytes().to_vec();
         t.extend_from_slice(&[0u8; 1024]);
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
         assert!(!root.path().join("big").exists());
     }
@@ -648,7 +773,7 @@ mod tests {
             max_entries: 1,
             ..default_limits()
         };
-        let out = apply_patch(root.path(), &[], &t, &limits);
+        let out = apply_patch(root.path(), &[], &t, &limits, &GO);
         assert_eq!(out.refused[0].path, ARCHIVE);
         assert!(out.applied.is_empty());
     }
@@ -661,7 +786,7 @@ mod tests {
         h.set_cksum();
         b.append(&h, &b"#!x"[..]).unwrap();
         let t = b.into_inner().unwrap();
-        let out = apply_patch(root.path(), &[], &t, &default_limits());
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
         assert!(out.complete());
         let mode = fs::metadata(root.path().join("run.sh"))
             .unwrap()
@@ -670,7 +795,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o755);
         // Replace the file with a directory: delete + add in one patch.
         let t = tar_of(&[(EntryType::Regular, b"run.sh/inner", b"y", None)]);
-        let out = apply_patch(root.path(), &["run.sh".into()], &t, &default_limits());
+        let out = apply_patch(root.path(), &["run.sh".into()], &t, &default_limits(), &GO);
         assert!(out.complete(), "{out:?}");
         assert!(root.path().join("run.sh/inner").is_file());
     }

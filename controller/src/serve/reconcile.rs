@@ -5,14 +5,31 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kdev_protocol::{Entry, EntryKind, Refused, hash_file};
+use kdev_protocol::{Entry, EntryKind, Refused, hash_reader};
 
 use super::patch::is_temp_name;
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the session is ending")
+}
+
+/// A reader that fails once `stop` is set, so hashing a huge file ends promptly on SIGTERM.
+struct Stoppable<'a, R>(R, &'a AtomicBool);
+
+impl<R: Read> Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.1.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the session is ending"));
+        }
+        self.0.read(buf)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
@@ -21,6 +38,59 @@ struct Key {
     ctime: (i64, i64),
     ino: u64,
     dev: u64,
+}
+
+impl Key {
+    fn of(m: &fs::Metadata) -> Key {
+        Key {
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+/// Why a file that `lstat` showed as regular was not hashed.
+enum Unhashed {
+    /// It vanished since: not listed.
+    Gone,
+    /// The session is ending.
+    Stopped,
+    /// Listed as skipped, with this reason.
+    Skip(String),
+}
+
+/// Hash the regular file at `path`, with the metadata of what was actually read. The name may
+/// have been replaced since it was listed: it is opened without following a symlink and
+/// without blocking (a FIFO would block `open` until a writer comes), then must be a regular
+/// file.
+fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, String), Unhashed> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Unhashed::Gone,
+            _ => Unhashed::Skip(format!("cannot open: {e}")),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| Unhashed::Skip(format!("cannot inspect: {e}")))?;
+    if !m.is_file() {
+        return Err(Unhashed::Skip(
+            "not a regular file (replaced while the tree was listed)".into(),
+        ));
+    }
+    let hash = hash_reader(Stoppable(f, stop)).map_err(|e| {
+        if stop.load(Ordering::Relaxed) {
+            Unhashed::Stopped
+        } else {
+            Unhashed::Skip(format!("cannot read: {e}"))
+        }
+    })?;
+    Ok((m, hash))
 }
 
 /// Content hashes of files seen before.
@@ -44,8 +114,9 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Walk `root` and list everything below it, sorted by path.
-pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
+/// Walk `root` and list everything below it, sorted by path. Fails with
+/// [`io::ErrorKind::Interrupted`] once `stop` is set (checked between entries).
+pub fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io::Result<Listing> {
     let meta = fs::symlink_metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
@@ -56,7 +127,7 @@ pub fn list(root: &Path, cache: &mut HashCache) -> io::Result<Listing> {
     let mut out = Listing::default();
     let mut seen: HashMap<String, (Key, String)> = HashMap::new();
     let now = now_secs();
-    walk(root, "", cache, &mut seen, now, &mut out)?;
+    walk(root, "", cache, &mut seen, now, stop, &mut out)?;
     cache.map = seen;
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -68,10 +139,21 @@ fn walk(
     cache: &HashCache,
     seen: &mut HashMap<String, (Key, String)>,
     now: i64,
+    stop: &AtomicBool,
     out: &mut Listing,
 ) -> io::Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
+        // Gone (or replaced by a file) since its parent was read.
+        Err(e)
+            if !prefix.is_empty()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+        {
+            return Ok(());
+        }
         Err(e) if !prefix.is_empty() => {
             out.skipped.push(Refused {
                 path: prefix.to_string(),
@@ -82,7 +164,19 @@ fn walk(
         Err(e) => return Err(e),
     };
     for de in rd {
-        let de = de?;
+        if stop.load(Ordering::Relaxed) {
+            return Err(interrupted());
+        }
+        let de = match de {
+            Ok(de) => de,
+            Err(e) => {
+                out.skipped.push(Refused {
+                    path: prefix.trim_end_matches('/').to_string(),
+                    reason: format!("cannot read the rest of the directory: {e}"),
+                });
+                break;
+            }
+        };
         let name = de.file_name();
         let Some(name) = name.to_str() else {
             out.skipped.push(Refused {
@@ -110,7 +204,18 @@ fn walk(
         let mode = m.mode() & 0o7777;
         let ft = m.file_type();
         if ft.is_symlink() {
-            let target = fs::read_link(&path)?;
+            let target = match fs::read_link(&path) {
+                Ok(t) => t,
+                // Gone since the directory was read: it is simply not listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    out.skipped.push(Refused {
+                        path: rel,
+                        reason: format!("cannot read the symlink: {e}"),
+                    });
+                    continue;
+                }
+            };
             let Some(target) = target.to_str() else {
                 out.skipped.push(Refused {
                     path: rel,
@@ -135,39 +240,30 @@ fn walk(
                 hash: None,
                 target: None,
             });
-            walk(&path, &format!("{rel}/"), cache, seen, now, out)?;
+            walk(&path, &format!("{rel}/"), cache, seen, now, stop, out)?;
         } else if ft.is_file() {
-            let key = Key {
-                size: m.size(),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                ctime: (m.ctime(), m.ctime_nsec()),
-                ino: m.ino(),
-                dev: m.dev(),
-            };
             let fresh = now - m.mtime().max(m.ctime()) < 2;
-            let hash = match cache.map.get(&rel) {
-                Some((k, h)) if *k == key && !fresh => {
+            let (m, hash) = match cache.map.get(&rel) {
+                Some((k, h)) if *k == Key::of(&m) && !fresh => {
                     out.cached += 1;
-                    h.clone()
+                    (m, h.clone())
                 }
-                _ => match hash_file(&path) {
-                    Ok(h) => h,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        out.skipped.push(Refused {
-                            path: rel,
-                            reason: format!("cannot read: {e}"),
-                        });
+                _ => match hash_regular_file(&path, stop) {
+                    Ok(v) => v,
+                    Err(Unhashed::Gone) => continue,
+                    Err(Unhashed::Stopped) => return Err(interrupted()),
+                    Err(Unhashed::Skip(reason)) => {
+                        out.skipped.push(Refused { path: rel, reason });
                         continue;
                     }
                 },
             };
-            seen.insert(rel.clone(), (key, hash.clone()));
+            seen.insert(rel.clone(), (Key::of(&m), hash.clone()));
             out.entries.push(Entry {
                 path: rel,
                 kind: EntryKind::File,
                 size: m.size(),
-                mode,
+                mode: m.mode() & 0o7777,
                 hash: Some(hash),
                 target: None,
             });
@@ -179,6 +275,38 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Split a listing into parts whose JSON stays under `budget` bytes even in the worst case
+/// (every byte of a name escaped as `\u00XX`), each with at least one item; an empty listing
+/// is one empty part.
+pub fn split(
+    entries: Vec<Entry>,
+    skipped: Vec<Refused>,
+    budget: usize,
+) -> Vec<(Vec<Entry>, Vec<Refused>)> {
+    const OVERHEAD: usize = 200;
+    let mut parts = vec![(Vec::new(), Vec::new())];
+    let mut used = 0;
+    let mut room = |cost: usize, parts: &mut Vec<(Vec<Entry>, Vec<Refused>)>| {
+        let last = parts.last().expect("one part");
+        if used + cost > budget && !(last.0.is_empty() && last.1.is_empty()) {
+            parts.push((Vec::new(), Vec::new()));
+            used = 0;
+        }
+        used += cost;
+    };
+    for e in entries {
+        let cost = OVERHEAD + 6 * (e.path.len() + e.target.as_ref().map_or(0, String::len));
+        room(cost, &mut parts);
+        parts.last_mut().expect("one part").0.push(e);
+    }
+    for r in skipped {
+        let cost = OVERHEAD + 6 * (r.path.len() + r.reason.len());
+        room(cost, &mut parts);
+        parts.last_mut().expect("one part").1.push(r);
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -193,7 +321,7 @@ mod tests {
         std::os::unix::fs::symlink("a/x.go", d.path().join("l")).unwrap();
         fs::write(d.path().join(".kdev-1-2.tmp"), "junk").unwrap();
         let mut cache = HashCache::default();
-        let l = list(d.path(), &mut cache).unwrap();
+        let l = list(d.path(), &mut cache, &AtomicBool::new(false)).unwrap();
         let paths: Vec<_> = l
             .entries
             .iter()
@@ -215,5 +343,99 @@ mod tests {
         assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
         // Files are fresh (just written), so the cache is not used yet.
         assert_eq!(l.cached, 0);
+    }
+
+    /// Lists `root` over and over in a thread while `change` runs; every listing must finish
+    /// (within 5 s: a FIFO opened for reading blocks forever) and succeed.
+    fn list_while(root: &Path, mut change: impl FnMut() + Send) {
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant};
+        let (tx, rx) = mpsc::channel();
+        let root2 = root.to_path_buf();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let done2 = done.clone();
+        // Not joined: if a listing blocks, the thread stays blocked and the test fails.
+        std::thread::spawn(move || {
+            let mut cache = HashCache::default();
+            let stop = AtomicBool::new(false);
+            while !done2.load(Ordering::Relaxed) {
+                let r = list(&root2, &mut cache, &stop).map(|l| l.skipped.len());
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        std::thread::scope(|sc| {
+            let done3 = done.clone();
+            sc.spawn(move || {
+                while !done3.load(Ordering::Relaxed) {
+                    change();
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Ok(_)) => n += 1,
+                    Ok(Err(e)) => {
+                        done.store(true, Ordering::Relaxed);
+                        panic!("listing {n} failed: {e}");
+                    }
+                    Err(_) => {
+                        done.store(true, Ordering::Relaxed);
+                        panic!("listing {n} blocked for 5 s");
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_while_listed_is_skipped_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let (x, fifo, file) = (d.path().join("x"), d.path().join("f"), d.path().join("r"));
+        fs::write(&x, "x").unwrap();
+        list_while(d.path(), || {
+            let _ = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644));
+            let _ = fs::rename(&fifo, &x);
+            let _ = fs::write(&file, "x");
+            let _ = fs::rename(&file, &x);
+        });
+    }
+
+    #[test]
+    fn a_symlink_that_vanishes_while_listed_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("l");
+        list_while(d.path(), || {
+            let _ = std::os::unix::fs::symlink("target", &l);
+            let _ = fs::remove_file(&l);
+        });
+    }
+
+    #[test]
+    fn split_keeps_order_and_budget() {
+        let e = |p: &str| Entry {
+            path: p.into(),
+            kind: EntryKind::File,
+            size: 0,
+            mode: 0o644,
+            hash: None,
+            target: None,
+        };
+        let r = |p: &str| Refused {
+            path: p.into(),
+            reason: "r".into(),
+        };
+        assert_eq!(split(vec![], vec![], 1000), vec![(vec![], vec![])]);
+        // Each item costs 206 bytes: two per part of 500.
+        let parts = split(vec![e("a"), e("b"), e("c")], vec![r("x")], 500);
+        assert_eq!(
+            parts,
+            vec![(vec![e("a"), e("b")], vec![]), (vec![e("c")], vec![r("x")])]
+        );
+        // An item over the budget still goes (alone).
+        assert_eq!(split(vec![e("a"), e("b")], vec![], 10).len(), 2);
     }
 }

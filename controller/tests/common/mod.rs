@@ -37,6 +37,16 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether a process exists and is not a zombie (an orphan is reaped by whoever inherits it,
+/// which may take its time).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+    state != Some('Z')
+}
+
 /// The app log's records as (pid, line).
 pub fn log_lines(kdev: &Path) -> Vec<(u32, String)> {
     let Ok(data) = fs::read_to_string(kdev.join("run/app.log")) else {
@@ -139,13 +149,31 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(kdev: &Path, extra: &[&str]) -> Serve {
+        Serve::start_with_env(kdev, extra, &[], &[])
+    }
+
+    /// Like [`Serve::start`], with `env` added to and `unset` removed from the environment it
+    /// inherits (the sidecar's).
+    pub fn start_with_env(
+        kdev: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Serve {
         let stderr_path = kdev.join(format!("serve-{}.stderr", std::process::id() ^ rand_u32()));
         let stderr = fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        for k in unset {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--kdev-dir")
             .arg(kdev)
             .args(extra)
+            // Anything relative it might create lands in the test's directory.
+            .current_dir(kdev)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -1,0 +1,120 @@
+//! What an interrupted session leaves behind, cleaned up when the next one starts.
+//!
+//! * Temporary files of a patch that was being applied (`.kdev-<pid>-<n>.tmp`, files or
+//!   symlinks, anywhere in the sync root): [`remove_temp_files`].
+//! * A build that was running: a `serve` killed with SIGKILL (the CLI's take-over after 5 s,
+//!   the OOM killer) runs no cleanup, and its build keeps writing the same `app.next` as the
+//!   next session's build. So every build records its process group in `run/build.pgid`
+//!   while it runs, and the next session kills that group at startup
+//!   ([`kill_stale_build`]).
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use super::patch::is_temp_name;
+
+/// The start time of a process (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
+/// PID it names one process, even after the PID is reused.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces and parentheses).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// `(state, pgrp)` of a process, from `/proc/<pid>/stat`.
+fn state_and_group(pid: &str) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    let pgrp = f.nth(1)?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Whether a process of group `pgid` is alive (zombies do not count: whoever inherited them
+/// reaps them, but they run nothing and write nothing).
+pub fn group_alive(pgid: i32) -> bool {
+    if signal::killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|p| {
+        let name = p.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && state_and_group(&name).is_some_and(|(st, g)| g == pgid && st != 'Z')
+    })
+}
+
+/// Record the running build's process group (its leader's PID) in `file`.
+pub fn record_build(file: &Path, pgid: i32) {
+    let start = start_time(pgid).unwrap_or(0);
+    if let Err(e) = crate::util::write_atomic(file, format!("{pgid} {start}\n").as_bytes()) {
+        eprintln!(
+            "kdev-serve: cannot record the build's process group in {}: {e}",
+            file.display()
+        );
+    }
+}
+
+/// Kill the build recorded in `file` by a session that did not clean up, wait (up to 5 s)
+/// until its group is gone, and remove the record. Returns the group it killed.
+pub fn kill_stale_build(file: &Path) -> Option<i32> {
+    let data = fs::read_to_string(file).ok()?;
+    let _ = fs::remove_file(file);
+    let mut f = data.split_whitespace();
+    let pgid: i32 = f.next()?.parse().ok().filter(|p| *p > 1)?;
+    let start: u64 = f.next()?.parse().ok()?;
+    // The leader still runs: it must be the same process (not a reused PID). The leader gone
+    // but the group alive: that group is the build's (a group ID is not reused while it has
+    // members).
+    match start_time(pgid) {
+        Some(s) if s != start => return None,
+        _ => {}
+    }
+    if !group_alive(pgid) {
+        return None;
+    }
+    let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while group_alive(pgid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(pgid)
+}
+
+/// Remove our temporary files (exact names, see [`is_temp_name`]) anywhere below `root`,
+/// descending only into real directories (never through a symlink). Returns how many went.
+pub fn remove_temp_files(root: &Path) -> usize {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for de in rd.flatten() {
+            // The entry's own type (d_type or lstat): a symlink is never followed.
+            let Ok(ft) = de.file_type() else { continue };
+            if ft.is_dir() {
+                dirs.push(de.path());
+            } else if de.file_name().to_str().is_some_and(is_temp_name) {
+                match fs::remove_file(de.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => eprintln!(
+                        "kdev-serve: cannot remove the temporary file {}: {e}",
+                        de.path().display()
+                    ),
+                }
+            }
+        }
+    }
+    removed
+}
