@@ -751,7 +751,7 @@ async fn initial_sync(
     let local = tree::scan(&state.root, &state.rules)?;
     let local_by_path: BTreeMap<String, Entry> =
         local.iter().map(|e| (e.path.clone(), e.clone())).collect();
-    let mut plan = tree::plan(&local, &remote.entries);
+    let mut plan = tree::plan(&local, &pod_listing(remote));
     state.skip_refused(&mut plan, &local_by_path, true);
     let bytes: u64 = plan
         .send
@@ -810,6 +810,28 @@ async fn initial_sync(
         state.reload = Some(Reload::new(vec![format!("{files} files")], started, None));
     }
     Ok(())
+}
+
+/// The pod's listing, with what it could not list (a FIFO, an unreadable file) as entries of
+/// unknown content: such a path is deleted when it is not local, and replaced when it is, so
+/// the pod's tree ends up equal to the local one either way.
+fn pod_listing(remote: kdev_protocol::ReconcileResult) -> Vec<Entry> {
+    let mut entries = remote.entries;
+    entries.extend(
+        remote
+            .skipped
+            .iter()
+            .filter_map(|s| kdev_protocol::normalize_wire_path(&s.path).ok())
+            .map(|path| Entry {
+                path,
+                kind: kdev_protocol::EntryKind::File,
+                size: 0,
+                mode: 0,
+                hash: None,
+                target: None,
+            }),
+    );
+    entries
 }
 
 fn fmt_bytes(n: u64) -> String {
@@ -1228,6 +1250,35 @@ mod tests {
         b.env
             .insert("GOFLAGS".into(), "-mod=mod -ldflags=-X=main.v=2".into());
         assert!(go_build_flags(&b, false).is_empty());
+    }
+
+    #[test]
+    fn what_the_pod_could_not_list_is_deleted_or_replaced() {
+        let file = |path: &str, hash: Option<&str>| Entry {
+            path: path.into(),
+            kind: kdev_protocol::EntryKind::File,
+            size: 1,
+            mode: 0o644,
+            hash: hash.map(String::from),
+            target: None,
+        };
+        let skipped = |path: &str| kdev_protocol::Refused {
+            path: path.into(),
+            reason: "not a regular file, directory or symlink".into(),
+        };
+        let remote = kdev_protocol::ReconcileResult {
+            id: 1,
+            root: "/kdev/src".into(),
+            entries: vec![file("main.go", Some("h"))],
+            skipped: vec![skipped("pipe"), skipped("data.bin"), skipped("../bad")],
+            elapsed_ms: 0,
+            cached: 0,
+            more: false,
+        };
+        let local = vec![file("main.go", Some("h")), file("data.bin", Some("d"))];
+        let plan = tree::plan(&local, &pod_listing(remote));
+        assert_eq!(plan.delete, ["pipe"]);
+        assert_eq!(plan.send, ["data.bin"]);
     }
 
     #[test]

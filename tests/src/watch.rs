@@ -37,6 +37,9 @@ pub struct Watch {
     output: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The program and arguments it was started with, and its extra environment.
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Watch {
@@ -63,25 +66,42 @@ impl Watch {
         if let Some(prepare) = opts.prepare {
             prepare(&project)?;
         }
-        let mut cmd = match opts.wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(kdev_bin());
-                c
-            }
-            None => Command::new(kdev_bin()),
-        };
-        cmd.arg("watch").args(opts.args).current_dir(&project);
-        for (k, v) in opts.env {
-            cmd.env(k, v);
-        }
-        let (child, output) = spawn_captured(&mut cmd)?;
+        let mut argv: Vec<String> = opts.wrapper.iter().map(|s| s.to_string()).collect();
+        argv.push(kdev_bin().to_string_lossy().into_owned());
+        argv.push("watch".into());
+        argv.extend(opts.args.iter().map(|s| s.to_string()));
+        let env: Vec<(String, String)> = opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, output) = spawn(&argv, &env, &project)?;
         Ok(Watch {
             child,
             output,
             dir,
             port,
+            argv,
+            env,
         })
+    }
+
+    /// Stop this kdev (SIGINT, as Ctrl-C) and start it again, the same way, in the same project;
+    /// the output starts afresh.
+    pub fn restart(&mut self) -> Result<std::process::ExitStatus> {
+        self.interrupt();
+        let status = self.wait_exit(Duration::from_secs(20))?;
+        let (child, output) = spawn(&self.argv, &self.env, &self.project())?;
+        self.child = child;
+        self.output = output;
+        Ok(status)
+    }
+
+    /// Send SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
     }
 
     pub fn project(&self) -> PathBuf {
@@ -169,6 +189,20 @@ impl Watch {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+fn spawn(
+    argv: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+) -> Result<(Child, Arc<Mutex<String>>)> {
+    let (program, rest) = argv.split_first().context("an empty command line")?;
+    let mut cmd = Command::new(program);
+    cmd.args(rest).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_captured(&mut cmd)
 }
 
 impl Drop for Watch {

@@ -427,3 +427,64 @@ async fn kdev_down_under_a_live_watch_stops_it() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Defect 9a: Ctrl-C pressed while kdev waits to retry (here: a controller that cannot start)
+/// was lost. One shutdown signal covers every phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_retrying_stops_kdev_at_once() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-ctrlc").await?;
+    let broken = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        broken.path(),
+        "#!/bin/sh\necho this controller is broken >&2\nexit 3\n",
+    )?;
+    let bin = broken.path().to_string_lossy().into_owned();
+    let mut w = Watch::start_opts(
+        ns.name(),
+        WatchOptions {
+            env: &[("KDEV_CONTROLLER_BIN", &bin)],
+            ..Default::default()
+        },
+    )?;
+    w.wait_output("retrying in", Duration::from_secs(240))
+        .await?;
+    w.wait_output("retrying in 1", Duration::from_secs(30))
+        .await?;
+    let t0 = Instant::now();
+    w.interrupt();
+    let status = w.wait_exit(Duration::from_secs(10))?;
+    eprintln!("kdev stopped {:?} after Ctrl-C", t0.elapsed());
+    ensure!(status.success(), "Ctrl-C is a clean stop: {status}");
+    ensure!(
+        w.output().contains("stopped"),
+        "kdev says it stopped:\n{}",
+        w.output()
+    );
+    Ok(())
+}
+
+/// Defect 9d: a restart on an unchanged tree printed nothing after "syncing". It says the pod
+/// is in sync, with what was compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_an_unchanged_tree_says_the_pod_is_in_sync() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-insync").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let mut w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let status = w.restart()?;
+    ensure!(status.success(), "the first kdev stops cleanly: {status}");
+    w.wait_output("the pod is in sync", Duration::from_secs(60))
+        .await?;
+    let out = w.output();
+    ensure!(
+        !out.contains("sending"),
+        "nothing is sent for an unchanged tree:\n{out}"
+    );
+    w.set_message("\"after the restart\"");
+    w.wait_served("after the restart", Duration::from_secs(60))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
