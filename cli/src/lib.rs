@@ -10,6 +10,8 @@ pub mod deploy;
 pub mod dev;
 pub mod down;
 pub mod forward;
+#[cfg(target_os = "linux")]
+pub mod inotify_tree;
 pub mod lease;
 pub mod rewrite;
 pub mod session;
