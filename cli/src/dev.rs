@@ -587,7 +587,7 @@ async fn initial_sync(
 ) -> Result<()> {
     let started = Instant::now();
     let remote = session.reconcile().await?;
-    let local = tree::scan(&state.root, &state.rules)?;
+    let local = tree::scan(&state.root, &state.rules)?.entries;
     let plan = tree::plan(&local, &remote.entries);
     let bytes: u64 = plan
         .send
@@ -665,7 +665,7 @@ async fn send_plan(
     }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let (tar, _) = build_tar(&state.root, &chunk)?;
+        let tar = build_tar(&state.root, &chunk)?.tar;
         let deletes = if i == 0 {
             plan.delete.clone()
         } else {
@@ -712,14 +712,14 @@ async fn sync_paths(
         let rel = rel.to_string_lossy().replace('\\', "/");
         if rel.is_empty() {
             // The root itself: rescan everything.
-            for e in tree::scan(&state.root, &state.rules)? {
+            for e in tree::scan(&state.root, &state.rules)?.entries {
                 fresh.insert(e.path.clone(), e);
             }
             prefixes.insert(String::new());
             continue;
         }
         prefixes.insert(rel.clone());
-        if let Some(e) = tree::entry_for(&state.root, path, &state.rules)? {
+        if let tree::Local::Entry(e) = tree::entry_for(&state.root, path, &state.rules) {
             let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
             fresh.insert(e.path.clone(), e);
             if is_dir {
@@ -777,7 +777,7 @@ fn scan_into(root: &Path, dir: &Path, rules: &IgnoreRules, out: &mut Vec<Entry>)
     };
     for entry in read.flatten() {
         let path = entry.path();
-        if let Some(e) = tree::entry_for(root, &path, rules)? {
+        if let tree::Local::Entry(e) = tree::entry_for(root, &path, rules) {
             let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
             out.push(e);
             if is_dir {

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod dev;
 pub mod down;
 pub mod forward;
+pub mod hashcache;
 #[cfg(target_os = "linux")]
 pub mod inotify_tree;
 pub mod lease;
@@ -19,4 +20,5 @@ pub mod sessions;
 pub mod timings;
 pub mod tree;
 pub mod ui;
+pub mod unsyncable;
 pub mod watch;
