@@ -134,6 +134,12 @@ impl HashCache {
         (self.hashed, self.reused)
     }
 
+    /// Replace the clock that decides whether a file has settled (tests).
+    #[cfg(test)]
+    pub(crate) fn set_clock(&mut self, now: fn() -> SystemTime) {
+        self.now = now;
+    }
+
     /// How many hashes are kept.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod rewrite;
 pub mod session;
 pub mod sessions;
+pub mod snapshot;
 pub mod timings;
 pub mod tree;
 pub mod ui;
