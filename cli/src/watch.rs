@@ -576,4 +576,17 @@ mod tests {
         fs::write(root.join("after/x.go"), "x").unwrap();
         collect_until(&mut rx, &[root.join("after/x.go")]).await;
     }
+
+    /// A changed `.gitignore` changes what is synced below its directory: that directory is
+    /// reported too, so that the loop rescans it (and picks up files it no longer ignores).
+    #[tokio::test]
+    async fn a_changed_gitignore_reports_its_directory() {
+        let (_tmp, root, _w, mut rx) = project().await;
+        fs::write(root.join("handlers/.gitignore"), "*.tmp\n").unwrap();
+        collect_until(
+            &mut rx,
+            &[root.join("handlers"), root.join("handlers/.gitignore")],
+        )
+        .await;
+    }
 }
