@@ -87,8 +87,10 @@ enum Backend {
     Poll(#[allow(dead_code)] PollWatcher),
 }
 
+#[cfg(target_os = "linux")]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+#[cfg(target_os = "linux")]
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
