@@ -665,7 +665,7 @@ async fn send_plan(
     }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let tar = build_tar(&state.root, &chunk)?.tar;
+        let (tar, _) = build_tar(&state.root, &chunk)?;
         let deletes = if i == 0 {
             plan.delete.clone()
         } else {

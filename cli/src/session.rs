@@ -298,6 +298,13 @@ enum Item {
     File(std::fs::File),
 }
 
+/// [`build_patch_tar`]'s tar and entry count (what it skipped is dropped: the next event or
+/// rescan classifies those paths again).
+pub fn build_tar(root: &Path, paths: &[String]) -> Result<(Vec<u8>, usize), SessionError> {
+    let t = build_patch_tar(root, paths)?;
+    Ok((t.tar, t.count))
+}
+
 /// A tar of `paths` (relative, `/`-separated) under `root`: files with their mode, symlinks as
 /// symlinks, directories as directories. The paths were listed a moment ago and may have changed
 /// since, so each is classified again, and nothing the pod cannot hold gets in: no path reached
@@ -305,7 +312,7 @@ enum Item {
 /// `O_NOFOLLOW | O_NONBLOCK` and checked to still be a regular file, so a FIFO cannot block it),
 /// and an unreadable file is skipped, not fatal. A path that vanished is skipped: the next event
 /// for it will delete it.
-pub fn build_tar(root: &Path, paths: &[String]) -> Result<PatchTar, SessionError> {
+pub fn build_patch_tar(root: &Path, paths: &[String]) -> Result<PatchTar, SessionError> {
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
     let mut out = PatchTar::default();
@@ -404,7 +411,7 @@ mod tests {
             tar,
             count,
             skipped,
-        } = build_tar(root, &paths).unwrap();
+        } = build_patch_tar(root, &paths).unwrap();
         assert_eq!(count, 4);
         assert!(skipped.is_empty());
         let mut archive = tar::Archive::new(tar.as_slice());
@@ -477,7 +484,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let root2 = root.clone();
         std::thread::spawn(move || {
-            let out = crate::tree::tests::without_dac_override(|| build_tar(&root2, &paths));
+            let out = crate::tree::tests::without_dac_override(|| build_patch_tar(&root2, &paths));
             let _ = tx.send(out);
         });
         let out = rx
