@@ -18,8 +18,10 @@ use crate::debug::DebugOptions;
 use crate::deploy::{self, LABEL_PROJECT};
 use crate::forward::{self, ForwardEvent, ForwardTarget};
 use crate::lease::SessionLease;
+use crate::rescan::RescanSchedule;
 use crate::rewrite::{DebugSpec, DevPodSpec};
-use crate::session::{ControllerSession, SessionError, build_tar};
+use crate::session::{ControllerSession, SessionError, build_patch_tar};
+use crate::snapshot::Snapshot;
 use crate::timings::{self, PodDurations, Timeline, TimingsLog};
 use crate::tree::{self, IgnoreRules, SyncPlan};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
@@ -421,6 +423,8 @@ async fn watch_until_stopped(
         root: sync_root.clone(),
         known: BTreeMap::new(),
         refused: BTreeMap::new(),
+        snapshot: Snapshot::new(&sync_root),
+        warned: BTreeSet::new(),
         reload: None,
         app_port,
         timings,
@@ -447,6 +451,10 @@ async fn watch_until_stopped(
         drop(enter_tx);
     }
     let mut forward_errors = forward::ErrorSummary::new(FORWARD_ERROR_WINDOW);
+    // The safety net: a periodic stat-only rescan while idle (see `rescan`).
+    let mut rescan = RescanSchedule::new(std::time::Instant::now());
+    let mut rescan_tick = tokio::time::interval(Duration::from_millis(250));
+    rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut delve_announced = false;
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
@@ -538,8 +546,39 @@ async fn watch_until_stopped(
                             Notice::Error(e) => ui.warn(&format!("watcher: {e}")),
                         }
                     }
+                    rescan.activity(std::time::Instant::now());
                     if let Err(e) = sync_paths(&mut session, &mut state, &batch.paths, batch.first_event_at, ui).await {
                         break Err(e);
+                    }
+                }
+                _ = rescan_tick.tick() => {
+                    let now = std::time::Instant::now();
+                    if let Some(paths) = rescan.take_settled(now) {
+                        match sync_paths(&mut session, &mut state, &paths, None, ui).await {
+                            Ok(0) => {}
+                            Ok(n) => ui.warn(&format!(
+                                "the watcher missed {n} change{}; synced",
+                                if n == 1 { "" } else { "s" }
+                            )),
+                            Err(e) => break Err(e),
+                        }
+                    } else if rescan.due(now, state.reload.is_none()) {
+                        match state.snapshot.rescan(&state.rules) {
+                            Ok(changes) => {
+                                tracing::debug!(
+                                    "rescan: {} paths in {:?}, {} changed",
+                                    state.snapshot.len(),
+                                    now.elapsed(),
+                                    changes.paths().len()
+                                );
+                                state.warn_unsyncable(&changes.unsyncable, ui);
+                                rescan.ran(std::time::Instant::now(), now.elapsed(), changes.paths());
+                            }
+                            Err(e) => {
+                                ui.warn(&format!("rescanning {}: {e}", state.root.display()));
+                                rescan.ran(std::time::Instant::now(), now.elapsed(), BTreeSet::new());
+                            }
+                        }
                     }
                 }
                 msg = session.next_event() => match msg {
@@ -668,6 +707,11 @@ struct SyncState {
     /// Entries the pod refused, as they were when refused: not sent again (nor warned about
     /// again) until they change locally.
     refused: BTreeMap<String, Entry>,
+    /// The local tree's stat snapshot and hash cache: listings hash only what changed, and the
+    /// periodic rescan finds what the watcher missed.
+    snapshot: Snapshot,
+    /// Local paths that cannot be synced and were warned about (once each).
+    warned: BTreeSet<PathBuf>,
     reload: Option<Reload>,
     /// The port whose readiness ends a reload; without one, the restart ends it.
     app_port: Option<u16>,
@@ -692,6 +736,15 @@ impl SyncState {
             None => !complete,
         });
         plan.send.retain(|p| !self.refused.contains_key(p));
+    }
+
+    /// Warn once about each path that cannot be synced.
+    fn warn_unsyncable(&mut self, found: &[crate::unsyncable::Unsyncable], ui: &Ui) {
+        for u in found {
+            if self.warned.insert(u.path.clone()) {
+                ui.warn(&u.warning());
+            }
+        }
     }
 
     /// Warn once about each newly refused entry (with how to stop syncing it) and remember it,
@@ -748,7 +801,9 @@ async fn initial_sync(
 ) -> Result<()> {
     let started = Instant::now();
     let remote = session.reconcile().await?;
-    let local = tree::scan(&state.root, &state.rules)?;
+    let listing = state.snapshot.scan(&state.rules)?;
+    state.warn_unsyncable(&listing.unsyncable, ui);
+    let local = listing.entries;
     let local_by_path: BTreeMap<String, Entry> =
         local.iter().map(|e| (e.path.clone(), e.clone())).collect();
     let mut plan = tree::plan(&local, &pod_listing(remote));
@@ -793,6 +848,7 @@ async fn initial_sync(
     }
     state.known = local_by_path;
     state.note_refused(&sent.refused, ui);
+    state.warn_unsyncable(&sent.skipped, ui);
     let files = state
         .known
         .values()
@@ -849,6 +905,8 @@ struct Sent {
     build_started: bool,
     /// Entries the pod refused (the rest was applied).
     refused: Vec<kdev_protocol::Refused>,
+    /// Local paths left out because they could no longer be synced.
+    skipped: Vec<crate::unsyncable::Unsyncable>,
 }
 
 /// Send a plan in frames that respect the controller's limits. Only the last one asks for a
@@ -901,7 +959,11 @@ async fn send_plan(
     }
     let n = patches.len();
     for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
-        let (tar, _) = build_tar(&state.root, &chunk)?;
+        let patch = build_patch_tar(&state.root, &chunk)?;
+        // Changed since it was listed into something that cannot be synced: left out now; the
+        // next rescan sees the change and removes the pod's copy.
+        sent.skipped.extend(patch.skipped);
+        let tar = patch.tar;
         let mode = if i + 1 == n { build } else { BuildMode::Never };
         let bytes = tar.len() as u64;
         let result = session.patch(deletes, tar, mode).await?;
@@ -921,14 +983,15 @@ async fn send_plan(
     Ok(sent)
 }
 
-/// Sync paths that may have changed.
+/// Sync paths that may have changed; returns how many changes were sent (files written or
+/// deleted), 0 when the pod already held them.
 async fn sync_paths(
     session: &mut ControllerSession,
     state: &mut SyncState,
     paths: &BTreeSet<PathBuf>,
     event_at: Option<SystemTime>,
     ui: &Ui,
-) -> Result<()> {
+) -> Result<usize> {
     let started = Instant::now();
     let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
     let mut prefixes: BTreeSet<String> = BTreeSet::new();
@@ -942,24 +1005,31 @@ async fn sync_paths(
         let rel = rel.to_string_lossy().replace('\\', "/");
         if rel.is_empty() {
             // The root itself: rescan everything.
-            for e in tree::scan(&state.root, &state.rules)? {
+            let listing = state.snapshot.scan(&state.rules)?;
+            state.warn_unsyncable(&listing.unsyncable, ui);
+            for e in listing.entries {
                 fresh.insert(e.path.clone(), e);
             }
             prefixes.insert(String::new());
             continue;
         }
         prefixes.insert(rel.clone());
-        if let Some(e) = tree::entry_for(&state.root, path, &state.rules)? {
-            let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
-            fresh.insert(e.path.clone(), e);
-            if is_dir {
-                // A directory that appeared (or was renamed in) brings its contents along.
-                let mut sub = Vec::new();
-                scan_into(&state.root, path, &state.rules, &mut sub)?;
-                for e in sub {
-                    fresh.insert(e.path.clone(), e);
+        match state.snapshot.entry(&state.rules, path) {
+            tree::Local::Entry(e) => {
+                let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
+                fresh.insert(e.path.clone(), e);
+                if is_dir {
+                    // A directory that appeared (or was renamed in) brings its contents along.
+                    let below = state.snapshot.below(&state.rules, path);
+                    state.warn_unsyncable(&below.unsyncable, ui);
+                    for e in below.entries {
+                        fresh.insert(e.path.clone(), e);
+                    }
                 }
             }
+            // Treated as absent: the pod loses what it had there.
+            tree::Local::Unsyncable(u) => state.warn_unsyncable(std::slice::from_ref(&u), ui),
+            tree::Local::Absent => {}
         }
     }
     let under = |p: &str, prefix: &str| {
@@ -978,7 +1048,7 @@ async fn sync_paths(
         state.refused.retain(|p, _| !under(p, d));
     }
     if plan.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut changed: Vec<String> = plan
         .send
@@ -1002,6 +1072,7 @@ async fn sync_paths(
         state.known.insert(e.path.clone(), e);
     }
     state.note_refused(&sent.refused, ui);
+    state.warn_unsyncable(&sent.skipped, ui);
     let refused_all = !sent.refused.is_empty()
         && plan.delete.is_empty()
         && plan
@@ -1009,27 +1080,11 @@ async fn sync_paths(
             .iter()
             .all(|p| sent.refused.iter().any(|r| &r.path == p));
     // Nothing was applied: no reload follows.
+    let count = changed.len();
     if !refused_all {
         state.reload = Some(Reload::new(changed, started, event_at));
     }
-    Ok(())
-}
-
-fn scan_into(root: &Path, dir: &Path, rules: &IgnoreRules, out: &mut Vec<Entry>) -> Result<()> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for entry in read.flatten() {
-        let path = entry.path();
-        if let Some(e) = tree::entry_for(root, &path, rules)? {
-            let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
-            out.push(e);
-            if is_dir {
-                scan_into(root, &path, rules, out)?;
-            }
-        }
-    }
-    Ok(())
+    Ok(count)
 }
 
 /// The reload's summary line, and its `--timings` record.
@@ -1081,9 +1136,10 @@ fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
             }
             BuildOutcome::Cancelled => {}
             BuildOutcome::Failed | BuildOutcome::Error => {
+                // This reload ends here (and the rescan may run again).
                 let what = state
                     .reload
-                    .as_ref()
+                    .take()
                     .map(|r| summarize_paths(&r.changed))
                     .unwrap_or_default();
                 ui.fail(&format!(
@@ -1122,12 +1178,16 @@ fn show_message(msg: ServerMessage, state: &mut SyncState, ui: &Ui) {
             reason,
             ..
         } => {
+            state.reload = None;
             ui.warn(&format!(
                 "app not accepting on port {port} after {}: {reason}",
                 fmt_duration(Duration::from_millis(waited_ms))
             ));
         }
-        Event::RestartFailed { reason, .. } => ui.fail(&format!("restart failed: {reason}")),
+        Event::RestartFailed { reason, .. } => {
+            state.reload = None;
+            ui.fail(&format!("restart failed: {reason}"))
+        }
         Event::AppStarted { .. } => {}
         Event::AppExited {
             code,

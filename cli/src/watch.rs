@@ -3,11 +3,17 @@
 //! - Directories are watched, not files: editors save by writing a temp file and renaming it over
 //!   the original, which a watch on the file itself would lose.
 //! - Only directories that are synced are watched (ignored trees such as `node_modules/` or
-//!   `.git/` cost no inotify watches), and each is watched non-recursively so that new
-//!   directories are picked up as they appear and ignored ones never are.
+//!   `.git/` cost no inotify watches), each non-recursively, so that new directories are picked
+//!   up as they appear and ignored ones never are.
+//! - Symlinks are synced as links and never followed or watched through. On Linux the watches
+//!   are kept by [`crate::inotify_tree`], one per directory inode whatever names reach it (its
+//!   docs say why notify's inotify backend cannot do that); elsewhere notify's native watcher
+//!   watches the root recursively without following links.
 //! - Events are hints, not facts: every event just says "this path may have changed", and the
 //!   sync loop stats the path to find out what it is now. That makes renames, deletes, atomic
-//!   saves and missed event kinds all the same case.
+//!   saves and missed event kinds all the same case. When events were lost (inotify's queue
+//!   overflowed, or the watcher changed), the root is reported: "rescan everything".
+//! - A changed `.gitignore` reports its directory too: what is synced below it may have changed.
 //! - A short debounce: a save's events arrive within a few milliseconds of each other; waiting for
 //!   a quiet gap of [`DEFAULT_DEBOUNCE`] (not the 200-1000 ms the field uses) groups them.
 //! - When inotify runs out of watches, say so (with the sysctl that raises the limit) and fall
@@ -18,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::tree::IgnoreRules;
@@ -29,6 +35,17 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(15);
 pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(300);
 /// Poll interval in polling mode.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Notify(#[from] notify::Error),
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Inotify(#[from] crate::inotify_tree::WatchError),
+    #[error("cannot start inotify: {0}")]
+    Init(std::io::Error),
+}
 
 /// How the tree is being watched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +67,8 @@ pub enum Notice {
     Error(String),
 }
 
-/// A debounced batch: paths that may have changed, plus notices.
+/// A debounced batch: paths that may have changed, plus notices. The sync root itself among the
+/// paths means "anything may have changed: rescan everything".
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub paths: BTreeSet<PathBuf>,
@@ -61,8 +79,22 @@ pub struct Batch {
 
 /// The live watcher; held only so that dropping it stops watching.
 enum Backend {
-    Native(RecommendedWatcher),
+    /// Our inotify layer, read by a task (aborted on drop, which closes the inotify fd).
+    #[cfg(target_os = "linux")]
+    Native(#[allow(dead_code)] AbortOnDrop),
+    #[cfg(not(target_os = "linux"))]
+    Native(#[allow(dead_code)] notify::RecommendedWatcher),
     Poll(#[allow(dead_code)] PollWatcher),
+}
+
+#[cfg(target_os = "linux")]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+#[cfg(target_os = "linux")]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Watches the synced part of a tree; dropping it stops watching.
@@ -71,10 +103,18 @@ pub struct TreeWatcher {
     pub mode: Mode,
 }
 
+/// What the backends tell the debounce loop.
 enum Raw {
-    Event(Event),
-    Error(notify::Error),
+    /// These paths may have changed (not yet filtered by the ignore rules).
+    Paths(Vec<PathBuf>),
+    /// Events were lost: anything may have changed.
+    Rescan,
+    /// The watch limit was reached.
+    WatchLimit,
+    Error(String),
 }
+
+type RawTx = mpsc::UnboundedSender<Raw>;
 
 impl TreeWatcher {
     /// Start watching `root` (under `rules`) and return the watcher and its batches.
@@ -83,32 +123,24 @@ impl TreeWatcher {
         rules: IgnoreRules,
         poll: bool,
         debounce: Duration,
-    ) -> notify::Result<(TreeWatcher, mpsc::Receiver<Batch>)> {
+    ) -> Result<(TreeWatcher, mpsc::Receiver<Batch>), WatchError> {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<Raw>();
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(64);
-        let handler = {
-            let raw_tx = raw_tx.clone();
-            move |res: notify::Result<Event>| {
-                let _ = raw_tx.send(match res {
-                    Ok(e) => Raw::Event(e),
-                    Err(e) => Raw::Error(e),
-                });
-            }
-        };
         let rules = Arc::new(Mutex::new(rules));
         let backend = Arc::new(Mutex::new(None));
         let mode = if poll {
-            *backend.lock().unwrap() = Some(Backend::Poll(start_polling(root, handler)?));
+            *backend.lock().unwrap() = Some(Backend::Poll(start_polling(root, raw_tx.clone())?));
             Mode::Polling
         } else {
-            match start_native(root, &rules.lock().unwrap(), handler.clone()) {
-                Ok(w) => {
-                    *backend.lock().unwrap() = Some(Backend::Native(w));
+            match start_native(root, &rules, raw_tx.clone()) {
+                Ok(b) => {
+                    *backend.lock().unwrap() = Some(b);
                     Mode::Native
                 }
                 Err(e) if is_watch_limit(&e) => {
                     let why = watch_limit_message();
-                    *backend.lock().unwrap() = Some(Backend::Poll(start_polling(root, handler)?));
+                    *backend.lock().unwrap() =
+                        Some(Backend::Poll(start_polling(root, raw_tx.clone())?));
                     Mode::PollingFallback(why)
                 }
                 Err(e) => return Err(e),
@@ -133,44 +165,111 @@ impl Drop for TreeWatcher {
     }
 }
 
-fn start_native<F: notify::EventHandler>(
+#[cfg(target_os = "linux")]
+fn start_native(
     root: &Path,
-    rules: &IgnoreRules,
-    handler: F,
-) -> notify::Result<RecommendedWatcher> {
-    let mut w = notify::recommended_watcher(handler)?;
-    watch_tree(&mut w, root, rules)?;
-    Ok(w)
+    rules: &Arc<Mutex<IgnoreRules>>,
+    raw_tx: RawTx,
+) -> Result<Backend, WatchError> {
+    let mut watches = crate::inotify_tree::DirWatches::new(root).map_err(WatchError::Init)?;
+    watches.watch_tree(root, &rules.lock().unwrap())?;
+    // SAFETY: `DirWatches` owns its inotify fd for its whole life and always returns that one.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(watches, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| WatchError::Init(e.into()))?;
+    let task = tokio::spawn(read_inotify(fd, rules.clone(), raw_tx));
+    Ok(Backend::Native(AbortOnDrop(task)))
 }
 
-fn start_polling<F: notify::EventHandler>(root: &Path, handler: F) -> notify::Result<PollWatcher> {
+/// Read the inotify queue whenever it is readable, and pass on what changed.
+#[cfg(target_os = "linux")]
+async fn read_inotify(
+    mut fd: tokio::io::unix::AsyncFd<crate::inotify_tree::DirWatches>,
+    rules: Arc<Mutex<IgnoreRules>>,
+    raw_tx: RawTx,
+) {
+    use crate::inotify_tree::WatchError as E;
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            let _ = raw_tx.send(Raw::Error("inotify stopped".into()));
+            return;
+        };
+        let changes = match guard.try_io(|w| w.get_mut().read_changes(&mut rules.lock().unwrap())) {
+            Err(_would_block) => continue,
+            Ok(Err(e)) => {
+                let _ = raw_tx.send(Raw::Error(format!("reading inotify events: {e}")));
+                return;
+            }
+            Ok(Ok(c)) => c,
+        };
+        if changes.overflowed {
+            let _ = raw_tx.send(Raw::Rescan);
+        }
+        let _ = raw_tx.send(Raw::Paths(changes.paths));
+        match changes.error {
+            None => {}
+            Some(E::Limit) => {
+                let _ = raw_tx.send(Raw::WatchLimit);
+            }
+            Some(e) => {
+                let _ = raw_tx.send(Raw::Error(e.to_string()));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_native(
+    root: &Path,
+    _rules: &Arc<Mutex<IgnoreRules>>,
+    raw_tx: RawTx,
+) -> Result<Backend, WatchError> {
+    // FSEvents and ReadDirectoryChangesW watch a whole tree natively: watch the root
+    // recursively (without following links) and filter by the ignore rules.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut w = notify::RecommendedWatcher::new(notify_handler(raw_tx), config)?;
+    w.watch(root, RecursiveMode::Recursive)?;
+    Ok(Backend::Native(w))
+}
+
+/// Turn notify's events into ours.
+fn notify_handler(raw_tx: RawTx) -> impl Fn(notify::Result<Event>) + Send + 'static {
+    move |res| {
+        let raw = match res {
+            Ok(e) if e.need_rescan() => Raw::Rescan,
+            Ok(e) if matches!(e.kind, EventKind::Access(_)) => return,
+            Ok(e) => Raw::Paths(e.paths),
+            Err(e) if is_notify_watch_limit(&e) => Raw::WatchLimit,
+            Err(e) => Raw::Error(e.to_string()),
+        };
+        let _ = raw_tx.send(raw);
+    }
+}
+
+fn start_polling(root: &Path, raw_tx: RawTx) -> notify::Result<PollWatcher> {
     // notify's poller keeps mtimes in whole seconds: without comparing contents, two saves in
     // the same second (a typo fixed right away) would look like one, and the second be missed.
     let config = notify::Config::default()
         .with_poll_interval(POLL_INTERVAL)
-        .with_compare_contents(true);
-    let mut w = PollWatcher::new(handler, config)?;
+        .with_compare_contents(true)
+        // Symlinks are synced as links: never walk through one.
+        .with_follow_symlinks(false);
+    let mut w = PollWatcher::new(notify_handler(raw_tx), config)?;
     w.watch(root, RecursiveMode::Recursive)?;
     Ok(w)
 }
 
-/// Watch `dir` and every synced directory below it, each non-recursively.
-fn watch_tree(w: &mut RecommendedWatcher, dir: &Path, rules: &IgnoreRules) -> notify::Result<()> {
-    w.watch(dir, RecursiveMode::NonRecursive)?;
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for entry in read.flatten() {
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let path = entry.path();
-        if is_dir && !rules.is_ignored(&path, true) {
-            watch_tree(w, &path, rules)?;
-        }
+fn is_watch_limit(e: &WatchError) -> bool {
+    match e {
+        WatchError::Notify(e) => is_notify_watch_limit(e),
+        #[cfg(target_os = "linux")]
+        WatchError::Inotify(crate::inotify_tree::WatchError::Limit) => true,
+        _ => false,
     }
-    Ok(())
 }
 
-fn is_watch_limit(e: &notify::Error) -> bool {
+fn is_notify_watch_limit(e: &notify::Error) -> bool {
     matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
         || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28))
 }
@@ -192,7 +291,7 @@ async fn debounce_loop(
     rules: Arc<Mutex<IgnoreRules>>,
     backend: Arc<Mutex<Option<Backend>>>,
     mut raw_rx: mpsc::UnboundedReceiver<Raw>,
-    raw_tx: mpsc::UnboundedSender<Raw>,
+    raw_tx: RawTx,
     batch_tx: mpsc::Sender<Batch>,
     debounce: Duration,
 ) {
@@ -231,21 +330,14 @@ fn handle_raw(
     root: &Path,
     rules: &Arc<Mutex<IgnoreRules>>,
     backend: &Arc<Mutex<Option<Backend>>>,
-    raw_tx: &mpsc::UnboundedSender<Raw>,
+    raw_tx: &RawTx,
     batch: &mut Batch,
 ) {
     match raw {
-        Raw::Error(e) if is_watch_limit(&e) => {
+        Raw::WatchLimit => {
             let mut guard = backend.lock().unwrap();
             if matches!(*guard, Some(Backend::Native(_))) {
-                let tx = raw_tx.clone();
-                let handler = move |res: notify::Result<Event>| {
-                    let _ = tx.send(match res {
-                        Ok(e) => Raw::Event(e),
-                        Err(e) => Raw::Error(e),
-                    });
-                };
-                match start_polling(root, handler) {
+                match start_polling(root, raw_tx.clone()) {
                     Ok(p) => {
                         *guard = Some(Backend::Poll(p));
                         batch
@@ -260,26 +352,27 @@ fn handle_raw(
                 }
             }
         }
-        Raw::Error(e) => batch.notices.push(Notice::Error(e.to_string())),
-        Raw::Event(event) => {
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            let mut rules_guard = rules.lock().unwrap();
-            for path in event.paths {
+        Raw::Error(e) => batch.notices.push(Notice::Error(e)),
+        Raw::Rescan => {
+            batch.paths.insert(root.to_path_buf());
+        }
+        Raw::Paths(paths) => {
+            let mut rules = rules.lock().unwrap();
+            for path in paths {
                 if path.file_name().is_some_and(|n| n == ".gitignore") {
-                    rules_guard.reload_gitignore(&path);
+                    rules.reload_gitignore(&path);
+                    // What is synced below it may have changed: have that directory rescanned.
+                    if let Some(dir) = path.parent()
+                        && !rules.is_ignored(dir, true)
+                    {
+                        batch.paths.insert(dir.to_path_buf());
+                    }
                 }
-                let is_dir = path.is_dir();
-                if rules_guard.is_ignored(&path, is_dir) {
-                    continue;
+                // lstat: a symlink to a directory is a symlink, never a directory.
+                let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if !rules.is_ignored(&path, is_dir) {
+                    batch.paths.insert(path);
                 }
-                // A new directory: watch it, and treat it as changed (files may have been
-                // created in it before the watch existed; the sync loop rescans it).
-                if is_dir && let Some(Backend::Native(w)) = backend.lock().unwrap().as_mut() {
-                    let _ = watch_tree(w, &path, &rules_guard);
-                }
-                batch.paths.insert(path);
             }
         }
     }
@@ -344,5 +437,158 @@ mod tests {
     #[tokio::test]
     async fn polling_watcher_sees_saves_new_dirs_and_deletes() {
         exercise(true).await;
+    }
+
+    /// A project with `handlers/hello.go` (and `handlers/sub/deep.go`) under a native watcher.
+    async fn project() -> (
+        tempfile::TempDir,
+        PathBuf,
+        TreeWatcher,
+        mpsc::Receiver<Batch>,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        fs::create_dir_all(root.join("handlers/sub")).unwrap();
+        fs::write(root.join("handlers/hello.go"), "package handlers").unwrap();
+        fs::write(root.join("handlers/sub/deep.go"), "package sub").unwrap();
+        let rules = IgnoreRules::load(&root, &[]).unwrap();
+        let (w, rx) = TreeWatcher::start(&root, rules, false, DEFAULT_DEBOUNCE).unwrap();
+        assert_eq!(w.mode, Mode::Native);
+        (tmp, root, w, rx)
+    }
+
+    fn append(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Issue 9: `ln -s handlers alias; rm alias` used to drop the watch on `handlers` (one
+    /// inotify watch per inode, and the alias's removal removed it).
+    #[tokio::test]
+    async fn a_symlink_to_a_watched_dir_coming_and_going_keeps_the_dir_watched() {
+        let (_tmp, root, _w, mut rx) = project().await;
+        std::os::unix::fs::symlink("handlers", root.join("alias")).unwrap();
+        collect_until(&mut rx, &[root.join("alias")]).await;
+        fs::remove_file(root.join("alias")).unwrap();
+        collect_until(&mut rx, &[root.join("alias")]).await;
+        append(&root.join("handlers/hello.go"), "// x\n");
+        collect_until(&mut rx, &[root.join("handlers/hello.go")]).await;
+        append(&root.join("handlers/sub/deep.go"), "// y\n");
+        collect_until(&mut rx, &[root.join("handlers/sub/deep.go")]).await;
+        // And again, a later edit in the same directory.
+        append(&root.join("handlers/hello.go"), "// z\n");
+        let seen = collect_until(&mut rx, &[root.join("handlers/hello.go")]).await;
+        assert!(
+            seen.iter().all(|p| !p.starts_with(root.join("alias/"))),
+            "{seen:?}"
+        );
+    }
+
+    /// `mv handlers h2`, edit, `mv h2 handlers`, edit: every edit is seen under its current name.
+    #[tokio::test]
+    async fn directory_renames_keep_their_watches_under_the_new_name() {
+        let (_tmp, root, _w, mut rx) = project().await;
+        fs::rename(root.join("handlers"), root.join("h2")).unwrap();
+        collect_until(&mut rx, &[root.join("handlers"), root.join("h2")]).await;
+        append(&root.join("h2/hello.go"), "// 1\n");
+        append(&root.join("h2/sub/deep.go"), "// 1\n");
+        let seen = collect_until(
+            &mut rx,
+            &[root.join("h2/hello.go"), root.join("h2/sub/deep.go")],
+        )
+        .await;
+        assert!(
+            !seen.iter().any(|p| p.starts_with(root.join("handlers/"))),
+            "{seen:?}"
+        );
+        fs::rename(root.join("h2"), root.join("handlers")).unwrap();
+        collect_until(&mut rx, &[root.join("handlers"), root.join("h2")]).await;
+        append(&root.join("handlers/hello.go"), "// 2\n");
+        append(&root.join("handlers/sub/deep.go"), "// 2\n");
+        let seen = collect_until(
+            &mut rx,
+            &[
+                root.join("handlers/hello.go"),
+                root.join("handlers/sub/deep.go"),
+            ],
+        )
+        .await;
+        assert!(
+            !seen.iter().any(|p| p.starts_with(root.join("h2/"))),
+            "{seen:?}"
+        );
+    }
+
+    /// A symlink to a directory outside the root is synced as a link, never watched through.
+    #[tokio::test]
+    async fn a_symlink_to_an_outside_dir_is_not_watched_through() {
+        outside_symlink(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_symlink_to_an_outside_dir_is_not_polled_through() {
+        outside_symlink(true).await;
+    }
+
+    async fn outside_symlink(poll: bool) {
+        let outside = tempfile::tempdir().unwrap();
+        let outside = outside.path().canonicalize().unwrap();
+        fs::write(outside.join("a.go"), "x").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("ext")).unwrap();
+        fs::create_dir(root.join("pkg")).unwrap();
+        let rules = IgnoreRules::load(&root, &[]).unwrap();
+        let (_w, mut rx) = TreeWatcher::start(&root, rules, poll, DEFAULT_DEBOUNCE).unwrap();
+        // Also a link created while watching.
+        std::os::unix::fs::symlink(&outside, root.join("pkg/ext2")).unwrap();
+        collect_until(&mut rx, &[root.join("pkg/ext2")]).await;
+        fs::write(outside.join("a.go"), "y").unwrap();
+        fs::create_dir(outside.join("newdir")).unwrap();
+        fs::write(outside.join("b.go"), "y").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A sentinel change inside the root: everything before it has been delivered.
+        fs::write(root.join("pkg/sentinel.go"), "x").unwrap();
+        let seen = collect_until(&mut rx, &[root.join("pkg/sentinel.go")]).await;
+        assert!(
+            !seen
+                .iter()
+                .any(|p| p.starts_with(root.join("ext/")) || p.starts_with(root.join("pkg/ext2/"))),
+            "{seen:?}"
+        );
+    }
+
+    /// More events than inotify queues (the test's single-threaded runtime cannot read while
+    /// it writes): the batch holds the root, which the loop takes as "rescan everything".
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_inotify_queue_overflow_asks_for_a_full_rescan() {
+        let (_tmp, root, _w, mut rx) = project().await;
+        let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(16384);
+        for i in 0..max / 2 {
+            fs::write(root.join(format!("handlers/f{i}")), "x").unwrap();
+        }
+        collect_until(&mut rx, std::slice::from_ref(&root)).await;
+        // And watching goes on.
+        fs::create_dir(root.join("after")).unwrap();
+        collect_until(&mut rx, &[root.join("after")]).await;
+        fs::write(root.join("after/x.go"), "x").unwrap();
+        collect_until(&mut rx, &[root.join("after/x.go")]).await;
+    }
+
+    /// A changed `.gitignore` changes what is synced below its directory: that directory is
+    /// reported too, so that the loop rescans it (and picks up files it no longer ignores).
+    #[tokio::test]
+    async fn a_changed_gitignore_reports_its_directory() {
+        let (_tmp, root, _w, mut rx) = project().await;
+        fs::write(root.join("handlers/.gitignore"), "*.tmp\n").unwrap();
+        collect_until(
+            &mut rx,
+            &[root.join("handlers"), root.join("handlers/.gitignore")],
+        )
+        .await;
     }
 }

@@ -1,0 +1,102 @@
+//! When the safety-net rescan runs, as a small pure schedule (the loop owns the clock).
+//!
+//! The rescan ([`crate::snapshot::Snapshot::rescan`]) stats the whole synced tree, so it runs
+//! only while kdev is idle (no reload in flight, no watcher batch for [`QUIET`]), at most every
+//! [`MIN_EVERY`], and never more often than 20 times its own duration (≤ 5 % of one core on a
+//! huge tree). What it reports is not synced at once: a save the rescan saw a few milliseconds
+//! before the watcher's batch would be counted as "missed". Its paths wait [`SETTLE`] first;
+//! whatever the watcher delivered meanwhile is synced by then and compares equal, so only what
+//! the watcher truly missed is left to sync and report.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The shortest time between two rescans.
+pub const MIN_EVERY: Duration = Duration::from_secs(2);
+/// How long after the last watcher batch or reload the tree counts as idle.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// How long a rescan's findings wait for the watcher before they count as missed.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// A rescan may use at most 1/this of the time between rescans.
+const DUTY: u32 = 20;
+
+#[derive(Debug)]
+pub struct RescanSchedule {
+    next_at: Instant,
+    last_activity: Instant,
+    pending: Option<(Instant, BTreeSet<PathBuf>)>,
+}
+
+impl RescanSchedule {
+    pub fn new(now: Instant) -> RescanSchedule {
+        RescanSchedule {
+            next_at: now + MIN_EVERY,
+            last_activity: now,
+            pending: None,
+        }
+    }
+
+    /// The watcher delivered a batch, or a reload ran: not idle.
+    pub fn activity(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    /// Whether to rescan now. `idle`: no reload is in flight.
+    pub fn due(&self, now: Instant, idle: bool) -> bool {
+        idle && self.pending.is_none()
+            && now >= self.next_at
+            && now.saturating_duration_since(self.last_activity) >= QUIET
+    }
+
+    /// A rescan that took `took` found `paths` changed since the previous one.
+    pub fn ran(&mut self, now: Instant, took: Duration, paths: BTreeSet<PathBuf>) {
+        self.next_at = now + MIN_EVERY.max(took * DUTY);
+        if !paths.is_empty() {
+            self.pending = Some((now + SETTLE, paths));
+        }
+    }
+
+    /// The rescan's findings, once they have waited [`SETTLE`] for the watcher.
+    pub fn take_settled(&mut self, now: Instant) -> Option<BTreeSet<PathBuf>> {
+        match &self.pending {
+            Some((due, _)) if now >= *due => self.pending.take().map(|(_, p)| p),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rescans_only_when_idle_and_lets_findings_settle() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = RescanSchedule::new(t0);
+        assert!(!s.due(at(1000), true), "not before MIN_EVERY");
+        assert!(s.due(at(2000), true));
+        assert!(!s.due(at(2000), false), "not while a reload runs");
+        s.activity(at(1500));
+        assert!(!s.due(at(2000), true), "not right after a watcher batch");
+        assert!(s.due(at(2500), true));
+
+        let found: BTreeSet<PathBuf> = [PathBuf::from("/p/main.go")].into();
+        s.ran(at(2500), Duration::from_millis(40), found.clone());
+        assert!(!s.due(at(5000), true), "not while findings wait");
+        assert_eq!(
+            s.take_settled(at(2700)),
+            None,
+            "the watcher gets its chance"
+        );
+        assert_eq!(s.take_settled(at(3000)), Some(found));
+        assert_eq!(s.take_settled(at(3100)), None);
+        assert!(s.due(at(4500), true));
+
+        // A slow rescan (a huge tree) is spaced out to keep its share of the CPU small.
+        s.ran(at(4500), Duration::from_millis(500), BTreeSet::new());
+        assert!(!s.due(at(10_000), true));
+        assert!(s.due(at(14_500), true));
+    }
+}
