@@ -488,3 +488,51 @@ async fn a_restart_on_an_unchanged_tree_says_the_pod_is_in_sync() -> Result<()> 
     assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
     Ok(())
 }
+
+/// The safety net: a change the watcher cannot see is found by the idle rescan, synced, and
+/// reported once. A write through a shared mapping produces no inotify event; the only event,
+/// IN_CLOSE_WRITE, comes when the last reference to the file goes, so the writer maps the file,
+/// closes its descriptor, writes later and keeps the mapping until the test ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_watcher_missed_is_found_by_the_rescan() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-rescan").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let w = Watch::start(ns.name())?;
+    w.wait_served("pong", Duration::from_secs(240)).await?;
+    let main = w.project().join("main.go");
+    let script = "import mmap, sys, time\n\
+f = open(sys.argv[1], 'r+b')\n\
+m = mmap.mmap(f.fileno(), 0)\n\
+f.close()\n\
+time.sleep(1.5)\n\
+i = m.find(b'\"pong\"')\n\
+assert i >= 0\n\
+m[i:i + 6] = b'\"PONG\"'\n\
+m.flush()\n\
+print('written', flush=True)\n\
+time.sleep(600)\n";
+    let mut writer = Command::new("python3")
+        .args(["-c", script])
+        .arg(&main)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().context("stdout")?),
+        &mut line,
+    )?;
+    ensure!(line.trim() == "written", "the mmap write failed: {line}");
+    let served = w.wait_served("PONG", Duration::from_secs(30)).await;
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let took = served?;
+    eprintln!("a change the watcher missed was served after {took:?}");
+    let out = w.output();
+    ensure!(
+        count_lines(&out, "the watcher missed 1 change; synced") == 1,
+        "the rescan says so, once:\n{out}"
+    );
+    assert_pod_tree_equals_local(&pods, &w.project(), &[]).await?;
+    Ok(())
+}
