@@ -325,7 +325,20 @@ async fn watch_until_stopped(
     let controller = std::fs::read(&controller_path)
         .with_context(|| format!("reading {}", controller_path.display()))?;
 
-    // Local ports first: a port in use is found before anything is applied.
+    // The session lock, then the local ports: another session of this workload, or a port in
+    // use, is found before anything is applied.
+    let lease = lease_slot.insert(
+        crate::lease::acquire(
+            &client,
+            &ns,
+            &owner,
+            &project.name,
+            &plan.workload.name,
+            opts.take_over,
+        )
+        .await?,
+    );
+    // Local ports.
     let (pod_tx, pod_rx) = watch::channel::<Option<ForwardTarget>>(None);
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<ForwardEvent>();
     // Counts app exits, so forwarded connections to an exited process are closed at once.
@@ -358,17 +371,6 @@ async fn watch_until_stopped(
         forwarded.push((addr, *remote));
     }
 
-    let lease = lease_slot.insert(
-        crate::lease::acquire(
-            &client,
-            &ns,
-            &owner,
-            &project.name,
-            &plan.workload.name,
-            opts.take_over,
-        )
-        .await?,
-    );
     ui.step(&format!(
         "applying {} objects to namespace {ns} ({} is the dev workload)",
         plan.objects.len(),
