@@ -18,12 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kdev_protocol::asynchronous::{read_frame_async, write_message_async};
-use kdev_protocol::codec::split_payload;
 use kdev_protocol::{
-    BuildMode, BuildOutcome, ClientMessage, ErrorMessage, Event, FrameError, MAX_FRAME_SIZE,
-    PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping, ReconcileResult, ServerMessage,
-    SessionConfig, Welcome, WireMessage, check_hello, decode_message,
+    BuildMode, BuildOutcome, ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError,
+    MAX_FRAME_SIZE, PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping, ReconcileResult,
+    ServerCodec, ServerMessage, SessionConfig, Welcome, check_hello,
 };
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -105,8 +103,9 @@ impl WeakOut {
 
 async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
     let mut stdout = tokio::io::stdout();
+    let codec = ServerCodec::new();
     while let Some(m) = rx.recv().await {
-        match write_message_async(&mut stdout, &m).await {
+        match codec.write(&mut stdout, &m).await {
             Ok(()) => {}
             // Too large for one frame (e.g. a listing of a gigantic tree): say so instead.
             Err(FrameError::Codec(e)) => {
@@ -117,13 +116,13 @@ async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
                     _ => None,
                 };
                 let err = error(
-                    "message_too_large",
+                    ErrorCode::MessageTooLarge,
                     format!(
                         "a reply could not be sent: {e}; reduce the synced tree (ignore generated files)"
                     ),
                     id,
                 );
-                if write_message_async(&mut stdout, &err).await.is_err() {
+                if codec.write(&mut stdout, &err).await.is_err() {
                     return;
                 }
             }
@@ -137,20 +136,22 @@ async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
 
 /// A frame from stdin (or how reading ended), with its share of the queue's byte budget.
 struct Inbound {
-    frame: Result<Option<Vec<u8>>, FrameError>,
+    frame: Result<Option<Frame>, FrameError>,
     _queued: Option<OwnedSemaphorePermit>,
 }
 
 /// How many bytes of frames may wait for the main loop (besides the one it handles).
 const QUEUED_BYTES: usize = MAX_FRAME_SIZE as usize;
 
+/// The largest frame that can be a ping (a header of at most 256 bytes, no body).
+const MAX_PING_FRAME: usize = 4 + 256;
+
 /// A small frame that is a ping.
-fn as_ping(payload: &[u8]) -> Option<Ping> {
-    let (header, body) = split_payload(payload).ok()?;
-    if !body.is_empty() || header.len() > 256 {
+fn as_ping(frame: &Frame) -> Option<Ping> {
+    if frame.len() > MAX_PING_FRAME {
         return None;
     }
-    match ClientMessage::from_header(header) {
+    match ServerCodec::decode(frame.clone()) {
         Ok(ClientMessage::Ping(p)) => Some(p),
         _ => None,
     }
@@ -161,10 +162,11 @@ fn as_ping(payload: &[u8]) -> Option<Ping> {
 /// is done, so it must not wait behind a long patch, listing or build cancellation.
 async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
     let mut stdin = tokio::io::stdin();
+    let mut codec = ServerCodec::new();
     let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
     let mut handshake = true;
     loop {
-        let frame = read_frame_async(&mut stdin, MAX_FRAME_SIZE).await;
+        let frame = codec.read_frame(&mut stdin).await;
         let mut queued = None;
         if let Ok(Some(p)) = &frame {
             if !handshake && let Some(ping) = as_ping(p) {
@@ -187,18 +189,18 @@ async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
     }
 }
 
-fn fatal(code: &str, message: String) -> ServerMessage {
+fn fatal(code: ErrorCode, message: String) -> ServerMessage {
     ServerMessage::Error(ErrorMessage {
-        code: code.into(),
+        code,
         message,
         fatal: true,
         id: None,
     })
 }
 
-fn error(code: &str, message: String, id: Option<u64>) -> ServerMessage {
+fn error(code: ErrorCode, message: String, id: Option<u64>) -> ServerMessage {
     ServerMessage::Error(ErrorMessage {
-        code: code.into(),
+        code,
         message,
         fatal: false,
         id,
@@ -287,7 +289,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         }
         Some(Err(e)) => {
             log(format!("bad first frame: {e}"));
-            out.send(fatal("bad_frame", e.to_string())).await;
+            out.send(fatal(ErrorCode::BadFrame, e.to_string())).await;
             return finish(out, EXIT_BAD_INPUT).await;
         }
         Some(Ok(Some(payload))) => match check_hello(payload) {
@@ -305,7 +307,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     ));
     if let Err(e) = std::fs::create_dir_all(&opts.paths.run) {
         out.send(fatal(
-            "setup_failed",
+            ErrorCode::SetupFailed,
             format!("cannot create {}: {e}", opts.paths.run.display()),
         ))
         .await;
@@ -316,7 +318,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let (_lock, replaced) = match take_session_lock(&opts.paths.run).await {
         Ok(v) => v,
         Err(e) => {
-            out.send(fatal("setup_failed", e)).await;
+            out.send(fatal(ErrorCode::SetupFailed, e)).await;
             return finish(out, EXIT_SETUP).await;
         }
     };
@@ -345,7 +347,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     ) {
         Ok(r) => r,
         Err(e) => {
-            out.send(fatal("bad_sync_root", e)).await;
+            out.send(fatal(ErrorCode::BadSyncRoot, e)).await;
             return finish(out, EXIT_SETUP).await;
         }
     };
@@ -363,7 +365,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     for d in [&opts.paths.bin, &opts.paths.run] {
         if let Err(e) = std::fs::create_dir_all(d) {
             out.send(fatal(
-                "setup_failed",
+                ErrorCode::SetupFailed,
                 format!("cannot create {}: {e}", d.display()),
             ))
             .await;
@@ -588,7 +590,7 @@ impl Session {
                 _ = term.changed() => {
                     log("terminated (a newer session took over, or the pod is stopping); ending the session");
                     self.out.send(fatal(
-                        "terminated",
+                        ErrorCode::Terminated,
                         "kdev-controller serve was terminated (a newer session took over, or the pod is stopping)".into(),
                     )).await;
                     return EXIT_OK;
@@ -602,16 +604,16 @@ impl Session {
                         }
                         Some(Err(e)) => {
                             log(format!("bad frame: {e}"));
-                            self.out.send(fatal("bad_frame", format!("{e}; ending the session"))).await;
+                            self.out.send(fatal(ErrorCode::BadFrame, format!("{e}; ending the session"))).await;
                             return EXIT_BAD_INPUT;
                         }
                         Some(Ok(Some(p))) => p,
                     };
-                    let msg = match decode_message::<ClientMessage>(payload) {
+                    let msg = match ServerCodec::decode(payload) {
                         Ok(m) => m,
                         Err(e) => {
                             log(format!("bad message: {e}"));
-                            self.out.send(fatal("bad_message", format!("{e}; ending the session"))).await;
+                            self.out.send(fatal(ErrorCode::BadMessage, format!("{e}; ending the session"))).await;
                             return EXIT_BAD_INPUT;
                         }
                     };
@@ -630,7 +632,7 @@ impl Session {
             ClientMessage::Hello(_) => {
                 self.out
                     .send(error(
-                        "unexpected_message",
+                        ErrorCode::UnexpectedMessage,
                         "hello was already received".into(),
                         None,
                     ))
@@ -684,11 +686,15 @@ impl Session {
                 return;
             }
             Ok(Err(e)) => error(
-                "reconcile_failed",
+                ErrorCode::ReconcileFailed,
                 format!("cannot list {}: {e}", self.root.display()),
                 Some(id),
             ),
-            Err(e) => error("reconcile_failed", format!("listing failed: {e}"), Some(id)),
+            Err(e) => error(
+                ErrorCode::ReconcileFailed,
+                format!("listing failed: {e}"),
+                Some(id),
+            ),
         };
         self.out.send(msg).await;
     }
@@ -710,7 +716,7 @@ impl Session {
             );
             log(&msg);
             self.out
-                .send(error("too_many_deletes", msg, Some(id)))
+                .send(error(ErrorCode::TooManyDeletes, msg, Some(id)))
                 .await;
             return;
         }
@@ -734,7 +740,7 @@ impl Session {
             Err(e) => {
                 self.out
                     .send(error(
-                        "patch_failed",
+                        ErrorCode::PatchFailed,
                         format!("applying the patch failed: {e}"),
                         Some(id),
                     ))
