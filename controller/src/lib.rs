@@ -5,8 +5,8 @@
 //! * [`serve`]: one protocol session on stdin/stdout (run by the CLI through a long-lived exec):
 //!   reconcile, patch, build, restart, report.
 //!
-//! The two roles talk through files under `<kdev-dir>/run` (see [`util::KdevPaths`]) and one
-//! signal (SIGHUP to the PID in `run/supervisor.pid`).
+//! The two roles talk through files under `<kdev-dir>/run` (see [`kdev_protocol::Layout`])
+//! and one signal (SIGHUP to the PID in `run/supervisor.pid`).
 
 pub mod serve;
 pub mod supervise;

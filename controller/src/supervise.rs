@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kdev_protocol::{AppState, AppStatus, ExitInfo, RestartInfo, Stream};
+use kdev_protocol::{AppState, AppStatus, ExitInfo, Layout, RestartInfo, Stream};
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -33,7 +33,8 @@ use crate::util::{self, LogRecord, ms, unix_ms};
 /// Settings for one supervisor.
 #[derive(Debug, Clone)]
 pub struct SuperviseOptions {
-    pub run_dir: PathBuf,
+    /// Where its files go (only the `run` directory is used).
+    pub layout: Layout,
     pub stop_signal: Signal,
     pub grace_period: Duration,
     pub wait_for: Option<PathBuf>,
@@ -86,15 +87,17 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
 /// The app's output log, shared by the two output-copying threads.
 struct AppLog {
     path: PathBuf,
+    rotated: PathBuf,
     file: Option<File>,
     size: u64,
     max: u64,
 }
 
 impl AppLog {
-    fn open(path: PathBuf, max: u64) -> AppLog {
+    fn open(path: PathBuf, rotated: PathBuf, max: u64) -> AppLog {
         let mut log = AppLog {
             path,
+            rotated,
             file: None,
             size: 0,
             max,
@@ -130,7 +133,7 @@ impl AppLog {
         line.push(b'\n');
         if self.size + line.len() as u64 > self.max {
             // Rotate: keep one previous file so a reader that is behind can finish it.
-            let _ = fs::rename(&self.path, self.path.with_extension("log.1"));
+            let _ = fs::rename(&self.path, &self.rotated);
             self.reopen();
         }
         if let Some(f) = &mut self.file
@@ -232,12 +235,17 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
             "cannot become a child subreaper ({e}); orphaned grandchildren may stay as zombies"
         ));
     }
-    fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("creating the run directory {}", opts.run_dir.display()))?;
-    let pid_file = opts.run_dir.join("supervisor.pid");
+    let layout = &opts.layout;
+    fs::create_dir_all(&layout.run)
+        .with_context(|| format!("creating the run directory {}", layout.run.display()))?;
+    let pid_file = layout.pid_file();
     util::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing the PID file {}", pid_file.display()))?;
-    let log_path = opts.run_dir.join("app.log");
+    let app_log = AppLog::open(
+        layout.log_file(),
+        layout.rotated_log_file(),
+        opts.log_max_bytes,
+    );
     let status = AppStatus {
         supervisor_pid: std::process::id(),
         state: AppState::Waiting,
@@ -245,7 +253,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
         ..Default::default()
     };
     let mut sup = Supervisor {
-        log: Arc::new(Mutex::new(AppLog::open(log_path, opts.log_max_bytes))),
+        log: Arc::new(Mutex::new(app_log)),
         backoff: opts.backoff_min,
         opts,
         sigset,
@@ -268,7 +276,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
 impl Supervisor {
     fn write_status(&mut self) {
         self.status.updated_at_ms = unix_ms();
-        let path = self.opts.run_dir.join("app-status.json");
+        let path = self.opts.layout.status_file();
         match serde_json::to_vec_pretty(&self.status) {
             Ok(data) => {
                 if let Err(e) = util::write_atomic(&path, &data) {

@@ -10,6 +10,9 @@
 //!   [`ServerCodec`]; async with the `tokio` feature, blocking `std::io` with the `blocking`
 //!   feature), [`handshake`], [`error_code`], [`status`] (the supervisor's status, also sent
 //!   in the Welcome), [`hash`] and [`paths`] (what both sides must agree on about files).
+//! * Values both sides share outside the stream: [`layout`] (the pod's `/kdev`), [`labels`]
+//!   (Kubernetes label and annotation keys), [`signal`] and [`duration`] (how users write
+//!   them).
 //!
 //! # Transport
 //!
@@ -53,20 +56,27 @@
 //! Requests carry a client-chosen `id` that the matching response echoes.
 
 pub mod codec;
+pub mod duration;
 pub mod error_code;
 pub mod handshake;
 pub mod hash;
+pub mod labels;
+pub mod layout;
 pub mod messages;
 pub mod paths;
+pub mod signal;
 pub mod status;
 pub mod wire;
 
 pub use codec::{ClientCodec, Codec, ServerCodec};
+pub use duration::{DurationError, parse_duration};
 pub use error_code::ErrorCode;
 pub use handshake::{HandshakeError, check_hello};
 pub use hash::{ContentHash, hash_bytes, hash_file, hash_reader};
+pub use layout::Layout;
 pub use messages::*;
 pub use paths::{PathError, normalize_wire_path, wire_path_from_relative};
+pub use signal::{Signal, SignalError};
 pub use status::{AppState, AppStatus, ExitInfo, RestartInfo};
 pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 

@@ -1,5 +1,5 @@
 //! The supervisor's status: what `kdev-controller supervise` writes (atomically, as JSON) to
-//! `<kdev-dir>/run/app-status.json` on every change.
+//! `<kdev-dir>/run/app-status.json` ([`crate::layout::Layout::status_file`]) on every change.
 //! `serve` watches it and sends the last one in [`crate::Welcome::app_status`].
 
 use serde::{Deserialize, Serialize};

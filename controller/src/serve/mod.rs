@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use kdev_protocol::{
     BuildMode, BuildOutcome, ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError,
-    MAX_FRAME_SIZE, PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping, ReconcileResult,
-    ServerCodec, ServerMessage, SessionConfig, Welcome, check_hello,
+    Layout, MAX_FRAME_SIZE, PROTOCOL_VERSION, Patch, PatchLimits, PatchResult, Ping,
+    ReconcileResult, ServerCodec, ServerMessage, SessionConfig, Welcome, check_hello,
 };
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -30,7 +30,7 @@ use nix::unistd::Pid;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::util::{self, BuildState, KdevPaths, ms, unix_ms};
+use crate::util::{self, BuildState, ms, unix_ms};
 use build::{BuildDefaults, BuildResult, BuildSpec};
 
 /// Paths echoed per list in a `PatchResult` (the counts say how many there were).
@@ -52,7 +52,7 @@ fn log(msg: impl AsRef<str>) {
 /// Settings from the command line.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub paths: KdevPaths,
+    pub layout: Layout,
     pub build: BuildDefaults,
     /// Grace period of the supervisor, to size the restart timeout.
     pub restart_timeout: Duration,
@@ -305,17 +305,17 @@ pub async fn run(opts: ServeOptions) -> i32 {
         "session from {} (protocol {})",
         hello.client_version, hello.protocol_version
     ));
-    if let Err(e) = std::fs::create_dir_all(&opts.paths.run) {
+    if let Err(e) = std::fs::create_dir_all(&opts.layout.run) {
         out.send(fatal(
             ErrorCode::SetupFailed,
-            format!("cannot create {}: {e}", opts.paths.run.display()),
+            format!("cannot create {}: {e}", opts.layout.run.display()),
         ))
         .await;
         return finish(out, EXIT_SETUP).await;
     }
     // One session at a time: a previous `serve` whose exec stream broke may still be alive
     // (and building into the same app.next). The newest session wins.
-    let (_lock, replaced) = match take_session_lock(&opts.paths.run).await {
+    let (_lock, replaced) = match take_session_lock(&opts.layout).await {
         Ok(v) => v,
         Err(e) => {
             out.send(fatal(ErrorCode::SetupFailed, e)).await;
@@ -325,7 +325,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     // A previous session killed without cleaning up (SIGKILL) may have left its build running,
     // writing the same app.next as ours will.
     let stale_build = {
-        let f = opts.paths.build_group_file();
+        let f = opts.layout.build_group_file();
         tokio::task::spawn_blocking(move || leftovers::kill_stale_build(&f))
             .await
             .ok()
@@ -342,8 +342,8 @@ pub async fn run(opts: ServeOptions) -> i32 {
             .sync_root
             .as_deref()
             .map(Path::new)
-            .unwrap_or(&opts.paths.src),
-        &opts.paths,
+            .unwrap_or(&opts.layout.src),
+        &opts.layout,
     ) {
         Ok(r) => r,
         Err(e) => {
@@ -362,7 +362,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
             ));
         }
     }
-    for d in [&opts.paths.bin, &opts.paths.run] {
+    for d in [&opts.layout.bin, &opts.layout.run] {
         if let Err(e) = std::fs::create_dir_all(d) {
             out.send(fatal(
                 ErrorCode::SetupFailed,
@@ -372,19 +372,19 @@ pub async fn run(opts: ServeOptions) -> i32 {
             return finish(out, EXIT_SETUP).await;
         }
     }
-    let state: BuildState = std::fs::read(opts.paths.build_state_file())
+    let state: BuildState = std::fs::read(opts.layout.build_state_file())
         .ok()
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or_default();
     let (watch, watcher) = app::spawn_watcher(
-        opts.paths.status_file(),
-        opts.paths.log_file(),
+        opts.layout.status_file(),
+        opts.layout.log_file(),
         out.clone(),
         config.forward_app_output,
     );
-    let app_binary = opts.paths.app_binary();
+    let app_binary = opts.layout.app_binary();
     let app_present = app_binary.is_file();
-    let supervisor_pid = crate::supervise::read_pid_file(&opts.paths.pid_file()).ok();
+    let supervisor_pid = crate::supervise::read_pid_file(&opts.layout.pid_file()).ok();
     let limits = patch::default_limits();
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
@@ -418,7 +418,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     }
 
     let restart_ctx = app::RestartCtx {
-        pid_file: opts.paths.pid_file(),
+        pid_file: opts.layout.pid_file(),
         out: out.clone(),
         watch,
         app_port: config.app_port,
@@ -462,9 +462,9 @@ pub async fn run(opts: ServeOptions) -> i32 {
 
 /// Take `run/serve.lock` (flock), stopping a previous session that holds it. Returns the lock
 /// (held until dropped) and the PID of the session that was stopped, if any.
-async fn take_session_lock(run: &Path) -> Result<(Flock<std::fs::File>, Option<u32>), String> {
-    let lock_path = run.join("serve.lock");
-    let pid_path = run.join("serve.pid");
+async fn take_session_lock(layout: &Layout) -> Result<(Flock<std::fs::File>, Option<u32>), String> {
+    let lock_path = layout.serve_lock_file();
+    let pid_path = layout.serve_pid_file();
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -533,11 +533,11 @@ fn lexical(p: &Path) -> PathBuf {
 
 /// Refuse a sync root that is, contains or is inside one of kdev's own directories (a patch
 /// would overwrite the app binary or the controller in `bin/`, the state in `run/`, the caches).
-fn check_root_placement(root: &Path, shown: &Path, paths: &KdevPaths) -> Result<(), String> {
+fn check_root_placement(root: &Path, shown: &Path, layout: &Layout) -> Result<(), String> {
     for (what, dir) in [
-        ("binaries", &paths.bin),
-        ("runtime files", &paths.run),
-        ("build caches", &paths.cache),
+        ("binaries", &layout.bin),
+        ("runtime files", &layout.run),
+        ("build caches", &layout.cache),
     ] {
         let dir = dir.canonicalize().unwrap_or_else(|_| lexical(dir));
         if dir.starts_with(root) || root.starts_with(&dir) {
@@ -546,14 +546,14 @@ fn check_root_placement(root: &Path, shown: &Path, paths: &KdevPaths) -> Result<
                  its own, such as the default {}",
                 shown.display(),
                 dir.display(),
-                paths.src.display()
+                layout.src.display()
             ));
         }
     }
     Ok(())
 }
 
-fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
+fn prepare_root(root: &Path, layout: &Layout) -> Result<PathBuf, String> {
     if !root.is_absolute() {
         return Err(format!(
             "the sync root {} is not an absolute path",
@@ -561,7 +561,7 @@ fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
         ));
     }
     // Before creating anything, then again on the real path (symlinks resolved).
-    check_root_placement(&lexical(root), root, paths)?;
+    check_root_placement(&lexical(root), root, layout)?;
     std::fs::create_dir_all(root)
         .map_err(|e| format!("cannot create the sync root {}: {e}", root.display()))?;
     let real = root
@@ -573,7 +573,7 @@ fn prepare_root(root: &Path, paths: &KdevPaths) -> Result<PathBuf, String> {
             root.display()
         ));
     }
-    check_root_placement(&real, root, paths)?;
+    check_root_placement(&real, root, layout)?;
     Ok(real)
 }
 
@@ -765,7 +765,7 @@ impl Session {
         let do_build = match build {
             BuildMode::Never => false,
             BuildMode::Always => true,
-            BuildMode::Auto => self.state.dirty || !self.opts.paths.app_binary().is_file(),
+            BuildMode::Auto => self.state.dirty || !self.opts.layout.app_binary().is_file(),
         };
         // Echo bounded lists: a patch of 100 000 paths must not make a reply of 100 000 paths.
         fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
@@ -816,7 +816,7 @@ impl Session {
     /// Write `run/build-state.json`.
     fn save_state(&self) {
         if let Ok(data) = serde_json::to_vec(&self.state)
-            && let Err(e) = util::write_atomic(&self.opts.paths.build_state_file(), &data)
+            && let Err(e) = util::write_atomic(&self.opts.layout.build_state_file(), &data)
         {
             log(format!("cannot record the build state: {e}"));
         }
@@ -829,9 +829,9 @@ impl Session {
             &self.config.build,
             &self.opts.build,
             &self.root,
-            &self.opts.paths.app_next(),
+            &self.opts.layout.app_next(),
         );
-        spec.group_file = Some(self.opts.paths.build_group_file());
+        spec.group_file = Some(self.opts.layout.build_group_file());
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
         self.build = Some(RunningBuild {
@@ -887,14 +887,14 @@ impl Session {
         let mut installed = false;
         if res.outcome == BuildOutcome::Succeeded {
             if may_install {
-                match std::fs::rename(self.opts.paths.app_next(), self.opts.paths.app_binary()) {
+                match std::fs::rename(self.opts.layout.app_next(), self.opts.layout.app_binary()) {
                     Ok(()) => installed = true,
                     Err(e) => {
                         res.outcome = BuildOutcome::Error;
                         res.output.push_str(&format!(
                             "\ncannot move {} to {}: {e}",
-                            self.opts.paths.app_next().display(),
-                            self.opts.paths.app_binary().display()
+                            self.opts.layout.app_next().display(),
+                            self.opts.layout.app_binary().display()
                         ));
                     }
                 }
