@@ -51,3 +51,31 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     })
 }
+
+/// An error and its causes, `: `-separated: the text sent to the client (which has no other
+/// way to see the causes).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot write {0:?}")]
+    struct Outer(&'static str, #[source] io::Error);
+
+    #[test]
+    fn chains_read_like_one_message() {
+        let e = Outer("a/b", io::Error::other("disk full"));
+        assert_eq!(error_chain(&e), "cannot write \"a/b\": disk full");
+    }
+}
