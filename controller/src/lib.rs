@@ -8,6 +8,7 @@
 //! The two roles talk through files under `<kdev-dir>/run` (see [`kdev_protocol::Layout`])
 //! and one signal (SIGHUP to the PID in `run/supervisor.pid`).
 
+mod run_files;
 pub mod serve;
 pub mod supervise;
 pub mod util;

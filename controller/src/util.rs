@@ -1,45 +1,25 @@
-//! Small helpers shared by both roles: the app log's records, the build state, clocks, atomic
-//! writes. (The `/kdev` layout, durations and signals are in `kdev_protocol`.)
+//! Small helpers both roles use: clocks, atomic file replacement, error texts.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-/// One line of `run/app.log`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRecord {
-    pub at_ms: u64,
-    pub pid: u32,
-    pub stream: kdev_protocol::Stream,
-    pub line: String,
-}
-
-/// `run/build-state.json`, written by `serve`: the tree changed since the last successful
-/// build (`dirty`), so a new session knows it must build even if reconcile finds no difference.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BuildState {
-    pub dirty: bool,
-    pub last_success_at_ms: Option<u64>,
-}
-
 /// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-pub fn ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds (saturating).
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 /// Write a file atomically: temp file in the same directory, then rename over the target.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,17 +23,11 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::Out;
-use crate::supervise::read_pid_file;
-use crate::util::{LogRecord, ms, unix_ms};
+use crate::run_files::{LogRecord, read_pid_file, read_status};
+use crate::util::{ms, unix_ms};
 
 const POLL: Duration = Duration::from_millis(25);
 const LAST_LINES: usize = 20;
-
-/// Read the supervisor's status file, if it exists and parses.
-pub fn read_status(path: &Path) -> Option<AppStatus> {
-    let data = std::fs::read(path).ok()?;
-    serde_json::from_slice(&data).ok()
-}
 
 /// Follows `app.log` across rotations.
 struct Tail {

@@ -30,7 +30,8 @@ use nix::unistd::Pid;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::util::{self, BuildState, ms, unix_ms};
+use crate::run_files::{read_pid_file, write_pid_file};
+use crate::util::{self, ms, unix_ms};
 use build::{BuildDefaults, BuildResult, BuildSpec};
 
 /// Paths echoed per list in a `PatchResult` (the counts say how many there were).
@@ -205,6 +206,15 @@ fn error(code: ErrorCode, message: String, id: Option<u64>) -> ServerMessage {
         fatal: false,
         id,
     })
+}
+
+/// `run/build-state.json`: the tree changed since the last successful build (`dirty`), so a
+/// new session knows it must build even if reconcile finds no difference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct BuildState {
+    dirty: bool,
+    last_success_at_ms: Option<u64>,
 }
 
 struct RunningBuild {
@@ -384,7 +394,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     );
     let app_binary = opts.layout.app_binary();
     let app_present = app_binary.is_file();
-    let supervisor_pid = crate::supervise::read_pid_file(&opts.layout.pid_file()).ok();
+    let supervisor_pid = read_pid_file(&opts.layout.pid_file()).ok();
     let limits = patch::default_limits();
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
@@ -479,13 +489,12 @@ async fn take_session_lock(layout: &Layout) -> Result<(Flock<std::fs::File>, Opt
     loop {
         match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                let _ =
-                    util::write_atomic(&pid_path, format!("{}\n", std::process::id()).as_bytes());
+                let _ = write_pid_file(&pid_path);
                 return Ok((lock, replaced));
             }
             Err((_, Errno::EWOULDBLOCK)) => {
                 if replaced.is_none() {
-                    let pid = crate::supervise::read_pid_file(&pid_path)
+                    let pid = read_pid_file(&pid_path)
                         .ok()
                         .filter(|p| *p != std::process::id());
                     if let Some(pid) = pid {
