@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use kdev_controller::serve::build::BuildDefaults;
-use kdev_controller::serve::{self, ServeOptions};
+use kdev_controller::serve::{self, BuildDefaults, ServeOptions};
 use kdev_controller::supervise::{self, SuperviseOptions};
 use kdev_protocol::{Layout, parse_duration};
 use nix::sys::signal::Signal;
