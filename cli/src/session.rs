@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kdev_protocol::asynchronous::{client_handshake_async, read_message_async};
+use kdev_protocol::handshake::client_handshake;
 use kdev_protocol::{
-    BuildMode, ClientMessage, ErrorMessage, FrameError, Hello, Patch, PatchResult, Ping, Reconcile,
-    ReconcileResult, ServerMessage, Welcome,
+    BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, Patch, PatchResult,
+    Ping, Reconcile, ReconcileResult, ServerMessage, Welcome,
 };
 use kube::api::{Api, AttachParams, AttachedProcess};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -225,9 +225,10 @@ impl ControllerSession {
             });
         }
 
+        let mut codec = ClientCodec::new();
         let welcome = tokio::time::timeout(
             Duration::from_secs(30),
-            client_handshake_async(&mut stdout, &mut writer, hello),
+            client_handshake(&mut codec, &mut stdout, &mut writer, hello),
         )
         .await
         .map_err(|_| SessionError::Timeout(Duration::from_secs(30)))?
@@ -246,7 +247,7 @@ impl ControllerSession {
             let liveness = liveness.clone();
             tokio::spawn(async move {
                 loop {
-                    let got = read_message_async::<ServerMessage, _>(&mut stdout).await;
+                    let got = codec.read(&mut stdout).await;
                     let item = match got {
                         Ok(Some(msg)) => {
                             lock(&liveness).last_rx = Instant::now();
@@ -298,9 +299,7 @@ impl ControllerSession {
 
     /// Queue a message for the writer task (never blocks, so it is cancel-safe).
     fn send(&mut self, msg: &ClientMessage) -> Result<(), SessionError> {
-        let mut frame = Vec::new();
-        kdev_protocol::write_message(&mut frame, msg)
-            .map_err(|e| SessionError::Write(e.to_string()))?;
+        let frame = ClientCodec::encode(msg).map_err(|e| SessionError::Write(e.to_string()))?;
         let is_ping = matches!(msg, ClientMessage::Ping(_));
         self.outgoing
             .send(Outgoing { frame, is_ping })

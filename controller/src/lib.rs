@@ -5,9 +5,11 @@
 //! * [`serve`]: one protocol session on stdin/stdout (run by the CLI through a long-lived exec):
 //!   reconcile, patch, build, restart, report.
 //!
-//! The two roles talk through files under `<kdev-dir>/run` (see [`util::KdevPaths`]) and one
-//! signal (SIGHUP to the PID in `run/supervisor.pid`).
+//! The two roles talk through files under `<kdev-dir>/run` ([`kdev_protocol::Layout`],
+//! formats in `run_files`) and one signal (SIGHUP to the PID in `run/supervisor.pid`). The
+//! binary (`main.rs`) only parses the command line; this library is what it runs.
 
+mod run_files;
 pub mod serve;
 pub mod supervise;
-pub mod util;
+mod util;

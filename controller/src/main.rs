@@ -5,11 +5,17 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use kdev_controller::serve::build::BuildDefaults;
-use kdev_controller::serve::{self, ServeOptions};
+use kdev_controller::serve::{self, BuildDefaults, ServeOptions};
 use kdev_controller::supervise::{self, SuperviseOptions};
-use kdev_controller::util::{KdevPaths, parse_duration, parse_signal};
+use kdev_protocol::{Layout, parse_duration};
 use nix::sys::signal::Signal;
+
+/// `--stop-signal`: any signal name or number the supervisor can send.
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let sig = kdev_protocol::Signal::parse(s).map_err(|e| e.to_string())?;
+    Signal::try_from(sig.number())
+        .map_err(|_| format!("signal {sig} cannot be used as a stop signal"))
+}
 
 /// The in-pod half of kdev: runs and restarts your app, and syncs and builds its sources.
 ///
@@ -125,8 +131,8 @@ struct ServeArgs {
     restart_timeout: Duration,
 }
 
-fn paths(common: &CommonArgs) -> KdevPaths {
-    let mut p = KdevPaths::new(&common.kdev_dir);
+fn layout(common: &CommonArgs) -> Layout {
+    let mut p = Layout::new(&common.kdev_dir);
     if let Some(r) = &common.run_dir {
         p.run = r.clone();
     }
@@ -155,9 +161,8 @@ fn main() {
 }
 
 fn run_supervise(a: SuperviseArgs) -> Result<i32> {
-    let p = paths(&a.common);
     supervise::run(SuperviseOptions {
-        run_dir: p.run,
+        layout: layout(&a.common),
         stop_signal: a.stop_signal,
         grace_period: a.grace_period,
         wait_for: a.wait_for,
@@ -170,7 +175,7 @@ fn run_supervise(a: SuperviseArgs) -> Result<i32> {
 }
 
 fn run_serve(a: ServeArgs) -> Result<i32> {
-    let mut p = paths(&a.common);
+    let mut p = layout(&a.common);
     if let Some(d) = a.src_dir {
         p.src = d;
     }
@@ -185,14 +190,14 @@ fn run_serve(a: ServeArgs) -> Result<i32> {
         gocache: a
             .gocache
             .or_else(|| env_path("GOCACHE"))
-            .unwrap_or_else(|| p.cache.join("go-build")),
+            .unwrap_or_else(|| p.gocache()),
         gomodcache: a
             .gomodcache
             .or_else(|| env_path("GOMODCACHE"))
-            .unwrap_or_else(|| p.cache.join("mod")),
+            .unwrap_or_else(|| p.gomodcache()),
     };
     let opts = ServeOptions {
-        paths: p,
+        layout: p,
         build,
         restart_timeout: a.restart_timeout,
     };

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use kdev_protocol::{
-    BuildConfig, BuildMode, BuildOutcome, ClientMessage, EntryKind, Event, Patch, PatchResult,
-    Ping, Reconcile, ReconcileResult, ServerMessage, SessionConfig, hash_bytes,
+    BuildConfig, BuildMode, BuildOutcome, ClientMessage, EntryKind, ErrorCode, Event, Patch,
+    PatchResult, Ping, Reconcile, ReconcileResult, ServerMessage, SessionConfig, hash_bytes,
 };
 use tar::{EntryType, Header};
 
@@ -173,7 +173,7 @@ fn handshake_refuses_another_protocol_version_with_a_clear_message() {
     s.send_raw(&frame);
     match s.recv(T) {
         Some(ServerMessage::Error(e)) => {
-            assert_eq!(e.code, "protocol_version_mismatch");
+            assert_eq!(e.code, ErrorCode::ProtocolVersionMismatch);
             assert!(e.fatal);
             assert!(
                 e.message.contains("protocol 999")
@@ -229,7 +229,7 @@ fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
     s.send_raw(b"hello, is this the kdev controller?\n");
     match s.recv(T) {
         Some(ServerMessage::Error(e)) => {
-            assert_eq!(e.code, "bad_frame");
+            assert_eq!(e.code, ErrorCode::BadFrame);
             assert!(e.message.contains("exceeds the limit"), "{}", e.message);
         }
         other => panic!("expected an error, got {other:?}"),
@@ -273,7 +273,7 @@ fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
         ServerMessage::Error(e) => Some(e.clone()),
         _ => None,
     });
-    assert_eq!(e.code, "bad_message");
+    assert_eq!(e.code, ErrorCode::BadMessage);
     assert_eq!(s.wait_exit(T), 2);
 
     // Random bytes, before and after the handshake.
@@ -1033,7 +1033,7 @@ fn sigterm_ends_the_session_promptly_even_in_the_middle_of_a_patch() {
         ),
         _ => None,
     });
-    assert_eq!(e.code, "terminated");
+    assert_eq!(e.code, ErrorCode::Terminated);
     assert_eq!(a.wait_exit(T), 0);
     // With its stdin still open (the client did not go away): nothing may keep it waiting.
     // A new session SIGKILLs the old one after 5 s.
@@ -1085,7 +1085,7 @@ fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
         ),
         _ => None,
     });
-    assert_eq!(e.code, "terminated");
+    assert_eq!(e.code, ErrorCode::Terminated);
     assert_eq!(s.wait_exit(T), 0);
 }
 
@@ -1237,8 +1237,8 @@ fn a_64_mib_frame_of_deletes_is_refused_with_bounded_memory() {
     let peak_mib = vm_hwm_kib(s.child.id()) / 1024;
     eprintln!("serve's peak RSS after a 64 MiB frame of deletes: {peak_mib} MiB");
     assert_eq!(
-        (e.code.as_str(), e.id, e.fatal),
-        ("too_many_deletes", Some(1), false),
+        (&e.code, e.id, e.fatal),
+        (&ErrorCode::TooManyDeletes, Some(1), false),
         "{e:?}"
     );
     assert!(
@@ -1321,8 +1321,8 @@ fn a_sync_root_over_kdev_own_directories_or_relative_is_refused() {
         match s.recv(T) {
             Some(ServerMessage::Error(e)) => {
                 assert_eq!(
-                    (e.code.as_str(), e.fatal),
-                    ("bad_sync_root", true),
+                    (&e.code, e.fatal),
+                    (&ErrorCode::BadSyncRoot, true),
                     "{root}: {e:?}"
                 );
                 assert!(e.message.contains(root.as_str()), "{root}: {}", e.message);

@@ -1,19 +1,15 @@
 //! The versioned handshake.
 //!
 //! The client sends [`Hello`] as its first frame; the server answers [`Welcome`], or an
-//! [`ErrorMessage`] with `code = "protocol_version_mismatch"` naming both versions and what to
-//! do, and exits non-zero. The server reads `protocol_version` from the JSON *before* decoding
-//! the rest of the Hello, so a peer of another version always gets the clear error.
+//! [`ErrorMessage`] with code [`ErrorCode::ProtocolVersionMismatch`] naming both versions and
+//! what to do, and exits non-zero. The server reads `protocol_version` from the JSON *before*
+//! decoding the rest of the Hello ([`check_hello`]), so a peer of another version always gets
+//! the clear error. The client side is [`client_handshake`] (feature `tokio`).
 
-use std::io::{Read, Write};
-
-use crate::codec::{self, CodecError};
-use crate::frame::{self, FrameError, MAX_FRAME_SIZE};
-use crate::messages::{ClientMessage, ErrorMessage, Hello, ServerMessage, Welcome};
+use crate::error_code::ErrorCode;
+use crate::messages::{ClientMessage, ErrorMessage, Hello, SessionConfig};
+use crate::wire::{CodecError, Frame, FrameError, WireMessage};
 use crate::{CRATE_VERSION, PROTOCOL_VERSION};
-
-/// Error code of a version mismatch.
-pub const VERSION_MISMATCH: &str = "protocol_version_mismatch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -31,7 +27,7 @@ pub enum HandshakeError {
     #[error("the first message must be a kdev hello, got {0}; is the client a kdev CLI?")]
     NotHello(String),
     #[error("the controller refused the session ({code}): {message}")]
-    Refused { code: String, message: String },
+    Refused { code: ErrorCode, message: String },
     #[error("the controller closed the stream before answering the hello; see its stderr")]
     Closed,
     #[error("unexpected {0} message during the handshake")]
@@ -46,11 +42,11 @@ impl HandshakeError {
     /// The error frame the server sends for this failure.
     pub fn to_error_message(&self) -> ErrorMessage {
         let code = match self {
-            HandshakeError::VersionMismatch { .. } => VERSION_MISMATCH,
-            _ => "bad_hello",
+            HandshakeError::VersionMismatch { .. } => ErrorCode::ProtocolVersionMismatch,
+            _ => ErrorCode::BadHello,
         };
         ErrorMessage {
-            code: code.into(),
+            code,
             message: self.to_string(),
             fatal: true,
             id: None,
@@ -119,9 +115,9 @@ impl<'de> serde::Deserialize<'de> for Scalar {
     }
 }
 
-/// Server side: validate the first frame's payload and decode the Hello.
-pub fn check_hello(payload: Vec<u8>) -> Result<Hello, HandshakeError> {
-    let (header, _) = codec::split_payload(&payload)?;
+/// Server side: validate the first frame and decode the Hello.
+pub fn check_hello(frame: Frame) -> Result<Hello, HandshakeError> {
+    let (header, _) = frame.parts()?;
     // Only these fields, each kept only if it has the expected type; everything else is
     // skipped without being stored (a `serde_json::Value` of a hostile 64 MiB frame takes GBs).
     #[derive(serde::Deserialize)]
@@ -161,37 +157,17 @@ pub fn check_hello(payload: Vec<u8>) -> Result<Hello, HandshakeError> {
             advice: advice(client, PROTOCOL_VERSION),
         });
     }
-    match codec::decode_message::<ClientMessage>(payload)? {
+    match frame.decode::<ClientMessage>()? {
         ClientMessage::Hello(h) => Ok(h),
         other => Err(HandshakeError::NotHello(format!(
             "a {} message",
-            codec::WireMessage::kind(&other)
+            other.kind()
         ))),
     }
 }
 
-/// Client side: interpret the server's first message.
-pub fn check_welcome(msg: Option<ServerMessage>, hello: &Hello) -> Result<Welcome, HandshakeError> {
-    match msg {
-        None => Err(HandshakeError::Closed),
-        Some(ServerMessage::Welcome(w)) if w.protocol_version == PROTOCOL_VERSION => Ok(w),
-        Some(ServerMessage::Welcome(w)) => Err(HandshakeError::VersionMismatch {
-            client: PROTOCOL_VERSION,
-            client_version: hello.client_version.clone(),
-            server: w.protocol_version,
-            controller_version: w.controller_version,
-            advice: advice(PROTOCOL_VERSION, w.protocol_version),
-        }),
-        Some(ServerMessage::Error(e)) => Err(HandshakeError::Refused {
-            code: e.code,
-            message: e.message,
-        }),
-        Some(other) => Err(HandshakeError::Unexpected(codec::WireMessage::kind(&other))),
-    }
-}
-
 /// A Hello for this crate's protocol version.
-pub fn hello(client_version: impl Into<String>, config: crate::messages::SessionConfig) -> Hello {
+pub fn hello(client_version: impl Into<String>, config: SessionConfig) -> Hello {
     Hello {
         protocol_version: PROTOCOL_VERSION,
         client_version: client_version.into(),
@@ -199,39 +175,74 @@ pub fn hello(client_version: impl Into<String>, config: crate::messages::Session
     }
 }
 
-/// Client side, blocking: send `hello`, wait for the answer.
-pub fn client_handshake<R: Read, W: Write>(
-    r: &mut R,
-    w: &mut W,
-    hello: Hello,
-) -> Result<Welcome, HandshakeError> {
-    frame::write_message(w, &ClientMessage::Hello(hello.clone()))?;
-    let msg = match frame::read_frame(r, MAX_FRAME_SIZE)? {
-        None => None,
-        Some(p) => Some(codec::decode_message::<ServerMessage>(p)?),
-    };
-    check_welcome(msg, &hello)
+#[cfg(feature = "tokio")]
+pub use client::client_handshake;
+
+/// The client side (feature `tokio`).
+#[cfg(feature = "tokio")]
+mod client {
+    use super::*;
+    use crate::codec::ClientCodec;
+    use crate::messages::{ServerMessage, Welcome};
+
+    /// Client side: interpret the server's first message.
+    fn check_welcome(msg: Option<ServerMessage>, hello: &Hello) -> Result<Welcome, HandshakeError> {
+        match msg {
+            None => Err(HandshakeError::Closed),
+            Some(ServerMessage::Welcome(w)) if w.protocol_version == PROTOCOL_VERSION => Ok(w),
+            Some(ServerMessage::Welcome(w)) => Err(HandshakeError::VersionMismatch {
+                client: PROTOCOL_VERSION,
+                client_version: hello.client_version.clone(),
+                server: w.protocol_version,
+                controller_version: w.controller_version,
+                advice: advice(PROTOCOL_VERSION, w.protocol_version),
+            }),
+            Some(ServerMessage::Error(e)) => Err(HandshakeError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            Some(other) => Err(HandshakeError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Client side: send `hello`, wait for the Welcome (or the server's refusal). Use the same
+    /// codec for the rest of the session: what follows the Welcome may already be in its buffer.
+    pub async fn client_handshake<R, W>(
+        codec: &mut ClientCodec,
+        r: &mut R,
+        w: &mut W,
+        hello: Hello,
+    ) -> Result<Welcome, HandshakeError>
+    where
+        R: tokio::io::AsyncRead + Unpin + ?Sized,
+        W: tokio::io::AsyncWrite + Unpin + ?Sized,
+    {
+        codec.write(w, &ClientMessage::Hello(hello.clone())).await?;
+        let msg = codec.read(r).await?;
+        check_welcome(msg, &hello)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::SessionConfig;
+    use crate::codec::ClientCodec;
 
-    fn payload(json: &str) -> Vec<u8> {
+    fn payload(json: &str) -> Frame {
         let mut p = (json.len() as u32).to_be_bytes().to_vec();
         p.extend_from_slice(json.as_bytes());
-        p
+        Frame::from_payload(&p)
     }
 
     #[test]
     fn accepts_matching_hello() {
-        let p = codec::encode_message(&ClientMessage::Hello(hello(
+        let f = ClientCodec::encode(&ClientMessage::Hello(hello(
             "kdev test",
             SessionConfig::default(),
         )))
         .unwrap();
-        assert_eq!(check_hello(p).unwrap().client_version, "kdev test");
+        let frame = Frame::from_payload(&f[4..]);
+        assert_eq!(check_hello(frame).unwrap().client_version, "kdev test");
     }
 
     #[test]
@@ -241,7 +252,7 @@ mod tests {
         );
         let err = check_hello(p).unwrap_err();
         let msg = err.to_error_message();
-        assert_eq!(msg.code, VERSION_MISMATCH);
+        assert_eq!(msg.code, ErrorCode::ProtocolVersionMismatch);
         assert!(
             msg.message.contains("protocol 99")
                 && msg
@@ -265,5 +276,58 @@ mod tests {
             check_hello(payload("garbage")),
             Err(HandshakeError::NotHello(_))
         ));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn the_client_keeps_what_follows_the_welcome() {
+        use crate::codec::ServerCodec;
+        use crate::messages::{Event, PatchLimits, ServerMessage, Welcome};
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            controller_version: "test".into(),
+            sync_root: "/kdev/src".into(),
+            app_binary: "/kdev/bin/app".into(),
+            app_binary_present: false,
+            needs_build: true,
+            supervisor_pid: None,
+            app_status: None,
+            max_frame_size: crate::MAX_FRAME_SIZE,
+            limits: PatchLimits {
+                max_entries: 1,
+                max_file_size: 1,
+                max_total_size: 1,
+                max_extension_header: 1,
+                max_deletes: 1,
+            },
+        };
+        let warning = ServerMessage::Event {
+            at_ms: 1,
+            event: Event::AppOutputDropped { lines: 1 },
+        };
+        // The server's answer and the event that follows it arrive in one read.
+        let mut from_server =
+            ServerCodec::encode(&ServerMessage::Welcome(welcome.clone())).unwrap();
+        from_server.extend(ServerCodec::encode(&warning).unwrap());
+        let mut to_server = Vec::new();
+        let mut codec = ClientCodec::new();
+        let mut r = &from_server[..];
+        let got = client_handshake(
+            &mut codec,
+            &mut r,
+            &mut to_server,
+            hello("kdev test", SessionConfig::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, welcome);
+        assert_eq!(codec.read(&mut r).await.unwrap(), Some(warning));
+        let mut server = ServerCodec::new();
+        let first = server
+            .read_frame(&mut &to_server[..])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(check_hello(first).unwrap().client_version, "kdev test");
     }
 }

@@ -3,17 +3,28 @@
 //! Both sides depend on this crate, so it stays light: serde, serde_json, thiserror, blake3
 //! and (behind the `tokio` feature) tokio's I/O traits. It holds no process handling.
 //!
+//! # Modules
+//!
+//! * The protocol: [`wire`] (the bytes: frames and payloads, one encoder and one decoder),
+//!   [`messages`] (what is said), [`codec`] (typed by direction: [`ClientCodec`] and
+//!   [`ServerCodec`]; async with the `tokio` feature, blocking `std::io` with the `blocking`
+//!   feature), [`handshake`], [`error_code`], [`status`] (the supervisor's status, also sent
+//!   in the Welcome), [`hash`] and [`paths`] (what both sides must agree on about files).
+//! * Values both sides share outside the stream: [`layout`] (the pod's `/kdev`), [`labels`]
+//!   (Kubernetes label and annotation keys), [`signal`] and [`duration`] (how users write
+//!   them).
+//!
 //! # Transport
 //!
 //! One long-lived byte stream (the exec stream's stdin/stdout). The stream carries **frames**:
 //! a `u32` big-endian length followed by that many payload bytes. A frame larger than
-//! [`MAX_FRAME_SIZE`] is refused *before* anything is allocated for it ([`frame`]).
+//! [`MAX_FRAME_SIZE`] is refused *before* anything is allocated for it ([`wire`]).
 //!
 //! # Message encoding
 //!
 //! A frame's payload is one message: a `u32` big-endian header length, the header as JSON
 //! (UTF-8), then an optional raw binary body (only [`ClientMessage::Patch`] has one: its tar).
-//! See [`codec`].
+//! See [`wire`].
 //!
 //! Why JSON plus raw bytes rather than a compact binary serde format (postcard, bincode):
 //!
@@ -32,8 +43,8 @@
 //!
 //! 1. Client → [`ClientMessage::Hello`] (protocol version, client version, [`SessionConfig`]).
 //!    Server → [`ServerMessage::Welcome`], or [`ServerMessage::Error`] with
-//!    `code = "protocol_version_mismatch"` and exits non-zero. [`handshake::client_handshake`]
-//!    (and its async twin) does this step.
+//!    [`ErrorCode::ProtocolVersionMismatch`] and exits non-zero. `handshake::client_handshake`
+//!    (feature `tokio`) does this step.
 //! 2. Client → [`ClientMessage::Reconcile`]; server → [`ServerMessage::ReconcileResult`] with
 //!    every entry under the sync root ([`Entry`]: path, kind, size, mode, BLAKE3 hash), in
 //!    several messages for a large tree (`more: true` on all but the last).
@@ -45,21 +56,29 @@
 //! Requests carry a client-chosen `id` that the matching response echoes.
 
 pub mod codec;
-pub mod frame;
+pub mod duration;
+pub mod error_code;
 pub mod handshake;
 pub mod hash;
+pub mod labels;
+pub mod layout;
 pub mod messages;
 pub mod paths;
+pub mod signal;
+pub mod status;
+pub mod wire;
 
-#[cfg(feature = "tokio")]
-pub mod asynchronous;
-
-pub use codec::{WireMessage, decode_message, encode_message};
-pub use frame::{FrameError, MAX_FRAME_SIZE, read_frame, read_message, write_frame, write_message};
-pub use handshake::{HandshakeError, check_hello, client_handshake};
+pub use codec::{ClientCodec, Codec, ServerCodec};
+pub use duration::{DurationError, parse_duration};
+pub use error_code::ErrorCode;
+pub use handshake::{HandshakeError, check_hello};
 pub use hash::{ContentHash, hash_bytes, hash_file, hash_reader};
+pub use layout::Layout;
 pub use messages::*;
-pub use paths::{PathError, normalize_wire_path, wire_path_from_relative, wire_path_to_relative};
+pub use paths::{PathError, normalize_wire_path, wire_path_from_relative};
+pub use signal::{Signal, SignalError};
+pub use status::{AppState, AppStatus, ExitInfo, RestartInfo};
+pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 
 /// The protocol version this crate speaks. Bump it on any incompatible change to the framing
 /// or to the meaning of existing messages; additive fields do not need a bump.

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{CodecError, WireMessage};
+use crate::error_code::ErrorCode;
+use crate::status::AppStatus;
+use crate::wire::{CodecError, WireMessage};
 
 // ---------------------------------------------------------------------------------------------
 // Client → server
@@ -307,10 +309,8 @@ pub struct PatchLimits {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
-    /// Stable machine-readable code, e.g. `protocol_version_mismatch`, `bad_frame`,
-    /// `bad_message`, `bad_sync_root`, `terminated` (fatal), `reconcile_failed`,
-    /// `patch_failed`, `too_many_deletes`, `unexpected_message` (not fatal).
-    pub code: String,
+    /// Stable machine-readable code (see [`ErrorCode`] for which are fatal).
+    pub code: ErrorCode,
     /// Human-readable, says what to do.
     pub message: String,
     pub fatal: bool,
@@ -554,76 +554,6 @@ impl WireMessage for ServerMessage {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Supervisor status (the file `<kdev-dir>/run/app-status.json`)
-// ---------------------------------------------------------------------------------------------
-
-/// What `kdev-controller supervise` writes (atomically, as JSON) to
-/// `<kdev-dir>/run/app-status.json` on every change; `serve` watches it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AppStatus {
-    pub supervisor_pid: u32,
-    pub state: AppState,
-    /// The running child's PID (also its process group id).
-    pub pid: Option<u32>,
-    /// How many times a child was started (1 after the first start).
-    pub starts: u64,
-    /// Unix ms when the current child started.
-    pub started_at_ms: Option<u64>,
-    pub command: Vec<String>,
-    pub last_exit: Option<ExitInfo>,
-    /// Crash backoff: Unix ms of the next start attempt.
-    pub next_start_at_ms: Option<u64>,
-    /// The last completed SIGHUP restart.
-    pub last_restart: Option<RestartInfo>,
-    /// e.g. "exec /kdev/bin/app: No such file or directory".
-    pub last_error: Option<String>,
-    pub updated_at_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AppState {
-    /// Waiting for `--wait-for` to exist.
-    #[default]
-    Waiting,
-    Running,
-    /// Exited on its own; waiting out the backoff delay.
-    Backoff,
-    /// Being stopped (restart or shutdown).
-    Stopping,
-    /// The supervisor is exiting.
-    Stopped,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExitInfo {
-    pub pid: u32,
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub at_ms: u64,
-    pub runtime_ms: u64,
-    /// Stopped by the supervisor (restart/shutdown) rather than exiting on its own.
-    pub expected: bool,
-    /// The `starts` value of the process that exited.
-    pub start_seq: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RestartInfo {
-    pub requested_at_ms: u64,
-    /// How long stopping the old process group took (0 if none was running).
-    pub stop_ms: u64,
-    /// Whether SIGKILL was needed after the grace period.
-    pub killed: bool,
-    pub started_at_ms: u64,
-    /// The `starts` value of the process it started.
-    pub start_seq: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,7 +586,7 @@ mod tests {
 
     #[test]
     fn header_decoding_agrees_with_the_derived_one() {
-        use crate::codec::WireMessage;
+        use crate::wire::WireMessage;
         for json in [
             r#"{"type":"hello","protocol_version":2,"client_version":"x","config":{"app_port":8080}}"#,
             r#"{"id":1,"type":"reconcile"}"#,

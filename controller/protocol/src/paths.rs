@@ -6,7 +6,7 @@
 //! place outside the root. The CLI builds wire paths from local relative paths with
 //! [`wire_path_from_relative`] (this also converts Windows separators).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -100,11 +100,6 @@ pub fn wire_path_from_relative(p: &Path) -> Result<String, PathError> {
         return Err(PathError::Empty);
     }
     Ok(parts.join("/"))
-}
-
-/// Turn a wire path into a relative filesystem path (after validating it).
-pub fn wire_path_to_relative(p: &str) -> Result<PathBuf, PathError> {
-    Ok(PathBuf::from(normalize_wire_path(p)?))
 }
 
 /// Check that a symlink at wire path `link` with target `target` stays inside the root when the

@@ -40,7 +40,7 @@ fn state_and_group(pid: &str) -> Option<(char, i32)> {
 
 /// Whether a process of group `pgid` is alive (zombies do not count: whoever inherited them
 /// reaps them, but they run nothing and write nothing).
-pub fn group_alive(pgid: i32) -> bool {
+fn group_alive(pgid: i32) -> bool {
     if signal::killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
         return false;
     }
@@ -56,7 +56,7 @@ pub fn group_alive(pgid: i32) -> bool {
 }
 
 /// Record the running build's process group (its leader's PID) in `file`.
-pub fn record_build(file: &Path, pgid: i32) {
+pub(super) fn record_build(file: &Path, pgid: i32) {
     let start = start_time(pgid).unwrap_or(0);
     if let Err(e) = crate::util::write_atomic(file, format!("{pgid} {start}\n").as_bytes()) {
         eprintln!(
@@ -68,7 +68,7 @@ pub fn record_build(file: &Path, pgid: i32) {
 
 /// Kill the build recorded in `file` by a session that did not clean up, wait (up to 5 s)
 /// until its group is gone, and remove the record. Returns the group it killed.
-pub fn kill_stale_build(file: &Path) -> Option<i32> {
+pub(super) fn kill_stale_build(file: &Path) -> Option<i32> {
     let data = fs::read_to_string(file).ok()?;
     let _ = fs::remove_file(file);
     let mut f = data.split_whitespace();
@@ -94,7 +94,7 @@ pub fn kill_stale_build(file: &Path) -> Option<i32> {
 
 /// Remove our temporary files (exact names, see [`is_temp_name`]) anywhere below `root`,
 /// descending only into real directories (never through a symlink). Returns how many went.
-pub fn remove_temp_files(root: &Path) -> usize {
+pub(super) fn remove_temp_files(root: &Path) -> usize {
     let mut removed = 0;
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {

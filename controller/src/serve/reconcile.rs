@@ -95,13 +95,13 @@ fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, St
 
 /// Content hashes of files seen before.
 #[derive(Debug, Default)]
-pub struct HashCache {
+pub(super) struct HashCache {
     map: HashMap<String, (Key, String)>,
 }
 
 /// The listing plus bookkeeping.
 #[derive(Debug, Default)]
-pub struct Listing {
+pub(super) struct Listing {
     pub entries: Vec<Entry>,
     pub skipped: Vec<Refused>,
     pub cached: u32,
@@ -116,7 +116,7 @@ fn now_secs() -> i64 {
 
 /// Walk `root` and list everything below it, sorted by path. Fails with
 /// [`io::ErrorKind::Interrupted`] once `stop` is set (checked between entries).
-pub fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io::Result<Listing> {
+pub(super) fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io::Result<Listing> {
     let meta = fs::symlink_metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
@@ -280,7 +280,7 @@ fn walk(
 /// Split a listing into parts whose JSON stays under `budget` bytes even in the worst case
 /// (every byte of a name escaped as `\u00XX`), each with at least one item; an empty listing
 /// is one empty part.
-pub fn split(
+pub(super) fn split(
     entries: Vec<Entry>,
     skipped: Vec<Refused>,
     budget: usize,

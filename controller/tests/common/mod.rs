@@ -8,7 +8,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kdev_protocol::{AppStatus, ClientMessage, Event, ServerMessage, SessionConfig, Welcome};
+use kdev_protocol::{
+    AppStatus, ClientCodec, ClientMessage, Event, ServerMessage, SessionConfig, Welcome,
+};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
@@ -182,8 +184,9 @@ impl Serve {
         let mut stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut codec = ClientCodec::new();
             loop {
-                match kdev_protocol::read_message::<ServerMessage, _>(&mut stdout) {
+                match codec.read_blocking(&mut stdout) {
                     Ok(Some(m)) => {
                         if tx.send(Ok(m)).is_err() {
                             return;
@@ -211,7 +214,8 @@ impl Serve {
     }
 
     pub fn send(&mut self, m: &ClientMessage) {
-        kdev_protocol::write_message(self.stdin.as_mut().expect("stdin open"), m)
+        ClientCodec::new()
+            .write_blocking(self.stdin.as_mut().expect("stdin open"), m)
             .expect("write to serve");
     }
 

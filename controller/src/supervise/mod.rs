@@ -8,32 +8,40 @@
 //! the group, then wait until no process of the group is left (this is what keeps the next
 //! start from hitting "address already in use"). The same happens when the app's main process
 //! exits by itself (exit 0 or crash): workers it forked are stopped before the next start, not
-//! left holding its port. The supervisor is a child subreaper, so
-//! orphaned grandchildren are reparented to it and reaped.
+//! left holding its port. The supervisor is a child subreaper, so orphaned grandchildren are
+//! reparented to it and reaped.
+//!
+//! Files: [`child`] starts the app, [`app_log`] records its output, [`signals`] is how the
+//! supervisor waits for and sends signals; this file is the supervisor's state machine
+//! (start, restart, backoff, stop) and its status file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+mod app_log;
+mod child;
+mod signals;
+
+use std::fs;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kdev_protocol::{AppState, AppStatus, ExitInfo, RestartInfo, Stream};
+use kdev_protocol::{AppState, AppStatus, Layout, RestartInfo};
 use nix::errno::Errno;
-use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::util::{self, LogRecord, ms, unix_ms};
+use crate::run_files;
+use crate::util::{self, ms, unix_ms};
+use app_log::AppLog;
+use child::{Child, describe_exit};
+use signals::{group_gone, send_group, wait_signal};
 
 /// Settings for one supervisor.
 #[derive(Debug, Clone)]
 pub struct SuperviseOptions {
-    pub run_dir: PathBuf,
+    /// Where its files go (only the `run` directory is used).
+    pub layout: Layout,
     pub stop_signal: Signal,
     pub grace_period: Duration,
     pub wait_for: Option<PathBuf>,
@@ -44,165 +52,8 @@ pub struct SuperviseOptions {
     pub command: Vec<String>,
 }
 
-const HANDLED: [Signal; 7] = [
-    Signal::SIGHUP,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGCHLD,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
-/// The longest line kept as one record; longer lines are split.
-const MAX_LINE: usize = 16 * 1024;
-
 fn log(msg: impl AsRef<str>) {
     eprintln!("kdev-supervise: {}", msg.as_ref());
-}
-
-fn handled_set() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in HANDLED {
-        set.add(s);
-    }
-    set
-}
-
-/// Wait up to `timeout` for one of the handled signals.
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: `set` is a valid sigset_t, `info` may be null, `ts` is a valid timespec.
-    let r = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-    if r < 0 {
-        return None; // EAGAIN (timeout) or EINTR
-    }
-    Signal::try_from(r).ok()
-}
-
-/// The app's output log, shared by the two output-copying threads.
-struct AppLog {
-    path: PathBuf,
-    file: Option<File>,
-    size: u64,
-    max: u64,
-}
-
-impl AppLog {
-    fn open(path: PathBuf, max: u64) -> AppLog {
-        let mut log = AppLog {
-            path,
-            file: None,
-            size: 0,
-            max,
-        };
-        log.reopen();
-        log
-    }
-
-    fn reopen(&mut self) {
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-        {
-            Ok(f) => {
-                self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                self.file = Some(f);
-            }
-            Err(e) => {
-                log(format!(
-                    "cannot open {}: {e}; app output is not recorded",
-                    self.path.display()
-                ));
-                self.file = None;
-            }
-        }
-    }
-
-    fn append(&mut self, rec: &LogRecord) {
-        let Ok(mut line) = serde_json::to_vec(rec) else {
-            return;
-        };
-        line.push(b'\n');
-        if self.size + line.len() as u64 > self.max {
-            // Rotate: keep one previous file so a reader that is behind can finish it.
-            let _ = fs::rename(&self.path, self.path.with_extension("log.1"));
-            self.reopen();
-        }
-        if let Some(f) = &mut self.file
-            && f.write_all(&line).is_ok()
-        {
-            self.size += line.len() as u64;
-        }
-    }
-}
-
-/// Copy one output stream of the child: to our own stdout/stderr (so `kubectl logs` works) and,
-/// line by line, to the app log. Runs until the pipe closes.
-fn copy_output<R: Read>(pipe: R, pid: u32, stream: Stream, log: Arc<Mutex<AppLog>>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        // Read one line, but never more than MAX_LINE bytes into one record.
-        let eof = loop {
-            let buf = match reader.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break true,
-            };
-            if buf.is_empty() {
-                break true;
-            }
-            let room = MAX_LINE - line.len();
-            let (take, done) = match buf.iter().take(room).position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (
-                    buf.len().min(room),
-                    line.len() + buf.len().min(room) >= MAX_LINE,
-                ),
-            };
-            line.extend_from_slice(&buf[..take]);
-            reader.consume(take);
-            if done {
-                break false;
-            }
-        };
-        if !line.is_empty() {
-            let _ = match stream {
-                Stream::Stdout => io::stdout().lock().write_all(&line),
-                Stream::Stderr => io::stderr().lock().write_all(&line),
-            };
-            let text = String::from_utf8_lossy(&line);
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            let text = text.strip_suffix('\r').unwrap_or(text);
-            let rec = LogRecord {
-                at_ms: unix_ms(),
-                pid,
-                stream,
-                line: text.to_string(),
-            };
-            if let Ok(mut l) = log.lock() {
-                l.append(&rec);
-            }
-        }
-        if eof {
-            return;
-        }
-    }
-}
-
-struct Child {
-    pid: Pid,
-    started: Instant,
-    start_seq: u64,
-    /// Receives one message per output thread when it finishes.
-    output_done: mpsc::Receiver<()>,
-    exited: Option<WaitStatus>,
 }
 
 struct Supervisor {
@@ -223,21 +74,24 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
         !opts.command.is_empty(),
         "no command given: use `kdev-controller supervise -- CMD [ARGS...]`"
     );
-    let sigset = handled_set();
-    // Block before any thread exists so every thread inherits the mask.
-    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigset), None)
-        .context("blocking signals")?;
+    // Before any thread exists, so every thread inherits the mask.
+    let sigset = signals::block_handled().context("blocking signals")?;
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log(format!(
             "cannot become a child subreaper ({e}); orphaned grandchildren may stay as zombies"
         ));
     }
-    fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("creating the run directory {}", opts.run_dir.display()))?;
-    let pid_file = opts.run_dir.join("supervisor.pid");
-    util::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+    let layout = &opts.layout;
+    fs::create_dir_all(&layout.run)
+        .with_context(|| format!("creating the run directory {}", layout.run.display()))?;
+    let pid_file = layout.pid_file();
+    run_files::write_pid_file(&pid_file)
         .with_context(|| format!("writing the PID file {}", pid_file.display()))?;
-    let log_path = opts.run_dir.join("app.log");
+    let app_log = AppLog::open(
+        layout.log_file(),
+        layout.rotated_log_file(),
+        opts.log_max_bytes,
+    );
     let status = AppStatus {
         supervisor_pid: std::process::id(),
         state: AppState::Waiting,
@@ -245,7 +99,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
         ..Default::default()
     };
     let mut sup = Supervisor {
-        log: Arc::new(Mutex::new(AppLog::open(log_path, opts.log_max_bytes))),
+        log: Arc::new(Mutex::new(app_log)),
         backoff: opts.backoff_min,
         opts,
         sigset,
@@ -268,7 +122,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
 impl Supervisor {
     fn write_status(&mut self) {
         self.status.updated_at_ms = unix_ms();
-        let path = self.opts.run_dir.join("app-status.json");
+        let path = self.opts.layout.status_file();
         match serde_json::to_vec_pretty(&self.status) {
             Ok(data) => {
                 if let Err(e) = util::write_atomic(&path, &data) {
@@ -393,24 +247,6 @@ impl Supervisor {
         }
     }
 
-    fn exit_info(&mut self, expected: bool) -> Option<ExitInfo> {
-        let c = self.child.as_ref()?;
-        let (code, signal) = match c.exited {
-            Some(WaitStatus::Exited(_, code)) => (Some(code), None),
-            Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
-            _ => (None, None),
-        };
-        Some(ExitInfo {
-            pid: c.pid.as_raw() as u32,
-            code,
-            signal,
-            at_ms: unix_ms(),
-            runtime_ms: ms(c.started.elapsed()),
-            expected,
-            start_seq: c.start_seq,
-        })
-    }
-
     /// Wait (briefly) for the output threads so the app's last lines are in the log before the
     /// exit is reported. Grandchildren may keep the pipes open: do not wait for them long.
     fn drain_output(&mut self) {
@@ -441,7 +277,7 @@ impl Supervisor {
             self.stop_group(pgid, self.opts.stop_signal);
         }
         self.drain_output();
-        let info = self.exit_info(false);
+        let info = self.child.as_ref().map(|c| c.exit_info(false));
         let runtime = self
             .child
             .as_ref()
@@ -451,10 +287,7 @@ impl Supervisor {
         if runtime >= self.opts.healthy_after {
             self.backoff = self.opts.backoff_min;
         }
-        let delay = self.backoff;
-        self.backoff = (self.backoff * 2)
-            .min(self.opts.backoff_max)
-            .max(self.opts.backoff_min);
+        let delay = self.next_backoff();
         if let Some(i) = &info {
             log(format!(
                 "app (pid {}) exited on its own ({}) after {} ms; restarting in {} ms",
@@ -475,58 +308,12 @@ impl Supervisor {
 
     fn start_child(&mut self) {
         let cmd = &self.opts.command;
-        let mut command = Command::new(&cmd[0]);
-        command
-            .args(&cmd[1..])
-            .process_group(0)
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // The supervisor blocks the signals it handles; the app must start with none blocked
-        // (std does not reset the mask, and a blocked SIGTERM would survive exec).
-        // SAFETY: only async-signal-safe calls (sigemptyset, sigprocmask, signal) run in the
-        // child between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                Ok(())
-            });
-        }
         self.status.starts += 1;
-        let start_seq = self.status.starts;
-        match command.spawn() {
-            Ok(mut child) => {
-                let pid = child.id();
-                let (tx, rx) = mpsc::channel();
-                if let Some(out) = child.stdout.take() {
-                    let (log, tx) = (self.log.clone(), tx.clone());
-                    thread::spawn(move || {
-                        copy_output(out, pid, Stream::Stdout, log);
-                        let _ = tx.send(());
-                    });
-                }
-                if let Some(err) = child.stderr.take() {
-                    let (log, tx) = (self.log.clone(), tx.clone());
-                    thread::spawn(move || {
-                        copy_output(err, pid, Stream::Stderr, log);
-                        let _ = tx.send(());
-                    });
-                }
-                // The std Child is dropped without waiting: we reap with waitpid(-1) ourselves.
-                drop(child);
+        match child::spawn(cmd, self.status.starts, &self.log) {
+            Ok(c) => {
+                let pid = c.pid.as_raw() as u32;
                 log(format!("started {} (pid {pid})", cmd.join(" ")));
-                self.child = Some(Child {
-                    pid: Pid::from_raw(pid as i32),
-                    started: Instant::now(),
-                    start_seq,
-                    output_done: rx,
-                    exited: None,
-                });
+                self.child = Some(c);
                 self.status.state = AppState::Running;
                 self.status.pid = Some(pid);
                 self.status.started_at_ms = Some(unix_ms());
@@ -535,10 +322,7 @@ impl Supervisor {
             }
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", cmd[0]);
-                let delay = self.backoff;
-                self.backoff = (self.backoff * 2)
-                    .min(self.opts.backoff_max)
-                    .max(self.opts.backoff_min);
+                let delay = self.next_backoff();
                 log(format!("{msg}; retrying in {} ms", delay.as_millis()));
                 self.next_start = Some(Instant::now() + delay);
                 self.status.state = AppState::Backoff;
@@ -548,6 +332,16 @@ impl Supervisor {
             }
         }
         self.write_status();
+    }
+
+    /// The delay before the next start after an exit or a failed start; doubles each time,
+    /// within the configured bounds.
+    fn next_backoff(&mut self) -> Duration {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2)
+            .min(self.opts.backoff_max)
+            .max(self.opts.backoff_min);
+        delay
     }
 
     /// SIGHUP: stop the running child (if any) and start the command again right away.
@@ -590,7 +384,7 @@ impl Supervisor {
         self.write_status();
         let killed = self.stop_group(pgid, sig);
         self.drain_output();
-        let info = self.exit_info(true);
+        let info = self.child.as_ref().map(|c| c.exit_info(true));
         if let Some(i) = &info {
             log(format!(
                 "app (pid {}) stopped ({})",
@@ -648,40 +442,4 @@ impl Supervisor {
         }
         killed
     }
-}
-
-fn send_group(pgid: Pid, sig: Signal, leader_alive: bool) {
-    // The leader may have left its group (setsid): signal it directly, but only while it is
-    // not reaped (after that its PID may belong to someone else).
-    if signal::killpg(pgid, sig) == Err(Errno::ESRCH) && leader_alive {
-        let _ = signal::kill(pgid, sig);
-    }
-}
-
-fn group_gone(pgid: Pid) -> bool {
-    signal::killpg(pgid, None) == Err(Errno::ESRCH)
-}
-
-fn describe_exit(i: &ExitInfo) -> String {
-    match (i.code, i.signal) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!(
-            "killed by {}",
-            Signal::try_from(s)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|_| s.to_string())
-        ),
-        _ => "unknown status".into(),
-    }
-}
-
-/// Read the supervisor's PID from its PID file.
-pub fn read_pid_file(path: &Path) -> io::Result<u32> {
-    let s = fs::read_to_string(path)?;
-    s.trim().parse().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} does not hold a PID", path.display()),
-        )
-    })
 }

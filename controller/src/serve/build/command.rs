@@ -1,31 +1,35 @@
-//! Running the build command: its own process group (so cancelling kills the compiler
-//! processes too), combined stdout+stderr captured through one pipe, the sync root as working
-//! directory and any absolute sync-root prefix stripped from the output.
+//! Running one build command: its own process group (so cancelling kills the compiler
+//! processes too, and `run/build.pgid` lets the next session kill it if this one is killed),
+//! combined stdout+stderr captured through one pipe, the sync root as working directory and
+//! any absolute sync-root prefix stripped from the output.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kdev_protocol::{BuildConfig, BuildOutcome};
+use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
+
+use crate::serve::leftovers;
 
 /// Output kept per build; the rest is counted and dropped.
 const MAX_OUTPUT: usize = 1024 * 1024;
 
 /// A fully resolved build.
 #[derive(Debug, Clone)]
-pub struct BuildSpec {
+pub(crate) struct BuildSpec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub output: PathBuf,
-    /// Where the running build's process group is recorded (see [`super::leftovers`]).
+    /// Where the running build's process group is recorded (see [`leftovers`]).
     pub group_file: Option<PathBuf>,
 }
 
@@ -38,7 +42,7 @@ pub struct BuildDefaults {
 }
 
 impl BuildSpec {
-    pub fn resolve(
+    pub(crate) fn resolve(
         cfg: &BuildConfig,
         defaults: &BuildDefaults,
         root: &Path,
@@ -79,8 +83,9 @@ impl BuildSpec {
     }
 }
 
+/// How a build ended.
 #[derive(Debug)]
-pub struct BuildResult {
+pub(crate) struct BuildResult {
     pub outcome: BuildOutcome,
     pub exit_code: Option<i32>,
     pub output: String,
@@ -88,9 +93,22 @@ pub struct BuildResult {
     pub elapsed: Duration,
 }
 
+/// Why a build command could not run at all (its output says so).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot create a pipe for the build output: {0}")]
+    Pipe(Errno),
+    #[error("cannot duplicate the build output pipe: {0}")]
+    DupPipe(io::Error),
+    #[error(
+        "cannot run the build command {program:?}: {error} (is the Go toolchain on PATH in this container?)"
+    )]
+    Spawn { program: String, error: io::Error },
+}
+
 /// Replace `<root>/` (and a bare `<root>`) in build output with nothing, so paths are relative
 /// to the sync root.
-pub fn strip_root(text: &str, root: &Path) -> String {
+fn strip_root(text: &str, root: &Path) -> String {
     let root = root.to_string_lossy();
     let root = root.trim_end_matches('/');
     if root.is_empty() {
@@ -123,23 +141,23 @@ fn read_capped(fd: OwnedFd) -> (Vec<u8>, bool) {
 
 /// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
 /// `cancel` fires.
-pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildResult {
+pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildResult {
     let t0 = Instant::now();
-    let fail = |msg: String| BuildResult {
+    let fail = |e: StartError| BuildResult {
         outcome: BuildOutcome::Error,
         exit_code: None,
-        output: msg,
+        output: e.to_string(),
         truncated: false,
         elapsed: t0.elapsed(),
     };
     let _ = std::fs::remove_file(&spec.output);
     let (rd, wr) = match nix::unistd::pipe() {
         Ok(p) => p,
-        Err(e) => return fail(format!("cannot create a pipe for the build output: {e}")),
+        Err(e) => return fail(StartError::Pipe(e)),
     };
     let wr2 = match wr.try_clone() {
         Ok(w) => w,
-        Err(e) => return fail(format!("cannot duplicate the build output pipe: {e}")),
+        Err(e) => return fail(StartError::DupPipe(e)),
     };
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
@@ -155,16 +173,14 @@ pub async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildRes
     drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => {
-            return fail(format!(
-                "cannot run the build command {:?}: {e} (is the Go toolchain on PATH in this container?)",
-                spec.argv[0]
-            ));
+        Err(error) => {
+            let program = spec.argv[0].clone();
+            return fail(StartError::Spawn { program, error });
         }
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     if let (Some(f), Some(pg)) = (&spec.group_file, pgid) {
-        super::leftovers::record_build(f, pg.as_raw());
+        leftovers::record_build(f, pg.as_raw());
     }
     let reader = tokio::task::spawn_blocking(move || read_capped(rd));
     let (status, cancelled) = tokio::select! {

@@ -1,0 +1,44 @@
+//! The Kubernetes label and annotation keys kdev puts on what it creates or rewrites, so that
+//! `kdev down`, `kdev gc`, `kdev sessions` and the leases find them again.
+
+/// On everything kdev creates or rewrites, with the value [`MANAGED_BY_KDEV`].
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY`].
+pub const MANAGED_BY_KDEV: &str = "kdev";
+/// The developer a copy of a workload (and its ConfigMaps, Secrets, Service) belongs to.
+pub const OWNER: &str = "kdev.dev/owner";
+/// The kdev project (`name` in kdev.yaml).
+pub const PROJECT: &str = "kdev.dev/project";
+/// The dev session a pod belongs to.
+pub const SESSION: &str = "kdev.dev/session";
+
+/// Annotation on a session's Lease: the workload it develops (`deploy/api`).
+pub const WORKLOAD_ANNOTATION: &str = "kdev.dev/workload";
+
+/// `managed-by=kdev`, the selector of everything kdev manages.
+pub fn managed_by_kdev_selector() -> String {
+    format!("{MANAGED_BY}={MANAGED_BY_KDEV}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_ones_in_clusters_today() {
+        // Changing one orphans what older kdev versions created.
+        assert_eq!(
+            managed_by_kdev_selector(),
+            "app.kubernetes.io/managed-by=kdev"
+        );
+        assert_eq!(
+            [OWNER, PROJECT, SESSION, WORKLOAD_ANNOTATION],
+            [
+                "kdev.dev/owner",
+                "kdev.dev/project",
+                "kdev.dev/session",
+                "kdev.dev/workload"
+            ]
+        );
+    }
+}

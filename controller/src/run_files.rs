@@ -1,0 +1,41 @@
+//! The files under `<kdev-dir>/run` through which the two roles talk (where they are:
+//! [`kdev_protocol::Layout`]): the supervisor's PID file, its status (written by
+//! [`crate::supervise`], read by [`crate::serve`]) and the app's output log.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use kdev_protocol::{AppStatus, Stream};
+use serde::{Deserialize, Serialize};
+
+/// One line of `run/app.log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogRecord {
+    pub at_ms: u64,
+    pub pid: u32,
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// Read a PID file (`run/supervisor.pid`, `run/serve.pid`): one decimal line.
+pub(crate) fn read_pid_file(path: &Path) -> io::Result<u32> {
+    let s = fs::read_to_string(path)?;
+    s.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} does not hold a PID", path.display()),
+        )
+    })
+}
+
+/// Write this process's PID to a PID file, atomically.
+pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
+    crate::util::write_atomic(path, format!("{}\n", std::process::id()).as_bytes())
+}
+
+/// Read the supervisor's status file, if it exists and parses.
+pub(crate) fn read_status(path: &Path) -> Option<AppStatus> {
+    let data = fs::read(path).ok()?;
+    serde_json::from_slice(&data).ok()
+}

@@ -1,0 +1,270 @@
+//! Build coordination: at most one build at a time ([`command`] runs it), the tree's "needs a
+//! build" state in `run/build-state.json`, installing a successful build as `bin/app`, and the
+//! restart after it ([`super::restart`]).
+//!
+//! Builds coalesce: a patch (or build request) that arrives while a build runs cancels that
+//! build (its process group is killed) and waits until it is gone before anything changes; the
+//! next build includes the cancelled build's patches, so the newest tree always wins and a
+//! half-patched tree is never installed. A build that finishes just as it is cancelled is
+//! reported cancelled and not installed.
+
+pub(super) mod command;
+
+use std::path::PathBuf;
+
+use kdev_protocol::{BuildConfig, BuildOutcome, Event, Layout};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::io::Out;
+use super::log;
+use super::restart::{RestartCtx, restart_and_wait};
+use crate::util::{self, ms, unix_ms};
+pub use command::BuildDefaults;
+use command::{BuildResult, BuildSpec};
+
+/// `run/build-state.json`: the tree changed since the last successful build (`dirty`), so a
+/// new session knows it must build even if reconcile finds no difference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct BuildState {
+    dirty: bool,
+    last_success_at_ms: Option<u64>,
+}
+
+struct RunningBuild {
+    id: u64,
+    cancel: Option<oneshot::Sender<()>>,
+    /// Patches whose changes it was building (re-queued if it is cancelled).
+    patch_ids: Vec<u64>,
+}
+
+/// The session's builds, the tree's build state and the restart after an install.
+pub(super) struct Builds {
+    layout: Layout,
+    defaults: BuildDefaults,
+    config: BuildConfig,
+    root: PathBuf,
+    out: Out,
+    state: BuildState,
+    running: Option<RunningBuild>,
+    done_tx: mpsc::Sender<(u64, BuildResult)>,
+    done_rx: mpsc::Receiver<(u64, BuildResult)>,
+    next_id: u64,
+    /// Patches applied since the last build started.
+    pending_patches: Vec<u64>,
+    restart_task: Option<JoinHandle<()>>,
+    restart_ctx: RestartCtx,
+}
+
+impl Builds {
+    /// Reads the build state a previous session left.
+    pub(super) fn new(
+        layout: Layout,
+        defaults: BuildDefaults,
+        config: BuildConfig,
+        root: PathBuf,
+        restart_ctx: RestartCtx,
+    ) -> Builds {
+        let state = std::fs::read(layout.build_state_file())
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default();
+        let (done_tx, done_rx) = mpsc::channel(4);
+        Builds {
+            out: restart_ctx.out.clone(),
+            layout,
+            defaults,
+            config,
+            root,
+            state,
+            running: None,
+            done_tx,
+            done_rx,
+            next_id: 1,
+            pending_patches: Vec::new(),
+            restart_task: None,
+            restart_ctx,
+        }
+    }
+
+    /// The tree changed since its last successful build.
+    pub(super) fn dirty(&self) -> bool {
+        self.state.dirty
+    }
+
+    /// The tree needs a build: it is dirty, or no app binary exists.
+    pub(super) fn needed(&self) -> bool {
+        self.state.dirty || !self.layout.app_binary().is_file()
+    }
+
+    /// The id the next build gets.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// A patch was applied: the next build includes it.
+    pub(super) fn add_patch(&mut self, id: u64) {
+        self.pending_patches.push(id);
+    }
+
+    /// Mark the tree dirty, or built (recording the time of that success).
+    pub(super) fn set_dirty(&mut self, dirty: bool) {
+        if self.state.dirty == dirty && dirty {
+            return;
+        }
+        self.state.dirty = dirty;
+        if !dirty {
+            self.state.last_success_at_ms = Some(unix_ms());
+        }
+        self.save_state();
+    }
+
+    /// Undo a [`Builds::set_dirty`] made before a patch that touched no build input: the tree
+    /// is as built as it was.
+    pub(super) fn restore_clean(&mut self) {
+        self.state.dirty = false;
+        self.save_state();
+    }
+
+    /// Write `run/build-state.json`.
+    fn save_state(&self) {
+        if let Ok(data) = serde_json::to_vec(&self.state)
+            && let Err(e) = util::write_atomic(&self.layout.build_state_file(), &data)
+        {
+            log(format!("cannot record the build state: {e}"));
+        }
+    }
+
+    /// Start a build of the tree as it is (the caller cancelled any running one).
+    pub(super) fn start(&mut self, request_id: Option<u64>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut spec = BuildSpec::resolve(
+            &self.config,
+            &self.defaults,
+            &self.root,
+            &self.layout.app_next(),
+        );
+        spec.group_file = Some(self.layout.build_group_file());
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let patch_ids = std::mem::take(&mut self.pending_patches);
+        self.running = Some(RunningBuild {
+            id,
+            cancel: Some(cancel_tx),
+            patch_ids: patch_ids.clone(),
+        });
+        let ev = Event::BuildStarted {
+            build_id: id,
+            patch_ids,
+            request_id,
+            command: spec.argv.clone(),
+        };
+        // Queue the event before the task can finish, so BuildStarted precedes BuildFinished.
+        let out = self.out.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            out.event(ev).await;
+            let res = command::run(spec, cancel_rx).await;
+            let _ = done.send((id, res)).await;
+        });
+    }
+
+    /// Cancel the running build, if any, and wait until it is gone (its `BuildFinished` is
+    /// sent). Returns its id.
+    pub(super) async fn cancel(&mut self) -> Option<u64> {
+        let mut b = self.running.take()?;
+        // Its changes are still unbuilt: the next build includes them.
+        let mut ids = std::mem::take(&mut b.patch_ids);
+        ids.append(&mut self.pending_patches);
+        self.pending_patches = ids;
+        if let Some(c) = b.cancel.take() {
+            let _ = c.send(());
+        }
+        while let Some((id, res)) = self.done_rx.recv().await {
+            let mine = id == b.id;
+            self.report(id, res, false).await;
+            if mine {
+                break;
+            }
+        }
+        Some(b.id)
+    }
+
+    /// The next build that finished by itself (cancel-safe; for the session's `select!`).
+    pub(super) async fn finished(&mut self) -> Option<(u64, BuildResult)> {
+        self.done_rx.recv().await
+    }
+
+    /// Handle a build that [`Builds::finished`] returned: install, report, restart.
+    pub(super) async fn on_finished(&mut self, id: u64, res: BuildResult) {
+        if self.running.as_ref().map(|b| b.id) == Some(id) {
+            self.running = None;
+        }
+        self.report(id, res, true).await;
+    }
+
+    /// Install a successful build (unless it was cancelled), report it, and restart the app.
+    async fn report(&mut self, id: u64, mut res: BuildResult, may_install: bool) {
+        let mut installed = false;
+        if res.outcome == BuildOutcome::Succeeded {
+            if may_install {
+                let (next, app) = (self.layout.app_next(), self.layout.app_binary());
+                match std::fs::rename(&next, &app) {
+                    Ok(()) => installed = true,
+                    Err(e) => {
+                        res.outcome = BuildOutcome::Error;
+                        res.output.push_str(&format!(
+                            "\ncannot move {} to {}: {e}",
+                            next.display(),
+                            app.display()
+                        ));
+                    }
+                }
+            } else {
+                // It finished just as it was cancelled: the tree changed since, do not install.
+                res.outcome = BuildOutcome::Cancelled;
+            }
+        }
+        log(format!(
+            "build {id}: {:?} in {} ms",
+            res.outcome,
+            res.elapsed.as_millis()
+        ));
+        self.out
+            .event(Event::BuildFinished {
+                build_id: id,
+                outcome: res.outcome,
+                exit_code: res.exit_code,
+                elapsed_ms: ms(res.elapsed),
+                output: res.output,
+                output_truncated: res.truncated,
+                installed,
+            })
+            .await;
+        if installed {
+            self.set_dirty(false);
+            self.restart(Some(id));
+        }
+    }
+
+    /// Restart the app (replacing a restart still waiting for readiness).
+    pub(super) fn restart(&mut self, build_id: Option<u64>) {
+        if let Some(t) = self.restart_task.take() {
+            t.abort();
+        }
+        let ctx = self.restart_ctx.clone();
+        self.restart_task = Some(tokio::spawn(restart_and_wait(ctx, build_id)));
+    }
+
+    /// The session ends: no build keeps running without it (the tree stays dirty), and no
+    /// restart is still being watched.
+    pub(super) async fn shutdown(mut self) {
+        self.cancel().await;
+        if let Some(t) = self.restart_task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Applying a patch (deletions + tar) to the sync root, treating the input as hostile.
+//!
+//! Two phases. **Plan** ([`plan`]) parses and validates the whole archive and turns every
+//! entry into a planned operation or a refusal; a malformed archive is refused as a whole and
+//! nothing at all is applied. **Apply** (here) then runs the deletions and the planned
+//! operations in order through [`safe_root`], which never writes through a symlink and never
+//! shows a half-written file. Refusals do not stop the other entries; the result lists exactly
+//! what was applied and what was refused.
+
+mod plan;
+mod safe_root;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kdev_protocol::paths::normalize_wire_path;
+use kdev_protocol::{PatchLimits, Refused};
+
+use plan::{Op, Refusal, refuse};
+use safe_root::SafeRoot;
+pub(super) use safe_root::is_temp_name;
+
+/// Default limits (see [`PatchLimits`]).
+pub(super) fn default_limits() -> PatchLimits {
+    PatchLimits {
+        max_entries: 100_000,
+        max_file_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
+        max_total_size: u64::from(kdev_protocol::MAX_FRAME_SIZE),
+        max_extension_header: 64 * 1024,
+        max_deletes: kdev_protocol::MAX_DELETES,
+    }
+}
+
+/// The name used in refusals that concern the whole archive.
+const ARCHIVE: &str = kdev_protocol::ARCHIVE_PATH;
+
+/// What applying a patch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct PatchOutcome {
+    pub applied: Vec<String>,
+    pub deleted: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub files: u32,
+    pub bytes: u64,
+    /// Stopped part-way because the session is ending (the rest was not applied).
+    pub interrupted: bool,
+}
+
+impl PatchOutcome {
+    /// Every path that changed (for deciding whether a build input was touched).
+    pub(super) fn touched(&self) -> impl Iterator<Item = &str> {
+        self.applied
+            .iter()
+            .chain(self.deleted.iter())
+            .map(String::as_str)
+    }
+    /// Everything was applied.
+    pub(super) fn complete(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
+
+/// Apply deletions, then the tar's entries, below `root`. `stop` is checked between entries:
+/// once set, nothing more is applied and the outcome says `interrupted`.
+pub(super) fn apply_patch(
+    root: &Path,
+    deletes: &[String],
+    tar_bytes: &[u8],
+    limits: &PatchLimits,
+    stop: &AtomicBool,
+) -> PatchOutcome {
+    let stopped = |out: &mut PatchOutcome| {
+        out.interrupted = stop.load(Ordering::Relaxed);
+        out.interrupted
+    };
+    let mut out = PatchOutcome::default();
+    let mut plan_refused = Vec::new();
+    let ops = match plan::plan(tar_bytes, limits, &mut plan_refused) {
+        Ok(ops) => ops,
+        Err(e) => {
+            // Nothing is applied: report the archive and every deletion as refused.
+            refuse(&mut out.refused, ARCHIVE, e);
+            for d in deletes {
+                refuse(&mut out.refused, d.clone(), Refusal::ArchiveRefused);
+            }
+            return out;
+        }
+    };
+    let ops = plan::refuse_escaping_links(root, deletes, ops, &mut plan_refused);
+    let safe = SafeRoot::new(root);
+    for d in deletes {
+        if stopped(&mut out) {
+            return out;
+        }
+        match normalize_wire_path(d)
+            .map_err(Refusal::from)
+            .and_then(|p| safe.delete(&p).map(|()| p).map_err(Refusal::from))
+        {
+            Ok(p) => out.deleted.push(p),
+            Err(why) => refuse(&mut out.refused, d.clone(), why),
+        }
+    }
+    out.refused.extend(plan_refused);
+    for op in ops {
+        if stopped(&mut out) {
+            return out;
+        }
+        let (path, res) = match op {
+            Op::File {
+                path,
+                start,
+                len,
+                mode,
+            } => {
+                let res = safe.write_file(&path, &tar_bytes[start..start + len], mode);
+                if res.is_ok() {
+                    out.files += 1;
+                    out.bytes += len as u64;
+                }
+                (path, res)
+            }
+            Op::Dir { path, mode } => {
+                let res = safe.make_dir(&path, mode);
+                (path, res)
+            }
+            Op::Symlink { path, target } => {
+                let res = safe.make_symlink(&path, &target);
+                (path, res)
+            }
+        };
+        match res {
+            Ok(()) => out.applied.push(path),
+            Err(reason) => refuse(&mut out.refused, path, reason),
+        }
+    }
+    out
+}
+
+/// Whether `path` matches one of the build-input patterns (see
+/// [`kdev_protocol::SessionConfig::build_inputs`]). `None` matches everything.
+pub(super) fn is_build_input(path: &str, patterns: Option<&[String]>) -> bool {
+    let Some(patterns) = patterns else {
+        return true;
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    patterns.iter().any(|p| {
+        if let Some(dir) = p.strip_suffix('/') {
+            path == dir || path.starts_with(p.as_str())
+        } else if p.starts_with('.') {
+            name.ends_with(p.as_str())
+        } else {
+            name == p || path == p
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use tar::EntryType;
+
+    use super::*;
+
+    static GO: AtomicBool = AtomicBool::new(false);
+
+    fn header(ty: EntryType, path: &[u8], size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        // Write the raw name: set_path would refuse the malicious ones we want to test.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_cksum();
+        h
+    }
+
+    type Spec<'a> = (EntryType, &'a [u8], &'a [u8], Option<&'a str>);
+
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (ty, path, data, link) in entries {
+            let mut h = header(*ty, path, data.len() as u64, 0o644);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+                h.set_cksum();
+            }
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn applies_files_dirs_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_of(&[
+            (EntryType::Regular, b"a/b/c.txt", b"hello", None),
+            (EntryType::Directory, b"empty", b"", None),
+            (EntryType::Symlink, b"a/link", b"", Some("b/c.txt")),
+        ]);
+        let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
+        assert!(out.complete(), "{out:?}");
+        assert_eq!(out.applied, ["a/b/c.txt", "empty", "a/link"]);
+        assert_eq!(fs::read(dir.path().join("a/link")).unwrap(), b"hello");
+        assert!(dir.path().join("empty").is_dir());
+        assert_eq!((out.files, out.bytes), (1, 5));
+    }
+
+    #[test]
+    fn refuses_escapes_but_applies_the_rest() {
+        let root = tempfile::tempdir().unwrap();
+        let t = tar_of(&[
+            (EntryType::Regular, b"../evil", b"x", None),
+            (EntryType::Regular, b"/abs", b"x", None),
+            (EntryType::Symlink, b"up", b"", Some("../..")),
+            (EntryType::Link, b"hl", b"", Some("/etc/passwd")),
+            (EntryType::Char, b"dev", b"", None),
+            (EntryType::Fifo, b"fifo", b"", None),
+            (EntryType::Regular, b"ok.go", b"package main", None),
+        ]);
+        let out = apply_patch(root.path(), &["../x".into()], &t, &default_limits(), &GO);
+        assert_eq!(out.applied, ["ok.go"]);
+        let refused: Vec<&str> = out.refused.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(
+            refused,
+            ["../x", "../evil", "/abs", "up", "hl", "dev", "fifo"]
+        );
+        assert!(!root.path().join("up").exists());
+    }
+
+    #[test]
+    fn never_writes_through_an_existing_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        let t = tar_of(&[(EntryType::Regular, b"link/pwned", b"x", None)]);
+        let out = apply_patch(
+            root.path(),
+            &["link/other".into()],
+            &t,
+            &default_limits(),
+            &GO,
+        );
+        assert_eq!(out.refused.len(), 2, "{out:?}");
+        assert!(out.refused[1].reason.contains("symlink"), "{out:?}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn malformed_archive_applies_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("keep"), "k").unwrap();
+        let mut t = tar_of(&[(EntryType::Regular, b"a", b"12345", None)]);
+        t[0] ^= 0xff; // break the checksum
+        let out = apply_patch(root.path(), &["keep".into()], &t, &default_limits(), &GO);
+        assert_eq!(out.refused[0].path, ARCHIVE);
+        assert_eq!(out.refused[1].path, "keep");
+        assert!(root.path().join("keep").exists());
+        assert!(out.applied.is_empty() && out.deleted.is_empty());
+    }
+
+    #[test]
+    fn oversized_long_name_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let long = "d/".repeat(40_000) + "f";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
+        assert_eq!(out.refused.len(), 1, "{out:?}");
+        assert!(
+            out.refused[0].reason.contains("extension headers"),
+            "{out:?}"
+        );
+    }
+
+    fn pax_record(key: &str, value: &str) -> Vec<u8> {
+        // "<len> <key>=<value>\n", where <len> counts itself.
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    #[test]
+    fn pax_path_is_honoured_and_oversized_pax_headers_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // A PAX path override is what gets checked and applied (not the header's own name).
+        let mut b = tar::Builder::new(Vec::new());
+        let rec = pax_record("path", "../escaped");
+        b.append(
+            &header(EntryType::XHeader, b"pax", rec.len() as u64, 0o644),
+            &rec[..],
+        )
+        .unwrap();
+        b.append(
+            &header(EntryType::Regular, b"innocent", 1, 0o644),
+            &b"x"[..],
+        )
+        .unwrap();
+        let out = apply_patch(
+            root.path(),
+            &[],
+            &b.into_inner().unwrap(),
+            &default_limits(),
+            &GO,
+        );
+        assert_eq!(out.refused.len(), 1, "{out:?}");
+        assert_eq!(out.refused[0].path, "../escaped");
+        assert!(!root.path().join("innocent").exists());
+
+        let mut b = tar::Builder::new(Vec::new());
+        let rec = pax_record("comment", &"c".repeat(100_000));
+        b.append(
+            &header(EntryType::XHeader, b"pax", rec.len() as u64, 0o644),
+            &rec[..],
+        )
+        .unwrap();
+        b.append(&header(EntryType::Regular, b"f", 1, 0o644), &b"x"[..])
+            .unwrap();
+        let out = apply_patch(
+            root.path(),
+            &[],
+            &b.into_inner().unwrap(),
+            &default_limits(),
+            &GO,
+        );
+        assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
+        assert!(out.refused[0].reason.contains("extension headers"));
+        assert!(!root.path().join("f").exists());
+    }
+
+    #[test]
+    fn declared_size_beyond_the_archive_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let h = header(EntryType::Regular, b"big", 1 << 40, 0o644);
+        let mut t = h.as_bytes().to_vec();
+        t.extend_from_slice(&[0u8; 1024]);
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
+        assert_eq!(out.refused[0].path, ARCHIVE, "{out:?}");
+        assert!(!root.path().join("big").exists());
+    }
+
+    #[test]
+    fn too_many_entries() {
+        let root = tempfile::tempdir().unwrap();
+        let t = tar_of(&[
+            (EntryType::Regular, b"a", b"", None),
+            (EntryType::Regular, b"b", b"", None),
+        ]);
+        let limits = PatchLimits {
+            max_entries: 1,
+            ..default_limits()
+        };
+        let out = apply_patch(root.path(), &[], &t, &limits, &GO);
+        assert_eq!(out.refused[0].path, ARCHIVE);
+        assert!(out.applied.is_empty());
+    }
+
+    #[test]
+    fn executable_bit_and_file_replaced_by_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(EntryType::Regular, b"run.sh", 3, 0o755);
+        h.set_cksum();
+        b.append(&h, &b"#!x"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let out = apply_patch(root.path(), &[], &t, &default_limits(), &GO);
+        assert!(out.complete());
+        let mode = fs::metadata(root.path().join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // Replace the file with a directory: delete + add in one patch.
+        let t = tar_of(&[(EntryType::Regular, b"run.sh/inner", b"y", None)]);
+        let out = apply_patch(root.path(), &["run.sh".into()], &t, &default_limits(), &GO);
+        assert!(out.complete(), "{out:?}");
+        assert!(root.path().join("run.sh/inner").is_file());
+    }
+
+    #[test]
+    fn build_inputs() {
+        let pats = vec![
+            ".go".to_string(),
+            "go.mod".to_string(),
+            "assets/".to_string(),
+        ];
+        assert!(is_build_input("a/b.go", Some(&pats)));
+        assert!(is_build_input("go.mod", Some(&pats)));
+        assert!(is_build_input("assets/x.png", Some(&pats)));
+        assert!(!is_build_input("README.md", Some(&pats)));
+        assert!(is_build_input("README.md", None));
+    }
+}

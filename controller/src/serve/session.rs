@@ -1,0 +1,262 @@
+//! The session after the handshake: one client message at a time, in the order sent (pings
+//! excepted, see [`super::io`]), interleaved with builds that finish and ended by the client
+//! (end of stream, `bye`), bad input or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kdev_protocol::{
+    BuildMode, ClientMessage, ErrorCode, Patch, PatchLimits, PatchResult, ReconcileResult,
+    ServerCodec, ServerMessage,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::build::Builds;
+use super::io::{Inbound, Out, error, fatal};
+use super::{EXIT_BAD_INPUT, EXIT_OK, log, patch, reconcile};
+use crate::util::ms;
+
+/// Paths echoed per list in a `PatchResult` (the counts say how many there were).
+const MAX_LISTED: usize = 1000;
+
+/// Budget of one `ReconcileResult` part, in worst-case JSON bytes (see [`reconcile::split`]).
+const LISTING_PART_BYTES: usize = 16 << 20;
+
+pub(super) struct Session {
+    pub root: PathBuf,
+    /// `hello.config.build_inputs`.
+    pub build_inputs: Option<Vec<String>>,
+    pub out: Out,
+    pub limits: PatchLimits,
+    pub builds: Builds,
+    pub cache: Arc<Mutex<reconcile::HashCache>>,
+    /// Set on SIGTERM/SIGINT: a patch or listing in progress stops between entries.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Session {
+    /// Run until the session ends. Returns the exit code.
+    pub(super) async fn main_loop(
+        &mut self,
+        in_rx: &mut mpsc::Receiver<Inbound>,
+        term: &mut watch::Receiver<bool>,
+    ) -> i32 {
+        loop {
+            tokio::select! {
+                // A SIGTERM that arrived while a message was handled wins over the next one.
+                biased;
+                _ = term.changed() => {
+                    log("terminated (a newer session took over, or the pod is stopping); ending the session");
+                    self.out.send(fatal(
+                        ErrorCode::Terminated,
+                        "kdev-controller serve was terminated (a newer session took over, or the pod is stopping)".into(),
+                    )).await;
+                    return EXIT_OK;
+                }
+                msg = in_rx.recv() => {
+                    // Its budget share is released here: it is no longer queued.
+                    let frame = match msg.map(|m| m.frame) {
+                        None | Some(Ok(None)) => {
+                            log("the client closed the stream; ending the session");
+                            return EXIT_OK;
+                        }
+                        Some(Err(e)) => {
+                            log(format!("bad frame: {e}"));
+                            self.out.send(fatal(ErrorCode::BadFrame, format!("{e}; ending the session"))).await;
+                            return EXIT_BAD_INPUT;
+                        }
+                        Some(Ok(Some(f))) => f,
+                    };
+                    let msg = match ServerCodec::decode(frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            log(format!("bad message: {e}"));
+                            self.out.send(fatal(ErrorCode::BadMessage, format!("{e}; ending the session"))).await;
+                            return EXIT_BAD_INPUT;
+                        }
+                    };
+                    if !self.handle(msg).await {
+                        return EXIT_OK;
+                    }
+                }
+                Some((id, res)) = self.builds.finished() => self.builds.on_finished(id, res).await,
+            }
+        }
+    }
+
+    /// Handle one client message. Returns false to end the session.
+    async fn handle(&mut self, msg: ClientMessage) -> bool {
+        match msg {
+            ClientMessage::Hello(_) => {
+                self.out
+                    .send(error(
+                        ErrorCode::UnexpectedMessage,
+                        "hello was already received".into(),
+                        None,
+                    ))
+                    .await;
+            }
+            ClientMessage::Reconcile(r) => self.reconcile(r.id).await,
+            ClientMessage::Patch(p) => self.patch(p).await,
+            ClientMessage::Build(b) => {
+                if self.builds.cancel().await.is_some() {
+                    log("build request: cancelled the running build");
+                }
+                self.builds.start(Some(b.id));
+            }
+            ClientMessage::Restart(_) => self.builds.restart(None),
+            ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
+            ClientMessage::Bye => return false,
+        }
+        true
+    }
+
+    async fn reconcile(&mut self, id: u64) {
+        let t0 = Instant::now();
+        let root = self.root.clone();
+        let cache = self.cache.clone();
+        let stop = self.stop.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile::list(&root, &mut cache, &stop)
+        })
+        .await;
+        let msg = match res {
+            // SIGTERM: the main loop ends the session right after.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Ok(Ok(l)) => {
+                // In parts that each fit a frame whatever the tree's size.
+                let parts = reconcile::split(l.entries, l.skipped, LISTING_PART_BYTES);
+                let n = parts.len();
+                for (i, (entries, skipped)) in parts.into_iter().enumerate() {
+                    let part = ReconcileResult {
+                        id,
+                        root: self.root.to_string_lossy().into_owned(),
+                        entries,
+                        skipped,
+                        elapsed_ms: ms(t0.elapsed()),
+                        cached: l.cached,
+                        more: i + 1 < n,
+                    };
+                    self.out.send(ServerMessage::ReconcileResult(part)).await;
+                }
+                return;
+            }
+            Ok(Err(e)) => error(
+                ErrorCode::ReconcileFailed,
+                format!("cannot list {}: {e}", self.root.display()),
+                Some(id),
+            ),
+            Err(e) => error(
+                ErrorCode::ReconcileFailed,
+                format!("listing failed: {e}"),
+                Some(id),
+            ),
+        };
+        self.out.send(msg).await;
+    }
+
+    async fn patch(&mut self, p: Patch) {
+        let t0 = Instant::now();
+        let Patch {
+            id,
+            deletes,
+            build,
+            tar,
+        } = p;
+        // Refused before anything changes (the running build goes on).
+        if deletes.len() > self.limits.max_deletes as usize {
+            let msg = format!(
+                "patch {id} has more than {} deletions (limits.max_deletes); nothing was applied: \
+                 split it into several patches",
+                self.limits.max_deletes
+            );
+            log(&msg);
+            self.out
+                .send(error(ErrorCode::TooManyDeletes, msg, Some(id)))
+                .await;
+            return;
+        }
+        let cancelled_build = self.builds.cancel().await;
+        // Recorded before the tree changes, so a session killed in the middle of the patch
+        // leaves it marked as needing a build; undone below if no build input changed.
+        let was_dirty = self.builds.dirty();
+        let changes = !deletes.is_empty() || !tar.is_empty();
+        if changes {
+            self.builds.set_dirty(true);
+        }
+        let root = self.root.clone();
+        let limits = self.limits.clone();
+        let stop = self.stop.clone();
+        let outcome = match tokio::task::spawn_blocking(move || {
+            patch::apply_patch(&root, &deletes, &tar, &limits, &stop)
+        })
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.out
+                    .send(error(
+                        ErrorCode::PatchFailed,
+                        format!("applying the patch failed: {e}"),
+                        Some(id),
+                    ))
+                    .await;
+                return;
+            }
+        };
+        if outcome.interrupted {
+            // SIGTERM: the tree stays marked dirty; the main loop ends the session right after.
+            log(format!("patch {id}: interrupted, the session is ending"));
+            return;
+        }
+        let inputs = self.build_inputs.as_deref();
+        if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
+        {
+            self.builds.set_dirty(true);
+        } else if changes && !was_dirty {
+            self.builds.restore_clean();
+        }
+        self.builds.add_patch(id);
+        let do_build = match build {
+            BuildMode::Never => false,
+            BuildMode::Always => true,
+            BuildMode::Auto => self.builds.needed(),
+        };
+        // Echo bounded lists: a patch of 100 000 paths must not make a reply of 100 000 paths.
+        fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
+            let n = v.len() as u64;
+            v.truncate(MAX_LISTED);
+            v.shrink_to_fit();
+            (v, n)
+        }
+        let complete = outcome.complete();
+        let (applied, applied_count) = capped(outcome.applied);
+        let (deleted, deleted_count) = capped(outcome.deleted);
+        let (refused, refused_count) = capped(outcome.refused);
+        let result = PatchResult {
+            id,
+            complete,
+            files: outcome.files,
+            bytes: outcome.bytes,
+            elapsed_ms: ms(t0.elapsed()),
+            cancelled_build,
+            build_id: do_build.then_some(self.builds.next_id()),
+            applied,
+            deleted,
+            refused,
+            applied_count,
+            deleted_count,
+            refused_count,
+        };
+        if !result.complete {
+            log(format!("patch {id}: {refused_count} entries refused"));
+        }
+        self.out.send(ServerMessage::PatchResult(result)).await;
+        if do_build {
+            self.builds.start(None);
+        }
+    }
+}
