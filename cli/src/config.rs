@@ -14,7 +14,7 @@ use serde::Deserialize;
 /// The file kdev looks for in the project root.
 pub const FILE_NAME: &str = "kdev.yaml";
 /// Where the sources live in the pod unless `sync.remote` says otherwise.
-pub const DEFAULT_REMOTE_ROOT: &str = "/kdev/src";
+pub use kdev_protocol::layout::SRC_DIR as DEFAULT_REMOTE_ROOT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -282,28 +282,10 @@ impl<'de> Deserialize<'de> for DurationSpec {
         }
         match Raw::deserialize(d)? {
             Raw::Num(n) => Ok(DurationSpec(Duration::from_secs(n))),
-            Raw::Str(s) => parse_duration(&s)
+            Raw::Str(s) => kdev_protocol::parse_duration(&s)
                 .map(DurationSpec)
                 .map_err(serde::de::Error::custom),
         }
-    }
-}
-
-/// Parse `500ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let bad = || format!("`{s}` is not a duration like 500ms, 5s, 10m, 1h or 7d");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad);
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86400),
-        _ => Err(bad()),
     }
 }
 
@@ -376,12 +358,9 @@ impl Config {
             }
         }
         if let Some(sig) = &self.run.stop_signal
-            && signal_number(sig).is_none()
+            && let Err(e) = kdev_protocol::Signal::parse(sig)
         {
-            return Err(invalid(
-                "run.stopSignal",
-                format!("`{sig}` is not a signal name like SIGTERM, SIGINT or SIGQUIT"),
-            ));
+            return Err(invalid("run.stopSignal", e.to_string()));
         }
         for key in self.build.env.keys() {
             if key.is_empty() || key.contains('=') {
@@ -407,23 +386,6 @@ fn strip_location(msg: &str) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
-}
-
-/// The number of a signal given as `SIGTERM`, `TERM` or `15`.
-pub fn signal_number(name: &str) -> Option<i32> {
-    let upper = name.trim().to_ascii_uppercase();
-    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let n = match bare {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        other => other.parse().ok().filter(|n| (1..=64).contains(n))?,
-    };
-    Some(n)
 }
 
 /// RFC 1123 label: what namespaces, container names and label values mostly need.
@@ -561,22 +523,5 @@ mod tests {
         );
         let w: WorkloadRef = "sts/db".parse().unwrap();
         assert_eq!(w.kind, WorkloadKind::StatefulSet);
-    }
-
-    #[test]
-    fn signals_and_durations() {
-        assert_eq!(signal_number("SIGTERM"), Some(15));
-        assert_eq!(signal_number("int"), Some(2));
-        assert_eq!(signal_number("3"), Some(3));
-        assert_eq!(signal_number("SIGNOPE"), None);
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        // `kdev gc --older-than 1h`, as the README says.
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(
-            parse_duration("2d").unwrap(),
-            Duration::from_secs(2 * 86400)
-        );
-        assert!(parse_duration("5y").is_err());
-        assert!(parse_duration("h").is_err());
     }
 }

@@ -1,26 +1,34 @@
-//! The `kdev` CLI as a library: each module is one concern of the developer-side loop, usable
-//! (and tested) on its own.
+//! The `kdev` CLI. `main.rs` parses the command line and calls [`cmd`]; everything else is
+//! private to the crate. The layout, by concern:
+//!
+//! - [`cmd`]: the subcommands (`watch`/`debug`, `down`, `sessions`, `gc`).
+//! - `reload`: the reload loop — connect, reconcile, sync each save, show each reload, recover.
+//! - `sync`: keeping the pod's tree equal to the local one (ignore rules, listing, watcher,
+//!   safety-net rescan, plan, tar, the sync engine).
+//! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
+//! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
+//! - `cluster`: the API client, connecting, permission checks, the session Lease.
+//! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: exit codes.
 
-pub mod access;
-pub mod bootstrap;
-pub mod client;
-pub mod config;
-pub mod debug;
-pub mod deploy;
-pub mod dev;
-pub mod down;
-pub mod forward;
-pub mod hashcache;
-#[cfg(target_os = "linux")]
-pub mod inotify_tree;
-pub mod lease;
-pub mod rescan;
-pub mod rewrite;
-pub mod session;
-pub mod sessions;
-pub mod snapshot;
-pub mod timings;
-pub mod tree;
-pub mod ui;
-pub mod unsyncable;
-pub mod watch;
+mod cluster;
+pub mod cmd;
+mod config;
+mod deploy;
+mod error;
+mod pod;
+mod project;
+mod reload;
+mod sync;
+mod ui;
+
+pub use error::{EXIT_CODES_HELP, Exit, exit_code};
+pub use pod::delve::{DEFAULT_PORT as DELVE_DEFAULT_PORT, DebugOptions};
+
+/// What the end-to-end tests use below the CLI: the session stream, the controller upload, the
+/// API client kdev builds, and the patch tar.
+pub mod testing {
+    pub use crate::cluster::client::build as client;
+    pub use crate::pod::bootstrap::{find_controller, upload};
+    pub use crate::pod::session::ControllerSession;
+    pub use crate::sync::tar::build_tar;
+}

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 /// Start with a kdev.yaml in your project root (an empty file works when your manifests are in
 /// k8s/ and hold one Deployment), then run `kdev watch`.
 #[derive(Debug, Parser)]
-#[command(name = "kdev", version, about, long_about)]
+#[command(name = "kdev", version, about, long_about, after_help = kdev::EXIT_CODES_HELP)]
 struct Cli {
     /// The project's config file; its directory is the project root.
     #[arg(
@@ -35,7 +35,8 @@ struct Cli {
     /// can share a namespace [default: kdev.yaml's `owner`, else the kubeconfig user].
     #[arg(long, global = true, value_name = "NAME")]
     owner: Option<String>,
-    /// Log what kdev does internally (repeat for more).
+    /// Log what kdev does internally: `-v` shows each phase (deploy, upload, reconcile, patch,
+    /// build, restart, forward) with its duration, `-vv` everything.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
@@ -71,7 +72,7 @@ enum Command {
     /// debugging session is not cut by every save.
     Debug {
         /// Delve's port, in the pod and on localhost.
-        #[arg(long, default_value_t = kdev::debug::DEFAULT_PORT, value_name = "PORT")]
+        #[arg(long, default_value_t = kdev::DELVE_DEFAULT_PORT, value_name = "PORT")]
         port: u16,
         /// Start the app stopped: it runs only once a debugger continues it.
         #[arg(long)]
@@ -119,63 +120,70 @@ struct SessionArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    kdev::config::parse_duration(s)
+    kdev_protocol::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn watch_options(
-    config_path: PathBuf,
-    namespace: Option<String>,
-    context: Option<String>,
-    owner: Option<String>,
-    session: SessionArgs,
-    debug: Option<kdev::debug::DebugOptions>,
-) -> kdev::dev::WatchOptions {
-    kdev::dev::WatchOptions {
-        config_path,
-        namespace,
-        context,
+    cli: &Cli,
+    session: &SessionArgs,
+    debug: Option<kdev::DebugOptions>,
+) -> kdev::cmd::watch::WatchOptions {
+    kdev::cmd::watch::WatchOptions {
+        config_path: cli.file.clone(),
+        namespace: cli.namespace.clone(),
+        context: cli.context.clone(),
         poll: session.poll,
         pod_timeout: session.pod_timeout,
         debug,
-        owner,
+        owner: cli.owner.clone(),
         take_over: session.take_over,
-        timings: session.timings,
+        timings: session.timings.clone(),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match cli.verbose {
+    init_logging(cli.verbose);
+    let result = main_impl(cli);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("kdev: error: {e:#}");
+            ExitCode::from(kdev::exit_code(&e) as u8)
+        }
+    }
+}
+
+/// `-v`: kdev's own debug lines, and one line per phase span as it closes, with its duration.
+fn init_logging(verbose: u8) {
+    let filter = match verbose {
         0 => "warn",
         1 => "kdev=debug,info",
         _ => "debug",
+    };
+    let spans = if verbose > 0 {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
     };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KDEV_LOG")
                 .unwrap_or_else(|_| filter.into()),
         )
+        .with_span_events(spans)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kdev: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+}
+
+fn main_impl(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     let result = runtime.block_on(async {
-        match cli.command {
+        match &cli.command {
             Command::Watch { session } => {
-                kdev::dev::watch(watch_options(
-                    cli.file,
-                    cli.namespace,
-                    cli.context,
-                    cli.owner,
-                    session,
-                    None,
-                ))
-                .await
+                kdev::cmd::watch::run(watch_options(&cli, session, None)).await
             }
             Command::Debug {
                 port,
@@ -184,46 +192,29 @@ fn main() -> ExitCode {
                 print_config,
                 session,
             } => {
-                if print_config {
-                    return kdev::dev::Project::load(&cli.file).map(|project| {
-                        kdev::debug::print_editor_config(
-                            &project.sync_root(),
-                            &project.config.sync.remote,
-                            port,
-                            &project.name,
-                        )
-                    });
+                if *print_config {
+                    return kdev::cmd::watch::print_debug_config(&cli.file, *port);
                 }
-                let debug = kdev::debug::DebugOptions {
-                    port,
+                let debug = kdev::DebugOptions {
+                    port: *port,
                     continue_at_start: !stop_at_start,
-                    hold,
+                    hold: *hold,
                 };
-                kdev::dev::watch(watch_options(
-                    cli.file,
-                    cli.namespace,
-                    cli.context,
-                    cli.owner,
-                    session,
-                    Some(debug),
-                ))
-                .await
+                kdev::cmd::watch::run(watch_options(&cli, session, Some(debug))).await
             }
             Command::Sessions => {
-                let (client, ns) =
-                    kdev::dev::connect(cli.context.as_deref(), cli.namespace.as_deref()).await?;
-                kdev::sessions::print(&client, &ns).await
+                kdev::cmd::sessions::print(cli.context.as_deref(), cli.namespace.as_deref()).await
             }
             Command::Gc { older_than } => {
-                let (client, ns) =
-                    kdev::dev::connect(cli.context.as_deref(), cli.namespace.as_deref()).await?;
-                let ui = kdev::ui::Ui::detect();
-                kdev::sessions::gc(&client, &ns, older_than, &ui)
-                    .await
-                    .map(|_| ())
+                kdev::cmd::sessions::gc(
+                    cli.context.as_deref(),
+                    cli.namespace.as_deref(),
+                    *older_than,
+                )
+                .await
             }
             Command::Down => {
-                kdev::down::down(
+                kdev::cmd::down::down(
                     &cli.file,
                     cli.namespace.as_deref(),
                     cli.context.as_deref(),
@@ -235,14 +226,7 @@ fn main() -> ExitCode {
     });
     // The watcher and forwarders run on the runtime; do not wait for them on exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // `{:#}` prints the chain of causes on one line, without a backtrace.
-            eprintln!("kdev: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[31m";
 const YELLOW: &str = "\x1b[33m";
 const DIM: &str = "\x1b[2m";
-const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
 impl Ui {
@@ -21,6 +20,12 @@ impl Ui {
         Ui {
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         }
+    }
+
+    /// No colours (tests).
+    #[cfg(test)]
+    pub fn plain() -> Ui {
+        Ui { color: false }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -54,10 +59,6 @@ impl Ui {
         self.line(&format!("{} {s}", self.paint(YELLOW, "!")));
     }
 
-    pub fn heading(&self, s: &str) {
-        self.line(&self.paint(BOLD, s));
-    }
-
     /// A line of the app's own output.
     pub fn app(&self, stderr: bool, s: &str) {
         let prefix = if stderr { "app!" } else { "app " };
@@ -87,6 +88,15 @@ pub fn summarize_paths(paths: &[String]) -> String {
         0 => "(nothing)".into(),
         1..=3 => paths.join(", "),
         n => format!("{}, {} and {} more", paths[0], paths[1], n - 2),
+    }
+}
+
+/// A byte count for people: `1.5 MB`, `12.0 KB`.
+pub fn fmt_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MB", n as f64 / 1048576.0)
+    } else {
+        format!("{:.1} KB", n as f64 / 1024.0)
     }
 }
 

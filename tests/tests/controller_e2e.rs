@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kdev::session::{ControllerSession, build_tar};
+use kdev::testing::{ControllerSession, build_tar};
 use kdev_protocol::{BuildConfig, BuildMode, BuildOutcome, Event, ServerMessage, SessionConfig};
 use kdev_tests::{
     APP_IMAGE, TOOLCHAIN_IMAGE, TestNamespace, client, http_get_via_portforward, poll_until,
@@ -148,8 +148,8 @@ async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Resu
         }
     })
     .await?;
-    let binary = std::fs::read(kdev::bootstrap::find_controller()?)?;
-    kdev::bootstrap::upload(&pods, POD, &binary).await?;
+    let binary = std::fs::read(kdev::testing::find_controller()?)?;
+    kdev::testing::upload(&pods, POD, &binary).await?;
     wait_pod_running(&pods, POD, Duration::from_secs(120)).await?;
 
     let config = SessionConfig {
@@ -164,7 +164,7 @@ async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Resu
     };
     let hello = kdev_protocol::handshake::hello("controller e2e", config);
     // Over kdev's own client (TCP_NODELAY), so the patch timing is what kdev users get.
-    let kdev_client = kdev::client::build(kube::Config::infer().await?)?;
+    let kdev_client = kdev::testing::client(kube::Config::infer().await?)?;
     let kdev_pods: Api<Pod> = Api::namespaced(kdev_client, ns.name());
     let mut session = ControllerSession::open(&kdev_pods, POD, hello).await?;
 

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::tree::IgnoreRules;
+use crate::sync::ignore::IgnoreRules;
 
 /// Quiet gap that ends a batch of events.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(15);
@@ -42,7 +42,7 @@ pub enum WatchError {
     Notify(#[from] notify::Error),
     #[cfg(target_os = "linux")]
     #[error(transparent)]
-    Inotify(#[from] crate::inotify_tree::WatchError),
+    Inotify(#[from] crate::sync::inotify_tree::WatchError),
     #[error("cannot start inotify: {0}")]
     Init(std::io::Error),
 }
@@ -171,7 +171,7 @@ fn start_native(
     rules: &Arc<Mutex<IgnoreRules>>,
     raw_tx: RawTx,
 ) -> Result<Backend, WatchError> {
-    let mut watches = crate::inotify_tree::DirWatches::new(root).map_err(WatchError::Init)?;
+    let mut watches = crate::sync::inotify_tree::DirWatches::new(root).map_err(WatchError::Init)?;
     watches.watch_tree(root, &rules.lock().unwrap())?;
     // SAFETY: `DirWatches` owns its inotify fd for its whole life and always returns that one.
     let fd = unsafe {
@@ -185,11 +185,11 @@ fn start_native(
 /// Read the inotify queue whenever it is readable, and pass on what changed.
 #[cfg(target_os = "linux")]
 async fn read_inotify(
-    mut fd: tokio::io::unix::AsyncFd<crate::inotify_tree::DirWatches>,
+    mut fd: tokio::io::unix::AsyncFd<crate::sync::inotify_tree::DirWatches>,
     rules: Arc<Mutex<IgnoreRules>>,
     raw_tx: RawTx,
 ) {
-    use crate::inotify_tree::WatchError as E;
+    use crate::sync::inotify_tree::WatchError as E;
     loop {
         let Ok(mut guard) = fd.readable_mut().await else {
             let _ = raw_tx.send(Raw::Error("inotify stopped".into()));
@@ -264,7 +264,7 @@ fn is_watch_limit(e: &WatchError) -> bool {
     match e {
         WatchError::Notify(e) => is_notify_watch_limit(e),
         #[cfg(target_os = "linux")]
-        WatchError::Inotify(crate::inotify_tree::WatchError::Limit) => true,
+        WatchError::Inotify(crate::sync::inotify_tree::WatchError::Limit) => true,
         _ => false,
     }
 }

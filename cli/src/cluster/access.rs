@@ -1,6 +1,7 @@
 //! Check up front that the user may do what kdev is about to do, so a missing permission is
 //! named before anything is applied, instead of failing halfway through a session.
 
+use crate::error::MissingPermissions;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -124,11 +125,11 @@ pub async fn require(
     if missing.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "missing permission in namespace {namespace}: {}. Ask your cluster admin to grant it \
-             (manifests/rbac/role.yaml in the kdev repository lists what kdev needs)",
-            missing.join(", ")
-        )
+        Err(MissingPermissions {
+            namespace: namespace.to_string(),
+            missing,
+        }
+        .into())
     }
 }
 

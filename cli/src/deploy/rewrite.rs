@@ -21,22 +21,12 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 
-/// Where the shared volume is mounted in both containers.
-pub const KDEV_DIR: &str = "/kdev";
-/// The controller binary the CLI uploads.
-pub const CONTROLLER_PATH: &str = "/kdev/bin/kdev-controller";
-/// The app binary the sidecar builds.
-pub const APP_PATH: &str = "/kdev/bin/app";
+use kdev_protocol::labels::{MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV};
+pub use kdev_protocol::layout::{APP_PATH, CONTROLLER_PATH, DLV_PATH, KDEV_DIR};
+
 /// The sidecar's name.
 pub const SIDECAR_NAME: &str = "kdev";
 const SHARED_VOLUME: &str = "kdev";
-
-/// Labels on everything kdev creates or rewrites.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_SESSION: &str = "kdev.dev/session";
-
-/// Where `kdev debug` puts Delve so the app container can run it.
-pub const DLV_PATH: &str = "/kdev/bin/dlv";
 
 /// Run the app under Delve (`kdev debug`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +92,7 @@ pub fn rewrite_pod_template(
         .get_or_insert_with(Default::default)
         .labels
         .get_or_insert_with(Default::default);
-    labels.insert(LABEL_MANAGED_BY.into(), "kdev".into());
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_KDEV.into());
     labels.extend(spec.labels.clone());
 
     let pod = template.spec.get_or_insert_with(Default::default);
@@ -298,7 +288,10 @@ mod tests {
             args: None,
             stop_signal: Some("SIGINT".into()),
             grace_period_ms: Some(2000),
-            labels: BTreeMap::from([(LABEL_SESSION.to_string(), "s1".to_string())]),
+            labels: BTreeMap::from([(
+                kdev_protocol::labels::SESSION.to_string(),
+                "s1".to_string(),
+            )]),
             debug: None,
         }
     }
@@ -353,7 +346,7 @@ mod tests {
         assert!(sidecar.startup_probe.is_some());
         let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         assert_eq!(labels["app"], "gin-hello", "selector labels are kept");
-        assert_eq!(labels[LABEL_SESSION], "s1");
+        assert_eq!(labels[kdev_protocol::labels::SESSION], "s1");
         assert_eq!(labels[LABEL_MANAGED_BY], "kdev");
     }
 

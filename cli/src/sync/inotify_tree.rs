@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use crate::tree::IgnoreRules;
+use crate::sync::ignore::IgnoreRules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -238,6 +238,11 @@ impl DirWatches {
             .collect();
         for id in nameless {
             if let Some(w) = self.watches.remove(&id) {
+                tracing::debug!(
+                    dev = w.inode.0,
+                    ino = w.inode.1,
+                    "unwatching a directory no name reaches"
+                );
                 // Fails only when the kernel already dropped it (deleted directory).
                 let _ = self.inotify.watches().remove(w.wd);
             }
@@ -256,12 +261,14 @@ impl DirWatches {
         res
     }
 
-    /// The names of all watched directories (for tests and diagnostics).
+    /// The names of all watched directories.
+    #[cfg(test)]
     pub fn watched_dirs(&self) -> Vec<PathBuf> {
         self.names.keys().cloned().collect()
     }
 
     /// The (dev, inode) of the directory watched under `name`, if it is watched.
+    #[cfg(test)]
     pub fn inode_of(&self, name: &Path) -> Option<(u64, u64)> {
         let id = self.names.get(name)?;
         self.watches.get(id).map(|w| w.inode)

@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::io::AsyncReadExt;
 
-use crate::rewrite::DLV_PATH;
+use crate::deploy::rewrite::DLV_PATH;
+use crate::project::Project;
+use crate::ui::Ui;
 
 /// Delve's default port.
 pub const DEFAULT_PORT: u16 = 2345;
@@ -72,7 +74,7 @@ pub async fn install_delve(pods: &Api<Pod>, pod: &str, image: &str) -> anyhow::R
          if [ -x {DLV_PATH} ] && cmp -s \"$d\" {DLV_PATH} 2>/dev/null; then exit 0; fi; \
          t={DLV_PATH}.$$; cp \"$d\" \"$t\"; chmod 0755 \"$t\"; mv -f \"$t\" {DLV_PATH}"
     );
-    match crate::bootstrap::exec_sh(pods, pod, &script, None).await {
+    match crate::pod::bootstrap::exec_sh(pods, pod, &script, None).await {
         Ok(_) => Ok(()),
         Err(e) if e.contains("exit code 3") => anyhow::bail!(
             "Delve (dlv) is not in the sidecar image {image}: use an image that has it, e.g. build \
@@ -109,6 +111,46 @@ pub fn ptrace_hint(output: &str) -> Option<&'static str> {
          `securityContext: {capabilities: {add: [SYS_PTRACE]}}` (and a seccomp profile that \
          permits ptrace, e.g. `seccompProfile: {type: Unconfined}`)",
     )
+}
+
+/// Once Delve listens after a (re)start, say so: the full editor configuration the first time,
+/// a reminder to re-attach after that.
+pub async fn announce(
+    pods: &Api<Pod>,
+    pod: &str,
+    d: &DebugOptions,
+    project: &Project,
+    ui: &Ui,
+    announced: &mut bool,
+) {
+    for _ in 0..20 {
+        if port_open(pods, pod, d.port).await {
+            if *announced {
+                ui.ok(&format!(
+                    "Delve restarted on 127.0.0.1:{}: re-attach your debugger",
+                    d.port
+                ));
+            } else {
+                ui.ok(&format!(
+                    "Delve listening on 127.0.0.1:{} — attach your editor:",
+                    d.port
+                ));
+                print_editor_config(
+                    &project.sync_root(),
+                    &project.config.sync.remote,
+                    d.port,
+                    &project.name,
+                );
+                *announced = true;
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.warn(&format!(
+        "Delve does not accept connections on pod port {}; see the app's output above",
+        d.port
+    ));
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! When the safety-net rescan runs, as a small pure schedule (the loop owns the clock).
 //!
-//! The rescan ([`crate::snapshot::Snapshot::rescan`]) stats the whole synced tree, so it runs
+//! The rescan ([`crate::sync::snapshot::Snapshot::rescan`]) stats the whole synced tree, so it runs
 //! only while kdev is idle (no reload in flight, no watcher batch for [`QUIET`]), at most every
 //! [`MIN_EVERY`], and never more often than 20 times its own duration (≤ 5 % of one core on a
 //! huge tree). What it reports is not synced at once: a save the rescan saw a few milliseconds

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 /// A path under the sync root that is not synced, and why.
@@ -55,6 +56,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Why a path that is not a file, directory or symlink cannot be synced.
+    pub fn of_special(ft: std::fs::FileType) -> Reason {
+        if ft.is_fifo() {
+            Reason::Fifo
+        } else if ft.is_socket() {
+            Reason::Socket
+        } else if ft.is_block_device() {
+            Reason::BlockDevice
+        } else {
+            Reason::CharDevice
+        }
+    }
+
     /// The short form of an I/O error for a reason's text: "permission denied", not
     /// "Permission denied (os error 13)".
     pub fn io_text(e: &io::Error) -> String {

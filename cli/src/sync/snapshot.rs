@@ -27,12 +27,13 @@ use std::time::SystemTime;
 
 use kdev_protocol::EntryKind;
 
-use crate::hashcache::HashCache;
-use crate::tree::{
-    IgnoreRules, Listing, Local, Met, OpenError, Stat, TreeError, entry_cached, open_regular,
-    scan_below, scan_cached, walk,
+use crate::sync::hashcache::HashCache;
+use crate::sync::ignore::IgnoreRules;
+use crate::sync::stat::{OpenError, Stat, open_regular};
+use crate::sync::tree::{
+    Listing, Local, Met, TreeError, entry_cached, scan_below, scan_cached, walk,
 };
-use crate::unsyncable::{Reason, Unsyncable};
+use crate::sync::unsyncable::{Reason, Unsyncable};
 
 /// What a rescan found changed since the previous one (absolute paths, sorted).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -48,6 +49,7 @@ pub struct Changes {
 }
 
 impl Changes {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.removed.is_empty()
@@ -125,6 +127,7 @@ impl Snapshot {
     }
 
     /// The paths that cannot be synced, as of the last rescan.
+    #[cfg(test)]
     pub fn unsyncable(&self) -> impl Iterator<Item = &Unsyncable> {
         self.unsyncable.values()
     }
@@ -134,11 +137,8 @@ impl Snapshot {
         self.seen.values().filter(|s| s.synced()).count()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The hash cache's counters: (files hashed, hashes reused).
+    #[cfg(test)]
     pub fn hash_counts(&self) -> (u64, u64) {
         self.cache.counts()
     }
@@ -241,7 +241,7 @@ mod tests {
 
     /// A clock past every file's settling time, so that the tests do not depend on timing.
     fn later() -> SystemTime {
-        SystemTime::now() + crate::tree::SETTLE + Duration::from_secs(1)
+        SystemTime::now() + crate::sync::stat::SETTLE + Duration::from_secs(1)
     }
 
     fn project() -> (tempfile::TempDir, PathBuf, IgnoreRules) {
@@ -328,7 +328,7 @@ mod tests {
         fs::remove_file(root.join("main.go")).unwrap();
         let c = std::ffi::CString::new(root.join("main.go").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let c = crate::tree::tests::without_dac_override(|| snap.rescan(&rules)).unwrap();
+        let c = crate::sync::tree::without_dac_override(|| snap.rescan(&rules)).unwrap();
         assert_eq!(rel(&root, &c.removed), vec!["handlers/a.go", "main.go"]);
         let u: Vec<String> = c.unsyncable.iter().map(|u| u.to_string()).collect();
         assert_eq!(
@@ -424,7 +424,7 @@ mod tests {
         let files = TOP * SUB * FILES;
         let dirs = TOP * SUB + TOP;
         // A checkout from a while ago: its files have settled.
-        std::thread::sleep(crate::tree::SETTLE + Duration::from_millis(200));
+        std::thread::sleep(crate::sync::stat::SETTLE + Duration::from_millis(200));
         let rules = IgnoreRules::load(&root, &[]).unwrap();
         let mut snap = Snapshot::new(&root);
 

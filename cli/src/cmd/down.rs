@@ -7,9 +7,15 @@ use anyhow::Result;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 
-use crate::deploy::{self, LABEL_PROJECT};
-use crate::dev::{Project, connect};
-use crate::rewrite::LABEL_MANAGED_BY;
+use kdev_protocol::labels::{
+    MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
+};
+
+use crate::cluster::access;
+use crate::cluster::connect::connect;
+use crate::cluster::lease::lease_name;
+use crate::deploy;
+use crate::project::{Project, resolve_owner};
 use crate::ui::Ui;
 
 pub async fn down(
@@ -21,14 +27,15 @@ pub async fn down(
     let ui = Ui::detect();
     let project = Project::load(config_path)?;
     let cfg = &project.config;
-    let (client, ns) = connect(
+    let conn = connect(
         context.or(cfg.context.as_deref()),
         namespace.or(cfg.namespace.as_deref()),
     )
     .await?;
+    let (client, ns) = (conn.client, conn.namespace);
     let objects = deploy::load_manifests(&project.manifest_paths())?;
     let mut plan = project.deploy_plan(&objects, &ns, None)?;
-    let owner = crate::dev::resolve_owner(
+    let owner = resolve_owner(
         owner,
         cfg.owner.as_deref(),
         context.or(cfg.context.as_deref()),
@@ -36,7 +43,7 @@ pub async fn down(
     deploy::personalize(&mut plan, &owner);
     let discovered = deploy::discover(&client, &ns, &plan.objects).await?;
     let kinds = deploy::resource_kinds(&discovered);
-    crate::access::require(&client, &ns, &crate::access::needed_for_down(&kinds)).await?;
+    access::require(&client, &ns, &access::needed_for_down(&kinds)).await?;
     let mut removed = 0;
     for (obj, d) in plan.objects.iter().zip(&discovered).rev() {
         let (api, kind) = (&d.api, &d.resource.kind);
@@ -45,11 +52,13 @@ pub async fn down(
             continue;
         };
         let labels = live.labels();
-        let ours = labels.get(LABEL_MANAGED_BY).is_some_and(|v| v == "kdev")
+        let ours = labels
+            .get(LABEL_MANAGED_BY)
+            .is_some_and(|v| v == MANAGED_BY_KDEV)
             && labels
                 .get(LABEL_PROJECT)
                 .is_some_and(|v| v == &project.name)
-            && labels.get(deploy::LABEL_OWNER).is_some_and(|v| v == &owner);
+            && labels.get(LABEL_OWNER).is_some_and(|v| v == &owner);
         if !ours {
             ui.warn(&format!(
                 "{kind}/{name} in {ns} was not created by kdev for this project; left alone"
@@ -64,10 +73,7 @@ pub async fn down(
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), &ns);
     let _ = leases
-        .delete(
-            &crate::lease::lease_name(&plan.workload.name),
-            &DeleteParams::default(),
-        )
+        .delete(&lease_name(&plan.workload.name), &DeleteParams::default())
         .await;
     if removed == 0 {
         ui.step(&format!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
-use crate::rewrite::{CONTROLLER_PATH, SIDECAR_NAME};
+use crate::deploy::rewrite::{CONTROLLER_PATH, SIDECAR_NAME};
 
 /// Environment variable naming the controller binary to upload.
 pub const CONTROLLER_ENV: &str = "KDEV_CONTROLLER_BIN";

@@ -3,8 +3,8 @@
 //!
 //! The key is (path, size, mtime, ctime, inode, dev). Timestamps are coarse, so a same-size
 //! rewrite in the same tick as the hashed version leaves the key unchanged: a hash is therefore
-//! only kept when the file was already [settled](crate::tree::Stat::settled) (last changed at
-//! least [`SETTLE`](crate::tree::SETTLE) before) at the moment it was hashed. Any write after
+//! only kept when the file was already [settled](crate::sync::tree::Stat::settled) (last changed at
+//! least [`SETTLE`](crate::sync::stat::SETTLE) before) at the moment it was hashed. Any write after
 //! that moment moves mtime or ctime, so a matching key is the same content. Files changed
 //! recently are simply hashed again each time, which costs little: they are the few being
 //! edited.
@@ -19,8 +19,9 @@ use std::time::SystemTime;
 
 use kdev_protocol::{ContentHash, hash_reader};
 
-use crate::tree::{Local, OpenError, Stat, open_regular};
-use crate::unsyncable::{Reason, Unsyncable};
+use crate::sync::stat::{OpenError, Stat, open_regular};
+use crate::sync::tree::Local;
+use crate::sync::unsyncable::{Reason, Unsyncable};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
@@ -130,6 +131,7 @@ impl HashCache {
     }
 
     /// How many files were read and hashed, and how many hashes were reused, so far.
+    #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {
         (self.hashed, self.reused)
     }
@@ -139,15 +141,6 @@ impl HashCache {
     pub(crate) fn set_clock(&mut self, now: fn() -> SystemTime) {
         self.now = now;
     }
-
-    /// How many hashes are kept.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -156,7 +149,7 @@ mod tests {
     use std::fs;
 
     fn later() -> SystemTime {
-        SystemTime::now() + crate::tree::SETTLE + std::time::Duration::from_secs(1)
+        SystemTime::now() + crate::sync::stat::SETTLE + std::time::Duration::from_secs(1)
     }
 
     fn lookup(cache: &mut HashCache, abs: &Path) -> Option<String> {

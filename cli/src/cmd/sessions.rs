@@ -10,9 +10,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
-use crate::deploy::{LABEL_OWNER, LABEL_PROJECT};
-use crate::lease::LEASE_SECONDS;
-use crate::rewrite::LABEL_MANAGED_BY;
+use kdev_protocol::labels::{
+    MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
+    WORKLOAD_ANNOTATION,
+};
+
+use crate::cluster::access;
+use crate::cluster::connect::connect;
+use crate::cluster::lease::LEASE_SECONDS;
 use crate::ui::Ui;
 
 /// One dev session, as its Lease and pod describe it.
@@ -70,7 +75,7 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
             lease: l.name_any(),
             workload: l
                 .annotations()
-                .get("kdev.dev/workload")
+                .get(WORKLOAD_ANNOTATION)
                 .cloned()
                 .unwrap_or_default(),
             owner,
@@ -102,9 +107,26 @@ fn ago(now: Timestamp, t: Option<Timestamp>) -> String {
     }
 }
 
-/// `kdev sessions`: print the table.
-pub async fn print(client: &Client, ns: &str) -> Result<()> {
-    crate::access::require(client, ns, &crate::access::needed_for_sessions()).await?;
+/// `kdev sessions`: print the table of the namespace's sessions.
+pub async fn print(context: Option<&str>, namespace: Option<&str>) -> Result<()> {
+    let conn = connect(context, namespace).await?;
+    print_sessions(&conn.client, &conn.namespace).await
+}
+
+/// `kdev gc`: remove the sessions whose Lease expired more than `older_than` ago.
+pub async fn gc(
+    context: Option<&str>,
+    namespace: Option<&str>,
+    older_than: Duration,
+) -> Result<()> {
+    let conn = connect(context, namespace).await?;
+    gc_sessions(&conn.client, &conn.namespace, older_than, &Ui::detect())
+        .await
+        .map(|_| ())
+}
+
+async fn print_sessions(client: &Client, ns: &str) -> Result<()> {
+    access::require(client, ns, &access::needed_for_sessions()).await?;
     let now = Timestamp::now();
     let sessions = list(client, ns).await?;
     if sessions.is_empty() {
@@ -153,12 +175,11 @@ where
 /// `kdev gc`: remove the workloads, Services, ConfigMaps, Secrets (when the caller may) and
 /// Lease of every session whose Lease expired more than `older_than` ago; live sessions and
 /// everything else are left alone.
-pub async fn gc(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
-    crate::access::require(client, ns, &crate::access::needed_for_gc()).await?;
-    let may_delete_secrets =
-        crate::access::missing(client, ns, &crate::access::needed_for_gc_secrets())
-            .await?
-            .is_empty();
+async fn gc_sessions(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
+    access::require(client, ns, &access::needed_for_gc()).await?;
+    let may_delete_secrets = access::missing(client, ns, &access::needed_for_gc_secrets())
+        .await?
+        .is_empty();
     let now = Timestamp::now();
     let mut removed = 0;
     for s in list(client, ns).await? {

@@ -4,14 +4,17 @@
 
 use std::time::Duration;
 
+use crate::error::SessionLost;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::deploy::{LABEL_OWNER, LABEL_PROJECT};
-use crate::rewrite::LABEL_MANAGED_BY;
+use kdev_protocol::labels::{
+    MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV, OWNER as LABEL_OWNER,
+    PROJECT as LABEL_PROJECT, WORKLOAD_ANNOTATION,
+};
 
 /// How long a Lease lives without renewal.
 pub const LEASE_SECONDS: i32 = 15;
@@ -73,8 +76,8 @@ pub async fn acquire(
         "kind": "Lease",
         "metadata": {
             "name": name,
-            "labels": { LABEL_MANAGED_BY: "kdev", LABEL_OWNER: owner, LABEL_PROJECT: project },
-            "annotations": { "kdev.dev/workload": workload }
+            "labels": { LABEL_MANAGED_BY: MANAGED_BY_KDEV, LABEL_OWNER: owner, LABEL_PROJECT: project },
+            "annotations": { WORKLOAD_ANNOTATION: workload }
         },
         "spec": { "holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS }
     }))?;
@@ -98,11 +101,12 @@ pub async fn acquire(
                     .renew_time
                     .map(|t| now.as_second() - t.0.as_second())
                     .unwrap_or(0);
-                anyhow::bail!(
-                    "{workload} is already being developed by {other} (session since {since}, renewed \
-                     {ago}s ago). Stop that kdev first, wait {LEASE_SECONDS}s after it crashed, or \
-                     pass --take-over"
-                );
+                return Err(SessionLost(format!(
+                    "{workload} is already being developed by {other} (session since {since}, \
+                     renewed {ago}s ago). Stop that kdev first, wait {LEASE_SECONDS}s after it \
+                     crashed, or pass --take-over"
+                ))
+                .into());
             }
             lease.metadata.resource_version = current.resource_version();
             api.replace(&name, &PostParams::default(), &lease).await?;

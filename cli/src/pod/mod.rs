@@ -1,0 +1,7 @@
+//! What kdev does in and with the dev pod: upload the controller, the session stream to it,
+//! port-forwards, and Delve for `kdev debug`.
+
+pub mod bootstrap;
+pub mod delve;
+pub mod forward;
+pub mod session;

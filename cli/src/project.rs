@@ -1,0 +1,235 @@
+//! The project: kdev.yaml, where it lives, who is developing, and what kdev.yaml's build and
+//! run settings mean for the dev pod and the controller's session.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kdev_protocol::{BuildConfig, SessionConfig};
+
+use crate::config::{Config, FILE_NAME};
+use crate::deploy::{self, DebugSpec, DevPodSpec};
+use crate::pod::delve::DebugOptions;
+
+/// Who is developing: `--owner`, kdev.yaml's `owner`, else the kubeconfig user of the context.
+pub fn resolve_owner(
+    flag: Option<&str>,
+    config: Option<&str>,
+    context: Option<&str>,
+) -> Result<String> {
+    if let Some(o) = flag.or(config) {
+        if crate::config::is_dns_label(o) {
+            return Ok(o.to_string());
+        }
+        bail!("`{o}` is not a valid owner name (lowercase letters, digits and `-`, at most 63)");
+    }
+    let user = kube::config::Kubeconfig::read().ok().and_then(|kc| {
+        let ctx_name = context.map(String::from).or(kc.current_context.clone())?;
+        let ctx = kc.contexts.iter().find(|c| c.name == ctx_name)?;
+        ctx.context.as_ref()?.user.clone()
+    });
+    user.as_deref()
+        .and_then(deploy::owner_from_user)
+        .context("cannot tell who you are from the kubeconfig: pass --owner NAME or set `owner` in kdev.yaml")
+}
+
+/// A loaded project: kdev.yaml and where it lives.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+    pub config: Config,
+    pub name: String,
+}
+
+impl Project {
+    pub fn load(config_path: &Path) -> Result<Project> {
+        if !config_path.is_file() {
+            bail!(
+                "no {} at {}: run kdev in your project's root, or pass --file",
+                FILE_NAME,
+                config_path.display()
+            );
+        }
+        let config = Config::load(config_path)?;
+        let root = config_path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .canonicalize()
+            .context("resolving the project directory")?;
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "project".into());
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Ok(Project {
+            root,
+            config,
+            name: name.trim_matches('-').chars().take(63).collect(),
+        })
+    }
+
+    /// The local directory that is synced.
+    pub fn sync_root(&self) -> PathBuf {
+        match &self.config.sync.root {
+            Some(r) => self.root.join(r),
+            None => self.root.clone(),
+        }
+    }
+
+    pub fn manifest_paths(&self) -> Vec<PathBuf> {
+        if self.config.manifests.is_empty() {
+            vec![self.root.join("k8s")]
+        } else {
+            self.config
+                .manifests
+                .iter()
+                .map(|m| self.root.join(m))
+                .collect()
+        }
+    }
+
+    /// The sidecar image: configured, else `golang:<go directive of go.mod>`.
+    pub fn sidecar_image(&self) -> String {
+        if let Some(i) = &self.config.sidecar.image {
+            return i.clone();
+        }
+        let gomod = std::fs::read_to_string(self.sync_root().join("go.mod")).unwrap_or_default();
+        let version = gomod
+            .lines()
+            .find_map(|l| l.strip_prefix("go "))
+            .map(|v| v.trim().split('.').take(2).collect::<Vec<_>>().join("."))
+            .unwrap_or_else(|| "1".into());
+        format!("golang:{version}")
+    }
+
+    /// How the app's pod becomes a dev pod, from kdev.yaml.
+    pub fn dev_pod_spec(&self, debug: Option<&DebugOptions>) -> DevPodSpec {
+        let cfg = &self.config;
+        DevPodSpec {
+            container: cfg.container.clone(),
+            sidecar_image: self.sidecar_image(),
+            args: cfg.run.args.clone(),
+            stop_signal: cfg.run.stop_signal.clone(),
+            grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
+            labels: BTreeMap::new(),
+            debug: debug.map(|d| DebugSpec {
+                port: d.port,
+                continue_at_start: d.continue_at_start,
+            }),
+        }
+    }
+
+    /// The objects to apply in `namespace`, with the app's workload rewritten.
+    pub fn deploy_plan(
+        &self,
+        objects: &[deploy::ManifestObject],
+        namespace: &str,
+        debug: Option<&DebugOptions>,
+    ) -> Result<deploy::DeployPlan, deploy::DeployError> {
+        let workload = self.config.workload.as_ref();
+        deploy::prepare(
+            objects,
+            workload,
+            namespace,
+            &self.labels(),
+            &self.dev_pod_spec(debug),
+        )
+    }
+
+    /// Labels on everything kdev applies for this project.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            kdev_protocol::labels::PROJECT.to_string(),
+            self.name.clone(),
+        )])
+    }
+}
+
+/// Linker flag for `watch` builds: no DWARF. Nothing in the loop reads it (panics and pprof use
+/// the symbol table, which stays), and linking without it takes about a quarter less time
+/// (gin-hello: 0.75 s → 0.55 s in the pod).
+pub const WATCH_LDFLAGS: &str = "-ldflags=-w";
+
+/// `go build` flags: the user's, then for `kdev debug` the ones that keep code debuggable, and
+/// for `kdev watch` [`WATCH_LDFLAGS`] unless the user sets linker flags (theirs win, whole).
+fn go_build_flags(build: &crate::config::BuildConfig, debug: bool) -> Vec<String> {
+    let mut flags = build.flags.clone();
+    if debug {
+        flags.push(crate::pod::delve::DEBUG_GCFLAGS.to_string());
+        return flags;
+    }
+    let sets_ldflags = |s: &str| s.trim_start_matches('-').starts_with("ldflags");
+    let user_ldflags = build.flags.iter().any(|f| sets_ldflags(f))
+        || build
+            .env
+            .get("GOFLAGS")
+            .is_some_and(|g| g.split_whitespace().any(sets_ldflags));
+    if !user_ldflags {
+        flags.insert(0, WATCH_LDFLAGS.to_string());
+    }
+    flags
+}
+
+impl Project {
+    /// What the controller is told at the handshake: where the sources live, how to build,
+    /// which port means "ready".
+    pub fn session_config(&self, debug: bool, app_port: Option<u16>) -> SessionConfig {
+        let cfg = &self.config;
+        SessionConfig {
+            sync_root: Some(cfg.sync.remote.clone()),
+            build: BuildConfig {
+                package: Some(cfg.build.package.clone()),
+                flags: go_build_flags(&cfg.build, debug),
+                env: cfg.build.env.clone(),
+                ..Default::default()
+            },
+            app_port,
+            forward_app_output: true,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BuildConfig;
+
+    #[test]
+    fn watch_builds_drop_dwarf_unless_the_user_sets_ldflags() {
+        let mut b = BuildConfig {
+            flags: vec!["-tags".into(), "dev".into()],
+            ..Default::default()
+        };
+        assert_eq!(go_build_flags(&b, false), ["-ldflags=-w", "-tags", "dev"]);
+        // Debugging needs DWARF and unoptimized code.
+        assert_eq!(
+            go_build_flags(&b, true),
+            ["-tags", "dev", "-gcflags=all=-N -l"]
+        );
+        b.flags = vec!["-ldflags".into(), "-X main.v=1".into()];
+        assert_eq!(go_build_flags(&b, false), ["-ldflags", "-X main.v=1"]);
+        b.flags = vec!["--ldflags=-s".into()];
+        assert_eq!(go_build_flags(&b, false), ["--ldflags=-s"]);
+        b.flags.clear();
+        b.env
+            .insert("GOFLAGS".into(), "-mod=mod -ldflags=-X=main.v=2".into());
+        assert!(go_build_flags(&b, false).is_empty());
+    }
+}

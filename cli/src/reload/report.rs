@@ -1,0 +1,238 @@
+//! What the user sees of a reload: the one line per reload (what changed, how long syncing,
+//! building, restarting and becoming ready took), build errors with local paths, the app's own
+//! output, and the `--timings` record.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use kdev_protocol::{BuildOutcome, Event, ServerMessage, Stream};
+
+use crate::reload::timings::{self, PodDurations, Timeline, TimingsLog};
+use crate::ui::{Ui, fmt_duration, summarize_paths};
+
+/// The reload in progress, and how reloads are reported.
+pub struct Report {
+    pub reload: Option<Reload>,
+    /// The port whose readiness ends a reload; without one, the restart ends it.
+    pub app_port: Option<u16>,
+    /// `--timings`.
+    pub timings: Option<TimingsLog>,
+    /// The local sync root, to show build errors with local paths.
+    pub root: PathBuf,
+}
+
+/// Timings of one reload, for its summary line and `--timings`.
+pub struct Reload {
+    changed: Vec<String>,
+    started: Instant,
+    patch_ms: u64,
+    pod: PodDurations,
+    timeline: Timeline,
+}
+
+impl Reload {
+    pub fn new(changed: Vec<String>, started: Instant, event_at: Option<SystemTime>) -> Reload {
+        let now = SystemTime::now();
+        Reload {
+            changed,
+            started,
+            patch_ms: started.elapsed().as_millis() as u64,
+            pod: PodDurations::default(),
+            timeline: Timeline {
+                event_at_ms: event_at.map(timings::unix_ms),
+                sync_at_ms: timings::unix_ms(now - started.elapsed()),
+                applied_at_ms: Some(timings::unix_ms(now)),
+                ..Timeline::default()
+            },
+        }
+    }
+}
+
+/// The reload's summary line, and its `--timings` record.
+fn finish_reload(r: Reload, state: &mut Report, ui: &Ui) {
+    let ms = |v: Option<u64>| {
+        v.map(|v| fmt_duration(Duration::from_millis(v)))
+            .unwrap_or_else(|| "-".into())
+    };
+    ui.ok(&format!(
+        "{} → synced {}, built {}, restarted {}, ready {} (total {})",
+        summarize_paths(&r.changed),
+        ms(Some(r.patch_ms)),
+        ms(r.pod.build_ms),
+        ms(r.pod.restart_ms),
+        ms(r.pod.ready_ms),
+        fmt_duration(r.started.elapsed()),
+    ));
+    if let Some(log) = state.timings.as_mut()
+        && let Err(e) = log.record(&r.changed, &r.timeline, r.pod)
+    {
+        ui.warn(&format!("{e:#}; no more timings are written"));
+        state.timings = None;
+    }
+}
+
+/// Show an event from the controller.
+pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
+    let event = match msg {
+        ServerMessage::Event { event, .. } => event,
+        ServerMessage::Error(e) => {
+            ui.warn(&format!("controller: {}: {}", e.code, e.message));
+            return;
+        }
+        _ => return,
+    };
+    match event {
+        Event::BuildStarted { .. } => {}
+        Event::BuildFinished {
+            outcome,
+            elapsed_ms,
+            output,
+            ..
+        } => match outcome {
+            BuildOutcome::Succeeded => {
+                if let Some(r) = state.reload.as_mut() {
+                    r.pod.build_ms = Some(elapsed_ms);
+                    r.timeline.built_at_ms = Some(timings::now_ms());
+                }
+            }
+            BuildOutcome::Cancelled => {}
+            BuildOutcome::Failed | BuildOutcome::Error => {
+                // This reload ends here (and the rescan may run again).
+                let what = state
+                    .reload
+                    .take()
+                    .map(|r| summarize_paths(&r.changed))
+                    .unwrap_or_default();
+                ui.fail(&format!(
+                    "{what} → build failed in {} (the previous version keeps running)",
+                    fmt_duration(Duration::from_millis(elapsed_ms))
+                ));
+                ui.detail(&map_build_output(&output, &state.root));
+            }
+        },
+        Event::Restarted { elapsed_ms, .. } => {
+            if let Some(r) = state.reload.as_mut() {
+                r.pod.restart_ms = Some(elapsed_ms);
+                r.timeline.restarted_at_ms = Some(timings::now_ms());
+            }
+            // Without a port to wait for, the restart is the end of the reload.
+            if state.app_port.is_none()
+                && let Some(r) = state.reload.take()
+            {
+                finish_reload(r, state, ui);
+            }
+        }
+        Event::Ready { elapsed_ms, .. } => match state.reload.take() {
+            Some(mut r) => {
+                r.pod.ready_ms = Some(elapsed_ms);
+                r.timeline.ready_at_ms = Some(timings::now_ms());
+                finish_reload(r, state, ui);
+            }
+            None => ui.ok(&format!(
+                "app ready in {}",
+                fmt_duration(Duration::from_millis(elapsed_ms))
+            )),
+        },
+        Event::NotReady {
+            port,
+            waited_ms,
+            reason,
+            ..
+        } => {
+            state.reload = None;
+            ui.warn(&format!(
+                "app not accepting on port {port} after {}: {reason}",
+                fmt_duration(Duration::from_millis(waited_ms))
+            ));
+        }
+        Event::RestartFailed { reason, .. } => {
+            state.reload = None;
+            ui.fail(&format!("restart failed: {reason}"))
+        }
+        Event::AppStarted { .. } => {}
+        Event::AppExited {
+            code,
+            signal,
+            expected,
+            next_start_in_ms,
+            last_output,
+            ..
+        } => {
+            if !expected {
+                let how = match (code, signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "unknown status".into(),
+                };
+                let again = next_start_in_ms
+                    .map(|ms| {
+                        format!(
+                            "; restarting in {}",
+                            fmt_duration(Duration::from_millis(ms))
+                        )
+                    })
+                    .unwrap_or_default();
+                ui.fail(&format!("app exited ({how}){again}"));
+                let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
+                if !tail.is_empty() {
+                    ui.detail(&tail.join("\n"));
+                }
+                if let Some(hint) = crate::pod::delve::ptrace_hint(&tail.join("\n")) {
+                    ui.warn(hint);
+                }
+            }
+        }
+        Event::AppOutput { stream, line, .. } => ui.app(stream == Stream::Stderr, &line),
+        Event::AppOutputDropped { lines } => {
+            ui.warn(&format!("{lines} lines of app output dropped"))
+        }
+        Event::Warning { message, .. } => ui.warn(&message),
+    }
+}
+
+/// Compiler output names files relative to the sync root (`./handlers/ping.go:12:5: ...`):
+/// rewrite them to paths relative to where the user runs kdev, so editors can jump to them.
+pub fn map_build_output(output: &str, local_root: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let base = local_root
+        .strip_prefix(&cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| local_root.to_path_buf());
+    output
+        .lines()
+        .map(|line| {
+            let trimmed = line.strip_prefix("./").unwrap_or(line);
+            let is_location = trimmed
+                .split(':')
+                .next()
+                .is_some_and(|f| f.ends_with(".go"))
+                && trimmed.contains(':');
+            if is_location && !trimmed.starts_with('/') {
+                if base.as_os_str().is_empty() {
+                    trimmed.to_string()
+                } else {
+                    format!("{}/{trimmed}", base.display())
+                }
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_output_paths_become_local() {
+        let cwd = std::env::current_dir().unwrap();
+        let out = "# example.com/gin-hello\n./main.go:12:5: undefined: foo\nhandlers/ping.go:3:1: syntax error";
+        assert_eq!(
+            map_build_output(out, &cwd.join("examples/gin-hello")),
+            "# example.com/gin-hello\nexamples/gin-hello/main.go:12:5: undefined: foo\nexamples/gin-hello/handlers/ping.go:3:1: syntax error"
+        );
+        assert_eq!(map_build_output("./main.go:1:1: x", &cwd), "main.go:1:1: x");
+    }
+}

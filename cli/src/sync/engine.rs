@@ -1,0 +1,404 @@
+//! The sync engine: keeps the pod's tree equal to the local one over a [`ControllerSession`].
+//!
+//! It lists the local tree (through the [`Snapshot`], which hashes only what changed), asks
+//! the pod for its listing (the reconcile), and sends what differs in patches that respect the
+//! pod's limits. It remembers what the pod holds, so a batch of changed paths costs a stat and
+//! a hash of those paths only. What cannot be synced is named once and left out; what the pod
+//! refuses is named once and not sent again until it changes. The engine knows nothing of
+//! Kubernetes: its tests run it against a local `kdev-controller serve`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use kdev_protocol::{BuildMode, Entry};
+
+use crate::pod::session::ControllerSession;
+use crate::sync::ignore::IgnoreRules;
+use crate::sync::plan::{self, SyncPlan};
+use crate::sync::snapshot::Snapshot;
+use crate::sync::tar::build_patch_tar;
+use crate::sync::tree;
+use crate::sync::unsyncable::Unsyncable;
+use crate::ui::Ui;
+
+/// Patches are split into frames of about this size (well under the protocol's 64 MiB).
+const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// An initial sync larger than this shows a progress bar.
+const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
+
+/// The sync engine: what the CLI believes the pod holds, and how to make the pod's tree equal
+/// to the local one over a [`ControllerSession`].
+pub struct SyncEngine {
+    pub rules: IgnoreRules,
+    pub root: PathBuf,
+    /// path → entry as last sent (or reported by the pod).
+    known: BTreeMap<String, Entry>,
+    /// Entries the pod refused, as they were when refused: not sent again (nor warned about
+    /// again) until they change locally.
+    refused: BTreeMap<String, Entry>,
+    /// The local tree's stat snapshot and hash cache: listings hash only what changed, and the
+    /// periodic rescan finds what the watcher missed.
+    pub snapshot: Snapshot,
+    /// Local paths that cannot be synced and were warned about (once each).
+    warned: BTreeSet<PathBuf>,
+    /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
+    pub build_mode: BuildMode,
+}
+
+impl SyncEngine {
+    pub fn new(root: &Path, rules: IgnoreRules, build_mode: BuildMode) -> SyncEngine {
+        SyncEngine {
+            rules,
+            root: root.to_path_buf(),
+            known: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            snapshot: Snapshot::new(root),
+            warned: BTreeSet::new(),
+            build_mode,
+        }
+    }
+
+    /// Drop from `plan` what the pod refused before and is unchanged since. `local` holds the
+    /// current local entries of the paths the plan covers; with `complete`, it is the whole
+    /// tree, and refusals of paths no longer there are forgotten too.
+    fn skip_refused(
+        &mut self,
+        plan: &mut SyncPlan,
+        local: &BTreeMap<String, Entry>,
+        complete: bool,
+    ) {
+        self.refused.retain(|p, e| match local.get(p) {
+            Some(now) => now == e,
+            None => !complete,
+        });
+        plan.send.retain(|p| !self.refused.contains_key(p));
+    }
+
+    /// Warn once about each path that cannot be synced.
+    pub fn warn_unsyncable(&mut self, found: &[Unsyncable], ui: &Ui) {
+        for u in found {
+            if self.warned.insert(u.path.clone()) {
+                ui.warn(&u.warning());
+            }
+        }
+    }
+
+    /// Warn once about each newly refused entry (with how to stop syncing it) and remember it,
+    /// so it is neither sent nor reported again while it stays as it is.
+    fn note_refused(&mut self, refused: &[kdev_protocol::Refused], ui: &Ui) {
+        for r in refused {
+            let first_time = match self.known.remove(&r.path) {
+                Some(entry) => self.refused.insert(r.path.clone(), entry).is_none(),
+                None => true,
+            };
+            if first_time {
+                ui.warn(&format!(
+                    "{} cannot be synced: {}; skipped, everything else keeps syncing (to silence \
+                     this, add `/{}` to .kdevignore or to sync.exclude in kdev.yaml)",
+                    r.path, r.reason, r.path
+                ));
+            }
+        }
+    }
+}
+
+/// What the reconcile did.
+#[derive(Debug)]
+pub struct InitialSync {
+    pub started: Instant,
+    /// Files in the local tree.
+    pub files: usize,
+    /// Their bytes.
+    pub compared_bytes: u64,
+    /// Nothing was sent and no build started: the pod already held this tree, built.
+    pub in_sync: bool,
+}
+
+/// The pod's listing, with what it could not list (a FIFO, an unreadable file) as entries of
+/// unknown content: such a path is deleted when it is not local, and replaced when it is, so
+/// the pod's tree ends up equal to the local one either way.
+fn pod_listing(remote: kdev_protocol::ReconcileResult) -> Vec<Entry> {
+    let mut entries = remote.entries;
+    entries.extend(
+        remote
+            .skipped
+            .iter()
+            .filter_map(|s| kdev_protocol::normalize_wire_path(&s.path).ok())
+            .map(|path| Entry {
+                path,
+                kind: kdev_protocol::EntryKind::File,
+                size: 0,
+                mode: 0,
+                hash: None,
+                target: None,
+            }),
+    );
+    entries
+}
+
+/// What sending a plan did.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The pod started a build after the last patch.
+    build_started: bool,
+    /// Entries the pod refused (the rest was applied).
+    refused: Vec<kdev_protocol::Refused>,
+    /// Local paths left out because they could no longer be synced.
+    skipped: Vec<Unsyncable>,
+}
+
+/// What [`sync_paths`] applied.
+#[derive(Debug)]
+pub struct Synced {
+    /// Paths written (deletions as `-path`), as the reload line shows them.
+    pub changed: Vec<String>,
+    /// When syncing began.
+    pub started: Instant,
+}
+
+impl SyncEngine {
+    /// Reconcile: make the pod's tree equal to the local one, then build if needed.
+    pub async fn initial_sync(
+        &mut self,
+        session: &mut ControllerSession,
+        ui: &Ui,
+    ) -> Result<InitialSync> {
+        let started = Instant::now();
+        let remote = session.reconcile().await?;
+        let listing = self.snapshot.scan(&self.rules)?;
+        self.warn_unsyncable(&listing.unsyncable, ui);
+        let local = listing.entries;
+        let local_by_path: BTreeMap<String, Entry> =
+            local.iter().map(|e| (e.path.clone(), e.clone())).collect();
+        let mut plan = plan::plan(&local, &pod_listing(remote));
+        self.skip_refused(&mut plan, &local_by_path, true);
+        let bytes: u64 = plan
+            .send
+            .iter()
+            .filter_map(|p| local_by_path.get(p))
+            .map(|e| e.size)
+            .sum();
+        if !plan.is_empty() {
+            ui.step(&format!(
+                "sending {} paths ({:.1} KiB), deleting {} stale paths in the pod",
+                plan.send.len(),
+                bytes as f64 / 1024.0,
+                plan.delete.len()
+            ));
+        }
+        // A large initial sync gets a progress bar (only on a terminal: indicatif hides it otherwise).
+        let progress = (bytes > PROGRESS_THRESHOLD).then(|| {
+            let bar = indicatif::ProgressBar::new(bytes);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        // Sent even when empty: in `Auto` mode an empty patch builds if the pod's tree is unbuilt.
+        let sent = self
+            .send_plan(session, &plan, BuildMode::Auto, true, progress.as_ref())
+            .await?;
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        self.known = local_by_path;
+        self.note_refused(&sent.refused, ui);
+        self.warn_unsyncable(&sent.skipped, ui);
+        let files = self
+            .known
+            .values()
+            .filter(|e| e.kind == kdev_protocol::EntryKind::File)
+            .count();
+        Ok(InitialSync {
+            started,
+            files,
+            compared_bytes: self.known.values().map(|e| e.size).sum(),
+            in_sync: plan.is_empty() && !sent.build_started,
+        })
+    }
+
+    /// Sync paths that may have changed. `None` when the pod already held them all (or refused
+    /// every one of them): nothing was applied, no reload follows.
+    pub async fn sync_paths(
+        &mut self,
+        session: &mut ControllerSession,
+        paths: &BTreeSet<PathBuf>,
+        ui: &Ui,
+    ) -> Result<Option<Synced>> {
+        let started = Instant::now();
+        let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut prefixes: BTreeSet<String> = BTreeSet::new();
+        for path in paths {
+            if path.file_name().is_some_and(|n| n == ".gitignore") {
+                self.rules.reload_gitignore(path);
+            }
+            let Ok(rel) = path.strip_prefix(&self.root) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            if rel.is_empty() {
+                // The root itself: rescan everything.
+                let listing = self.snapshot.scan(&self.rules)?;
+                self.warn_unsyncable(&listing.unsyncable, ui);
+                for e in listing.entries {
+                    fresh.insert(e.path.clone(), e);
+                }
+                prefixes.insert(String::new());
+                continue;
+            }
+            prefixes.insert(rel.clone());
+            match self.snapshot.entry(&self.rules, path) {
+                tree::Local::Entry(e) => {
+                    let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
+                    fresh.insert(e.path.clone(), e);
+                    if is_dir {
+                        // A directory that appeared (or was renamed in) brings its contents along.
+                        let below = self.snapshot.below(&self.rules, path);
+                        self.warn_unsyncable(&below.unsyncable, ui);
+                        for e in below.entries {
+                            fresh.insert(e.path.clone(), e);
+                        }
+                    }
+                }
+                // Treated as absent: the pod loses what it had there.
+                tree::Local::Unsyncable(u) => self.warn_unsyncable(std::slice::from_ref(&u), ui),
+                tree::Local::Absent => {}
+            }
+        }
+        let under = |p: &str, prefix: &str| {
+            prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"))
+        };
+        let old: Vec<Entry> = self
+            .known
+            .values()
+            .filter(|e| prefixes.iter().any(|pre| under(&e.path, pre)))
+            .cloned()
+            .collect();
+        let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
+        let mut plan = plan::plan(&fresh_list, &old);
+        self.skip_refused(&mut plan, &fresh, false);
+        for d in &plan.delete {
+            self.refused.retain(|p, _| !under(p, d));
+        }
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let mut changed: Vec<String> = plan
+            .send
+            .iter()
+            .filter(|p| {
+                fresh
+                    .get(*p)
+                    .is_some_and(|e| e.kind != kdev_protocol::EntryKind::Dir)
+            })
+            .cloned()
+            .collect();
+        changed.extend(plan.delete.iter().map(|p| format!("-{p}")));
+        if changed.is_empty() {
+            changed = plan.send.clone();
+        }
+        let sent = self
+            .send_plan(session, &plan, self.build_mode, false, None)
+            .await?;
+        for d in &plan.delete {
+            self.known.retain(|p, _| !under(p, d));
+        }
+        for e in fresh_list {
+            self.known.insert(e.path.clone(), e);
+        }
+        self.note_refused(&sent.refused, ui);
+        self.warn_unsyncable(&sent.skipped, ui);
+        let refused_all = !sent.refused.is_empty()
+            && plan.delete.is_empty()
+            && plan
+                .send
+                .iter()
+                .all(|p| sent.refused.iter().any(|r| &r.path == p));
+        if refused_all {
+            return Ok(None);
+        }
+        Ok(Some(Synced { changed, started }))
+    }
+
+    /// Send a plan in frames that respect the controller's limits. Only the last one asks for a
+    /// build, so a large initial sync builds once. Entries the pod refuses are returned, not
+    /// fatal: everything else was applied and keeps syncing.
+    async fn send_plan(
+        &self,
+        session: &mut ControllerSession,
+        plan: &SyncPlan,
+        build: BuildMode,
+        always_send: bool,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<Sent> {
+        let mut sent = Sent::default();
+        let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
+        let mut size = 0;
+        for p in &plan.send {
+            let len = std::fs::symlink_metadata(self.root.join(p))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(p.clone());
+            }
+        }
+        if plan.is_empty() && !always_send {
+            return Ok(sent);
+        }
+        // Deletions go first, in patches of at most the pod's limit (the tar chunks follow).
+        let max_deletes = (session.welcome.limits.max_deletes as usize).max(1);
+        let mut delete_batches: Vec<Vec<String>> = plan
+            .delete
+            .chunks(max_deletes)
+            .map(<[String]>::to_vec)
+            .collect();
+        let mut patches: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let last_deletes = delete_batches.pop().unwrap_or_default();
+        patches.extend(delete_batches.into_iter().map(|d| (d, Vec::new())));
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let deletes = if i == 0 {
+                last_deletes.clone()
+            } else {
+                Vec::new()
+            };
+            patches.push((deletes, chunk));
+        }
+        let n = patches.len();
+        for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
+            let patch = build_patch_tar(&self.root, &chunk)?;
+            // Changed since it was listed into something that cannot be synced: left out now; the
+            // next rescan sees the change and removes the pod's copy.
+            sent.skipped.extend(patch.skipped);
+            let tar = patch.tar;
+            let mode = if i + 1 == n { build } else { BuildMode::Never };
+            let bytes = tar.len() as u64;
+            let result = session.patch(deletes, tar, mode).await?;
+            if let Some(bar) = progress {
+                bar.inc(bytes);
+            }
+            if let Some(whole) = result
+                .refused
+                .iter()
+                .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+            {
+                bail!("the pod refused a whole patch: {}", whole.reason);
+            }
+            sent.refused.extend(result.refused);
+            sent.build_started = result.build_id.is_some();
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests;

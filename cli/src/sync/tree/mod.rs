@@ -1,0 +1,340 @@
+//! The local source tree: what it holds, as a listing in the same shape as the controller's
+//! (what is synced is decided by [`crate::sync::ignore`]; how it differs from the pod's, by
+//! [`crate::sync::plan`]).
+//!
+//! The listing never follows a symlink: the walk uses lstat (`d_type`, `fstatat` without
+//! following), a single path is listed only when every parent is a real directory, and a
+//! symlink is resolved against the links of the local tree with readlink only
+//! ([`kdev_protocol::paths::resolve_symlink_target`]). What the pod cannot hold (sockets,
+//! FIFOs, devices, links leaving the root, unreadable files and directories, names that are not
+//! UTF-8) is classified as [`Unsyncable`] and left out, so that the rest keeps syncing.
+
+use std::fs::Metadata;
+use std::path::{Path, PathBuf};
+
+use kdev_protocol::paths::{check_symlink_target_form, resolve_symlink_target};
+use kdev_protocol::{Entry, EntryKind, PathError, wire_path_from_relative};
+
+use crate::sync::hashcache::HashCache;
+use crate::sync::ignore::IgnoreRules;
+use crate::sync::stat::Stat;
+use crate::sync::unsyncable::{Reason, Unsyncable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one local path is, for syncing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// Synced: its entry.
+    Entry(Entry),
+    /// There, but it cannot be synced (the caller warns once, and treats it as absent).
+    Unsyncable(Unsyncable),
+    /// Not synced: gone, ignored, reached only through a symlink, or not under the root.
+    Absent,
+}
+
+/// A listing: the synced entries (sorted by path) and what could not be synced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub unsyncable: Vec<Unsyncable>,
+}
+
+/// List the synced tree under `root` in the controller's [`Entry`] shape, sorted by path:
+/// files with their BLAKE3 hash, symlinks with their target, and directories; plus the paths
+/// that cannot be synced. Only an unreadable root is an error.
+#[cfg(test)]
+pub fn scan(root: &Path, rules: &IgnoreRules) -> Result<Listing, TreeError> {
+    scan_cached(root, rules, &mut HashCache::default())
+}
+
+/// [`scan`], hashing only files whose stat is not in `cache`.
+pub fn scan_cached(
+    root: &Path,
+    rules: &IgnoreRules,
+    cache: &mut HashCache,
+) -> Result<Listing, TreeError> {
+    let mut out = Listing::default();
+    cache.begin_pass();
+    walk(root, rules, root, &mut |met| match met {
+        Met::Unsyncable(u) => out.unsyncable.push(u),
+        Met::Synced { wire, abs, stat } if stat.kind == EntryKind::File => {
+            match cache.file_entry(wire, &abs, &stat) {
+                Local::Entry(e) => out.entries.push(e),
+                Local::Unsyncable(u) => out.unsyncable.push(u),
+                Local::Absent => {}
+            }
+        }
+        Met::Synced { wire, stat, .. } => out.entries.push(stat.entry(wire, None)),
+    })?;
+    cache.end_pass();
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    out.unsyncable.sort();
+    Ok(out)
+}
+
+/// Everything below the synced directory `dir` (not `dir` itself), as [`scan`] lists it. A
+/// directory that is gone has nothing below it.
+pub fn scan_below(root: &Path, dir: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Listing {
+    let mut out = Listing::default();
+    let res = walk(root, rules, dir, &mut |met| match met {
+        Met::Unsyncable(u) => out.unsyncable.push(u),
+        Met::Synced { wire, abs, stat } if stat.kind == EntryKind::File => {
+            match cache.file_entry(wire, &abs, &stat) {
+                Local::Entry(e) => out.entries.push(e),
+                Local::Unsyncable(u) => out.unsyncable.push(u),
+                Local::Absent => {}
+            }
+        }
+        Met::Synced { wire, stat, .. } => out.entries.push(stat.entry(wire, None)),
+    });
+    if let Err(TreeError::Io { source, .. }) = res
+        && source.kind() != std::io::ErrorKind::NotFound
+        && let Ok(rel) = dir.strip_prefix(root)
+    {
+        out.unsyncable.push(Unsyncable::new(
+            rel,
+            Reason::UnreadableDir(Reason::io_text(&source)),
+        ));
+    }
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// What the walk met.
+pub(crate) enum Met {
+    Synced {
+        wire: String,
+        abs: PathBuf,
+        stat: Stat,
+    },
+    Unsyncable(Unsyncable),
+}
+
+/// Walk the synced tree below `dir` (the root, or a synced directory under it), parents before
+/// children, never through a symlink. Problems with single paths are [`Met::Unsyncable`]; only
+/// an unreadable `dir` is an error.
+pub(crate) fn walk(
+    root: &Path,
+    rules: &IgnoreRules,
+    dir: &Path,
+    visit: &mut dyn FnMut(Met),
+) -> Result<(), TreeError> {
+    let io = |source| TreeError::Io {
+        path: dir.into(),
+        source,
+    };
+    let wire = match dir.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => String::new(),
+        Ok(rel) => wire_path_from_relative(rel)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?,
+        Err(_) => return Ok(()),
+    };
+    let entries = read_entries(dir).map_err(io)?;
+    walk_entries(root, rules, &wire, entries, visit);
+    Ok(())
+}
+
+fn read_entries(dir: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
+    std::fs::read_dir(dir)?.collect()
+}
+
+fn walk_entries(
+    root: &Path,
+    rules: &IgnoreRules,
+    dir_wire: &str,
+    entries: Vec<std::fs::DirEntry>,
+    visit: &mut dyn FnMut(Met),
+) {
+    let rel = |abs: &Path| abs.strip_prefix(root).unwrap_or(abs).to_path_buf();
+    for de in entries {
+        let abs = de.path();
+        // lstat (fstatat without following), relative to the open directory.
+        let meta = match de.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let reason = Reason::UnreadableFile(Reason::io_text(&e));
+                visit(Met::Unsyncable(Unsyncable::new(rel(&abs), reason)));
+                continue;
+            }
+        };
+        // The parents are synced (the walk is below them): only this name can exclude it.
+        if rules.excludes(&abs, meta.is_dir()) {
+            continue;
+        }
+        let name = de.file_name();
+        let Some(name) = name.to_str() else {
+            visit(Met::Unsyncable(Unsyncable::new(
+                rel(&abs),
+                Reason::NameNotUtf8,
+            )));
+            continue;
+        };
+        let wire = if dir_wire.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir_wire}/{name}")
+        };
+        match classify(root, &abs, wire, &meta) {
+            None => {}
+            Some(Met::Synced { wire, abs, stat }) if stat.kind == EntryKind::Dir => {
+                // Listed before it is reported, so an unreadable directory is reported as such
+                // rather than as an empty one (which would delete the pod's copy of its files).
+                match read_entries(&abs) {
+                    Ok(children) => {
+                        visit(Met::Synced {
+                            wire: wire.clone(),
+                            abs,
+                            stat,
+                        });
+                        walk_entries(root, rules, &wire, children, visit);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => visit(Met::Unsyncable(Unsyncable::new(
+                        wire,
+                        Reason::UnreadableDir(Reason::io_text(&e)),
+                    ))),
+                }
+            }
+            Some(met) => visit(met),
+        }
+    }
+}
+
+/// What the path at `abs` (wire path `wire`, lstat `meta`) is for syncing, without reading a
+/// file's content; `None` when it vanished meanwhile.
+pub(crate) fn classify(root: &Path, abs: &Path, wire: String, meta: &Metadata) -> Option<Met> {
+    let ft = meta.file_type();
+    let unsyncable = |wire: String, reason| Some(Met::Unsyncable(Unsyncable::new(wire, reason)));
+    if ft.is_dir() || ft.is_file() {
+        let stat = Stat::from_metadata(meta, None);
+        return Some(Met::Synced {
+            wire,
+            abs: abs.to_path_buf(),
+            stat,
+        });
+    }
+    if ft.is_symlink() {
+        let target = match std::fs::read_link(abs) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return unsyncable(wire, Reason::UnreadableFile(Reason::io_text(&e))),
+        };
+        let Some(target) = target.to_str() else {
+            return unsyncable(wire, Reason::SymlinkTargetNotUtf8);
+        };
+        let target = target.to_string();
+        let resolved = resolve_symlink_target(&wire, &target, |p| read_local_link(root, p));
+        let resolved = resolved.and_then(|r| check_symlink_target_form(&wire, &target).map(|_| r));
+        return match resolved {
+            Ok(_) => {
+                let stat = Stat::from_metadata(meta, Some(target));
+                Some(Met::Synced {
+                    wire,
+                    abs: abs.to_path_buf(),
+                    stat,
+                })
+            }
+            Err(PathError::SymlinkAbsolute { .. }) => {
+                unsyncable(wire, Reason::SymlinkAbsolute { target })
+            }
+            Err(PathError::SymlinkLoop { .. }) => unsyncable(wire, Reason::SymlinkLoop { target }),
+            Err(PathError::SymlinkDotDotAfterName { suggestion, .. }) => {
+                unsyncable(wire, Reason::SymlinkDotDot { target, suggestion })
+            }
+            Err(_) => unsyncable(wire, Reason::SymlinkOutside { target }),
+        };
+    }
+    unsyncable(wire, Reason::of_special(ft))
+}
+
+/// The target of the symlink at wire path `wire` in the local tree, `None` when it is not a
+/// symlink. lstat and readlink only: the resolver hands in paths whose parents are already
+/// resolved to real directories, so nothing is followed.
+fn read_local_link(root: &Path, wire: &str) -> Option<String> {
+    let path = root.join(wire);
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    std::fs::read_link(&path)
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+/// Whether every parent of `rel` below `root` is a real directory (not a symlink): only then is
+/// `root/rel` a path of the tree rather than one reached through a link.
+pub fn parents_are_dirs(root: &Path, rel: &Path) -> bool {
+    let mut dir = root.to_path_buf();
+    let mut components = rel.components().peekable();
+    while let Some(c) = components.next() {
+        if components.peek().is_none() {
+            return true;
+        }
+        dir.push(c);
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The listing entry for one path (what the watcher reported), or why it is not synced.
+#[cfg(test)]
+pub fn entry_for(root: &Path, path: &Path, rules: &IgnoreRules) -> Local {
+    entry_cached(root, path, rules, &mut HashCache::default())
+}
+
+/// [`entry_for`], hashing a file only when its stat is not in `cache`.
+pub fn entry_cached(root: &Path, path: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Local {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Local::Absent;
+    };
+    if rel.as_os_str().is_empty() || !parents_are_dirs(root, rel) {
+        return Local::Absent;
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Local::Absent,
+        Err(e) => {
+            let reason = Reason::UnreadableFile(Reason::io_text(&e));
+            return Local::Unsyncable(Unsyncable::new(rel, reason));
+        }
+    };
+    if rules.is_ignored(path, meta.is_dir()) {
+        return Local::Absent;
+    }
+    let Ok(wire) = wire_path_from_relative(rel) else {
+        return Local::Unsyncable(Unsyncable::new(rel, Reason::NameNotUtf8));
+    };
+    match classify(root, path, wire, &meta) {
+        None => Local::Absent,
+        Some(Met::Unsyncable(u)) => Local::Unsyncable(u),
+        Some(Met::Synced { wire, abs, stat }) => match stat.kind {
+            EntryKind::File => cache.file_entry(wire, &abs, &stat),
+            EntryKind::Dir => match std::fs::read_dir(&abs) {
+                Ok(_) => Local::Entry(stat.entry(wire, None)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Local::Absent,
+                Err(e) => Local::Unsyncable(Unsyncable::new(
+                    wire,
+                    Reason::UnreadableDir(Reason::io_text(&e)),
+                )),
+            },
+            EntryKind::Symlink => Local::Entry(stat.entry(wire, None)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) use tests::without_dac_override;
