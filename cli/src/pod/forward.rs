@@ -59,7 +59,9 @@ pub async fn start(
             let mut exits = app_exits.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                if let Err(error) = forward_one(&mut target, &mut exits, conn, remote).await {
+                let span = tracing::info_span!("forward", local = addr.port(), remote);
+                let forwarded = forward_one(&mut target, &mut exits, conn, remote);
+                if let Err(error) = tracing::Instrument::instrument(forwarded, span).await {
                     let _ = events.send(ForwardEvent::Failed {
                         local: addr.port(),
                         error,

@@ -88,29 +88,34 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             elapsed_ms,
             output,
             ..
-        } => match outcome {
-            BuildOutcome::Succeeded => {
-                if let Some(r) = state.reload.as_mut() {
-                    r.pod.build_ms = Some(elapsed_ms);
-                    r.timeline.built_at_ms = Some(timings::now_ms());
+        } => {
+            // The pod's phases, as `-v` shows the CLI's own spans.
+            tracing::info!(target: "kdev::phase", phase = "build", ?outcome, elapsed_ms);
+            match outcome {
+                BuildOutcome::Succeeded => {
+                    if let Some(r) = state.reload.as_mut() {
+                        r.pod.build_ms = Some(elapsed_ms);
+                        r.timeline.built_at_ms = Some(timings::now_ms());
+                    }
+                }
+                BuildOutcome::Cancelled => {}
+                BuildOutcome::Failed | BuildOutcome::Error => {
+                    // This reload ends here (and the rescan may run again).
+                    let what = state
+                        .reload
+                        .take()
+                        .map(|r| summarize_paths(&r.changed))
+                        .unwrap_or_default();
+                    ui.fail(&format!(
+                        "{what} → build failed in {} (the previous version keeps running)",
+                        fmt_duration(Duration::from_millis(elapsed_ms))
+                    ));
+                    ui.detail(&map_build_output(&output, &state.root));
                 }
             }
-            BuildOutcome::Cancelled => {}
-            BuildOutcome::Failed | BuildOutcome::Error => {
-                // This reload ends here (and the rescan may run again).
-                let what = state
-                    .reload
-                    .take()
-                    .map(|r| summarize_paths(&r.changed))
-                    .unwrap_or_default();
-                ui.fail(&format!(
-                    "{what} → build failed in {} (the previous version keeps running)",
-                    fmt_duration(Duration::from_millis(elapsed_ms))
-                ));
-                ui.detail(&map_build_output(&output, &state.root));
-            }
-        },
+        }
         Event::Restarted { elapsed_ms, .. } => {
+            tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
             if let Some(r) = state.reload.as_mut() {
                 r.pod.restart_ms = Some(elapsed_ms);
                 r.timeline.restarted_at_ms = Some(timings::now_ms());
