@@ -9,7 +9,6 @@ use kube::api::Api;
 use tokio::io::AsyncReadExt;
 
 use crate::deploy::rewrite::DLV_PATH;
-use crate::project::Project;
 use crate::ui::Ui;
 
 /// Delve's default port.
@@ -51,6 +50,13 @@ pub fn editor_config(
          then in the debugger's path mappings map {local} to {remote_root}"
     );
     (vscode, goland)
+}
+
+/// What the editor's attach configuration maps: the local sources, the pod's, the project.
+pub struct EditorTarget<'a> {
+    pub local_root: &'a Path,
+    pub remote_root: &'a str,
+    pub name: &'a str,
 }
 
 /// Print the editor configuration.
@@ -119,7 +125,7 @@ pub async fn announce(
     pods: &Api<Pod>,
     pod: &str,
     d: &DebugOptions,
-    project: &Project,
+    editor: &EditorTarget<'_>,
     ui: &Ui,
     announced: &mut bool,
 ) {
@@ -135,12 +141,7 @@ pub async fn announce(
                     "Delve listening on 127.0.0.1:{} — attach your editor:",
                     d.port
                 ));
-                print_editor_config(
-                    &project.sync_root(),
-                    &project.config.sync.remote,
-                    d.port,
-                    &project.name,
-                );
+                print_editor_config(editor.local_root, editor.remote_root, d.port, editor.name);
                 *announced = true;
             }
             return;

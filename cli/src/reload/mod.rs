@@ -250,7 +250,12 @@ impl ReloadLoop<'_> {
                         }
                         report::show_message(m, &mut self.report, self.ui);
                         if let (true, Some(d)) = (restarted, &self.debug) {
-                            delve::announce(&live.pods, &live.pod, d, self.project, self.ui, delve_announced).await;
+                            let editor = delve::EditorTarget {
+                                local_root: &self.engine.root,
+                                remote_root: &self.project.config.sync.remote,
+                                name: &self.project.name,
+                            };
+                            delve::announce(&live.pods, &live.pod, d, &editor, self.ui, delve_announced).await;
                         }
                     }
                     Err(e) => return Ok(e.into()),
