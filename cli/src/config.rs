@@ -4,7 +4,7 @@
 //! (often nothing: the manifests in `k8s/` and their only Deployment). Unknown fields are errors,
 //! so a typo is reported with its line and column instead of being silently ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +39,14 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// Something wrong with one entry of `services:`.
+    #[error("{path}:{line}: service `{service}`: {message}")]
+    Service {
+        path: PathBuf,
+        line: usize,
+        service: String,
+        message: String,
+    },
 }
 
 /// The configuration as written in `kdev.yaml`.
@@ -65,6 +73,31 @@ pub struct Config {
     /// Default: the kubeconfig user's name.
     #[serde(default)]
     pub owner: Option<String>,
+    #[serde(default)]
+    pub build: BuildConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub run: RunConfig,
+    #[serde(default)]
+    pub sidecar: SidecarConfig,
+    /// Several services in one session, each with its own workload, build, sync and run
+    /// settings. Without it, the fields above describe the one service.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service of a `services:` list: a workload and how to build, sync and run it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceConfig {
+    /// A DNS label: prefixes the service's output, and `kdev watch NAME` selects it.
+    pub name: String,
+    /// Default: the Deployment (or StatefulSet) named like the service.
+    #[serde(default)]
+    pub workload: Option<WorkloadRef>,
+    #[serde(default)]
+    pub container: Option<String>,
     #[serde(default)]
     pub build: BuildConfig,
     #[serde(default)]
@@ -310,7 +343,112 @@ impl Config {
             })?
         };
         config.validate(path)?;
+        config.validate_services(path, text)?;
         Ok(config)
+    }
+
+    /// The services of this file: the `services:` list, or the one service the top-level fields
+    /// describe (named after its workload once the manifests are known; `""` here).
+    pub fn services(&self) -> Vec<ServiceConfig> {
+        if !self.services.is_empty() {
+            return self.services.clone();
+        }
+        vec![ServiceConfig {
+            name: String::new(),
+            workload: self.workload.clone(),
+            container: self.container.clone(),
+            build: self.build.clone(),
+            sync: self.sync.clone(),
+            run: self.run.clone(),
+            sidecar: self.sidecar.clone(),
+        }]
+    }
+
+    /// Each service's own fields, and what services must not share: names, workloads, local
+    /// ports. Errors name the service and its line.
+    fn validate_services(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        if self.services.is_empty() {
+            return Ok(());
+        }
+        // The n-th entry with this name (a duplicate is reported where it repeats).
+        let err_nth = |service: &str, nth: usize, message: String| ConfigError::Service {
+            path: path.to_path_buf(),
+            line: service_line(text, service, nth).unwrap_or(1),
+            service: service.to_string(),
+            message,
+        };
+        let err = |service: &str, message: String| err_nth(service, 0, message);
+        let top_level = [
+            ("workload", self.workload.is_some()),
+            ("container", self.container.is_some()),
+            ("build", self.build != BuildConfig::default()),
+            ("sync", self.sync != SyncConfig::default()),
+            ("run", self.run != RunConfig::default()),
+            ("sidecar", self.sidecar != SidecarConfig::default()),
+        ];
+        if let Some((field, _)) = top_level.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message: "with `services:`, each service has its own; move it into the services \
+                          that need it"
+                    .into(),
+            });
+        }
+        let mut names = BTreeSet::new();
+        let mut workloads = BTreeMap::new();
+        let mut ports = BTreeMap::new();
+        for svc in &self.services {
+            if !is_dns_label(&svc.name) {
+                return Err(err(
+                    &svc.name,
+                    "a service name is a DNS label (lowercase letters, digits and `-`, at most 63)"
+                        .into(),
+                ));
+            }
+            if !names.insert(svc.name.as_str()) {
+                return Err(err_nth(
+                    &svc.name,
+                    1,
+                    "the name is used by two services".into(),
+                ));
+            }
+            let workload = svc
+                .workload
+                .as_ref()
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| format!("deployment/{}", svc.name));
+            if let Some(other) = workloads.insert(workload.clone(), svc.name.as_str()) {
+                return Err(err(
+                    &svc.name,
+                    format!("{workload} is already the workload of service `{other}`"),
+                ));
+            }
+            for p in svc.run.ports.iter().flatten() {
+                if let Some(other) = ports.insert(p.local, svc.name.as_str()) {
+                    return Err(err(
+                        &svc.name,
+                        format!(
+                            "local port {} is also forwarded for service `{other}`; map another \
+                             one, e.g. `\"{}:{}\"`",
+                            p.local,
+                            p.local.wrapping_add(1),
+                            p.remote
+                        ),
+                    ));
+                }
+            }
+            let fields = Fields {
+                container: &svc.container,
+                build: &svc.build,
+                sync: &svc.sync,
+                run: &svc.run,
+            };
+            if let Err((field, message)) = fields.validate() {
+                return Err(err(&svc.name, format!("{field}: {message}")));
+            }
+        }
+        Ok(())
     }
 
     /// Read and parse the file.
@@ -328,22 +466,9 @@ impl Config {
             field,
             message,
         };
-        if !self.sync.remote.starts_with('/') {
-            return Err(invalid(
-                "sync.remote",
-                format!("`{}` must be an absolute path in the pod", self.sync.remote),
-            ));
-        }
-        if self.sync.remote.split('/').any(|c| c == "..") {
-            return Err(invalid(
-                "sync.remote",
-                format!("`{}` must not contain `..`", self.sync.remote),
-            ));
-        }
         let labels = [
             ("namespace", &self.namespace, "namespace name"),
             ("owner", &self.owner, "owner"),
-            ("container", &self.container, "container name"),
         ];
         for (field, value, what) in labels {
             if let Some(v) = value
@@ -357,27 +482,91 @@ impl Config {
                 ));
             }
         }
+        let fields = Fields {
+            container: &self.container,
+            build: &self.build,
+            sync: &self.sync,
+            run: &self.run,
+        };
+        fields
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))
+    }
+}
+
+/// The fields one service has, wherever they are written (top level or in `services:`).
+struct Fields<'a> {
+    container: &'a Option<String>,
+    build: &'a BuildConfig,
+    sync: &'a SyncConfig,
+    run: &'a RunConfig,
+}
+
+impl Fields<'_> {
+    /// The first field that is wrong, and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.sync.remote.starts_with('/') {
+            return Err((
+                "sync.remote",
+                format!("`{}` must be an absolute path in the pod", self.sync.remote),
+            ));
+        }
+        if self.sync.remote.split('/').any(|c| c == "..") {
+            return Err((
+                "sync.remote",
+                format!("`{}` must not contain `..`", self.sync.remote),
+            ));
+        }
+        if let Some(v) = self.container
+            && !is_dns_label(v)
+        {
+            return Err((
+                "container",
+                format!(
+                    "`{v}` is not a valid container name (lowercase letters, digits and `-`, at \
+                     most 63)"
+                ),
+            ));
+        }
         if let Some(sig) = &self.run.stop_signal
             && let Err(e) = kdev_protocol::Signal::parse(sig)
         {
-            return Err(invalid("run.stopSignal", e.to_string()));
+            return Err(("run.stopSignal", e.to_string()));
         }
         for key in self.build.env.keys() {
             if key.is_empty() || key.contains('=') {
-                return Err(invalid(
+                return Err((
                     "build.env",
                     format!("`{key}` is not an environment variable name"),
                 ));
             }
         }
         if self.build.package.is_empty() {
-            return Err(invalid(
+            return Err((
                 "build.package",
                 "must not be empty (use `.` for the sync root)".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// The line of the `nth` `services:` entry named `name` (its `name:` line), for messages.
+fn service_line(text: &str, name: &str, nth: usize) -> Option<usize> {
+    let start = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("services:"))?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, l)| {
+            let l = l.trim_start().trim_start_matches('-').trim_start();
+            l.strip_prefix("name:")
+                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == name)
+                .unwrap_or(false)
+        })
+        .nth(nth)
+        .map(|(i, _)| i + 1)
 }
 
 /// yaml_serde appends " at line L column C" to messages; we print the location first instead.
@@ -417,6 +606,79 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.build.package, ".");
         assert_eq!(c.sync.remote, "/kdev/src");
+    }
+
+    const SERVICES: &str = "\
+manifests: [k8s/]
+services:
+  - name: orders
+    workload: deployment/orders
+    build: {package: ./cmd/orders}
+  - name: gateway
+    workload: deployment/gateway
+    build: {package: ./cmd/gateway}
+    run: {ports: [\"8080\"]}
+";
+
+    #[test]
+    fn services_parse_and_a_file_without_them_is_one_service() {
+        let c = parse(SERVICES).unwrap();
+        let s = c.services();
+        assert_eq!(
+            s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["orders", "gateway"]
+        );
+        assert_eq!(s[1].build.package, "./cmd/gateway");
+        assert_eq!(s[1].run.ports.as_ref().unwrap()[0].local, 8080);
+        let one = parse("workload: gin-hello\nbuild: {package: ./cmd/x}\n").unwrap();
+        let s = one.services();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].build.package, "./cmd/x");
+        assert_eq!(s[0].workload.as_ref().unwrap().name, "gin-hello");
+    }
+
+    #[test]
+    fn malformed_services_name_the_line_and_the_service() {
+        let dup = SERVICES.replace("name: gateway", "name: orders");
+        let err = parse(&dup).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "kdev.yaml:6: service `orders`: the name is used by two services"
+        );
+        let two_on_one_port = SERVICES.replace(
+            "    build: {package: ./cmd/orders}",
+            "    build: {package: ./cmd/orders}\n    run: {ports: [8080]}",
+        );
+        let err = parse(&two_on_one_port).unwrap_err().to_string();
+        assert!(
+            err.starts_with("kdev.yaml:7: service `gateway`: local port 8080 is also forwarded for service `orders`"),
+            "{err}"
+        );
+        let same_workload = SERVICES.replace("deployment/gateway", "deployment/orders");
+        let err = parse(&same_workload).unwrap_err().to_string();
+        assert!(
+            err.contains("deployment/orders is already the workload of service `orders`"),
+            "{err}"
+        );
+        let bad_name = SERVICES.replace("name: gateway", "name: Gateway_1");
+        assert!(
+            parse(&bad_name)
+                .unwrap_err()
+                .to_string()
+                .contains("DNS label")
+        );
+        let mixed = format!("build: {{package: ./x}}\n{SERVICES}");
+        let err = parse(&mixed).unwrap_err().to_string();
+        assert!(
+            err.contains("build: with `services:`, each service has its own"),
+            "{err}"
+        );
+        let bad_field = SERVICES.replace("./cmd/gateway}", "\"\"}");
+        let err = parse(&bad_field).unwrap_err().to_string();
+        assert!(
+            err.contains("service `gateway`: build.package: must not be empty"),
+            "{err}"
+        );
     }
 
     #[test]

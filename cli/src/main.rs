@@ -103,6 +103,10 @@ enum Command {
 /// Flags of the dev loop that `watch` and `debug` share.
 #[derive(Debug, clap::Args)]
 struct SessionArgs {
+    /// The services to develop, by their names in kdev.yaml's `services:` [default: all]. The
+    /// others are applied as the manifests say.
+    #[arg(value_name = "SERVICE")]
+    services: Vec<String>,
     /// Watch by polling instead of inotify (for network file systems or VMs that do not
     /// deliver file events).
     #[arg(long)]
@@ -132,6 +136,7 @@ fn watch_options(
         config_path: cli.file.clone(),
         namespace: cli.namespace.clone(),
         context: cli.context.clone(),
+        services: session.services.clone(),
         poll: session.poll,
         pod_timeout: session.pod_timeout,
         debug,

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use kdev_protocol::{BuildConfig, SessionConfig};
 
-use crate::config::{Config, FILE_NAME};
-use crate::deploy::{self, DebugSpec, DevPodSpec};
+use crate::config::{Config, FILE_NAME, ServiceConfig};
+use crate::deploy::{self, DebugSpec, DevPodSpec, DevTarget};
+use crate::error::UsageError;
 use crate::pod::delve::DebugOptions;
 
 /// Who is developing: `--owner`, kdev.yaml's `owner`, else the kubeconfig user of the context.
@@ -84,14 +85,6 @@ impl Project {
         })
     }
 
-    /// The local directory that is synced.
-    pub fn sync_root(&self) -> PathBuf {
-        match &self.config.sync.root {
-            Some(r) => self.root.join(r),
-            None => self.root.clone(),
-        }
-    }
-
     pub fn manifest_paths(&self) -> Vec<PathBuf> {
         if self.config.manifests.is_empty() {
             vec![self.root.join("k8s")]
@@ -101,6 +94,92 @@ impl Project {
                 .iter()
                 .map(|m| self.root.join(m))
                 .collect()
+        }
+    }
+
+    /// Every service of kdev.yaml (one, when it has no `services:`).
+    pub fn services(&self) -> Vec<Service> {
+        self.config
+            .services()
+            .into_iter()
+            .map(|config| Service {
+                root: self.root.clone(),
+                config,
+            })
+            .collect()
+    }
+
+    /// The services `names` select (all when empty), or a usage error naming the unknown one.
+    pub fn select_services(&self, names: &[String]) -> Result<Vec<Service>, UsageError> {
+        let all = self.services();
+        if names.is_empty() {
+            return Ok(all);
+        }
+        let known: Vec<&str> = all.iter().map(|s| s.config.name.as_str()).collect();
+        for n in names {
+            if !known.contains(&n.as_str()) {
+                return Err(UsageError(if known == [""] {
+                    format!(
+                        "kdev.yaml has no `services:`, so there is no service `{n}` to select; \
+                         run `kdev watch` alone"
+                    )
+                } else {
+                    format!(
+                        "no service `{n}` in kdev.yaml (it has: {})",
+                        known.join(", ")
+                    )
+                }));
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|s| names.contains(&s.config.name))
+            .collect())
+    }
+
+    /// The objects to apply in `namespace`, with the workloads of `services` rewritten for
+    /// development (`debug`: the services run under Delve, by name).
+    pub fn deploy_plan(
+        &self,
+        objects: &[deploy::ManifestObject],
+        namespace: &str,
+        services: &[Service],
+        debug: &BTreeMap<String, DebugOptions>,
+    ) -> Result<deploy::DeployPlan, deploy::DeployError> {
+        let targets: Vec<DevTarget<'_>> = services
+            .iter()
+            .map(|s| DevTarget {
+                service: &s.config.name,
+                workload: s.config.workload.as_ref(),
+                dev: s.dev_pod_spec(debug.get(&s.config.name)),
+            })
+            .collect();
+        deploy::prepare(objects, &targets, namespace, &self.labels())
+    }
+
+    /// Labels on everything kdev applies for this project.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            kdev_protocol::labels::PROJECT.to_string(),
+            self.name.clone(),
+        )])
+    }
+}
+
+/// One service of the project: a workload, and how to build, sync and run it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The project root (paths in the service's config are relative to it).
+    root: PathBuf,
+    pub config: ServiceConfig,
+}
+
+impl Service {
+    /// The local directory that is synced.
+    pub fn sync_root(&self) -> PathBuf {
+        match &self.config.sync.root {
+            Some(r) => self.root.join(r),
+            None => self.root.clone(),
         }
     }
 
@@ -118,7 +197,7 @@ impl Project {
         format!("golang:{version}")
     }
 
-    /// How the app's pod becomes a dev pod, from kdev.yaml.
+    /// How the service's pod becomes a dev pod.
     pub fn dev_pod_spec(&self, debug: Option<&DebugOptions>) -> DevPodSpec {
         let cfg = &self.config;
         DevPodSpec {
@@ -135,29 +214,22 @@ impl Project {
         }
     }
 
-    /// The objects to apply in `namespace`, with the app's workload rewritten.
-    pub fn deploy_plan(
-        &self,
-        objects: &[deploy::ManifestObject],
-        namespace: &str,
-        debug: Option<&DebugOptions>,
-    ) -> Result<deploy::DeployPlan, deploy::DeployError> {
-        let workload = self.config.workload.as_ref();
-        deploy::prepare(
-            objects,
-            workload,
-            namespace,
-            &self.labels(),
-            &self.dev_pod_spec(debug),
-        )
-    }
-
-    /// Labels on everything kdev applies for this project.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            kdev_protocol::labels::PROJECT.to_string(),
-            self.name.clone(),
-        )])
+    /// What the controller is told at the handshake: where the sources live, how to build,
+    /// which port means "ready".
+    pub fn session_config(&self, debug: bool, app_port: Option<u16>) -> SessionConfig {
+        let cfg = &self.config;
+        SessionConfig {
+            sync_root: Some(cfg.sync.remote.clone()),
+            build: BuildConfig {
+                package: Some(cfg.build.package.clone()),
+                flags: go_build_flags(&cfg.build, debug),
+                env: cfg.build.env.clone(),
+                ..Default::default()
+            },
+            app_port,
+            forward_app_output: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -184,26 +256,6 @@ fn go_build_flags(build: &crate::config::BuildConfig, debug: bool) -> Vec<String
         flags.insert(0, WATCH_LDFLAGS.to_string());
     }
     flags
-}
-
-impl Project {
-    /// What the controller is told at the handshake: where the sources live, how to build,
-    /// which port means "ready".
-    pub fn session_config(&self, debug: bool, app_port: Option<u16>) -> SessionConfig {
-        let cfg = &self.config;
-        SessionConfig {
-            sync_root: Some(cfg.sync.remote.clone()),
-            build: BuildConfig {
-                package: Some(cfg.build.package.clone()),
-                flags: go_build_flags(&cfg.build, debug),
-                env: cfg.build.env.clone(),
-                ..Default::default()
-            },
-            app_port,
-            forward_app_output: true,
-            ..Default::default()
-        }
-    }
 }
 
 #[cfg(test)]

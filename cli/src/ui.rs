@@ -3,10 +3,18 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ui {
     color: bool,
+    /// With several services, each line starts with the service's name (in a colour of its
+    /// own on a terminal), padded so the lines align.
+    prefix: Option<(String, &'static str)>,
 }
+
+/// Colours for service names, in kdev.yaml's order.
+const SERVICE_COLORS: [&str; 6] = [
+    "\x1b[36m", "\x1b[35m", "\x1b[34m", "\x1b[33m", "\x1b[32m", "\x1b[31m",
+];
 
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[31m";
@@ -19,13 +27,29 @@ impl Ui {
     pub fn detect() -> Ui {
         Ui {
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            prefix: None,
+        }
+    }
+
+    /// The same output, each line prefixed with service `name` (the `index`-th service),
+    /// padded to `width`.
+    pub fn for_service(&self, name: &str, index: usize, width: usize) -> Ui {
+        Ui {
+            color: self.color,
+            prefix: Some((
+                format!("{name:<width$}"),
+                SERVICE_COLORS[index % SERVICE_COLORS.len()],
+            )),
         }
     }
 
     /// No colours (tests).
     #[cfg(test)]
     pub fn plain() -> Ui {
-        Ui { color: false }
+        Ui {
+            color: false,
+            prefix: None,
+        }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -37,8 +61,12 @@ impl Ui {
     }
 
     fn line(&self, s: &str) {
+        let line = match &self.prefix {
+            Some((name, color)) => format!("{} {s}", self.paint(color, &format!("{name} │"))),
+            None => s.to_string(),
+        };
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{s}");
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
 

@@ -34,7 +34,12 @@ pub async fn down(
     .await?;
     let (client, ns) = (conn.client, conn.namespace);
     let objects = deploy::load_manifests(&project.manifest_paths())?;
-    let mut plan = project.deploy_plan(&objects, &ns, None)?;
+    let mut plan = project.deploy_plan(
+        &objects,
+        &ns,
+        &project.services(),
+        &std::collections::BTreeMap::new(),
+    )?;
     let owner = resolve_owner(
         owner,
         cfg.owner.as_deref(),
@@ -72,9 +77,11 @@ pub async fn down(
     // The session lock, unless a live kdev still holds it (then it is that session's to release).
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), &ns);
-    let _ = leases
-        .delete(&lease_name(&plan.workload.name), &DeleteParams::default())
-        .await;
+    for w in &plan.workloads {
+        let _ = leases
+            .delete(&lease_name(&w.workload.name), &DeleteParams::default())
+            .await;
+    }
     if removed == 0 {
         ui.step(&format!(
             "nothing of project {} to remove in namespace {ns}",

@@ -1,5 +1,6 @@
 //! Applying: find each object's API resource (discovery), then server-side apply as kdev.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -66,19 +67,51 @@ pub fn resource_kinds(discovered: &[Discovered]) -> Vec<(String, String)> {
     out
 }
 
-/// Apply every object with server-side apply (field manager `kdev`), in manifest order;
-/// `discovered` is [`discover`]'s answer for `plan.objects`.
-pub async fn apply(plan: &DeployPlan, discovered: &[Discovered]) -> Result<(), DeployError> {
+/// Apply every object with server-side apply (field manager `kdev`): first everything but the
+/// dev workloads, in manifest order, then the dev workloads with `hostAliases` to the
+/// developer's copies of the dev services ([`super::aliases`]), whose ClusterIPs are known by
+/// then. `discovered` is [`discover`]'s answer for `plan.objects`.
+pub async fn apply(
+    plan: &DeployPlan,
+    discovered: &[Discovered],
+    namespace: &str,
+) -> Result<(), DeployError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for (obj, d) in plan.objects.iter().zip(discovered) {
-        d.api
-            .patch(&obj.name_any(), &params, &Patch::Apply(obj))
-            .await
-            .map_err(|source| DeployError::Apply {
-                kind: d.resource.kind.clone(),
-                name: obj.name_any(),
-                source,
-            })?;
+    let is_dev = |i: usize| plan.workloads.iter().any(|w| w.index == i);
+    let mut cluster_ips = BTreeMap::new();
+    for (i, (obj, d)) in plan.objects.iter().zip(discovered).enumerate() {
+        if is_dev(i) {
+            continue;
+        }
+        let applied = patch(d, obj, &params).await?;
+        if d.resource.kind == "Service"
+            && let Some(ip) = applied.data["spec"]["clusterIP"].as_str()
+            && ip != "None"
+            && !ip.is_empty()
+        {
+            cluster_ips.insert(applied.name_any(), ip.to_string());
+        }
+    }
+    let aliases = super::aliases::host_aliases(plan, &cluster_ips, namespace);
+    for w in &plan.workloads {
+        let mut obj = plan.objects[w.index].clone();
+        super::aliases::add_to_workload(&mut obj.data, &aliases);
+        patch(&discovered[w.index], &obj, &params).await?;
     }
     Ok(())
+}
+
+async fn patch(
+    d: &Discovered,
+    obj: &DynamicObject,
+    params: &PatchParams,
+) -> Result<DynamicObject, DeployError> {
+    d.api
+        .patch(&obj.name_any(), params, &Patch::Apply(obj))
+        .await
+        .map_err(|source| DeployError::Apply {
+            kind: d.resource.kind.clone(),
+            name: obj.name_any(),
+            source,
+        })
 }

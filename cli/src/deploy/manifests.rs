@@ -107,6 +107,8 @@ pub fn parse_manifests(text: &str, path: &Path) -> Result<Vec<ManifestObject>, D
 pub fn find_workload(
     objects: &[ManifestObject],
     wanted: Option<&WorkloadRef>,
+    by_name: Option<&str>,
+    only_one: bool,
 ) -> Result<usize, DeployError> {
     let kind_of = |o: &ManifestObject| match o.kind() {
         "Deployment" => Some(WorkloadKind::Deployment),
@@ -133,8 +135,8 @@ pub fn find_workload(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match wanted {
-        Some(w) => workloads
+    if let Some(w) = wanted {
+        return workloads
             .iter()
             .find(|(_, x)| x == w)
             .map(|(i, _)| *i)
@@ -143,17 +145,30 @@ pub fn find_workload(
                     "workload {w} is not in the manifests (they have: {})",
                     list()
                 ))
-            }),
-        None => match workloads.as_slice() {
-            [(i, _)] => Ok(*i),
-            [] => Err(DeployError::Workload(
-                "the manifests contain no Deployment or StatefulSet to run the app".into(),
-            )),
-            _ => Err(DeployError::Workload(format!(
-                "the manifests contain several workloads ({}); name the app's in kdev.yaml, e.g. `workload: {}`",
-                list(),
-                workloads[0].1
-            ))),
-        },
+            });
+    }
+    if let Some(name) = by_name {
+        if let Some((i, _)) = workloads.iter().find(|(_, w)| w.name == name) {
+            return Ok(*i);
+        }
+        if !only_one {
+            return Err(DeployError::Workload(format!(
+                "service `{name}`: no workload named {name} in the manifests (they have: {}); \
+                 set its `workload`",
+                list()
+            )));
+        }
+    }
+    match workloads.as_slice() {
+        [(i, _)] => Ok(*i),
+        [] => Err(DeployError::Workload(
+            "the manifests contain no Deployment or StatefulSet to run the app".into(),
+        )),
+        _ => Err(DeployError::Workload(format!(
+            "the manifests contain several workloads ({}); name the app's in kdev.yaml, e.g. \
+             `workload: {}`",
+            list(),
+            workloads[0].1
+        ))),
     }
 }

@@ -2,6 +2,7 @@
 //! workload ([`rewrite`], planned here), make every object the owner's own ([`personalize`]),
 //! apply with server-side apply ([`apply`]), and find the dev pod ([`wait`]).
 
+mod aliases;
 mod apply;
 mod manifests;
 mod personalize;
@@ -94,27 +95,65 @@ pub fn api_message(e: &kube::Error) -> String {
     }
 }
 
-/// The objects to apply, with the app's workload rewritten, everything labelled and namespaced.
+/// A workload to run in dev mode, as kdev.yaml's service describes it.
 #[derive(Debug, Clone)]
-pub struct DeployPlan {
-    pub objects: Vec<DynamicObject>,
+pub struct DevTarget<'a> {
+    /// The service's name (`""` for a kdev.yaml without `services:`).
+    pub service: &'a str,
+    /// kdev.yaml's `workload`; default: the workload named like the service, else the only one.
+    pub workload: Option<&'a WorkloadRef>,
+    pub dev: DevPodSpec,
+}
+
+/// One workload rewritten into a dev workload.
+#[derive(Debug, Clone)]
+pub struct DevWorkload {
+    /// The kdev.yaml service it runs (the workload's name when kdev.yaml has no `services:`).
+    pub service: String,
     pub workload: WorkloadRef,
     /// Labels that select the dev pod.
     pub pod_selector: BTreeMap<String, String>,
     pub notes: RewriteNotes,
+    /// Its index in [`DeployPlan::objects`].
+    pub index: usize,
+    /// The manifests' Services that select its pods, by their names in the manifests: the names
+    /// the developer's other services call it by.
+    pub service_names: Vec<String>,
 }
 
-/// Build the deploy plan (pure: no cluster access).
+/// The objects to apply, with the dev workloads rewritten, everything labelled and namespaced.
+#[derive(Debug, Clone)]
+pub struct DeployPlan {
+    pub objects: Vec<DynamicObject>,
+    pub workloads: Vec<DevWorkload>,
+    /// Service names in the manifests → their names as applied (`orders` → `orders-alice`).
+    pub renamed_services: BTreeMap<String, String>,
+}
+
+/// Build the deploy plan (pure: no cluster access). Objects not named by a target are applied
+/// as the manifests say (labelled as kdev's).
 pub fn prepare(
     objects: &[ManifestObject],
-    wanted: Option<&WorkloadRef>,
+    targets: &[DevTarget<'_>],
     namespace: &str,
     labels: &BTreeMap<String, String>,
-    dev: &DevPodSpec,
 ) -> Result<DeployPlan, DeployError> {
-    let index = find_workload(objects, wanted)?;
+    let mut indexes = Vec::new();
+    for t in targets {
+        let by_name = (!t.service.is_empty()).then_some(t.service);
+        let index = find_workload(objects, t.workload, by_name, targets.len() == 1)?;
+        if let Some(j) = indexes.iter().position(|i| *i == index) {
+            return Err(DeployError::Workload(format!(
+                "services `{}` and `{}` would both run {}",
+                targets[j].service,
+                t.service,
+                objects[index].object.name_any()
+            )));
+        }
+        indexes.push(index);
+    }
     let mut out = Vec::new();
-    let mut result = None;
+    let mut workloads = Vec::new();
     for (i, m) in objects.iter().enumerate() {
         let mut obj = m.object.clone();
         obj.metadata.namespace = Some(namespace.to_string());
@@ -126,20 +165,60 @@ pub fn prepare(
             .labels
             .get_or_insert_with(Default::default)
             .insert(LABEL_MANAGED_BY.into(), MANAGED_BY_KDEV.into());
-        if i == index {
-            let (rewritten, workload, selector, notes) = rewrite_workload(obj, m, dev, labels)?;
+        if let Some(t) = indexes.iter().position(|x| *x == i) {
+            let target = &targets[t];
+            let (rewritten, workload, selector, notes) =
+                rewrite_workload(obj, m, &target.dev, labels)?;
             obj = rewritten;
-            result = Some((workload, selector, notes));
+            let service = if target.service.is_empty() {
+                workload.name.clone()
+            } else {
+                target.service.to_string()
+            };
+            workloads.push(DevWorkload {
+                service,
+                service_names: services_selecting(objects, m),
+                workload,
+                pod_selector: selector,
+                notes,
+                index: i,
+            });
         }
         out.push(obj);
     }
-    let (workload, pod_selector, notes) = result.expect("the workload index is in range");
+    // In the order of the targets (kdev.yaml's order).
+    workloads.sort_by_key(|w| indexes.iter().position(|i| *i == w.index));
+    let renamed_services = objects
+        .iter()
+        .filter(|o| o.kind() == "Service")
+        .map(|o| (o.object.name_any(), o.object.name_any()))
+        .collect();
     Ok(DeployPlan {
         objects: out,
-        workload,
-        pod_selector,
-        notes,
+        workloads,
+        renamed_services,
     })
+}
+
+/// The names of the Services in `objects` whose selector picks the pods of `workload` (every
+/// selector label is on its pod template).
+fn services_selecting(objects: &[ManifestObject], workload: &ManifestObject) -> Vec<String> {
+    let pod_labels = workload.object.data["spec"]["template"]["metadata"]["labels"].as_object();
+    let Some(pod_labels) = pod_labels else {
+        return Vec::new();
+    };
+    objects
+        .iter()
+        .filter(|o| o.kind() == "Service")
+        .filter(|o| {
+            o.object.data["spec"]["selector"]
+                .as_object()
+                .is_some_and(|sel| {
+                    !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+                })
+        })
+        .map(|o| o.object.name_any())
+        .collect()
 }
 
 type Rewritten = (

@@ -65,8 +65,13 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
             _ => {}
         }
     }
-    plan.workload.name = renamed(&plan.workload.name);
-    plan.pod_selector.insert(LABEL_OWNER.into(), owner.into());
+    for w in &mut plan.workloads {
+        w.workload.name = renamed(&w.workload.name);
+        w.pod_selector.insert(LABEL_OWNER.into(), owner.into());
+    }
+    for applied in plan.renamed_services.values_mut() {
+        *applied = renamed(applied);
+    }
 }
 
 /// Point a pod spec's references to the plan's ConfigMaps and Secrets at their renamed copies:

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use kdev_protocol::labels::{OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT};
 
-use super::manifests::parse_manifests;
+use super::manifests::{find_workload, parse_manifests};
+use crate::config::{WorkloadKind, WorkloadRef};
 
 const MANIFEST: &str = "\
 apiVersion: apps/v1
@@ -33,6 +34,15 @@ spec:
   ports: [{port: 8080}]
 ---
 ";
+
+/// The one service of a kdev.yaml without `services:`.
+fn one() -> DevTarget<'static> {
+    DevTarget {
+        service: "",
+        workload: None,
+        dev: dev(),
+    }
+}
 
 fn dev() -> DevPodSpec {
     DevPodSpec {
@@ -72,9 +82,17 @@ fn bad_yaml_names_file_and_line() {
 fn prepare_rewrites_the_only_deployment_and_labels_everything() {
     let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
     let labels = BTreeMap::from([(LABEL_PROJECT.to_string(), "gin-hello".to_string())]);
-    let plan = prepare(&objs, None, "dev", &labels, &dev()).unwrap();
-    assert_eq!(plan.workload.to_string(), "deployment/gin-hello");
-    assert_eq!(plan.pod_selector["app"], "gin-hello");
+    let plan = prepare(&objs, &[one()], "dev", &labels).unwrap();
+    assert_eq!(
+        plan.workloads[0].workload.to_string(),
+        "deployment/gin-hello"
+    );
+    assert_eq!(
+        plan.workloads[0].service, "gin-hello",
+        "named after its workload"
+    );
+    assert_eq!(plan.workloads[0].service_names, ["gin-hello"]);
+    assert_eq!(plan.workloads[0].pod_selector["app"], "gin-hello");
     for o in &plan.objects {
         assert_eq!(o.metadata.namespace.as_deref(), Some("dev"));
         assert_eq!(o.labels()[LABEL_PROJECT], "gin-hello");
@@ -93,10 +111,14 @@ fn prepare_rewrites_the_only_deployment_and_labels_everything() {
 #[test]
 fn personalize_renames_and_selects_by_owner() {
     let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
-    let mut plan = prepare(&objs, None, "team", &BTreeMap::new(), &dev()).unwrap();
+    let mut plan = prepare(&objs, &[one()], "team", &BTreeMap::new()).unwrap();
     personalize(&mut plan, "alice");
-    assert_eq!(plan.workload.to_string(), "deployment/gin-hello-alice");
-    assert_eq!(plan.pod_selector[LABEL_OWNER], "alice");
+    assert_eq!(
+        plan.workloads[0].workload.to_string(),
+        "deployment/gin-hello-alice"
+    );
+    assert_eq!(plan.renamed_services["gin-hello"], "gin-hello-alice");
+    assert_eq!(plan.workloads[0].pod_selector[LABEL_OWNER], "alice");
     let d = &plan.objects[0];
     assert_eq!(d.name_any(), "gin-hello-alice");
     assert_eq!(
@@ -161,7 +183,7 @@ type: kubernetes.io/dockerconfigjson
 stringData: {.dockerconfigjson: "{}"}
 "#;
     let objs = parse_manifests(manifest, Path::new("a.yaml")).unwrap();
-    let mut plan = prepare(&objs, None, "team", &BTreeMap::new(), &dev()).unwrap();
+    let mut plan = prepare(&objs, &[one()], "team", &BTreeMap::new()).unwrap();
     personalize(&mut plan, "bob");
     let names: Vec<String> = plan.objects.iter().map(|o| o.name_any()).collect();
     assert_eq!(
@@ -208,13 +230,81 @@ stringData: {.dockerconfigjson: "{}"}
 fn missing_or_ambiguous_workloads_are_explained() {
     let objs = parse_manifests(MANIFEST, Path::new("a.yaml")).unwrap();
     let w: WorkloadRef = "deployment/other".parse().unwrap();
-    let err = find_workload(&objs, Some(&w)).unwrap_err().to_string();
+    let err = find_workload(&objs, Some(&w), None, true)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("deployment/other is not in the manifests")
             && err.contains("deployment/gin-hello"),
         "{err}"
     );
     let two = [objs[0].clone(), objs[0].clone()];
-    let err = find_workload(&two, None).unwrap_err().to_string();
+    let err = find_workload(&two, None, None, true)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("several workloads"), "{err}");
+}
+
+#[test]
+fn several_services_each_get_their_workload_and_the_rest_is_applied_as_is() {
+    let text = format!(
+        "{}---\n{}",
+        MANIFEST,
+        MANIFEST.replace("gin-hello", "orders")
+    );
+    let objs = parse_manifests(&text, Path::new("k8s/app.yaml")).unwrap();
+    let targets = [DevTarget {
+        service: "orders",
+        workload: None,
+        dev: dev(),
+    }];
+    let plan = prepare(&objs, &targets, "team", &BTreeMap::new()).unwrap();
+    assert_eq!(plan.workloads.len(), 1);
+    assert_eq!(plan.workloads[0].workload.to_string(), "deployment/orders");
+    assert_eq!(plan.workloads[0].service_names, ["orders"]);
+    // gin-hello is not developed: applied as the manifest says (3 replicas, no sidecar).
+    let gin = &plan.objects[0];
+    assert_eq!(gin.data["spec"]["replicas"], 3);
+    // Two services on one workload, or a service without one, are explained.
+    let both = [
+        DevTarget {
+            service: "a",
+            workload: Some(&WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                name: "orders".into(),
+            }),
+            dev: dev(),
+        },
+        DevTarget {
+            service: "orders",
+            workload: None,
+            dev: dev(),
+        },
+    ];
+    let err = prepare(&objs, &both, "team", &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("services `a` and `orders` would both run orders"),
+        "{err}"
+    );
+    let missing = [
+        DevTarget {
+            service: "payments",
+            workload: None,
+            dev: dev(),
+        },
+        DevTarget {
+            service: "orders",
+            workload: None,
+            dev: dev(),
+        },
+    ];
+    let err = prepare(&objs, &missing, "team", &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("service `payments`: no workload named payments"),
+        "{err}"
+    );
 }

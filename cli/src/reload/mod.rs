@@ -34,7 +34,7 @@ use crate::pod::bootstrap::{self, Uploaded};
 use crate::pod::delve::{self, DebugOptions};
 use crate::pod::forward::{ErrorSummary, ForwardEvent, ForwardTarget};
 use crate::pod::session::{ControllerSession, SessionError};
-use crate::project::Project;
+use crate::project::Service;
 use crate::sync::engine::SyncEngine;
 use crate::sync::rescan::RescanSchedule;
 use crate::sync::watcher::{Batch, Notice};
@@ -58,7 +58,9 @@ pub struct Forwards {
 /// Everything the loop needs, set up by `kdev watch`.
 pub struct ReloadLoop<'a> {
     pub ui: &'a Ui,
-    pub project: &'a Project,
+    pub service: &'a Service,
+    /// The project's name (for the editor's debug configuration).
+    pub project_name: &'a str,
     pub conn: Connection,
     pub lease: &'a mut SessionLease,
     /// Labels that select the dev pod.
@@ -69,7 +71,7 @@ pub struct ReloadLoop<'a> {
     pub session_config: SessionConfig,
     pub debug: Option<DebugOptions>,
     pub forwards: Forwards,
-    pub batches: mpsc::Receiver<Batch>,
+    pub batches: mpsc::UnboundedReceiver<Batch>,
     pub engine: SyncEngine,
     pub report: Report,
     /// With `kdev debug --hold`: a line on stdin asks for the build.
@@ -120,7 +122,7 @@ impl ReloadLoop<'_> {
         }));
         let opening = open_session(
             self.ui,
-            self.project,
+            self.service,
             &self.controller,
             self.debug.is_some(),
             &self.session_config,
@@ -252,8 +254,12 @@ impl ReloadLoop<'_> {
                         if let (true, Some(d)) = (restarted, &self.debug) {
                             let editor = delve::EditorTarget {
                                 local_root: &self.engine.root,
-                                remote_root: &self.project.config.sync.remote,
-                                name: &self.project.name,
+                                remote_root: &self.service.config.sync.remote,
+                                name: if self.service.config.name.is_empty() {
+                                    self.project_name
+                                } else {
+                                    &self.service.config.name
+                                },
                             };
                             delve::announce(&live.pods, &live.pod, d, &editor, self.ui, delve_announced).await;
                         }
@@ -369,7 +375,7 @@ async fn pod_alive(pods: &Api<Pod>, name: &str) -> bool {
 /// session with the handshake.
 async fn open_session(
     ui: &Ui,
-    project: &Project,
+    service: &Service,
     controller: &[u8],
     debug: bool,
     config: &SessionConfig,
@@ -386,7 +392,7 @@ async fn open_session(
         ));
     }
     if debug {
-        delve::install_delve(pods, pod, &project.sidecar_image()).await?;
+        delve::install_delve(pods, pod, &service.sidecar_image()).await?;
     }
     let hello = kdev_protocol::handshake::hello(
         format!("kdev {}", env!("CARGO_PKG_VERSION")),

@@ -3,6 +3,7 @@
 //! output, and the `--timings` record.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kdev_protocol::{BuildOutcome, Event, ServerMessage, Stream};
@@ -15,8 +16,10 @@ pub struct Report {
     pub reload: Option<Reload>,
     /// The port whose readiness ends a reload; without one, the restart ends it.
     pub app_port: Option<u16>,
-    /// `--timings`.
-    pub timings: Option<TimingsLog>,
+    /// `--timings`, shared by the session's services.
+    pub timings: Option<Arc<Mutex<TimingsLog>>>,
+    /// The service's name in `--timings` records, with several services.
+    pub service: Option<String>,
     /// The local sync root, to show build errors with local paths.
     pub root: PathBuf,
 }
@@ -63,9 +66,15 @@ fn finish_reload(r: Reload, state: &mut Report, ui: &Ui) {
         ms(r.pod.ready_ms),
         fmt_duration(r.started.elapsed()),
     ));
-    if let Some(log) = state.timings.as_mut()
-        && let Err(e) = log.record(&r.changed, &r.timeline, r.pod)
-    {
+    let recorded = state.timings.as_ref().map(|log| {
+        log.lock().unwrap_or_else(|e| e.into_inner()).record(
+            state.service.as_deref(),
+            &r.changed,
+            &r.timeline,
+            r.pod,
+        )
+    });
+    if let Some(Err(e)) = recorded {
         ui.warn(&format!("{e:#}; no more timings are written"));
         state.timings = None;
     }

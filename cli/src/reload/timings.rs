@@ -33,6 +33,9 @@ pub struct Timeline {
 /// One line of the file.
 #[derive(Debug, Serialize)]
 struct Record<'a> {
+    /// The service, with several in one session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
     /// What changed (as shown in the reload line).
     paths: &'a [String],
     #[serde(flatten)]
@@ -75,11 +78,13 @@ impl TimingsLog {
     /// Append one reload.
     pub fn record(
         &mut self,
+        service: Option<&str>,
         paths: &[String],
         timeline: &Timeline,
         pod: PodDurations,
     ) -> Result<()> {
         let record = Record {
+            service,
             paths,
             timeline,
             build_ms: pod.build_ms,
@@ -130,7 +135,8 @@ mod tests {
         };
         for _ in 0..2 {
             let mut log = TimingsLog::open(&path).unwrap();
-            log.record(&["main.go".into()], &timeline, pod).unwrap();
+            log.record(None, &["main.go".into()], &timeline, pod)
+                .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
