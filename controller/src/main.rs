@@ -42,7 +42,8 @@ enum Command {
     /// are forwarded to the app's process group. Orphaned grandchildren are reaped.
     ///
     /// Files: <run-dir>/supervisor.pid (this process's PID), <run-dir>/app-status.json (state,
-    /// PID, start count, last exit, as JSON, rewritten atomically on every change),
+    /// PID, start count, last exit, the identity of <kdev-dir>/bin/app when the app was
+    /// started, as JSON, rewritten atomically on every change),
     /// <run-dir>/app.log (the app's stdout/stderr as JSON lines, rotated past --log-max-bytes).
     /// The app's output is also copied to this process's stdout/stderr, so `kubectl logs` works.
     ///

@@ -241,6 +241,7 @@ impl Builds {
                 output: res.output,
                 output_truncated: res.truncated,
                 installed,
+                unchanged: false,
             })
             .await;
         if installed {
