@@ -42,7 +42,8 @@ enum Command {
     /// are forwarded to the app's process group. Orphaned grandchildren are reaped.
     ///
     /// Files: <run-dir>/supervisor.pid (this process's PID), <run-dir>/app-status.json (state,
-    /// PID, start count, last exit, as JSON, rewritten atomically on every change),
+    /// PID, start count, last exit, the identity of <kdev-dir>/bin/app when the app was
+    /// started, as JSON, rewritten atomically on every change),
     /// <run-dir>/app.log (the app's stdout/stderr as JSON lines, rotated past --log-max-bytes).
     /// The app's output is also copied to this process's stdout/stderr, so `kubectl logs` works.
     ///
@@ -56,7 +57,8 @@ enum Command {
     /// (a tar plus deletions, refusing anything that would escape the sync root), builds the app
     /// (default: go build -o <bin-dir>/app.next <package> with CGO_ENABLED=0), moves the new
     /// binary to <bin-dir>/app, sends SIGHUP to the supervisor and reports build output,
-    /// restart and readiness as events. Not meant to be run by hand.
+    /// restart and readiness as events; a binary byte-identical to the one the app is running
+    /// is dropped instead, and the app keeps running. Not meant to be run by hand.
     ///
     /// Exit codes: 0 session ended by the client, 2 bad input on stdin (garbage, truncated or
     /// oversized frame), 3 handshake refused (protocol version mismatch), 4 setup failed.

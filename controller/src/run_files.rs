@@ -6,7 +6,9 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use kdev_protocol::{AppStatus, Stream};
+use std::os::unix::fs::MetadataExt;
+
+use kdev_protocol::{AppStatus, FileId, Stream};
 use serde::{Deserialize, Serialize};
 
 /// One line of `run/app.log`.
@@ -32,6 +34,19 @@ pub(crate) fn read_pid_file(path: &Path) -> io::Result<u32> {
 /// Write this process's PID to a PID file, atomically.
 pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
     crate::util::write_atomic(path, format!("{}\n", std::process::id()).as_bytes())
+}
+
+/// What `path` names now (following symlinks, as `exec` would): see [`FileId`].
+pub(crate) fn file_id(path: &Path) -> io::Result<FileId> {
+    let m = fs::metadata(path)?;
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    })
 }
 
 /// Read the supervisor's status file, if it exists and parses.

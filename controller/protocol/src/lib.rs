@@ -51,6 +51,8 @@
 //! 3. Client → [`ClientMessage::Patch`] (deletions + a tar of changed files); server →
 //!    [`ServerMessage::PatchResult`], then, if a build runs, [`Event`]s: `BuildStarted`,
 //!    `BuildFinished`, `Restarted`, `Ready` (and `AppExited`, `AppOutput`, `Warning` at any time).
+//!    A build whose binary is byte-identical to the one the app is running ends with
+//!    `BuildFinished` `unchanged: true` and nothing after it (no install, no restart).
 //! 4. Client closes stdin (or sends [`ClientMessage::Bye`]) to end the session.
 //!
 //! Requests carry a client-chosen `id` that the matching response echoes.
@@ -77,7 +79,7 @@ pub use layout::Layout;
 pub use messages::*;
 pub use paths::{PathError, normalize_wire_path, wire_path_from_relative};
 pub use signal::{Signal, SignalError};
-pub use status::{AppState, AppStatus, ExitInfo, RestartInfo};
+pub use status::{AppState, AppStatus, ExitInfo, FileId, RestartInfo};
 pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 
 /// The protocol version this crate speaks. Bump it on any incompatible change to the framing

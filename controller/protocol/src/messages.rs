@@ -444,8 +444,16 @@ pub enum Event {
         /// Combined stdout+stderr, sync-root prefixes stripped (paths are relative, `./x.go`).
         output: String,
         output_truncated: bool,
-        /// The new binary was moved to the app path (only on success).
+        /// The new binary was moved to the app path (only on success; never with `unchanged`).
         installed: bool,
+        /// The build succeeded with a binary byte-identical to the installed one, which the
+        /// supervisor reports running: it was not installed and the app was not restarted (no
+        /// `Restarted` or `Ready` follows), and the tree counts as built. Only when the app is
+        /// running its installed binary; otherwise an identical binary is installed and
+        /// (re)started as any other (`installed: true`, `unchanged: false`). Absent means false
+        /// (added in protocol 2 without a version bump: older clients ignore it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unchanged: bool,
     },
     /// The supervisor started the new binary (after a build or a `Restart` request).
     Restarted {
@@ -582,6 +590,29 @@ mod tests {
         }
         let b: ClientMessage = serde_json::from_str(r#"{"type":"bye"}"#).unwrap();
         assert_eq!(b, ClientMessage::Bye);
+    }
+
+    #[test]
+    fn build_finished_unchanged_is_omitted_when_false_and_defaults_to_false() {
+        let ev = |unchanged: bool| Event::BuildFinished {
+            build_id: 2,
+            outcome: BuildOutcome::Succeeded,
+            exit_code: Some(0),
+            elapsed_ms: 9,
+            output: String::new(),
+            output_truncated: false,
+            installed: !unchanged,
+            unchanged,
+        };
+        let old = r#"{"kind":"build_finished","build_id":2,"outcome":"succeeded","exit_code":0,"elapsed_ms":9,"output":"","output_truncated":false,"installed":true}"#;
+        assert_eq!(serde_json::to_string(&ev(false)).unwrap(), old);
+        assert_eq!(serde_json::from_str::<Event>(old).unwrap(), ev(false));
+        let new = serde_json::to_string(&ev(true)).unwrap();
+        assert!(
+            new.ends_with(r#""installed":false,"unchanged":true}"#),
+            "{new}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&new).unwrap(), ev(true));
     }
 
     #[test]

@@ -25,7 +25,28 @@ pub struct AppStatus {
     pub last_restart: Option<RestartInfo>,
     /// e.g. "exec /kdev/bin/app: No such file or directory".
     pub last_error: Option<String>,
+    /// What `<kdev-dir>/bin/app` (the binary `serve` installs) was just before the running
+    /// child was started: `None` while no child runs or when it did not exist. `serve` skips
+    /// the restart after a build whose binary is identical to the installed one only when this
+    /// matches the installed file, i.e. the running child was started from it (an older
+    /// supervisor that does not write it never lets a restart be skipped).
+    /// (Boxed: it would make the `Welcome`, which carries a status, too large a variant.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_binary: Option<Box<FileId>>,
     pub updated_at_ms: u64,
+}
+
+/// Which file a path named at some moment: `bin/app` is only ever replaced by a rename, so a
+/// new install is a new inode (and a new change time), while the running app keeps its inode
+/// from being reused. Times are nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,8 @@ use signals::{group_gone, send_group, wait_signal};
 /// Settings for one supervisor.
 #[derive(Debug, Clone)]
 pub struct SuperviseOptions {
-    /// Where its files go (only the `run` directory is used).
+    /// Where its files go (the `run` directory), and `bin/app`, which it only looks at: its
+    /// identity at each start goes into the status (`app_binary`).
     pub layout: Layout,
     pub stop_signal: Signal,
     pub grace_period: Duration,
@@ -113,6 +114,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
     let code = sup.main_loop();
     sup.status.state = AppState::Stopped;
     sup.status.pid = None;
+    sup.status.app_binary = None;
     sup.status.next_start_at_ms = None;
     sup.write_status();
     let _ = fs::remove_file(&pid_file);
@@ -300,6 +302,7 @@ impl Supervisor {
         self.next_start = Some(Instant::now() + delay);
         self.status.state = AppState::Backoff;
         self.status.pid = None;
+        self.status.app_binary = None;
         self.status.started_at_ms = None;
         self.status.last_exit = info;
         self.status.next_start_at_ms = Some(unix_ms() + ms(delay));
@@ -309,6 +312,12 @@ impl Supervisor {
     fn start_child(&mut self) {
         let cmd = &self.opts.command;
         self.status.starts += 1;
+        // Before the exec: if serve installs a new binary in between, the child may run it
+        // while the status names the old one, which only costs serve a restart it asks for
+        // anyway after an install.
+        self.status.app_binary = run_files::file_id(&self.opts.layout.app_binary())
+            .ok()
+            .map(Box::new);
         match child::spawn(cmd, self.status.starts, &self.log) {
             Ok(c) => {
                 let pid = c.pid.as_raw() as u32;
@@ -327,6 +336,7 @@ impl Supervisor {
                 self.next_start = Some(Instant::now() + delay);
                 self.status.state = AppState::Backoff;
                 self.status.pid = None;
+                self.status.app_binary = None;
                 self.status.last_error = Some(msg);
                 self.status.next_start_at_ms = Some(unix_ms() + ms(delay));
             }
@@ -394,6 +404,7 @@ impl Supervisor {
         }
         self.child = None;
         self.status.pid = None;
+        self.status.app_binary = None;
         self.status.started_at_ms = None;
         self.status.last_exit = info;
         self.write_status();

@@ -7,10 +7,15 @@
 //! next build includes the cancelled build's patches, so the newest tree always wins and a
 //! half-patched tree is never installed. A build that finishes just as it is cancelled is
 //! reported cancelled and not installed.
+//!
+//! A successful build whose binary is byte-identical to the one the app runs is neither
+//! installed nor followed by a restart ([`unchanged`]): `BuildFinished` says `unchanged`.
 
 pub(super) mod command;
+mod unchanged;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use kdev_protocol::{BuildConfig, BuildOutcome, Event, Layout};
 use serde::{Deserialize, Serialize};
@@ -205,21 +210,45 @@ impl Builds {
         self.report(id, res, true).await;
     }
 
-    /// Install a successful build (unless it was cancelled), report it, and restart the app.
+    /// Install a successful build (unless it was cancelled, or the app already runs the same
+    /// bytes), report it, and restart the app.
     async fn report(&mut self, id: u64, mut res: BuildResult, may_install: bool) {
         let mut installed = false;
+        let mut unchanged = false;
         if res.outcome == BuildOutcome::Succeeded {
             if may_install {
                 let (next, app) = (self.layout.app_next(), self.layout.app_binary());
-                match std::fs::rename(&next, &app) {
-                    Ok(()) => installed = true,
-                    Err(e) => {
-                        res.outcome = BuildOutcome::Error;
-                        res.output.push_str(&format!(
-                            "\ncannot move {} to {}: {e}",
-                            next.display(),
-                            app.display()
+                let t0 = Instant::now();
+                let layout = self.layout.clone();
+                let check = tokio::task::spawn_blocking(move || unchanged::check(&layout)).await;
+                let compare_ms = t0.elapsed().as_millis();
+                match check {
+                    Ok(Ok(())) => {
+                        log(format!(
+                            "build {id}: identical to the running binary (checked in {compare_ms} ms): \
+                             not installed, the app is not restarted"
                         ));
+                        unchanged = true;
+                        if let Err(e) = std::fs::remove_file(&next) {
+                            log(format!("cannot remove {}: {e}", next.display()));
+                        }
+                    }
+                    Ok(Err(why)) => log(format!(
+                        "build {id}: installing ({why}; checked in {compare_ms} ms)"
+                    )),
+                    Err(e) => log(format!("build {id}: installing (the check failed: {e})")),
+                }
+                if !unchanged {
+                    match std::fs::rename(&next, &app) {
+                        Ok(()) => installed = true,
+                        Err(e) => {
+                            res.outcome = BuildOutcome::Error;
+                            res.output.push_str(&format!(
+                                "\ncannot move {} to {}: {e}",
+                                next.display(),
+                                app.display()
+                            ));
+                        }
                     }
                 }
             } else {
@@ -241,10 +270,13 @@ impl Builds {
                 output: res.output,
                 output_truncated: res.truncated,
                 installed,
+                unchanged,
             })
             .await;
-        if installed {
+        if installed || unchanged {
             self.set_dirty(false);
+        }
+        if installed {
             self.restart(Some(id));
         }
     }

@@ -1,0 +1,116 @@
+//! Whether a successful build may skip the install and the restart: its binary is
+//! byte-identical to the installed one, and the supervisor reports the app running, started
+//! from that very file. Services that share a sync root (a monorepo) rebuild on each other's
+//! changes; Go builds are reproducible for identical inputs, so such rebuilds give the same
+//! bytes and restarting for them would only interrupt the app.
+//!
+//! Anything else installs and restarts as usual: no installed binary, the app not running
+//! (crashed, never started, stopping, no supervisor), the running child started from an
+//! earlier binary (a restart that failed or is still under way), or different bytes.
+
+use std::io;
+use std::path::Path;
+
+use kdev_protocol::{AppState, Layout, hash_file};
+use nix::errno::Errno;
+use nix::sys::signal;
+use nix::unistd::Pid;
+
+use crate::run_files::{file_id, read_pid_file, read_status};
+
+/// Why a successful build is installed and the app restarted (the usual case).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MustInstall {
+    #[error("no app binary is installed")]
+    NothingInstalled,
+    #[error("the app is not running ({0})")]
+    NotRunning(&'static str),
+    #[error("the running app was not started from the installed binary")]
+    StartedFromAnother,
+    #[error("the new binary differs from the installed one")]
+    Differs,
+    #[error("cannot compare the new binary with the installed one: {0}")]
+    Compare(#[source] io::Error),
+}
+
+/// Ok when the build's output can be dropped: the app runs a byte-identical binary. Reads a
+/// few small files, then (only when everything else allows the skip) hashes both binaries
+/// unless their sizes differ: about 4 ms per 15 MB.
+pub(super) fn check(layout: &Layout) -> Result<(), MustInstall> {
+    let app = layout.app_binary();
+    let installed = file_id(&app).map_err(|_| MustInstall::NothingInstalled)?;
+    // Read now, not the watcher's copy (up to a poll interval old): a crash a moment ago must
+    // not be taken for a running app.
+    let status = read_status(&layout.status_file())
+        .ok_or(MustInstall::NotRunning("no supervisor status"))?;
+    let pid = match (status.state, status.pid) {
+        (AppState::Running, Some(pid)) => pid,
+        (state, _) => {
+            return Err(MustInstall::NotRunning(match state {
+                AppState::Waiting => "never started",
+                AppState::Backoff => "it exited, waiting to start again",
+                AppState::Stopping => "being stopped",
+                AppState::Stopped => "its supervisor stopped",
+                AppState::Running => "no process",
+            }));
+        }
+    };
+    // A supervisor killed outright (its container restarting) leaves a status saying running.
+    let supervisor = read_pid_file(&layout.pid_file())
+        .map_err(|_| MustInstall::NotRunning("no supervisor PID file"))?;
+    if supervisor != status.supervisor_pid || !alive(supervisor) {
+        return Err(MustInstall::NotRunning("the supervisor is gone"));
+    }
+    if !alive(pid) {
+        return Err(MustInstall::NotRunning("its process is gone"));
+    }
+    if status.app_binary.as_deref() != Some(&installed) {
+        return Err(MustInstall::StartedFromAnother);
+    }
+    if !same_bytes(&layout.app_next(), &app, installed.size).map_err(MustInstall::Compare)? {
+        return Err(MustInstall::Differs);
+    }
+    Ok(())
+}
+
+/// Whether `next` has the bytes of `installed` (whose size is known): sizes, then BLAKE3.
+fn same_bytes(next: &Path, installed: &Path, installed_size: u64) -> io::Result<bool> {
+    if std::fs::metadata(next)?.len() != installed_size {
+        return Ok(false);
+    }
+    Ok(hash_file(next)? == hash_file(installed)?)
+}
+
+/// Whether a process exists (one we may not signal does).
+fn alive(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => !matches!(signal::kill(Pid::from_raw(p), None), Err(Errno::ESRCH)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_bytes_compares_sizes_then_content() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, b"binary one").unwrap();
+        std::fs::write(&b, b"binary one").unwrap();
+        assert!(same_bytes(&a, &b, 10).unwrap());
+        std::fs::write(&b, b"binary two").unwrap();
+        assert!(!same_bytes(&a, &b, 10).unwrap());
+        // A size that differs decides without reading.
+        assert!(!same_bytes(&a, Path::new("/nonexistent"), 3).unwrap());
+        assert!(same_bytes(&d.path().join("missing"), &b, 10).is_err());
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(0));
+        assert!(!alive(u32::MAX));
+    }
+}
