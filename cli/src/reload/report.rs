@@ -96,6 +96,7 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             outcome,
             elapsed_ms,
             output,
+            unchanged,
             ..
         } => {
             // The pod's phases, as `-v` shows the CLI's own spans.
@@ -105,6 +106,17 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
                     if let Some(r) = state.reload.as_mut() {
                         r.pod.build_ms = Some(elapsed_ms);
                         r.timeline.built_at_ms = Some(timings::now_ms());
+                    }
+                    // The same binary as the running one: no restart follows, the reload ends.
+                    if unchanged && let Some(r) = state.reload.take() {
+                        ui.ok(&format!(
+                            "{} → synced {}, built {}: the binary is unchanged, not restarted \
+                             (total {})",
+                            summarize_paths(&r.changed),
+                            fmt_duration(Duration::from_millis(r.patch_ms)),
+                            fmt_duration(Duration::from_millis(elapsed_ms)),
+                            fmt_duration(r.started.elapsed()),
+                        ));
                     }
                 }
                 BuildOutcome::Cancelled => {}
