@@ -1,6 +1,7 @@
-# Shared settings of tests/cluster/up and tests/cluster/down. Sourced, not run.
-# shellcheck shell=bash
+# Shared settings of tests/cluster/up, down and build-k8s. Sourced, not run.
+# shellcheck shell=bash disable=SC2034 # the settings are used by the scripts that source this
 
+# The one place the cluster's Kubernetes version is pinned (build-k8s builds it, up runs it).
 K8S_VERSION="${K8S_VERSION:-v1.33.13}"
 KDEV_CACHE="${KDEV_CACHE:-$HOME/.cache/kdev}"
 K8S_BIN="$KDEV_CACHE/k8s/$K8S_VERSION/bin"
