@@ -1,6 +1,7 @@
-# Shared settings of tests/cluster/up and tests/cluster/down. Sourced, not run.
-# shellcheck shell=bash
+# Shared settings of tests/cluster/up, down and build-k8s. Sourced, not run.
+# shellcheck shell=bash disable=SC2034 # the settings are used by the scripts that source this
 
+# The one place the cluster's Kubernetes version is pinned (build-k8s builds it, up runs it).
 K8S_VERSION="${K8S_VERSION:-v1.33.13}"
 KDEV_CACHE="${KDEV_CACHE:-$HOME/.cache/kdev}"
 K8S_BIN="$KDEV_CACHE/k8s/$K8S_VERSION/bin"
@@ -22,6 +23,28 @@ ETCD_CLIENT_PORT=23790
 ETCD_PEER_PORT=23800
 CONTAINERD_SOCK="$RUN/containerd/containerd.sock"
 ISOLATE_CHAIN="KDEV-ISOLATE"
+
+# kubelet's cgroupRoot: pods' cgroups live in /sys/fs/cgroup/<hierarchy>/$CGROUP_ROOT/kubepods/…
+# (cgroup v1) or /sys/fs/cgroup/$CGROUP_ROOT/kubepods/… (v2). `up` creates it, `down` kills what
+# still runs below it and removes it; no other cgroup is touched.
+CGROUP_ROOT="kdev-test"
+# The iptables chains that existed before `up` started, one file per command and table
+# (iptables.filter, ip6tables.nat, …): `down` removes only chains not listed there.
+CHAINS_BEFORE="$STATE/chains-before"
+IPTABLES_CMDS=(iptables ip6tables)
+IPTABLES_TABLES=(filter nat mangle)
+
+# Every mounted cgroup hierarchy (v1: one per controller, plus name=systemd and the hybrid
+# `unified`; v2: /sys/fs/cgroup).
+cgroup_hierarchies() { findmnt -rn -t cgroup,cgroup2 -o TARGET; }
+
+# user_chains CMD TABLE: the table's user-defined chains (built-in ones have a policy, not `-`),
+# one per line. Fails when the table cannot be read (e.g. no IPv6 in the kernel).
+user_chains() {
+  local save
+  save="$("$1-save" -t "$2" 2>/dev/null)" || return 1
+  sed -nE 's/^:([^ ]+) - .*/\1/p' <<<"$save"
+}
 
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 

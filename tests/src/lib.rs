@@ -33,8 +33,18 @@ pub async fn client() -> Result<Client> {
     Ok(client)
 }
 
+/// Set to `1`, test namespaces are kept instead of deleted, for inspecting what a failing test
+/// left. Tests return `Result`, so a namespace's drop cannot tell a pass from a failure: every
+/// namespace of the run is kept. Run the failing test alone with it.
+pub const KEEP_NAMESPACES_ENV: &str = "KDEV_KEEP_NAMESPACES";
+
+/// Whether `KDEV_KEEP_NAMESPACES=1` asks to keep test namespaces.
+fn keep_namespaces() -> bool {
+    std::env::var(KEEP_NAMESPACES_ENV).is_ok_and(|v| v == "1")
+}
+
 /// A uniquely named namespace that is deleted when the value is dropped, so a failing test does
-/// not leave its pods behind.
+/// not leave its pods behind (unless `KDEV_KEEP_NAMESPACES=1`: see [`KEEP_NAMESPACES_ENV`]).
 pub struct TestNamespace {
     client: Client,
     name: String,
@@ -82,6 +92,17 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        if keep_namespaces() {
+            // Not eprintln!, which the test harness captures for passing tests: the names are
+            // wanted whatever the outcome.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "kept namespace {} for inspection",
+                self.name
+            );
+            return;
+        }
         let client = self.client.clone();
         let name = self.name.clone();
         // Drop cannot be async; delete from a thread with its own runtime and wait for the

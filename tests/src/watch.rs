@@ -173,11 +173,19 @@ impl Watch {
         Ok(t0.elapsed())
     }
 
-    /// Wait for kdev to exit; its status.
+    /// Wait for kdev to exit, and for everything it wrote to be in `output()`; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
+                // spawn_captured's reader threads hold the other references to the output until
+                // they reach the end of kdev's stdout and stderr; kdev's last words (why it
+                // stopped) may still be in a pipe when it has exited. A grandchild holding the
+                // pipes open cannot delay this by more than 2 s.
+                let drained = std::time::Instant::now() + Duration::from_secs(2);
+                while Arc::strong_count(&self.output) > 1 && std::time::Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return Ok(status);
             }
             if std::time::Instant::now() > deadline {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::{
-    TestNamespace, client, copy_dir, example_project, free_port, http_get, kdev_bin, poll_until,
-    repo_root, set_ping_message, spawn_captured,
+    TestNamespace, client, example_project, free_port, http_get, kdev_bin, poll_until,
+    set_ping_message, spawn_captured,
 };
 use serde_json::{Value, json};
 
@@ -247,32 +247,4 @@ async fn debug_hits_breakpoints_before_and_after_a_save() -> Result<()> {
     .await?;
     tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch, "pong debugged"))?;
     Ok(())
-}
-
-#[test]
-fn print_config_writes_valid_launch_json_without_a_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("svc");
-    copy_dir(&repo_root().join("examples/gin-hello"), &project).unwrap();
-    let out = Command::new(kdev_bin())
-        .args(["debug", "--print-config", "--port", "4000"])
-        .current_dir(&project)
-        .env("KUBECONFIG", "/nonexistent")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find('{').unwrap();
-    let end = text.find("\n}").unwrap() + 2;
-    let v: Value = serde_json::from_str(&text[start..end]).unwrap();
-    assert_eq!(v["port"], 4000);
-    assert_eq!(
-        v["substitutePath"][0]["from"],
-        project.canonicalize().unwrap().to_string_lossy().as_ref()
-    );
-    assert_eq!(v["substitutePath"][0]["to"], "/kdev/src");
 }

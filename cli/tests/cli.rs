@@ -1,0 +1,136 @@
+//! The `kdev` binary as a subprocess, on a copy of examples/gin-hello, where no cluster is
+//! needed: plain `cargo test` runs these (the end-to-end tests against a real cluster live in
+//! the kdev-tests crate, which `tests/run` adds with `--workspace`).
+//!
+//! Every run sets `KUBECONFIG` itself, so whatever the machine has configured does not matter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// examples/gin-hello in the repository.
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gin-hello")
+}
+
+/// Copy a directory tree (files and directories only).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Run `kdev ARGS` in `dir` with `KUBECONFIG` set to `kubeconfig`.
+fn kdev(dir: &Path, args: &[&str], kubeconfig: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .args(args)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap()
+}
+
+/// As `kdev`: whether it succeeded, and stdout followed by stderr.
+fn run_kdev(dir: &Path, args: &[&str], kubeconfig: &Path) -> (bool, String) {
+    let out = kdev(dir, args, kubeconfig);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A kubeconfig with one context, `only`, for a server that does not exist.
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: nowhere
+  cluster: {server: 'https://127.0.0.1:1'}
+users:
+- name: someone
+  user: {token: not-a-token}
+contexts:
+- name: only
+  context: {cluster: nowhere, user: someone, namespace: default}
+current-context: only
+";
+
+#[test]
+fn malformed_config_and_missing_cluster_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("svc");
+    copy_dir(&example(), &project);
+    let nowhere = dir.path().join("no-such-dir/kubeconfig");
+
+    std::fs::write(
+        project.join("kdev.yaml"),
+        "manifests: [k8s/]\nbuild:\n  packge: .\n",
+    )
+    .unwrap();
+    let (ok, out) = run_kdev(&project, &["watch"], &nowhere);
+    assert!(!ok);
+    assert!(out.contains("kdev.yaml:3:3:"), "{out}");
+    assert!(out.contains("unknown field `packge`"), "{out}");
+    assert!(
+        !out.contains("panicked") && !out.contains("backtrace"),
+        "{out}"
+    );
+
+    std::fs::write(project.join("kdev.yaml"), "manifests: [k8s/]\n").unwrap();
+    let (ok, out) = run_kdev(&project, &["watch"], &nowhere);
+    assert!(!ok);
+    assert!(out.contains("kubeconfig"), "{out}");
+    assert!(
+        !out.contains("panicked") && !out.contains("backtrace"),
+        "{out}"
+    );
+
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, KUBECONFIG).unwrap();
+    let (ok, out) = run_kdev(
+        &project,
+        &["watch", "--context", "no-such-context"],
+        &kubeconfig,
+    );
+    assert!(!ok);
+    assert!(out.contains("no-such-context"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn print_config_writes_valid_launch_json_without_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("svc");
+    copy_dir(&example(), &project);
+    let out = kdev(
+        &project,
+        &["debug", "--print-config", "--port", "4000"],
+        &dir.path().join("no-such-dir/kubeconfig"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find('{').unwrap();
+    let end = text.find("\n}").unwrap() + 2;
+    let v: Value = serde_json::from_str(&text[start..end]).unwrap();
+    assert_eq!(v["port"], 4000);
+    assert_eq!(
+        v["substitutePath"][0]["from"],
+        project.canonicalize().unwrap().to_string_lossy().as_ref()
+    );
+    assert_eq!(v["substitutePath"][0]["to"], "/kdev/src");
+}
