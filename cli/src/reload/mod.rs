@@ -294,7 +294,7 @@ impl ReloadLoop<'_> {
     /// rescan if it is time.
     async fn rescan(&mut self, live: &mut Live, schedule: &mut RescanSchedule) -> Result<()> {
         let now = Instant::now();
-        if let Some(paths) = schedule.take_settled(now) {
+        if let Some((paths, found_at)) = schedule.take_settled(now) {
             if let Some(s) = self
                 .engine
                 .sync_paths(&mut live.session, &paths, self.ui)
@@ -305,7 +305,7 @@ impl ReloadLoop<'_> {
                     "the watcher missed {n} change{}; synced",
                     if n == 1 { "" } else { "s" }
                 ));
-                self.report.reload = Some(Reload::new(s.changed, s.started, None));
+                self.report.reload = Some(Reload::new(s.changed, s.started, Some(found_at)));
             }
         } else if schedule.due(now, self.report.reload.is_none()) {
             let engine = &mut self.engine;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The shortest time between two rescans.
 pub const MIN_EVERY: Duration = Duration::from_secs(2);
@@ -25,7 +25,8 @@ const DUTY: u32 = 20;
 pub struct RescanSchedule {
     next_at: Instant,
     last_activity: Instant,
-    pending: Option<(Instant, BTreeSet<PathBuf>)>,
+    /// Paths found changed, when they are due, and when they were found (the reload's "event").
+    pending: Option<(Instant, BTreeSet<PathBuf>, SystemTime)>,
 }
 
 impl RescanSchedule {
@@ -53,14 +54,15 @@ impl RescanSchedule {
     pub fn ran(&mut self, now: Instant, took: Duration, paths: BTreeSet<PathBuf>) {
         self.next_at = now + MIN_EVERY.max(took * DUTY);
         if !paths.is_empty() {
-            self.pending = Some((now + SETTLE, paths));
+            self.pending = Some((now + SETTLE, paths, SystemTime::now()));
         }
     }
 
-    /// The rescan's findings, once they have waited [`SETTLE`] for the watcher.
-    pub fn take_settled(&mut self, now: Instant) -> Option<BTreeSet<PathBuf>> {
+    /// The rescan's findings, once they have waited [`SETTLE`] for the watcher, and when they
+    /// were found.
+    pub fn take_settled(&mut self, now: Instant) -> Option<(BTreeSet<PathBuf>, SystemTime)> {
         match &self.pending {
-            Some((due, _)) if now >= *due => self.pending.take().map(|(_, p)| p),
+            Some((due, _, _)) if now >= *due => self.pending.take().map(|(_, p, at)| (p, at)),
             _ => None,
         }
     }
@@ -90,7 +92,7 @@ mod tests {
             None,
             "the watcher gets its chance"
         );
-        assert_eq!(s.take_settled(at(3000)), Some(found));
+        assert_eq!(s.take_settled(at(3000)).map(|(p, _)| p), Some(found));
         assert_eq!(s.take_settled(at(3100)), None);
         assert!(s.due(at(4500), true));
 
