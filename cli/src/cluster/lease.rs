@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 
 use kdev_protocol::labels::{
     MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV, OWNER as LABEL_OWNER,
-    PROJECT as LABEL_PROJECT, WORKLOAD_ANNOTATION,
+    PROJECT as LABEL_PROJECT, SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
 /// How long a Lease lives without renewal.
@@ -64,6 +64,7 @@ pub async fn acquire(
     namespace: &str,
     owner: &str,
     project: &str,
+    service: &str,
     workload: &str,
     take_over: bool,
 ) -> anyhow::Result<SessionLease> {
@@ -77,7 +78,7 @@ pub async fn acquire(
         "metadata": {
             "name": name,
             "labels": { LABEL_MANAGED_BY: MANAGED_BY_KDEV, LABEL_OWNER: owner, LABEL_PROJECT: project },
-            "annotations": { WORKLOAD_ANNOTATION: workload }
+            "annotations": { WORKLOAD_ANNOTATION: workload, SERVICE_ANNOTATION: service }
         },
         "spec": { "holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS }
     }))?;

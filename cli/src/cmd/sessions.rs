@@ -12,7 +12,7 @@ use kube::{Client, ResourceExt};
 
 use kdev_protocol::labels::{
     MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
-    WORKLOAD_ANNOTATION,
+    SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
 use crate::cluster::access;
@@ -26,6 +26,8 @@ pub struct Session {
     pub lease: String,
     pub owner: String,
     pub project: String,
+    /// The kdev.yaml service (empty for sessions of older kdevs).
+    pub service: String,
     pub workload: String,
     pub holder: String,
     pub acquired: Option<Timestamp>,
@@ -53,7 +55,6 @@ fn selector(owner: &str, project: &str) -> String {
 /// Every kdev session in the namespace.
 pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut out = Vec::new();
     for l in leases
         .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}=kdev")))
@@ -63,21 +64,14 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
         let labels = l.labels().clone();
         let owner = labels.get(LABEL_OWNER).cloned().unwrap_or_default();
         let project = labels.get(LABEL_PROJECT).cloned().unwrap_or_default();
-        let pod = pods
-            .list(&ListParams::default().labels(&selector(&owner, &project)))
-            .await?
-            .items
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| p.name_any());
+        let annotation = |key: &str| l.annotations().get(key).cloned().unwrap_or_default();
+        let workload = annotation(WORKLOAD_ANNOTATION);
+        let pod = workload_pod(client, ns, &workload).await;
         let spec = l.spec.clone().unwrap_or_default();
         out.push(Session {
             lease: l.name_any(),
-            workload: l
-                .annotations()
-                .get(WORKLOAD_ANNOTATION)
-                .cloned()
-                .unwrap_or_default(),
+            service: annotation(SERVICE_ANNOTATION),
+            workload,
             owner,
             project,
             holder: spec.holder_identity.unwrap_or_default(),
@@ -87,8 +81,44 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
             pod,
         });
     }
-    out.sort_by(|a, b| (&a.owner, &a.workload).cmp(&(&b.owner, &b.workload)));
+    out.sort_by(|a, b| {
+        (&a.owner, &a.service, &a.workload).cmp(&(&b.owner, &b.service, &b.workload))
+    });
     Ok(out)
+}
+
+/// The live pod of a workload (`Deployment` name or `kind/name`), by the workload's selector.
+async fn workload_pod(client: &Client, ns: &str, workload: &str) -> Option<String> {
+    let (kind, name) = workload.split_once('/').unwrap_or(("deployment", workload));
+    let selector = match kind {
+        "statefulset" => {
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .ok()??
+                .spec?
+                .selector
+                .match_labels?
+        }
+        _ => {
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .ok()??
+                .spec?
+                .selector
+                .match_labels?
+        }
+    };
+    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&labels.join(",")))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
 }
 
 fn ago(now: Timestamp, t: Option<Timestamp>) -> String {
@@ -134,8 +164,8 @@ async fn print_sessions(client: &Client, ns: &str) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<28} {:<36} {:>6} {:>8}  STATE",
-        "OWNER", "WORKLOAD", "POD", "AGE", "RENEWED"
+        "{:<16} {:<14} {:<28} {:<36} {:>6} {:>8}  STATE",
+        "OWNER", "SERVICE", "WORKLOAD", "POD", "AGE", "RENEWED"
     );
     for s in sessions {
         let state = if s.expired_for(now) > 0 {
@@ -144,8 +174,13 @@ async fn print_sessions(client: &Client, ns: &str) -> Result<()> {
             format!("live ({})", s.holder)
         };
         println!(
-            "{:<16} {:<28} {:<36} {:>6} {:>8}  {state}",
+            "{:<16} {:<14} {:<28} {:<36} {:>6} {:>8}  {state}",
             s.owner,
+            if s.service.is_empty() {
+                "-"
+            } else {
+                &s.service
+            },
             s.workload,
             s.pod.as_deref().unwrap_or("-"),
             ago(now, s.acquired),

@@ -183,6 +183,7 @@ async fn watch_until_lost(
                 &ns,
                 &owner,
                 &project.name,
+                &w.service,
                 &w.workload.name,
                 opts.take_over,
             )

@@ -15,6 +15,9 @@ pub const SESSION: &str = "kdev.dev/session";
 /// Annotation on a session's Lease: the workload it develops (`deploy/api`).
 pub const WORKLOAD_ANNOTATION: &str = "kdev.dev/workload";
 
+/// Annotation on a session's Lease: the kdev.yaml service it develops.
+pub const SERVICE_ANNOTATION: &str = "kdev.dev/service";
+
 /// `managed-by=kdev`, the selector of everything kdev manages.
 pub fn managed_by_kdev_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_KDEV}")
