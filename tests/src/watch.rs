@@ -223,7 +223,7 @@ impl Drop for Watch {
 /// The newest gin-hello dev pod that is not being deleted.
 pub async fn dev_pod(pods: &Api<Pod>) -> Result<Pod> {
     let list = pods
-        .list(&ListParams::default().labels("app=gin-hello"))
+        .list(&ListParams::default().labels("kdev.dev/project=gin-hello"))
         .await?;
     list.items
         .into_iter()

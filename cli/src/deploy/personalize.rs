@@ -11,6 +11,11 @@ use super::DeployPlan;
 /// to the renamed ConfigMaps and Secrets), every object gets the owner label, and the selectors
 /// of workloads and Services include it, so one developer's Service never selects another's
 /// pods and one developer's config edit never reaches another's app.
+///
+/// The values of the labels that selectors use (`app: orders`) become the owner's too
+/// (`app: orders-alice`), on the pods and in the selectors: otherwise the team's shared
+/// Service `orders`, selecting `app: orders`, would also pick every developer's copy of the
+/// orders pods, and a caller of the shared one would reach someone's unfinished change.
 pub fn personalize(plan: &mut DeployPlan, owner: &str) {
     let renamed = |name: &str| {
         let mut n = format!("{name}-{owner}");
@@ -27,6 +32,23 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
     let services = names_of("Service");
     let config_maps = names_of("ConfigMap");
     let secrets = names_of("Secret");
+    let selector_keys = selector_keys(plan);
+    let own_value = |v: &str| {
+        let mut n = format!("{v}-{owner}");
+        n.truncate(63);
+        n.trim_end_matches(['-', '.', '_']).to_string()
+    };
+    let own_selected = |map: &mut serde_json::Value| {
+        if let Some(map) = map.as_object_mut() {
+            for (k, v) in map.iter_mut() {
+                if selector_keys.contains(k)
+                    && let Some(s) = v.as_str()
+                {
+                    *v = serde_json::Value::String(own_value(s));
+                }
+            }
+        }
+    };
     for obj in &mut plan.objects {
         obj.metadata
             .labels
@@ -42,6 +64,8 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
             "Deployment" | "StatefulSet" => {
                 obj.metadata.name = Some(renamed(&obj.name_any()));
                 let spec = &mut obj.data["spec"];
+                own_selected(&mut spec["selector"]["matchLabels"]);
+                own_selected(&mut spec["template"]["metadata"]["labels"]);
                 spec["selector"]["matchLabels"][LABEL_OWNER] = owner_label.clone();
                 spec["template"]["metadata"]["labels"][LABEL_OWNER] = owner_label;
                 if let Some(svc) = spec["serviceName"].as_str()
@@ -59,6 +83,7 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
             "Service" => {
                 obj.metadata.name = Some(renamed(&obj.name_any()));
                 if obj.data["spec"]["selector"].is_object() {
+                    own_selected(&mut obj.data["spec"]["selector"]);
                     obj.data["spec"]["selector"][LABEL_OWNER] = owner_label;
                 }
             }
@@ -67,11 +92,38 @@ pub fn personalize(plan: &mut DeployPlan, owner: &str) {
     }
     for w in &mut plan.workloads {
         w.workload.name = renamed(&w.workload.name);
+        for (k, v) in w.pod_selector.iter_mut() {
+            if selector_keys.contains(k) {
+                *v = own_value(v);
+            }
+        }
         w.pod_selector.insert(LABEL_OWNER.into(), owner.into());
     }
     for applied in plan.renamed_services.values_mut() {
         *applied = renamed(applied);
     }
+}
+
+/// The label keys the manifests' selectors use: workloads' `matchLabels` and Services'
+/// `selector`.
+fn selector_keys(plan: &DeployPlan) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for obj in &plan.objects {
+        let kind = obj
+            .types
+            .as_ref()
+            .map(|t| t.kind.as_str())
+            .unwrap_or_default();
+        let selector = match kind {
+            "Deployment" | "StatefulSet" => &obj.data["spec"]["selector"]["matchLabels"],
+            "Service" => &obj.data["spec"]["selector"],
+            _ => continue,
+        };
+        if let Some(map) = selector.as_object() {
+            keys.extend(map.keys().filter(|k| *k != LABEL_OWNER).cloned());
+        }
+    }
+    keys
 }
 
 /// Point a pod spec's references to the plan's ConfigMaps and Secrets at their renamed copies:

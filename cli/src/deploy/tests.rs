@@ -133,6 +133,18 @@ fn personalize_renames_and_selects_by_owner() {
     assert_eq!(svc.name_any(), "gin-hello-alice");
     assert_eq!(svc.data["spec"]["selector"][LABEL_OWNER], "alice");
     assert_eq!(svc.labels()[LABEL_OWNER], "alice");
+    // A shared Service selecting `app: gin-hello` must not pick alice's copy: the selected
+    // label's value is hers, on the pods and in her selectors alike.
+    assert_eq!(
+        d.data["spec"]["template"]["metadata"]["labels"]["app"],
+        "gin-hello-alice"
+    );
+    assert_eq!(
+        d.data["spec"]["selector"]["matchLabels"]["app"],
+        "gin-hello-alice"
+    );
+    assert_eq!(svc.data["spec"]["selector"]["app"], "gin-hello-alice");
+    assert_eq!(plan.workloads[0].pod_selector["app"], "gin-hello-alice");
     assert_eq!(
         owner_from_user("Alice@Example.com").as_deref(),
         Some("alice-example-com")
