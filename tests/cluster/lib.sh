@@ -1,4 +1,5 @@
-# Shared settings of tests/cluster/up, down and build-k8s. Sourced, not run.
+# Shared settings of tests/cluster/up, down, build-k8s, build-coredns and build-images. Sourced,
+# not run.
 # shellcheck shell=bash disable=SC2034 # the settings are used by the scripts that source this
 
 # The one place the cluster's Kubernetes version is pinned (build-k8s builds it, up runs it).
@@ -18,6 +19,14 @@ POD_CIDR="10.244.0.0/24"
 NODE_IP="10.244.0.1"
 SERVICE_CIDR="10.96.0.0/24"
 KUBERNETES_SVC_IP="10.96.0.1"
+# Cluster DNS: CoreDNS (built by build-coredns into a cache keyed by version, its image by
+# build-images) serves the cluster zone behind the kube-dns Service at the conventional 10th
+# address of the service range; kubelet hands it to pods as their name server.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
+COREDNS_BIN="$KDEV_CACHE/coredns/$COREDNS_VERSION/coredns"
+COREDNS_IMAGE="kdev.local/coredns:$COREDNS_VERSION"
+DNS_SVC_IP="10.96.0.10"
+CLUSTER_DOMAIN="cluster.local"
 APISERVER_PORT=6443
 ETCD_CLIENT_PORT=23790
 ETCD_PEER_PORT=23800
