@@ -311,12 +311,23 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// A localhost port that was free a moment ago.
+/// A localhost port that was free a moment ago, below the kernel's ephemeral range: a port
+/// picked by binding port 0 comes from that range, and an outgoing connection of any process
+/// (kdev's own connections to the API server, a parallel test's) may take it before the test's
+/// kdev binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread over 20000..32000, starting at a place that differs between test processes.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (rand_u32() % 12_000) as u16;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(7, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// A copy of examples/gin-hello under `dir`, with a kdev.yaml for the test cluster that deploys
