@@ -22,6 +22,11 @@ mod sync;
 mod ui;
 
 pub use error::{EXIT_CODES_HELP, Exit, exit_code};
+
+/// kdev.yaml's JSON Schema, pretty-printed (`kdev schema`).
+pub fn schema_json() -> String {
+    serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+}
 pub use pod::delve::{DEFAULT_PORT as DELVE_DEFAULT_PORT, DebugOptions};
 
 /// What the end-to-end tests use below the CLI: the session stream, the controller upload, the

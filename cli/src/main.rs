@@ -88,6 +88,14 @@ enum Command {
     },
     /// Remove what `kdev watch` applied for this project (only objects kdev labelled as its own).
     Down,
+    /// Print the JSON Schema of kdev.yaml (for editors: see the README's "Editor support").
+    Schema,
+    /// Print a shell completion script, e.g. `kdev completions bash > ~/.local/share/bash-completion/completions/kdev`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// List the dev sessions in the namespace: owner, workload, pod, age, last renewal, state.
     Sessions,
     /// Remove the workloads, Services, ConfigMaps, Secrets and Leases of sessions whose Lease
@@ -146,8 +154,27 @@ fn watch_options(
     }
 }
 
+/// `kdev --version`: kdev's version and the protocol it speaks with its in-pod controller.
+fn version() -> &'static str {
+    // Built once per process; clap keeps a `&'static str`.
+    Box::leak(
+        format!(
+            "{} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            kdev_protocol::PROTOCOL_VERSION
+        )
+        .into_boxed_str(),
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command()
+        .version(version())
+        .get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.verbose);
     let result = main_impl(cli);
     match result {
@@ -180,6 +207,16 @@ fn init_logging(verbose: u8) {
         .with_span_events(spans)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Write to stdout; a reader that went away (`kdev schema | head`) is not an error.
+fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main_impl(cli: Cli) -> anyhow::Result<()> {
@@ -217,6 +254,13 @@ fn main_impl(cli: Cli) -> anyhow::Result<()> {
                     *older_than,
                 )
                 .await
+            }
+            Command::Schema => print_out(format!("{}\n", kdev::schema_json()).as_bytes()),
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(*shell, &mut cmd, "kdev", &mut script);
+                print_out(&script)
             }
             Command::Down => {
                 kdev::cmd::down::down(

@@ -134,3 +134,60 @@ fn print_config_writes_valid_launch_json_without_a_cluster() {
     );
     assert_eq!(v["substitutePath"][0]["to"], "/kdev/src");
 }
+
+/// `kdev schema` is valid JSON Schema, accepts the examples' kdev.yaml files, and refuses a
+/// misspelt field and a wrong type, as kdev itself does.
+#[test]
+fn the_schema_accepts_the_examples_and_refuses_wrong_files() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for example in ["gin-hello", "shop"] {
+        let text = std::fs::read_to_string(examples.join(example).join("kdev.yaml")).unwrap();
+        let doc: Value = yaml_serde::from_str(&text).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{example}/kdev.yaml: {errors:?}");
+    }
+    for wrong in [
+        "build:\n  packge: ./cmd\n",
+        "run:\n  ports: [eighty]\n",
+        "services:\n  - workload: deployment/x\n",
+        "workload: Not_A_Name\n",
+    ] {
+        let doc: Value = yaml_serde::from_str(wrong).unwrap();
+        assert!(
+            !validator.is_valid(&doc),
+            "the schema must refuse:\n{wrong}"
+        );
+    }
+}
+
+#[test]
+fn completions_and_version() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("watch") && script.contains("take-over"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kdev"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.contains(&format!("(protocol {})", kdev_protocol::PROTOCOL_VERSION)),
+        "{version}"
+    );
+}
