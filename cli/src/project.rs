@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use kdev_protocol::{BuildConfig, SessionConfig};
 
-use crate::config::{Config, FILE_NAME, ServiceConfig};
+use crate::config::{Config, FILE_NAME, ManifestSource, ServiceConfig};
 use crate::deploy::{self, DebugSpec, DevPodSpec, DevTarget};
 use crate::error::UsageError;
 use crate::pod::delve::DebugOptions;
@@ -85,16 +85,22 @@ impl Project {
         })
     }
 
-    pub fn manifest_paths(&self) -> Vec<PathBuf> {
-        if self.config.manifests.is_empty() {
-            vec![self.root.join("k8s")]
+    /// Every object of the project's manifests, rendered for `namespace`.
+    pub fn load_manifests(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<deploy::ManifestObject>, deploy::DeployError> {
+        let sources = if self.config.manifests.is_empty() {
+            vec![ManifestSource::Path("k8s".into())]
         } else {
-            self.config
-                .manifests
-                .iter()
-                .map(|m| self.root.join(m))
-                .collect()
-        }
+            self.config.manifests.clone()
+        };
+        let ctx = deploy::render::RenderContext {
+            root: &self.root,
+            namespace,
+            release: &self.name,
+        };
+        deploy::render::load(&sources, &ctx)
     }
 
     /// Every service of kdev.yaml (one, when it has no `services:`).

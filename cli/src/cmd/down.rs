@@ -33,7 +33,7 @@ pub async fn down(
     )
     .await?;
     let (client, ns) = (conn.client, conn.namespace);
-    let objects = deploy::load_manifests(&project.manifest_paths())?;
+    let objects = project.load_manifests(&ns)?;
     let mut plan = project.deploy_plan(
         &objects,
         &ns,

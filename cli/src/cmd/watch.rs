@@ -112,7 +112,7 @@ async fn watch_until_lost(
     let (client, ns) = (conn.client.clone(), conn.namespace.clone());
 
     // What to deploy, and whether we may.
-    let objects = deploy::load_manifests(&project.manifest_paths())?;
+    let objects = project.load_manifests(&ns)?;
     let debug: BTreeMap<String, DebugOptions> = match &opts.debug {
         Some(d) => services
             .iter()

@@ -53,9 +53,12 @@ pub enum ConfigError {
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
-    /// Manifest files or directories to apply, relative to the project root. Default: `k8s/`.
+    /// What to apply, relative to the project root: YAML files or directories (a directory
+    /// with a `kustomization.yaml` is rendered with `kustomize build`, one with a `Chart.yaml`
+    /// with `helm template`), or `{kustomize: DIR}`, `{helm: {chart, release, values, set}}`,
+    /// `{render: COMMAND}` (any command whose stdout is YAML). Default: `k8s/`.
     #[serde(default)]
-    pub manifests: Vec<PathBuf>,
+    pub manifests: Vec<ManifestSource>,
     /// The workload that runs the app, as `kind/name` (e.g. `deployment/gin-hello`) or a bare
     /// Deployment name. Default: the only Deployment in the manifests.
     #[serde(default)]
@@ -85,6 +88,37 @@ pub struct Config {
     /// settings. Without it, the fields above describe the one service.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// One entry of `manifests`.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ManifestSource {
+    /// A YAML file, a directory of them, a Kustomize directory or a Helm chart.
+    Path(PathBuf),
+    /// A Kustomize directory, rendered with `kustomize build`.
+    Kustomize { kustomize: PathBuf },
+    /// A Helm chart, rendered with `helm template`.
+    Helm { helm: HelmSource },
+    /// A command run with `sh -c` in the project root; its stdout is the YAML to apply.
+    Render { render: String },
+}
+
+/// A Helm chart and how to render it.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HelmSource {
+    /// The chart's directory, relative to the project root.
+    pub chart: PathBuf,
+    /// The release name. Default: the project's name.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Values files, relative to the project root, in order.
+    #[serde(default)]
+    pub values: Vec<PathBuf>,
+    /// `--set` pairs.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
 }
 
 /// One service of a `services:` list: a workload and how to build, sync and run it.

@@ -193,3 +193,32 @@ fn bare_workload_name_is_a_deployment() {
     let w: WorkloadRef = "sts/db".parse().unwrap();
     assert_eq!(w.kind, WorkloadKind::StatefulSet);
 }
+
+#[test]
+fn manifests_take_paths_kustomize_helm_and_render_commands() {
+    let c = parse(
+        "manifests:\n  - k8s/\n  - kustomize: deploy/overlays/dev\n  - helm:\n      chart: charts/shop\n      values: [dev.yaml]\n      set: {image.tag: dev}\n  - render: ./render.sh\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.manifests,
+        vec![
+            ManifestSource::Path("k8s/".into()),
+            ManifestSource::Kustomize {
+                kustomize: "deploy/overlays/dev".into()
+            },
+            ManifestSource::Helm {
+                helm: HelmSource {
+                    chart: "charts/shop".into(),
+                    release: None,
+                    values: vec!["dev.yaml".into()],
+                    set: BTreeMap::from([("image.tag".into(), "dev".into())]),
+                }
+            },
+            ManifestSource::Render {
+                render: "./render.sh".into()
+            },
+        ]
+    );
+    assert!(parse("manifests:\n  - helm: {chrt: x}\n").is_err());
+}

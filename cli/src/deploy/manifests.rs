@@ -1,5 +1,5 @@
-//! Reading the project's manifests (YAML files and directories) into objects, and finding the
-//! app's workload among them.
+//! Reading manifests (YAML files and directories) into objects, and finding the app's workload
+//! among them. Rendering Kustomize, Helm and `render` commands is [`super::render`]'s.
 
 use std::path::{Path, PathBuf};
 
@@ -28,39 +28,22 @@ impl ManifestObject {
     }
 }
 
-/// Read every YAML document from the given files and directories (`*.yaml`, `*.yml`, sorted).
-pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<ManifestObject>, DeployError> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let read = std::fs::read_dir(p).map_err(|source| DeployError::Read {
-                path: p.clone(),
-                source,
-            })?;
-            let mut in_dir: Vec<PathBuf> = read
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect();
-            in_dir.sort();
-            files.extend(in_dir);
-        } else {
-            files.push(p.clone());
-        }
+/// The YAML files a path names: the file itself, or a directory's `*.yaml` and `*.yml`, sorted.
+pub fn yaml_files(p: &Path) -> Result<Vec<PathBuf>, DeployError> {
+    if !p.is_dir() {
+        return Ok(vec![p.to_path_buf()]);
     }
-    let mut out = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| DeployError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        out.extend(parse_manifests(&text, file)?);
-    }
-    if out.is_empty() {
-        let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(DeployError::NoManifests(names.join(", ")));
-    }
-    Ok(out)
+    let read = std::fs::read_dir(p).map_err(|source| DeployError::Read {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = read
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Parse a multi-document YAML text; `path` is for messages.

@@ -6,6 +6,7 @@ mod aliases;
 mod apply;
 mod manifests;
 mod personalize;
+pub mod render;
 pub mod rewrite;
 mod wait;
 
@@ -21,8 +22,8 @@ use kdev_protocol::labels::{MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV};
 use crate::config::{WorkloadKind, WorkloadRef};
 
 pub use apply::{apply, discover, resource_kinds};
+pub use manifests::ManifestObject;
 use manifests::find_workload;
-pub use manifests::{ManifestObject, load_manifests};
 pub use personalize::{owner_from_user, personalize};
 use rewrite::RewriteNotes;
 pub use rewrite::{DebugSpec, DevPodSpec};
@@ -54,6 +55,8 @@ pub enum DeployError {
     },
     #[error("no manifests found in {0}: point `manifests` in kdev.yaml at your YAML files")]
     NoManifests(String),
+    #[error("rendering the manifests with `{command}`: {message}")]
+    Render { command: String, message: String },
     #[error("{0}")]
     Workload(String),
     #[error(transparent)]
@@ -80,6 +83,7 @@ impl DeployError {
                 | DeployError::Yaml { .. }
                 | DeployError::Object { .. }
                 | DeployError::NoManifests(_)
+                | DeployError::Render { .. }
                 | DeployError::Workload(_)
                 | DeployError::Rewrite(_)
         )
