@@ -212,6 +212,7 @@ impl Service {
             args: cfg.run.args.clone(),
             stop_signal: cfg.run.stop_signal.clone(),
             grace_period_ms: cfg.run.grace_period.map(|d| d.0.as_millis() as u64),
+            env: cfg.run.env.clone(),
             labels: BTreeMap::new(),
             debug: debug.map(|d| DebugSpec {
                 port: d.port,
@@ -230,6 +231,7 @@ impl Service {
                 package: Some(cfg.build.package.clone()),
                 flags: go_build_flags(&cfg.build, debug),
                 env: cfg.build.env.clone(),
+                before: cfg.build.before.clone(),
                 ..Default::default()
             },
             app_port,

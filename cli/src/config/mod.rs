@@ -155,6 +155,11 @@ pub struct BuildConfig {
     /// Extra environment for the build (`CGO_ENABLED=0` is the default).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Shell commands run in the sidecar, in the sync root, before each build (e.g.
+    /// `go generate ./...`); a failure is shown like a build error and the old app keeps
+    /// running.
+    #[serde(default)]
+    pub before: Vec<String>,
 }
 
 impl Default for BuildConfig {
@@ -163,6 +168,7 @@ impl Default for BuildConfig {
             package: default_package(),
             flags: Vec::new(),
             env: BTreeMap::new(),
+            before: Vec::new(),
         }
     }
 }
@@ -220,6 +226,9 @@ pub struct RunConfig {
     /// How long the app may take to stop before it is killed, e.g. `5s`, `500ms`. Default: 5s.
     #[serde(default)]
     pub grace_period: Option<DurationSpec>,
+    /// Extra environment for the app (on top of, and overriding, the container's own `env`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// The sidecar that builds the app.

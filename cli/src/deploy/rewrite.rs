@@ -50,6 +50,8 @@ pub struct DevPodSpec {
     pub stop_signal: Option<String>,
     /// `--grace-period` for the supervisor, in milliseconds.
     pub grace_period_ms: Option<u64>,
+    /// Extra environment for the app container (`run.env`), overriding the container's own.
+    pub env: BTreeMap<String, String>,
     /// Extra labels for the pod (session, owner).
     pub labels: BTreeMap<String, String>,
     /// Run the app under Delve.
@@ -173,6 +175,15 @@ pub fn rewrite_pod_template(
     app.command = Some(command);
     app.args = None;
     notes.app_args = app_args;
+    if !spec.env.is_empty() {
+        let env = app.env.get_or_insert_with(Vec::new);
+        env.retain(|e| !spec.env.contains_key(&e.name));
+        env.extend(spec.env.iter().map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..Default::default()
+        }));
+    }
 
     if app.liveness_probe.take().is_some() {
         notes.removed_probes.push("liveness");
@@ -270,6 +281,7 @@ mod tests {
                             "image": "kdev.local/gin-hello:dev",
                             "command": ["/app/gin-hello", "--verbose"],
                             "args": ["--port=8080"],
+                            "env": [{ "name": "GIN_MODE", "value": "release" }],
                             "ports": [{ "containerPort": 8080, "name": "http" }],
                             "readinessProbe": { "httpGet": { "path": "/ping", "port": 8080 } },
                             "livenessProbe": { "httpGet": { "path": "/ping", "port": 8080 } }
@@ -288,6 +300,7 @@ mod tests {
             args: None,
             stop_signal: Some("SIGINT".into()),
             grace_period_ms: Some(2000),
+            env: BTreeMap::from([("GIN_MODE".to_string(), "debug".to_string())]),
             labels: BTreeMap::from([(
                 kdev_protocol::labels::SESSION.to_string(),
                 "s1".to_string(),
@@ -326,6 +339,22 @@ mod tests {
             "readiness only gates traffic; it stays"
         );
         assert_eq!(notes.removed_probes, vec!["liveness"]);
+        // run.env: added, and overriding the container's own value of the same name.
+        let env: Vec<(String, Option<String>)> = app
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        assert_eq!(
+            env.iter().filter(|(n, _)| n == "GIN_MODE").count(),
+            1,
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("GIN_MODE".into(), Some("debug".into()))),
+            "{env:?}"
+        );
         assert_eq!(notes.ports, vec![8080]);
         assert!(
             app.volume_mounts

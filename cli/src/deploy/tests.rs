@@ -51,6 +51,7 @@ fn dev() -> DevPodSpec {
         args: None,
         stop_signal: None,
         grace_period_ms: None,
+        env: BTreeMap::new(),
         labels: BTreeMap::new(),
         debug: None,
     }

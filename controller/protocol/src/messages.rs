@@ -100,6 +100,11 @@ pub struct BuildConfig {
     pub flags: Vec<String>,
     /// Extra environment for the build; overrides the controller's defaults.
     pub env: BTreeMap<String, String>,
+    /// Shell commands run in the sync root before each build, in order (e.g. `go generate ./...`);
+    /// the first that fails fails the build, with its output, and the old app keeps running.
+    /// They run in the build's process group, so a newer patch cancels them too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<String>,
 }
 
 /// Request the sync root listing.

@@ -62,6 +62,7 @@ impl BuildSpec {
                 v
             }
         };
+        let argv = with_hooks(&cfg.before, argv);
         let mut env = BTreeMap::new();
         env.insert("CGO_ENABLED".to_string(), "0".to_string());
         env.insert(
@@ -73,6 +74,7 @@ impl BuildSpec {
             defaults.gomodcache.to_string_lossy().into_owned(),
         );
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(hook_env(&cfg.before));
         BuildSpec {
             argv,
             cwd: root.to_path_buf(),
@@ -81,6 +83,33 @@ impl BuildSpec {
             group_file: None,
         }
     }
+}
+
+/// The build command preceded by the `before` hooks: `sh -c` runs each (echoing it, so the
+/// output shows which one failed) and then `exec`s the build; the first hook that fails ends it
+/// with its exit code.
+fn with_hooks(before: &[String], argv: Vec<String>) -> Vec<String> {
+    if before.is_empty() {
+        return argv;
+    }
+    let mut script = String::from("set -e\n");
+    for i in 0..before.len() {
+        script.push_str(&format!(
+            "printf '%s\\n' \"$ $KDEV_HOOK_{i}\"\neval \"$KDEV_HOOK_{i}\"\n"
+        ));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut wrapped = vec!["sh".to_string(), "-c".into(), script, "kdev-build".into()];
+    wrapped.extend(argv);
+    wrapped
+}
+
+/// The environment the hooks' script reads them from (no quoting of commands into the script).
+fn hook_env(before: &[String]) -> impl Iterator<Item = (String, String)> + '_ {
+    before
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (format!("KDEV_HOOK_{i}"), h.clone()))
 }
 
 /// How a build ended.
@@ -279,5 +308,57 @@ mod tests {
         let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/o"));
         assert_eq!(s.argv, ["sh", "-c", "cp x /o"]);
         assert_eq!(s.env["CGO_ENABLED"], "1");
+    }
+
+    #[tokio::test]
+    async fn hooks_run_in_order_before_the_build_and_a_failing_one_fails_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let d = BuildDefaults {
+            go: "go".into(),
+            gocache: root.join("c"),
+            gomodcache: root.join("m"),
+        };
+        let cfg = BuildConfig {
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "cat gen.txt > {output}".into(),
+            ]),
+            before: vec![
+                "echo \"it's generated\" > gen.txt".into(),
+                "echo second >> gen.txt".into(),
+            ],
+            ..Default::default()
+        };
+        let out = root.join("app.next");
+        let spec = BuildSpec::resolve(&cfg, &d, root, &out);
+        let (_tx, rx) = oneshot::channel();
+        let r = run(spec, rx).await;
+        assert_eq!(r.outcome, BuildOutcome::Succeeded, "{}", r.output);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "it's generated\nsecond\n"
+        );
+        assert!(
+            r.output.contains("$ echo second >> gen.txt"),
+            "{}",
+            r.output
+        );
+
+        let failing = BuildConfig {
+            before: vec!["echo 'no generator' >&2; exit 7".into(), "touch ran".into()],
+            ..cfg
+        };
+        let spec = BuildSpec::resolve(&failing, &d, root, &out);
+        let (_tx, rx) = oneshot::channel();
+        let r = run(spec, rx).await;
+        assert_eq!(r.outcome, BuildOutcome::Failed, "{}", r.output);
+        assert_eq!(r.exit_code, Some(7));
+        assert!(r.output.contains("no generator"), "{}", r.output);
+        assert!(
+            !root.join("ran").exists(),
+            "hooks after the failing one do not run"
+        );
     }
 }
