@@ -495,6 +495,11 @@ pub enum Event {
     AppStarted {
         pid: u32,
         starts: u64,
+        /// The supervisor's forward relay port ([`crate::AppStatus::relay_port`]): a first start
+        /// may come after the `Welcome`, and a new supervisor has a new port. Absent from older
+        /// controllers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_port: Option<u16>,
     },
     AppExited {
         pid: u32,
