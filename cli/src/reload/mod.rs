@@ -270,7 +270,10 @@ impl ReloadLoop<'_> {
                         if matches!(&m, ServerMessage::Event { event: Event::AppExited { .. }, .. }) {
                             self.forwards.app_exits.send_modify(|n| *n += 1);
                         }
-                        if let ServerMessage::Event { event: Event::AppStarted { relay_port: Some(port), .. }, .. } = &m {
+                        if let ServerMessage::Event {
+                            event: Event::AppStarted { relay_port: Some(port), .. } | Event::Restarted { relay_port: Some(port), .. },
+                            ..
+                        } = &m {
                             self.forwards.set_relay(*port);
                         }
                         report::show_message(m, &mut self.report, self.ui);

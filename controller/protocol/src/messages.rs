@@ -465,6 +465,10 @@ pub enum Event {
         /// Of that, how long stopping the old process took (from the supervisor's status).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_ms: Option<u64>,
+        /// The supervisor's forward relay port, as in `AppStarted` (the first start after the
+        /// first build is a `Restarted`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_port: Option<u16>,
     },
     /// The app's port accepts connections.
     Ready {
