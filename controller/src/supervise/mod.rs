@@ -138,6 +138,7 @@ impl Supervisor {
                 running: self.status.state == AppState::Running,
                 stopping: self.status.state == AppState::Stopping,
                 starts: self.status.starts,
+                pid: self.status.pid,
             });
         }
         self.status.updated_at_ms = unix_ms();

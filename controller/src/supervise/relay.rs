@@ -21,10 +21,10 @@
 //!   sends them again. When there are none (an idle kept-alive connection: graceful shutdowns
 //!   close those), the connection is detached: the next bytes the client sends connect to the
 //!   app then running; a connection left detached for [`DETACHED_FOR`] is closed.
-//! - **Crash**: the app's close while it was running, when its port then refuses (or the
-//!   supervisor reports the exit): an idle connection is detached as above; one that was
-//!   waiting for an answer gets `ERROR` (its request may be what crashed the app: it is not sent
-//!   again).
+//! - **Crash**: the app's close while it was running, when its process is gone (a zombie not
+//!   yet reaped, or the supervisor reports the exit): an idle connection is detached as above;
+//!   one that was waiting for an answer gets `ERROR` (its request may be what crashed the app:
+//!   it is not sent again).
 //! - Any other close by the app is passed on (`APP_EOF`), as is every close for connections
 //!   without `OPEN_RESUME`.
 //!
@@ -69,6 +69,8 @@ pub struct AppGate {
     pub stopping: bool,
     /// How many children were started so far.
     pub starts: u64,
+    /// The running child's PID.
+    pub pid: Option<u32>,
 }
 
 /// A running relay: its port, and where the supervisor publishes the app's state.
@@ -134,6 +136,17 @@ async fn sleep_opt(until: Option<Instant>) {
     match until {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (COMM) STATE ...": COMM may hold anything, so look after its last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => false,
     }
 }
 
@@ -377,19 +390,18 @@ impl Conn {
         if !gate.running {
             return Loss::Crash;
         }
-        // The supervisor may not have reaped a crashed app yet; a dead app's port refuses.
-        match TcpStream::connect(("127.0.0.1", self.port)).await {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                // Give the supervisor a moment to say whether it was stopping it.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let gate = *self.gate.borrow();
-                if gate.stopping || gate.starts != self.app_starts {
-                    Loss::Restart
-                } else {
-                    Loss::Crash
-                }
-            }
-            _ => Loss::Closed,
+        // The supervisor may not have reaped a crashed app yet: it is a zombie by then (its
+        // sockets are closed before), or gone.
+        if gate.pid.is_some_and(alive) {
+            return Loss::Closed;
+        }
+        // Give the supervisor a moment to say whether it was stopping it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let gate = *self.gate.borrow();
+        if gate.stopping || gate.starts != self.app_starts {
+            Loss::Restart
+        } else {
+            Loss::Crash
         }
     }
 
@@ -520,6 +532,7 @@ mod tests {
             running: true,
             stopping: false,
             starts: 1,
+            pid: Some(std::process::id()),
         });
         let (_, got) = read_until(&mut s, frame::APP_DATA).await;
         assert_eq!(got, b"v1:one\n");
@@ -529,6 +542,7 @@ mod tests {
             running: false,
             stopping: true,
             starts: 1,
+            pid: None,
         });
         a1.abort();
         let _ = a1.await;
@@ -541,9 +555,83 @@ mod tests {
             running: true,
             stopping: false,
             starts: 2,
+            pid: Some(std::process::id()),
         });
         let (kinds, got) = read_until(&mut s, frame::APP_DATA).await;
         assert_eq!(got, b"v2:two\n", "frames: {kinds:x?}");
+    }
+
+    fn gate(running: bool, starts: u64) -> AppGate {
+        AppGate {
+            running,
+            stopping: !running,
+            starts,
+            pid: running.then(std::process::id),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_the_stopping_app_dropped_is_sent_to_the_next_one() {
+        let relay = start().unwrap();
+        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l1.local_addr().unwrap().port();
+        relay.gate.send_replace(gate(true, 1));
+        let mut s = relay_client(&relay, port, frame::OPEN_RESUME).await;
+        s.write_all(&data(b"lost?\n")).await.unwrap();
+        // The old app reads the request and, stopping, closes without answering.
+        let (mut conn, _) = l1.accept().await.unwrap();
+        let mut got = [0u8; 6];
+        conn.read_exact(&mut got).await.unwrap();
+        relay.gate.send_replace(gate(false, 1));
+        drop(conn);
+        drop(l1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let l2 = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(app(l2, 2));
+        relay.gate.send_replace(gate(true, 2));
+        let (kinds, got) = read_until(&mut s, frame::APP_DATA).await;
+        assert_eq!(got, b"v2:lost?\n", "frames: {kinds:x?}");
+    }
+
+    #[tokio::test]
+    async fn a_close_by_the_running_app_is_passed_on() {
+        let relay = start().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        relay.gate.send_replace(gate(true, 1));
+        let mut s = relay_client(&relay, port, frame::OPEN_RESUME).await;
+        let (conn, _) = l.accept().await.unwrap();
+        drop(conn);
+        let (kinds, _) = read_until(&mut s, frame::APP_EOF).await;
+        assert_eq!(kinds, [frame::HELLO, frame::APP_EOF]);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_when_the_app_crashed_is_not_sent_again() {
+        let relay = start().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        // A PID that does not exist: the app is gone, the supervisor has not said so yet.
+        relay.gate.send_replace(AppGate {
+            running: true,
+            stopping: false,
+            starts: 1,
+            pid: Some(u32::MAX / 2),
+        });
+        let mut s = relay_client(&relay, port, frame::OPEN_RESUME).await;
+        s.write_all(&data(b"boom\n")).await.unwrap();
+        let (mut conn, _) = l.accept().await.unwrap();
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).await.unwrap();
+        drop(conn);
+        let (kinds, _) = read_until(&mut s, frame::ERROR).await;
+        assert_eq!(kinds.last(), Some(&frame::ERROR));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_missing_one_is_not() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX / 2));
     }
 
     #[tokio::test]
@@ -555,6 +643,7 @@ mod tests {
             running: true,
             stopping: false,
             starts: 1,
+            pid: Some(std::process::id()),
         });
         let mut s = relay_client(&relay, port, 0).await;
         let (conn, _) = l.accept().await.unwrap();
