@@ -48,8 +48,16 @@ use tokio::sync::{Notify, mpsc, watch};
 /// NAT forgot would otherwise hold the client's connection for minutes.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Warm streams kept open to the relay, per forwarded port (a browser opens several
-/// connections at once).
+/// connections at once). `KDEV_FORWARD_SPARES` overrides it (0: none), to measure what they
+/// buy.
 pub const SPARES: usize = 2;
+
+fn spares_wanted() -> usize {
+    std::env::var("KDEV_FORWARD_SPARES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SPARES)
+}
 /// The longest wait before trying again to open a spare after a failure.
 const SPARE_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often idle spares are checked for having ended.
@@ -341,9 +349,13 @@ impl Spares {
         found
     }
 
-    /// Keep [`SPARES`] live spares to the current target's relay.
+    /// Keep [`SPARES`] live spares to the current target's relay, opening the missing ones
+    /// at the same time.
     async fn keep(self, mut target: watch::Receiver<Option<ForwardTarget>>) {
+        let wanted = spares_wanted();
         let mut backoff = Duration::from_millis(250);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut opening = tokio::task::JoinSet::new();
         loop {
             let current = target.borrow_and_update().clone();
             let want = current
@@ -356,10 +368,27 @@ impl Spares {
                 ready.len()
             };
             if let (Some(t), Some((_, relay))) = (&current, &want)
-                && have < SPARES
+                && retry_at.is_none_or(|at| at <= tokio::time::Instant::now())
             {
-                match open_spare(t, *relay).await {
-                    Ok(s) => {
+                retry_at = None;
+                for _ in have + opening.len()..wanted {
+                    let (t, relay) = (t.clone(), *relay);
+                    opening.spawn(async move { open_spare(&t, relay).await });
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = target.changed() => if r.is_err() { return },
+                _ = self.taken.notified() => {}
+                _ = tokio::time::sleep(SPARE_CHECK) => {}
+                _ = retry => {}
+                Some(opened) = opening.join_next() => match opened {
+                    Ok(Ok(s)) => {
                         backoff = Duration::from_millis(250);
                         // The target may have moved on while it was opening.
                         if target
@@ -369,23 +398,14 @@ impl Spares {
                         {
                             self.lock().push(s);
                         }
-                        continue;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!("opening a spare stream: {e}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            r = target.changed() => if r.is_err() { return },
-                        }
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
                         backoff = (backoff * 2).min(SPARE_MAX_BACKOFF);
-                        continue;
                     }
-                }
-            }
-            tokio::select! {
-                r = target.changed() => if r.is_err() { return },
-                _ = self.taken.notified() => {}
-                _ = tokio::time::sleep(SPARE_CHECK) => {}
+                    Err(_) => {}
+                },
             }
         }
     }
