@@ -314,7 +314,9 @@ impl Conn {
             }
             frame::EOF if self.opened => {
                 self.client_eof = true;
-                if self.detached.is_some() {
+                // Detached: the old app closed it, and there is nothing to send to a new one.
+                if self.detached.take().is_some() {
+                    frame::encode(frame::APP_EOF, &[], &mut self.to_kdev);
                     self.finish = true;
                 }
             }
