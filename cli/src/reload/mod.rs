@@ -55,6 +55,19 @@ pub struct Forwards {
     pub app_exits: watch::Sender<u64>,
 }
 
+impl Forwards {
+    /// The pod's forward relay is on `port` (from the Welcome, or a new supervisor's start).
+    fn set_relay(&self, port: u16) {
+        self.target.send_if_modified(|t| match t {
+            Some(t) if t.relay != Some(port) => {
+                t.relay = Some(port);
+                true
+            }
+            _ => false,
+        });
+    }
+}
+
 /// Everything the loop needs, set up by `kdev watch`.
 pub struct ReloadLoop<'a> {
     pub ui: &'a Ui,
@@ -115,10 +128,12 @@ impl ReloadLoop<'_> {
         };
         let pod_name = pod.name_any();
         // Forward to the pod as soon as it is known, not only once the session is up: the old
-        // one may be gone.
+        // one may be gone. Its relay is known again from the Welcome (a new pod has its own).
         self.forwards.target.send_replace(Some(ForwardTarget {
             pod: pod_name.clone(),
             pods: pods.clone(),
+            relay: None,
+            delve: self.debug.as_ref().map(|d| d.port),
         }));
         let opening = open_session(
             self.ui,
@@ -134,7 +149,12 @@ impl ReloadLoop<'_> {
             lost = self.lease.lost() => return Err(SessionLost(lost).into()),
         };
         let mut session = match opened {
-            Ok(s) => s,
+            Ok(s) => {
+                if let Some(port) = s.welcome.app_status.as_ref().and_then(|a| a.relay_port) {
+                    self.forwards.set_relay(port);
+                }
+                s
+            }
             // Waiting does not grant permissions: stop.
             Err(e) if exit_code(&e) == Exit::Forbidden => return Err(e),
             Err(e) => {
@@ -249,6 +269,12 @@ impl ReloadLoop<'_> {
                         let restarted = matches!(&m, ServerMessage::Event { event: Event::Restarted { .. }, .. });
                         if matches!(&m, ServerMessage::Event { event: Event::AppExited { .. }, .. }) {
                             self.forwards.app_exits.send_modify(|n| *n += 1);
+                        }
+                        if let ServerMessage::Event {
+                            event: Event::AppStarted { relay_port: Some(port), .. } | Event::Restarted { relay_port: Some(port), .. },
+                            ..
+                        } = &m {
+                            self.forwards.set_relay(*port);
                         }
                         report::show_message(m, &mut self.report, self.ui);
                         if let (true, Some(d)) = (restarted, &self.debug) {

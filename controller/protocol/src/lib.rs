@@ -66,6 +66,7 @@ pub mod labels;
 pub mod layout;
 pub mod messages;
 pub mod paths;
+pub mod relay;
 pub mod signal;
 pub mod status;
 pub mod wire;

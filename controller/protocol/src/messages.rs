@@ -470,6 +470,10 @@ pub enum Event {
         /// Of that, how long stopping the old process took (from the supervisor's status).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_ms: Option<u64>,
+        /// The supervisor's forward relay port, as in `AppStarted` (the first start after the
+        /// first build is a `Restarted`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_port: Option<u16>,
     },
     /// The app's port accepts connections.
     Ready {
@@ -500,6 +504,11 @@ pub enum Event {
     AppStarted {
         pid: u32,
         starts: u64,
+        /// The supervisor's forward relay port ([`crate::AppStatus::relay_port`]): a first start
+        /// may come after the `Welcome`, and a new supervisor has a new port. Absent from older
+        /// controllers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_port: Option<u16>,
     },
     AppExited {
         pid: u32,

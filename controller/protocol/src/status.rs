@@ -33,6 +33,10 @@ pub struct AppStatus {
     /// (Boxed: it would make the `Welcome`, which carries a status, too large a variant.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_binary: Option<Box<FileId>>,
+    /// The port (on 127.0.0.1 in the pod) of the supervisor's forward relay ([`crate::relay`]),
+    /// which `kdev` forwards through; `None` from a supervisor without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
     pub updated_at_ms: u64,
 }
 

@@ -196,6 +196,7 @@ pub(super) fn spawn_watcher(
                     out.event(Event::AppStarted {
                         pid,
                         starts: c.starts,
+                        relay_port: c.relay_port,
                     })
                     .await;
                 }

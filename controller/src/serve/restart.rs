@@ -107,6 +107,7 @@ pub(super) async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
             pid,
             elapsed_ms: ms(t_sig.elapsed()),
             stop_ms,
+            relay_port: status.relay_port,
         })
         .await;
     drop(guard);

@@ -17,6 +17,7 @@
 
 mod app_log;
 mod child;
+pub mod relay;
 mod signals;
 
 use std::fs;
@@ -67,6 +68,7 @@ struct Supervisor {
     next_start: Option<Instant>,
     shutdown: Option<Signal>,
     restart_requested: Option<u64>,
+    relay: Option<relay::Relay>,
 }
 
 /// Run the supervisor until it is told to stop. Returns the process exit code.
@@ -93,10 +95,15 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
         layout.rotated_log_file(),
         opts.log_max_bytes,
     );
+    // kdev's port-forwards go through it; without it (it cannot bind) they go to the app.
+    let relay = relay::start()
+        .map_err(|e| log(format!("no forward relay: {e}")))
+        .ok();
     let status = AppStatus {
         supervisor_pid: std::process::id(),
         state: AppState::Waiting,
         command: opts.command.clone(),
+        relay_port: relay.as_ref().map(|r| r.port),
         ..Default::default()
     };
     let mut sup = Supervisor {
@@ -109,6 +116,7 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
         next_start: None,
         shutdown: None,
         restart_requested: None,
+        relay,
     };
     sup.write_status();
     let code = sup.main_loop();
@@ -123,6 +131,16 @@ pub fn run(opts: SuperviseOptions) -> Result<i32> {
 
 impl Supervisor {
     fn write_status(&mut self) {
+        // The relay first: it must know of a stop before the app is signalled (the caller
+        // signals after this returns).
+        if let Some(r) = &self.relay {
+            r.gate.send_replace(relay::AppGate {
+                running: self.status.state == AppState::Running,
+                stopping: self.status.state == AppState::Stopping,
+                starts: self.status.starts,
+                pid: self.status.pid,
+            });
+        }
         self.status.updated_at_ms = unix_ms();
         let path = self.opts.layout.status_file();
         match serde_json::to_vec_pretty(&self.status) {
