@@ -171,6 +171,16 @@ impl ReloadLoop<'_> {
                 self.report.reload = None;
             }
             Ok(s) => {
+                // Precise enough for a benchmark (tests/bench/sync reads it).
+                self.ui.step(&format!(
+                    "synced {} files ({}) in {}: sent {} files ({}), deleted {}",
+                    s.files,
+                    fmt_bytes(s.compared_bytes),
+                    fmt_duration(s.started.elapsed()),
+                    s.sent_files,
+                    fmt_bytes(s.sent_bytes),
+                    s.deleted,
+                ));
                 self.report.reload = Some(Reload::new(
                     vec![format!("{} files", s.files)],
                     s.started,

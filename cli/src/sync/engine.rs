@@ -114,6 +114,11 @@ pub struct InitialSync {
     pub compared_bytes: u64,
     /// Nothing was sent and no build started: the pod already held this tree, built.
     pub in_sync: bool,
+    /// Paths sent (files, directories, symlinks) and the bytes of the files among them.
+    pub sent_files: usize,
+    pub sent_bytes: u64,
+    /// Paths deleted in the pod.
+    pub deleted: usize,
 }
 
 /// The pod's listing, with what it could not list (a FIFO, an unreadable file) as entries of
@@ -219,6 +224,9 @@ impl SyncEngine {
             files,
             compared_bytes: self.known.values().map(|e| e.size).sum(),
             in_sync: plan.is_empty() && !sent.build_started,
+            sent_files: plan.send.len(),
+            sent_bytes: bytes,
+            deleted: plan.delete.len(),
         })
     }
 
