@@ -88,6 +88,7 @@ struct Live {
 impl ReloadLoop<'_> {
     /// Run until the session is lost (an error); Ctrl-C is the caller's.
     pub async fn run(mut self) -> Result<()> {
+        self.engine.keep_hashes_across_restarts();
         let mut first = true;
         let mut backoff = Duration::from_millis(250);
         let mut forward_errors = ErrorSummary::new(FORWARD_ERROR_WINDOW);
@@ -304,6 +305,7 @@ impl ReloadLoop<'_> {
     /// rescan if it is time.
     async fn rescan(&mut self, live: &mut Live, schedule: &mut RescanSchedule) -> Result<()> {
         let now = Instant::now();
+        self.engine.save_hashes_if_due();
         if let Some((paths, found_at)) = schedule.take_settled(now) {
             if let Some(s) = self
                 .engine

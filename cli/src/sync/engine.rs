@@ -7,7 +7,7 @@
 //! refuses is named once and not sent again until it changes. The engine knows nothing of
 //! Kubernetes: its tests run it against a local `kdev-controller serve`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use kdev_protocol::{BuildMode, Entry};
 
 use crate::pod::session::ControllerSession;
+use crate::sync::hashcache;
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::plan::{self, SyncPlan};
 use crate::sync::snapshot::Snapshot;
@@ -25,6 +26,9 @@ use crate::ui::Ui;
 
 /// Patches are split into frames of about this size (well under the protocol's 64 MiB).
 const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How many bytes of patches may be on the way unanswered (the controller queues up to 64 MiB
+/// of frames; this also bounds what kdev holds in memory).
+const IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 /// An initial sync larger than this shows a progress bar.
 const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
 
@@ -45,7 +49,12 @@ pub struct SyncEngine {
     warned: BTreeSet<PathBuf>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
     pub build_mode: BuildMode,
+    /// When the hash cache was last written to its file.
+    hashes_saved_at: Instant,
 }
+
+/// How often a changed hash cache is written to its file while kdev runs.
+const SAVE_HASHES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SyncEngine {
     pub fn new(root: &Path, rules: IgnoreRules, build_mode: BuildMode) -> SyncEngine {
@@ -57,6 +66,31 @@ impl SyncEngine {
             snapshot: Snapshot::new(root),
             warned: BTreeSet::new(),
             build_mode,
+            hashes_saved_at: Instant::now(),
+        }
+    }
+
+    /// Keep the local hash cache across restarts of kdev, in the user's cache directory (one
+    /// file per sync root, see [`hashcache::cache_file`]): a restarted kdev reads only the files
+    /// that changed meanwhile.
+    pub fn keep_hashes_across_restarts(&mut self) {
+        if let Some(file) = hashcache::cache_file(&self.root) {
+            self.snapshot.persist_hashes_in(file);
+        }
+    }
+
+    /// Write the hash cache to its file if it changed (a failure only costs hashing later).
+    pub fn save_hashes(&mut self) {
+        if let Err(e) = self.snapshot.save_hashes() {
+            tracing::debug!("cannot save the hash cache: {e}");
+        }
+        self.hashes_saved_at = Instant::now();
+    }
+
+    /// [`Self::save_hashes`], at most every [`SAVE_HASHES_EVERY`].
+    pub fn save_hashes_if_due(&mut self) {
+        if self.hashes_saved_at.elapsed() >= SAVE_HASHES_EVERY {
+            self.save_hashes();
         }
     }
 
@@ -212,6 +246,7 @@ impl SyncEngine {
             bar.finish_and_clear();
         }
         self.known = local_by_path;
+        self.save_hashes();
         self.note_refused(&sent.refused, ui);
         self.warn_unsyncable(&sent.skipped, ui);
         let files = self
@@ -381,7 +416,12 @@ impl SyncEngine {
             };
             patches.push((deletes, chunk));
         }
+        // Pipelined: up to IN_FLIGHT_BYTES of patches are on the way while the next tar is built
+        // and the pod applies the earlier ones. The pod applies them in the order sent, so the
+        // deletions still come first and only the last patch may start the build.
         let n = patches.len();
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut in_flight_bytes = 0;
         for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
             let patch = build_patch_tar(&self.root, &chunk)?;
             // Changed since it was listed into something that cannot be synced: left out now; the
@@ -390,21 +430,45 @@ impl SyncEngine {
             let tar = patch.tar;
             let mode = if i + 1 == n { build } else { BuildMode::Never };
             let bytes = tar.len() as u64;
-            let result = session.patch(deletes, tar, mode).await?;
-            if let Some(bar) = progress {
-                bar.inc(bytes);
-            }
-            if let Some(whole) = result
-                .refused
-                .iter()
-                .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+            while in_flight_bytes + bytes > IN_FLIGHT_BYTES
+                && let Some((id, b)) = in_flight.pop_front()
             {
-                bail!("the pod refused a whole patch: {}", whole.reason);
+                in_flight_bytes -= b;
+                Self::collect(session, id, b, progress, &mut sent).await?;
             }
-            sent.refused.extend(result.refused);
-            sent.build_started = result.build_id.is_some();
+            let id = session.send_patch(deletes, tar, mode)?;
+            in_flight.push_back((id, bytes));
+            in_flight_bytes += bytes;
+        }
+        while let Some((id, b)) = in_flight.pop_front() {
+            Self::collect(session, id, b, progress, &mut sent).await?;
         }
         Ok(sent)
+    }
+
+    /// Wait for the result of patch `id` (`bytes` of tar) and account for it.
+    async fn collect(
+        session: &mut ControllerSession,
+        id: u64,
+        bytes: u64,
+        progress: Option<&indicatif::ProgressBar>,
+        sent: &mut Sent,
+    ) -> Result<()> {
+        let result = session.patch_result(id).await?;
+        if let Some(bar) = progress {
+            bar.inc(bytes);
+        }
+        if let Some(whole) = result
+            .refused
+            .iter()
+            .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+        {
+            bail!("the pod refused a whole patch: {}", whole.reason);
+        }
+        sent.refused.extend(result.refused);
+        // The patches are collected in order: this ends as the last one's.
+        sent.build_started = result.build_id.is_some();
+        Ok(())
     }
 }
 
