@@ -410,8 +410,20 @@ impl ControllerSession {
 
     /// The pod's listing of the sync root.
     pub async fn reconcile(&mut self) -> Result<ReconcileResult, SessionError> {
+        let id = self.request_listing()?;
+        self.listing(id).await
+    }
+
+    /// Ask for the pod's listing without waiting for it (see [`Self::listing`]): the pod lists
+    /// its tree while the caller lists the local one. Returns the request's id.
+    pub fn request_listing(&mut self) -> Result<u64, SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Reconcile(Reconcile { id }))?;
+        Ok(id)
+    }
+
+    /// The listing asked for with [`Self::request_listing`].
+    pub async fn listing(&mut self, id: u64) -> Result<ReconcileResult, SessionError> {
         let part = move |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
             other => Err(Box::new(other)),

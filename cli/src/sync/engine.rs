@@ -205,8 +205,19 @@ impl SyncEngine {
         ui: &Ui,
     ) -> Result<InitialSync> {
         let started = Instant::now();
-        let remote = session.reconcile().await?;
+        // The pod lists its tree while the local one is listed.
+        let asked = session.request_listing()?;
         let listing = self.snapshot.scan(&self.rules)?;
+        let scanned = started.elapsed();
+        let remote = session.listing(asked).await?;
+        tracing::debug!(
+            "reconcile: local listing in {scanned:?}, the pod's ({} entries, {} hashes cached, \
+             listed in {} ms) received after {:?}",
+            remote.entries.len(),
+            remote.cached,
+            remote.elapsed_ms,
+            started.elapsed()
+        );
         self.warn_unsyncable(&listing.unsyncable, ui);
         let local = listing.entries;
         let local_by_path: BTreeMap<String, Entry> =
