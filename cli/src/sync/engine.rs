@@ -155,6 +155,17 @@ pub struct InitialSync {
     pub deleted: usize,
 }
 
+/// Give the memory a large sync used (patches on the way, listings) back to the system: glibc's
+/// allocator keeps freed memory of its per-thread arenas otherwise, and an idle `kdev watch`
+/// held 53 MB after syncing 10,000 files.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The pod's listing, with what it could not list (a FIFO, an unreadable file) as entries of
 /// unknown content: such a path is deleted when it is not local, and replaced when it is, so
 /// the pod's tree ends up equal to the local one either way.
@@ -258,6 +269,7 @@ impl SyncEngine {
         }
         self.known = local_by_path;
         self.save_hashes();
+        release_freed_memory();
         self.note_refused(&sent.refused, ui);
         self.warn_unsyncable(&sent.skipped, ui);
         let files = self
@@ -364,6 +376,9 @@ impl SyncEngine {
         }
         for e in fresh_list {
             self.known.insert(e.path.clone(), e);
+        }
+        if plan.send.len() + plan.delete.len() > 1000 {
+            release_freed_memory();
         }
         self.note_refused(&sent.refused, ui);
         self.warn_unsyncable(&sent.skipped, ui);
