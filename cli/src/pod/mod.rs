@@ -3,5 +3,6 @@
 
 pub mod bootstrap;
 pub mod delve;
+pub mod exec_stream;
 pub mod forward;
 pub mod session;

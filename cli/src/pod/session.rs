@@ -14,7 +14,7 @@
 //! connection. One reader task and one writer task own the two halves of the stream, so every
 //! method here is cancel-safe (a frame is never half written because a `select!` moved on).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,12 @@ use kdev_protocol::{
     BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, Patch, PatchResult,
     Ping, Reconcile, ReconcileResult, ServerMessage, Welcome,
 };
-use kube::api::{Api, AttachParams};
+use kube::api::Api;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
+use crate::pod::exec_stream::{self, ExecStream};
 
 /// Silence after which a `Ping` is sent.
 pub const PING_AFTER: Duration = Duration::from_secs(4);
@@ -164,6 +165,9 @@ pub struct ControllerSession {
     liveness: Arc<Mutex<Liveness>>,
     last_ping: Option<Instant>,
     next_id: u64,
+    /// Patches sent and not answered yet: their size and when they were queued.
+    in_flight: BTreeMap<u64, (usize, Instant)>,
+    peak_in_flight: usize,
     pub welcome: Welcome,
     // Kept so the stream stays open (the exec, or a local process); dropping it ends it.
     _transport: Box<dyn Send>,
@@ -176,11 +180,6 @@ impl ControllerSession {
         pod: &str,
         hello: Hello,
     ) -> Result<ControllerSession, SessionError> {
-        let params = AttachParams::default()
-            .container(SIDECAR_NAME)
-            .stdin(true)
-            .stdout(true)
-            .stderr(true);
         // Build with the image's own Go caches (which it may ship pre-filled), where `go env`
         // says they are in that image.
         let script = format!(
@@ -189,21 +188,21 @@ impl ControllerSession {
              ${{c:+--gocache=\"$c\"}}"
         );
         let command = vec!["sh".to_string(), "-c".into(), script];
-        let open = pods.exec(pod, command, &params);
-        let mut process = tokio::time::timeout(DEAD_AFTER, open)
+        // Large stdin messages (kube's own exec sends 1 KiB ones: see `exec_stream`).
+        let open = exec_stream::exec(pods, pod, SIDECAR_NAME, command);
+        let ExecStream {
+            stdin,
+            stdout,
+            stderr,
+            task,
+        } = tokio::time::timeout(DEAD_AFTER, open)
             .await
             .map_err(|_| SessionError::Timeout(DEAD_AFTER))?
             .map_err(|source| SessionError::Exec {
                 pod: pod.into(),
                 source,
             })?;
-        // Requested above, so present; a missing one would be a kube bug, reported as closed.
-        let (Some(stdout), Some(stderr), Some(stdin)) =
-            (process.stdout(), process.stderr(), process.stdin())
-        else {
-            return Err(SessionError::Closed("the exec stream has no stdio".into()));
-        };
-        Self::start(stdout, stdin, stderr, hello, Box::new(process)).await
+        Self::start(stdout, stdin, stderr, hello, Box::new(task)).await
     }
 
     /// The session over any byte streams to a `kdev-controller serve` (its stdout, stdin and
@@ -286,6 +285,8 @@ impl ControllerSession {
             liveness,
             last_ping: None,
             next_id: 1,
+            in_flight: BTreeMap::new(),
+            peak_in_flight: 0,
             welcome,
             _transport: transport,
         })
@@ -394,7 +395,9 @@ impl ControllerSession {
                 .await
                 .map_err(|_| SessionError::Timeout(timeout))??;
             if let ServerMessage::Error(e) = &msg
-                && (e.id == Some(id) || e.fatal)
+                && (e.id == Some(id)
+                    || e.id.is_some_and(|i| self.in_flight.contains_key(&i))
+                    || e.fatal)
             {
                 return Err(SessionError::Refused(e.clone()));
             }
@@ -407,8 +410,20 @@ impl ControllerSession {
 
     /// The pod's listing of the sync root.
     pub async fn reconcile(&mut self) -> Result<ReconcileResult, SessionError> {
+        let id = self.request_listing()?;
+        self.listing(id).await
+    }
+
+    /// Ask for the pod's listing without waiting for it (see [`Self::listing`]): the pod lists
+    /// its tree while the caller lists the local one. Returns the request's id.
+    pub fn request_listing(&mut self) -> Result<u64, SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Reconcile(Reconcile { id }))?;
+        Ok(id)
+    }
+
+    /// The listing asked for with [`Self::request_listing`].
+    pub async fn listing(&mut self, id: u64) -> Result<ReconcileResult, SessionError> {
         let part = move |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Ok(r),
             other => Err(Box::new(other)),
@@ -429,26 +444,62 @@ impl ControllerSession {
         tar: Vec<u8>,
         build: BuildMode,
     ) -> Result<PatchResult, SessionError> {
+        let id = self.send_patch(deletes, tar, build)?;
+        self.patch_result(id).await
+    }
+
+    /// Queue a patch without waiting for its result (see [`Self::patch_result`]); returns its
+    /// id. The controller applies patches one at a time in the order they were sent, so several
+    /// can be on the way at once (its input queue is bounded: the stream's flow control holds
+    /// the sender back once it is full).
+    pub fn send_patch(
+        &mut self,
+        deletes: Vec<String>,
+        tar: Vec<u8>,
+        build: BuildMode,
+    ) -> Result<u64, SessionError> {
         let id = self.id();
         let bytes = tar.len();
-        let t0 = std::time::Instant::now();
         self.send(&ClientMessage::Patch(Patch {
             id,
             deletes,
             build,
             tar,
         }))?;
-        let result = self
-            .response(id, PATCH_REPLY_DEADLINE, |m| match m {
+        self.in_flight.insert(id, (bytes, Instant::now()));
+        self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
+        Ok(id)
+    }
+
+    /// The most patches that were on the way at once (tests).
+    #[cfg(test)]
+    pub fn peak_in_flight(&self) -> usize {
+        self.peak_in_flight
+    }
+
+    /// Wait for the result of the patch `id` sent with [`Self::send_patch`]. A refusal of any
+    /// patch still on its way fails this wait too: the caller stops and reconciles.
+    pub async fn patch_result(&mut self, id: u64) -> Result<PatchResult, SessionError> {
+        let is_it = |m: &ServerMessage| matches!(m, ServerMessage::PatchResult(r) if r.id == id);
+        let result = if let Some(i) = self.events.iter().position(is_it) {
+            match self.events.remove(i) {
+                Some(ServerMessage::PatchResult(r)) => r,
+                _ => unreachable!("found above"),
+            }
+        } else {
+            self.response(id, PATCH_REPLY_DEADLINE, |m| match m {
                 ServerMessage::PatchResult(r) if r.id == id => Ok(r),
                 other => Err(Box::new(other)),
             })
-            .await?;
-        tracing::debug!(
-            "patch {id}: {bytes} bytes, applied in the pod in {} ms, answered after {:?}",
-            result.elapsed_ms,
-            t0.elapsed()
-        );
+            .await?
+        };
+        if let Some((bytes, t0)) = self.in_flight.remove(&id) {
+            tracing::debug!(
+                "patch {id}: {bytes} bytes, applied in the pod in {} ms, answered after {:?}",
+                result.elapsed_ms,
+                t0.elapsed()
+            );
+        }
         Ok(result)
     }
 

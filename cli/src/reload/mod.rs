@@ -101,6 +101,7 @@ struct Live {
 impl ReloadLoop<'_> {
     /// Run until the session is lost (an error); Ctrl-C is the caller's.
     pub async fn run(mut self) -> Result<()> {
+        self.engine.keep_hashes_across_restarts();
         let mut first = true;
         let mut backoff = Duration::from_millis(250);
         let mut forward_errors = ErrorSummary::new(FORWARD_ERROR_WINDOW);
@@ -191,6 +192,16 @@ impl ReloadLoop<'_> {
                 self.report.reload = None;
             }
             Ok(s) => {
+                // Precise enough for a benchmark (tests/bench/sync reads it).
+                self.ui.step(&format!(
+                    "synced {} files ({}) in {}: sent {} files ({}), deleted {}",
+                    s.files,
+                    fmt_bytes(s.compared_bytes),
+                    fmt_duration(s.started.elapsed()),
+                    s.sent_files,
+                    fmt_bytes(s.sent_bytes),
+                    s.deleted,
+                ));
                 self.report.reload = Some(Reload::new(
                     vec![format!("{} files", s.files)],
                     s.started,
@@ -320,6 +331,7 @@ impl ReloadLoop<'_> {
     /// rescan if it is time.
     async fn rescan(&mut self, live: &mut Live, schedule: &mut RescanSchedule) -> Result<()> {
         let now = Instant::now();
+        self.engine.save_hashes_if_due();
         if let Some((paths, found_at)) = schedule.take_settled(now) {
             if let Some(s) = self
                 .engine

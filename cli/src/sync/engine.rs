@@ -7,7 +7,7 @@
 //! refuses is named once and not sent again until it changes. The engine knows nothing of
 //! Kubernetes: its tests run it against a local `kdev-controller serve`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use kdev_protocol::{BuildMode, Entry};
 
 use crate::pod::session::ControllerSession;
+use crate::sync::hashcache;
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::plan::{self, SyncPlan};
 use crate::sync::snapshot::Snapshot;
@@ -25,6 +26,9 @@ use crate::ui::Ui;
 
 /// Patches are split into frames of about this size (well under the protocol's 64 MiB).
 const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How many bytes of patches may be on the way unanswered (the controller queues up to 64 MiB
+/// of frames; this also bounds what kdev holds in memory).
+const IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 /// An initial sync larger than this shows a progress bar.
 const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
 
@@ -45,7 +49,12 @@ pub struct SyncEngine {
     warned: BTreeSet<PathBuf>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
     pub build_mode: BuildMode,
+    /// When the hash cache was last written to its file.
+    hashes_saved_at: Instant,
 }
+
+/// How often a changed hash cache is written to its file while kdev runs.
+const SAVE_HASHES_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SyncEngine {
     pub fn new(root: &Path, rules: IgnoreRules, build_mode: BuildMode) -> SyncEngine {
@@ -57,6 +66,31 @@ impl SyncEngine {
             snapshot: Snapshot::new(root),
             warned: BTreeSet::new(),
             build_mode,
+            hashes_saved_at: Instant::now(),
+        }
+    }
+
+    /// Keep the local hash cache across restarts of kdev, in the user's cache directory (one
+    /// file per sync root, see [`hashcache::cache_file`]): a restarted kdev reads only the files
+    /// that changed meanwhile.
+    pub fn keep_hashes_across_restarts(&mut self) {
+        if let Some(file) = hashcache::cache_file(&self.root) {
+            self.snapshot.persist_hashes_in(file);
+        }
+    }
+
+    /// Write the hash cache to its file if it changed (a failure only costs hashing later).
+    pub fn save_hashes(&mut self) {
+        if let Err(e) = self.snapshot.save_hashes() {
+            tracing::debug!("cannot save the hash cache: {e}");
+        }
+        self.hashes_saved_at = Instant::now();
+    }
+
+    /// [`Self::save_hashes`], at most every [`SAVE_HASHES_EVERY`].
+    pub fn save_hashes_if_due(&mut self) {
+        if self.hashes_saved_at.elapsed() >= SAVE_HASHES_EVERY {
+            self.save_hashes();
         }
     }
 
@@ -114,6 +148,22 @@ pub struct InitialSync {
     pub compared_bytes: u64,
     /// Nothing was sent and no build started: the pod already held this tree, built.
     pub in_sync: bool,
+    /// Paths sent (files, directories, symlinks) and the bytes of the files among them.
+    pub sent_files: usize,
+    pub sent_bytes: u64,
+    /// Paths deleted in the pod.
+    pub deleted: usize,
+}
+
+/// Give the memory a large sync used (patches on the way, listings) back to the system: glibc's
+/// allocator keeps freed memory of its per-thread arenas otherwise, and an idle `kdev watch`
+/// held 53 MB after syncing 10,000 files.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The pod's listing, with what it could not list (a FIFO, an unreadable file) as entries of
@@ -166,8 +216,19 @@ impl SyncEngine {
         ui: &Ui,
     ) -> Result<InitialSync> {
         let started = Instant::now();
-        let remote = session.reconcile().await?;
+        // The pod lists its tree while the local one is listed.
+        let asked = session.request_listing()?;
         let listing = self.snapshot.scan(&self.rules)?;
+        let scanned = started.elapsed();
+        let remote = session.listing(asked).await?;
+        tracing::debug!(
+            "reconcile: local listing in {scanned:?}, the pod's ({} entries, {} hashes cached, \
+             listed in {} ms) received after {:?}",
+            remote.entries.len(),
+            remote.cached,
+            remote.elapsed_ms,
+            started.elapsed()
+        );
         self.warn_unsyncable(&listing.unsyncable, ui);
         let local = listing.entries;
         let local_by_path: BTreeMap<String, Entry> =
@@ -207,6 +268,8 @@ impl SyncEngine {
             bar.finish_and_clear();
         }
         self.known = local_by_path;
+        self.save_hashes();
+        release_freed_memory();
         self.note_refused(&sent.refused, ui);
         self.warn_unsyncable(&sent.skipped, ui);
         let files = self
@@ -219,6 +282,9 @@ impl SyncEngine {
             files,
             compared_bytes: self.known.values().map(|e| e.size).sum(),
             in_sync: plan.is_empty() && !sent.build_started,
+            sent_files: plan.send.len(),
+            sent_bytes: bytes,
+            deleted: plan.delete.len(),
         })
     }
 
@@ -311,6 +377,9 @@ impl SyncEngine {
         for e in fresh_list {
             self.known.insert(e.path.clone(), e);
         }
+        if plan.send.len() + plan.delete.len() > 1000 {
+            release_freed_memory();
+        }
         self.note_refused(&sent.refused, ui);
         self.warn_unsyncable(&sent.skipped, ui);
         let refused_all = !sent.refused.is_empty()
@@ -373,7 +442,12 @@ impl SyncEngine {
             };
             patches.push((deletes, chunk));
         }
+        // Pipelined: up to IN_FLIGHT_BYTES of patches are on the way while the next tar is built
+        // and the pod applies the earlier ones. The pod applies them in the order sent, so the
+        // deletions still come first and only the last patch may start the build.
         let n = patches.len();
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut in_flight_bytes = 0;
         for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
             let patch = build_patch_tar(&self.root, &chunk)?;
             // Changed since it was listed into something that cannot be synced: left out now; the
@@ -382,21 +456,45 @@ impl SyncEngine {
             let tar = patch.tar;
             let mode = if i + 1 == n { build } else { BuildMode::Never };
             let bytes = tar.len() as u64;
-            let result = session.patch(deletes, tar, mode).await?;
-            if let Some(bar) = progress {
-                bar.inc(bytes);
-            }
-            if let Some(whole) = result
-                .refused
-                .iter()
-                .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+            while in_flight_bytes + bytes > IN_FLIGHT_BYTES
+                && let Some((id, b)) = in_flight.pop_front()
             {
-                bail!("the pod refused a whole patch: {}", whole.reason);
+                in_flight_bytes -= b;
+                Self::collect(session, id, b, progress, &mut sent).await?;
             }
-            sent.refused.extend(result.refused);
-            sent.build_started = result.build_id.is_some();
+            let id = session.send_patch(deletes, tar, mode)?;
+            in_flight.push_back((id, bytes));
+            in_flight_bytes += bytes;
+        }
+        while let Some((id, b)) = in_flight.pop_front() {
+            Self::collect(session, id, b, progress, &mut sent).await?;
         }
         Ok(sent)
+    }
+
+    /// Wait for the result of patch `id` (`bytes` of tar) and account for it.
+    async fn collect(
+        session: &mut ControllerSession,
+        id: u64,
+        bytes: u64,
+        progress: Option<&indicatif::ProgressBar>,
+        sent: &mut Sent,
+    ) -> Result<()> {
+        let result = session.patch_result(id).await?;
+        if let Some(bar) = progress {
+            bar.inc(bytes);
+        }
+        if let Some(whole) = result
+            .refused
+            .iter()
+            .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
+        {
+            bail!("the pod refused a whole patch: {}", whole.reason);
+        }
+        sent.refused.extend(result.refused);
+        // The patches are collected in order: this ends as the last one's.
+        sent.build_started = result.build_id.is_some();
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 //! The key is (path, size, mtime, ctime, inode, dev). Timestamps are coarse, so a same-size
 //! rewrite in the same tick as the hashed version leaves the key unchanged: a hash is therefore
 //! only kept when the file was already [settled](crate::sync::tree::Stat::settled) (last changed at
-//! least [`SETTLE`](crate::sync::stat::SETTLE) before) at the moment it was hashed. Any write after
+//! least [`SETTLE`](kdev_protocol::hash_cache::SETTLE) before) at the moment it was hashed. Any write after
 //! that moment moves mtime or ctime, so a matching key is the same content. Files changed
 //! recently are simply hashed again each time, which costs little: they are the few being
 //! edited.
@@ -12,36 +12,44 @@
 //! (Checking freshness at lookup time instead, as one could, is not enough: a file hashed within
 //! a tick of its last write, then rewritten within that tick, looks settled and unchanged a few
 //! seconds later.)
+//!
+//! The cache survives a restart of kdev: [`HashCache::persist_in`] loads it from a file (under
+//! the user's cache directory, one per sync root, see [`cache_file`]) and [`HashCache::save`]
+//! writes it back when it changed. Only settled hashes are ever in it, so a matching key after a
+//! restart still means the same content ([`kdev_protocol::hash_cache`]).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use kdev_protocol::hash_cache::{self, StatKey};
 use kdev_protocol::{ContentHash, hash_reader};
 
 use crate::sync::stat::{OpenError, Stat, open_regular};
 use crate::sync::tree::Local;
 use crate::sync::unsyncable::{Reason, Unsyncable};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    ino: u64,
-    dev: u64,
+type Key = StatKey;
+
+fn key_of(s: &Stat) -> Key {
+    StatKey {
+        size: s.size,
+        mtime: s.mtime,
+        ctime: s.ctime,
+        ino: s.ino,
+        dev: s.dev,
+    }
 }
 
-impl Key {
-    fn of(s: &Stat) -> Key {
-        Key {
-            size: s.size,
-            mtime: s.mtime,
-            ctime: s.ctime,
-            ino: s.ino,
-            dev: s.dev,
-        }
-    }
+/// The cache file for the sync root `root`: `$XDG_CACHE_HOME/kdev/hashes/<hash of the root>`
+/// (else `~/.cache/...`); `None` without a home.
+pub fn cache_file(root: &Path) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let id = kdev_protocol::hash_bytes(root.as_os_str().as_encoded_bytes());
+    Some(base.join("kdev/hashes").join(&id[..32]))
 }
 
 /// File hashes by wire path, valid while the file's stat matches.
@@ -52,6 +60,10 @@ pub struct HashCache {
     pass: Option<HashSet<String>>,
     hashed: u64,
     reused: u64,
+    /// Where the cache is kept across restarts, and the tag (the sync root) it is kept under.
+    persist: Option<(PathBuf, String)>,
+    /// Changed since it was loaded or saved.
+    dirty: bool,
     /// The clock that decides whether a file is settled (tests move it forward).
     now: fn() -> SystemTime,
 }
@@ -63,6 +75,8 @@ impl Default for HashCache {
             pass: None,
             hashed: 0,
             reused: 0,
+            persist: None,
+            dirty: false,
             now: SystemTime::now,
         }
     }
@@ -77,7 +91,7 @@ impl HashCache {
             pass.insert(wire.clone());
         }
         if let Some((key, hash)) = self.map.get(&wire)
-            && *key == Key::of(stat)
+            && *key == key_of(stat)
         {
             self.reused += 1;
             return Local::Entry(stat.entry(wire, Some(hash.clone())));
@@ -87,15 +101,15 @@ impl HashCache {
         let (file, meta) = match open_regular(abs) {
             Ok(f) => f,
             Err(OpenError::Gone) => {
-                self.map.remove(&wire);
+                self.forget(&wire);
                 return Local::Absent;
             }
             Err(OpenError::NotRegular(reason)) => {
-                self.map.remove(&wire);
+                self.forget(&wire);
                 return Local::Unsyncable(Unsyncable::new(wire, reason));
             }
             Err(OpenError::Unreadable(e)) => {
-                self.map.remove(&wire);
+                self.forget(&wire);
                 let reason = Reason::UnreadableFile(Reason::io_text(&e));
                 return Local::Unsyncable(Unsyncable::new(wire, reason));
             }
@@ -103,7 +117,7 @@ impl HashCache {
         let hash = match hash_reader(&file) {
             Ok(h) => h,
             Err(e) => {
-                self.map.remove(&wire);
+                self.forget(&wire);
                 let reason = Reason::UnreadableFile(Reason::io_text(&e));
                 return Local::Unsyncable(Unsyncable::new(wire, reason));
             }
@@ -111,10 +125,10 @@ impl HashCache {
         self.hashed += 1;
         let stat = Stat::from_metadata(&meta, None);
         if stat.settled(now) {
-            self.map
-                .insert(wire.clone(), (Key::of(&stat), hash.clone()));
+            self.map.insert(wire.clone(), (key_of(&stat), hash.clone()));
+            self.dirty = true;
         } else {
-            self.map.remove(&wire);
+            self.forget(&wire);
         }
         Local::Entry(stat.entry(wire, Some(hash)))
     }
@@ -126,8 +140,44 @@ impl HashCache {
 
     pub(crate) fn end_pass(&mut self) {
         if let Some(met) = self.pass.take() {
+            let before = self.map.len();
             self.map.retain(|p, _| met.contains(p));
+            self.dirty |= self.map.len() != before;
         }
+    }
+
+    fn forget(&mut self, wire: &str) {
+        self.dirty |= self.map.remove(wire).is_some();
+    }
+
+    /// Keep the cache in `file` across restarts, tagged with the sync root `root`: load what
+    /// it holds now (nothing when it is missing, unreadable or another root's).
+    pub fn persist_in(&mut self, file: PathBuf, root: &Path) {
+        let tag = root.to_string_lossy().into_owned();
+        if let Ok(bytes) = std::fs::read(&file)
+            && let Some(entries) = hash_cache::decode(&tag, &bytes)
+        {
+            self.map = entries
+                .into_iter()
+                .map(|(path, key, hash)| (path, (key, hash)))
+                .collect();
+        }
+        self.persist = Some((file, tag));
+        self.dirty = false;
+    }
+
+    /// Write the cache to its file if it changed since it was loaded or saved.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        let Some((file, tag)) = &self.persist else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let bytes = hash_cache::encode(tag, self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)));
+        hash_cache::write_atomically(file, &bytes)?;
+        self.dirty = false;
+        Ok(())
     }
 
     /// How many files were read and hashed, and how many hashes were reused, so far.
@@ -184,5 +234,48 @@ mod tests {
             Some(kdev_protocol::hash_bytes(b"bbbb"))
         );
         assert_eq!(cache.counts(), (4, 1));
+    }
+
+    /// The cache is kept across restarts of kdev, and a file changed meanwhile is read again.
+    #[test]
+    fn the_cache_survives_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (f, g) = (tmp.path().join("f.go"), tmp.path().join("g.go"));
+        fs::write(&f, "aaaa").unwrap();
+        fs::write(&g, "gggg").unwrap();
+        let file = tmp.path().join("cache/hashes");
+        let lookup_as = |cache: &mut HashCache, wire: &str, abs: &Path| {
+            let stat = Stat::from_metadata(&fs::symlink_metadata(abs).unwrap(), None);
+            match cache.file_entry(wire.into(), abs, &stat) {
+                Local::Entry(e) => e.hash,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut cache = HashCache::default();
+        cache.persist_in(file.clone(), tmp.path());
+        cache.now = later;
+        lookup_as(&mut cache, "f.go", &f);
+        lookup_as(&mut cache, "g.go", &g);
+        cache.save().unwrap();
+        // Changed while kdev was not running.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&g, "GGGG").unwrap();
+
+        let mut restarted = HashCache::default();
+        restarted.persist_in(file.clone(), tmp.path());
+        assert_eq!(
+            lookup_as(&mut restarted, "f.go", &f),
+            Some(kdev_protocol::hash_bytes(b"aaaa"))
+        );
+        assert_eq!(
+            lookup_as(&mut restarted, "g.go", &g),
+            Some(kdev_protocol::hash_bytes(b"GGGG"))
+        );
+        assert_eq!(restarted.counts(), (1, 1), "only the changed file was read");
+        // Another root's file is not used.
+        let mut other = HashCache::default();
+        other.persist_in(file, &tmp.path().join("elsewhere"));
+        lookup_as(&mut other, "f.go", &f);
+        assert_eq!(other.counts(), (1, 0));
     }
 }

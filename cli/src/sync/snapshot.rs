@@ -126,6 +126,16 @@ impl Snapshot {
         scan_below(&self.root, dir, rules, &mut self.cache)
     }
 
+    /// Keep the hash cache in `file` across restarts (loading what it holds now).
+    pub fn persist_hashes_in(&mut self, file: PathBuf) {
+        self.cache.persist_in(file, &self.root);
+    }
+
+    /// Write the hash cache to its file, if it is kept in one and changed.
+    pub fn save_hashes(&mut self) -> std::io::Result<()> {
+        self.cache.save()
+    }
+
     /// The paths that cannot be synced, as of the last rescan.
     #[cfg(test)]
     pub fn unsyncable(&self) -> impl Iterator<Item = &Unsyncable> {

@@ -4,17 +4,16 @@
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use kdev_protocol::{ContentHash, Entry, EntryKind};
 
 use crate::sync::unsyncable::Reason;
 
-/// How long after its last change a file's timestamps can be trusted to move on the next write.
-/// Timestamps are coarse (a kernel tick; whole seconds, or two, on some file systems): a write
-/// in the same tick as the previous one leaves mtime and ctime as they were. Two seconds covers
-/// every local file system's granularity (the controller's reconcile cache uses the same margin).
-pub const SETTLE: Duration = Duration::from_secs(2);
+/// How long after its last change a file's timestamps can be trusted to move on the next write
+/// (the controller's reconcile cache uses the same margin).
+#[cfg(test)]
+pub use kdev_protocol::hash_cache::SETTLE;
 
 /// lstat's view of one synced path: what the hash cache and the periodic rescan compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +51,9 @@ impl Stat {
         }
     }
 
-    /// Whether, seen at `now`, any later write would show in mtime or ctime (see [`SETTLE`]).
+    /// Whether, seen at `now`, any later write would show in mtime or ctime (see [`kdev_protocol::hash_cache::SETTLE`]).
     pub fn settled(&self, now: SystemTime) -> bool {
-        let last = self.mtime.max(self.ctime);
-        let last = if last.0 >= 0 {
-            UNIX_EPOCH + Duration::new(last.0 as u64, last.1.clamp(0, 999_999_999) as u32)
-        } else {
-            UNIX_EPOCH
-        };
-        now.duration_since(last).is_ok_and(|d| d >= SETTLE)
+        kdev_protocol::hash_cache::settled(self.mtime, self.ctime, now)
     }
 
     /// The listing entry for this stat (`hash` for files).

@@ -7,7 +7,8 @@
 //! /kdev/bin/app                 the installed app binary; app.next while a build writes it
 //! /kdev/bin/kdev-controller     the controller the CLI uploads (dlv next to it for kdev debug)
 //! /kdev/run/                    supervisor.pid, app-status.json, app.log (+ app.log.1),
-//!                               build-state.json, build.pgid, serve.lock, serve.pid
+//!                               build-state.json, build.pgid, serve.lock, serve.pid,
+//!                               reconcile-cache
 //! /kdev/cache/go-build, mod     default GOCACHE and GOMODCACHE
 //! ```
 
@@ -94,6 +95,11 @@ impl Layout {
     /// `run/build.pgid`: the running build's process group and its leader's start time.
     pub fn build_group_file(&self) -> PathBuf {
         self.run.join("build.pgid")
+    }
+    /// `run/reconcile-cache`: the listing's hash cache, kept across `serve` sessions
+    /// ([`crate::hash_cache`]).
+    pub fn reconcile_cache_file(&self) -> PathBuf {
+        self.run.join("reconcile-cache")
     }
     /// `run/serve.lock`: held (flock) by the one `serve` session.
     pub fn serve_lock_file(&self) -> PathBuf {

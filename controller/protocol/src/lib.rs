@@ -62,6 +62,7 @@ pub mod duration;
 pub mod error_code;
 pub mod handshake;
 pub mod hash;
+pub mod hash_cache;
 pub mod labels;
 pub mod layout;
 pub mod messages;

@@ -270,13 +270,19 @@ pub async fn run(opts: ServeOptions) -> i32 {
         .await;
     }
 
+    let cache = {
+        let (file, root) = (layout.reconcile_cache_file(), root.clone());
+        tokio::task::spawn_blocking(move || reconcile::HashCache::load(file, &root))
+            .await
+            .unwrap_or_default()
+    };
     let mut s = Session {
         root,
         build_inputs: config.build_inputs,
         out,
         limits,
         builds,
-        cache: Arc::new(Mutex::new(reconcile::HashCache::default())),
+        cache: Arc::new(Mutex::new(cache)),
         stop,
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;

@@ -1,15 +1,21 @@
 //! Listing the sync root: every file, directory and symlink (not followed), with BLAKE3 hashes
-//! of file contents. Hashes are cached by (path, size, mtime, ctime, inode) so repeated
-//! reconciles only read changed files; files modified in the last two seconds are never served
-//! from the cache (a same-size rewrite within one timestamp tick would look unchanged).
+//! of file contents. Hashes are cached by (path, size, mtime, ctime, inode, device) so repeated
+//! reconciles only read changed files. A hash is kept only when the file had settled (last
+//! changed at least two seconds before) at the moment its hashing began: a same-size rewrite
+//! within one timestamp tick of the hashed write would look unchanged, a later one cannot
+//! ([`kdev_protocol::hash_cache`]). The cache is kept in `/kdev/run` across `serve` sessions,
+//! so a restarted kdev finds the pod's tree listed without reading it.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use kdev_protocol::hash_cache::StatKey;
 
 use kdev_protocol::{Entry, EntryKind, Refused, hash_reader};
 
@@ -31,26 +37,7 @@ impl<R: Read> Read for Stoppable<'_, R> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    ino: u64,
-    dev: u64,
-}
-
-impl Key {
-    fn of(m: &fs::Metadata) -> Key {
-        Key {
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            ino: m.ino(),
-            dev: m.dev(),
-        }
-    }
-}
+type Key = StatKey;
 
 /// Why a file that `lstat` showed as regular was not hashed.
 enum Unhashed {
@@ -93,10 +80,67 @@ fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, St
     Ok((m, hash))
 }
 
-/// Content hashes of files seen before.
-#[derive(Debug, Default)]
+/// Content hashes of files seen before (settled when hashed).
+#[derive(Debug)]
 pub(super) struct HashCache {
     map: HashMap<String, (Key, String)>,
+    /// Where it is kept across sessions, and its tag (the sync root).
+    persist: Option<(PathBuf, String)>,
+    /// Changed since it was loaded or saved.
+    dirty: bool,
+    /// The clock that decides whether a file had settled (tests move it forward).
+    now: fn() -> SystemTime,
+}
+
+impl Default for HashCache {
+    fn default() -> Self {
+        HashCache {
+            map: HashMap::new(),
+            persist: None,
+            dirty: false,
+            now: SystemTime::now,
+        }
+    }
+}
+
+impl HashCache {
+    /// The cache kept in `file` for the sync root `root`: what the file holds (nothing when it
+    /// is missing, unreadable or another root's).
+    pub(super) fn load(file: PathBuf, root: &Path) -> HashCache {
+        let tag = root.to_string_lossy().into_owned();
+        let map = fs::read(&file)
+            .ok()
+            .and_then(|b| kdev_protocol::hash_cache::decode(&tag, &b))
+            .map(|entries| entries.into_iter().map(|(p, k, h)| (p, (k, h))).collect())
+            .unwrap_or_default();
+        HashCache {
+            map,
+            persist: Some((file, tag)),
+            ..HashCache::default()
+        }
+    }
+
+    /// Write the cache to its file if it changed.
+    pub(super) fn save(&mut self) -> io::Result<()> {
+        let Some((file, tag)) = &self.persist else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let bytes = kdev_protocol::hash_cache::encode(
+            tag,
+            self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)),
+        );
+        kdev_protocol::hash_cache::write_atomically(file, &bytes)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 /// The listing plus bookkeeping.
@@ -105,13 +149,6 @@ pub(super) struct Listing {
     pub entries: Vec<Entry>,
     pub skipped: Vec<Refused>,
     pub cached: u32,
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Walk `root` and list everything below it, sorted by path. Fails with
@@ -126,8 +163,10 @@ pub(super) fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io:
     }
     let mut out = Listing::default();
     let mut seen: HashMap<String, (Key, String)> = HashMap::new();
-    let now = now_secs();
-    walk(root, "", cache, &mut seen, now, stop, &mut out)?;
+    let mut hashed_kept = 0;
+    walk(root, "", cache, &mut seen, &mut hashed_kept, stop, &mut out)?;
+    // Only entries carried over or newly kept: the same length means the same map.
+    cache.dirty |= hashed_kept > 0 || seen.len() != cache.map.len();
     cache.map = seen;
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -138,7 +177,7 @@ fn walk(
     prefix: &str,
     cache: &HashCache,
     seen: &mut HashMap<String, (Key, String)>,
-    now: i64,
+    hashed_kept: &mut u32,
     stop: &AtomicBool,
     out: &mut Listing,
 ) -> io::Result<()> {
@@ -240,25 +279,43 @@ fn walk(
                 hash: None,
                 target: None,
             });
-            walk(&path, &format!("{rel}/"), cache, seen, now, stop, out)?;
+            walk(
+                &path,
+                &format!("{rel}/"),
+                cache,
+                seen,
+                hashed_kept,
+                stop,
+                out,
+            )?;
         } else if ft.is_file() {
-            let fresh = now - m.mtime().max(m.ctime()) < 2;
             let (m, hash) = match cache.map.get(&rel) {
-                Some((k, h)) if *k == Key::of(&m) && !fresh => {
+                Some((k, h)) if *k == Key::of(&m) => {
                     out.cached += 1;
+                    seen.insert(rel.clone(), (*k, h.clone()));
                     (m, h.clone())
                 }
-                _ => match hash_regular_file(&path, stop) {
-                    Ok(v) => v,
-                    Err(Unhashed::Gone) => continue,
-                    Err(Unhashed::Stopped) => return Err(interrupted()),
-                    Err(Unhashed::Skip(reason)) => {
-                        out.skipped.push(Refused { path: rel, reason });
-                        continue;
+                _ => {
+                    // Before the open: "settled" must hold from a moment before the read.
+                    let now = (cache.now)();
+                    match hash_regular_file(&path, stop) {
+                        Ok((m, hash)) => {
+                            let key = Key::of(&m);
+                            if key.settled(now) {
+                                seen.insert(rel.clone(), (key, hash.clone()));
+                                *hashed_kept += 1;
+                            }
+                            (m, hash)
+                        }
+                        Err(Unhashed::Gone) => continue,
+                        Err(Unhashed::Stopped) => return Err(interrupted()),
+                        Err(Unhashed::Skip(reason)) => {
+                            out.skipped.push(Refused { path: rel, reason });
+                            continue;
+                        }
                     }
-                },
+                }
             };
-            seen.insert(rel.clone(), (Key::of(&m), hash.clone()));
             out.entries.push(Entry {
                 path: rel,
                 kind: EntryKind::File,
@@ -343,6 +400,63 @@ mod tests {
         assert_eq!(l.entries[3].target.as_deref(), Some("a/x.go"));
         // Files are fresh (just written), so the cache is not used yet.
         assert_eq!(l.cached, 0);
+    }
+
+    fn later() -> SystemTime {
+        SystemTime::now() + kdev_protocol::hash_cache::SETTLE + std::time::Duration::from_secs(1)
+    }
+
+    /// A hash is kept only when the file had settled when it was hashed: one taken within a
+    /// tick of the last write would also stand for a same-size rewrite in that tick (same stat),
+    /// so it is not reused later, even once the file looks settled.
+    #[test]
+    fn only_hashes_of_settled_files_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f.go"), "aaaa").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut cache = HashCache::default();
+        let l = list(d.path(), &mut cache, &stop).unwrap();
+        assert_eq!(
+            (l.cached, cache.len()),
+            (0, 0),
+            "just written: hashed, not kept"
+        );
+        // Seconds later the file looks settled, but its first hash was not: read again.
+        cache.now = later;
+        let l = list(d.path(), &mut cache, &stop).unwrap();
+        assert_eq!((l.cached, cache.len()), (0, 1), "hashed again, now kept");
+        let l = list(d.path(), &mut cache, &stop).unwrap();
+        assert_eq!(l.cached, 1);
+        // A rewrite moves the stat: hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(d.path().join("f.go"), "bbbb").unwrap();
+        let l = list(d.path(), &mut cache, &stop).unwrap();
+        assert_eq!(l.cached, 0);
+        assert_eq!(
+            l.entries[0].hash.as_deref(),
+            Some(kdev_protocol::hash_bytes(b"bbbb").as_str())
+        );
+    }
+
+    /// The cache survives the session: a new one loaded from the file reads nothing unchanged.
+    #[test]
+    fn the_cache_is_kept_across_sessions() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, file) = (d.path().join("src"), d.path().join("run/reconcile-cache"));
+        fs::create_dir_all(root.join("pkg")).unwrap();
+        fs::write(root.join("pkg/a.go"), "package pkg").unwrap();
+        fs::write(root.join("main.go"), "package main").unwrap();
+        let stop = AtomicBool::new(false);
+        let mut cache = HashCache::load(file.clone(), &root);
+        cache.now = later;
+        let first = list(&root, &mut cache, &stop).unwrap();
+        cache.save().unwrap();
+        let mut again = HashCache::load(file.clone(), &root);
+        let second = list(&root, &mut again, &stop).unwrap();
+        assert_eq!(second.cached, 2, "both files from the saved cache");
+        assert_eq!(first.entries, second.entries);
+        // Another sync root's cache is not used.
+        assert_eq!(HashCache::load(file, d.path()).len(), 0);
     }
 
     /// Lists `root` over and over in a thread while `change` runs; every listing must finish

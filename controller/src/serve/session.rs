@@ -120,7 +120,11 @@ impl Session {
         let stop = self.stop.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile::list(&root, &mut cache, &stop)
+            let listing = reconcile::list(&root, &mut cache, &stop);
+            if let Err(e) = cache.save() {
+                log(format!("cannot keep the listing's hash cache: {e}"));
+            }
+            listing
         })
         .await;
         let msg = match res {

@@ -270,7 +270,63 @@ async fn a_new_engine_on_an_unchanged_tree_finds_the_pod_in_sync() {
         .initial_sync(&mut session, &ui)
         .await
         .expect("initial sync");
-    assert!(again.in_sync, "nothing to send or build after a restart");
+    assert!(
+        again.in_sync,
+        "nothing to send or build after a restart: {again:?}"
+    );
+}
+
+/// A sync larger than the in-flight window goes out as pipelined patches, which the pod applies
+/// in the order sent: the tree ends up equal (a directory replaced by a file of the same name:
+/// its deletion came first), and the one build starts after the last patch.
+#[tokio::test]
+async fn a_large_sync_is_pipelined_and_applied_in_order() {
+    let (_tmp, local, kdev) = project();
+    let ui = Ui::plain();
+    std::fs::create_dir_all(kdev.join("src/x/deep")).expect("mkdir");
+    std::fs::write(kdev.join("src/x/deep/a.go"), "x").expect("write");
+    std::fs::write(local.join("x"), "a file now").expect("write");
+    // 24 MiB in 3 MiB files: one patch each, more than the window holds.
+    std::fs::create_dir_all(local.join("big")).expect("mkdir");
+    for i in 0..8u8 {
+        std::fs::write(local.join(format!("big/{i}.bin")), vec![i; 3 << 20]).expect("write");
+    }
+    let mut session = serve(&kdev).await;
+    let mut e = engine(&local);
+    let s = e
+        .initial_sync(&mut session, &ui)
+        .await
+        .expect("initial sync");
+    assert_eq!((s.sent_files, s.deleted), (15, 1));
+    assert!(
+        session.peak_in_flight() > 1,
+        "patches were sent one at a time"
+    );
+    assert!(
+        session.peak_in_flight() < 8,
+        "the window bounds what is on the way"
+    );
+    assert_eq!(tree_of(&kdev.join("src"), &[]), tree_of(&local, &[]));
+    let mut builds = 0;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), session.next_event())
+            .await
+            .expect("a build within 20 s")
+            .expect("the stream");
+        match ev {
+            kdev_protocol::ServerMessage::Event {
+                event: kdev_protocol::Event::BuildStarted { .. },
+                ..
+            } => builds += 1,
+            kdev_protocol::ServerMessage::Event {
+                event: kdev_protocol::Event::BuildFinished { .. },
+                ..
+            } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(builds, 1);
 }
 
 #[test]

@@ -261,6 +261,11 @@ impl Builds {
             res.outcome,
             res.elapsed.as_millis()
         ));
+        // Recorded before it is reported: a client that reconnects as soon as it hears of the
+        // build must find the tree built.
+        if installed || unchanged {
+            self.set_dirty(false);
+        }
         self.out
             .event(Event::BuildFinished {
                 build_id: id,
@@ -273,9 +278,6 @@ impl Builds {
                 unchanged,
             })
             .await;
-        if installed || unchanged {
-            self.set_dirty(false);
-        }
         if installed {
             self.restart(Some(id));
         }

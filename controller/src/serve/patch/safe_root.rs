@@ -4,6 +4,8 @@
 //! their final directory (`O_CREAT|O_EXCL|O_NOFOLLOW`) and renamed into place, so a reader never
 //! sees a half-written file.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -46,8 +48,15 @@ pub(super) enum FsError {
 
 /// Operations on paths below a root that never follow a symlink inside the root. Paths are
 /// normalized wire paths ([`kdev_protocol::normalize_wire_path`]).
+///
+/// One `SafeRoot` serves one patch: the directories it checked (or made) while writing are
+/// remembered and not checked again for the patch's other entries. Within the writing phase
+/// nothing of the patch removes a directory (a file or symlink never replaces one), so a
+/// directory checked once stays one; deletions, which come first, are never remembered.
 pub(super) struct SafeRoot {
     root: PathBuf,
+    /// Directories checked to be real directories (not symlinks) while writing this patch.
+    verified: RefCell<HashSet<PathBuf>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -66,6 +75,7 @@ impl SafeRoot {
     pub(super) fn new(root: &Path) -> SafeRoot {
         SafeRoot {
             root: root.to_path_buf(),
+            verified: RefCell::new(HashSet::new()),
         }
     }
 
@@ -76,6 +86,9 @@ impl SafeRoot {
         let comps: Vec<&str> = rel.split('/').collect();
         for (i, c) in comps[..comps.len() - 1].iter().enumerate() {
             dir.push(c);
+            if create && self.verified.borrow().contains(&dir) {
+                continue;
+            }
             let shown = || comps[..=i].join("/");
             match fs::symlink_metadata(&dir) {
                 Ok(m) if m.file_type().is_symlink() => {
@@ -102,6 +115,9 @@ impl SafeRoot {
                 }
                 Err(e) => return Err(FsError::Inspect(shown(), e)),
             }
+            if create {
+                self.verified.borrow_mut().insert(dir.clone());
+            }
         }
         Ok(Some(dir))
     }
@@ -118,15 +134,16 @@ impl SafeRoot {
     /// Rename `tmp` over `dir/name`, refusing to replace a directory.
     fn install(tmp: &Path, dir: &Path, name: &str, rel: &str) -> Result<(), FsError> {
         let dest = dir.join(name);
-        if let Ok(m) = fs::symlink_metadata(&dest)
-            && m.is_dir()
-        {
-            let _ = fs::remove_file(tmp);
-            return Err(FsError::DirectoryInTheWay(rel.into()));
-        }
+        // rename(2) never replaces a directory with a file or symlink: EISDIR (or ENOTEMPTY,
+        // EEXIST) says one is in the way.
         fs::rename(tmp, &dest).map_err(|e| {
             let _ = fs::remove_file(tmp);
-            FsError::Move(rel.into(), e)
+            match e.raw_os_error() {
+                Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST) => {
+                    FsError::DirectoryInTheWay(rel.into())
+                }
+                _ => FsError::Move(rel.into(), e),
+            }
         })
     }
 
