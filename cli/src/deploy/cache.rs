@@ -169,14 +169,14 @@ async fn choose(
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let labels = claim_labels(project_labels, owner);
     let mut names = Vec::new();
-    let mut class = String::new();
+    let (mut class, mut size) = (String::new(), String::new());
     for w in &plan.workloads {
         let name = claim_name(&w.workload.name);
         match ensure_claim(&claims, &name, &labels, &project, owner, cfg).await? {
-            Ok(c) if c.is_empty() => {
+            Ok((c, _)) if c.is_empty() => {
                 return image("the cluster has no default StorageClass".into(), false);
             }
-            Ok(c) => class = c,
+            Ok(c) => (class, size) = c,
             Err(why) => return image(why, true),
         }
         names.push(name);
@@ -184,12 +184,13 @@ async fn choose(
     Ok(CacheChoice::Claims {
         names,
         storage_class: class,
-        size: cfg.size.clone(),
+        size,
     })
 }
 
 /// The claim `name`, created if missing: its StorageClass (`""` when the cluster has no default
-/// one: the claim is then deleted again), or why it cannot be used.
+/// one: the claim is then deleted again) and size, or why it cannot be used. An existing claim
+/// is used as it is (`cache.size` applies when it is created).
 async fn ensure_claim(
     claims: &Api<PersistentVolumeClaim>,
     name: &str,
@@ -197,7 +198,7 @@ async fn ensure_claim(
     project: &str,
     owner: &str,
     cfg: &CacheConfig,
-) -> Result<Result<String, String>, DeployError> {
+) -> Result<Result<(String, String), String>, DeployError> {
     let deadline = tokio::time::Instant::now() + DELETING_WAIT;
     loop {
         match claims.get_opt(name).await? {
@@ -217,10 +218,7 @@ async fn ensure_claim(
                 )));
             }
             Some(pvc) => {
-                return Ok(Ok(pvc
-                    .spec
-                    .and_then(|s| s.storage_class_name)
-                    .unwrap_or_default()));
+                return Ok(Ok(class_and_size(&pvc)));
             }
             None => {
                 let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
@@ -247,18 +245,26 @@ async fn ensure_claim(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let class = created
-                    .spec
-                    .and_then(|s| s.storage_class_name)
-                    .unwrap_or_default();
+                let (class, size) = class_and_size(&created);
                 if class.is_empty() {
                     // No default StorageClass gave it one: it would wait for a volume forever.
                     claims.delete(name, &DeleteParams::background()).await?;
                 }
-                return Ok(Ok(class));
+                return Ok(Ok((class, size)));
             }
         }
     }
+}
+
+/// A claim's StorageClass (`""` if none) and requested size.
+fn class_and_size(pvc: &PersistentVolumeClaim) -> (String, String) {
+    let spec = pvc.spec.as_ref();
+    let class = spec.and_then(|s| s.storage_class_name.clone());
+    let size = spec
+        .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned())
+        .map(|q| q.0)
+        .unwrap_or_default();
+    (class.unwrap_or_default(), size)
 }
 
 /// Mount the claim at `/kdev/cache` in the sidecar and tell the controller (its environment).
