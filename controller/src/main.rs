@@ -128,6 +128,10 @@ struct ServeArgs {
     /// GOMODCACHE for builds [default: $GOMODCACHE if set, else <cache-dir>/mod].
     #[arg(long, value_name = "DIR")]
     gomodcache: Option<PathBuf>,
+    /// A volume that outlives the pod for the Go caches: GOCACHE becomes DIR/go-build (seeded
+    /// once from --gocache when missing), GOMODCACHE DIR/mod when --gomodcache is empty.
+    #[arg(long, env = kdev_protocol::layout::PERSISTENT_CACHE_ENV, value_name = "DIR")]
+    persistent_cache: Option<PathBuf>,
     /// How long to wait for the supervisor to start the new binary after SIGHUP.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     restart_timeout: Duration,
@@ -201,6 +205,7 @@ fn run_serve(a: ServeArgs) -> Result<i32> {
     let opts = ServeOptions {
         layout: p,
         build,
+        persistent_cache: a.persistent_cache.filter(|d| !d.as_os_str().is_empty()),
         restart_timeout: a.restart_timeout,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,11 @@ COREDNS_BIN="$KDEV_CACHE/coredns/$COREDNS_VERSION/coredns"
 COREDNS_IMAGE="kdev.local/coredns:$COREDNS_VERSION"
 DNS_SVC_IP="10.96.0.10"
 CLUSTER_DOMAIN="cluster.local"
+# Volumes: the default StorageClass, served by tests/cluster/provisioner (WaitForFirstConsumer;
+# one directory per claim below VOLUMES_DIR, removed with the claim).
+STORAGE_CLASS="kdev-local"
+PROVISIONER_NAME="kdev.dev/test-cluster-dir"
+VOLUMES_DIR="$STATE/volumes"
 APISERVER_PORT=6443
 ETCD_CLIENT_PORT=23790
 ETCD_PEER_PORT=23800

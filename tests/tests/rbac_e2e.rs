@@ -459,6 +459,11 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
         !out.contains("forbidden") && !out.contains("missing permission"),
         "{out}"
     );
+    // The Role lets kdev keep the build cache on a claim of alice's own.
+    ensure!(
+        out.contains("build cache: PersistentVolumeClaim kdev-cache-gin-hello-alice "),
+        "{out}"
+    );
     let down = Command::new(kdev_bin())
         .arg("down")
         .current_dir(&project)
@@ -468,6 +473,11 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
         down.status.success(),
         "kdev down as alice: {}",
         String::from_utf8_lossy(&down.stderr)
+    );
+    let down_out = String::from_utf8_lossy(&down.stdout);
+    ensure!(
+        down_out.contains("deleted PersistentVolumeClaim/kdev-cache-gin-hello-alice"),
+        "kdev down should remove the build cache's claim: {down_out}"
     );
 
     // Take `create` on pods/portforward away: kdev says exactly that, before applying anything.

@@ -68,6 +68,30 @@ pub fn needed_for_watch(applied: &[(String, String)]) -> Vec<Permission> {
     p
 }
 
+/// What a build cache that outlives the pod needs (`kdev watch`: find or create its
+/// PersistentVolumeClaim, delete it again when the cluster has no default StorageClass).
+/// Optional: without it kdev builds with the image's caches, and says why.
+pub fn needed_for_cache() -> Vec<Permission> {
+    ["get", "create", "delete"]
+        .map(|verb| perm("", "persistentvolumeclaims", None, verb))
+        .to_vec()
+}
+
+/// What `kdev down` needs to remove the build cache's claims. Optional, as for `watch`.
+pub fn needed_for_down_cache() -> Vec<Permission> {
+    ["get", "delete"]
+        .map(|verb| perm("", "persistentvolumeclaims", None, verb))
+        .to_vec()
+}
+
+/// What `kdev gc` needs to remove abandoned sessions' build cache claims. Optional, as for
+/// Secrets.
+pub fn needed_for_gc_cache() -> Vec<Permission> {
+    ["list", "delete"]
+        .map(|verb| perm("", "persistentvolumeclaims", None, verb))
+        .to_vec()
+}
+
 /// What `kdev sessions` needs.
 pub fn needed_for_sessions() -> Vec<Permission> {
     vec![

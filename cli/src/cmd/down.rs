@@ -74,6 +74,25 @@ pub async fn down(
         ui.ok(&format!("deleted {kind}/{name}"));
         removed += 1;
     }
+    // The build caches' claims, when the caller may (without the permission kdev never made one).
+    if access::missing(&client, &ns, &access::needed_for_down_cache())
+        .await?
+        .is_empty()
+    {
+        let workloads: Vec<String> = plan
+            .workloads
+            .iter()
+            .map(|w| w.workload.name.clone())
+            .collect();
+        for name in
+            deploy::cache::delete_claims(&client, &ns, &workloads, &project.name, &owner).await?
+        {
+            ui.ok(&format!(
+                "deleted PersistentVolumeClaim/{name} (the build cache)"
+            ));
+            removed += 1;
+        }
+    }
     // The session lock, unless a live kdev still holds it (then it is that session's to release).
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), &ns);

@@ -5,13 +5,13 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use kdev_protocol::labels::{
-    MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
+    BUILD_CACHE, MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
     SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
@@ -207,12 +207,15 @@ where
     Ok(())
 }
 
-/// `kdev gc`: remove the workloads, Services, ConfigMaps, Secrets (when the caller may) and
-/// Lease of every session whose Lease expired more than `older_than` ago; live sessions and
+/// `kdev gc`: remove the workloads, Services, ConfigMaps, Secrets and build cache claims (those
+/// two when the caller may) and Lease of every session whose Lease expired more than `older_than` ago; live sessions and
 /// everything else are left alone.
 async fn gc_sessions(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -> Result<usize> {
     access::require(client, ns, &access::needed_for_gc()).await?;
     let may_delete_secrets = access::missing(client, ns, &access::needed_for_gc_secrets())
+        .await?
+        .is_empty();
+    let may_delete_caches = access::missing(client, ns, &access::needed_for_gc_cache())
         .await?
         .is_empty();
     let now = Timestamp::now();
@@ -228,6 +231,12 @@ async fn gc_sessions(client: &Client, ns: &str, older_than: Duration, ui: &Ui) -
         delete_all::<ConfigMap>(client, ns, &lp).await?;
         if may_delete_secrets {
             delete_all::<Secret>(client, ns, &lp).await?;
+        }
+        if may_delete_caches {
+            // Only the build caches: a claim of the project's manifests may hold shared data.
+            let caches = ListParams::default()
+                .labels(&format!("{},{BUILD_CACHE}", selector(&s.owner, &s.project)));
+            delete_all::<PersistentVolumeClaim>(client, ns, &caches).await?;
         }
         Api::<Lease>::namespaced(client.clone(), ns)
             .delete(&s.lease, &DeleteParams::background())

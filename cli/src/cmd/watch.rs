@@ -223,6 +223,20 @@ async fn watch_until_lost(
         });
     }
 
+    // Where builds keep Go's caches: a claim that outlives the pod, else the image's (one line).
+    let cache = deploy::cache::prepare(
+        &client,
+        &ns,
+        &mut plan,
+        &project.labels(),
+        &owner,
+        &cfg.cache,
+    )
+    .await?;
+    match &cache {
+        deploy::cache::CacheChoice::Image { warn: true, .. } => ui.warn(&cache.describe()),
+        _ => ui.step(&cache.describe()),
+    }
     let dev: Vec<String> = plan
         .workloads
         .iter()

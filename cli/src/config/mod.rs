@@ -88,6 +88,57 @@ pub struct Config {
     /// settings. Without it, the fields above describe the one service.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Where builds keep Go's caches (for every service).
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Go's build cache in the dev pods: on a PersistentVolumeClaim that outlives the pod (when the
+/// cluster can provide one), else the sidecar image's own.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheConfig {
+    /// Keep the build cache on a PersistentVolumeClaim. Default: true.
+    #[serde(default = "default_true")]
+    pub persistent: bool,
+    /// The claim's StorageClass. Default: the cluster's default StorageClass.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// The claim's size, as Kubernetes writes quantities. Default: `5Gi`.
+    #[serde(default = "default_cache_size")]
+    pub size: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            persistent: true,
+            storage_class: None,
+            size: default_cache_size(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_cache_size() -> String {
+    "5Gi".to_string()
+}
+
+/// A Kubernetes quantity of bytes as people write them: `5Gi`, `500Mi`, `10G`, `1.5Gi`.
+fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    !number.is_empty()
+        && !number.starts_with('.')
+        && !number.ends_with('.')
+        && number.matches('.').count() <= 1
+        && number.chars().any(|c| c != '0' && c != '.')
+        && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&suffix)
 }
 
 /// One entry of `manifests`.
@@ -524,6 +575,23 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if !is_quantity(&self.cache.size) {
+            return Err(invalid(
+                "cache.size",
+                format!(
+                    "`{}` is not a size (a number with an optional suffix, e.g. `5Gi`, `500Mi`)",
+                    self.cache.size
+                ),
+            ));
+        }
+        if let Some(c) = &self.cache.storage_class
+            && !is_dns_subdomain(c)
+        {
+            return Err(invalid(
+                "cache.storageClass",
+                format!("`{c}` is not a valid StorageClass name"),
+            ));
         }
         let fields = Fields {
             container: &self.container,

@@ -222,3 +222,27 @@ fn manifests_take_paths_kustomize_helm_and_render_commands() {
     );
     assert!(parse("manifests:\n  - helm: {chrt: x}\n").is_err());
 }
+
+#[test]
+fn the_cache_section() {
+    let c = parse("").unwrap();
+    assert!(c.cache.persistent);
+    assert_eq!(c.cache.size, "5Gi");
+    let c = parse("cache: {persistent: false}\n").unwrap();
+    assert!(!c.cache.persistent);
+    let c = parse("cache: {storageClass: fast-ssd, size: 1.5Gi}\n").unwrap();
+    assert_eq!(c.cache.storage_class.as_deref(), Some("fast-ssd"));
+    for bad in ["5 Gi", "Gi", "0", "-1Gi", "5GB", "1..5Gi"] {
+        let err = parse(&format!("cache: {{size: \"{bad}\"}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.size"), "{bad}: {err}");
+    }
+    let err = parse("cache: {storageClass: Fast_SSD}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.storageClass"), "{err}");
+    // Project-wide: also with `services:`.
+    let with_services = format!("cache: {{persistent: false}}\n{SERVICES}");
+    assert!(!parse(&with_services).unwrap().cache.persistent);
+}

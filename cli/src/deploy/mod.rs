@@ -1,9 +1,11 @@
 //! Deploy: read the project's manifests ([`manifests`]), turn the app's workload into a dev
 //! workload ([`rewrite`], planned here), make every object the owner's own ([`personalize`]),
-//! apply with server-side apply ([`apply`]), and find the dev pod ([`wait`]).
+//! give it a build cache that outlives the pod ([`cache`]), apply with server-side apply
+//! ([`apply`]), and find the dev pod ([`wait`]).
 
 mod aliases;
 mod apply;
+pub mod cache;
 mod manifests;
 mod personalize;
 pub mod render;

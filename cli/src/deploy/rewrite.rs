@@ -3,9 +3,10 @@
 //! What changes, and why:
 //! - `shareProcessNamespace: true`: the sidecar signals the supervisor in the app container.
 //! - an `emptyDir` at `/kdev` in both containers: sources, binaries and the controller.
-//! - no cache volume of kdev's own: the controller uses the image's Go build and module caches
-//!   (`go env GOCACHE GOMODCACHE`), which an image may ship pre-filled; an `emptyDir` would
-//!   start empty and not outlive the pod either.
+//! - no cache in that `emptyDir`: the controller builds with the image's Go caches (`go env
+//!   GOCACHE GOMODCACHE`, which an image may ship pre-filled), or, when kdev could get one, with a
+//!   PersistentVolumeClaim at `/kdev/cache` that outlives the pod (added by [`super::cache`] once
+//!   the claim is known).
 //! - the sidecar as a native sidecar (an init container with `restartPolicy: Always`): it starts
 //!   first, and its startup probe (the controller has been uploaded) holds the app container back
 //!   until the supervisor exists, so that container never starts without it and never enters
@@ -102,8 +103,11 @@ pub fn rewrite_pod_template(
         return Err(RewriteError::NoContainers);
     }
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
-    if volumes.iter().any(|v| v.name == SHARED_VOLUME) {
-        return Err(RewriteError::NameClash(SHARED_VOLUME.into()));
+    // The build cache's volume is added later, when its claim is known (`super::cache`).
+    for name in [SHARED_VOLUME, super::cache::VOLUME] {
+        if volumes.iter().any(|v| v.name == name) {
+            return Err(RewriteError::NameClash(name.into()));
+        }
     }
     let init = pod.init_containers.get_or_insert_with(Vec::new);
     if init

@@ -162,5 +162,8 @@ async fn describe_pending(client: &Client, namespace: &str, pod: &Pod) -> String
             ));
         }
     }
+    if let Some(claim) = super::cache::pending_claim(client, namespace, pod).await {
+        parts.push(claim);
+    }
     format!("pod {}: {}", pod.name_any(), parts.join("; "))
 }

@@ -11,6 +11,9 @@ pub const OWNER: &str = "kdev.dev/owner";
 pub const PROJECT: &str = "kdev.dev/project";
 /// The dev session a pod belongs to.
 pub const SESSION: &str = "kdev.dev/session";
+/// On the PersistentVolumeClaims that hold a dev pod's Go build cache (value `go`): `kdev gc`
+/// removes only these of a session's claims, never one of the project's own manifests.
+pub const BUILD_CACHE: &str = "kdev.dev/build-cache";
 
 /// Annotation on a session's Lease: the workload it develops (`deploy/api`).
 pub const WORKLOAD_ANNOTATION: &str = "kdev.dev/workload";

@@ -9,7 +9,8 @@
 //! /kdev/run/                    supervisor.pid, app-status.json, app.log (+ app.log.1),
 //!                               build-state.json, build.pgid, serve.lock, serve.pid,
 //!                               reconcile-cache
-//! /kdev/cache/go-build, mod     default GOCACHE and GOMODCACHE
+//! /kdev/cache/go-build, mod     default GOCACHE and GOMODCACHE; with a persistent cache
+//!                               volume mounted at /kdev/cache: its GOCACHE (and GOMODCACHE)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub const BIN_DIR: &str = "/kdev/bin";
 pub const RUN_DIR: &str = "/kdev/run";
 /// The default build caches.
 pub const CACHE_DIR: &str = "/kdev/cache";
+/// Set on the sidecar (to [`CACHE_DIR`]) when a volume that outlives the pod is mounted there
+/// for Go's caches; `serve` then builds with it (`--persistent-cache`).
+pub const PERSISTENT_CACHE_ENV: &str = "KDEV_PERSISTENT_CACHE";
 /// The app binary that `serve` installs and the supervisor runs.
 pub const APP_PATH: &str = "/kdev/bin/app";
 /// The controller binary the CLI uploads.

@@ -53,6 +53,8 @@ fn log(msg: impl AsRef<str>) {
 pub struct ServeOptions {
     pub layout: Layout,
     pub build: BuildDefaults,
+    /// A volume that outlives the pod for Go's caches (see [`build::cache`]).
+    pub persistent_cache: Option<PathBuf>,
     /// How long to wait for the supervisor to start the new binary after SIGHUP.
     pub restart_timeout: Duration,
 }
@@ -231,12 +233,19 @@ pub async fn run(opts: ServeOptions) -> i32 {
         ready_timeout: Duration::from_millis(config.ready_timeout_ms.unwrap_or(60_000)),
         restart_timeout: opts.restart_timeout,
     };
+    let mut caches = build::cache::resolve(&opts.build, opts.persistent_cache.as_deref());
+    log(format!(
+        "GOCACHE={} GOMODCACHE={}",
+        caches.defaults.gocache.display(),
+        caches.defaults.gomodcache.display()
+    ));
     let builds = Builds::new(
         layout.clone(),
-        opts.build.clone(),
+        caches.defaults.clone(),
         config.build,
         root.clone(),
         restart_ctx,
+        caches.ready.clone(),
     );
     let app_binary = layout.app_binary();
     let limits = patch::default_limits();
@@ -253,6 +262,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         limits: limits.clone(),
     };
     out.send(ServerMessage::Welcome(welcome)).await;
+    caches.start(&out).await;
     if let Some(pid) = replaced {
         out.event(Event::Warning {
             code: "replaced_session".into(),

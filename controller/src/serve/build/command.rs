@@ -122,6 +122,19 @@ pub(crate) struct BuildResult {
     pub elapsed: Duration,
 }
 
+impl BuildResult {
+    /// A build cancelled before its command started.
+    pub(crate) fn cancelled() -> BuildResult {
+        BuildResult {
+            outcome: BuildOutcome::Cancelled,
+            exit_code: None,
+            output: String::new(),
+            truncated: false,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// Why a build command could not run at all (its output says so).
 #[derive(Debug, thiserror::Error)]
 enum StartError {

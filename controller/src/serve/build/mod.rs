@@ -11,6 +11,7 @@
 //! A successful build whose binary is byte-identical to the one the app runs is neither
 //! installed nor followed by a restart ([`unchanged`]): `BuildFinished` says `unchanged`.
 
+pub(super) mod cache;
 pub(super) mod command;
 mod unchanged;
 
@@ -19,7 +20,7 @@ use std::time::Instant;
 
 use kdev_protocol::{BuildConfig, BuildOutcome, Event, Layout};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::io::Out;
@@ -61,6 +62,8 @@ pub(super) struct Builds {
     pending_patches: Vec<u64>,
     restart_task: Option<JoinHandle<()>>,
     restart_ctx: RestartCtx,
+    /// GOCACHE may be used (see [`cache`]: a fresh volume is seeded first).
+    cache_ready: watch::Receiver<bool>,
 }
 
 impl Builds {
@@ -71,6 +74,7 @@ impl Builds {
         config: BuildConfig,
         root: PathBuf,
         restart_ctx: RestartCtx,
+        cache_ready: watch::Receiver<bool>,
     ) -> Builds {
         let state = std::fs::read(layout.build_state_file())
             .ok()
@@ -91,6 +95,7 @@ impl Builds {
             pending_patches: Vec::new(),
             restart_task: None,
             restart_ctx,
+            cache_ready,
         }
     }
 
@@ -169,9 +174,21 @@ impl Builds {
         // Queue the event before the task can finish, so BuildStarted precedes BuildFinished.
         let out = self.out.clone();
         let done = self.done_tx.clone();
+        let mut cache_ready = self.cache_ready.clone();
         tokio::spawn(async move {
             out.event(ev).await;
-            let res = command::run(spec, cancel_rx).await;
+            let mut cancel_rx = cancel_rx;
+            // The build's time includes waiting for a fresh cache volume to be seeded.
+            let waited = tokio::select! {
+                w = cache::wait_ready(&mut cache_ready) => w,
+                _ = &mut cancel_rx => {
+                    let res = BuildResult::cancelled();
+                    let _ = done.send((id, res)).await;
+                    return;
+                }
+            };
+            let mut res = command::run(spec, cancel_rx).await;
+            res.elapsed += waited;
             let _ = done.send((id, res)).await;
         });
     }
