@@ -8,6 +8,7 @@
 //! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
+//! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
 //! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: exit codes.
 
 mod cluster;
@@ -15,6 +16,7 @@ pub mod cmd;
 mod config;
 mod deploy;
 mod error;
+pub mod init;
 mod pod;
 mod project;
 mod reload;

@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 /// kdev syncs your Go sources into a running pod, rebuilds them there and restarts the app,
 /// about a second after each save: no image build, no registry push, no pod restart.
 ///
-/// Start with a kdev.yaml in your project root (an empty file works when your manifests are in
-/// k8s/ and hold one Deployment), then run `kdev watch`.
+/// Start with `kdev init` in your Go module's root (it writes kdev.yaml), then run `kdev watch`.
 #[derive(Debug, Parser)]
 #[command(name = "kdev", version, about, long_about, after_help = kdev::EXIT_CODES_HELP)]
 struct Cli {
@@ -45,6 +44,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Look at the project and write a kdev.yaml that works as is.
+    ///
+    /// Finds go.mod's main packages, the manifests (YAML in k8s/ or deploy/ and similar, a
+    /// Kustomize directory or overlay, a Helm chart), their Deployments and StatefulSets with
+    /// containers and ports, and an existing .air.toml (its build package and flags, excluded
+    /// directories, args, env and pre_cmd carry over). Each workload named like a main package
+    /// becomes a service; what cannot be decided is asked on a terminal, or given with
+    /// --service. Also writes .kdev/kdev.schema.json, which the file's first line points editors
+    /// to. Never replaces an existing kdev.yaml without --force.
+    Init {
+        /// Replace an existing kdev.yaml.
+        #[arg(long)]
+        force: bool,
+        /// Develop WORKLOAD built from PACKAGE, e.g. `--service orders=./cmd/orders`
+        /// (repeatable). With it, exactly the named workloads are services and nothing is asked.
+        #[arg(long = "service", value_name = "WORKLOAD=PACKAGE")]
+        services: Vec<String>,
+        /// The manifests (a YAML file or directory, a Kustomize directory, a Helm chart)
+        /// [default: found in k8s/, deploy/, kubernetes/, manifests/, charts/, helm/ …].
+        #[arg(long, value_name = "PATH")]
+        manifests: Option<PathBuf>,
+        /// The sidecar image that builds the app [default: golang:<go.mod's go version>].
+        #[arg(long, value_name = "IMAGE")]
+        sidecar_image: Option<String>,
+    },
     /// Deploy the dev workload, sync your sources into it, rebuild and restart on every save.
     ///
     /// Applies the project's manifests with the app's workload rewritten into a dev pod (a Go
@@ -255,6 +279,18 @@ fn main_impl(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Init {
+                force,
+                services,
+                manifests,
+                sidecar_image,
+            } => kdev::init::run(&kdev::init::InitOptions {
+                config_path: cli.file.clone(),
+                force: *force,
+                services: services.clone(),
+                manifests: manifests.clone(),
+                sidecar_image: sidecar_image.clone(),
+            }),
             Command::Schema => print_out(format!("{}\n", kdev::schema_json()).as_bytes()),
             Command::Completions { shell } => {
                 let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -34,6 +34,25 @@ pub fn resolve_owner(
         .context("cannot tell who you are from the kubeconfig: pass --owner NAME or set `owner` in kdev.yaml")
 }
 
+/// The project's name: its directory's, as a DNS label (Helm's default release name, labels).
+pub fn project_name(root: &Path) -> String {
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "project".into());
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.trim_matches('-').chars().take(63).collect()
+}
+
 /// A loaded project: kdev.yaml and where it lives.
 #[derive(Debug, Clone)]
 pub struct Project {
@@ -46,7 +65,7 @@ impl Project {
     pub fn load(config_path: &Path) -> Result<Project> {
         if !config_path.is_file() {
             bail!(
-                "no {} at {}: run kdev in your project's root, or pass --file",
+                "no {} at {}: run kdev in your project's root (`kdev init` writes one), or pass --file",
                 FILE_NAME,
                 config_path.display()
             );
@@ -64,25 +83,8 @@ impl Project {
             .unwrap_or(Path::new("."))
             .canonicalize()
             .context("resolving the project directory")?;
-        let name = root
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_else(|| "project".into());
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        Ok(Project {
-            root,
-            config,
-            name: name.trim_matches('-').chars().take(63).collect(),
-        })
+        let name = project_name(&root);
+        Ok(Project { root, config, name })
     }
 
     /// Every object of the project's manifests, rendered for `namespace`.

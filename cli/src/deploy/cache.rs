@@ -261,7 +261,14 @@ fn class_and_size(pvc: &PersistentVolumeClaim) -> (String, String) {
     let spec = pvc.spec.as_ref();
     let class = spec.and_then(|s| s.storage_class_name.clone());
     let size = spec
-        .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned())
+        .and_then(|s| {
+            s.resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("storage")
+                .cloned()
+        })
         .map(|q| q.0)
         .unwrap_or_default();
     (class.unwrap_or_default(), size)
