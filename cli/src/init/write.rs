@@ -255,3 +255,116 @@ pub fn render(f: &InitFile<'_>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Config, PortSpec};
+    use crate::init::detect::WorkloadFound;
+
+    fn service(name: &str, package: &str, ports: &[(u16, u16)]) -> PlannedService {
+        PlannedService {
+            name: name.into(),
+            workload: WorkloadFound {
+                kind: "deployment",
+                name: name.into(),
+                container: Some("app".into()),
+                image: None,
+                ports: ports.iter().map(|p| p.1).collect(),
+            },
+            package: package.into(),
+            ports: ports.to_vec(),
+        }
+    }
+
+    #[test]
+    fn several_services_with_air_settings_load_back_as_written() {
+        let air = crate::init::air::FromAir {
+            package: Some("./cmd/api".into()),
+            flags: vec!["-tags".into(), "dev".into()],
+            exclude: vec!["/tmp/".into()],
+            args: vec!["--verbose".into()],
+            env: [("APP_ENV".to_string(), "dev: yes".to_string())].into(),
+            before: vec!["go generate ./...".into()],
+            notes: vec!["something".into()],
+        };
+        let services = [
+            service("api", "./cmd/api", &[(8080, 8080)]),
+            service("worker", "./cmd/worker", &[]),
+        ];
+        let text = render(&InitFile {
+            manifests: &ManifestSource::Kustomize {
+                kustomize: "k8s/overlays/dev".into(),
+            },
+            services: &services,
+            left: &[("deployment/redis".into(), "not built here".into())],
+            go_version: Some("1.24"),
+            sidecar_image: Some("registry.example/go:1.24"),
+            air: Some(&air),
+        });
+        assert!(text.starts_with("# yaml-language-server: $schema=.kdev/kdev.schema.json\n"));
+        assert!(text.contains("deployment/redis is applied as the manifests say"));
+        let c = Config::parse(&text, Path::new("kdev.yaml")).unwrap();
+        let s = c.services();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].build.flags, ["-tags", "dev"]);
+        assert_eq!(s[0].build.before, ["go generate ./..."]);
+        assert_eq!(s[0].sync.exclude, ["/tmp/"]);
+        assert_eq!(
+            s[0].run.args.as_deref(),
+            Some(&["--verbose".to_string()][..])
+        );
+        assert_eq!(s[0].run.env["APP_ENV"], "dev: yes");
+        assert_eq!(
+            s[0].run.ports.as_deref(),
+            Some(
+                &[PortSpec {
+                    local: 8080,
+                    remote: 8080
+                }][..]
+            )
+        );
+        // Air's settings belong to the service that builds its package only.
+        assert!(s[1].build.flags.is_empty() && s[1].run.ports.is_none());
+        assert_eq!(
+            s[1].sidecar.image.as_deref(),
+            Some("registry.example/go:1.24")
+        );
+        assert_eq!(
+            c.manifests,
+            [ManifestSource::Kustomize {
+                kustomize: "k8s/overlays/dev".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn one_service_is_written_without_a_services_list() {
+        let services = [service("gin-hello", ".", &[(8080, 8080)])];
+        let text = render(&InitFile {
+            manifests: &ManifestSource::Path("k8s".into()),
+            services: &services,
+            left: &[],
+            go_version: Some("1.24"),
+            sidecar_image: None,
+            air: None,
+        });
+        let c = Config::parse(&text, Path::new("kdev.yaml")).unwrap();
+        assert!(c.services.is_empty());
+        assert_eq!(c.workload.unwrap().name, "gin-hello");
+        assert_eq!(c.manifests, [ManifestSource::Path("k8s/".into())]);
+        assert!(c.sidecar.image.is_none());
+        assert!(text.contains("# sidecar: {image: golang:1.24}"));
+    }
+
+    #[test]
+    fn scalars_are_quoted_only_when_yaml_would_read_them_otherwise() {
+        assert_eq!(q("./cmd/x"), "./cmd/x");
+        assert_eq!(q("8080"), "\"8080\"");
+        assert_eq!(q("yes"), "\"yes\"");
+        assert_eq!(q("a: b"), "\"a: b\"");
+        assert_eq!(q("-v"), "\"-v\"");
+    }
+}

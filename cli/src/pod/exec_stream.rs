@@ -67,9 +67,15 @@ pub async fn exec(
     let (stdout, stdout_w) = tokio::io::simplex(PIPE);
     let (stderr, stderr_w) = tokio::io::simplex(PIPE);
     let task = tokio::spawn(async move {
-        if let Err(e) = pump(ws, stream_close, stdin_r, stdout_w, stderr_w).await {
+        let (mut stdout_w, mut stderr_w) = (stdout_w, stderr_w);
+        if let Err(e) = pump(ws, stream_close, stdin_r, &mut stdout_w, &mut stderr_w).await {
             tracing::debug!("exec stream ended: {e}");
         }
+        // The readers' EOF. Dropping a simplex stream's write half does not give one (the read
+        // half shares the stream): a controller that exited at once went unnoticed until the
+        // handshake's 30 s deadline.
+        let _ = stdout_w.shutdown().await;
+        let _ = stderr_w.shutdown().await;
     });
     Ok(ExecStream {
         stdin,
@@ -79,14 +85,13 @@ pub async fn exec(
     })
 }
 
-/// Move bytes until the stream ends. Dropping the stdout/stderr writers at the end is what
-/// tells their readers.
+/// Move bytes until the stream ends (the caller then shuts the stdout/stderr writers down).
 async fn pump<S>(
     ws: S,
     stream_close: bool,
     mut stdin: ReadHalf<SimplexStream>,
-    mut stdout: WriteHalf<SimplexStream>,
-    mut stderr: WriteHalf<SimplexStream>,
+    stdout: &mut WriteHalf<SimplexStream>,
+    stderr: &mut WriteHalf<SimplexStream>,
 ) -> Result<(), String>
 where
     S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
