@@ -116,7 +116,7 @@ const EDIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The single-service example as it is, plus an `.air.toml` whose `pre_cmd` runs `go generate`
 /// (the app serves the generated constant) and whose excluded directory and env carry over.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_on_the_gin_example_with_an_air_toml_serves_edits_and_runs_its_hook() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-init-air").await?;
@@ -179,7 +179,7 @@ async fn init_on_the_gin_example_with_an_air_toml_serves_edits_and_runs_its_hook
 
 /// The two-service example: init pairs both workloads with their packages and moves the second
 /// one's local port; an orders edit is served through the gateway.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_on_the_shop_example_writes_both_services() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-init-shop").await?;
@@ -233,7 +233,7 @@ async fn init_on_the_shop_example_writes_both_services() -> Result<()> {
 
 /// The gin example's manifests as a Kustomize base and a dev overlay that patches the
 /// Deployment: init picks the overlay, and the patch reaches the cluster.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_on_a_kustomize_overlay_renders_it_and_serves_an_edit() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-init-kust").await?;
@@ -289,7 +289,7 @@ async fn init_on_a_kustomize_overlay_renders_it_and_serves_an_edit() -> Result<(
 
 /// The gin example's manifests as a Helm chart in deploy/chart (names from the release, the
 /// port and a label from values): init finds it, `helm template` renders it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_on_a_helm_chart_renders_it_and_serves_an_edit() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-init-helm").await?;
