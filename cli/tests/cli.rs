@@ -191,3 +191,66 @@ fn completions_and_version() {
         "{version}"
     );
 }
+
+#[test]
+fn init_asks_what_it_cannot_decide_through_flags_when_not_on_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("gin-hello");
+    copy_dir(&example(), &project);
+    std::fs::remove_file(project.join("kdev.yaml")).unwrap();
+    // A second main package: which one builds deployment/gin-hello cannot be told by name.
+    std::fs::create_dir_all(project.join("cmd/migrate")).unwrap();
+    std::fs::write(
+        project.join("cmd/migrate/main.go"),
+        "package main\n\nfunc main() {}\n",
+    )
+    .unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, KUBECONFIG).unwrap();
+
+    let out = kdev(&project, &["init"], &kubeconfig);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("deployment/gin-hello (one of ., ./cmd/migrate)")
+            && err.contains("--service WORKLOAD=PACKAGE"),
+        "{err}"
+    );
+    assert!(!project.join("kdev.yaml").exists());
+
+    let (ok, text) = run_kdev(
+        &project,
+        &["init", "--service", "gin-hello=./cmd/migrate"],
+        &kubeconfig,
+    );
+    assert!(ok, "{text}");
+    let written = std::fs::read_to_string(project.join("kdev.yaml")).unwrap();
+    assert!(written.contains("package: ./cmd/migrate"), "{written}");
+    assert!(project.join(".kdev/kdev.schema.json").is_file());
+
+    let (ok, text) = run_kdev(&project, &["init", "--service", "nope=."], &kubeconfig);
+    assert!(
+        !ok && text.contains("--force"),
+        "an existing file comes first: {text}"
+    );
+    let (ok, text) = run_kdev(
+        &project,
+        &["init", "--force", "--service", "nope=."],
+        &kubeconfig,
+    );
+    assert!(
+        !ok && text.contains("no workload nope (they have: deployment/gin-hello)"),
+        "{text}"
+    );
+    let (ok, text) = run_kdev(
+        &project,
+        &["init", "--force", "--service", "gin-hello=."],
+        &kubeconfig,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        std::fs::read_to_string(project.join("kdev.yaml"))
+            .unwrap()
+            .contains("package: .\n")
+    );
+}
