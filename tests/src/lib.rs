@@ -439,6 +439,55 @@ pub fn set_ping_expr(project: &std::path::Path, go_expr: &str) -> Result<()> {
     Ok(())
 }
 
+/// Replace the `const NAME = ...` line of `file` in `project` by `const NAME = "value"`.
+pub fn set_const(project: &std::path::Path, file: &str, name: &str, value: &str) -> Result<()> {
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path)?;
+    let start = text
+        .find(&format!("const {name} = "))
+        .with_context(|| format!("no `const {name}` in {file}"))?;
+    let end = start + text[start..].find('\n').context("a newline")?;
+    std::fs::write(
+        &path,
+        format!(
+            "{}const {name} = \"{value}\"{}",
+            &text[..start],
+            &text[end..]
+        ),
+    )?;
+    Ok(())
+}
+
+/// `kdev ARGS` running in a project, its output collected (and echoed as `kdev| …`); killed on
+/// drop.
+pub struct KdevProcess {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl KdevProcess {
+    pub fn start(project: &std::path::Path, args: &[&str]) -> Result<KdevProcess> {
+        let mut cmd = std::process::Command::new(kdev_bin());
+        cmd.args(args).current_dir(project);
+        let (child, output) = spawn_captured(&mut cmd)?;
+        Ok(KdevProcess { child, output })
+    }
+
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for KdevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Make the example answer `{"message":"<msg>"}` on GET /ping.
 pub fn set_ping_message(project: &std::path::Path, msg: &str) -> Result<()> {
     set_ping_expr(project, &format!("\"{msg}\""))

@@ -9,15 +9,14 @@
 //! wrote, then moves the local side to a free port.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use kdev_tests::{
-    TOOLCHAIN_IMAGE, TestNamespace, client, copy_dir, free_port, http_get, kdev_bin, repo_root,
-    set_ping_expr, set_ping_message, spawn_captured,
+    KdevProcess, TOOLCHAIN_IMAGE, TestNamespace, client, copy_dir, free_port, http_get, kdev_bin,
+    repo_root, set_const, set_ping_expr, set_ping_message,
 };
 use kube::api::Api;
 
@@ -57,58 +56,50 @@ fn edit_config(project: &Path, from: &str, to: &str) -> Result<String> {
     Ok(text)
 }
 
-/// `kdev watch` in `project`, in namespace `ns`; killed on drop.
-struct Kdev {
-    child: Child,
-    output: Arc<Mutex<String>>,
+/// `kdev watch` in `project`, in namespace `ns`.
+fn watch(project: &Path, ns: &str) -> Result<KdevProcess> {
+    KdevProcess::start(project, &["watch", "-n", ns])
 }
 
-impl Kdev {
-    fn start(project: &Path, ns: &str) -> Result<Kdev> {
-        let mut cmd = Command::new(kdev_bin());
-        cmd.args(["watch", "-n", ns]).current_dir(project);
-        let (child, output) = spawn_captured(&mut cmd)?;
-        Ok(Kdev { child, output })
-    }
-
-    fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// GET `path` on localhost:`port` until the body contains `want`.
-    async fn wait_body(&self, port: u16, path: &str, want: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last;
-        loop {
-            let p = path.to_string();
-            let got =
-                tokio::task::spawn_blocking(move || http_get(port, &p, Duration::from_secs(5)))
-                    .await?;
-            match got {
-                Ok(body) if body.contains(want) => return Ok(()),
-                Ok(body) => last = body,
-                Err(e) => last = e.to_string(),
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "`{want}` not served on {path} within {timeout:?}; last answer: {last}\n\
-                     kdev output:\n{}",
-                    self.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+/// GET `path` on localhost:`port` until the body contains `want`.
+async fn wait_body(
+    kdev: &KdevProcess,
+    port: u16,
+    path: &str,
+    want: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last;
+    loop {
+        let p = path.to_string();
+        let got =
+            tokio::task::spawn_blocking(move || http_get(port, &p, Duration::from_secs(5))).await?;
+        match got {
+            Ok(body) if body.contains(want) => return Ok(()),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
         }
+        if Instant::now() > deadline {
+            bail!(
+                "`{want}` not served on {path} within {timeout:?}; last answer: {last}\n\
+                 kdev output:\n{}",
+                kdev.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
-impl Drop for Kdev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Whether a Deployment in `ns` satisfies `check` (what a render put in its metadata).
+async fn some_deployment(
+    client: &kube::Client,
+    ns: &str,
+    check: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool,
+) -> Result<bool> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let found = deployments.list(&Default::default()).await?.items;
+    Ok(found.iter().any(|d| check(&d.metadata)))
 }
 
 const SERVE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -157,17 +148,14 @@ async fn init_on_the_gin_example_with_an_air_toml_serves_edits_and_runs_its_hook
     let port = free_port();
     edit_config(&project, "PORT:8080", &format!("{port}:8080"))?;
 
-    let kdev = Kdev::start(&project, ns.name())?;
-    kdev.wait_body(port, "/ping", "generated-1", SERVE_TIMEOUT)
-        .await?;
+    let kdev = watch(&project, ns.name())?;
+    wait_body(&kdev, port, "/ping", "generated-1", SERVE_TIMEOUT).await?;
     // The hook runs before every build: a new stamp is a new constant.
     std::fs::write(project.join("stamp.txt"), "generated-2")?;
-    kdev.wait_body(port, "/ping", "generated-2", EDIT_TIMEOUT)
-        .await?;
+    wait_body(&kdev, port, "/ping", "generated-2", EDIT_TIMEOUT).await?;
     // An ordinary edit still works, and a second init refuses to replace the file.
     set_ping_message(&project, "after-init")?;
-    kdev.wait_body(port, "/ping", "after-init", EDIT_TIMEOUT)
-        .await?;
+    wait_body(&kdev, port, "/ping", "after-init", EDIT_TIMEOUT).await?;
     let again = Command::new(kdev_bin())
         .arg("init")
         .current_dir(&project)
@@ -207,27 +195,18 @@ async fn init_on_the_shop_example_writes_both_services() -> Result<()> {
         &format!("ports: [\"{orders}:8080\"]"),
     )?;
 
-    let kdev = Kdev::start(&project, ns.name())?;
-    kdev.wait_body(gateway, "/orders", "\"service\":\"gateway\"", SERVE_TIMEOUT)
-        .await?;
-    let main = project.join("cmd/orders/main.go");
-    let text = std::fs::read_to_string(&main)?;
-    let start = text
-        .find("const ordersMessage = ")
-        .context("cmd/orders/main.go has ordersMessage")?;
-    let end = start + text[start..].find('\n').context("a newline")?;
-    std::fs::write(
-        &main,
-        format!(
-            "{}const ordersMessage = \"from-init\"{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )?;
-    kdev.wait_body(gateway, "/orders", "from-init", EDIT_TIMEOUT)
-        .await?;
-    kdev.wait_body(orders, "/orders", "from-init", EDIT_TIMEOUT)
-        .await?;
+    let kdev = watch(&project, ns.name())?;
+    wait_body(
+        &kdev,
+        gateway,
+        "/orders",
+        "\"service\":\"gateway\"",
+        SERVE_TIMEOUT,
+    )
+    .await?;
+    set_const(&project, "cmd/orders/main.go", "ordersMessage", "from-init")?;
+    wait_body(&kdev, gateway, "/orders", "from-init", EDIT_TIMEOUT).await?;
+    wait_body(&kdev, orders, "/orders", "from-init", EDIT_TIMEOUT).await?;
     Ok(())
 }
 
@@ -269,20 +248,16 @@ async fn init_on_a_kustomize_overlay_renders_it_and_serves_an_edit() -> Result<(
         "{written}"
     );
 
-    let kdev = Kdev::start(&project, ns.name())?;
+    let kdev = watch(&project, ns.name())?;
     set_ping_message(&project, "kustomized")?;
-    kdev.wait_body(port, "/ping", "kustomized", SERVE_TIMEOUT)
-        .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
-    let found = deployments.list(&Default::default()).await?.items;
+    wait_body(&kdev, port, "/ping", "kustomized", SERVE_TIMEOUT).await?;
     ensure!(
-        found.iter().any(|d| d
-            .metadata
+        some_deployment(&client, ns.name(), |m| m
             .annotations
             .as_ref()
-            .is_some_and(|a| a.get("overlay").map(String::as_str) == Some("dev"))),
-        "the overlay's patch did not reach the cluster: {:?}",
-        found.iter().map(|d| &d.metadata).collect::<Vec<_>>()
+            .is_some_and(|a| a.get("overlay").map(String::as_str) == Some("dev")))
+        .await?,
+        "the overlay's patch did not reach the cluster"
     );
     Ok(())
 }
@@ -323,18 +298,15 @@ async fn init_on_a_helm_chart_renders_it_and_serves_an_edit() -> Result<()> {
         &format!("ports: [\"{port}:8080\"]"),
     )?;
 
-    let kdev = Kdev::start(&project, ns.name())?;
+    let kdev = watch(&project, ns.name())?;
     set_ping_message(&project, "charted")?;
-    kdev.wait_body(port, "/ping", "charted", SERVE_TIMEOUT)
-        .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
-    let found = deployments.list(&Default::default()).await?.items;
+    wait_body(&kdev, port, "/ping", "charted", SERVE_TIMEOUT).await?;
     ensure!(
-        found.iter().any(|d| d
-            .metadata
+        some_deployment(&client, ns.name(), |m| m
             .labels
             .as_ref()
-            .is_some_and(|l| l.get("team").map(String::as_str) == Some("payments"))),
+            .is_some_and(|l| l.get("team").map(String::as_str) == Some("payments")))
+        .await?,
         "the chart's values did not reach the cluster"
     );
     Ok(())

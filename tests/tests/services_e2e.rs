@@ -5,8 +5,7 @@
 //! backend.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,7 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kdev_tests::watch::{Node, local_nodes, pod_nodes, tree_diff};
 use kdev_tests::{
-    TestNamespace, client, copy_dir, exec, free_port, http_get, kdev_bin, repo_root, spawn_captured,
+    KdevProcess as Kdev, TestNamespace, client, copy_dir, exec, free_port, http_get, kdev_bin,
+    repo_root, set_const,
 };
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -37,55 +37,12 @@ fn shop(dir: &Path, namespace: &str, gateway_port: u16, orders_port: u16) -> Res
     Ok(project.canonicalize()?)
 }
 
-/// Replace the `const NAME = ...` line of `file` in `project`.
-fn set_const(project: &Path, file: &str, name: &str, value: &str) -> Result<()> {
-    let path = project.join(file);
-    let text = std::fs::read_to_string(&path)?;
-    let start = text
-        .find(&format!("const {name} = "))
-        .with_context(|| format!("no `const {name}` in {file}"))?;
-    let end = start + text[start..].find('\n').context("a newline")?;
-    std::fs::write(
-        &path,
-        format!(
-            "{}const {name} = \"{value}\"{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )?;
-    Ok(())
-}
-
-/// `kdev watch ARGS` in `project` as `owner`, output collected; killed on drop.
-struct Kdev {
-    child: Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl Kdev {
-    fn start(project: &Path, owner: &str, args: &[&str]) -> Result<Kdev> {
-        let mut cmd = Command::new(kdev_bin());
-        cmd.arg("watch")
-            .args(args)
-            .args(["--owner", owner])
-            .current_dir(project);
-        let (child, output) = spawn_captured(&mut cmd)?;
-        Ok(Kdev { child, output })
-    }
-
-    fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Kdev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `kdev watch ARGS` in `project` as `owner`.
+fn watch(project: &Path, owner: &str, args: &[&str]) -> Result<Kdev> {
+    let mut all = vec!["watch"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--owner", owner]);
+    Kdev::start(project, &all)
 }
 
 /// GET /orders on localhost:`port` until the JSON answer satisfies `want`; returns it.
@@ -188,7 +145,7 @@ async fn two_services_start_together_and_reload_only_what_changed() -> Result<()
     let (gw, op) = (free_port(), free_port());
     let project = shop(dir.path(), ns.name(), gw, op)?;
     let t0 = Instant::now();
-    let kdev = Kdev::start(&project, "dev", &[])?;
+    let kdev = watch(&project, "dev", &[])?;
     // The gateway answers with the orders service's answer: both run, and the gateway reaches
     // orders by its Service name.
     let first = wait_answer(gw, "the gateway", Duration::from_secs(300), &kdev, |v| {
@@ -320,7 +277,7 @@ async fn each_owner_reaches_their_own_copies_and_the_shared_backend_stays_shared
             set_const(&project, "cmd/orders/main.go", "ordersMessage", m)?;
         }
         let args: &[&str] = if only_gateway { &["gateway"] } else { &[] };
-        let kdev = Kdev::start(&project, owner, args)?;
+        let kdev = watch(&project, owner, args)?;
         runs.push((owner, message, gw, project, kdev));
     }
     for (owner, message, gw, _, kdev) in &runs {

@@ -164,7 +164,7 @@ fn source_in(root: &Path, dir: &Path) -> Option<ManifestSource> {
         let n = e.file_name().to_string_lossy().into_owned();
         n.ends_with(".yaml") || n.ends_with(".yml")
     });
-    has_yaml.then(|| ManifestSource::Path(rel))
+    has_yaml.then_some(ManifestSource::Path(rel))
 }
 
 /// The Deployments and StatefulSets of the rendered objects.
