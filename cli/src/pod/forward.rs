@@ -72,6 +72,16 @@ pub struct ForwardTarget {
     pub relay: Option<u16>,
     /// Delve's port (`kdev debug`): its connections end with the Delve they reached.
     pub delve: Option<u16>,
+    /// Which session (and API connection) `pods` belongs to, from [`next_connection`]: warm
+    /// spares opened over another one are dropped, since that connection may be the dead one
+    /// the session was replaced for.
+    pub connection: u64,
+}
+
+/// A number for a new session's connection (see [`ForwardTarget::connection`]).
+pub fn next_connection() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a forwarder reports.
@@ -140,9 +150,36 @@ async fn forward_one(
     })
     .await
     .map_err(|_| "no dev pod to forward to".to_string())??;
-    match target.relay {
-        Some(relay) => via_relay(&target, relay, conn, remote, spares).await,
-        None => straight(&target, app_exits, conn, remote).await,
+    // A forwarded connection lives on its session's API connection. When kdev replaces the
+    // session, that connection may be the dead one it was replaced for: close the client's
+    // side so it reconnects at once instead of waiting on a stream that never answers.
+    let over = session_over(current, target.connection);
+    let forwarded = async {
+        match target.relay {
+            Some(relay) => via_relay(&target, relay, conn, remote, spares).await,
+            None => straight(&target, app_exits, conn, remote).await,
+        }
+    };
+    tokio::select! {
+        r = forwarded => r,
+        () = over => {
+            tracing::debug!("the session it was forwarded through is over: closed");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once the target is no longer reached through session `connection` (another
+/// session, or none while the pod is being found).
+async fn session_over(current: &mut watch::Receiver<Option<ForwardTarget>>, connection: u64) {
+    loop {
+        if current.borrow_and_update().as_ref().map(|t| t.connection) != Some(connection) {
+            return;
+        }
+        if current.changed().await.is_err() {
+            // kdev is shutting down; the runtime ends the forward.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -205,7 +242,7 @@ async fn via_relay(
     spares: &Spares,
 ) -> Result<(), String> {
     let pod = &target.pod;
-    let (pf, stream) = match spares.take(pod, relay) {
+    let (pf, stream) = match spares.take(target) {
         Some(s) => {
             tracing::debug!("on a warm spare stream");
             (s.pf, s.stream)
@@ -297,6 +334,7 @@ async fn via_relay(
 struct Spare {
     pod: String,
     relay: u16,
+    connection: u64,
     pf: Portforwarder,
     stream: DuplexStream,
 }
@@ -334,12 +372,16 @@ impl Spares {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A live spare to `relay` of `pod`, if one is ready.
-    fn take(&self, pod: &str, relay: u16) -> Option<Spare> {
+    /// A live spare to the target's relay, over its connection, if one is ready.
+    fn take(&self, target: &ForwardTarget) -> Option<Spare> {
         let mut ready = self.lock();
         let mut found = None;
         while let Some(mut s) = ready.pop() {
-            if s.pod == pod && s.relay == relay && s.alive() {
+            if s.pod == target.pod
+                && Some(s.relay) == target.relay
+                && s.connection == target.connection
+                && s.alive()
+            {
                 found = Some(s);
                 break;
             }
@@ -360,14 +402,16 @@ impl Spares {
             let current = target.borrow_and_update().clone();
             let want = current
                 .as_ref()
-                .and_then(|t| t.relay.map(|r| (t.pod.clone(), r)));
+                .and_then(|t| t.relay.map(|r| (t.pod.clone(), r, t.connection)));
             // Drop spares of another pod or relay, and those whose stream ended.
             let have = {
                 let mut ready = self.lock();
-                ready.retain_mut(|s| want == Some((s.pod.clone(), s.relay)) && s.alive());
+                ready.retain_mut(|s| {
+                    want == Some((s.pod.clone(), s.relay, s.connection)) && s.alive()
+                });
                 ready.len()
             };
-            if let (Some(t), Some((_, relay))) = (&current, &want)
+            if let (Some(t), Some((_, relay, _))) = (&current, &want)
                 && retry_at.is_none_or(|at| at <= tokio::time::Instant::now())
             {
                 retry_at = None;
@@ -394,7 +438,11 @@ impl Spares {
                         if target
                             .borrow()
                             .as_ref()
-                            .is_some_and(|t| t.pod == s.pod && t.relay == Some(s.relay))
+                            .is_some_and(|t| {
+                                t.pod == s.pod
+                                    && t.relay == Some(s.relay)
+                                    && t.connection == s.connection
+                            })
                         {
                             self.lock().push(s);
                         }
@@ -422,6 +470,7 @@ async fn open_spare(target: &ForwardTarget, relay: u16) -> Result<Spare, String>
     match frame::decode(&mut hello) {
         Ok(Some((frame::HELLO, p))) if p == frame::HELLO_PAYLOAD => Ok(Spare {
             pod: target.pod.clone(),
+            connection: target.connection,
             relay,
             pf,
             stream,

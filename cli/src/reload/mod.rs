@@ -135,6 +135,7 @@ impl ReloadLoop<'_> {
             pods: pods.clone(),
             relay: None,
             delve: self.debug.as_ref().map(|d| d.port),
+            connection: crate::pod::forward::next_connection(),
         }));
         let opening = open_session(
             self.ui,
