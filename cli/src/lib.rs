@@ -29,13 +29,20 @@ pub use error::{EXIT_CODES_HELP, Exit, exit_code};
 pub fn schema_json() -> String {
     serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
 }
+pub use pod::controllers::embedded as embedded_controllers;
 pub use pod::delve::{DEFAULT_PORT as DELVE_DEFAULT_PORT, DebugOptions};
 
 /// What the end-to-end tests use below the CLI: the session stream, the controller upload, the
 /// API client kdev builds, and the patch tar.
 pub mod testing {
     pub use crate::cluster::client::build as client;
-    pub use crate::pod::bootstrap::{find_controller, upload};
+    pub use crate::pod::bootstrap::upload;
+
+    /// The controller kdev would upload into a pod on a linux/amd64 node (this machine's).
+    pub fn host_controller() -> anyhow::Result<Vec<u8>> {
+        let found = crate::pod::controllers::Controllers::find()?;
+        Ok(found.for_node("amd64", "test", "test")?.binary.to_vec())
+    }
     pub use crate::pod::session::ControllerSession;
     pub use crate::sync::tar::build_tar;
 }

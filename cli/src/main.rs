@@ -178,14 +178,16 @@ fn watch_options(
     }
 }
 
-/// `kdev --version`: kdev's version and the protocol it speaks with its in-pod controller.
+/// `kdev --version`: kdev's version, the protocol it speaks with its in-pod controller, and the
+/// controllers it carries.
 fn version() -> &'static str {
     // Built once per process; clap keeps a `&'static str`.
     Box::leak(
         format!(
-            "{} (protocol {})",
+            "{} (protocol {}); controllers: {}",
             env!("CARGO_PKG_VERSION"),
-            kdev_protocol::PROTOCOL_VERSION
+            kdev_protocol::PROTOCOL_VERSION,
+            kdev::embedded_controllers()
         )
         .into_boxed_str(),
     )

@@ -148,7 +148,7 @@ async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Resu
         }
     })
     .await?;
-    let binary = std::fs::read(kdev::testing::find_controller()?)?;
+    let binary = kdev::testing::host_controller()?;
     kdev::testing::upload(&pods, POD, &binary).await?;
     wait_pod_running(&pods, POD, Duration::from_secs(120)).await?;
 

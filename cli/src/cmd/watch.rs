@@ -21,7 +21,7 @@ use crate::cluster::connect::connect;
 use crate::cluster::lease::{self, SessionLease};
 use crate::deploy;
 use crate::error::UsageError;
-use crate::pod::bootstrap;
+use crate::pod::controllers::Controllers;
 use crate::pod::delve::DebugOptions;
 use crate::pod::forward::{self, ForwardTarget};
 use crate::project::{Project, Service, resolve_owner};
@@ -130,9 +130,8 @@ async fn watch_until_lost(
     let discovered = deploy::discover(&client, &ns, &plan.objects).await?;
     let kinds = deploy::resource_kinds(&discovered);
     access::require(&client, &ns, &access::needed_for_watch(&kinds)).await?;
-    let controller_path = bootstrap::find_controller()?;
-    let controller = std::fs::read(&controller_path)
-        .with_context(|| format!("reading {}", controller_path.display()))?;
+    let controllers = Controllers::find()?;
+    tracing::debug!("controllers: {}", controllers.describe());
 
     // Each service's name (a service without `services:` is named after its workload), output
     // and ports.
@@ -344,7 +343,7 @@ async fn watch_until_lost(
             lease,
             pod_selector: w.pod_selector.clone(),
             pod_timeout: opts.pod_timeout,
-            controller: controller.clone(),
+            controllers: controllers.clone(),
             session_config: s.service.session_config(s.debug.is_some(), s.app_port),
             debug: s.debug.clone(),
             forwards: fwd,

@@ -4,7 +4,7 @@
 //! image, and it travels through the exec API into the shared `/kdev` volume. An upload is
 //! skipped when the pod already holds the same binary (same BLAKE3 hash).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -17,8 +17,9 @@ pub const CONTROLLER_ENV: &str = "KDEV_CONTROLLER_BIN";
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error(
-        "no statically linked kdev-controller found (looked at: {0}). Build it with \
-         `controller/build-static` in the kdev repository, or point {CONTROLLER_ENV} at one"
+        "this kdev carries no kdev-controller and found no statically linked one (looked at: \
+         {0}). Install kdev with `cargo install --path cli` (release builds embed it), or build \
+         one with `controller/build-static` and point {CONTROLLER_ENV} at it"
     )]
     NotFound(String),
     #[error(
@@ -35,47 +36,8 @@ pub enum BootstrapError {
     Upload { pod: String, message: String },
 }
 
-/// The controller binary to upload: `$KDEV_CONTROLLER_BIN`, else a static `kdev-controller`
-/// next to the `kdev` executable, else the static build in the workspace's target directory.
-pub fn find_controller() -> Result<PathBuf, BootstrapError> {
-    if let Some(p) = std::env::var_os(CONTROLLER_ENV).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        check_static(&p)?;
-        return Ok(p);
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        candidates.push(dir.join("kdev-controller"));
-        // In a cargo workspace: target/{debug,release}/kdev → target/<host>/release/kdev-controller.
-        if let Some(target) = dir.parent() {
-            candidates.push(target.join("x86_64-unknown-linux-gnu/release/kdev-controller"));
-        }
-    }
-    for c in &candidates {
-        if c.is_file() && check_static(c).is_ok() {
-            return Ok(c.clone());
-        }
-    }
-    let looked: Vec<_> = candidates.iter().map(|p| p.display().to_string()).collect();
-    Err(BootstrapError::NotFound(looked.join(", ")))
-}
-
-/// Refuse dynamically linked binaries: an ELF file with a PT_INTERP program header.
-pub fn check_static(path: &Path) -> Result<(), BootstrapError> {
-    let data = std::fs::read(path).map_err(|source| BootstrapError::Read {
-        path: path.into(),
-        source,
-    })?;
-    if is_dynamic_elf(&data) {
-        Err(BootstrapError::Dynamic(path.into()))
-    } else {
-        Ok(())
-    }
-}
-
-fn is_dynamic_elf(data: &[u8]) -> bool {
+/// Whether `data` is an ELF executable that needs a dynamic loader (a PT_INTERP header).
+pub(super) fn is_dynamic_elf(data: &[u8]) -> bool {
     // ELF64 little-endian only (what we build); anything else is not ours to judge.
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         return false;
@@ -213,7 +175,7 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(is_dynamic_elf(&me));
         assert!(!is_dynamic_elf(b"#!/bin/sh\necho not elf\n"));
-        let busybox = Path::new("/bin/busybox");
+        let busybox = std::path::Path::new("/bin/busybox");
         if let Ok(data) = std::fs::read(busybox) {
             // Debian's busybox-static is static; the dynamic `busybox` package is not.
             let dynamic = std::process::Command::new("ldd")

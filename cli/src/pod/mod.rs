@@ -2,6 +2,7 @@
 //! port-forwards, and Delve for `kdev debug`.
 
 pub mod bootstrap;
+pub mod controllers;
 pub mod delve;
 pub mod exec_stream;
 pub mod forward;

@@ -31,6 +31,7 @@ use crate::cluster::lease::SessionLease;
 use crate::deploy;
 use crate::error::{Exit, SessionLost, exit_code};
 use crate::pod::bootstrap::{self, Uploaded};
+use crate::pod::controllers::{Controllers, node_arch};
 use crate::pod::delve::{self, DebugOptions};
 use crate::pod::forward::{ErrorSummary, ForwardEvent, ForwardTarget};
 use crate::pod::session::{ControllerSession, SessionError};
@@ -79,8 +80,8 @@ pub struct ReloadLoop<'a> {
     /// Labels that select the dev pod.
     pub pod_selector: BTreeMap<String, String>,
     pub pod_timeout: Duration,
-    /// The static controller uploaded into the pod.
-    pub controller: Vec<u8>,
+    /// The static controllers, one per node architecture, that can be uploaded into the pod.
+    pub controllers: Controllers,
     pub session_config: SessionConfig,
     pub debug: Option<DebugOptions>,
     pub forwards: Forwards,
@@ -137,10 +138,24 @@ impl ReloadLoop<'_> {
             delve: self.debug.as_ref().map(|d| d.port),
             connection: crate::pod::forward::next_connection(),
         }));
+        // The controller built for the pod's node, or stop: another would not run there.
+        let controller = match node_arch(&self.conn.client, &pods, &pod).await {
+            Ok((node, arch)) => self
+                .controllers
+                .for_node(&arch, &pod_name, &node)?
+                .binary
+                .clone(),
+            Err(e) => {
+                self.ui
+                    .warn(&format!("{e}; retrying in {}", fmt_duration(*backoff)));
+                self.retry_wait(backoff).await?;
+                return Ok(None);
+            }
+        };
         let opening = open_session(
             self.ui,
             self.service,
-            &self.controller,
+            &controller,
             self.debug.is_some(),
             &self.session_config,
             &pods,
