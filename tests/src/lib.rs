@@ -439,6 +439,23 @@ pub fn set_ping_expr(project: &std::path::Path, go_expr: &str) -> Result<()> {
     Ok(())
 }
 
+/// `go mod vendor` in `project`, through the module proxy.
+pub fn go_mod_vendor(project: &std::path::Path) -> Result<()> {
+    let out = std::process::Command::new("go")
+        .args(["mod", "vendor"])
+        .current_dir(project)
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .context("running go mod vendor (needs Go and the module proxy)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "go mod vendor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Replace the `const NAME = ...` line of `file` in `project` by `const NAME = "value"`.
 pub fn set_const(project: &std::path::Path, file: &str, name: &str, value: &str) -> Result<()> {
     let path = project.join(file);

@@ -26,21 +26,9 @@ const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 /// The tests of this file one at a time (see the module docs).
 static CLUSTER_STORAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `go mod vendor` in the project, through the module proxy (as fault_e2e's vendored test).
+/// `go mod vendor` in the project.
 fn vendor(project: &Path) -> Result<()> {
-    let out = Command::new("go")
-        .args(["mod", "vendor"])
-        .current_dir(project)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .context("running go mod vendor (needs Go and the module proxy)")?;
-    ensure!(
-        out.status.success(),
-        "go mod vendor: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    kdev_tests::go_mod_vendor(project)
 }
 
 /// Compiled outputs (`*-d` files) in a GOCACHE of the dev pod's sidecar.

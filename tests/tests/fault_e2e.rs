@@ -186,18 +186,7 @@ async fn a_vendored_module_builds_from_its_vendor_tree() -> Result<()> {
     let ns = TestNamespace::create(&client, "kdev-vendor").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let vendor = |project: &std::path::Path| -> Result<()> {
-        let out = Command::new("go")
-            .args(["mod", "vendor"])
-            .current_dir(project)
-            .env("GOFLAGS", "-mod=mod")
-            .env("GOTOOLCHAIN", "local")
-            .output()
-            .context("running go mod vendor (needs Go and the module proxy)")?;
-        ensure!(
-            out.status.success(),
-            "go mod vendor: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        kdev_tests::go_mod_vendor(project)?;
         std::fs::write(
             project.join("vendor/github.com/gin-gonic/gin/kdev_vendored.go"),
             "package gin\n\n// KdevVendored exists only in this vendor tree.\nconst KdevVendored = \"from vendor\"\n",
