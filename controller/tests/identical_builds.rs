@@ -408,3 +408,29 @@ fn a_real_go_rebuild_of_unchanged_sources_gives_identical_bytes() {
     assert_ne!(restarted(&mut s, 3), pid1);
     assert_ne!(fs::read(kdev.join("bin/app")).unwrap(), built_once);
 }
+
+/// A new pod: the sidecar's build (from a warm cache) finished before the main container's
+/// supervisor came up. It used to fail at once ("no supervisor to restart the app"), although
+/// the supervisor then started the new binary; now the restart waits for the supervisor.
+#[test]
+fn a_build_that_beats_the_supervisor_is_reported_restarted_once_it_comes_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("bin")).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(copy_build());
+    send_patch(&mut s, 1, &[("app.sh", &app_script("v1"))]);
+    let (outcome, output, installed, _) = build_finished(&mut s, 1, T);
+    assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+    assert!(installed);
+    std::thread::sleep(Duration::from_secs(2));
+    let app = kdev.join("bin/app");
+    let wait_for = format!("--wait-for={}", app.display());
+    let sup = Supervisor::start(kdev, &[&wait_for], &[app.to_str().unwrap()], &[]);
+    let pid = s.event_until(T, "the restart", |e| match e {
+        Event::Restarted { pid, .. } => Some(*pid),
+        Event::RestartFailed { reason, .. } => panic!("the restart failed: {reason}"),
+        _ => None,
+    });
+    assert_eq!(sup.wait_running(0, T).pid, Some(pid));
+}

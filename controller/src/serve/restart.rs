@@ -30,6 +30,11 @@ pub(super) struct RestartCtx {
     pub restart_timeout: Duration,
 }
 
+/// How long a build that finished before the main container's supervisor came up waits for
+/// it (it starts the installed binary by itself); a pod whose main container never runs one
+/// is told so after this.
+const SUPERVISOR_START_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the app was not restarted (the `reason` of `RestartFailed`).
 #[derive(Debug, thiserror::Error)]
 enum RestartError {
@@ -83,7 +88,11 @@ pub(super) async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
     let before = ctx.watch.status.borrow().clone();
     let t_sig = Instant::now();
     let pid = match read_pid_file(&ctx.pid_file) {
-        Ok(pid) => pid,
+        Ok(pid) => Some(pid),
+        // A new pod's main container may not have started its supervisor yet (a build from a
+        // warm cache beats it): the supervisor starts the installed binary by itself when it
+        // comes up, so wait for that instead of failing.
+        Err(error) if error.kind() == io::ErrorKind::NotFound && before.is_none() => None,
         Err(error) => {
             let pid_file = ctx.pid_file.clone();
             return fail(&ctx, build_id, RestartError::NoPidFile { pid_file, error }).await;
@@ -93,6 +102,14 @@ pub(super) async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
     let guard = PendingGuard(ctx.watch.restart_pending.clone());
     let status = match signal_and_wait(&ctx, pid, before).await {
         Ok(s) => s,
+        Err(RestartError::Timeout(_)) if pid.is_none() => {
+            let pid_file = ctx.pid_file.clone();
+            let error = io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("none came up within {} s", SUPERVISOR_START_WAIT.as_secs()),
+            );
+            return fail(&ctx, build_id, RestartError::NoPidFile { pid_file, error }).await;
+        }
         Err(e) => return fail(&ctx, build_id, e).await,
     };
     let pid = status.pid.unwrap_or_default();
@@ -123,11 +140,11 @@ async fn fail(ctx: &RestartCtx, build_id: Option<u64>, e: RestartError) {
         .await;
 }
 
-/// SIGHUP the supervisor (unless it is still waiting for the first binary) and wait for the
-/// status of a new child, compared with `before`.
+/// SIGHUP the supervisor (unless it is still waiting for the first binary, or has not come up
+/// yet: `pid` is `None`) and wait for the status of a new child, compared with `before`.
 async fn signal_and_wait(
     ctx: &RestartCtx,
-    pid: u32,
+    pid: Option<u32>,
     before: Option<AppStatus>,
 ) -> Result<AppStatus, RestartError> {
     let before_starts = before.as_ref().map(|s| s.starts).unwrap_or(0);
@@ -140,7 +157,7 @@ async fn signal_and_wait(
     let waiting = before
         .as_ref()
         .is_some_and(|s| s.state == AppState::Waiting);
-    if !waiting {
+    if let Some(pid) = pid.filter(|_| !waiting) {
         let pid_file = ctx.pid_file.clone();
         if !looks_like_supervisor(pid) {
             return Err(RestartError::NotASupervisor { pid, pid_file });
@@ -152,7 +169,11 @@ async fn signal_and_wait(
         }
     }
     let mut status_rx = ctx.watch.status.clone();
-    let deadline = tokio::time::Instant::now() + ctx.restart_timeout;
+    let wait = match pid {
+        Some(_) => ctx.restart_timeout,
+        None => ctx.restart_timeout.min(SUPERVISOR_START_WAIT),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         {
             let cur = status_rx.borrow_and_update();
