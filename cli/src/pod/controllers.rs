@@ -133,7 +133,21 @@ impl Controllers {
             if is_dynamic_elf(&data) {
                 return Err(BootstrapError::Dynamic(p));
             }
-            found.add(data, format!("{CONTROLLER_ENV}={}", p.display()));
+            let from = format!("{CONTROLLER_ENV}={}", p.display());
+            if Arch::of_elf(&data).is_some() {
+                found.add(data, from);
+            } else {
+                // Not an ELF binary (a script): it says nothing of an architecture, and what
+                // the user named explicitly is what they get, on any node.
+                let binary = Arc::new(data);
+                for arch in Arch::ALL {
+                    found.0.push(Controller {
+                        arch,
+                        binary: binary.clone(),
+                        from: from.clone(),
+                    });
+                }
+            }
         }
         for (arch, data) in EMBEDDED {
             if Arch::parse(arch).is_some() {
