@@ -1,8 +1,5 @@
 //! Small helpers both roles use: clocks, atomic file replacement, error texts.
 
-use std::fs;
-use std::io::{self, Write};
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -18,19 +15,9 @@ pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// Write a file atomically: temp file in the same directory, then rename over the target.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-    }
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
+/// Write a file atomically: temp file in the same directory, then rename over the target (the
+/// protocol's, which the hash caches use too).
+pub(crate) use kdev_protocol::hash_cache::write_atomically as write_atomic;
 
 /// An error and its causes, `: `-separated: the text sent to the client (which has no other
 /// way to see the causes).
@@ -48,6 +35,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot write {0:?}")]

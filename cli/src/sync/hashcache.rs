@@ -60,8 +60,8 @@ pub struct HashCache {
     pass: Option<HashSet<String>>,
     hashed: u64,
     reused: u64,
-    /// Where the cache is kept across restarts, and the tag (the sync root) it is kept under.
-    persist: Option<(PathBuf, String)>,
+    /// Where the cache is kept across restarts.
+    persist: Option<hash_cache::Store>,
     /// Changed since it was loaded or saved.
     dirty: bool,
     /// The clock that decides whether a file is settled (tests move it forward).
@@ -153,29 +153,26 @@ impl HashCache {
     /// Keep the cache in `file` across restarts, tagged with the sync root `root`: load what
     /// it holds now (nothing when it is missing, unreadable or another root's).
     pub fn persist_in(&mut self, file: PathBuf, root: &Path) {
-        let tag = root.to_string_lossy().into_owned();
-        if let Ok(bytes) = std::fs::read(&file)
-            && let Some(entries) = hash_cache::decode(&tag, &bytes)
-        {
+        let (store, entries) = hash_cache::Store::open(file, root);
+        if let Some(entries) = entries {
             self.map = entries
                 .into_iter()
                 .map(|(path, key, hash)| (path, (key, hash)))
                 .collect();
         }
-        self.persist = Some((file, tag));
+        self.persist = Some(store);
         self.dirty = false;
     }
 
     /// Write the cache to its file if it changed since it was loaded or saved.
     pub fn save(&mut self) -> std::io::Result<()> {
-        let Some((file, tag)) = &self.persist else {
+        let Some(store) = &self.persist else {
             return Ok(());
         };
         if !self.dirty {
             return Ok(());
         }
-        let bytes = hash_cache::encode(tag, self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)));
-        hash_cache::write_atomically(file, &bytes)?;
+        store.save(self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)))?;
         self.dirty = false;
         Ok(())
     }

@@ -17,7 +17,7 @@
 //! 8 bytes LE), and the 32-byte BLAKE3 digest. Anything unreadable means "no cache".
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::hash::ContentHash;
@@ -156,6 +156,36 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
         *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
     }
     Some(out)
+}
+
+/// Where a cache is kept across restarts: its file, and the tag (the sync root) it is kept
+/// under. The CLI and the controller keep theirs the same way.
+#[derive(Debug, Clone)]
+pub struct Store {
+    file: PathBuf,
+    tag: String,
+}
+
+impl Store {
+    /// The cache of sync root `root` kept in `file`, and the entries it holds now (`None` when
+    /// the file is missing, unreadable or another root's).
+    #[allow(clippy::type_complexity)]
+    pub fn open(
+        file: PathBuf,
+        root: &Path,
+    ) -> (Store, Option<Vec<(String, StatKey, ContentHash)>>) {
+        let tag = root.to_string_lossy().into_owned();
+        let entries = std::fs::read(&file).ok().and_then(|b| decode(&tag, &b));
+        (Store { file, tag }, entries)
+    }
+
+    /// Replace the file's content with `entries`, atomically.
+    pub fn save<'a>(
+        &self,
+        entries: impl ExactSizeIterator<Item = (&'a str, &'a StatKey, &'a ContentHash)>,
+    ) -> io::Result<()> {
+        write_atomically(&self.file, &encode(&self.tag, entries))
+    }
 }
 
 /// Write `bytes` to `path` atomically (a temporary file renamed over it), creating its directory.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use kdev_protocol::hash_cache::StatKey;
+use kdev_protocol::hash_cache::{StatKey, Store};
 
 use kdev_protocol::{Entry, EntryKind, Refused, hash_reader};
 
@@ -84,8 +84,8 @@ fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, St
 #[derive(Debug)]
 pub(super) struct HashCache {
     map: HashMap<String, (Key, String)>,
-    /// Where it is kept across sessions, and its tag (the sync root).
-    persist: Option<(PathBuf, String)>,
+    /// Where it is kept across sessions.
+    persist: Option<Store>,
     /// Changed since it was loaded or saved.
     dirty: bool,
     /// The clock that decides whether a file had settled (tests move it forward).
@@ -107,32 +107,27 @@ impl HashCache {
     /// The cache kept in `file` for the sync root `root`: what the file holds (nothing when it
     /// is missing, unreadable or another root's).
     pub(super) fn load(file: PathBuf, root: &Path) -> HashCache {
-        let tag = root.to_string_lossy().into_owned();
-        let map = fs::read(&file)
-            .ok()
-            .and_then(|b| kdev_protocol::hash_cache::decode(&tag, &b))
-            .map(|entries| entries.into_iter().map(|(p, k, h)| (p, (k, h))).collect())
-            .unwrap_or_default();
+        let (store, entries) = Store::open(file, root);
         HashCache {
-            map,
-            persist: Some((file, tag)),
+            map: entries
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(p, k, h)| (p, (k, h)))
+                .collect(),
+            persist: Some(store),
             ..HashCache::default()
         }
     }
 
     /// Write the cache to its file if it changed.
     pub(super) fn save(&mut self) -> io::Result<()> {
-        let Some((file, tag)) = &self.persist else {
+        let Some(store) = &self.persist else {
             return Ok(());
         };
         if !self.dirty {
             return Ok(());
         }
-        let bytes = kdev_protocol::hash_cache::encode(
-            tag,
-            self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)),
-        );
-        kdev_protocol::hash_cache::write_atomically(file, &bytes)?;
+        store.save(self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)))?;
         self.dirty = false;
         Ok(())
     }
