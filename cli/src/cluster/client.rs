@@ -31,6 +31,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// How long written data may stay unacknowledged before the kernel gives up on the connection.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const USER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A client for `config` whose connections to the API server send small writes at once.
@@ -45,6 +46,8 @@ pub fn build(config: Config) -> Result<Client> {
     http.set_keepalive(Some(KEEPALIVE_IDLE));
     http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
     http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    // Linux only (hyper offers it there); elsewhere keepalive alone notices a dead peer.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     http.set_tcp_user_timeout(Some(USER_TIMEOUT));
     let https = config
         .rustls_https_connector_with_connector(http)

@@ -43,6 +43,7 @@ pub enum WatchError {
     #[cfg(target_os = "linux")]
     #[error(transparent)]
     Inotify(#[from] crate::sync::inotify_tree::WatchError),
+    #[cfg(target_os = "linux")]
     #[error("cannot start inotify: {0}")]
     Init(std::io::Error),
 }
@@ -82,8 +83,10 @@ enum Backend {
     /// Our inotify layer, read by a task (aborted on drop, which closes the inotify fd).
     #[cfg(target_os = "linux")]
     Native(#[allow(dead_code)] AbortOnDrop),
-    #[cfg(not(target_os = "linux"))]
-    Native(#[allow(dead_code)] notify::RecommendedWatcher),
+    /// notify's native recursive watcher: the native backend where the OS watches whole trees
+    /// (FSEvents, ReadDirectoryChangesW); on Linux only in tests, which keep that path honest.
+    #[cfg(any(test, not(target_os = "linux")))]
+    Recursive(#[allow(dead_code)] notify::RecommendedWatcher),
     Poll(#[allow(dead_code)] PollWatcher),
 }
 
@@ -95,6 +98,16 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Which backend [`TreeWatcher::start_kind`] starts.
+enum Kind {
+    /// The platform's: our inotify layer on Linux, notify's recursive watcher elsewhere.
+    Native,
+    Poll,
+    /// notify's recursive watcher (the non-Linux native one), for tests on Linux.
+    #[cfg(test)]
+    Recursive,
 }
 
 /// Watches the synced part of a tree; dropping it stops watching.
@@ -124,28 +137,34 @@ impl TreeWatcher {
         poll: bool,
         debounce: Duration,
     ) -> Result<(TreeWatcher, mpsc::Receiver<Batch>), WatchError> {
+        let kind = if poll { Kind::Poll } else { Kind::Native };
+        Self::start_kind(root, rules, kind, debounce)
+    }
+
+    fn start_kind(
+        root: &Path,
+        rules: IgnoreRules,
+        kind: Kind,
+        debounce: Duration,
+    ) -> Result<(TreeWatcher, mpsc::Receiver<Batch>), WatchError> {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<Raw>();
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(64);
         let rules = Arc::new(Mutex::new(rules));
         let backend = Arc::new(Mutex::new(None));
-        let mode = if poll {
-            *backend.lock().unwrap() = Some(Backend::Poll(start_polling(root, raw_tx.clone())?));
-            Mode::Polling
-        } else {
-            match start_native(root, &rules, raw_tx.clone()) {
-                Ok(b) => {
-                    *backend.lock().unwrap() = Some(b);
-                    Mode::Native
-                }
-                Err(e) if is_watch_limit(&e) => {
-                    let why = watch_limit_message();
-                    *backend.lock().unwrap() =
-                        Some(Backend::Poll(start_polling(root, raw_tx.clone())?));
-                    Mode::PollingFallback(why)
-                }
+        let (started, mode) = match kind {
+            Kind::Poll => (Backend::Poll(start_polling(root, raw_tx.clone())?), Mode::Polling),
+            #[cfg(test)]
+            Kind::Recursive => (start_recursive(root, raw_tx.clone())?, Mode::Native),
+            Kind::Native => match start_native(root, &rules, raw_tx.clone()) {
+                Ok(b) => (b, Mode::Native),
+                Err(e) if is_watch_limit(&e) => (
+                    Backend::Poll(start_polling(root, raw_tx.clone())?),
+                    Mode::PollingFallback(watch_limit_message()),
+                ),
                 Err(e) => return Err(e),
-            }
+            },
         };
+        *backend.lock().unwrap() = Some(started);
         tokio::spawn(debounce_loop(
             root.to_path_buf(),
             rules,
@@ -225,12 +244,17 @@ fn start_native(
     _rules: &Arc<Mutex<IgnoreRules>>,
     raw_tx: RawTx,
 ) -> Result<Backend, WatchError> {
-    // FSEvents and ReadDirectoryChangesW watch a whole tree natively: watch the root
-    // recursively (without following links) and filter by the ignore rules.
+    start_recursive(root, raw_tx)
+}
+
+/// FSEvents and ReadDirectoryChangesW watch a whole tree natively: watch the root recursively
+/// (without following links); the debounce loop filters by the ignore rules.
+#[cfg(any(test, not(target_os = "linux")))]
+fn start_recursive(root: &Path, raw_tx: RawTx) -> Result<Backend, WatchError> {
     let config = notify::Config::default().with_follow_symlinks(false);
     let mut w = notify::RecommendedWatcher::new(notify_handler(raw_tx), config)?;
     w.watch(root, RecursiveMode::Recursive)?;
-    Ok(Backend::Native(w))
+    Ok(Backend::Recursive(w))
 }
 
 /// Turn notify's events into ours.
@@ -265,7 +289,8 @@ fn is_watch_limit(e: &WatchError) -> bool {
         WatchError::Notify(e) => is_notify_watch_limit(e),
         #[cfg(target_os = "linux")]
         WatchError::Inotify(crate::sync::inotify_tree::WatchError::Limit) => true,
-        _ => false,
+        #[cfg(target_os = "linux")]
+        WatchError::Inotify(_) | WatchError::Init(_) => false,
     }
 }
 
@@ -274,7 +299,16 @@ fn is_notify_watch_limit(e: &notify::Error) -> bool {
         || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28))
 }
 
+#[cfg(not(target_os = "linux"))]
 fn watch_limit_message() -> String {
+    "the file watcher ran out of watches; watching by polling instead, which is slower. \
+     Exclude big directories in .kdevignore, or raise the open-files limit (`ulimit -n`)"
+        .into()
+}
+
+#[cfg(target_os = "linux")]
+fn watch_limit_message() -> String {
+    // /proc may be unreadable (a sandbox): the advice stands without the current value.
     let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into());
@@ -336,7 +370,7 @@ fn handle_raw(
     match raw {
         Raw::WatchLimit => {
             let mut guard = backend.lock().unwrap();
-            if matches!(*guard, Some(Backend::Native(_))) {
+            if matches!(&*guard, Some(b) if !matches!(b, Backend::Poll(_))) {
                 match start_polling(root, raw_tx.clone()) {
                     Ok(p) => {
                         *guard = Some(Backend::Poll(p));
@@ -399,13 +433,18 @@ mod tests {
     }
 
     async fn exercise(poll: bool) {
+        exercise_kind(if poll { Kind::Poll } else { Kind::Native }).await;
+    }
+
+    async fn exercise_kind(kind: Kind) {
+        let poll = matches!(kind, Kind::Poll);
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         fs::write(root.join(".gitignore"), "ignored/\n").unwrap();
         fs::create_dir_all(root.join("ignored")).unwrap();
         fs::write(root.join("main.go"), "v1").unwrap();
         let rules = IgnoreRules::load(&root, &[]).unwrap();
-        let (w, mut rx) = TreeWatcher::start(&root, rules, poll, DEFAULT_DEBOUNCE).unwrap();
+        let (w, mut rx) = TreeWatcher::start_kind(&root, rules, kind, DEFAULT_DEBOUNCE).unwrap();
         assert_eq!(w.mode == Mode::Polling, poll);
 
         // An atomic save: write a temp file, rename it over the original.
@@ -437,6 +476,12 @@ mod tests {
     #[tokio::test]
     async fn polling_watcher_sees_saves_new_dirs_and_deletes() {
         exercise(true).await;
+    }
+
+    /// The native backend of macOS and Windows (notify's recursive watcher), run here.
+    #[tokio::test]
+    async fn recursive_watcher_sees_saves_new_dirs_and_deletes() {
+        exercise_kind(Kind::Recursive).await;
     }
 
     /// A project with `handlers/hello.go` (and `handlers/sub/deep.go`) under a native watcher.

@@ -58,10 +58,11 @@ fn scan_respects_gitignore_kdevignore_and_excludes() {
 
 /// Tests run as root, which reads anything: run `f` in a thread whose effective
 /// capabilities lack DAC override (capabilities are per thread on Linux), so that mode 000
-/// means what it means for a developer. Not root: nothing to drop.
+/// means what it means for a developer. Not root (or not Linux): nothing to drop.
 pub(crate) fn without_dac_override<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
+            #[cfg(target_os = "linux")]
             if unsafe { libc::geteuid() } == 0 {
                 #[repr(C)]
                 struct Header {
