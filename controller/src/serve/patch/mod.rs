@@ -11,13 +11,14 @@ mod plan;
 mod safe_root;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kdev_protocol::paths::normalize_wire_path;
 use kdev_protocol::{PatchLimits, Refused};
 
 use plan::{Op, Refusal, refuse};
-use safe_root::SafeRoot;
+use safe_root::{FsError, SafeRoot};
 pub(super) use safe_root::is_temp_name;
 
 /// Default limits (see [`PatchLimits`]).
@@ -69,10 +70,6 @@ pub(super) fn apply_patch(
     limits: &PatchLimits,
     stop: &AtomicBool,
 ) -> PatchOutcome {
-    let stopped = |out: &mut PatchOutcome| {
-        out.interrupted = stop.load(Ordering::Relaxed);
-        out.interrupted
-    };
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
     let ops = match plan::plan(tar_bytes, limits, &mut plan_refused) {
@@ -89,7 +86,8 @@ pub(super) fn apply_patch(
     let ops = plan::refuse_escaping_links(root, deletes, ops, &mut plan_refused);
     let safe = SafeRoot::new(root);
     for d in deletes {
-        if stopped(&mut out) {
+        if stop.load(Ordering::Relaxed) {
+            out.interrupted = true;
             return out;
         }
         match normalize_wire_path(d)
@@ -101,39 +99,121 @@ pub(super) fn apply_patch(
         }
     }
     out.refused.extend(plan_refused);
-    for op in ops {
-        if stopped(&mut out) {
-            return out;
-        }
-        let (path, res) = match op {
-            Op::File {
-                path,
-                start,
-                len,
-                mode,
-            } => {
-                let res = safe.write_file(&path, &tar_bytes[start..start + len], mode);
-                if res.is_ok() {
-                    out.files += 1;
-                    out.bytes += len as u64;
-                }
-                (path, res)
-            }
-            Op::Dir { path, mode } => {
-                let res = safe.make_dir(&path, mode);
-                (path, res)
-            }
-            Op::Symlink { path, target } => {
-                let res = safe.make_symlink(&path, &target);
-                (path, res)
-            }
+    let results = apply_ops(&safe, &ops, tar_bytes, stop);
+    for (op, res) in ops.into_iter().zip(results) {
+        let Some(res) = res else {
+            // Not applied: the session is ending.
+            out.interrupted = true;
+            continue;
         };
+        if let (Op::File { len, .. }, Ok(())) = (&op, &res) {
+            out.files += 1;
+            out.bytes += *len as u64;
+        }
+        let path = op.into_path();
         match res {
             Ok(()) => out.applied.push(path),
             Err(reason) => refuse(&mut out.refused, path, reason),
         }
     }
     out
+}
+
+/// A patch with fewer files than this is applied by one thread.
+const PARALLEL_MIN_FILES: usize = 64;
+/// Consecutive files a worker takes at a time: neighbours in the archive share a directory,
+/// whose lock a create holds, so workers mostly create in different directories.
+const FILES_PER_TAKE: usize = 16;
+
+/// Apply `ops`, returning each one's result in order (`None`: not applied, `stop` was set).
+///
+/// In the pod, creating files is the cost of a large sync (kernel time per create, mostly
+/// waiting on the file system), and it overlaps across threads: on the 2-core test VM, four
+/// `tar -x` processes extracting quarters of a 7,160-file tree took 0.15 s where one took
+/// 0.33–0.72 s. So the files of a large patch are written by several workers, after its
+/// directories and symlinks were applied in order by this thread. Order within a patch only
+/// matters between entries of the same path, so a patch naming a path twice (never made by
+/// kdev) is applied by one thread, in order.
+fn apply_ops(
+    safe: &SafeRoot,
+    ops: &[Op],
+    tar: &[u8],
+    stop: &AtomicBool,
+) -> Vec<Option<Result<(), FsError>>> {
+    let mut results: Vec<Option<Result<(), FsError>>> = ops.iter().map(|_| None).collect();
+    let files: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], Op::File { .. }))
+        .collect();
+    let workers = worker_count(files.len());
+    let distinct = ops.iter().map(Op::path).collect::<HashSet<_>>().len() == ops.len();
+    if workers <= 1 || !distinct {
+        for (op, result) in ops.iter().zip(results.iter_mut()) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            *result = Some(apply_op(safe, op, tar));
+        }
+        return results;
+    }
+    for (i, op) in ops.iter().enumerate() {
+        if matches!(op, Op::File { .. }) {
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return results;
+        }
+        results[i] = Some(apply_op(safe, op, tar));
+    }
+    let next = AtomicUsize::new(0);
+    let done: Vec<Vec<(usize, Result<(), FsError>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let first = next.fetch_add(FILES_PER_TAKE, Ordering::Relaxed);
+                        if first >= files.len() || stop.load(Ordering::Relaxed) {
+                            return mine;
+                        }
+                        for &i in &files[first..files.len().min(first + FILES_PER_TAKE)] {
+                            mine.push((i, apply_op(safe, &ops[i], tar)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        // A worker only panics on a bug; carrying on would report its files as not applied.
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a patch worker panicked"))
+            .collect()
+    });
+    for (i, res) in done.into_iter().flatten() {
+        results[i] = Some(res);
+    }
+    results
+}
+
+/// How many threads write a patch's `files` (1: this thread alone).
+fn worker_count(files: usize) -> usize {
+    if files < PARALLEL_MIN_FILES {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).clamp(2, 8)
+}
+
+fn apply_op(safe: &SafeRoot, op: &Op, tar: &[u8]) -> Result<(), FsError> {
+    match op {
+        Op::File {
+            path,
+            start,
+            len,
+            mode,
+        } => safe.write_file(path, &tar[*start..*start + *len], *mode),
+        Op::Dir { path, mode } => safe.make_dir(path, *mode),
+        Op::Symlink { path, target } => safe.make_symlink(path, target),
+    }
 }
 
 /// Whether `path` matches one of the build-input patterns (see
@@ -206,6 +286,67 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("a/link")).unwrap(), b"hello");
         assert!(dir.path().join("empty").is_dir());
         assert_eq!((out.files, out.bytes), (1, 5));
+    }
+
+    /// A patch of many files across directories: written by several workers, with exactly the
+    /// outcome one thread gives (every file, its content, the archive's order in `applied`).
+    #[test]
+    fn a_large_patch_is_written_by_several_workers_with_the_serial_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<(String, Vec<u8>)> = (0..400)
+            .map(|i| (format!("d{}/s{}/f{i}.go", i % 7, i % 3), format!("file {i}").into_bytes()))
+            .collect();
+        assert!(worker_count(files.len()) > 1);
+        let mut entries: Vec<Spec<'_>> = vec![(EntryType::Directory, b"d0", b"", None)];
+        entries.extend(
+            files
+                .iter()
+                .map(|(p, d)| (EntryType::Regular, p.as_bytes(), d.as_slice(), None)),
+        );
+        entries.push((EntryType::Symlink, b"d0/link", b"", Some("s0/f0.go")));
+        let out = apply_patch(dir.path(), &[], &tar_of(&entries), &default_limits(), &GO);
+        assert!(out.complete() && !out.interrupted, "{out:?}");
+        let mut want = vec!["d0".to_string()];
+        want.extend(files.iter().map(|(p, _)| p.clone()));
+        want.push("d0/link".into());
+        assert_eq!(out.applied, want);
+        assert_eq!(out.files, 400);
+        for (p, d) in &files {
+            assert_eq!(&fs::read(dir.path().join(p)).unwrap(), d, "{p}");
+        }
+        assert_eq!(fs::read(dir.path().join("d0/link")).unwrap(), b"file 0");
+    }
+
+    /// A path named twice (kdev never sends that; a hostile client may): applied in order by
+    /// one thread, so the later entry wins every time.
+    #[test]
+    fn a_path_named_twice_in_a_large_patch_ends_with_the_later_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<String> = (0..200).map(|i| format!("d{}/f{i}", i % 5)).collect();
+        let mut entries: Vec<Spec<'_>> = files
+            .iter()
+            .map(|p| (EntryType::Regular, p.as_bytes(), b"first".as_slice(), None))
+            .collect();
+        entries.push((EntryType::Regular, b"d0/f0", b"second", None));
+        let out = apply_patch(dir.path(), &[], &tar_of(&entries), &default_limits(), &GO);
+        assert!(out.complete(), "{out:?}");
+        assert_eq!(fs::read(dir.path().join("d0/f0")).unwrap(), b"second");
+        assert_eq!(out.files, 201);
+    }
+
+    /// A stop set before the patch: nothing is written, and the outcome says interrupted.
+    #[test]
+    fn a_stop_before_a_large_patch_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<String> = (0..200).map(|i| format!("d{}/f{i}", i % 5)).collect();
+        let entries: Vec<Spec<'_>> = files
+            .iter()
+            .map(|p| (EntryType::Regular, p.as_bytes(), b"x".as_slice(), None))
+            .collect();
+        let stop = AtomicBool::new(true);
+        let out = apply_patch(dir.path(), &[], &tar_of(&entries), &default_limits(), &stop);
+        assert!(out.interrupted && out.applied.is_empty(), "{out:?}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

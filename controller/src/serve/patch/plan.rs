@@ -109,6 +109,20 @@ pub(super) enum Op {
     },
 }
 
+impl Op {
+    pub(super) fn path(&self) -> &str {
+        match self {
+            Op::File { path, .. } | Op::Dir { path, .. } | Op::Symlink { path, .. } => path,
+        }
+    }
+
+    pub(super) fn into_path(self) -> String {
+        match self {
+            Op::File { path, .. } | Op::Dir { path, .. } | Op::Symlink { path, .. } => path,
+        }
+    }
+}
+
 /// Parse and validate the archive. `Err` = the archive as a whole is unusable.
 pub(super) fn plan(
     tar_bytes: &[u8],

@@ -5,12 +5,12 @@
 //! by a temporary name in its final directory renamed into place, so a reader never sees a
 //! half-written version of an existing file.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an operation on one path failed (the refusal's reason, with its cause).
@@ -50,14 +50,15 @@ pub(super) enum FsError {
 /// Operations on paths below a root that never follow a symlink inside the root. Paths are
 /// normalized wire paths ([`kdev_protocol::normalize_wire_path`]).
 ///
-/// One `SafeRoot` serves one patch: the directories it checked (or made) while writing are
-/// remembered and not checked again for the patch's other entries. Within the writing phase
+/// One `SafeRoot` serves one patch (from several threads: see [`super::apply_patch`]): the
+/// directories it checked (or made) while writing are remembered and not checked again for the
+/// patch's other entries. Within the writing phase
 /// nothing of the patch removes a directory (a file or symlink never replaces one), so a
 /// directory checked once stays one; deletions, which come first, are never remembered.
 pub(super) struct SafeRoot {
     root: PathBuf,
     /// Directories checked to be real directories (not symlinks) while writing this patch.
-    verified: RefCell<HashSet<PathBuf>>,
+    verified: Mutex<HashSet<PathBuf>>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -76,7 +77,7 @@ impl SafeRoot {
     pub(super) fn new(root: &Path) -> SafeRoot {
         SafeRoot {
             root: root.to_path_buf(),
-            verified: RefCell::new(HashSet::new()),
+            verified: Mutex::new(HashSet::new()),
         }
     }
 
@@ -87,7 +88,7 @@ impl SafeRoot {
         let comps: Vec<&str> = rel.split('/').collect();
         for (i, c) in comps[..comps.len() - 1].iter().enumerate() {
             dir.push(c);
-            if create && self.verified.borrow().contains(&dir) {
+            if create && self.verified.lock().unwrap().contains(&dir) {
                 continue;
             }
             let shown = || comps[..=i].join("/");
@@ -104,7 +105,8 @@ impl SafeRoot {
                     match fs::DirBuilder::new().mode(0o755).create(&dir) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            // Raced with something; re-check on the next pass.
+                            // Raced with something (another of this patch's workers, or
+                            // something in the pod): it must be a directory now.
                             let m = fs::symlink_metadata(&dir)
                                 .map_err(|e| FsError::ParentVanished(shown(), e))?;
                             if !m.is_dir() {
@@ -117,7 +119,7 @@ impl SafeRoot {
                 Err(e) => return Err(FsError::Inspect(shown(), e)),
             }
             if create {
-                self.verified.borrow_mut().insert(dir.clone());
+                self.verified.lock().unwrap().insert(dir.clone());
             }
         }
         Ok(Some(dir))
