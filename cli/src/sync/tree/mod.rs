@@ -50,35 +50,12 @@ pub struct Listing {
 
 /// List the synced tree under `root` in the controller's [`Entry`] shape, sorted by path:
 /// files with their BLAKE3 hash, symlinks with their target, and directories; plus the paths
-/// that cannot be synced. Only an unreadable root is an error.
+/// that cannot be synced. Only an unreadable root is an error. (kdev lists through
+/// [`crate::sync::snapshot::Snapshot::scan`], which keeps a hash cache; this is that listing
+/// with an empty one.)
 #[cfg(test)]
 pub fn scan(root: &Path, rules: &IgnoreRules) -> Result<Listing, TreeError> {
-    scan_cached(root, rules, &mut HashCache::default())
-}
-
-/// [`scan`], hashing only files whose stat is not in `cache`.
-pub fn scan_cached(
-    root: &Path,
-    rules: &IgnoreRules,
-    cache: &mut HashCache,
-) -> Result<Listing, TreeError> {
-    let mut out = Listing::default();
-    cache.begin_pass();
-    walk(root, rules, root, &mut |met| match met {
-        Met::Unsyncable(u) => out.unsyncable.push(u),
-        Met::Synced { wire, abs, stat } if stat.kind == EntryKind::File => {
-            match cache.file_entry(wire, &abs, &stat) {
-                Local::Entry(e) => out.entries.push(e),
-                Local::Unsyncable(u) => out.unsyncable.push(u),
-                Local::Absent => {}
-            }
-        }
-        Met::Synced { wire, stat, .. } => out.entries.push(stat.entry(wire, None)),
-    })?;
-    cache.end_pass();
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    out.unsyncable.sort();
-    Ok(out)
+    crate::sync::snapshot::Snapshot::new(root).scan(rules)
 }
 
 /// Everything below the synced directory `dir` (not `dir` itself), as [`scan`] lists it. A
