@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::*;
 use kdev_protocol::{
     BuildConfig, BuildMode, BuildOutcome, ClientMessage, EntryKind, ErrorCode, Event, Patch,
-    PatchResult, Ping, Reconcile, ReconcileResult, ServerMessage, SessionConfig, hash_bytes,
+    PatchResult, Ping, Reconcile, ReconcileContinue, ReconcileResult, ServerMessage, SessionConfig,
+    hash_bytes, listing_digest,
 };
 use tar::{EntryType, Header};
 
@@ -89,7 +90,10 @@ fn patch_result(s: &mut Serve, id: u64) -> PatchResult {
 
 /// The whole listing (gathered from its parts) and how many parts it came in.
 fn reconcile_parts(s: &mut Serve, id: u64) -> (ReconcileResult, usize) {
-    s.send(&ClientMessage::Reconcile(Reconcile { id }));
+    s.send(&ClientMessage::Reconcile(Reconcile {
+        id,
+        digest_first: false,
+    }));
     let next = |s: &mut Serve| {
         s.recv_until(T, "reconcile result", |m| match m {
             ServerMessage::ReconcileResult(r) if r.id == id => Some(r.clone()),
@@ -378,6 +382,79 @@ fn reconcile_listing_matches_the_files_on_disk() {
     // The second listing serves unchanged (old enough) files from the cache; same answer.
     let r2 = reconcile(&mut s, 2);
     assert_eq!(r2.entries, r.entries);
+}
+
+/// `digest_first`: the digest of the listing comes alone, the listing follows only when asked
+/// for (same id, same entries), a dropped one is never sent, and a continue for a listing that
+/// is not waiting is an error that leaves the session going.
+#[test]
+fn a_listing_digest_comes_first_and_the_listing_only_when_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("pkg")).unwrap();
+    fs::write(src.join("main.go"), "package main\n").unwrap();
+    fs::write(src.join("pkg/util.go"), "package pkg\n").unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    let full = reconcile(&mut s, 1);
+
+    let digest_of = |s: &mut Serve, id: u64| {
+        s.send(&ClientMessage::Reconcile(Reconcile {
+            id,
+            digest_first: true,
+        }));
+        s.recv_until(T, "listing digest", |m| match m {
+            ServerMessage::ListingDigest(d) if d.id == id => Some(d.clone()),
+            ServerMessage::ReconcileResult(r) => {
+                panic!("a listing came before it was asked for: {r:?}")
+            }
+            _ => None,
+        })
+    };
+    let d = digest_of(&mut s, 2);
+    assert_eq!(d.digest, listing_digest(&full.entries, &full.skipped));
+    assert_eq!(d.entries as usize, full.entries.len());
+    s.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+        id: 2,
+        send: true,
+    }));
+    let sent = s.recv_until(T, "the kept listing", |m| match m {
+        ServerMessage::ReconcileResult(r) if r.id == 2 => Some(r.clone()),
+        _ => None,
+    });
+    assert!(!sent.more);
+    assert_eq!(sent.entries, full.entries);
+
+    // Dropped: nothing follows (the next reply is the ping's), and it cannot be asked for later.
+    let d = digest_of(&mut s, 3);
+    assert_eq!(d.digest, listing_digest(&full.entries, &full.skipped));
+    s.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+        id: 3,
+        send: false,
+    }));
+    s.send(&ClientMessage::Ping(Ping { id: 4 }));
+    s.recv_until(T, "pong", |m| match m {
+        ServerMessage::ReconcileResult(r) => panic!("a dropped listing was sent: {r:?}"),
+        ServerMessage::Pong(p) if p.id == 4 => Some(()),
+        _ => None,
+    });
+    s.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+        id: 3,
+        send: true,
+    }));
+    let e = s.recv_until(T, "error", |m| match m {
+        ServerMessage::Error(e) => Some(e.clone()),
+        ServerMessage::ReconcileResult(r) => panic!("a dropped listing was sent: {r:?}"),
+        _ => None,
+    });
+    assert_eq!(
+        (e.code, e.id, e.fatal),
+        (ErrorCode::UnexpectedMessage, Some(3), false)
+    );
+
+    // A change shows in the digest.
+    fs::write(src.join("main.go"), "package main // changed\n").unwrap();
+    assert_ne!(digest_of(&mut s, 5).digest, d.digest);
 }
 
 #[test]
@@ -1063,7 +1140,10 @@ fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
     fs::File::create(&big).unwrap().set_len(4 << 30).unwrap();
     let mut s = Serve::start(kdev, &[]);
     s.hello(no_build());
-    s.send(&ClientMessage::Reconcile(Reconcile { id: 1 }));
+    s.send(&ClientMessage::Reconcile(Reconcile {
+        id: 1,
+        digest_first: false,
+    }));
     let pid = s.child.id();
     wait_for(T, "serve to be reading the big file", || {
         fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1377,7 +1457,10 @@ fn pings_are_answered_while_a_long_patch_or_listing_runs() {
         .unwrap();
     let mut s = Serve::start(tmp.path(), &[]);
     s.hello(no_build());
-    s.send(&ClientMessage::Reconcile(Reconcile { id: 2 }));
+    s.send(&ClientMessage::Reconcile(Reconcile {
+        id: 2,
+        digest_first: false,
+    }));
     s.send(&ClientMessage::Ping(Ping { id: 11 }));
     assert_eq!(first_reply(&mut s, 11), "pong");
     s.send(&ClientMessage::Ping(Ping { id: 12 }));

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_protocol::handshake::client_handshake;
 use kdev_protocol::{
-    BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, Patch, PatchResult,
-    Ping, Reconcile, ReconcileResult, ServerMessage, Welcome,
+    BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, ListingDigest, Patch,
+    PatchResult, Ping, Reconcile, ReconcileContinue, ReconcileResult, ServerMessage, Welcome,
 };
 use kube::api::Api;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -410,16 +410,36 @@ impl ControllerSession {
 
     /// The pod's listing of the sync root.
     pub async fn reconcile(&mut self) -> Result<ReconcileResult, SessionError> {
-        let id = self.request_listing()?;
+        let id = self.request_listing(false)?;
         self.listing(id).await
     }
 
     /// Ask for the pod's listing without waiting for it (see [`Self::listing`]): the pod lists
-    /// its tree while the caller lists the local one. Returns the request's id.
-    pub fn request_listing(&mut self) -> Result<u64, SessionError> {
+    /// its tree while the caller lists the local one. Returns the request's id. With
+    /// `digest_first`, the pod answers with the listing's digest ([`Self::listing_digest`])
+    /// and keeps the listing until [`Self::continue_listing`].
+    pub fn request_listing(&mut self, digest_first: bool) -> Result<u64, SessionError> {
         let id = self.id();
-        self.send(&ClientMessage::Reconcile(Reconcile { id }))?;
+        self.send(&ClientMessage::Reconcile(Reconcile { id, digest_first }))?;
         Ok(id)
+    }
+
+    /// The digest of the listing asked for with `request_listing(true)`.
+    pub async fn listing_digest(&mut self, id: u64) -> Result<ListingDigest, SessionError> {
+        let pick = move |m| match m {
+            ServerMessage::ListingDigest(d) if d.id == id => Ok(d),
+            other => Err(Box::new(other)),
+        };
+        self.response(id, RECONCILE_REPLY_DEADLINE, pick).await
+    }
+
+    /// After [`Self::listing_digest`]: have the listing sent (then read it with
+    /// [`Self::listing`]), or dropped.
+    pub fn continue_listing(&mut self, id: u64, send: bool) -> Result<(), SessionError> {
+        self.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+            id,
+            send,
+        }))
     }
 
     /// The listing asked for with [`Self::request_listing`].

@@ -153,6 +153,10 @@ pub struct InitialSync {
     pub sent_bytes: u64,
     /// Paths deleted in the pod.
     pub deleted: usize,
+    /// The pod sent its whole listing (its digest differed from the local listing's); the
+    /// debug log says so, the tests check it.
+    #[cfg(test)]
+    pub listing_sent: bool,
 }
 
 /// Give the memory a large sync used (patches on the way, listings) back to the system: glibc's
@@ -216,24 +220,42 @@ impl SyncEngine {
         ui: &Ui,
     ) -> Result<InitialSync> {
         let started = Instant::now();
-        // The pod lists its tree while the local one is listed.
-        let asked = session.request_listing()?;
+        // The pod lists its tree while the local one is listed, and sends the listing's digest
+        // first: when it equals the local listing's (a restart on an unchanged tree), the pod's
+        // thousands of entries never need to travel.
+        let asked = session.request_listing(true)?;
         let listing = self.snapshot.scan(&self.rules)?;
         let scanned = started.elapsed();
-        let remote = session.listing(asked).await?;
+        let digest = session.listing_digest(asked).await?;
+        let same = digest.digest == kdev_protocol::listing_digest(&listing.entries, &[]);
+        session.continue_listing(asked, !same)?;
+        let remote = match same {
+            true => None,
+            false => Some(session.listing(asked).await?),
+        };
+        #[cfg(test)]
+        let listing_sent = remote.is_some();
         tracing::debug!(
             "reconcile: local listing in {scanned:?}, the pod's ({} entries, {} hashes cached, \
-             listed in {} ms) received after {:?}",
-            remote.entries.len(),
-            remote.cached,
-            remote.elapsed_ms,
+             listed in {} ms) {} after {:?}",
+            digest.entries,
+            digest.cached,
+            digest.elapsed_ms,
+            if same {
+                "has the same digest"
+            } else {
+                "received"
+            },
             started.elapsed()
         );
         self.warn_unsyncable(&listing.unsyncable, ui);
         let local = listing.entries;
         let local_by_path: BTreeMap<String, Entry> =
             local.iter().map(|e| (e.path.clone(), e.clone())).collect();
-        let mut plan = plan::plan(&local, &pod_listing(remote));
+        let mut plan = match remote {
+            Some(remote) => plan::plan(&local, &pod_listing(remote)),
+            None => SyncPlan::default(),
+        };
         self.skip_refused(&mut plan, &local_by_path, true);
         let bytes: u64 = plan
             .send
@@ -285,6 +307,8 @@ impl SyncEngine {
             sent_files: plan.send.len(),
             sent_bytes: bytes,
             deleted: plan.delete.len(),
+            #[cfg(test)]
+            listing_sent,
         })
     }
 

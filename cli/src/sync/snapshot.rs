@@ -30,9 +30,7 @@ use kdev_protocol::EntryKind;
 use crate::sync::hashcache::HashCache;
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::stat::{OpenError, Stat, open_regular};
-use crate::sync::tree::{
-    Listing, Local, Met, TreeError, entry_cached, scan_below, walk,
-};
+use crate::sync::tree::{Listing, Local, Met, TreeError, entry_cached, scan_below, walk};
 use crate::sync::unsyncable::{Reason, Unsyncable};
 
 /// What a rescan found changed since the previous one (absolute paths, sorted).

@@ -152,7 +152,10 @@ impl TreeWatcher {
         let rules = Arc::new(Mutex::new(rules));
         let backend = Arc::new(Mutex::new(None));
         let (started, mode) = match kind {
-            Kind::Poll => (Backend::Poll(start_polling(root, raw_tx.clone())?), Mode::Polling),
+            Kind::Poll => (
+                Backend::Poll(start_polling(root, raw_tx.clone())?),
+                Mode::Polling,
+            ),
             #[cfg(test)]
             Kind::Recursive => (start_recursive(root, raw_tx.clone())?, Mode::Native),
             Kind::Native => match start_native(root, &rules, raw_tx.clone()) {

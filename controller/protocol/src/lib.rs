@@ -76,7 +76,7 @@ pub use codec::{ClientCodec, Codec, ServerCodec};
 pub use duration::{DurationError, parse_duration};
 pub use error_code::ErrorCode;
 pub use handshake::{HandshakeError, check_hello};
-pub use hash::{ContentHash, hash_bytes, hash_file, hash_reader};
+pub use hash::{ContentHash, hash_bytes, hash_file, hash_reader, listing_digest};
 pub use layout::Layout;
 pub use messages::*;
 pub use paths::{PathError, normalize_wire_path, wire_path_from_relative};
@@ -89,7 +89,9 @@ pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 ///
 /// 2: `reconcile_result` comes in parts (`more`); `patch_result` lists are capped (counts in
 /// `*_count`); `deletes` are limited (`limits.max_deletes`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `reconcile` may ask for the listing's digest first (`listing_digest`, then
+/// `reconcile_continue`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The version of this crate (and of the controller and CLI built with it).
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -26,6 +26,8 @@ pub enum ClientMessage {
     Hello(Hello),
     /// Ask for the listing of the sync root.
     Reconcile(Reconcile),
+    /// After a [`ServerMessage::ListingDigest`]: send the listing it describes, or drop it.
+    ReconcileContinue(ReconcileContinue),
     /// Deletions plus a tar of added/changed files (the tar is the frame's binary body).
     Patch(Patch),
     /// Build now, whatever changed (e.g. the user pressed "rebuild").
@@ -111,6 +113,32 @@ pub struct BuildConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reconcile {
     pub id: u64,
+    /// Answer with the listing's digest first ([`ServerMessage::ListingDigest`]) and keep the
+    /// listing until a [`ReconcileContinue`] with this id says whether to send it: a client
+    /// whose own listing has the same digest needs none of it (a restart on an unchanged tree).
+    #[serde(default)]
+    pub digest_first: bool,
+}
+
+/// Whether the listing kept after a [`ListingDigest`] is wanted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileContinue {
+    pub id: u64,
+    /// `true`: send it as [`ReconcileResult`] parts with the same id; `false`: drop it.
+    pub send: bool,
+}
+
+/// The digest of a listing ([`crate::listing_digest`]), sent before the listing itself when
+/// [`Reconcile::digest_first`] asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListingDigest {
+    pub id: u64,
+    pub digest: String,
+    /// Entries in the listing.
+    pub entries: u32,
+    pub elapsed_ms: u64,
+    /// Files whose hash came from the cache rather than being read.
+    pub cached: u32,
 }
 
 /// The most deletions one patch may carry (the server advertises its own limit, at most this,
@@ -221,6 +249,7 @@ impl WireMessage for ClientMessage {
         const VARIANTS: &[&str] = &[
             "hello",
             "reconcile",
+            "reconcile_continue",
             "patch",
             "build",
             "restart",
@@ -232,6 +261,7 @@ impl WireMessage for ClientMessage {
         Ok(match ty.as_str() {
             "hello" => ClientMessage::Hello(serde_json::from_slice(h)?),
             "reconcile" => ClientMessage::Reconcile(serde_json::from_slice(h)?),
+            "reconcile_continue" => ClientMessage::ReconcileContinue(serde_json::from_slice(h)?),
             "patch" => ClientMessage::Patch(serde_json::from_slice(h)?),
             "build" => ClientMessage::Build(serde_json::from_slice(h)?),
             "restart" => ClientMessage::Restart(serde_json::from_slice(h)?),
@@ -244,6 +274,7 @@ impl WireMessage for ClientMessage {
         match self {
             ClientMessage::Hello(_) => "hello",
             ClientMessage::Reconcile(_) => "reconcile",
+            ClientMessage::ReconcileContinue(_) => "reconcile_continue",
             ClientMessage::Patch(_) => "patch",
             ClientMessage::Build(_) => "build",
             ClientMessage::Restart(_) => "restart",
@@ -266,6 +297,7 @@ pub enum ServerMessage {
     /// (`fatal == true`, the server exits non-zero after sending it).
     Error(ErrorMessage),
     ReconcileResult(ReconcileResult),
+    ListingDigest(ListingDigest),
     PatchResult(PatchResult),
     /// Something happened; `at_ms` is milliseconds since the Welcome on the server's monotonic
     /// clock, so phases can be laid out on one time line.
@@ -569,6 +601,7 @@ impl WireMessage for ServerMessage {
             ServerMessage::Welcome(_) => "welcome",
             ServerMessage::Error(_) => "error",
             ServerMessage::ReconcileResult(_) => "reconcile_result",
+            ServerMessage::ListingDigest(_) => "listing_digest",
             ServerMessage::PatchResult(_) => "patch_result",
             ServerMessage::Event { .. } => "event",
             ServerMessage::Pong(_) => "pong",

@@ -107,6 +107,7 @@ async fn writer_task(mut rx: mpsc::Receiver<ServerMessage>) {
                 log(format!("cannot send a message: {e}"));
                 let id = match &m {
                     ServerMessage::ReconcileResult(r) => Some(r.id),
+                    ServerMessage::ListingDigest(r) => Some(r.id),
                     ServerMessage::PatchResult(r) => Some(r.id),
                     _ => None,
                 };

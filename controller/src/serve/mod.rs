@@ -294,6 +294,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         builds,
         cache: Arc::new(Mutex::new(cache)),
         stop,
+        kept_listing: None,
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 

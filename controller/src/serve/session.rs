@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kdev_protocol::{
-    BuildMode, ClientMessage, ErrorCode, Patch, PatchLimits, PatchResult, ReconcileResult,
-    ServerCodec, ServerMessage,
+    BuildMode, ClientMessage, ErrorCode, ListingDigest, Patch, PatchLimits, PatchResult, Reconcile,
+    ReconcileContinue, ReconcileResult, ServerCodec, ServerMessage, listing_digest,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +34,15 @@ pub(super) struct Session {
     pub cache: Arc<Mutex<reconcile::HashCache>>,
     /// Set on SIGTERM/SIGINT: a patch or listing in progress stops between entries.
     pub stop: Arc<AtomicBool>,
+    /// The listing whose digest was sent, until the client says whether it wants it (one at a
+    /// time: a newer `reconcile` replaces it).
+    pub kept_listing: Option<KeptListing>,
+}
+
+pub(super) struct KeptListing {
+    id: u64,
+    listing: reconcile::Listing,
+    started: Instant,
 }
 
 impl Session {
@@ -98,7 +107,8 @@ impl Session {
                     ))
                     .await;
             }
-            ClientMessage::Reconcile(r) => self.reconcile(r.id).await,
+            ClientMessage::Reconcile(r) => self.reconcile(r).await,
+            ClientMessage::ReconcileContinue(c) => self.reconcile_continue(c).await,
             ClientMessage::Patch(p) => self.patch(p).await,
             ClientMessage::Build(b) => {
                 if self.builds.cancel().await.is_some() {
@@ -113,7 +123,9 @@ impl Session {
         true
     }
 
-    async fn reconcile(&mut self, id: u64) {
+    async fn reconcile(&mut self, r: Reconcile) {
+        let Reconcile { id, digest_first } = r;
+        self.kept_listing = None;
         let t0 = Instant::now();
         let root = self.root.clone();
         let cache = self.cache.clone();
@@ -130,24 +142,22 @@ impl Session {
         let msg = match res {
             // SIGTERM: the main loop ends the session right after.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => return,
-            Ok(Ok(l)) => {
-                // In parts that each fit a frame whatever the tree's size.
-                let parts = reconcile::split(l.entries, l.skipped, LISTING_PART_BYTES);
-                let n = parts.len();
-                for (i, (entries, skipped)) in parts.into_iter().enumerate() {
-                    let part = ReconcileResult {
-                        id,
-                        root: self.root.to_string_lossy().into_owned(),
-                        entries,
-                        skipped,
-                        elapsed_ms: ms(t0.elapsed()),
-                        cached: l.cached,
-                        more: i + 1 < n,
-                    };
-                    self.out.send(ServerMessage::ReconcileResult(part)).await;
-                }
-                return;
+            Ok(Ok(l)) if digest_first => {
+                let digest = ListingDigest {
+                    id,
+                    digest: listing_digest(&l.entries, &l.skipped),
+                    entries: u32::try_from(l.entries.len()).unwrap_or(u32::MAX),
+                    elapsed_ms: ms(t0.elapsed()),
+                    cached: l.cached,
+                };
+                self.kept_listing = Some(KeptListing {
+                    id,
+                    listing: l,
+                    started: t0,
+                });
+                ServerMessage::ListingDigest(digest)
             }
+            Ok(Ok(l)) => return self.send_listing(id, l, t0).await,
             Ok(Err(e)) => error(
                 ErrorCode::ReconcileFailed,
                 format!("cannot list {}: {e}", self.root.display()),
@@ -160,6 +170,45 @@ impl Session {
             ),
         };
         self.out.send(msg).await;
+    }
+
+    /// Send the kept listing, or drop it.
+    async fn reconcile_continue(&mut self, c: ReconcileContinue) {
+        match self.kept_listing.take() {
+            Some(kept) if kept.id == c.id => {
+                if c.send {
+                    self.send_listing(c.id, kept.listing, kept.started).await;
+                }
+            }
+            other => {
+                self.kept_listing = other;
+                self.out
+                    .send(error(
+                        ErrorCode::UnexpectedMessage,
+                        format!("no listing {} is waiting to be sent", c.id),
+                        Some(c.id),
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    /// The listing in parts that each fit a frame, whatever the tree's size.
+    async fn send_listing(&mut self, id: u64, l: reconcile::Listing, t0: Instant) {
+        let parts = reconcile::split(l.entries, l.skipped, LISTING_PART_BYTES);
+        let n = parts.len();
+        for (i, (entries, skipped)) in parts.into_iter().enumerate() {
+            let part = ReconcileResult {
+                id,
+                root: self.root.to_string_lossy().into_owned(),
+                entries,
+                skipped,
+                elapsed_ms: ms(t0.elapsed()),
+                cached: l.cached,
+                more: i + 1 < n,
+            };
+            self.out.send(ServerMessage::ReconcileResult(part)).await;
+        }
     }
 
     async fn patch(&mut self, p: Patch) {

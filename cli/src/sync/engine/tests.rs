@@ -244,10 +244,14 @@ async fn a_new_engine_on_an_unchanged_tree_finds_the_pod_in_sync() {
     let ui = Ui::plain();
     {
         let mut session = serve(&kdev).await;
-        engine(&local)
+        let first = engine(&local)
             .initial_sync(&mut session, &ui)
             .await
             .expect("initial sync");
+        assert!(
+            first.listing_sent,
+            "an empty pod's digest differs: {first:?}"
+        );
         // Let the (fake) build finish, so the tree is recorded as built.
         let deadline = Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -274,6 +278,8 @@ async fn a_new_engine_on_an_unchanged_tree_finds_the_pod_in_sync() {
         again.in_sync,
         "nothing to send or build after a restart: {again:?}"
     );
+    // Equal digests: the pod's listing itself never had to travel.
+    assert!(!again.listing_sent, "{again:?}");
 }
 
 /// A sync larger than the in-flight window goes out as pipelined patches, which the pod applies

@@ -10,16 +10,16 @@
 mod plan;
 mod safe_root;
 
-use std::path::Path;
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kdev_protocol::paths::normalize_wire_path;
 use kdev_protocol::{PatchLimits, Refused};
 
 use plan::{Op, Refusal, refuse};
-use safe_root::{FsError, SafeRoot};
 pub(super) use safe_root::is_temp_name;
+use safe_root::{FsError, SafeRoot};
 
 /// Default limits (see [`PatchLimits`]).
 pub(super) fn default_limits() -> PatchLimits {
@@ -294,7 +294,12 @@ mod tests {
     fn a_large_patch_is_written_by_several_workers_with_the_serial_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let files: Vec<(String, Vec<u8>)> = (0..400)
-            .map(|i| (format!("d{}/s{}/f{i}.go", i % 7, i % 3), format!("file {i}").into_bytes()))
+            .map(|i| {
+                (
+                    format!("d{}/s{}/f{i}.go", i % 7, i % 3),
+                    format!("file {i}").into_bytes(),
+                )
+            })
             .collect();
         assert!(worker_count(files.len()) > 1);
         let mut entries: Vec<Spec<'_>> = vec![(EntryType::Directory, b"d0", b"", None)];
