@@ -29,12 +29,17 @@ fn main() {
     let mut entries = Vec::new();
     if embed {
         let workspace = manifest.parent().expect("cli/ is in the workspace");
-        for dir in [
-            "controller/src",
-            "controller/protocol/src",
-            "controller/Cargo.toml",
+        // Relative to cli/, so they name this checkout's files: absolute paths were those of
+        // whichever checkout last ran this script, and a second checkout sharing the target
+        // directory (a global CARGO_TARGET_DIR) embedded that one's older controller.
+        for path in [
+            "../controller/src",
+            "../controller/protocol/src",
+            "../controller/Cargo.toml",
+            "../controller/protocol/Cargo.toml",
+            "../Cargo.lock",
         ] {
-            println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+            println!("cargo:rerun-if-changed={path}");
         }
         // target/<profile>/build/kdev-<hash>/out → target/embedded-controller
         let target_dir = out

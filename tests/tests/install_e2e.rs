@@ -94,8 +94,13 @@ async fn a_node_kdev_has_no_controller_for_stops_it_before_any_upload() -> Resul
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let dir = tempfile::tempdir()?;
     let project = project(dir.path(), ns.name(), free_port())?;
-    // The suite's kdev carries only the linux/amd64 controller it was given.
-    let mut kdev = Command::new(kdev_tests::kdev_bin());
+    // A copy of the suite's kdev, alone in a directory: it finds nothing next to itself or in a
+    // workspace (where a developer may have built an arm64 controller), so the only controller
+    // it has is the linux/amd64 one it is given.
+    let alone = dir.path().join("bin");
+    std::fs::create_dir_all(&alone)?;
+    std::fs::copy(kdev_tests::kdev_bin(), alone.join("kdev"))?;
+    let mut kdev = Command::new(alone.join("kdev"));
     kdev.arg("watch")
         .current_dir(&project)
         .env("KDEV_TEST_NODE_ARCH", "arm64");

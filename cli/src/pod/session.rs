@@ -56,6 +56,13 @@ pub enum SessionError {
     },
     #[error("handshake with kdev-controller failed: {0}")]
     Handshake(String),
+    /// The controller kdev uploaded speaks another protocol: retrying cannot help.
+    #[error(
+        "the kdev-controller kdev uploaded speaks another protocol ({0}); it was built from \
+         other sources than this kdev: rebuild kdev (`cargo install --locked --path cli`), or \
+         the controller named by KDEV_CONTROLLER_BIN (`controller/build-static`)"
+    )]
+    VersionMismatch(String),
     #[error("the controller refused the request: {}: {}", .0.code, .0.message)]
     Refused(ErrorMessage),
     #[error("the exec stream to kdev-controller ended{}", stderr_suffix(.0))]
@@ -247,7 +254,16 @@ impl ControllerSession {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("\n");
-            SessionError::Handshake(format!("{e}{}", stderr_suffix(&tail)))
+            match e {
+                kdev_protocol::HandshakeError::Refused {
+                    code: kdev_protocol::ErrorCode::ProtocolVersionMismatch,
+                    message,
+                } => SessionError::VersionMismatch(message),
+                e @ kdev_protocol::HandshakeError::VersionMismatch { .. } => {
+                    SessionError::VersionMismatch(e.to_string())
+                }
+                e => SessionError::Handshake(format!("{e}{}", stderr_suffix(&tail))),
+            }
         })?;
 
         let liveness = Arc::new(Mutex::new(Liveness::new()));

@@ -174,6 +174,15 @@ impl ReloadLoop<'_> {
             }
             // Waiting does not grant permissions: stop.
             Err(e) if exit_code(&e) == Exit::Forbidden => return Err(e),
+            // Nor does it change the controller kdev carries.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<SessionError>(),
+                    Some(SessionError::VersionMismatch(_))
+                ) =>
+            {
+                return Err(e);
+            }
             Err(e) => {
                 self.ui.warn(&format!(
                     "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use kdev_protocol::{BuildConfig, SessionConfig};
 
 use super::*;
-use crate::pod::session::ControllerSession;
+use crate::pod::session::{ControllerSession, SessionError};
 use crate::ui::Ui;
 
 /// The controller binary of this workspace, built if it is not there yet.
@@ -36,6 +36,35 @@ fn controller_bin() -> PathBuf {
 
 /// A local `serve` with its kdev dir in `dir`, and a session to it.
 async fn serve(dir: &Path) -> ControllerSession {
+    start_serve(dir, |_| {})
+        .await
+        .expect("handshake with the local serve")
+}
+
+/// A controller of another protocol refuses the session: an error of its own (which the reload
+/// loop does not retry), naming both versions.
+#[tokio::test]
+async fn a_controller_of_another_protocol_is_a_version_mismatch() {
+    let (_tmp, _local, kdev) = project();
+    let err = start_serve(&kdev, |h| h.protocol_version -= 1)
+        .await
+        .err()
+        .expect("a session with another protocol");
+    let SessionError::VersionMismatch(message) = &err else {
+        panic!("not a version mismatch: {err}");
+    };
+    let v = kdev_protocol::PROTOCOL_VERSION;
+    assert!(
+        message.contains(&format!("protocol {}", v - 1)),
+        "{message}"
+    );
+    assert!(message.contains(&format!("protocol {v}")), "{message}");
+}
+
+async fn start_serve(
+    dir: &Path,
+    change_hello: impl FnOnce(&mut kdev_protocol::Hello),
+) -> Result<ControllerSession, SessionError> {
     let mut child = tokio::process::Command::new(controller_bin())
         .arg("serve")
         .arg(format!("--kdev-dir={}", dir.display()))
@@ -64,10 +93,9 @@ async fn serve(dir: &Path) -> ControllerSession {
         forward_app_output: false,
         ..Default::default()
     };
-    let hello = kdev_protocol::handshake::hello("engine test", config);
-    ControllerSession::start(stdout, stdin, stderr, hello, Box::new(child))
-        .await
-        .expect("handshake with the local serve")
+    let mut hello = kdev_protocol::handshake::hello("engine test", config);
+    change_hello(&mut hello);
+    ControllerSession::start(stdout, stdin, stderr, hello, Box::new(child)).await
 }
 
 #[derive(Debug, PartialEq, Eq)]
