@@ -145,24 +145,21 @@ fn apply_ops(
         .filter(|&i| matches!(ops[i], Op::File { .. }))
         .collect();
     let workers = worker_count(files.len());
-    let distinct = ops.iter().map(Op::path).collect::<HashSet<_>>().len() == ops.len();
-    if workers <= 1 || !distinct {
-        for (op, result) in ops.iter().zip(results.iter_mut()) {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            *result = Some(apply_op(safe, op, tar));
-        }
-        return results;
-    }
+    // (Paths are checked for repeats only when there are workers to hand files to.)
+    let parallel =
+        workers > 1 && ops.iter().map(Op::path).collect::<HashSet<_>>().len() == ops.len();
+    // In order on this thread: every op, or (when the files go to workers) all but the files.
     for (i, op) in ops.iter().enumerate() {
-        if matches!(op, Op::File { .. }) {
+        if parallel && matches!(op, Op::File { .. }) {
             continue;
         }
         if stop.load(Ordering::Relaxed) {
             return results;
         }
         results[i] = Some(apply_op(safe, op, tar));
+    }
+    if !parallel {
+        return results;
     }
     let next = AtomicUsize::new(0);
     let done: Vec<Vec<(usize, Result<(), FsError>)>> = std::thread::scope(|s| {
