@@ -422,21 +422,7 @@ pub fn tar_files(data: &[u8]) -> Result<std::collections::BTreeMap<String, (Vec<
 /// Rewrite the example's `const pingMessage = …` line in `project`'s main.go to
 /// `const pingMessage = <go_expr>` (any Go expression, or something that does not compile).
 pub fn set_ping_expr(project: &std::path::Path, go_expr: &str) -> Result<()> {
-    let main = project.join("main.go");
-    let text = std::fs::read_to_string(&main)?;
-    let start = text
-        .find("const pingMessage = ")
-        .context("no `const pingMessage = ` line in main.go")?;
-    let end = start + text[start..].find('\n').context("no newline after it")?;
-    std::fs::write(
-        &main,
-        format!(
-            "{}const pingMessage = {go_expr}{}",
-            &text[..start],
-            &text[end..]
-        ),
-    )?;
-    Ok(())
+    set_const_expr(project, "main.go", "pingMessage", go_expr)
 }
 
 /// `go mod vendor` in `project`, through the module proxy.
@@ -458,19 +444,20 @@ pub fn go_mod_vendor(project: &std::path::Path) -> Result<()> {
 
 /// Replace the `const NAME = ...` line of `file` in `project` by `const NAME = "value"`.
 pub fn set_const(project: &std::path::Path, file: &str, name: &str, value: &str) -> Result<()> {
+    set_const_expr(project, file, name, &format!("\"{value}\""))
+}
+
+/// Rewrite the line `const <name> = …` in `project`'s `file` to `const <name> = <go_expr>`.
+fn set_const_expr(project: &std::path::Path, file: &str, name: &str, go_expr: &str) -> Result<()> {
     let path = project.join(file);
     let text = std::fs::read_to_string(&path)?;
     let start = text
         .find(&format!("const {name} = "))
-        .with_context(|| format!("no `const {name}` in {file}"))?;
-    let end = start + text[start..].find('\n').context("a newline")?;
+        .with_context(|| format!("no `const {name} = ` line in {file}"))?;
+    let end = start + text[start..].find('\n').context("no newline after it")?;
     std::fs::write(
         &path,
-        format!(
-            "{}const {name} = \"{value}\"{}",
-            &text[..start],
-            &text[end..]
-        ),
+        format!("{}const {name} = {go_expr}{}", &text[..start], &text[end..]),
     )?;
     Ok(())
 }
@@ -486,8 +473,20 @@ impl KdevProcess {
     pub fn start(project: &std::path::Path, args: &[&str]) -> Result<KdevProcess> {
         let mut cmd = std::process::Command::new(kdev_bin());
         cmd.args(args).current_dir(project);
-        let (child, output) = spawn_captured(&mut cmd)?;
+        KdevProcess::spawn(&mut cmd)
+    }
+
+    /// `cmd` (another kdev binary, say) run the same way.
+    pub fn spawn(cmd: &mut std::process::Command) -> Result<KdevProcess> {
+        let (child, output) = spawn_captured(cmd)?;
         Ok(KdevProcess { child, output })
+    }
+
+    /// Kill it, wait for it, and return all it printed.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
     }
 
     pub fn output(&self) -> String {

@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_tests::watch::dev_pod;
 use kdev_tests::{
-    TestNamespace, client, exec, free_port, http_get, poll_until, repo_root, spawn_captured,
+    KdevProcess, TestNamespace, client, exec, free_port, http_get, poll_until, repo_root,
 };
 use kube::ResourceExt;
 use kube::api::Api;
@@ -65,7 +65,7 @@ async fn one_install_command_gives_a_kdev_that_starts_a_session() -> Result<()> 
     cmd.arg("watch")
         .current_dir(&project)
         .env_remove("KDEV_CONTROLLER_BIN");
-    let (mut child, output) = spawn_captured(&mut cmd)?;
+    let watch = KdevProcess::spawn(&mut cmd)?;
     let served =
         poll_until(
             Duration::from_secs(240),
@@ -79,9 +79,7 @@ async fn one_install_command_gives_a_kdev_that_starts_a_session() -> Result<()> 
             },
         )
         .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let text = output.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let text = watch.stop();
     served.map_err(|e| anyhow::anyhow!("{e}\nkdev output:\n{text}"))?;
     ensure!(text.contains("uploaded kdev-controller"), "{text}");
     Ok(())
