@@ -340,6 +340,13 @@ struct Spare {
 }
 
 impl Spare {
+    /// Whether it leads where `target` forwards: its pod's relay, over its session's connection.
+    fn serves(&self, target: &ForwardTarget) -> bool {
+        self.pod == target.pod
+            && target.relay == Some(self.relay)
+            && self.connection == target.connection
+    }
+
     /// Whether its stream still stands (nothing may arrive on a spare before it is used).
     fn alive(&mut self) -> bool {
         let mut byte = [0u8; 1];
@@ -377,11 +384,7 @@ impl Spares {
         let mut ready = self.lock();
         let mut found = None;
         while let Some(mut s) = ready.pop() {
-            if s.pod == target.pod
-                && Some(s.relay) == target.relay
-                && s.connection == target.connection
-                && s.alive()
-            {
+            if s.serves(target) && s.alive() {
                 found = Some(s);
                 break;
             }
@@ -400,23 +403,19 @@ impl Spares {
         let mut opening = tokio::task::JoinSet::new();
         loop {
             let current = target.borrow_and_update().clone();
-            let want = current
-                .as_ref()
-                .and_then(|t| t.relay.map(|r| (t.pod.clone(), r, t.connection)));
-            // Drop spares of another pod or relay, and those whose stream ended.
+            // Drop spares of another pod, relay or connection, and those whose stream ended.
             let have = {
                 let mut ready = self.lock();
-                ready.retain_mut(|s| {
-                    want == Some((s.pod.clone(), s.relay, s.connection)) && s.alive()
-                });
+                ready.retain_mut(|s| current.as_ref().is_some_and(|t| s.serves(t)) && s.alive());
                 ready.len()
             };
-            if let (Some(t), Some((_, relay, _))) = (&current, &want)
+            if let Some(t) = &current
+                && let Some(relay) = t.relay
                 && retry_at.is_none_or(|at| at <= tokio::time::Instant::now())
             {
                 retry_at = None;
                 for _ in have + opening.len()..wanted {
-                    let (t, relay) = (t.clone(), *relay);
+                    let t = t.clone();
                     opening.spawn(async move { open_spare(&t, relay).await });
                 }
             }
@@ -435,15 +434,7 @@ impl Spares {
                     Ok(Ok(s)) => {
                         backoff = Duration::from_millis(250);
                         // The target may have moved on while it was opening.
-                        if target
-                            .borrow()
-                            .as_ref()
-                            .is_some_and(|t| {
-                                t.pod == s.pod
-                                    && t.relay == Some(s.relay)
-                                    && t.connection == s.connection
-                            })
-                        {
+                        if target.borrow().as_ref().is_some_and(|t| s.serves(t)) {
                             self.lock().push(s);
                         }
                     }
