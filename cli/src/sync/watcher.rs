@@ -435,11 +435,7 @@ mod tests {
         seen
     }
 
-    async fn exercise(poll: bool) {
-        exercise_kind(if poll { Kind::Poll } else { Kind::Native }).await;
-    }
-
-    async fn exercise_kind(kind: Kind) {
+    async fn exercise(kind: Kind) {
         let poll = matches!(kind, Kind::Poll);
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
@@ -473,18 +469,18 @@ mod tests {
 
     #[tokio::test]
     async fn native_watcher_sees_saves_new_dirs_and_deletes() {
-        exercise(false).await;
+        exercise(Kind::Native).await;
     }
 
     #[tokio::test]
     async fn polling_watcher_sees_saves_new_dirs_and_deletes() {
-        exercise(true).await;
+        exercise(Kind::Poll).await;
     }
 
     /// The native backend of macOS and Windows (notify's recursive watcher), run here.
     #[tokio::test]
     async fn recursive_watcher_sees_saves_new_dirs_and_deletes() {
-        exercise_kind(Kind::Recursive).await;
+        exercise(Kind::Recursive).await;
     }
 
     /// A project with `handlers/hello.go` (and `handlers/sub/deep.go`) under a native watcher.
