@@ -60,6 +60,60 @@ user_chains() {
   sed -nE 's/^:([^ ]+) - .*/\1/p' <<<"$save"
 }
 
+# record_chains DIR: each table's user-defined chains now, in DIR/CMD.TABLE (a table that cannot
+# be read gets no record): what existed before a cluster made its own, for remove_new_chains.
+record_chains() {
+  local dir=$1 cmd table listed
+  mkdir -p "$dir"
+  for cmd in "${IPTABLES_CMDS[@]}"; do
+    for table in "${IPTABLES_TABLES[@]}"; do
+      if listed="$(user_chains "$cmd" "$table")"; then
+        printf '%s\n' "$listed" >"$dir/$cmd.$table"
+      fi
+    done
+  done
+}
+
+# remove_new_chains DIR OURS LOG: in every table recorded in DIR (record_chains), the chains
+# made since then for which the function OURS (given the chain's name) succeeds, with every
+# rule of an older chain that jumps to one of them; LOG is the caller's log function. A chain
+# in the record stays, with its rules. One transaction per table; should it fail, every rule and
+# chain is tried on its own.
+remove_new_chains() {
+  local dir=$1 ours=$2 logf=$3 cmd table record save chain rule line
+  for cmd in "${IPTABLES_CMDS[@]}"; do
+    for table in "${IPTABLES_TABLES[@]}"; do
+      record="$dir/$cmd.$table"
+      [[ -f $record ]] || continue
+      save="$("$cmd-save" -t "$table" 2>/dev/null)" || continue
+      local -A old=() new=()
+      while read -r chain; do [[ -n $chain ]] && old[$chain]=1; done <"$record"
+      while read -r chain; do
+        [[ -n $chain && -z ${old[$chain]:-} ]] && "$ours" "$chain" && new[$chain]=1
+      done < <(sed -nE 's/^:([^ ]+) - .*/\1/p' <<<"$save")
+      if (( ${#new[@]} )); then
+        local ops=()
+        while read -r rule; do
+          chain=${rule#-A }; chain=${chain%% *}
+          [[ -z ${new[$chain]:-} && $rule =~ \ -[jg]\ ([^ ]+) && -n ${new[${BASH_REMATCH[1]}]:-} ]] &&
+            ops+=("-D ${rule#-A }")
+        done < <(grep -E '^-A ' <<<"$save")
+        for chain in "${!new[@]}"; do ops+=("-F $chain"); done
+        for chain in "${!new[@]}"; do ops+=("-X $chain"); done
+        if ! printf '*%s\n%s\nCOMMIT\n' "$table" "$(printf '%s\n' "${ops[@]}")" |
+          "$cmd-restore" -w --noflush 2>/dev/null; then
+          for line in "${ops[@]}"; do
+            printf '*%s\n%s\nCOMMIT\n' "$table" "$line" | "$cmd-restore" -w --noflush ||
+              "$logf" "$cmd -t $table: could not apply: $line"
+          done
+        fi
+        "$logf" "$cmd -t $table: removed ${!new[*]}"
+      fi
+      unset old new
+    done
+  done
+}
+
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
