@@ -1,10 +1,12 @@
 //! The `kdev-controller` binary: `supervise` and `serve`.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use kdev_controller::quick_build;
 use kdev_controller::serve::{self, BuildDefaults, ServeOptions};
 use kdev_controller::supervise::{self, SuperviseOptions};
 use kdev_protocol::{Layout, parse_duration};
@@ -152,6 +154,14 @@ fn env_path(name: &str) -> Option<PathBuf> {
 }
 
 fn main() {
+    // The go command's -toolexec wrapper (quick rebuilds): not a user-facing subcommand, and run
+    // for every tool the go command starts, so it skips parsing the command line.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(OsStr::new(quick_build::RECORD_TOOL)) {
+        let e = quick_build::record::run(args.collect());
+        eprintln!("kdev-controller record-tool: {e}");
+        std::process::exit(127);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Supervise(a) => run_supervise(a),

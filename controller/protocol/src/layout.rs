@@ -100,6 +100,11 @@ impl Layout {
     pub fn build_group_file(&self) -> PathBuf {
         self.run.join("build.pgid")
     }
+    /// `run/quick-build/`: how the last full build ran the compiler and the linker
+    /// (quick rebuilds, `kdev_controller::quick_build`).
+    pub fn quick_build_dir(&self) -> PathBuf {
+        self.run.join("quick-build")
+    }
     /// `run/reconcile-cache`: the listing's hash cache, kept across `serve` sessions
     /// ([`crate::hash_cache`]).
     pub fn reconcile_cache_file(&self) -> PathBuf {

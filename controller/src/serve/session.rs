@@ -272,7 +272,12 @@ impl Session {
         } else if changes && !was_dirty {
             self.builds.restore_clean();
         }
-        self.builds.add_patch(id);
+        self.builds.add_patch(
+            id,
+            outcome
+                .touched()
+                .filter(|p| patch::is_build_input(p, inputs)),
+        );
         let do_build = match build {
             BuildMode::Never => false,
             BuildMode::Always => true,

@@ -120,6 +120,10 @@ pub(crate) struct BuildResult {
     pub output: String,
     pub truncated: bool,
     pub elapsed: Duration,
+    /// It was `go build` with the quick-rebuild recorder ([`super::quick`]).
+    pub recorded: bool,
+    /// It was a quick rebuild (compile and link without the go command).
+    pub quick: bool,
 }
 
 impl BuildResult {
@@ -131,6 +135,8 @@ impl BuildResult {
             output: String::new(),
             truncated: false,
             elapsed: Duration::ZERO,
+            recorded: false,
+            quick: false,
         }
     }
 }
@@ -183,7 +189,7 @@ fn read_capped(fd: OwnedFd) -> (Vec<u8>, bool) {
 
 /// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
 /// `cancel` fires.
-pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> BuildResult {
+pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> BuildResult {
     let t0 = Instant::now();
     let fail = |e: StartError| BuildResult {
         outcome: BuildOutcome::Error,
@@ -191,6 +197,8 @@ pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> B
         output: e.to_string(),
         truncated: false,
         elapsed: t0.elapsed(),
+        recorded: false,
+        quick: false,
     };
     let _ = std::fs::remove_file(&spec.output);
     let (rd, wr) = match nix::unistd::pipe() {
@@ -227,7 +235,7 @@ pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> B
     let reader = tokio::task::spawn_blocking(move || read_capped(rd));
     let (status, cancelled) = tokio::select! {
         st = child.wait() => (st.ok(), false),
-        _ = &mut cancel => {
+        _ = cancel => {
             if let Some(pg) = pgid {
                 let _ = signal::killpg(pg, Signal::SIGKILL);
             }
@@ -261,6 +269,8 @@ pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> B
                 ),
                 truncated,
                 elapsed: t0.elapsed(),
+                recorded: false,
+                quick: false,
             };
         }
     } else {
@@ -272,6 +282,8 @@ pub(crate) async fn run(spec: BuildSpec, mut cancel: oneshot::Receiver<()>) -> B
         output,
         truncated,
         elapsed: t0.elapsed(),
+        recorded: false,
+        quick: false,
     }
 }
 
@@ -346,8 +358,8 @@ mod tests {
         };
         let out = root.join("app.next");
         let spec = BuildSpec::resolve(&cfg, &d, root, &out);
-        let (_tx, rx) = oneshot::channel();
-        let r = run(spec, rx).await;
+        let (_tx, mut rx) = oneshot::channel();
+        let r = run(spec, &mut rx).await;
         assert_eq!(r.outcome, BuildOutcome::Succeeded, "{}", r.output);
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
@@ -364,8 +376,8 @@ mod tests {
             ..cfg
         };
         let spec = BuildSpec::resolve(&failing, &d, root, &out);
-        let (_tx, rx) = oneshot::channel();
-        let r = run(spec, rx).await;
+        let (_tx, mut rx) = oneshot::channel();
+        let r = run(spec, &mut rx).await;
         assert_eq!(r.outcome, BuildOutcome::Failed, "{}", r.output);
         assert_eq!(r.exit_code, Some(7));
         assert!(r.output.contains("no generator"), "{}", r.output);

@@ -13,10 +13,11 @@
 
 pub(super) mod cache;
 pub(super) mod command;
+mod quick;
 mod unchanged;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kdev_protocol::{BuildConfig, BuildOutcome, Event, Layout};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,7 @@ pub(super) struct Builds {
     restart_ctx: RestartCtx,
     /// GOCACHE may be used (see [`cache`]: a fresh volume is seeded first).
     cache_ready: watch::Receiver<bool>,
+    quick: quick::QuickBuilds,
 }
 
 impl Builds {
@@ -81,7 +83,9 @@ impl Builds {
             .and_then(|d| serde_json::from_slice(&d).ok())
             .unwrap_or_default();
         let (done_tx, done_rx) = mpsc::channel(4);
+        let quick = quick::QuickBuilds::new(layout.quick_build_dir(), root.clone(), &config);
         Builds {
+            quick,
             out: restart_ctx.out.clone(),
             layout,
             defaults,
@@ -114,9 +118,12 @@ impl Builds {
         self.next_id
     }
 
-    /// A patch was applied: the next build includes it.
-    pub(super) fn add_patch(&mut self, id: u64) {
+    /// A patch was applied: the next build includes it and the build inputs it `changed`.
+    pub(super) fn add_patch<'a>(&mut self, id: u64, changed: impl Iterator<Item = &'a str>) {
         self.pending_patches.push(id);
+        for path in changed {
+            self.quick.changed(path);
+        }
     }
 
     /// Mark the tree dirty, or built (recording the time of that success).
@@ -147,17 +154,27 @@ impl Builds {
         }
     }
 
-    /// Start a build of the tree as it is (the caller cancelled any running one).
+    /// Start a build of the tree as it is (the caller cancelled any running one): a quick
+    /// rebuild when [`quick`] allows one, falling back to `go build` if it fails.
     pub(super) fn start(&mut self, request_id: Option<u64>) {
         let id = self.next_id;
         self.next_id += 1;
-        let mut spec = BuildSpec::resolve(
-            &self.config,
-            &self.defaults,
-            &self.root,
-            &self.layout.app_next(),
-        );
+        let output = self.layout.app_next();
+        let mut spec = BuildSpec::resolve(&self.config, &self.defaults, &self.root, &output);
         spec.group_file = Some(self.layout.build_group_file());
+        let command = spec.argv.clone();
+        let quick = match self.quick.plan(&output) {
+            Some(Ok(steps)) => Some(steps),
+            Some(Err(why)) => {
+                log(format!("build {id}: go build ({why})"));
+                None
+            }
+            None => None,
+        };
+        let full = self.quick.with_recorder(spec.clone());
+        if quick.is_none() {
+            self.quick.full_build_started();
+        }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
         self.running = Some(RunningBuild {
@@ -169,12 +186,14 @@ impl Builds {
             build_id: id,
             patch_ids,
             request_id,
-            command: spec.argv.clone(),
+            command,
         };
         // Queue the event before the task can finish, so BuildStarted precedes BuildFinished.
         let out = self.out.clone();
         let done = self.done_tx.clone();
         let mut cache_ready = self.cache_ready.clone();
+        let group_file = spec.group_file.clone();
+        let records = self.layout.quick_build_dir();
         tokio::spawn(async move {
             out.event(ev).await;
             let mut cancel_rx = cancel_rx;
@@ -187,7 +206,29 @@ impl Builds {
                     return;
                 }
             };
-            let mut res = command::run(spec, cancel_rx).await;
+            let mut res = match quick {
+                Some(steps) => {
+                    let r = run_quick(steps, group_file, &mut cancel_rx).await;
+                    match r {
+                        Ok(r) => r,
+                        Err((spent, first)) => {
+                            log(format!(
+                                "build {id}: the quick rebuild failed ({first}); running go build"
+                            ));
+                            let mut r = run_full(full, &records, &mut cancel_rx).await;
+                            r.elapsed += spent;
+                            r
+                        }
+                    }
+                }
+                None => run_full(full, &records, &mut cancel_rx).await,
+            };
+            if res.quick && res.outcome == BuildOutcome::Succeeded {
+                log(format!(
+                    "build {id}: quick rebuild (the go command skipped) in {} ms",
+                    res.elapsed.as_millis()
+                ));
+            }
             res.elapsed += waited;
             let _ = done.send((id, res)).await;
         });
@@ -283,6 +324,10 @@ impl Builds {
         if installed || unchanged {
             self.set_dirty(false);
         }
+        if !res.quick {
+            self.quick
+                .full_build_finished(res.recorded, installed || unchanged);
+        }
         self.out
             .event(Event::BuildFinished {
                 build_id: id,
@@ -318,4 +363,58 @@ impl Builds {
             let _ = t.await;
         }
     }
+}
+
+/// `go build`, with the quick-rebuild recorder when `full.1`; the old records go first, so a
+/// record is always this build's.
+async fn run_full(
+    full: (BuildSpec, bool),
+    records: &std::path::Path,
+    cancel: &mut oneshot::Receiver<()>,
+) -> BuildResult {
+    let (spec, recorded) = full;
+    if recorded {
+        quick::clear_records(records);
+    }
+    let mut r = command::run(spec, cancel).await;
+    r.recorded = recorded;
+    r
+}
+
+/// Compile, then link. `Err((time spent, the first line of its output))` when a step failed
+/// (not cancelled): the caller falls back to `go build`.
+async fn run_quick(
+    steps: [BuildSpec; 2],
+    group_file: Option<PathBuf>,
+    cancel: &mut oneshot::Receiver<()>,
+) -> Result<BuildResult, (Duration, String)> {
+    let mut spent = Duration::ZERO;
+    for mut step in steps {
+        step.group_file.clone_from(&group_file);
+        let r = command::run(step, cancel).await;
+        spent += r.elapsed;
+        match r.outcome {
+            BuildOutcome::Succeeded => {}
+            BuildOutcome::Cancelled => {
+                return Ok(BuildResult {
+                    elapsed: spent,
+                    quick: true,
+                    ..r
+                });
+            }
+            _ => {
+                let first = r.output.lines().find(|l| !l.trim().is_empty());
+                return Err((spent, first.unwrap_or("no output").to_string()));
+            }
+        }
+    }
+    Ok(BuildResult {
+        outcome: BuildOutcome::Succeeded,
+        exit_code: Some(0),
+        output: String::new(),
+        truncated: false,
+        elapsed: spent,
+        recorded: false,
+        quick: true,
+    })
 }

@@ -1,0 +1,226 @@
+//! `kdev-controller record-tool DIR TOOL ARGS…`: the `-toolexec` wrapper of full builds. Saves
+//! the main package's `compile` run and the `link` run in DIR (see [`super`]), then replaces
+//! itself with TOOL ARGS, so the go command sees the tool's own exit code and output.
+//!
+//! Recording never fails the build: a record that cannot be written is simply missing, and the
+//! next edit takes the go command again.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{Tool, ToolRun, flag_value, set_flag_value};
+
+/// Flags whose files live in the go command's temporary directory, deleted when it exits.
+const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
+
+/// Run as the wrapper with the arguments after `record-tool`. Returns only if TOOL cannot be
+/// run; the caller reports that.
+pub fn run(args: Vec<OsString>) -> io::Error {
+    let mut args = args.into_iter();
+    let (Some(dir), Some(tool)) = (args.next(), args.next()) else {
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "usage: kdev-controller record-tool DIR TOOL [ARGS...]",
+        );
+    };
+    let rest: Vec<OsString> = args.collect();
+    if let Some(argv) = utf8_argv(&tool, &rest)
+        && let Some(which) = recorded_tool(&argv)
+    {
+        let _ = save(Path::new(&dir), which, argv);
+    }
+    Command::new(&tool).args(&rest).exec()
+}
+
+fn utf8_argv(tool: &OsString, rest: &[OsString]) -> Option<Vec<String>> {
+    std::iter::once(tool)
+        .chain(rest)
+        .map(|a| a.to_str().map(str::to_string))
+        .collect()
+}
+
+/// The runs worth saving: the main package's compile, and the link (not `-V=full` queries).
+fn recorded_tool(argv: &[String]) -> Option<Tool> {
+    if argv.iter().any(|a| a.starts_with("-V")) {
+        return None;
+    }
+    let name = Path::new(&argv[0]).file_name()?.to_str()?;
+    match name {
+        "compile" if argv.windows(2).any(|w| w[0] == "-p" && w[1] == "main") => Some(Tool::Compile),
+        "link" => Some(Tool::Link),
+        _ => None,
+    }
+}
+
+/// Write `<dir>/<tool>.json`, with the files it names copied next to it.
+fn save(dir: &Path, which: Tool, mut argv: Vec<String>) -> io::Result<()> {
+    // The link's last argument is the main package's archive, which a quick rebuild compiles.
+    let main_archive = match which {
+        Tool::Link => argv.last().cloned(),
+        Tool::Compile => None,
+    };
+    for flag in SAVED_FLAGS {
+        if let Some((i, v)) = flag_value(&argv, flag) {
+            let text = std::fs::read_to_string(v)?;
+            let text = if flag == "importcfg" {
+                // `$WORK/b001/importcfg`: archives below `$WORK` are this build's.
+                let work = Path::new(v).parent().and_then(Path::parent);
+                keep_archives(&text, work, dir, main_archive.as_deref())?
+            } else {
+                text
+            };
+            let saved = which.saved_file(dir, flag);
+            std::fs::write(&saved, text)?;
+            set_flag_value(&mut argv, i, flag, &saved.to_string_lossy());
+        }
+    }
+    let run = ToolRun {
+        argv,
+        cwd: std::env::current_dir()?,
+        env: std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    let file = which.record_file(dir);
+    let tmp = PathBuf::from(format!("{}.tmp", file.display()));
+    std::fs::write(&tmp, serde_json::to_vec(&run)?)?;
+    std::fs::rename(&tmp, &file)
+}
+
+/// `importcfg` with every archive the go command built in this run (below `work`, deleted when
+/// it exits) copied to `<dir>/archives/` and named there; `except` stays as it is.
+fn keep_archives(
+    importcfg: &str,
+    work: Option<&Path>,
+    dir: &Path,
+    except: Option<&str>,
+) -> io::Result<String> {
+    let Some(work) = work.filter(|w| w.parent().is_some()) else {
+        return Ok(importcfg.to_string());
+    };
+    let archives = super::archives_dir(dir);
+    let mut out = String::with_capacity(importcfg.len());
+    for line in importcfg.split_inclusive('\n') {
+        let built_here = line
+            .strip_prefix("packagefile ")
+            .and_then(|rest| rest.trim_end().split_once('='))
+            .filter(|(_, path)| Some(*path) != except)
+            .and_then(|(pkg, path)| Some((pkg, path, Path::new(path).strip_prefix(work).ok()?)));
+        let Some((pkg, path, below)) = built_here else {
+            out.push_str(line);
+            continue;
+        };
+        std::fs::create_dir_all(&archives)?;
+        let kept = archives.join(below.to_string_lossy().replace('/', "-"));
+        std::fs::copy(path, &kept)?;
+        out.push_str(&format!("packagefile {pkg}={}\n", kept.display()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_the_main_compile_and_the_link_are_recorded() {
+        let tool = "/usr/local/go/pkg/tool/linux_amd64/";
+        let compile = format!("{tool}compile");
+        let link = format!("{tool}link");
+        assert_eq!(
+            recorded_tool(&argv(&[&compile, "-o", "x", "-p", "main", "a.go"])),
+            Some(Tool::Compile)
+        );
+        assert_eq!(
+            recorded_tool(&argv(&[&compile, "-p", "github.com/x/y", "a.go"])),
+            None
+        );
+        assert_eq!(recorded_tool(&argv(&[&compile, "-V=full"])), None);
+        assert_eq!(
+            recorded_tool(&argv(&[&link, "-o", "a.out", "x.a"])),
+            Some(Tool::Link)
+        );
+        assert_eq!(recorded_tool(&argv(&[&link, "-V=full"])), None);
+        assert_eq!(
+            recorded_tool(&argv(&[&format!("{tool}asm"), "-p", "main"])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_record_keeps_copies_of_the_configuration_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(work.join("importcfg"), "packagefile fmt=/c/fmt-d\n").unwrap();
+        std::fs::write(work.join("embedcfg"), "{}").unwrap();
+        let cfg = work.join("importcfg").display().to_string();
+        let emb = format!("-embedcfg={}", work.join("embedcfg").display());
+        save(
+            tmp.path(),
+            Tool::Compile,
+            argv(&["compile", "-importcfg", &cfg, &emb, "-p", "main", "a.go"]),
+        )
+        .unwrap();
+        // The go command deletes its temporary directory when it exits.
+        std::fs::remove_dir_all(&work).unwrap();
+        let run: ToolRun =
+            serde_json::from_slice(&std::fs::read(Tool::Compile.record_file(tmp.path())).unwrap())
+                .unwrap();
+        let saved = Tool::Compile.saved_file(tmp.path(), "importcfg");
+        assert_eq!(run.argv[2], saved.display().to_string());
+        assert_eq!(
+            std::fs::read_to_string(saved).unwrap(),
+            "packagefile fmt=/c/fmt-d\n"
+        );
+        let embed = Tool::Compile.saved_file(tmp.path(), "embedcfg");
+        assert_eq!(run.argv[3], format!("-embedcfg={}", embed.display()));
+        assert_eq!(run.cwd, std::env::current_dir().unwrap());
+        assert!(run.env.contains_key("PATH"));
+    }
+
+    #[test]
+    fn archives_built_in_the_same_run_are_kept_and_the_main_one_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, work) = (tmp.path().join("rec"), tmp.path().join("go-build1"));
+        for b in ["b001", "b002"] {
+            std::fs::create_dir_all(work.join(b)).unwrap();
+            std::fs::write(work.join(b).join("_pkg_.a"), b).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = work.join("b001/_pkg_.a").display().to_string();
+        let dep = work.join("b002/_pkg_.a").display().to_string();
+        let cfg = format!(
+            "# import config\npackagefile fmt=/cache/ab/cd-d\npackagefile m/pkg={dep}\n\
+             packagefile m={main}\nmodinfo \"x\"\n"
+        );
+        std::fs::write(work.join("b001/importcfg.link"), cfg).unwrap();
+        let link_cfg = work.join("b001/importcfg.link").display().to_string();
+        save(
+            &dir,
+            Tool::Link,
+            argv(&["link", "-o", "a.out", "-importcfg", &link_cfg, &main]),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&work).unwrap();
+        let saved = std::fs::read_to_string(Tool::Link.saved_file(&dir, "importcfg")).unwrap();
+        let kept = super::super::archives_dir(&dir).join("b002-_pkg_.a");
+        assert_eq!(
+            saved,
+            format!(
+                "# import config\npackagefile fmt=/cache/ab/cd-d\npackagefile m/pkg={}\n\
+                 packagefile m={main}\nmodinfo \"x\"\n",
+                kept.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "b002");
+    }
+}

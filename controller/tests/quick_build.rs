@@ -1,0 +1,311 @@
+//! Quick rebuilds with the real Go toolchain: `serve` builds a small program through a series
+//! of edits; each built binary is run and must print what `go build` of that tree prints, and
+//! the serve log must show which edits skipped the go command and why the others did not.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use kdev_protocol::{
+    BuildConfig, BuildMode, BuildOutcome, ClientMessage, Event, Patch, SessionConfig,
+};
+
+/// A cold `go build` of the standard library on a busy two-core machine.
+const BUILD: Duration = Duration::from_secs(600);
+
+const GO_MOD: &str = "module example.com/quick\n\ngo 1.22\n";
+
+fn main_go(message: &str) -> String {
+    format!(
+        "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/quick/pkg\"\n)\n\n\
+         var extra string\n\nconst message = \"{message}\"\n\n\
+         func main() {{ fmt.Println(message, pkg.Name()+extra) }}\n"
+    )
+}
+
+/// Adds `+util` to the output, unless a build constraint leaves it out.
+const UTIL_GO: &str = "package main\n\nfunc init() { extra += \"+util\" }\n";
+
+fn pkg_go(name: &str) -> String {
+    format!("package pkg\n\nfunc Name() string {{ return \"{name}\" }}\n")
+}
+
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn go_config(extra_env: &[(&str, &str)]) -> SessionConfig {
+    let env: std::collections::BTreeMap<String, String> = [
+        ("GOFLAGS", "-mod=mod"),
+        ("GOPROXY", "off"),
+        ("GOTOOLCHAIN", "local"),
+    ]
+    .into_iter()
+    .chain(extra_env.iter().copied())
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    SessionConfig {
+        build: BuildConfig {
+            env,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+struct Session {
+    s: Serve,
+    kdev: std::path::PathBuf,
+    next: u64,
+}
+
+/// What one build did: its outcome and output, and what the serve log said about it.
+struct Built {
+    outcome: BuildOutcome,
+    output: String,
+    log: String,
+}
+
+impl Built {
+    fn quick(&self) -> bool {
+        self.log
+            .contains(": quick rebuild (the go command skipped)")
+    }
+}
+
+impl Session {
+    fn start(kdev: &Path, cfg: SessionConfig) -> Session {
+        let gocache = go_env("GOCACHE");
+        let mut s = Serve::start(kdev, &["--gocache", &gocache]);
+        s.hello(cfg);
+        Session {
+            s,
+            kdev: kdev.to_path_buf(),
+            next: 1,
+        }
+    }
+
+    /// Send a patch of `files` (and `deletes`) and wait for its build.
+    fn patch(&mut self, files: &[(&str, &str)], deletes: &[&str]) -> Built {
+        let id = self.next;
+        self.next += 1;
+        self.s.send(&ClientMessage::Patch(Patch {
+            id,
+            deletes: deletes.iter().map(|d| d.to_string()).collect(),
+            build: BuildMode::Always,
+            tar: tar_of(files),
+        }));
+        let (outcome, output) = self
+            .s
+            .event_until(BUILD, &format!("build {id}"), |e| match e {
+                Event::BuildFinished {
+                    build_id,
+                    outcome,
+                    output,
+                    ..
+                } if *build_id == id => Some((*outcome, output.clone())),
+                _ => None,
+            });
+        let prefix = format!("build {id}: ");
+        let log = self
+            .s
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(&prefix))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Built {
+            outcome,
+            output,
+            log,
+        }
+    }
+
+    /// What the installed binary prints.
+    fn run_app(&self) -> String {
+        let out = Command::new(self.kdev.join("bin/app")).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+fn go_env(name: &str) -> String {
+    let out = Command::new("go")
+        .args(["env", name])
+        .output()
+        .expect("the go toolchain is needed for this test");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let test_go = "package main\n\nimport \"testing\"\n\nfunc TestA(t *testing.T) {}\n";
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main_go("v1")),
+            ("util.go", UTIL_GO),
+            ("main_test.go", test_go),
+            ("pkg/pkg.go", &pkg_go("p1")),
+            ("README.md", "notes\n"),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(!b.quick(), "the first build is go build: {}", b.log);
+    assert_eq!(s.run_app(), "v1 p1+util");
+    assert!(
+        s.s.stderr()
+            .contains("quick rebuilds ready: edits of main.go, util.go skip the go command"),
+        "{}",
+        s.s.stderr()
+    );
+
+    // A change of the main package's code only: the compiler and the linker, nothing else.
+    let b = s.patch(&[("main.go", &main_go("v2"))], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "v2 p1+util");
+
+    // An edit of a test (`go build` never reads them): quick, and the same bytes again.
+    let before = std::fs::read(kdev.join("bin/app")).unwrap();
+    let b = s.patch(&[("main_test.go", &format!("{test_go}// more\n"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(std::fs::read(kdev.join("bin/app")).unwrap() == before);
+
+    // A build constraint leaves util.go out: only the go command knows that.
+    let b = s.patch(
+        &[("util.go", &format!("//go:build ignore\n\n{UTIL_GO}"))],
+        &[],
+    );
+    assert!(
+        b.log
+            .contains("go build (util.go's imports or build directives changed)"),
+        "{}",
+        b.log
+    );
+    assert_eq!(s.run_app(), "v2 p1");
+
+    // A new import.
+    let upper = main_go("v4")
+        .replace("\"fmt\"\n", "\"fmt\"\n\t\"strings\"\n")
+        .replace("Println(message", "Println(strings.ToUpper(message)");
+    let b = s.patch(&[("main.go", &upper)], &[]);
+    assert!(
+        b.log
+            .contains("go build (main.go's imports or build directives changed)"),
+        "{}",
+        b.log
+    );
+    assert_eq!(s.run_app(), "V4 p1");
+    let b = s.patch(&[("main.go", &upper.replace("v4", "v5"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V5 p1");
+
+    // Another package: go build. Whether the main package is then recompiled or comes from
+    // the cache, its next edits are built right, and soon quickly again.
+    let b = s.patch(&[("pkg/pkg.go", &pkg_go("p6"))], &[]);
+    assert!(
+        b.log
+            .contains("go build (pkg/pkg.go is not one of the main package's Go files)"),
+        "{}",
+        b.log
+    );
+    assert_eq!(s.run_app(), "V5 p6");
+    s.patch(&[("main.go", &upper.replace("v4", "v7"))], &[]);
+    assert_eq!(s.run_app(), "V7 p6");
+    let b = s.patch(&[("main.go", &upper.replace("v4", "v8"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V8 p6");
+
+    // A compile error: the quick compile fails, go build reports it; the app is kept.
+    let b = s.patch(
+        &[("main.go", &upper.replace("func main() {", "func main() {("))],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Failed, "{}", b.output);
+    assert!(b.log.contains("the quick rebuild failed"), "{}", b.log);
+    assert!(
+        b.output.contains("main.go:"),
+        "go build's own output: {}",
+        b.output
+    );
+    assert_eq!(s.run_app(), "V8 p6");
+    let b = s.patch(&[("main.go", &upper.replace("v4", "v9"))], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "V9 p6");
+
+    // A file added to, then removed from the main package.
+    let more = "package main\n\nfunc init() { extra += \"+more\" }\n";
+    let b = s.patch(&[("more.go", more)], &[]);
+    assert!(
+        b.log
+            .contains("go build (more.go is not one of the main package's Go files)"),
+        "{}",
+        b.log
+    );
+    assert_eq!(s.run_app(), "V9 p6+more");
+    let b = s.patch(&[], &["more.go"]);
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V9 p6");
+
+    // A file that is not Go source in the package's directory (a .syso would be linked in):
+    // go build, which finds the main package in its cache, so nothing is recorded; the next
+    // edit of main.go records again, and the one after it is quick.
+    s.patch(&[("main.go", &upper.replace("v4", "v10"))], &[]);
+    let b = s.patch(&[("notes.txt", "x")], &[]);
+    assert!(!b.quick(), "{}", b.log);
+    assert!(
+        s.s.stderr().contains(
+            "quick rebuilds wait for the next full build: the main package came from the build cache"
+        ),
+        "{}",
+        s.s.stderr()
+    );
+    let b = s.patch(&[("main.go", &upper.replace("v4", "v11"))], &[]);
+    assert!(!b.quick(), "{}", b.log);
+    let b = s.patch(&[("main.go", &upper.replace("v4", "v12"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V12 p6");
+}
+
+#[test]
+fn kdev_quick_build_0_turns_quick_rebuilds_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_BUILD", "0")]));
+    let (main, pkg) = (main_go("v1"), pkg_go("p1"));
+    s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main),
+            ("util.go", UTIL_GO),
+            ("pkg/pkg.go", &pkg),
+        ],
+        &[],
+    );
+    let b = s.patch(&[("main.go", &main_go("v2"))], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "v2 p1+util");
+    assert!(
+        s.s.stderr()
+            .contains("quick rebuilds are off: KDEV_QUICK_BUILD=0"),
+        "{}",
+        s.s.stderr()
+    );
+}
