@@ -141,7 +141,12 @@ fn toolexec_flag(cfg: &BuildConfig, dir: &Path) -> Result<String, String> {
     {
         return Err(format!("{OFF_ENV}=0"));
     }
-    let goflags = cfg.env.get("GOFLAGS").map(String::as_str).unwrap_or("");
+    let goflags = cfg
+        .env
+        .get("GOFLAGS")
+        .cloned()
+        .or_else(|| std::env::var("GOFLAGS").ok())
+        .unwrap_or_default();
     if cfg.flags.iter().any(|f| f.contains("toolexec")) || goflags.contains("toolexec") {
         return Err("the build sets its own -toolexec".into());
     }
