@@ -331,7 +331,8 @@ func main() {{
 /// A monorepo of two services, the gateway's pod: a change to `cmd/orders` rebuilds the
 /// gateway with the real `go build` (default command, GOFLAGS and the user's go env file
 /// out of the way, an empty GOCACHE), which gives the same bytes, so the gateway keeps
-/// running; a change to the gateway itself installs and restarts it.
+/// running; a change to the gateway itself installs and restarts it. The same holds after a
+/// quick rebuild of the gateway, whose bytes differ from `go build`'s in the build ID only.
 #[test]
 fn a_real_go_rebuild_of_unchanged_sources_gives_identical_bytes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -405,8 +406,45 @@ fn a_real_go_rebuild_of_unchanged_sources_gives_identical_bytes() {
     let (outcome, output, installed, unchanged) = build_finished(&mut s, 3, GO_BUILD);
     assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
     assert!(installed && !unchanged);
-    assert_ne!(restarted(&mut s, 3), pid1);
+    let pid3 = restarted(&mut s, 3);
+    assert_ne!(pid3, pid1);
     assert_ne!(fs::read(kdev.join("bin/app")).unwrap(), built_once);
+
+    // The gateway again: a quick rebuild (compile and link without the go command).
+    send_patch(
+        &mut s,
+        4,
+        &[("cmd/gateway/main.go", &service("gateway", "v3"))],
+    );
+    let (outcome, output, installed, _) = build_finished(&mut s, 4, GO_BUILD);
+    assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+    assert!(installed);
+    assert!(
+        s.stderr().contains("build 4: quick rebuild"),
+        "{}",
+        s.stderr()
+    );
+    let pid4 = restarted(&mut s, 4);
+    assert_ne!(pid4, pid3);
+    let quick = fs::read(kdev.join("bin/app")).unwrap();
+
+    // Then the other service: `go build` of the same gateway sources differs from the quick
+    // binary in the build ID only, which does not count.
+    send_patch(
+        &mut s,
+        5,
+        &[("cmd/orders/main.go", &service("orders", "v3"))],
+    );
+    let (outcome, output, installed, unchanged) = build_finished(&mut s, 5, GO_BUILD);
+    assert_eq!(outcome, BuildOutcome::Succeeded, "{output}");
+    assert!(
+        unchanged && !installed,
+        "a go build of what a quick rebuild built is the same program; serve's log:\n{}",
+        s.stderr()
+    );
+    settle(&mut s, 101);
+    assert_eq!(read_status(kdev).unwrap().pid, Some(pid4));
+    assert_eq!(fs::read(kdev.join("bin/app")).unwrap(), quick);
 }
 
 /// A new pod: the sidecar's build (from a warm cache) finished before the main container's

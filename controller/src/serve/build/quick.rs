@@ -294,3 +294,53 @@ impl Recorded {
         [spec(&self.compile, &self.main_archive), link]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_rebuilds_are_off_for_builds_the_recorder_cannot_follow() {
+        let dir = Path::new("/kdev/run/quick-build");
+        let flag = toolexec_flag(&BuildConfig::default(), dir).unwrap();
+        assert!(flag.starts_with("-toolexec=/"), "{flag}");
+        assert!(
+            flag.ends_with(" record-tool /kdev/run/quick-build"),
+            "{flag}"
+        );
+        let off = |cfg: BuildConfig| toolexec_flag(&cfg, dir).unwrap_err();
+        assert_eq!(
+            off(BuildConfig {
+                command: Some(vec!["make".into()]),
+                ..Default::default()
+            }),
+            "the build is a custom command"
+        );
+        assert_eq!(
+            off(BuildConfig {
+                before: vec!["go generate ./...".into()],
+                ..Default::default()
+            }),
+            "build.before hooks run before every build"
+        );
+        assert_eq!(
+            off(BuildConfig {
+                env: [(OFF_ENV.to_string(), "0".to_string())].into(),
+                ..Default::default()
+            }),
+            "KDEV_QUICK_BUILD=0"
+        );
+        assert_eq!(
+            off(BuildConfig {
+                env: [("GOFLAGS".to_string(), "-toolexec=garble".to_string())].into(),
+                ..Default::default()
+            }),
+            "the build sets its own -toolexec"
+        );
+        assert!(
+            toolexec_flag(&BuildConfig::default(), Path::new("/a b"))
+                .unwrap_err()
+                .contains("spaces")
+        );
+    }
+}

@@ -4,6 +4,11 @@
 //! changes; Go builds are reproducible for identical inputs, so such rebuilds give the same
 //! bytes and restarting for them would only interrupt the app.
 //!
+//! Bytes that differ only in the Go build ID count as identical: a quick rebuild
+//! ([`super::quick`]) keeps the build ID of the `go build` it repeats, so the same sources
+//! built quickly and by `go build` differ there (and in the GNU build ID derived from it) and
+//! nowhere else, and neither is part of what the program does.
+//!
 //! Anything else installs and restarts as usual: no installed binary, the app not running
 //! (crashed, never started, stopping, no supervisor), the running child started from an
 //! earlier binary (a restart that failed or is still under way), or different bytes.
@@ -73,12 +78,49 @@ pub(super) fn check(layout: &Layout) -> Result<(), MustInstall> {
     Ok(())
 }
 
-/// Whether `next` has the bytes of `installed` (whose size is known): sizes, then BLAKE3.
+/// Whether `next` has the bytes of `installed` (whose size is known), the Go build ID aside:
+/// sizes, then BLAKE3, then (different hashes) both files with their build IDs blanked.
 fn same_bytes(next: &Path, installed: &Path, installed_size: u64) -> io::Result<bool> {
     if std::fs::metadata(next)?.len() != installed_size {
         return Ok(false);
     }
-    Ok(hash_file(next)? == hash_file(installed)?)
+    if hash_file(next)? == hash_file(installed)? {
+        return Ok(true);
+    }
+    let (mut a, mut b) = (std::fs::read(next)?, std::fs::read(installed)?);
+    Ok(blank_build_id(&mut a) && blank_build_id(&mut b) && a == b)
+}
+
+/// Zero the Go build ID (the ELF note "Go", type 4, and every other copy of its text) and the
+/// GNU build ID the linker derives from it (note "GNU", type 3) in a binary; false if it has no
+/// Go build ID.
+fn blank_build_id(binary: &mut [u8]) -> bool {
+    let Some(go) = note_desc(binary, b"Go\0\0", 4) else {
+        return false;
+    };
+    let id = binary[go.clone()].to_vec();
+    let copies: Vec<usize> = memchr::memmem::find_iter(binary, &id).collect();
+    for at in copies {
+        binary[at..at + id.len()].fill(0);
+    }
+    if let Some(gnu) = note_desc(binary, b"GNU\0", 3) {
+        binary[gnu].fill(0);
+    }
+    true
+}
+
+/// Where the description of the first ELF note named `name` (4 bytes with its padding) of type
+/// `kind` is (little-endian: namesz, descsz, type, name, desc).
+fn note_desc(binary: &[u8], name: &[u8; 4], kind: u32) -> Option<std::ops::Range<usize>> {
+    let mut head = kind.to_le_bytes().to_vec();
+    head.extend_from_slice(name);
+    let word = |at: usize| u32::from_le_bytes(binary[at..at + 4].try_into().unwrap_or([0; 4]));
+    memchr::memmem::find_iter(binary, &head).find_map(|at| {
+        let (namesz, descsz) = (word(at.checked_sub(8)?), word(at.checked_sub(4)?) as usize);
+        let start = at + 8;
+        (namesz as usize <= 4 && (1..=256).contains(&descsz) && start + descsz <= binary.len())
+            .then_some(start..start + descsz)
+    })
 }
 
 /// Whether a process exists (one we may not signal does).
@@ -105,6 +147,43 @@ mod tests {
         // A size that differs decides without reading.
         assert!(!same_bytes(&a, Path::new("/nonexistent"), 3).unwrap());
         assert!(same_bytes(&d.path().join("missing"), &b, 10).is_err());
+    }
+
+    #[test]
+    fn binaries_that_differ_only_in_the_go_build_id_are_the_same() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        // Both notes, then the code; the Go build ID's text again in the code.
+        let binary = |id: &str, gnu: &[u8; 4], code: &str| {
+            let note = |name: &[u8; 4], kind: u32, desc: &[u8]| {
+                [
+                    &4u32.to_le_bytes()[..],
+                    &(desc.len() as u32).to_le_bytes(),
+                    &kind.to_le_bytes(),
+                    name,
+                    desc,
+                ]
+                .concat()
+            };
+            [
+                &b"\x7fELF"[..],
+                &note(b"Go\0\0", 4, id.as_bytes()),
+                &note(b"GNU\0", 3, gnu),
+                code.as_bytes(),
+                id.as_bytes(),
+            ]
+            .concat()
+        };
+        std::fs::write(&a, binary("aaaa/bbbb/cccc/dddd", b"1234", "main")).unwrap();
+        std::fs::write(&b, binary("aaaa/bbbb/cccc/eeee", b"5678", "main")).unwrap();
+        let size = std::fs::metadata(&b).unwrap().len();
+        assert!(same_bytes(&a, &b, size).unwrap());
+        std::fs::write(&a, binary("aaaa/bbbb/cccc/dddd", b"1234", "mai!")).unwrap();
+        assert!(!same_bytes(&a, &b, size).unwrap());
+        // Without a build ID, different bytes are different.
+        std::fs::write(&a, b"x".repeat(size as usize)).unwrap();
+        std::fs::write(&b, b"y".repeat(size as usize)).unwrap();
+        assert!(!same_bytes(&a, &b, size).unwrap());
     }
 
     #[test]
