@@ -1,6 +1,7 @@
-//! Quick rebuilds with the real Go toolchain: `serve` builds a small program through a series
-//! of edits; each built binary is run and must print what `go build` of that tree prints, and
-//! the serve log must show which edits skipped the go command and why the others did not.
+//! Quick rebuilds with the real Go toolchain: `serve` builds a small program (a main package
+//! and one it imports) through a series of edits; each built binary is run and must print what
+//! `go build` of that tree prints, and the serve log must show which edits skipped the go
+//! command and why the others did not.
 
 mod common;
 
@@ -148,7 +149,7 @@ fn go_env(name: &str) -> String {
 }
 
 #[test]
-fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() {
+fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let kdev = tmp.path();
     let mut s = Session::start(kdev, go_config(&[]));
@@ -168,8 +169,9 @@ fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() 
     assert!(!b.quick(), "the first build is go build: {}", b.log);
     assert_eq!(s.run_app(), "v1 p1+util");
     assert!(
-        s.s.stderr()
-            .contains("quick rebuilds ready: edits of main.go, util.go skip the go command"),
+        s.s.stderr().contains(
+            "quick rebuilds ready: edits of main.go, pkg/pkg.go, util.go skip the go command"
+        ),
         "{}",
         s.s.stderr()
     );
@@ -216,21 +218,40 @@ fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() 
     assert!(b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "V5 p1");
 
-    // Another package: go build. Whether the main package is then recompiled or comes from
-    // the cache, its next edits are built right, and soon quickly again.
+    // Another package the last build took from the cache: go build, which compiles it (and the
+    // main package, which imports it) and records them; its next edits are quick.
     let b = s.patch(&[("pkg/pkg.go", &pkg_go("p6"))], &[]);
     assert!(
-        b.log
-            .contains("go build (pkg/pkg.go is not one of the main package's Go files)"),
+        b.log.contains(
+            "go build (pkg/pkg.go is not a Go file of a package the last build compiled)"
+        ),
         "{}",
         b.log
     );
     assert_eq!(s.run_app(), "V5 p6");
-    s.patch(&[("main.go", &upper.replace("v4", "v7"))], &[]);
-    assert_eq!(s.run_app(), "V7 p6");
+    let b = s.patch(&[("pkg/pkg.go", &pkg_go("p7"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V5 p7");
+
+    // A new function in pkg, used by main in the same save: pkg is compiled first, then main
+    // against its new export data.
+    let shout = format!(
+        "{}\nfunc Shout(s string) string {{ return s + \"!\" }}\n",
+        pkg_go("p8")
+    );
+    let shouting = upper.replace("pkg.Name()+extra", "pkg.Shout(pkg.Name())+extra");
+    let b = s.patch(
+        &[
+            ("pkg/pkg.go", &shout),
+            ("main.go", &shouting.replace("v4", "v8")),
+        ],
+        &[],
+    );
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V8 p8!");
     let b = s.patch(&[("main.go", &upper.replace("v4", "v8"))], &[]);
     assert!(b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "V8 p6");
+    assert_eq!(s.run_app(), "V8 p8");
 
     // A compile error: the quick compile fails, go build reports it; the app is kept.
     let b = s.patch(
@@ -244,24 +265,24 @@ fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() 
         "go build's own output: {}",
         b.output
     );
-    assert_eq!(s.run_app(), "V8 p6");
+    assert_eq!(s.run_app(), "V8 p8");
     let b = s.patch(&[("main.go", &upper.replace("v4", "v9"))], &[]);
     assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
-    assert_eq!(s.run_app(), "V9 p6");
+    assert_eq!(s.run_app(), "V9 p8");
 
     // A file added to, then removed from the main package.
     let more = "package main\n\nfunc init() { extra += \"+more\" }\n";
     let b = s.patch(&[("more.go", more)], &[]);
     assert!(
         b.log
-            .contains("go build (more.go is not one of the main package's Go files)"),
+            .contains("go build (more.go is not a Go file of a package the last build compiled)"),
         "{}",
         b.log
     );
-    assert_eq!(s.run_app(), "V9 p6+more");
+    assert_eq!(s.run_app(), "V9 p8+more");
     let b = s.patch(&[], &["more.go"]);
     assert!(!b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "V9 p6");
+    assert_eq!(s.run_app(), "V9 p8");
 
     // A file that is not Go source in the package's directory (a .syso would be linked in):
     // go build, which finds the main package in its cache, so nothing is recorded; the next
@@ -280,7 +301,7 @@ fn edits_of_the_main_package_skip_the_go_command_and_everything_else_takes_it() 
     assert!(!b.quick(), "{}", b.log);
     let b = s.patch(&[("main.go", &upper.replace("v4", "v12"))], &[]);
     assert!(b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "V12 p6");
+    assert_eq!(s.run_app(), "V12 p8");
 }
 
 #[test]
@@ -308,4 +329,43 @@ fn kdev_quick_build_0_turns_quick_rebuilds_off() {
         "{}",
         s.s.stderr()
     );
+}
+
+/// main imports mid, mid imports leaf. A constant of leaf's is compiled into mid: an edit of
+/// leaf alone must compile leaf, then mid, then main, or the binary would print the old value.
+#[test]
+fn an_edit_compiles_the_packages_that_import_it_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let main = "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/quick/mid\"\n)\n\n\
+                func main() { fmt.Println(mid.Say()) }\n";
+    let mid = "package mid\n\nimport \"example.com/quick/leaf\"\n\n\
+               func Say() string { return \"mid says \" + leaf.Word }\n";
+    let leaf = |word: &str| format!("package leaf\n\nconst Word = \"{word}\"\n");
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", main),
+            ("mid/mid.go", mid),
+            ("leaf/leaf.go", &leaf("one")),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "mid says one");
+
+    let b = s.patch(&[("leaf/leaf.go", &leaf("two"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "mid says two");
+
+    // A new function in leaf and its first use in mid, in one save.
+    let leaf3 = format!(
+        "{}\nfunc Loud(s string) string {{ return s + \"!\" }}\n",
+        leaf("three")
+    );
+    let mid3 = mid.replace("+ leaf.Word", "+ leaf.Loud(leaf.Word)");
+    let b = s.patch(&[("leaf/leaf.go", &leaf3), ("mid/mid.go", &mid3)], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "mid says three!");
 }

@@ -42,6 +42,26 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
         restarts,
         restart_counts(&after)
     );
+    // It was a quick rebuild (the compile and the link without the go command): the compiled
+    // main package is where only a quick rebuild writes it.
+    let quick = exec(
+        &pods,
+        &after.name_any(),
+        "kdev",
+        &[
+            "sh",
+            "-c",
+            "test -s /kdev/run/quick-build/compile@main.a && echo quick",
+        ],
+        None,
+    )
+    .await?
+    .stdout_str();
+    ensure!(
+        quick.contains("quick"),
+        "the edit of main.go was not a quick rebuild:\n{}",
+        w.output()
+    );
 
     // A new file used by main.
     w.write(

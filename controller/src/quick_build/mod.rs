@@ -1,12 +1,14 @@
-//! Quick rebuilds: an edit confined to the main package's Go files is built by running the
-//! compiler on that package and the linker, exactly as the last `go build` ran them, without
-//! the go command. On a Gin service the go command's own work (loading ~100 packages, hashing
-//! their sources to find them in the cache) is about 120 of a rebuild's 500 ms.
+//! Quick rebuilds: an edit confined to Go files of packages the last `go build` compiled is
+//! built by running the compiler on those packages (and on the packages of the tree that import
+//! them) and the linker, exactly as that build ran them, without the go command. On a Gin
+//! service the go command's own work (loading ~100 packages, hashing their sources to find them
+//! in its cache) is about 120 of a rebuild's 500 ms.
 //!
-//! * [`record`]: a full build runs `go build -toolexec '<controller> record-tool <dir>'`; the
-//!   wrapper saves how the main package's `compile` and the `link` were run (argument vector,
-//!   working directory, environment, and copies of the import and embed configuration files
-//!   they name) and then runs the tool itself. With the tool's own `-V=full` answer passed
+//! * [`record`]: a full build runs `go build -toolexec '<controller> record-tool <dir> <root>'`;
+//!   the wrapper saves how each `compile` of a package in the sync root and the `link` were run
+//!   (argument vector, working directory, environment, copies of the import and embed
+//!   configuration files they name and of the archives the build made in its temporary
+//!   directory) and then runs the tool itself. With the tool's own `-V=full` answer passed
 //!   through, the go command's cache keys do not change, so a warm cache stays warm.
 //! * [`go_header`]: what in a Go file can change how `go build` treats it (build and debug
 //!   directives, package name, imports). The serve side (`serve::build::quick`) uses it to
@@ -32,30 +34,49 @@ pub struct ToolRun {
     pub env: BTreeMap<String, String>,
 }
 
-/// Which tool run a record is of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tool {
-    /// The main package's compile.
-    Compile,
+/// Which run a record is of: the compile of a package (named by its `-p`: `main`, or an import
+/// path), or the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Compile(String),
     Link,
 }
 
-impl Tool {
-    fn name(self) -> &'static str {
+/// The file name prefix of compile records.
+const COMPILE: &str = "compile@";
+
+impl Record {
+    /// `link`, or `compile@<package>` with `%` and `/` escaped.
+    fn stem(&self) -> String {
         match self {
-            Tool::Compile => "compile",
-            Tool::Link => "link",
+            Record::Link => "link".to_string(),
+            Record::Compile(p) => format!("{COMPILE}{}", p.replace('%', "%25").replace('/', "%2F")),
         }
     }
 
-    /// `<dir>/<tool>.json`: the record.
-    pub fn record_file(self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.json", self.name()))
+    /// `<dir>/<stem>.json`: the record.
+    pub fn file(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.json", self.stem()))
     }
 
-    /// `<dir>/<tool>.<flag>`: the saved copy of the file a flag (`importcfg`, `embedcfg`) named.
-    pub fn saved_file(self, dir: &Path, flag: &str) -> PathBuf {
-        dir.join(format!("{}.{flag}", self.name()))
+    /// `<dir>/<stem>.<what>`: the saved copy of the file a flag (`importcfg`, `embedcfg`) named,
+    /// or another file that belongs to this record.
+    pub fn saved_file(&self, dir: &Path, what: &str) -> PathBuf {
+        dir.join(format!("{}.{what}", self.stem()))
+    }
+
+    /// The compile records in `dir`.
+    pub fn compiles_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(COMPILE) && name.ends_with(".json") {
+                found.push(dir.join(&*name));
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 }
 
@@ -91,6 +112,20 @@ pub fn set_flag_value(argv: &mut [String], index: usize, name: &str, value: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_named_by_package() {
+        let dir = Path::new("/r");
+        assert_eq!(Record::Link.file(dir), Path::new("/r/link.json"));
+        assert_eq!(
+            Record::Compile("main".into()).file(dir),
+            Path::new("/r/compile@main.json")
+        );
+        assert_eq!(
+            Record::Compile("example.com/a%b/c".into()).saved_file(dir, "importcfg"),
+            Path::new("/r/compile@example.com%2Fa%25b%2Fc.importcfg")
+        );
+    }
 
     #[test]
     fn flags_are_found_and_set_in_both_spellings() {

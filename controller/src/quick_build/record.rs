@@ -1,6 +1,7 @@
-//! `kdev-controller record-tool DIR TOOL ARGS…`: the `-toolexec` wrapper of full builds. Saves
-//! the main package's `compile` run and the `link` run in DIR (see [`super`]), then replaces
-//! itself with TOOL ARGS, so the go command sees the tool's own exit code and output.
+//! `kdev-controller record-tool DIR ROOT TOOL ARGS…`: the `-toolexec` wrapper of full builds.
+//! Saves in DIR every `compile` of a package whose directory is in the sync root ROOT (the main
+//! package's always) and the `link` (see [`super`]), then replaces itself with TOOL ARGS, so
+//! the go command sees the tool's own exit code and output.
 //!
 //! Recording never fails the build: a record that cannot be written is simply missing, and the
 //! next edit takes the go command again.
@@ -12,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Tool, ToolRun, flag_value, set_flag_value};
+use super::{Record, ToolRun, flag_value, set_flag_value};
 
 /// Flags whose files live in the go command's temporary directory, deleted when it exits.
 const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
@@ -21,17 +22,17 @@ const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
 /// run; the caller reports that.
 pub fn run(args: Vec<OsString>) -> io::Error {
     let mut args = args.into_iter();
-    let (Some(dir), Some(tool)) = (args.next(), args.next()) else {
+    let (Some(dir), Some(root), Some(tool)) = (args.next(), args.next(), args.next()) else {
         return io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: kdev-controller record-tool DIR TOOL [ARGS...]",
+            "usage: kdev-controller record-tool DIR ROOT TOOL [ARGS...]",
         );
     };
     let rest: Vec<OsString> = args.collect();
-    if let Some(argv) = utf8_argv(&tool, &rest)
-        && let Some(which) = recorded_tool(&argv)
+    if let (Some(argv), Ok(cwd)) = (utf8_argv(&tool, &rest), std::env::current_dir())
+        && let Some(record) = recorded(&argv, &cwd, Path::new(&root))
     {
-        let _ = save(Path::new(&dir), which, argv);
+        let _ = save(Path::new(&dir), &record, argv, cwd);
     }
     Command::new(&tool).args(&rest).exec()
 }
@@ -43,25 +44,30 @@ fn utf8_argv(tool: &OsString, rest: &[OsString]) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The runs worth saving: the main package's compile, and the link (not `-V=full` queries).
-fn recorded_tool(argv: &[String]) -> Option<Tool> {
+/// The runs worth saving: compiles of the main package and of packages in `root`, and the link
+/// (not `-V=full` queries).
+fn recorded(argv: &[String], cwd: &Path, root: &Path) -> Option<Record> {
     if argv.iter().any(|a| a.starts_with("-V")) {
         return None;
     }
     let name = Path::new(&argv[0]).file_name()?.to_str()?;
     match name {
-        "compile" if argv.windows(2).any(|w| w[0] == "-p" && w[1] == "main") => Some(Tool::Compile),
-        "link" => Some(Tool::Link),
+        "compile" => {
+            let (_, package) = flag_value(argv, "p")?;
+            (package == "main" || cwd.starts_with(root))
+                .then(|| Record::Compile(package.to_string()))
+        }
+        "link" => Some(Record::Link),
         _ => None,
     }
 }
 
-/// Write `<dir>/<tool>.json`, with the files it names copied next to it.
-fn save(dir: &Path, which: Tool, mut argv: Vec<String>) -> io::Result<()> {
+/// Write `<dir>/<record>.json`, with the files it names copied next to it.
+fn save(dir: &Path, record: &Record, mut argv: Vec<String>, cwd: PathBuf) -> io::Result<()> {
     // The link's last argument is the main package's archive, which a quick rebuild compiles.
-    let main_archive = match which {
-        Tool::Link => argv.last().cloned(),
-        Tool::Compile => None,
+    let main_archive = match record {
+        Record::Link => argv.last().cloned(),
+        Record::Compile(_) => None,
     };
     for flag in SAVED_FLAGS {
         if let Some((i, v)) = flag_value(&argv, flag) {
@@ -73,19 +79,19 @@ fn save(dir: &Path, which: Tool, mut argv: Vec<String>) -> io::Result<()> {
             } else {
                 text
             };
-            let saved = which.saved_file(dir, flag);
+            let saved = record.saved_file(dir, flag);
             std::fs::write(&saved, text)?;
             set_flag_value(&mut argv, i, flag, &saved.to_string_lossy());
         }
     }
     let run = ToolRun {
         argv,
-        cwd: std::env::current_dir()?,
+        cwd,
         env: std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect::<BTreeMap<_, _>>(),
     };
-    let file = which.record_file(dir);
+    let file = record.file(dir);
     let tmp = PathBuf::from(format!("{}.tmp", file.display()));
     std::fs::write(&tmp, serde_json::to_vec(&run)?)?;
     std::fs::rename(&tmp, &file)
@@ -116,7 +122,10 @@ fn keep_archives(
         };
         std::fs::create_dir_all(&archives)?;
         let kept = archives.join(below.to_string_lossy().replace('/', "-"));
-        std::fs::copy(path, &kept)?;
+        // Kept already by another record of this build (the directory is emptied before each).
+        if !kept.exists() {
+            std::fs::copy(path, &kept)?;
+        }
         out.push_str(&format!("packagefile {pkg}={}\n", kept.display()));
     }
     Ok(out)
@@ -131,28 +140,26 @@ mod tests {
     }
 
     #[test]
-    fn only_the_main_compile_and_the_link_are_recorded() {
+    fn compiles_in_the_tree_the_main_one_and_the_link_are_recorded() {
         let tool = "/usr/local/go/pkg/tool/linux_amd64/";
         let compile = format!("{tool}compile");
         let link = format!("{tool}link");
+        let (root, src) = (Path::new("/kdev/src"), Path::new("/kdev/src/pkg"));
+        let std = Path::new("/usr/local/go/src/fmt");
+        let rec = |a: &[&str], cwd: &Path| recorded(&argv(a), cwd, root);
         assert_eq!(
-            recorded_tool(&argv(&[&compile, "-o", "x", "-p", "main", "a.go"])),
-            Some(Tool::Compile)
+            rec(&[&compile, "-o", "x", "-p", "main", "a.go"], std),
+            Some(Record::Compile("main".into()))
         );
         assert_eq!(
-            recorded_tool(&argv(&[&compile, "-p", "github.com/x/y", "a.go"])),
-            None
+            rec(&[&compile, "-p", "example.com/x/pkg", "a.go"], src),
+            Some(Record::Compile("example.com/x/pkg".into()))
         );
-        assert_eq!(recorded_tool(&argv(&[&compile, "-V=full"])), None);
-        assert_eq!(
-            recorded_tool(&argv(&[&link, "-o", "a.out", "x.a"])),
-            Some(Tool::Link)
-        );
-        assert_eq!(recorded_tool(&argv(&[&link, "-V=full"])), None);
-        assert_eq!(
-            recorded_tool(&argv(&[&format!("{tool}asm"), "-p", "main"])),
-            None
-        );
+        assert_eq!(rec(&[&compile, "-p", "fmt", "a.go"], std), None);
+        assert_eq!(rec(&[&compile, "-V=full"], src), None);
+        assert_eq!(rec(&[&link, "-o", "a.out", "x.a"], src), Some(Record::Link));
+        assert_eq!(rec(&[&link, "-V=full"], src), None);
+        assert_eq!(rec(&[&format!("{tool}asm"), "-p", "main"], src), None);
     }
 
     #[test]
@@ -164,26 +171,28 @@ mod tests {
         std::fs::write(work.join("embedcfg"), "{}").unwrap();
         let cfg = work.join("importcfg").display().to_string();
         let emb = format!("-embedcfg={}", work.join("embedcfg").display());
+        let main = Record::Compile("main".into());
+        let cwd = std::env::current_dir().unwrap();
         save(
             tmp.path(),
-            Tool::Compile,
+            &main,
             argv(&["compile", "-importcfg", &cfg, &emb, "-p", "main", "a.go"]),
+            cwd.clone(),
         )
         .unwrap();
         // The go command deletes its temporary directory when it exits.
         std::fs::remove_dir_all(&work).unwrap();
         let run: ToolRun =
-            serde_json::from_slice(&std::fs::read(Tool::Compile.record_file(tmp.path())).unwrap())
-                .unwrap();
-        let saved = Tool::Compile.saved_file(tmp.path(), "importcfg");
+            serde_json::from_slice(&std::fs::read(main.file(tmp.path())).unwrap()).unwrap();
+        let saved = main.saved_file(tmp.path(), "importcfg");
         assert_eq!(run.argv[2], saved.display().to_string());
         assert_eq!(
             std::fs::read_to_string(saved).unwrap(),
             "packagefile fmt=/c/fmt-d\n"
         );
-        let embed = Tool::Compile.saved_file(tmp.path(), "embedcfg");
+        let embed = main.saved_file(tmp.path(), "embedcfg");
         assert_eq!(run.argv[3], format!("-embedcfg={}", embed.display()));
-        assert_eq!(run.cwd, std::env::current_dir().unwrap());
+        assert_eq!(run.cwd, cwd);
         assert!(run.env.contains_key("PATH"));
     }
 
@@ -206,12 +215,13 @@ mod tests {
         let link_cfg = work.join("b001/importcfg.link").display().to_string();
         save(
             &dir,
-            Tool::Link,
+            &Record::Link,
             argv(&["link", "-o", "a.out", "-importcfg", &link_cfg, &main]),
+            PathBuf::from("/"),
         )
         .unwrap();
         std::fs::remove_dir_all(&work).unwrap();
-        let saved = std::fs::read_to_string(Tool::Link.saved_file(&dir, "importcfg")).unwrap();
+        let saved = std::fs::read_to_string(Record::Link.saved_file(&dir, "importcfg")).unwrap();
         let kept = super::super::archives_dir(&dir).join("b002-_pkg_.a");
         assert_eq!(
             saved,

@@ -381,10 +381,10 @@ async fn run_full(
     r
 }
 
-/// Compile, then link. `Err((time spent, the first line of its output))` when a step failed
+/// The compiles, then the link. `Err((time spent, the first line of its output))` when a step failed
 /// (not cancelled): the caller falls back to `go build`.
 async fn run_quick(
-    steps: [BuildSpec; 2],
+    steps: Vec<BuildSpec>,
     group_file: Option<PathBuf>,
     cancel: &mut oneshot::Receiver<()>,
 ) -> Result<BuildResult, (Duration, String)> {

@@ -1,0 +1,362 @@
+//! What the last successful full build recorded ([`crate::quick_build::record`]), read back:
+//! the packages of the tree it compiled (their Go files and headers, their directories' names,
+//! what they import) and the link; and the steps of a quick rebuild of the tree as it is now.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+use super::super::command::BuildSpec;
+use crate::quick_build::go_header::{self, GoHeader};
+use crate::quick_build::{Record, ToolRun, flag_value, set_flag_value};
+
+/// The `-p` of the main package's compile.
+const MAIN: &str = "main";
+
+pub(super) struct Recorded {
+    dir: PathBuf,
+    /// By the `-p` of their compile: `main`, or the import path.
+    packages: BTreeMap<String, Package>,
+    /// Go files (sync-root relative) → the package that compiles them.
+    by_file: BTreeMap<String, String>,
+    link: ToolRun,
+    link_importcfg: String,
+}
+
+/// One compiled package of the tree.
+struct Package {
+    run: ToolRun,
+    /// Where the recorded build wrote its archive (the link names the main package's there).
+    compiled_to: String,
+    /// Where a quick rebuild writes it.
+    archive: PathBuf,
+    importcfg: String,
+    /// The import paths its import configuration names.
+    imports: BTreeSet<String>,
+    files: BTreeMap<String, GoHeader>,
+    dir: PathBuf,
+    listing: Vec<OsString>,
+    /// Why it cannot be compiled without the go command.
+    unusable: Option<String>,
+}
+
+fn read_run(file: &Path) -> Result<ToolRun, String> {
+    let data = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn read_text(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// `path` without `.` components (the go command names files `./main.go`).
+fn tidy(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+fn listing(dir: &Path) -> Result<Vec<OsString>, String> {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e: std::io::Error| format!("cannot list {}: {e}", dir.display()))?;
+    names.sort();
+    Ok(names)
+}
+
+fn header(root: &Path, rel: &str) -> Result<GoHeader, String> {
+    let text = std::fs::read_to_string(root.join(rel)).map_err(|e| format!("{rel}: {e}"))?;
+    go_header::parse(&text).ok_or_else(|| format!("{rel} does not start like a Go file"))
+}
+
+/// The import paths of an import configuration's `packagefile` lines, with their files.
+fn packagefiles(importcfg: &str) -> impl Iterator<Item = (&str, &str)> {
+    importcfg
+        .lines()
+        .filter_map(|l| l.strip_prefix("packagefile ")?.split_once('='))
+}
+
+/// `importcfg` with the `packagefile` lines of the packages in `rebuilt` naming their new
+/// archives.
+fn substitute(importcfg: &str, rebuilt: &BTreeMap<&str, String>) -> String {
+    importcfg
+        .lines()
+        .map(|l| {
+            let new = l
+                .strip_prefix("packagefile ")
+                .and_then(|rest| rest.split_once('='))
+                .and_then(|(p, _)| Some((p, rebuilt.get(p)?)));
+            match new {
+                Some((p, archive)) => format!("packagefile {p}={archive}\n"),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect()
+}
+
+impl Package {
+    fn load(dir: &Path, root: &Path, name: &str, mut run: ToolRun) -> Result<Package, String> {
+        let (i, compiled_to) = flag_value(&run.argv, "o")
+            .map(|(i, v)| (i, v.to_string()))
+            .ok_or_else(|| format!("the recorded compile of {name} has no -o"))?;
+        let archive = Record::Compile(name.to_string()).saved_file(dir, "a");
+        set_flag_value(&mut run.argv, i, "o", &archive.to_string_lossy());
+        let (_, cfg) = flag_value(&run.argv, "importcfg")
+            .ok_or_else(|| format!("the recorded compile of {name} has no -importcfg"))?;
+        let importcfg = read_text(cfg)?;
+        let imports = packagefiles(&importcfg)
+            .map(|(p, _)| p.to_string())
+            .collect();
+
+        let mut unusable = run
+            .argv
+            .iter()
+            .any(|a| a == "-symabis" || a == "-asmhdr")
+            .then(|| format!("{name} has assembly files"));
+        let mut files = BTreeMap::new();
+        for arg in run.argv.iter().rev().take_while(|a| a.ends_with(".go")) {
+            let path = tidy(&run.cwd.join(arg));
+            match path.strip_prefix(root).ok().and_then(Path::to_str) {
+                Some(rel) => {
+                    files.insert(rel.to_string(), header(root, rel)?);
+                }
+                None => unusable = Some(format!("{name} has files outside the tree (cgo?)")),
+            }
+        }
+        if files.is_empty() {
+            unusable = Some(format!("the recorded compile of {name} names no Go file"));
+        }
+        let dir = tidy(&run.cwd);
+        Ok(Package {
+            listing: listing(&dir)?,
+            dir,
+            run,
+            compiled_to,
+            archive,
+            importcfg,
+            imports,
+            files,
+            unusable,
+        })
+    }
+}
+
+impl Recorded {
+    pub(super) fn load(dir: &Path, root: &Path) -> Result<Recorded, String> {
+        let compiles =
+            Record::compiles_in(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let mut packages = BTreeMap::new();
+        for file in compiles {
+            let run = read_run(&file)?;
+            let name = flag_value(&run.argv, "p")
+                .map(|(_, p)| p.to_string())
+                .ok_or_else(|| format!("{}: no -p", file.display()))?;
+            let package = Package::load(dir, root, &name, run)?;
+            packages.insert(name, package);
+        }
+        let main = packages
+            .get(MAIN)
+            .ok_or("the main package came from the build cache")?;
+        let link = read_run(&Record::Link.file(dir))?;
+        let (_, cfg) = flag_value(&link.argv, "importcfg").ok_or("the link has no -importcfg")?;
+        let link_importcfg = read_text(cfg)?;
+        if !link_importcfg.contains(&main.compiled_to) {
+            return Err("the link's import configuration does not name the main package".into());
+        }
+        if flag_value(&link.argv, "o").is_none() {
+            return Err("the recorded link has no -o".into());
+        }
+        let by_file = packages
+            .iter()
+            .flat_map(|(name, p)| p.files.keys().map(move |f| (f.clone(), name.clone())))
+            .collect();
+        Ok(Recorded {
+            dir: dir.to_path_buf(),
+            packages,
+            by_file,
+            link,
+            link_importcfg,
+        })
+    }
+
+    /// The recorded Go files, at most `max` of them named.
+    pub(super) fn describe_files(&self, max: usize) -> String {
+        let mut named: Vec<&str> = self.by_file.keys().take(max).map(String::as_str).collect();
+        let more = self.by_file.len().saturating_sub(max);
+        let more = format!("{more} more files");
+        if self.by_file.len() > max {
+            named.push(&more);
+        }
+        named.join(", ")
+    }
+
+    /// The steps of a quick rebuild after `changed` (build inputs changed since the recorded
+    /// build), linking to `output`; `Err(why not)` when only `go build` will do.
+    pub(super) fn plan(
+        &self,
+        changed: &BTreeSet<String>,
+        root: &Path,
+        output: &Path,
+    ) -> Result<Vec<BuildSpec>, String> {
+        let order = self.rebuild_order(changed, root)?;
+        self.steps(&order, output)
+    }
+
+    /// The packages to compile again, each after those it imports: the edited ones, every
+    /// recorded package that imports one of them, and the main package.
+    fn rebuild_order(&self, changed: &BTreeSet<String>, root: &Path) -> Result<Vec<&str>, String> {
+        let mut rebuild: BTreeSet<&str> = BTreeSet::from([MAIN]);
+        for path in changed {
+            // `go build` never reads tests.
+            if path.ends_with("_test.go") {
+                continue;
+            }
+            let name = self.by_file.get(path).ok_or_else(|| {
+                format!("{path} is not a Go file of a package the last build compiled")
+            })?;
+            if header(root, path)? != self.packages[name].files[path] {
+                return Err(format!("{path}'s imports or build directives changed"));
+            }
+            rebuild.insert(name);
+        }
+        for name in &rebuild {
+            let p = &self.packages[*name];
+            if listing(&p.dir)? != p.listing {
+                return Err(format!(
+                    "files were added to or removed from {}",
+                    if *name == MAIN {
+                        "the main package"
+                    } else {
+                        name
+                    }
+                ));
+            }
+        }
+        // Their importers' compiles read their export data: those are compiled again too.
+        loop {
+            let more: Vec<&str> = self
+                .packages
+                .iter()
+                .filter(|(n, p)| {
+                    !rebuild.contains(n.as_str())
+                        && p.imports.iter().any(|i| rebuild.contains(i.as_str()))
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            rebuild.extend(more);
+        }
+        if let Some(why) = rebuild
+            .iter()
+            .find_map(|n| self.packages[*n].unusable.clone())
+        {
+            return Err(why);
+        }
+        let mut order = Vec::with_capacity(rebuild.len());
+        while !rebuild.is_empty() {
+            let ready: Vec<&str> = rebuild
+                .iter()
+                .copied()
+                .filter(|n| {
+                    self.packages[*n]
+                        .imports
+                        .iter()
+                        .all(|i| i == n || !rebuild.contains(i.as_str()))
+                })
+                .collect();
+            if ready.is_empty() {
+                return Err("the recorded packages import each other in a cycle".into());
+            }
+            for n in ready {
+                rebuild.remove(n);
+                order.push(n);
+            }
+        }
+        Ok(order)
+    }
+
+    fn steps(&self, order: &[&str], output: &Path) -> Result<Vec<BuildSpec>, String> {
+        let rebuilt: BTreeMap<&str, String> = order
+            .iter()
+            .filter(|n| **n != MAIN)
+            .map(|n| (*n, self.packages[*n].archive.to_string_lossy().into_owned()))
+            .collect();
+        let write = |file: PathBuf, text: String| {
+            std::fs::write(&file, text)
+                .map(|()| file.to_string_lossy().into_owned())
+                .map_err(|e| format!("{}: {e}", file.display()))
+        };
+        let mut steps = Vec::with_capacity(order.len() + 1);
+        for name in order {
+            let p = &self.packages[*name];
+            let record = Record::Compile(name.to_string());
+            let cfg = write(
+                record.saved_file(&self.dir, "quick-importcfg"),
+                substitute(&p.importcfg, &rebuilt),
+            )?;
+            let mut argv = p.run.argv.clone();
+            if let Some((i, _)) = flag_value(&argv, "importcfg") {
+                set_flag_value(&mut argv, i, "importcfg", &cfg);
+            }
+            steps.push(BuildSpec {
+                argv,
+                cwd: p.run.cwd.clone(),
+                env: p.run.env.clone(),
+                output: p.archive.clone(),
+                group_file: None,
+            });
+        }
+        // The link reads the main package's archive from where the quick compile wrote it.
+        let main = &self.packages[MAIN];
+        let main_archive = main.archive.to_string_lossy().into_owned();
+        let cfg = write(
+            Record::Link.saved_file(&self.dir, "quick-importcfg"),
+            substitute(&self.link_importcfg, &rebuilt).replace(&main.compiled_to, &main_archive),
+        )?;
+        let mut argv = self.link.argv.clone();
+        for a in argv.iter_mut() {
+            if *a == main.compiled_to {
+                a.clone_from(&main_archive);
+            }
+        }
+        for (flag, value) in [
+            ("importcfg", cfg),
+            ("o", output.to_string_lossy().into_owned()),
+        ] {
+            if let Some((i, _)) = flag_value(&argv, flag) {
+                set_flag_value(&mut argv, i, flag, &value);
+            }
+        }
+        steps.push(BuildSpec {
+            argv,
+            cwd: self.link.cwd.clone(),
+            env: self.link.env.clone(),
+            output: output.to_path_buf(),
+            group_file: None,
+        });
+        Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_configurations_name_the_rebuilt_archives() {
+        let cfg = "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/archives/b002\n\
+                   importmap x=vendor/x\nmodinfo \"z\"\n";
+        let rebuilt = BTreeMap::from([("m/pkg", "/r/compile@m%2Fpkg.a".to_string())]);
+        assert_eq!(
+            substitute(cfg, &rebuilt),
+            "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/compile@m%2Fpkg.a\n\
+             importmap x=vendor/x\nmodinfo \"z\"\n"
+        );
+        assert_eq!(
+            packagefiles(cfg).collect::<Vec<_>>(),
+            [("fmt", "/c/fmt-d"), ("m/pkg", "/r/archives/b002")]
+        );
+    }
+}
