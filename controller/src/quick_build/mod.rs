@@ -32,6 +32,11 @@ pub struct ToolRun {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// A compile's: the BLAKE3 of the archive it wrote, once known (the serve side adds it after
+    /// the build; a later build that takes the package from its cache must link these bytes for
+    /// the record to still describe it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// Which run a record is of: the compile of a package (named by its `-p`: `main`, or an import
@@ -41,6 +46,9 @@ pub enum Record {
     Compile(String),
     Link,
 }
+
+/// What the link record keeps of the main package's archive: `<dir>/link.main-archive`.
+pub const MAIN_ARCHIVE: &str = "main-archive";
 
 /// The file name prefix of compile records.
 const COMPILE: &str = "compile@";

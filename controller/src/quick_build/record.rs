@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Record, ToolRun, flag_value, set_flag_value};
+use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
 
 /// Flags whose files live in the go command's temporary directory, deleted when it exits.
 const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
@@ -84,7 +84,12 @@ fn save(dir: &Path, record: &Record, mut argv: Vec<String>, cwd: PathBuf) -> io:
             set_flag_value(&mut argv, i, flag, &saved.to_string_lossy());
         }
     }
+    if let Some(main) = &main_archive {
+        // Deleted with the go command's temporary directory; the serve side hashes it.
+        std::fs::copy(main, record.saved_file(dir, MAIN_ARCHIVE))?;
+    }
     let run = ToolRun {
+        output: None,
         argv,
         cwd,
         env: std::env::vars_os()

@@ -109,12 +109,11 @@ impl QuickBuilds {
     }
 }
 
-/// Remove the records of an earlier build from `dir` (before a build that records).
+/// Remove what an earlier build recorded that the next one replaces (before a build that
+/// records). Compile records stay: a package the build takes from its cache keeps its record,
+/// which [`Recorded::load`] checks against the archive the new link reads.
 pub(super) fn clear_records(dir: &Path) {
     let _ = std::fs::remove_file(Record::Link.file(dir));
-    for file in Record::compiles_in(dir).unwrap_or_default() {
-        let _ = std::fs::remove_file(file);
-    }
     let _ = std::fs::remove_dir_all(archives_dir(dir));
 }
 

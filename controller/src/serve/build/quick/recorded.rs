@@ -8,7 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use super::super::command::BuildSpec;
 use crate::quick_build::go_header::{self, GoHeader};
-use crate::quick_build::{Record, ToolRun, flag_value, set_flag_value};
+use kdev_protocol::hash_file;
+
+use crate::quick_build::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
 
 /// The `-p` of the main package's compile.
 const MAIN: &str = "main";
@@ -26,8 +28,8 @@ pub(super) struct Recorded {
 /// One compiled package of the tree.
 struct Package {
     run: ToolRun,
-    /// Where the recorded build wrote its archive (the link names the main package's there).
-    compiled_to: String,
+    /// Where the new link reads its archive (the quick link names the main package's own).
+    linked_from: String,
     /// Where a quick rebuild writes it.
     archive: PathBuf,
     importcfg: String,
@@ -95,18 +97,43 @@ fn substitute(importcfg: &str, rebuilt: &BTreeMap<&str, String>) -> String {
 }
 
 impl Package {
-    fn load(dir: &Path, root: &Path, name: &str, mut run: ToolRun) -> Result<Package, String> {
-        let (i, compiled_to) = flag_value(&run.argv, "o")
-            .map(|(i, v)| (i, v.to_string()))
+    /// `linked_from`: where the new link reads this package's archive; `link_paths`: the link's
+    /// archives by import path, which this package's imports are pointed at (the archives its
+    /// recorded build named may be gone).
+    fn load(
+        dir: &Path,
+        root: &Path,
+        name: &str,
+        mut run: ToolRun,
+        linked_from: String,
+        link_paths: &BTreeMap<String, String>,
+    ) -> Result<Package, String> {
+        let (i, _) = flag_value(&run.argv, "o")
             .ok_or_else(|| format!("the recorded compile of {name} has no -o"))?;
         let archive = Record::Compile(name.to_string()).saved_file(dir, "a");
         set_flag_value(&mut run.argv, i, "o", &archive.to_string_lossy());
         let (_, cfg) = flag_value(&run.argv, "importcfg")
             .ok_or_else(|| format!("the recorded compile of {name} has no -importcfg"))?;
-        let importcfg = read_text(cfg)?;
-        let imports = packagefiles(&importcfg)
-            .map(|(p, _)| p.to_string())
-            .collect();
+        let mut importcfg = String::new();
+        let mut imports = BTreeSet::new();
+        for line in read_text(cfg)?.lines() {
+            match line
+                .strip_prefix("packagefile ")
+                .and_then(|r| r.split_once('='))
+            {
+                Some((p, _)) => {
+                    let path = link_paths
+                        .get(p)
+                        .ok_or_else(|| format!("{name} imports {p}, which the link does not"))?;
+                    importcfg.push_str(&format!("packagefile {p}={path}\n"));
+                    imports.insert(p.to_string());
+                }
+                None => {
+                    importcfg.push_str(line);
+                    importcfg.push('\n');
+                }
+            }
+        }
 
         let mut unusable = run
             .argv
@@ -131,7 +158,7 @@ impl Package {
             listing: listing(&dir)?,
             dir,
             run,
-            compiled_to,
+            linked_from,
             archive,
             importcfg,
             imports,
@@ -141,30 +168,85 @@ impl Package {
     }
 }
 
+/// The BLAKE3 of a file, as a record keeps it.
+fn hash(path: &Path) -> Result<String, String> {
+    hash_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 impl Recorded {
+    /// The records after a successful full build: its link, the compiles it ran, and the compiles
+    /// of earlier builds whose archives it linked unchanged (taken from its cache); other compile
+    /// records are removed.
     pub(super) fn load(dir: &Path, root: &Path) -> Result<Recorded, String> {
-        let compiles =
-            Record::compiles_in(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        let mut packages = BTreeMap::new();
-        for file in compiles {
-            let run = read_run(&file)?;
-            let name = flag_value(&run.argv, "p")
-                .map(|(_, p)| p.to_string())
-                .ok_or_else(|| format!("{}: no -p", file.display()))?;
-            let package = Package::load(dir, root, &name, run)?;
-            packages.insert(name, package);
-        }
-        let main = packages
-            .get(MAIN)
-            .ok_or("the main package came from the build cache")?;
         let link = read_run(&Record::Link.file(dir))?;
         let (_, cfg) = flag_value(&link.argv, "importcfg").ok_or("the link has no -importcfg")?;
         let link_importcfg = read_text(cfg)?;
-        if !link_importcfg.contains(&main.compiled_to) {
+        let (_, out) = flag_value(&link.argv, "o").ok_or("the recorded link has no -o")?;
+        // `$WORK/b001/exe/a.out`: this build's temporary directory.
+        let work = Path::new(out).ancestors().nth(3).map(Path::to_path_buf);
+        let main_linked = link.argv.last().cloned().unwrap_or_default();
+        if !link_importcfg.contains(&main_linked) {
             return Err("the link's import configuration does not name the main package".into());
         }
-        if flag_value(&link.argv, "o").is_none() {
-            return Err("the recorded link has no -o".into());
+        let link_paths: BTreeMap<String, String> = packagefiles(&link_importcfg)
+            .map(|(p, f)| (p.to_string(), f.to_string()))
+            .collect();
+
+        let compiles =
+            Record::compiles_in(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let mut packages = BTreeMap::new();
+        let mut main_error = None;
+        for file in compiles {
+            let mut run = read_run(&file)?;
+            let name = flag_value(&run.argv, "p")
+                .map(|(_, p)| p.to_string())
+                .ok_or_else(|| format!("{}: no -p", file.display()))?;
+            let linked_from = match name.as_str() {
+                MAIN => Some(main_linked.clone()),
+                _ => link_paths.get(&name).cloned(),
+            };
+            let compiled_here = flag_value(&run.argv, "o")
+                .is_some_and(|(_, o)| Path::new(o).ancestors().nth(2) == work.as_deref());
+            let current = match (linked_from, compiled_here) {
+                (None, _) => None,
+                // Compiled by this build: what it wrote is what the link reads.
+                (Some(from), true) => {
+                    let built = match name.as_str() {
+                        MAIN => Record::Link.saved_file(dir, MAIN_ARCHIVE),
+                        _ => PathBuf::from(&from),
+                    };
+                    run.output = Some(hash(&built)?);
+                    let _ = std::fs::write(&file, serde_json::to_vec(&run).unwrap_or_default());
+                    Some(from)
+                }
+                // Taken from the cache: still this record's, if the bytes are the ones it wrote.
+                (Some(from), false) => {
+                    let same = run.output.is_some() && hash(Path::new(&from)).ok() == run.output;
+                    same.then_some(from)
+                }
+            };
+            let loaded = current
+                .ok_or_else(|| {
+                    "came from the build cache, built by no recorded compile".to_string()
+                })
+                .and_then(|from| Package::load(dir, root, &name, run, from, &link_paths));
+            match loaded {
+                Ok(package) => {
+                    packages.insert(name, package);
+                }
+                Err(why) => {
+                    let _ = std::fs::remove_file(&file);
+                    if name == MAIN {
+                        main_error = Some(why);
+                    }
+                }
+            }
+        }
+        if !packages.contains_key(MAIN) {
+            return Err(format!(
+                "the main package {}",
+                main_error.unwrap_or_else(|| "came from the build cache".into())
+            ));
         }
         let by_file = packages
             .iter()
@@ -313,11 +395,11 @@ impl Recorded {
         let main_archive = main.archive.to_string_lossy().into_owned();
         let cfg = write(
             Record::Link.saved_file(&self.dir, "quick-importcfg"),
-            substitute(&self.link_importcfg, &rebuilt).replace(&main.compiled_to, &main_archive),
+            substitute(&self.link_importcfg, &rebuilt).replace(&main.linked_from, &main_archive),
         )?;
         let mut argv = self.link.argv.clone();
         for a in argv.iter_mut() {
-            if *a == main.compiled_to {
+            if *a == main.linked_from {
                 a.clone_from(&main_archive);
             }
         }
