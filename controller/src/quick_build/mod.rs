@@ -6,8 +6,8 @@
 //!
 //! * [`record`]: a full build runs `go build -toolexec '<controller> record-tool <dir> <root>'`;
 //!   the wrapper saves how each `compile` of a package in the sync root and the `link` were run
-//!   (argument vector, working directory, environment, copies of the import and embed
-//!   configuration files they name and of the archives the build made in its temporary
+//!   (argument vector, working directory, environment, the import and embed configuration files
+//!   they name, and for the link copies of the archives the build made in its temporary
 //!   directory) and then runs the tool itself. With the tool's own `-V=full` answer passed
 //!   through, the go command's cache keys do not change, so a warm cache stays warm.
 //! * [`go_header`]: what in a Go file can change how `go build` treats it (build and debug
@@ -32,6 +32,10 @@ pub struct ToolRun {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// The contents of the configuration files it was given (`importcfg`, `embedcfg`, by flag):
+    /// the go command deletes them, and kept in the record they cannot be paired with another.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
     /// A compile's: the BLAKE3 of the archive it wrote, once known (the serve side adds it after
     /// the build; a later build that takes the package from its cache must link these bytes for
     /// the record to still describe it).
@@ -67,8 +71,8 @@ impl Record {
         dir.join(format!("{}.json", self.stem()))
     }
 
-    /// `<dir>/<stem>.<what>`: the saved copy of the file a flag (`importcfg`, `embedcfg`) named,
-    /// or another file that belongs to this record.
+    /// `<dir>/<stem>.<what>`: a file that belongs to this record (what a quick rebuild writes and
+    /// reads).
     pub fn saved_file(&self, dir: &Path, what: &str) -> PathBuf {
         dir.join(format!("{}.{what}", self.stem()))
     }

@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
+use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value};
 
 /// Flags whose files live in the go command's temporary directory, deleted when it exits.
 const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
@@ -44,8 +44,9 @@ fn utf8_argv(tool: &OsString, rest: &[OsString]) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The runs worth saving: compiles of the main package and of packages in `root`, and the link
-/// (not `-V=full` queries).
+/// The runs worth saving: compiles of the main package and of packages with files in `root`
+/// (the go command runs every compile in the module's root, so the files say where a package
+/// is), and the link (not `-V=full` queries).
 fn recorded(argv: &[String], cwd: &Path, root: &Path) -> Option<Record> {
     if argv.iter().any(|a| a.starts_with("-V")) {
         return None;
@@ -54,52 +55,57 @@ fn recorded(argv: &[String], cwd: &Path, root: &Path) -> Option<Record> {
     match name {
         "compile" => {
             let (_, package) = flag_value(argv, "p")?;
-            (package == "main" || cwd.starts_with(root))
-                .then(|| Record::Compile(package.to_string()))
+            let in_root = argv
+                .iter()
+                .filter(|a| a.ends_with(".go"))
+                .any(|f| cwd.join(f).starts_with(root));
+            (package == "main" || in_root).then(|| Record::Compile(package.to_string()))
         }
         "link" => Some(Record::Link),
         _ => None,
     }
 }
 
-/// Write `<dir>/<record>.json`, with the files it names copied next to it.
-fn save(dir: &Path, record: &Record, mut argv: Vec<String>, cwd: PathBuf) -> io::Result<()> {
-    // The link's last argument is the main package's archive, which a quick rebuild compiles.
-    let main_archive = match record {
-        Record::Link => argv.last().cloned(),
-        Record::Compile(_) => None,
-    };
+/// Write `<dir>/<record>.json` (atomically: the record holds its configuration files).
+fn save(dir: &Path, record: &Record, argv: Vec<String>, cwd: PathBuf) -> io::Result<()> {
+    let mut files = BTreeMap::new();
     for flag in SAVED_FLAGS {
-        if let Some((i, v)) = flag_value(&argv, flag) {
-            let text = std::fs::read_to_string(v)?;
-            let text = if flag == "importcfg" {
-                // `$WORK/b001/importcfg`: archives below `$WORK` are this build's.
-                let work = Path::new(v).parent().and_then(Path::parent);
-                keep_archives(&text, work, dir, main_archive.as_deref())?
-            } else {
-                text
-            };
-            let saved = record.saved_file(dir, flag);
-            std::fs::write(&saved, text)?;
-            set_flag_value(&mut argv, i, flag, &saved.to_string_lossy());
+        if let Some((_, v)) = flag_value(&argv, flag) {
+            files.insert(flag.to_string(), std::fs::read_to_string(v)?);
         }
     }
-    if let Some(main) = &main_archive {
-        // Deleted with the go command's temporary directory; the serve side hashes it.
-        std::fs::copy(main, record.saved_file(dir, MAIN_ARCHIVE))?;
+    if *record == Record::Link {
+        // The link's last argument is the main package's archive, which a quick rebuild
+        // compiles; the others made in this run are deleted with `$WORK` (`$WORK/b001/
+        // importcfg.link` names it): keep copies. The serve side hashes the main one.
+        let main = argv.last().map(String::as_str);
+        if let Some(text) = files.get_mut("importcfg")
+            && let Some((_, v)) = flag_value(&argv, "importcfg")
+        {
+            let work = Path::new(v).parent().and_then(Path::parent);
+            *text = keep_archives(text, work, dir, main)?;
+        }
+        if let Some(main) = main {
+            std::fs::copy(main, record.saved_file(dir, MAIN_ARCHIVE))?;
+        }
     }
     let run = ToolRun {
         output: None,
+        files,
         argv,
         cwd,
         env: std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect::<BTreeMap<_, _>>(),
     };
-    let file = record.file(dir);
-    let tmp = PathBuf::from(format!("{}.tmp", file.display()));
-    std::fs::write(&tmp, serde_json::to_vec(&run)?)?;
-    std::fs::rename(&tmp, &file)
+    write_record(&record.file(dir), &run)
+}
+
+/// Replace `file` with `run`, atomically.
+pub fn write_record(file: &Path, run: &ToolRun) -> io::Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp.{}", file.display(), std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(run)?)?;
+    std::fs::rename(&tmp, file)
 }
 
 /// `importcfg` with every archive the go command built in this run (below `work`, deleted when
@@ -149,26 +155,36 @@ mod tests {
         let tool = "/usr/local/go/pkg/tool/linux_amd64/";
         let compile = format!("{tool}compile");
         let link = format!("{tool}link");
-        let (root, src) = (Path::new("/kdev/src"), Path::new("/kdev/src/pkg"));
-        let std = Path::new("/usr/local/go/src/fmt");
-        let rec = |a: &[&str], cwd: &Path| recorded(&argv(a), cwd, root);
+        let root = Path::new("/kdev/src");
+        let rec = |a: &[&str]| recorded(&argv(a), root, root);
         assert_eq!(
-            rec(&[&compile, "-o", "x", "-p", "main", "a.go"], std),
+            rec(&[&compile, "-o", "x", "-p", "main", "/elsewhere/a.go"]),
             Some(Record::Compile("main".into()))
         );
         assert_eq!(
-            rec(&[&compile, "-p", "example.com/x/pkg", "a.go"], src),
+            rec(&[
+                &compile,
+                "-p",
+                "example.com/x/pkg",
+                "./pkg/a.go",
+                "./pkg/b.go"
+            ]),
             Some(Record::Compile("example.com/x/pkg".into()))
         );
-        assert_eq!(rec(&[&compile, "-p", "fmt", "a.go"], std), None);
-        assert_eq!(rec(&[&compile, "-V=full"], src), None);
-        assert_eq!(rec(&[&link, "-o", "a.out", "x.a"], src), Some(Record::Link));
-        assert_eq!(rec(&[&link, "-V=full"], src), None);
-        assert_eq!(rec(&[&format!("{tool}asm"), "-p", "main"], src), None);
+        // The go command compiles the standard library and the module cache from the same
+        // directory, naming their files by absolute path.
+        assert_eq!(
+            rec(&[&compile, "-p", "fmt", "/usr/local/go/src/fmt/print.go"]),
+            None
+        );
+        assert_eq!(rec(&[&compile, "-V=full"]), None);
+        assert_eq!(rec(&[&link, "-o", "a.out", "x.a"]), Some(Record::Link));
+        assert_eq!(rec(&[&link, "-V=full"]), None);
+        assert_eq!(rec(&[&format!("{tool}asm"), "-p", "main"]), None);
     }
 
     #[test]
-    fn a_record_keeps_copies_of_the_configuration_files() {
+    fn a_record_holds_its_configuration_files() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir(&work).unwrap();
@@ -189,14 +205,9 @@ mod tests {
         std::fs::remove_dir_all(&work).unwrap();
         let run: ToolRun =
             serde_json::from_slice(&std::fs::read(main.file(tmp.path())).unwrap()).unwrap();
-        let saved = main.saved_file(tmp.path(), "importcfg");
-        assert_eq!(run.argv[2], saved.display().to_string());
-        assert_eq!(
-            std::fs::read_to_string(saved).unwrap(),
-            "packagefile fmt=/c/fmt-d\n"
-        );
-        let embed = main.saved_file(tmp.path(), "embedcfg");
-        assert_eq!(run.argv[3], format!("-embedcfg={}", embed.display()));
+        assert_eq!(run.files["importcfg"], "packagefile fmt=/c/fmt-d\n");
+        assert_eq!(run.files["embedcfg"], "{}");
+        assert_eq!(run.argv[2], cfg);
         assert_eq!(run.cwd, cwd);
         assert!(run.env.contains_key("PATH"));
     }
@@ -226,10 +237,12 @@ mod tests {
         )
         .unwrap();
         std::fs::remove_dir_all(&work).unwrap();
-        let saved = std::fs::read_to_string(Record::Link.saved_file(&dir, "importcfg")).unwrap();
+        let run: ToolRun =
+            serde_json::from_slice(&std::fs::read(Record::Link.file(&dir)).unwrap()).unwrap();
+        let saved = &run.files["importcfg"];
         let kept = super::super::archives_dir(&dir).join("b002-_pkg_.a");
         assert_eq!(
-            saved,
+            *saved,
             format!(
                 "# import config\npackagefile fmt=/cache/ab/cd-d\npackagefile m/pkg={}\n\
                  packagefile m={main}\nmodinfo \"x\"\n",

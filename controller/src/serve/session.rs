@@ -250,6 +250,7 @@ impl Session {
         {
             Ok(o) => o,
             Err(e) => {
+                self.builds.patch_failed();
                 self.out
                     .send(error(
                         ErrorCode::PatchFailed,
@@ -272,12 +273,9 @@ impl Session {
         } else if changes && !was_dirty {
             self.builds.restore_clean();
         }
-        self.builds.add_patch(
-            id,
-            outcome
-                .touched()
-                .filter(|p| patch::is_build_input(p, inputs)),
-        );
+        // Every path, not only build inputs: a quick rebuild must know of a changed go.mod
+        // even if the client's patterns say it builds nothing by itself.
+        self.builds.add_patch(id, outcome.touched());
         let do_build = match build {
             BuildMode::Never => false,
             BuildMode::Always => true,

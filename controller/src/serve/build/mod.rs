@@ -118,7 +118,12 @@ impl Builds {
         self.next_id
     }
 
-    /// A patch was applied: the next build includes it and the build inputs it `changed`.
+    /// A patch failed part-way: what it changed is not known path by path.
+    pub(super) fn patch_failed(&mut self) {
+        self.quick.forget();
+    }
+
+    /// A patch was applied: the next build includes it and the paths it `changed`.
     pub(super) fn add_patch<'a>(&mut self, id: u64, changed: impl Iterator<Item = &'a str>) {
         self.pending_patches.push(id);
         for path in changed {
@@ -326,7 +331,8 @@ impl Builds {
         }
         if !res.quick {
             self.quick
-                .full_build_finished(res.recorded, installed || unchanged);
+                .full_build_finished(res.recorded, installed || unchanged)
+                .await;
         }
         self.out
             .event(Event::BuildFinished {

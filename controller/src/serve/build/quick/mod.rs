@@ -81,17 +81,25 @@ impl QuickBuilds {
         self.recorded = None;
     }
 
-    /// A full build that recorded finished: keep its record if it succeeded (its tree is the
-    /// tree as it is now), else none.
-    pub(super) fn full_build_finished(&mut self, recorded: bool, built: bool) {
+    /// A build that was not quick finished; `built`: the tree as it is now is what it built.
+    /// After one with the recorder, its records are read back (if it succeeded) or dropped.
+    pub(super) async fn full_build_finished(&mut self, recorded: bool, built: bool) {
         if built {
             self.changed.clear();
         }
-        if !(recorded && built) {
-            self.recorded = None;
+        if !recorded {
             return;
         }
-        match Recorded::load(&self.dir, &self.root) {
+        self.recorded = None;
+        if !built {
+            return;
+        }
+        let (dir, root) = (self.dir.clone(), self.root.clone());
+        // Reads and hashes files: not on the session's task.
+        let loaded = tokio::task::spawn_blocking(move || Recorded::load(&dir, &root))
+            .await
+            .unwrap_or_else(|e| Err(format!("reading the records failed: {e}")));
+        match loaded {
             Ok(r) => {
                 super::log(format!(
                     "quick rebuilds ready: edits of {} skip the go command",
@@ -99,13 +107,16 @@ impl QuickBuilds {
                 ));
                 self.recorded = Some(r);
             }
-            Err(why) => {
-                super::log(format!(
-                    "quick rebuilds wait for the next full build: {why}"
-                ));
-                self.recorded = None;
-            }
+            Err(why) => super::log(format!(
+                "quick rebuilds wait for the next full build: {why}"
+            )),
         }
+    }
+
+    /// The tree changed in a way not known path by path (a patch that failed part-way): no
+    /// record can be trusted until the next full build.
+    pub(super) fn forget(&mut self) {
+        self.recorded = None;
     }
 }
 

@@ -10,6 +10,7 @@ use super::super::command::BuildSpec;
 use crate::quick_build::go_header::{self, GoHeader};
 use kdev_protocol::hash_file;
 
+use crate::quick_build::record::write_record;
 use crate::quick_build::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
 
 /// The `-p` of the main package's compile.
@@ -33,6 +34,7 @@ struct Package {
     /// Where a quick rebuild writes it.
     archive: PathBuf,
     importcfg: String,
+    embedcfg: Option<String>,
     /// The import paths its import configuration names.
     imports: BTreeSet<String>,
     files: BTreeMap<String, GoHeader>,
@@ -45,10 +47,6 @@ struct Package {
 fn read_run(file: &Path) -> Result<ToolRun, String> {
     let data = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))
-}
-
-fn read_text(path: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 /// `path` without `.` components (the go command names files `./main.go`).
@@ -112,11 +110,13 @@ impl Package {
             .ok_or_else(|| format!("the recorded compile of {name} has no -o"))?;
         let archive = Record::Compile(name.to_string()).saved_file(dir, "a");
         set_flag_value(&mut run.argv, i, "o", &archive.to_string_lossy());
-        let (_, cfg) = flag_value(&run.argv, "importcfg")
-            .ok_or_else(|| format!("the recorded compile of {name} has no -importcfg"))?;
+        let recorded_cfg = run
+            .files
+            .get("importcfg")
+            .ok_or_else(|| format!("the recorded compile of {name} has no import configuration"))?;
         let mut importcfg = String::new();
         let mut imports = BTreeSet::new();
-        for line in read_text(cfg)?.lines() {
+        for line in recorded_cfg.lines() {
             match line
                 .strip_prefix("packagefile ")
                 .and_then(|r| r.split_once('='))
@@ -134,26 +134,34 @@ impl Package {
                 }
             }
         }
+        let embedcfg = run.files.get("embedcfg").cloned();
 
-        let mut unusable = run
-            .argv
-            .iter()
-            .any(|a| a == "-symabis" || a == "-asmhdr")
-            .then(|| format!("{name} has assembly files"));
+        // The go command leaves out `-complete` when a package has files other than Go source
+        // (assembly, .syso objects it packs into the archive itself, cgo): only it can build
+        // those.
+        let mut unusable = (!run.argv.iter().any(|a| a == "-complete"))
+            .then(|| format!("{name} has files that are not Go source (assembly, .syso, cgo)"));
         let mut files = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
         for arg in run.argv.iter().rev().take_while(|a| a.ends_with(".go")) {
             let path = tidy(&run.cwd.join(arg));
             match path.strip_prefix(root).ok().and_then(Path::to_str) {
                 Some(rel) => {
                     files.insert(rel.to_string(), header(root, rel)?);
                 }
-                None => unusable = Some(format!("{name} has files outside the tree (cgo?)")),
+                None => unusable = Some(format!("{name} has files outside the tree")),
             }
+            dirs.extend(path.parent().map(Path::to_path_buf));
         }
-        if files.is_empty() {
-            unusable = Some(format!("the recorded compile of {name} names no Go file"));
-        }
-        let dir = tidy(&run.cwd);
+        let dir = match (dirs.len(), dirs.into_iter().next()) {
+            (1, Some(dir)) => dir,
+            _ => {
+                unusable = Some(format!(
+                    "the recorded compile of {name} names no Go file or several directories"
+                ));
+                root.to_path_buf()
+            }
+        };
         Ok(Package {
             listing: listing(&dir)?,
             dir,
@@ -161,6 +169,7 @@ impl Package {
             linked_from,
             archive,
             importcfg,
+            embedcfg,
             imports,
             files,
             unusable,
@@ -179,8 +188,11 @@ impl Recorded {
     /// records are removed.
     pub(super) fn load(dir: &Path, root: &Path) -> Result<Recorded, String> {
         let link = read_run(&Record::Link.file(dir))?;
-        let (_, cfg) = flag_value(&link.argv, "importcfg").ok_or("the link has no -importcfg")?;
-        let link_importcfg = read_text(cfg)?;
+        let link_importcfg = link
+            .files
+            .get("importcfg")
+            .cloned()
+            .ok_or("the link has no import configuration")?;
         let (_, out) = flag_value(&link.argv, "o").ok_or("the recorded link has no -o")?;
         // `$WORK/b001/exe/a.out`: this build's temporary directory.
         let work = Path::new(out).ancestors().nth(3).map(Path::to_path_buf);
@@ -197,46 +209,15 @@ impl Recorded {
         let mut packages = BTreeMap::new();
         let mut main_error = None;
         for file in compiles {
-            let mut run = read_run(&file)?;
-            let name = flag_value(&run.argv, "p")
-                .map(|(_, p)| p.to_string())
-                .ok_or_else(|| format!("{}: no -p", file.display()))?;
-            let linked_from = match name.as_str() {
-                MAIN => Some(main_linked.clone()),
-                _ => link_paths.get(&name).cloned(),
-            };
-            let compiled_here = flag_value(&run.argv, "o")
-                .is_some_and(|(_, o)| Path::new(o).ancestors().nth(2) == work.as_deref());
-            let current = match (linked_from, compiled_here) {
-                (None, _) => None,
-                // Compiled by this build: what it wrote is what the link reads.
-                (Some(from), true) => {
-                    let built = match name.as_str() {
-                        MAIN => Record::Link.saved_file(dir, MAIN_ARCHIVE),
-                        _ => PathBuf::from(&from),
-                    };
-                    run.output = Some(hash(&built)?);
-                    let _ = std::fs::write(&file, serde_json::to_vec(&run).unwrap_or_default());
-                    Some(from)
-                }
-                // Taken from the cache: still this record's, if the bytes are the ones it wrote.
-                (Some(from), false) => {
-                    let same = run.output.is_some() && hash(Path::new(&from)).ok() == run.output;
-                    same.then_some(from)
-                }
-            };
-            let loaded = current
-                .ok_or_else(|| {
-                    "came from the build cache, built by no recorded compile".to_string()
-                })
-                .and_then(|from| Package::load(dir, root, &name, run, from, &link_paths));
-            match loaded {
-                Ok(package) => {
+            match Self::load_compile(dir, root, &file, &work, &main_linked, &link_paths) {
+                Ok((name, package)) => {
                     packages.insert(name, package);
                 }
-                Err(why) => {
+                // A record that does not describe this build (or cannot be read) is removed:
+                // its package's next edit runs go build, which records it again.
+                Err((name, why)) => {
                     let _ = std::fs::remove_file(&file);
-                    if name == MAIN {
+                    if name.as_deref() == Some(MAIN) {
                         main_error = Some(why);
                     }
                 }
@@ -259,6 +240,47 @@ impl Recorded {
             link,
             link_importcfg,
         })
+    }
+
+    /// One compile record, if it describes the package the new link reads: `(package, why
+    /// not)` otherwise.
+    fn load_compile(
+        dir: &Path,
+        root: &Path,
+        file: &Path,
+        work: &Option<PathBuf>,
+        main_linked: &str,
+        link_paths: &BTreeMap<String, String>,
+    ) -> Result<(String, Package), (Option<String>, String)> {
+        let mut run = read_run(file).map_err(|e| (None, e))?;
+        let name = flag_value(&run.argv, "p")
+            .map(|(_, p)| p.to_string())
+            .ok_or_else(|| (None, format!("{}: no -p", file.display())))?;
+        let fail = |why: String| (Some(name.clone()), why);
+        let linked_from = match name.as_str() {
+            MAIN => Some(main_linked.to_string()),
+            _ => link_paths.get(&name).cloned(),
+        }
+        .ok_or_else(|| fail("is not in the new link".into()))?;
+        let compiled_here = flag_value(&run.argv, "o")
+            .is_some_and(|(_, o)| Path::new(o).ancestors().nth(2) == work.as_deref());
+        if compiled_here {
+            // What this build wrote is what its link reads.
+            let built = match name.as_str() {
+                MAIN => Record::Link.saved_file(dir, MAIN_ARCHIVE),
+                _ => PathBuf::from(&linked_from),
+            };
+            run.output = Some(hash(&built).map_err(fail)?);
+            write_record(file, &run).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+        } else if run.output.is_none() || hash(Path::new(&linked_from)).ok() != run.output {
+            // Taken from the cache, but not the bytes this record's compile wrote.
+            return Err(fail(
+                "came from the build cache, built by no recorded compile".into(),
+            ));
+        }
+        let package =
+            Package::load(dir, root, &name, run, linked_from, link_paths).map_err(fail)?;
+        Ok((name, package))
     }
 
     /// The recorded Go files, at most `max` of them named.
@@ -381,6 +403,10 @@ impl Recorded {
             let mut argv = p.run.argv.clone();
             if let Some((i, _)) = flag_value(&argv, "importcfg") {
                 set_flag_value(&mut argv, i, "importcfg", &cfg);
+            }
+            if let (Some(text), Some((i, _))) = (&p.embedcfg, flag_value(&argv, "embedcfg")) {
+                let file = write(record.saved_file(&self.dir, "quick-embedcfg"), text.clone())?;
+                set_flag_value(&mut argv, i, "embedcfg", &file);
             }
             steps.push(BuildSpec {
                 argv,
