@@ -166,7 +166,6 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
         &[],
     );
     assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
-    assert!(!b.quick(), "the first build is go build: {}", b.log);
     assert_eq!(s.run_app(), "v1 p1+util");
     assert!(
         s.s.stderr().contains(
@@ -278,8 +277,7 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     assert!(!b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "V9 p8");
 
-    // A file that is not Go source in the package's directory (a .syso would be linked in):
-    // go build; the records it keeps still hold.
+    // A file that is not Go source: go build; the records it keeps still hold.
     s.patch(&[("main.go", &upper.replace("v4", "v10"))], &[]);
     let b = s.patch(&[("notes.txt", "x")], &[]);
     assert!(!b.quick(), "{}", b.log);
@@ -375,4 +373,66 @@ fn an_edit_compiles_the_packages_that_import_it_too() {
     let b = s.patch(&[("leaf/leaf.go", &leaf3), ("mid/mid.go", &mid3)], &[]);
     assert!(b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "mid says three!");
+}
+
+/// Assembly in a package: the go command assembles it and packs the objects into the
+/// package's archive itself, so an edit of that package takes go build; the main package's
+/// edits stay quick. A record that cannot be read is removed, and the others still serve.
+#[test]
+fn a_package_with_assembly_takes_go_build_and_a_bad_record_is_dropped_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let main = |m: &str| {
+        format!(
+            "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/quick/asm\"\n)\n\n\
+             func main() {{ fmt.Println(\"{m}\", asm.Two(), asm.Name()) }}\n"
+        )
+    };
+    let go = |name: &str| {
+        format!(
+            "package asm\n\n// Two is in two_$GOARCH.s.\nfunc Two() int\n\n\
+             func Name() string {{ return \"{name}\" }}\n"
+        )
+    };
+    let amd64 = "#include \"textflag.h\"\n\nTEXT ·Two(SB),NOSPLIT,$0-8\n\tMOVQ $2, AX\n\
+                 \tMOVQ AX, ret+0(FP)\n\tRET\n";
+    let arm64 = "#include \"textflag.h\"\n\nTEXT ·Two(SB),NOSPLIT,$0-8\n\tMOVD $2, R0\n\
+                 \tMOVD R0, ret+0(FP)\n\tRET\n";
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main("m1")),
+            ("asm/asm.go", &go("a1")),
+            ("asm/two_amd64.s", amd64),
+            ("asm/two_arm64.s", arm64),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "m1 2 a1");
+
+    let b = s.patch(&[("asm/asm.go", &go("a2"))], &[]);
+    assert!(
+        b.log.contains(
+            "go build (example.com/quick/asm has files that are not Go source (assembly, .syso, cgo))"
+        ),
+        "{}",
+        b.log
+    );
+    assert_eq!(s.run_app(), "m1 2 a2");
+    let b = s.patch(&[("main.go", &main("m2"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "m2 2 a2");
+
+    // A record cut short (a disk that filled up, say): the next full build drops it alone.
+    let bad = kdev.join("run/quick-build/compile@example.com%2Fquick%2Fasm.json");
+    assert!(bad.exists());
+    std::fs::write(&bad, "{\"argv\": [").unwrap();
+    let b = s.patch(&[("notes.txt", "x")], &[]);
+    assert!(!b.quick(), "{}", b.log);
+    assert!(!bad.exists());
+    let b = s.patch(&[("main.go", &main("m3"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "m3 2 a2");
 }

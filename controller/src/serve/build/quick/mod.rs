@@ -34,7 +34,7 @@ pub(super) struct QuickBuilds {
 
 impl QuickBuilds {
     pub(super) fn new(dir: PathBuf, root: PathBuf, cfg: &BuildConfig) -> QuickBuilds {
-        let toolexec = toolexec_flag(cfg, &dir, &root);
+        let toolexec = toolexec_flag(cfg, &dir, &root, |k| std::env::var(k).ok());
         if let Err(why) = &toolexec {
             super::log(format!("quick rebuilds are off: {why}"));
         }
@@ -129,7 +129,12 @@ pub(super) fn clear_records(dir: &Path) {
 }
 
 /// `-toolexec=<this binary> record-tool <dir> <root>`, or why quick rebuilds cannot be used.
-fn toolexec_flag(cfg: &BuildConfig, dir: &Path, root: &Path) -> Result<String, String> {
+fn toolexec_flag(
+    cfg: &BuildConfig,
+    dir: &Path,
+    root: &Path,
+    process_env: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     if cfg.command.as_ref().is_some_and(|c| !c.is_empty()) {
         return Err("the build is a custom command".into());
     }
@@ -137,8 +142,7 @@ fn toolexec_flag(cfg: &BuildConfig, dir: &Path, root: &Path) -> Result<String, S
         return Err("build.before hooks run before every build".into());
     }
     let env_off = |v: Option<&str>| v.is_some_and(|v| v.trim() == "0");
-    if env_off(cfg.env.get(OFF_ENV).map(String::as_str))
-        || env_off(std::env::var(OFF_ENV).ok().as_deref())
+    if env_off(cfg.env.get(OFF_ENV).map(String::as_str)) || env_off(process_env(OFF_ENV).as_deref())
     {
         return Err(format!("{OFF_ENV}=0"));
     }
@@ -146,7 +150,7 @@ fn toolexec_flag(cfg: &BuildConfig, dir: &Path, root: &Path) -> Result<String, S
         .env
         .get("GOFLAGS")
         .cloned()
-        .or_else(|| std::env::var("GOFLAGS").ok())
+        .or_else(|| process_env("GOFLAGS"))
         .unwrap_or_default();
     if cfg.flags.iter().any(|f| f.contains("toolexec")) || goflags.contains("toolexec") {
         return Err("the build sets its own -toolexec".into());
@@ -175,13 +179,14 @@ mod tests {
     #[test]
     fn quick_rebuilds_are_off_for_builds_the_recorder_cannot_follow() {
         let (dir, root) = (Path::new("/kdev/run/quick-build"), Path::new("/kdev/src"));
-        let flag = toolexec_flag(&BuildConfig::default(), dir, root).unwrap();
+        let none = |_: &str| None;
+        let flag = toolexec_flag(&BuildConfig::default(), dir, root, none).unwrap();
         assert!(flag.starts_with("-toolexec=/"), "{flag}");
         assert!(
             flag.ends_with(" record-tool /kdev/run/quick-build /kdev/src"),
             "{flag}"
         );
-        let off = |cfg: BuildConfig| toolexec_flag(&cfg, dir, root).unwrap_err();
+        let off = |cfg: BuildConfig| toolexec_flag(&cfg, dir, root, none).unwrap_err();
         assert_eq!(
             off(BuildConfig {
                 command: Some(vec!["make".into()]),
@@ -211,9 +216,15 @@ mod tests {
             "the build sets its own -toolexec"
         );
         assert!(
-            toolexec_flag(&BuildConfig::default(), dir, Path::new("/a b"))
+            toolexec_flag(&BuildConfig::default(), dir, Path::new("/a b"), none)
                 .unwrap_err()
                 .contains("spaces")
+        );
+        // The controller's own environment counts too.
+        let env = |k: &str| (k == "GOFLAGS").then(|| "-toolexec=/bin/x".to_string());
+        assert_eq!(
+            toolexec_flag(&BuildConfig::default(), dir, root, env).unwrap_err(),
+            "the build sets its own -toolexec"
         );
     }
 }
