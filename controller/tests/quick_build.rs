@@ -436,3 +436,49 @@ fn a_package_with_assembly_takes_go_build_and_a_bad_record_is_dropped_alone() {
     assert!(b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "m3 2 a2");
 }
+
+/// A `-toolexec` of the user's own, set with `go env -w` (the go env file), is kept: quick
+/// rebuilds are off rather than the user's wrapper silently replaced by kdev's.
+#[test]
+fn a_toolexec_in_the_go_env_file_turns_quick_rebuilds_off() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let wrapper = kdev.join("wrap.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\necho \"$1\" >> \"$0.log\"\nexec \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env_file = kdev.join("go.env");
+    let goflags = format!("GOFLAGS=-mod=mod -toolexec={}\n", wrapper.display());
+    std::fs::write(&env_file, goflags).unwrap();
+    let mut cfg = go_config(&[("GOENV", &env_file.to_string_lossy())]);
+    // GOFLAGS in the environment would override the file's, for the go command too.
+    cfg.build.env.remove("GOFLAGS");
+    let mut s = Session::start(kdev, cfg);
+    let (main, pkg) = (main_go("v1"), pkg_go("p1"));
+    s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main),
+            ("util.go", UTIL_GO),
+            ("pkg/pkg.go", &pkg),
+        ],
+        &[],
+    );
+    let b = s.patch(&[("main.go", &main_go("v2"))], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "v2 p1+util");
+    assert!(
+        s.s.stderr()
+            .contains("quick rebuilds are off: the build sets its own -toolexec"),
+        "{}",
+        s.s.stderr()
+    );
+    // The user's wrapper ran the tools.
+    let ran = std::fs::read_to_string(kdev.join("wrap.sh.log")).unwrap();
+    assert!(ran.contains("/link"), "{ran}");
+}

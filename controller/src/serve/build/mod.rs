@@ -83,7 +83,12 @@ impl Builds {
             .and_then(|d| serde_json::from_slice(&d).ok())
             .unwrap_or_default();
         let (done_tx, done_rx) = mpsc::channel(4);
-        let quick = quick::QuickBuilds::new(layout.quick_build_dir(), root.clone(), &config);
+        let quick = quick::QuickBuilds::new(
+            layout.quick_build_dir(),
+            root.clone(),
+            &config,
+            &defaults.go,
+        );
         Builds {
             quick,
             out: restart_ctx.out.clone(),

@@ -33,8 +33,14 @@ pub(super) struct QuickBuilds {
 }
 
 impl QuickBuilds {
-    pub(super) fn new(dir: PathBuf, root: PathBuf, cfg: &BuildConfig) -> QuickBuilds {
-        let toolexec = toolexec_flag(cfg, &dir, &root, |k| std::env::var(k).ok());
+    /// `go`: the go command of default builds, asked for the GOFLAGS it would use (the
+    /// environment's, else its env file's).
+    pub(super) fn new(dir: PathBuf, root: PathBuf, cfg: &BuildConfig, go: &str) -> QuickBuilds {
+        let process_env = |k: &str| match k {
+            "GOFLAGS" => go_env_goflags(go, cfg).or_else(|| std::env::var(k).ok()),
+            _ => std::env::var(k).ok(),
+        };
+        let toolexec = toolexec_flag(cfg, &dir, &root, process_env);
         if let Err(why) = &toolexec {
             super::log(format!("quick rebuilds are off: {why}"));
         }
@@ -126,6 +132,22 @@ impl QuickBuilds {
 pub(super) fn clear_records(dir: &Path) {
     let _ = std::fs::remove_file(Record::Link.file(dir));
     let _ = std::fs::remove_dir_all(archives_dir(dir));
+}
+
+/// What `go env GOFLAGS` says with the build's environment (a user's `go env -w` included).
+fn go_env_goflags(go: &str, cfg: &BuildConfig) -> Option<String> {
+    let out = std::process::Command::new(go)
+        .args(["env", "GOFLAGS"])
+        .envs(&cfg.env)
+        // No go.mod here: nothing makes it switch toolchains to answer.
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// `-toolexec=<this binary> record-tool <dir> <root>`, or why quick rebuilds cannot be used.

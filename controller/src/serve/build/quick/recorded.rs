@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
-use super::super::command::BuildSpec;
-use crate::quick_build::go_header::{self, GoHeader};
 use kdev_protocol::hash_file;
 
+use super::super::command::BuildSpec;
+use crate::quick_build::go_header::{self, GoHeader};
 use crate::quick_build::record::write_record;
 use crate::quick_build::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
 
