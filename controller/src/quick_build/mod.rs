@@ -98,6 +98,27 @@ pub fn archives_dir(dir: &Path) -> PathBuf {
     dir.join("archives")
 }
 
+/// `(import path, archive)` of an import configuration's `packagefile` line.
+pub fn packagefile(line: &str) -> Option<(&str, &str)> {
+    line.strip_prefix("packagefile ")?
+        .trim_end()
+        .split_once('=')
+}
+
+/// `importcfg` with the `packagefile` line of every package `archive_of` names an archive for
+/// naming that archive instead; other lines as they are.
+pub fn repoint(importcfg: &str, archive_of: impl Fn(&str) -> Option<String>) -> String {
+    importcfg
+        .lines()
+        .map(
+            |line| match packagefile(line).and_then(|(p, _)| Some((p, archive_of(p)?))) {
+                Some((p, archive)) => format!("packagefile {p}={archive}\n"),
+                None => format!("{line}\n"),
+            },
+        )
+        .collect()
+}
+
 /// The value of `-name V` or `-name=V` in `argv`, and the index holding it.
 pub fn flag_value<'a>(argv: &'a [String], name: &str) -> Option<(usize, &'a str)> {
     let dash = format!("-{name}");
@@ -124,6 +145,22 @@ pub fn set_flag_value(argv: &mut [String], index: usize, name: &str, value: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn import_configurations_name_the_rebuilt_archives() {
+        let cfg = "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/archives/b002\n\
+                   importmap x=vendor/x\nmodinfo \"z\"\n";
+        let rebuilt = BTreeMap::from([("m/pkg", "/r/compile@m%2Fpkg.a".to_string())]);
+        assert_eq!(
+            repoint(cfg, |p| rebuilt.get(p).cloned()),
+            "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/compile@m%2Fpkg.a\n\
+             importmap x=vendor/x\nmodinfo \"z\"\n"
+        );
+        assert_eq!(
+            cfg.lines().filter_map(packagefile).collect::<Vec<_>>(),
+            [("fmt", "/c/fmt-d"), ("m/pkg", "/r/archives/b002")]
+        );
+    }
 
     #[test]
     fn records_are_named_by_package() {

@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value};
+use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value, packagefile};
 
 /// Flags whose files live in the go command's temporary directory, deleted when it exits.
 const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
@@ -103,9 +103,7 @@ fn save(dir: &Path, record: &Record, argv: Vec<String>, cwd: PathBuf) -> io::Res
 
 /// Replace `file` with `run`, atomically.
 pub fn write_record(file: &Path, run: &ToolRun) -> io::Result<()> {
-    let tmp = PathBuf::from(format!("{}.tmp.{}", file.display(), std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(run)?)?;
-    std::fs::rename(&tmp, file)
+    crate::util::write_atomic(file, &serde_json::to_vec(run)?)
 }
 
 /// `importcfg` with every archive the go command built in this run (below `work`, deleted when
@@ -122,9 +120,7 @@ fn keep_archives(
     let archives = super::archives_dir(dir);
     let mut out = String::with_capacity(importcfg.len());
     for line in importcfg.split_inclusive('\n') {
-        let built_here = line
-            .strip_prefix("packagefile ")
-            .and_then(|rest| rest.trim_end().split_once('='))
+        let built_here = packagefile(line)
             .filter(|(_, path)| Some(*path) != except)
             .and_then(|(pkg, path)| Some((pkg, path, Path::new(path).strip_prefix(work).ok()?)));
         let Some((pkg, path, below)) = built_here else {

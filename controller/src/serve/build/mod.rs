@@ -181,9 +181,8 @@ impl Builds {
             }
             None => None,
         };
-        let full = self.quick.with_recorder(spec.clone());
         if quick.is_none() {
-            self.quick.full_build_started();
+            self.quick.forget();
         }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
@@ -203,6 +202,7 @@ impl Builds {
         let done = self.done_tx.clone();
         let mut cache_ready = self.cache_ready.clone();
         let group_file = spec.group_file.clone();
+        let full = self.quick.with_recorder(spec);
         let records = self.layout.quick_build_dir();
         tokio::spawn(async move {
             out.event(ev).await;

@@ -3,8 +3,8 @@
 //! picture of the packages it compiled (their Go files' headers, their directories' names); a
 //! later build whose changes are all edits of those files that leave every header as it was
 //! recompiles the edited packages and those of the tree that import them, and links, without
-//! the go command. Anything else — a new, deleted or renamed file, a package the build took
-//! from its cache, go.mod, a changed import or build directive, a failed quick compile or link —
+//! the go command. Anything else — a new, deleted or renamed file, a package no recorded
+//! compile built, go.mod, a changed import or build directive, a failed quick compile or link —
 //! takes `go build`, which records again.
 
 mod recorded;
@@ -28,7 +28,7 @@ pub(super) struct QuickBuilds {
     /// `-toolexec=…` for full builds; `Err(why)` when quick rebuilds are off for this session.
     toolexec: Result<String, String>,
     recorded: Option<Recorded>,
-    /// Build inputs changed since the last full build succeeded.
+    /// Paths patched since the last full build succeeded.
     changed: BTreeSet<String>,
 }
 
@@ -40,7 +40,11 @@ impl QuickBuilds {
             "GOFLAGS" => go_env_goflags(go, cfg).or_else(|| std::env::var(k).ok()),
             _ => std::env::var(k).ok(),
         };
-        let toolexec = toolexec_flag(cfg, &dir, &root, process_env);
+        let toolexec = toolexec_flag(cfg, &dir, &root, process_env).and_then(|flag| {
+            std::fs::create_dir_all(&dir)
+                .map(|()| flag)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        });
         if let Err(why) = &toolexec {
             super::log(format!("quick rebuilds are off: {why}"));
         }
@@ -53,7 +57,7 @@ impl QuickBuilds {
         }
     }
 
-    /// A build input changed in the tree.
+    /// A path changed in the tree.
     pub(super) fn changed(&mut self, path: &str) {
         self.changed.insert(path.to_string());
     }
@@ -70,21 +74,9 @@ impl QuickBuilds {
         let Ok(flag) = &self.toolexec else {
             return (spec, false);
         };
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
-            super::log(format!(
-                "quick rebuilds: cannot create {}: {e}",
-                self.dir.display()
-            ));
-            return (spec, false);
-        }
         // After `go build`: the wrapper applies to every package the build compiles.
         spec.argv.insert(2, flag.clone());
         (spec, true)
-    }
-
-    /// A full build starts: the record held so far no longer describes what will be built.
-    pub(super) fn full_build_started(&mut self) {
-        self.recorded = None;
     }
 
     /// A build that was not quick finished; `built`: the tree as it is now is what it built.
@@ -119,8 +111,8 @@ impl QuickBuilds {
         }
     }
 
-    /// The tree changed in a way not known path by path (a patch that failed part-way): no
-    /// record can be trusted until the next full build.
+    /// The records held no longer describe the tree (a full build starts, or a patch failed
+    /// part-way): none is trusted until a full build succeeds.
     pub(super) fn forget(&mut self) {
         self.recorded = None;
     }

@@ -4,14 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use kdev_protocol::hash_file;
 
 use super::super::command::BuildSpec;
 use crate::quick_build::go_header::{self, GoHeader};
 use crate::quick_build::record::write_record;
-use crate::quick_build::{MAIN_ARCHIVE, Record, ToolRun, flag_value, set_flag_value};
+use crate::quick_build::{
+    MAIN_ARCHIVE, Record, ToolRun, flag_value, packagefile, repoint, set_flag_value,
+};
+use crate::serve::root::lexical;
 
 /// The `-p` of the main package's compile.
 const MAIN: &str = "main";
@@ -49,13 +52,6 @@ fn read_run(file: &Path) -> Result<ToolRun, String> {
     serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-/// `path` without `.` components (the go command names files `./main.go`).
-fn tidy(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| *c != Component::CurDir)
-        .collect()
-}
-
 fn listing(dir: &Path) -> Result<Vec<OsString>, String> {
     let mut names: Vec<OsString> = std::fs::read_dir(dir)
         .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
@@ -67,31 +63,6 @@ fn listing(dir: &Path) -> Result<Vec<OsString>, String> {
 fn header(root: &Path, rel: &str) -> Result<GoHeader, String> {
     let text = std::fs::read_to_string(root.join(rel)).map_err(|e| format!("{rel}: {e}"))?;
     go_header::parse(&text).ok_or_else(|| format!("{rel} does not start like a Go file"))
-}
-
-/// The import paths of an import configuration's `packagefile` lines, with their files.
-fn packagefiles(importcfg: &str) -> impl Iterator<Item = (&str, &str)> {
-    importcfg
-        .lines()
-        .filter_map(|l| l.strip_prefix("packagefile ")?.split_once('='))
-}
-
-/// `importcfg` with the `packagefile` lines of the packages in `rebuilt` naming their new
-/// archives.
-fn substitute(importcfg: &str, rebuilt: &BTreeMap<&str, String>) -> String {
-    importcfg
-        .lines()
-        .map(|l| {
-            let new = l
-                .strip_prefix("packagefile ")
-                .and_then(|rest| rest.split_once('='))
-                .and_then(|(p, _)| Some((p, rebuilt.get(p)?)));
-            match new {
-                Some((p, archive)) => format!("packagefile {p}={archive}\n"),
-                None => format!("{l}\n"),
-            }
-        })
-        .collect()
 }
 
 impl Package {
@@ -114,26 +85,15 @@ impl Package {
             .files
             .get("importcfg")
             .ok_or_else(|| format!("the recorded compile of {name} has no import configuration"))?;
-        let mut importcfg = String::new();
-        let mut imports = BTreeSet::new();
-        for line in recorded_cfg.lines() {
-            match line
-                .strip_prefix("packagefile ")
-                .and_then(|r| r.split_once('='))
-            {
-                Some((p, _)) => {
-                    let path = link_paths
-                        .get(p)
-                        .ok_or_else(|| format!("{name} imports {p}, which the link does not"))?;
-                    importcfg.push_str(&format!("packagefile {p}={path}\n"));
-                    imports.insert(p.to_string());
-                }
-                None => {
-                    importcfg.push_str(line);
-                    importcfg.push('\n');
-                }
-            }
+        let imports: BTreeSet<String> = recorded_cfg
+            .lines()
+            .filter_map(packagefile)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if let Some(p) = imports.iter().find(|p| !link_paths.contains_key(*p)) {
+            return Err(format!("{name} imports {p}, which the link does not"));
         }
+        let importcfg = repoint(recorded_cfg, |p| link_paths.get(p).cloned());
         let embedcfg = run.files.get("embedcfg").cloned();
 
         // The go command leaves out `-complete` when a package has files other than Go source
@@ -144,7 +104,8 @@ impl Package {
         let mut files = BTreeMap::new();
         let mut dirs = BTreeSet::new();
         for arg in run.argv.iter().rev().take_while(|a| a.ends_with(".go")) {
-            let path = tidy(&run.cwd.join(arg));
+            // The go command names files `./pkg/x.go`.
+            let path = lexical(&run.cwd.join(arg));
             match path.strip_prefix(root).ok().and_then(Path::to_str) {
                 Some(rel) => {
                     files.insert(rel.to_string(), header(root, rel)?);
@@ -200,7 +161,9 @@ impl Recorded {
         if !link_importcfg.contains(&main_linked) {
             return Err("the link's import configuration does not name the main package".into());
         }
-        let link_paths: BTreeMap<String, String> = packagefiles(&link_importcfg)
+        let link_paths: BTreeMap<String, String> = link_importcfg
+            .lines()
+            .filter_map(packagefile)
             .map(|(p, f)| (p.to_string(), f.to_string()))
             .collect();
 
@@ -398,7 +361,7 @@ impl Recorded {
             let record = Record::Compile(name.to_string());
             let cfg = write(
                 record.saved_file(&self.dir, "quick-importcfg"),
-                substitute(&p.importcfg, &rebuilt),
+                repoint(&p.importcfg, |n| rebuilt.get(n).cloned()),
             )?;
             let mut argv = p.run.argv.clone();
             if let Some((i, _)) = flag_value(&argv, "importcfg") {
@@ -421,7 +384,8 @@ impl Recorded {
         let main_archive = main.archive.to_string_lossy().into_owned();
         let cfg = write(
             Record::Link.saved_file(&self.dir, "quick-importcfg"),
-            substitute(&self.link_importcfg, &rebuilt).replace(&main.linked_from, &main_archive),
+            repoint(&self.link_importcfg, |n| rebuilt.get(n).cloned())
+                .replace(&main.linked_from, &main_archive),
         )?;
         let mut argv = self.link.argv.clone();
         for a in argv.iter_mut() {
@@ -445,26 +409,5 @@ impl Recorded {
             group_file: None,
         });
         Ok(steps)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn import_configurations_name_the_rebuilt_archives() {
-        let cfg = "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/archives/b002\n\
-                   importmap x=vendor/x\nmodinfo \"z\"\n";
-        let rebuilt = BTreeMap::from([("m/pkg", "/r/compile@m%2Fpkg.a".to_string())]);
-        assert_eq!(
-            substitute(cfg, &rebuilt),
-            "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/compile@m%2Fpkg.a\n\
-             importmap x=vendor/x\nmodinfo \"z\"\n"
-        );
-        assert_eq!(
-            packagefiles(cfg).collect::<Vec<_>>(),
-            [("fmt", "/c/fmt-d"), ("m/pkg", "/r/archives/b002")]
-        );
     }
 }
