@@ -25,17 +25,6 @@ fn app_script(version: &str) -> String {
     format!("#!/bin/sh\necho \"app {version} up\"\nexec sleep 1000\n# {version}\n")
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, data.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn send_patch(s: &mut Serve, id: u64, files: &[(&str, &str)]) {
     s.send(&ClientMessage::Patch(Patch {
         id,

@@ -34,17 +34,6 @@ fn pkg_go(name: &str) -> String {
     format!("package pkg\n\nfunc Name() string {{ return \"{name}\" }}\n")
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, data.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn go_config(extra_env: &[(&str, &str)]) -> SessionConfig {
     let env: std::collections::BTreeMap<String, String> = [
         ("GOFLAGS", "-mod=mod"),
@@ -86,8 +75,8 @@ impl Built {
 
 impl Session {
     fn start(kdev: &Path, cfg: SessionConfig) -> Session {
-        let gocache = go_env("GOCACHE");
-        let mut s = Serve::start(kdev, &["--gocache", &gocache]);
+        let gocache = gocache();
+        let mut s = Serve::start(kdev, &["--gocache", &gocache.to_string_lossy()]);
         s.hello(cfg);
         Session {
             s,
@@ -138,14 +127,6 @@ impl Session {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
-}
-
-fn go_env(name: &str) -> String {
-    let out = Command::new("go")
-        .args(["env", name])
-        .output()
-        .expect("the go toolchain is needed for this test");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
@@ -309,11 +290,10 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     assert_eq!(s.run_app(), "V13 p8");
 }
 
-#[test]
-fn kdev_quick_build_0_turns_quick_rebuilds_off() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kdev = tmp.path();
-    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_BUILD", "0")]));
+/// Builds the small program, then an edit of main.go, in a session started with `cfg`: the
+/// edit is served and not quick, and serve's log says quick rebuilds are off and `why`.
+fn assert_quick_rebuilds_off(kdev: &Path, cfg: SessionConfig, why: &str) {
+    let mut s = Session::start(kdev, cfg);
     let (main, pkg) = (main_go("v1"), pkg_go("p1"));
     s.patch(
         &[
@@ -328,11 +308,18 @@ fn kdev_quick_build_0_turns_quick_rebuilds_off() {
     assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
     assert!(!b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "v2 p1+util");
-    assert!(
-        s.s.stderr()
-            .contains("quick rebuilds are off: KDEV_QUICK_BUILD=0"),
-        "{}",
-        s.s.stderr()
+    let off = format!("quick rebuilds are off: {why}");
+    assert!(s.s.stderr().contains(&off), "{}", s.s.stderr());
+}
+
+#[test]
+fn kdev_quick_build_0_turns_quick_rebuilds_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    assert_quick_rebuilds_off(
+        kdev,
+        go_config(&[("KDEV_QUICK_BUILD", "0")]),
+        "KDEV_QUICK_BUILD=0",
     );
 }
 
@@ -457,27 +444,7 @@ fn a_toolexec_in_the_go_env_file_turns_quick_rebuilds_off() {
     let mut cfg = go_config(&[("GOENV", &env_file.to_string_lossy())]);
     // GOFLAGS in the environment would override the file's, for the go command too.
     cfg.build.env.remove("GOFLAGS");
-    let mut s = Session::start(kdev, cfg);
-    let (main, pkg) = (main_go("v1"), pkg_go("p1"));
-    s.patch(
-        &[
-            ("go.mod", GO_MOD),
-            ("main.go", &main),
-            ("util.go", UTIL_GO),
-            ("pkg/pkg.go", &pkg),
-        ],
-        &[],
-    );
-    let b = s.patch(&[("main.go", &main_go("v2"))], &[]);
-    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
-    assert!(!b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "v2 p1+util");
-    assert!(
-        s.s.stderr()
-            .contains("quick rebuilds are off: the build sets its own -toolexec"),
-        "{}",
-        s.s.stderr()
-    );
+    assert_quick_rebuilds_off(kdev, cfg, "the build sets its own -toolexec");
     // The user's wrapper ran the tools.
     let ran = std::fs::read_to_string(kdev.join("wrap.sh.log")).unwrap();
     assert!(ran.contains("/link"), "{ran}");

@@ -5,8 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -43,17 +41,6 @@ func main() {{
     )
 }
 
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, data.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn get(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the app");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -70,20 +57,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Use the machine's Go build cache when there is one (much faster), else one next to the
-/// test binaries that later runs reuse.
-fn gocache() -> PathBuf {
-    let out = Command::new("go")
-        .args(["env", "GOCACHE"])
-        .output()
-        .expect("the go toolchain is needed for this test");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !p.is_empty() && p != "off" {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache")
 }
 
 #[test]

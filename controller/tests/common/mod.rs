@@ -365,3 +365,29 @@ pub fn dump(path: &Path) -> String {
     }
     s
 }
+
+/// A tar of regular files (mode 644) with these paths and contents.
+pub fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Use the machine's Go build cache when there is one (much faster), else one next to the
+/// test binaries that later runs reuse.
+pub fn gocache() -> PathBuf {
+    let out = Command::new("go")
+        .args(["env", "GOCACHE"])
+        .output()
+        .expect("the go toolchain is needed for this test");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !p.is_empty() && p != "off" {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache")
+}
