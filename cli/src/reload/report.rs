@@ -213,6 +213,15 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             ui.warn(&format!("{lines} lines of app output dropped"))
         }
         Event::Warning { message, .. } => ui.warn(&message),
+        // Shown with -v: a proof is nothing to act on.
+        Event::BuildVerified {
+            build_id,
+            elapsed_ms,
+            verified,
+        } => tracing::info!(
+            "build {build_id}: go build gives the same binary (shadow build in {}; {verified} quick rebuilds proven)",
+            fmt_duration(Duration::from_millis(elapsed_ms))
+        ),
     }
 }
 

@@ -100,10 +100,17 @@ impl Layout {
     pub fn build_group_file(&self) -> PathBuf {
         self.run.join("build.pgid")
     }
-    /// `run/quick-build/`: how the last full build ran the compiler and the linker
-    /// (quick rebuilds, `kdev_controller::quick_build`).
+    /// How full builds ran the compiler and the linker (quick rebuilds,
+    /// `kdev_controller::quick_build`): a directory of the system's temporary directory, named
+    /// after this run directory, outside the `/kdev` volume the app container mounts (records
+    /// hold build configuration, which is none of the app's business).
     pub fn quick_build_dir(&self) -> PathBuf {
-        self.run.join("quick-build")
+        let id = blake3::hash(self.run.as_os_str().as_encoded_bytes()).to_hex();
+        std::env::temp_dir().join(format!("kdev-quick-build-{}", &id[..16]))
+    }
+    /// `bin/app.verify`: the shadow build's binary, compared with a quick rebuild's.
+    pub fn app_verify(&self) -> PathBuf {
+        self.bin.join("app.verify")
     }
     /// `run/reconcile-cache`: the listing's hash cache, kept across `serve` sessions
     /// ([`crate::hash_cache`]).

@@ -568,6 +568,16 @@ pub enum Event {
         code: String,
         message: String,
     },
+    /// The shadow build of quick rebuild `build_id` (a `go build` of the same tree, run when the
+    /// session was idle) gave the same binary: the quick rebuild is proven. A difference is a
+    /// `Warning` (code `quick_build_differs`) followed by the restart with go build's binary.
+    BuildVerified {
+        build_id: u64,
+        /// The shadow build's duration.
+        elapsed_ms: u64,
+        /// Quick rebuilds proven this session so far.
+        verified: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

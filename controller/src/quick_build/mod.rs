@@ -1,145 +1,547 @@
 //! Quick rebuilds: an edit confined to Go files of packages the last `go build` compiled is
-//! built by running the compiler on those packages (and on the packages of the tree that import
-//! them) and the linker, exactly as that build ran them, without the go command. On a Gin
-//! service the go command's own work (loading ~100 packages, hashing their sources to find them
-//! in its cache) is about 120 of a rebuild's 500 ms.
+//! built by running the compiler on those packages (and on every package that imports them)
+//! and the linker, exactly as that build ran them, without the go command. On a Gin service
+//! the go command's own work (loading ~100 packages, hashing their sources to find them in its
+//! cache) is about 120 of a rebuild's 500 ms.
 //!
-//! * [`record`]: a full build runs `go build -toolexec '<controller> record-tool <dir> <root>'`;
-//!   the wrapper saves how each `compile` of a package in the sync root and the `link` were run
-//!   (argument vector, working directory, environment, the import and embed configuration files
-//!   they name, and for the link copies of the archives the build made in its temporary
-//!   directory) and then runs the tool itself. With the tool's own `-V=full` answer passed
-//!   through, the go command's cache keys do not change, so a warm cache stays warm.
-//! * [`go_header`]: what in a Go file can change how `go build` treats it (build and debug
-//!   directives, package name, imports). The serve side (`serve::build::quick`) uses it to
-//!   decide whether an edit may take the quick path; anything else takes `go build`.
+//! * [`record`]: full builds run with a `-toolexec` wrapper that records each compile of a
+//!   package of the tree and the link (no environment values: [`env`]); the go command's
+//!   package graph comes with them ([`graph`]).
+//! * [`recorded`]: the records read back after a successful full build.
+//! * [`plan`]: whether the tree as it is now can be built quickly (every changed path
+//!   classified by what it is, with go's own rules for which files count: [`constraints`],
+//!   [`header`]), and the steps.
+//! * [`go_command`]: everything this relies on about the go command, each with its test.
+//!
+//! Never trusted alone: after a quick rebuild, when the session is idle, `serve` runs the
+//! shadow build (`go build` of the same tree, at low priority) and compares the binaries
+//! ([`QuickBuilds::verification`]); a difference installs go build's binary and turns quick
+//! rebuilds off for the session. Records missing for packages a quick rebuild may need are
+//! made by evicting their cache entries so the next full (or shadow) build compiles them.
 
-pub mod go_header;
+pub mod constraints;
+pub mod env;
+pub mod go_command;
+pub mod graph;
+pub mod header;
+mod plan;
 pub mod record;
+mod recorded;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use kdev_protocol::BuildConfig;
 
-/// The argument to `kdev-controller` that makes it the `-toolexec` wrapper.
-pub const RECORD_TOOL: &str = "record-tool";
+use crate::serve::build::command::BuildSpec;
+use constraints::Tags;
+use graph::Graph;
+pub(crate) use plan::{QuickPlan, Seen};
+pub use record::RECORD_TOOL;
+use recorded::{EnvSources, History, LoadCtx, Recorded};
 
-/// One run of a Go tool, as the go command started it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolRun {
-    /// The tool's path first.
-    pub argv: Vec<String>,
-    pub cwd: PathBuf,
-    pub env: BTreeMap<String, String>,
-    /// The contents of the configuration files it was given (`importcfg`, `embedcfg`, by flag):
-    /// the go command deletes them, and kept in the record they cannot be paired with another.
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
-    /// A compile's: the BLAKE3 of the archive it wrote, once known (the serve side adds it after
-    /// the build; a later build that takes the package from its cache must link these bytes for
-    /// the record to still describe it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-}
+/// `build.env` (or the controller's environment) setting this to `0` turns quick rebuilds off.
+pub(crate) const OFF_ENV: &str = "KDEV_QUICK_BUILD";
+/// `build.env` (or the controller's environment) setting this to `0` turns the shadow build
+/// off.
+pub(crate) const VERIFY_ENV: &str = "KDEV_QUICK_VERIFY";
+/// Changed paths remembered between full builds; past this, the next build is `go build`.
+pub(crate) const MAX_CHANGED: usize = 10_000;
 
-/// Which run a record is of: the compile of a package (named by its `-p`: `main`, or an import
-/// path), or the link.
+/// The action graph a recorded build writes into its record directory.
+const ACTION_GRAPH: &str = "actiongraph.json";
+
+/// Paths changed since the last successful full build.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    Compile(String),
-    Link,
+enum Changes {
+    Paths(BTreeMap<String, Seen>),
+    /// More than [`MAX_CHANGED`], or not known path by path.
+    Unknown(&'static str),
 }
 
-/// What the link record keeps of the main package's archive: `<dir>/link.main-archive`.
-pub const MAIN_ARCHIVE: &str = "main-archive";
+/// Why the shadow build runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verification {
+    /// The installed binary came from quick rebuild `build_id`, which compiled `packages`.
+    Quick { build_id: u64, packages: Vec<String> },
+    /// Cache entries were evicted: a `go build` records the packages they were of.
+    Records,
+}
 
-/// The file name prefix of compile records.
-const COMPILE: &str = "compile@";
+/// Counts for the log and `-v`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub quick: u64,
+    pub full: u64,
+    pub verified: u64,
+}
 
-impl Record {
-    /// `link`, or `compile@<package>` with `%` and `/` escaped.
-    fn stem(&self) -> String {
-        match self {
-            Record::Link => "link".to_string(),
-            Record::Compile(p) => format!("{COMPILE}{}", p.replace('%', "%25").replace('/', "%2F")),
+/// The session's quick-rebuild state.
+pub(crate) struct QuickBuilds {
+    dir: PathBuf,
+    root: PathBuf,
+    /// `-toolexec=<this binary> record-tool`; `Err(why)` when quick rebuilds are off.
+    toolexec: Result<String, String>,
+    verify: bool,
+    recorded: Option<Recorded>,
+    history: History,
+    changes: Changes,
+    /// The build's environment and `go env`'s: where recorded environments are rebuilt from.
+    build_env: BTreeMap<String, String>,
+    go_env: BTreeMap<String, String>,
+    go: String,
+    flags: Vec<String>,
+    /// The build's tags (`go list`), asked once per session.
+    tags: Option<Option<Tags>>,
+    unverified: Option<Verification>,
+    /// Packages whose cache entries this session evicted (each once).
+    evicted: BTreeSet<String>,
+    records_wanted: bool,
+    next_dir: u64,
+    pub counts: Counts,
+}
+
+impl QuickBuilds {
+    /// `build_env`: the environment `go build` gets (the controller's own with the build's on
+    /// top); `go`: the go command of default builds.
+    pub(crate) fn new(
+        dir: PathBuf,
+        root: PathBuf,
+        cfg: &BuildConfig,
+        go: &str,
+        build_env: BTreeMap<String, String>,
+    ) -> QuickBuilds {
+        let go_env = go_env(go, &build_env).unwrap_or_default();
+        let setting = |k: &str| cfg.env.get(k).cloned().or_else(|| std::env::var(k).ok());
+        let toolexec = toolexec_flag(cfg, &root, &go_env, setting).and_then(|flag| {
+            // A session starts with no records: what an earlier one left is of no use.
+            let _ = std::fs::remove_dir_all(&dir);
+            record::create_private_dir(&dir)
+                .map(|()| flag)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        });
+        if let Err(why) = &toolexec {
+            crate::serve::log(format!("quick rebuilds are off: {why}"));
+        }
+        let verify = setting(VERIFY_ENV).is_none_or(|v| v.trim() != "0");
+        if toolexec.is_ok() && !verify {
+            crate::serve::log(format!("quick rebuilds are not verified ({VERIFY_ENV}=0)"));
+        }
+        QuickBuilds {
+            dir,
+            root,
+            toolexec,
+            verify,
+            recorded: None,
+            history: History::default(),
+            changes: Changes::Paths(BTreeMap::new()),
+            build_env,
+            go_env,
+            go: go.to_string(),
+            flags: cfg.flags.clone(),
+            tags: None,
+            unverified: None,
+            evicted: BTreeSet::new(),
+            records_wanted: false,
+            next_dir: 1,
+            counts: Counts::default(),
         }
     }
 
-    /// `<dir>/<stem>.json`: the record.
-    pub fn file(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.json", self.stem()))
+    fn on(&self) -> bool {
+        self.toolexec.is_ok()
     }
 
-    /// `<dir>/<stem>.<what>`: a file that belongs to this record (what a quick rebuild writes and
-    /// reads).
-    pub fn saved_file(&self, dir: &Path, what: &str) -> PathBuf {
-        dir.join(format!("{}.{what}", self.stem()))
+    /// A patch wrote `applied` and deleted `deleted` (sync-root relative paths).
+    pub(crate) fn changed<'a>(
+        &mut self,
+        applied: impl Iterator<Item = &'a str>,
+        deleted: impl Iterator<Item = &'a str>,
+    ) {
+        if !self.on() {
+            return;
+        }
+        let Changes::Paths(paths) = &mut self.changes else {
+            return;
+        };
+        let all = applied.map(|p| (p, false)).chain(deleted.map(|p| (p, true)));
+        for (path, deleted) in all {
+            if paths.len() >= MAX_CHANGED && !paths.contains_key(path) {
+                self.changes = Changes::Unknown("more files changed than a quick rebuild follows");
+                return;
+            }
+            paths.entry(path.to_string()).or_default().deleted |= deleted;
+        }
     }
 
-    /// The compile records in `dir`.
-    pub fn compiles_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        let mut found = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let name = e?.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(COMPILE) && name.ends_with(".json") {
-                found.push(dir.join(&*name));
+    /// A patch failed part-way: what it changed is not known path by path.
+    pub(crate) fn patch_failed(&mut self) {
+        self.changes = Changes::Unknown("a patch failed part-way");
+    }
+
+    /// The steps of a quick rebuild of the tree as it is, linking to `output`; `Err(why not)`
+    /// when only `go build` will do; `None` when quick rebuilds are off or nothing is recorded.
+    pub(crate) fn plan(&self, output: &Path) -> Option<Result<QuickPlan, String>> {
+        if !self.on() {
+            return None;
+        }
+        let r = self.recorded.as_ref()?;
+        Some(match &self.changes {
+            Changes::Unknown(why) => Err((*why).to_string()),
+            Changes::Paths(paths) => {
+                let tags = self.tags.as_ref().and_then(Option::as_ref);
+                r.plan(paths, &self.root, tags, &self.quick_dir(), output)
+            }
+        })
+    }
+
+    fn quick_dir(&self) -> PathBuf {
+        self.dir.join("quick")
+    }
+
+    /// `spec` (a `go build`) recording into a new directory, and that directory; `spec` as it
+    /// is when quick rebuilds are off.
+    pub(crate) fn recording(&mut self, mut spec: BuildSpec) -> (BuildSpec, Option<PathBuf>) {
+        let Ok(flag) = &self.toolexec else {
+            return (spec, None);
+        };
+        let dir = self.dir.join(format!("build-{}", self.next_dir));
+        self.next_dir += 1;
+        let _ = std::fs::remove_dir_all(&dir);
+        if record::create_private_dir(&dir).is_err() {
+            return (spec, None);
+        }
+        let (dir_s, root_s) = (dir.to_string_lossy(), self.root.to_string_lossy());
+        // After `go build`: the flags apply to every package the build compiles.
+        spec.argv.insert(2, format!("{flag} {dir_s} {root_s}"));
+        spec.argv.insert(3, format!("-debug-actiongraph={dir_s}/{ACTION_GRAPH}"));
+        (spec, Some(dir))
+    }
+
+    /// A `go build` finished; `recorded_in`: its record directory, `built`: it succeeded and
+    /// the tree as it is now is what it built. Its records are read back (the previous ones
+    /// stay when it failed), and packages still without a record have their cache entries
+    /// evicted (`gocache`), so a later go build records them.
+    pub(crate) async fn full_build_finished(
+        &mut self,
+        recorded_in: Option<PathBuf>,
+        built: bool,
+        gocache: Option<PathBuf>,
+    ) {
+        if built {
+            self.changes = Changes::Paths(BTreeMap::new());
+            self.counts.full += 1;
+        }
+        let Some(build_dir) = recorded_in else {
+            return;
+        };
+        if !built {
+            let _ = std::fs::remove_dir_all(&build_dir);
+            return;
+        }
+        let mut job = LoadJob {
+            build_dir: build_dir.clone(),
+            quick_dir: self.quick_dir(),
+            root: self.root.clone(),
+            build_env: std::mem::take(&mut self.build_env),
+            go_env: std::mem::take(&mut self.go_env),
+            go: self.go.clone(),
+            flags: self.flags.clone(),
+            tags: self.tags.take(),
+            history: std::mem::take(&mut self.history),
+            evicted: std::mem::take(&mut self.evicted),
+            gocache,
+        };
+        // Reads and hashes files, may ask `go list`: not on the session's task.
+        let (job, loaded, newly_evicted) = tokio::task::spawn_blocking(move || {
+            let (loaded, evicted) = job.run();
+            (job, loaded, evicted)
+        })
+        .await
+        .expect("loading quick-rebuild records panicked");
+        self.build_env = job.build_env;
+        self.go_env = job.go_env;
+        self.tags = job.tags;
+        self.history = job.history;
+        self.evicted = job.evicted;
+        self.records_wanted |= !newly_evicted.is_empty();
+        if !newly_evicted.is_empty() {
+            crate::serve::log(format!(
+                "quick rebuilds: {} came from the build cache with no record; their cache entries \
+                 were removed so that the next go build records them",
+                describe(&newly_evicted, 4)
+            ));
+        }
+        self.remove_build_dirs_but(&build_dir);
+        match loaded {
+            Ok(r) => {
+                crate::serve::log(format!(
+                    "quick rebuilds ready: edits of {} skip the go command",
+                    r.describe_files(6)
+                ));
+                self.recorded = Some(r);
+            }
+            Err(why) => {
+                crate::serve::log(format!("quick rebuilds wait for the next full build: {why}"));
+                self.recorded = None;
             }
         }
-        found.sort();
-        Ok(found)
+    }
+
+    fn remove_build_dirs_but(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let is_build = e.file_name().to_string_lossy().starts_with("build-");
+            if is_build && path != keep {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
+    }
+
+    /// A quick rebuild (`build_id`, compiling `packages`) was installed (or was identical to
+    /// the running binary): it waits for the shadow build.
+    pub(crate) fn quick_installed(&mut self, build_id: u64, packages: Vec<String>) {
+        self.counts.quick += 1;
+        if !self.verify {
+            return;
+        }
+        let packages = match self.unverified.take() {
+            Some(Verification::Quick { packages: mut before, .. }) => {
+                before.extend(packages);
+                before.sort();
+                before.dedup();
+                before
+            }
+            _ => packages,
+        };
+        self.unverified = Some(Verification::Quick { build_id, packages });
+    }
+
+    /// A full build was installed: whatever quick binary ran is replaced.
+    pub(crate) fn full_installed(&mut self) {
+        if matches!(self.unverified, Some(Verification::Quick { .. })) {
+            self.unverified = None;
+        }
+    }
+
+    /// What the shadow build would be for, if one is due.
+    pub(crate) fn verification(&self) -> Option<Verification> {
+        if !self.on() {
+            return None;
+        }
+        match &self.unverified {
+            Some(v) => Some(v.clone()),
+            None if self.records_wanted => Some(Verification::Records),
+            None => None,
+        }
+    }
+
+    /// The shadow build for `v` ran to its end (succeeded or failed).
+    pub(crate) fn verification_done(&mut self, v: &Verification, binaries_equal: bool) {
+        self.records_wanted = false;
+        if self.unverified.as_ref() == Some(v) {
+            self.unverified = None;
+        }
+        if binaries_equal && matches!(v, Verification::Quick { .. }) {
+            self.counts.verified += 1;
+        }
+    }
+
+    /// A quick binary differed from go build's: no more quick rebuilds this session.
+    pub(crate) fn turn_off(&mut self, why: String) {
+        crate::serve::log(format!("quick rebuilds are off: {why}"));
+        self.toolexec = Err(why);
+        self.recorded = None;
+        self.unverified = None;
+        self.changes = Changes::Paths(BTreeMap::new());
     }
 }
 
-/// `<dir>/archives/`: copies of the package archives a recorded build made in its temporary
-/// directory (the go command names them there, and deletes them when it exits).
-pub fn archives_dir(dir: &Path) -> PathBuf {
-    dir.join("archives")
+/// At most `max` names of `set`, and how many more.
+fn describe(set: &BTreeSet<String>, max: usize) -> String {
+    let mut named: Vec<&str> = set.iter().take(max).map(String::as_str).collect();
+    let more = format!("{} more", set.len().saturating_sub(max));
+    if set.len() > max {
+        named.push(&more);
+    }
+    named.join(", ")
 }
 
-/// `(import path, archive)` of an import configuration's `packagefile` line.
-pub fn packagefile(line: &str) -> Option<(&str, &str)> {
-    line.strip_prefix("packagefile ")?
-        .trim_end()
-        .split_once('=')
+/// What reading a build's records needs, moved to a blocking thread and back.
+struct LoadJob {
+    build_dir: PathBuf,
+    quick_dir: PathBuf,
+    root: PathBuf,
+    build_env: BTreeMap<String, String>,
+    go_env: BTreeMap<String, String>,
+    go: String,
+    flags: Vec<String>,
+    tags: Option<Option<Tags>>,
+    history: History,
+    evicted: BTreeSet<String>,
+    gocache: Option<PathBuf>,
 }
 
-/// `importcfg` with the `packagefile` line of every package `archive_of` names an archive for
-/// naming that archive instead; other lines as they are.
-pub fn repoint(importcfg: &str, archive_of: impl Fn(&str) -> Option<String>) -> String {
-    importcfg
-        .lines()
-        .map(
-            |line| match packagefile(line).and_then(|(p, _)| Some((p, archive_of(p)?))) {
-                Some((p, archive)) => format!("packagefile {p}={archive}\n"),
-                None => format!("{line}\n"),
-            },
-        )
-        .collect()
-}
-
-/// The value of `-name V` or `-name=V` in `argv`, and the index holding it.
-pub fn flag_value<'a>(argv: &'a [String], name: &str) -> Option<(usize, &'a str)> {
-    let dash = format!("-{name}");
-    let eq = format!("-{name}=");
-    argv.iter().enumerate().find_map(|(i, a)| {
-        if *a == dash {
-            argv.get(i + 1).map(|v| (i + 1, v.as_str()))
-        } else {
-            a.strip_prefix(&eq).map(|v| (i, v))
+impl LoadJob {
+    /// The records, and the packages whose cache entries were evicted now.
+    fn run(&mut self) -> (Result<Recorded, String>, BTreeSet<String>) {
+        if self.tags.is_none() {
+            self.tags = Some(build_tags(&self.go, &self.flags, &self.root, &self.build_env));
         }
+        if let Err(e) = record::create_private_dir(&self.quick_dir) {
+            return (
+                Err(format!("cannot create {}: {e}", self.quick_dir.display())),
+                BTreeSet::new(),
+            );
+        }
+        let graph = match std::fs::read(self.build_dir.join(ACTION_GRAPH))
+            .map_err(|e| format!("the go command wrote no package graph: {e}"))
+            .and_then(|json| Graph::parse(&json))
+        {
+            Ok(g) => g,
+            Err(why) => return (Err(why), BTreeSet::new()),
+        };
+        let cx = LoadCtx {
+            build_dir: &self.build_dir,
+            quick_dir: &self.quick_dir,
+            root: &self.root,
+            env: EnvSources {
+                build: &self.build_env,
+                go_env: &self.go_env,
+            },
+            tags: self.tags.as_ref().and_then(Option::as_ref),
+        };
+        let loaded = Recorded::load(&cx, graph, &mut self.history);
+        let mut newly = BTreeSet::new();
+        if let (Ok(r), Some(gocache)) = (&loaded, &self.gocache) {
+            let module = module_path(&self.root);
+            let mut wanted = r.unrecorded(module.as_deref());
+            wanted.retain(|p| !self.evicted.contains(p));
+            newly = graph::evict(gocache, &r.graph, &wanted);
+            self.evicted.extend(wanted);
+        }
+        (loaded, newly)
+    }
+}
+
+/// The `module` line of the tree's go.mod.
+fn module_path(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("go.mod")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("module")?;
+        let path = rest.split("//").next()?.trim().trim_matches('"');
+        (!path.is_empty() && rest.starts_with(char::is_whitespace)).then(|| path.to_string())
     })
 }
 
-/// Set the value of a flag found by [`flag_value`] at `index`.
-pub fn set_flag_value(argv: &mut [String], index: usize, name: &str, value: &str) {
-    let eq = format!("-{name}=");
-    if argv[index].starts_with(&eq) {
-        argv[index] = format!("{eq}{value}");
-    } else {
-        argv[index] = value.to_string();
+/// `go env -json` with the build's environment: the values the go command gives its tools.
+fn go_env(go: &str, build_env: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    let out = std::process::Command::new(go)
+        .args(["env", "-json"])
+        .env_clear()
+        .envs(build_env)
+        // No go.mod here: nothing makes it switch toolchains to answer.
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
     }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The build's tags as its go command reports them (`go list`'s `context`), `None` if it
+/// cannot say.
+fn build_tags(
+    go: &str,
+    flags: &[String],
+    root: &Path,
+    build_env: &BTreeMap<String, String>,
+) -> Option<Tags> {
+    let format = "{{context.GOOS}}|{{context.GOARCH}}|{{context.CgoEnabled}}|{{context.Compiler}}|\
+                  {{join context.BuildTags \",\"}}|{{join context.ToolTags \",\"}}|\
+                  {{join context.ReleaseTags \",\"}}";
+    let out = std::process::Command::new(go)
+        .arg("list")
+        .args(["-e", "-f", format])
+        .args(flags)
+        .arg("runtime")
+        .env_clear()
+        .envs(build_env)
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let f: Vec<&str> = text.trim().split('|').collect();
+    let [goos, goarch, cgo, compiler, build, tool, release] = f[..] else {
+        return None;
+    };
+    let tags = [build, tool, release]
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    Some(Tags {
+        goos: goos.into(),
+        goarch: goarch.into(),
+        cgo: cgo == "true",
+        compiler: compiler.into(),
+        tags,
+    })
+}
+
+/// `-toolexec=<this binary> record-tool` (the record directory and the root follow), or why
+/// quick rebuilds cannot be used. `setting`: a variable of `build.env`, else of the
+/// controller's environment.
+fn toolexec_flag(
+    cfg: &BuildConfig,
+    root: &Path,
+    go_env: &BTreeMap<String, String>,
+    setting: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    if cfg.command.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err("the build is a custom command".into());
+    }
+    if !cfg.before.is_empty() {
+        return Err("build.before hooks run before every build".into());
+    }
+    if setting(OFF_ENV).is_some_and(|v| v.trim() == "0") {
+        return Err(format!("{OFF_ENV}=0"));
+    }
+    // What go uses: the environment's GOFLAGS, else its env file's (`go env -w`).
+    let goflags = go_env
+        .get("GOFLAGS")
+        .cloned()
+        .or_else(|| setting("GOFLAGS"))
+        .unwrap_or_default();
+    if cfg.flags.iter().any(|f| f.contains("toolexec")) || goflags.contains("toolexec") {
+        return Err("the build sets its own -toolexec".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let (exe, root) = (exe.to_string_lossy(), root.to_string_lossy());
+    // The go command splits the flag's value at spaces.
+    let plain = |s: &str| {
+        !s.chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '"')
+    };
+    if let Some(p) = [&exe, &root].into_iter().find(|p| !plain(p)) {
+        return Err(format!("{p} has spaces or quotes"));
+    }
+    if !plain(&std::env::temp_dir().to_string_lossy()) {
+        return Err("the temporary directory's path has spaces or quotes".into());
+    }
+    Ok(format!("-toolexec={exe} {RECORD_TOOL}"))
 }
 
 #[cfg(test)]
@@ -147,47 +549,84 @@ mod tests {
     use super::*;
 
     #[test]
-    fn import_configurations_name_the_rebuilt_archives() {
-        let cfg = "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/archives/b002\n\
-                   importmap x=vendor/x\nmodinfo \"z\"\n";
-        let rebuilt = BTreeMap::from([("m/pkg", "/r/compile@m%2Fpkg.a".to_string())]);
+    fn quick_rebuilds_are_off_for_builds_the_recorder_cannot_follow() {
+        let root = Path::new("/kdev/src");
+        let none = |_: &str| None;
+        let no_env = BTreeMap::new();
+        let flag = toolexec_flag(&BuildConfig::default(), root, &no_env, none).unwrap();
+        assert!(flag.starts_with("-toolexec=/"), "{flag}");
+        assert!(flag.ends_with(" record-tool"), "{flag}");
+        let off = |cfg: BuildConfig| toolexec_flag(&cfg, root, &no_env, none).unwrap_err();
         assert_eq!(
-            repoint(cfg, |p| rebuilt.get(p).cloned()),
-            "# import config\npackagefile fmt=/c/fmt-d\npackagefile m/pkg=/r/compile@m%2Fpkg.a\n\
-             importmap x=vendor/x\nmodinfo \"z\"\n"
+            off(BuildConfig {
+                command: Some(vec!["make".into()]),
+                ..Default::default()
+            }),
+            "the build is a custom command"
         );
         assert_eq!(
-            cfg.lines().filter_map(packagefile).collect::<Vec<_>>(),
-            [("fmt", "/c/fmt-d"), ("m/pkg", "/r/archives/b002")]
+            off(BuildConfig {
+                before: vec!["go generate ./...".into()],
+                ..Default::default()
+            }),
+            "build.before hooks run before every build"
+        );
+        let setting = |k: &str| (k == OFF_ENV).then(|| "0".to_string());
+        assert_eq!(
+            toolexec_flag(&BuildConfig::default(), root, &no_env, setting).unwrap_err(),
+            "KDEV_QUICK_BUILD=0"
+        );
+        let goflags = |k: &str| (k == "GOFLAGS").then(|| "-toolexec=garble".to_string());
+        assert_eq!(
+            toolexec_flag(&BuildConfig::default(), root, &no_env, goflags).unwrap_err(),
+            "the build sets its own -toolexec"
+        );
+        // The go env file's GOFLAGS counts too.
+        let go_env = BTreeMap::from([("GOFLAGS".to_string(), "-toolexec=/bin/x".to_string())]);
+        assert_eq!(
+            toolexec_flag(&BuildConfig::default(), root, &go_env, none).unwrap_err(),
+            "the build sets its own -toolexec"
+        );
+        assert!(
+            toolexec_flag(&BuildConfig::default(), Path::new("/a b"), &no_env, none)
+                .unwrap_err()
+                .contains("spaces")
         );
     }
 
     #[test]
-    fn records_are_named_by_package() {
-        let dir = Path::new("/r");
-        assert_eq!(Record::Link.file(dir), Path::new("/r/link.json"));
-        assert_eq!(
-            Record::Compile("main".into()).file(dir),
-            Path::new("/r/compile@main.json")
+    fn the_changed_set_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = QuickBuilds::new(
+            tmp.path().join("records"),
+            tmp.path().join("src"),
+            &BuildConfig::default(),
+            "/nonexistent/go",
+            BTreeMap::new(),
         );
-        assert_eq!(
-            Record::Compile("example.com/a%b/c".into()).saved_file(dir, "importcfg"),
-            Path::new("/r/compile@example.com%2Fa%25b%2Fc.importcfg")
-        );
+        assert!(q.on());
+        let paths: Vec<String> = (0..MAX_CHANGED).map(|i| format!("d/{i}")).collect();
+        q.changed(paths.iter().map(String::as_str), std::iter::empty());
+        q.changed(["d/0"].into_iter(), ["d/1"].into_iter());
+        assert!(matches!(&q.changes, Changes::Paths(p) if p.len() == MAX_CHANGED && p["d/1"].deleted));
+        q.changed(std::iter::empty(), ["one/more"].into_iter());
+        assert!(matches!(q.changes, Changes::Unknown(_)));
+        // Off, nothing is kept at all.
+        q.turn_off("test".into());
+        q.changed(paths.iter().map(String::as_str), std::iter::empty());
+        assert_eq!(q.changes, Changes::Paths(BTreeMap::new()));
     }
 
     #[test]
-    fn flags_are_found_and_set_in_both_spellings() {
-        let mut argv: Vec<String> = ["compile", "-o", "a.o", "-importcfg=cfg", "x.go"]
-            .map(String::from)
-            .into();
-        assert_eq!(flag_value(&argv, "o"), Some((2, "a.o")));
-        assert_eq!(flag_value(&argv, "importcfg"), Some((3, "cfg")));
-        assert_eq!(flag_value(&argv, "embedcfg"), None);
-        set_flag_value(&mut argv, 2, "o", "b.o");
-        set_flag_value(&mut argv, 3, "importcfg", "other");
-        assert_eq!(argv, ["compile", "-o", "b.o", "-importcfg=other", "x.go"]);
-        // A flag at the end with no value is not found.
-        assert_eq!(flag_value(&["link".into(), "-o".into()], "o"), None);
+    fn module_paths_are_read_from_go_mod() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("go.mod"),
+            "// comment\nmodule \"example.com/m\" // why\n\ngo 1.22\n",
+        )
+        .unwrap();
+        assert_eq!(module_path(tmp.path()).as_deref(), Some("example.com/m"));
+        std::fs::write(tmp.path().join("go.mod"), "modulex y\n").unwrap();
+        assert_eq!(module_path(tmp.path()), None);
     }
 }

@@ -1,22 +1,101 @@
 //! `kdev-controller record-tool DIR ROOT TOOL ARGS…`: the `-toolexec` wrapper of full builds.
-//! Saves in DIR every `compile` of a package whose directory is in the sync root ROOT (the main
-//! package's always) and the `link` (see [`super`]), then replaces itself with TOOL ARGS, so
-//! the go command sees the tool's own exit code and output.
+//! Saves in DIR (one directory per build) every `compile` of a package whose files are in the
+//! sync root ROOT (the main package's always) and the `link`, then replaces itself with TOOL
+//! ARGS, so the go command sees the tool's own exit code and output.
+//!
+//! A record ([`ToolRun`]) holds the argument vector, the working directory, the environment
+//! without its values ([`super::env`]) and the contents of the configuration files the run
+//! was given; for the link, copies of the archives the build made in its temporary directory
+//! (the go command deletes them when it exits). Files are written mode 0600 in a directory of
+//! mode 0700 that only the sidecar has ([`super`]).
 //!
 //! Recording never fails the build: a record that cannot be written is simply missing, and the
-//! next edit takes the go command again.
+//! package's next edit takes the go command again.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{MAIN_ARCHIVE, Record, ToolRun, flag_value, packagefile};
+use serde::{Deserialize, Serialize};
+
+use super::env::{self, RecordedEnv};
+use super::go_command::{flag_value, packagefile, work_of_link_output};
+
+/// The argument to `kdev-controller` that makes it the `-toolexec` wrapper.
+pub const RECORD_TOOL: &str = "record-tool";
 
 /// Flags whose files live in the go command's temporary directory, deleted when it exits.
 const SAVED_FLAGS: [&str; 2] = ["importcfg", "embedcfg"];
+
+/// One run of a Go tool, as the go command started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRun {
+    /// The tool's path first.
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: RecordedEnv,
+    /// The contents of the configuration files it was given (`importcfg`, `embedcfg`, by flag).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// Which run a record is of: the compile of a package (named by its `-p`: `main`, or an import
+/// path), or the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Compile(String),
+    Link,
+}
+
+/// What the link record keeps of the main package's archive: `<dir>/link.main-archive`.
+pub const MAIN_ARCHIVE: &str = "main-archive";
+
+/// The file name prefix of compile records.
+const COMPILE: &str = "compile@";
+
+impl Record {
+    /// `link`, or `compile@<package>` with `%` and `/` escaped.
+    fn stem(&self) -> String {
+        match self {
+            Record::Link => "link".to_string(),
+            Record::Compile(p) => format!("{COMPILE}{}", p.replace('%', "%25").replace('/', "%2F")),
+        }
+    }
+
+    /// `<dir>/<stem>.json`: the record.
+    pub fn file(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.json", self.stem()))
+    }
+
+    /// `<dir>/<stem>.<what>`: a file that belongs to this record.
+    pub fn saved_file(&self, dir: &Path, what: &str) -> PathBuf {
+        dir.join(format!("{}.{what}", self.stem()))
+    }
+
+    /// The compile records in `dir`.
+    pub fn compiles_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(COMPILE) && name.ends_with(".json") {
+                found.push(dir.join(&*name));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// `<dir>/archives/`: copies of the package archives a recorded build made in its temporary
+/// directory.
+pub fn archives_dir(dir: &Path) -> PathBuf {
+    dir.join("archives")
+}
 
 /// Run as the wrapper with the arguments after `record-tool`. Returns only if TOOL cannot be
 /// run; the caller reports that.
@@ -76,34 +155,76 @@ fn save(dir: &Path, record: &Record, argv: Vec<String>, cwd: PathBuf) -> io::Res
     }
     if *record == Record::Link {
         // The link's last argument is the main package's archive, which a quick rebuild
-        // compiles; the others made in this run are deleted with `$WORK` (`$WORK/b001/
-        // importcfg.link` names it): keep copies. The serve side hashes the main one.
+        // compiles; the others made in this run are deleted with `$WORK`: keep copies.
         let main = argv.last().map(String::as_str);
-        if let Some(text) = files.get_mut("importcfg")
-            && let Some((_, v)) = flag_value(&argv, "importcfg")
-        {
-            let work = Path::new(v).parent().and_then(Path::parent);
+        let work = flag_value(&argv, "o").and_then(|(_, o)| work_of_link_output(o));
+        if let Some(text) = files.get_mut("importcfg") {
             *text = keep_archives(text, work, dir, main)?;
         }
         if let Some(main) = main {
-            std::fs::copy(main, record.saved_file(dir, MAIN_ARCHIVE))?;
+            copy_private(Path::new(main), &record.saved_file(dir, MAIN_ARCHIVE))?;
         }
     }
     let run = ToolRun {
-        output: None,
         files,
         argv,
         cwd,
-        env: std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect::<BTreeMap<_, _>>(),
+        env: env::record(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        ),
     };
-    write_record(&record.file(dir), &run)
+    write_private(&record.file(dir), &serde_json::to_vec(&run)?)
 }
 
-/// Replace `file` with `run`, atomically.
-pub fn write_record(file: &Path, run: &ToolRun) -> io::Result<()> {
-    crate::util::write_atomic(file, &serde_json::to_vec(run)?)
+/// Replace `file` with `data`, atomically, readable by its owner only.
+pub fn write_private(file: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for attempt in 0..16u32 {
+        let tmp = dir.join(format!(
+            ".{}.{}-{attempt}-{:x}.tmp",
+            file.file_name().map_or("record".into(), |n| n.to_string_lossy()),
+            std::process::id(),
+            nonce(),
+        ));
+        let mut f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        let written = f.write_all(data).and_then(|()| std::fs::rename(&tmp, file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return written;
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free temporary name in {}", dir.display()),
+    ))
+}
+
+/// Some bits that differ from call to call (names of temporary files).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Copy `from` to `to`, mode 0600.
+fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
+    write_private(to, &std::fs::read(from)?)
 }
 
 /// `importcfg` with every archive the go command built in this run (below `work`, deleted when
@@ -117,7 +238,7 @@ fn keep_archives(
     let Some(work) = work.filter(|w| w.parent().is_some()) else {
         return Ok(importcfg.to_string());
     };
-    let archives = super::archives_dir(dir);
+    let archives = archives_dir(dir);
     let mut out = String::with_capacity(importcfg.len());
     for line in importcfg.split_inclusive('\n') {
         let built_here = packagefile(line)
@@ -127,23 +248,46 @@ fn keep_archives(
             out.push_str(line);
             continue;
         };
-        std::fs::create_dir_all(&archives)?;
+        create_private_dir(&archives)?;
         let kept = archives.join(below.to_string_lossy().replace('/', "-"));
-        // Kept already by another record of this build (the directory is emptied before each).
         if !kept.exists() {
-            std::fs::copy(path, &kept)?;
+            copy_private(Path::new(path), &kept)?;
         }
         out.push_str(&format!("packagefile {pkg}={}\n", kept.display()));
     }
     Ok(out)
 }
 
+/// Create `dir` (and its parents) with mode 0700; an existing one is left as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn records_are_named_by_package() {
+        let dir = Path::new("/r");
+        assert_eq!(Record::Link.file(dir), Path::new("/r/link.json"));
+        assert_eq!(
+            Record::Compile("main".into()).file(dir),
+            Path::new("/r/compile@main.json")
+        );
+        assert_eq!(
+            Record::Compile("example.com/a%b/c".into()).saved_file(dir, "importcfg"),
+            Path::new("/r/compile@example.com%2Fa%25b%2Fc.importcfg")
+        );
     }
 
     #[test]
@@ -158,13 +302,7 @@ mod tests {
             Some(Record::Compile("main".into()))
         );
         assert_eq!(
-            rec(&[
-                &compile,
-                "-p",
-                "example.com/x/pkg",
-                "./pkg/a.go",
-                "./pkg/b.go"
-            ]),
+            rec(&[&compile, "-p", "example.com/x/pkg", "./pkg/a.go", "./pkg/b.go"]),
             Some(Record::Compile("example.com/x/pkg".into()))
         );
         // The go command compiles the standard library and the module cache from the same
@@ -180,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_holds_its_configuration_files() {
+    fn a_record_holds_its_configuration_files_and_no_environment_value() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
         std::fs::create_dir(&work).unwrap();
@@ -199,13 +337,18 @@ mod tests {
         .unwrap();
         // The go command deletes its temporary directory when it exits.
         std::fs::remove_dir_all(&work).unwrap();
-        let run: ToolRun =
-            serde_json::from_slice(&std::fs::read(main.file(tmp.path())).unwrap()).unwrap();
+        let file = main.file(tmp.path());
+        let text = std::fs::read_to_string(&file).unwrap();
+        let run: ToolRun = serde_json::from_str(&text).unwrap();
         assert_eq!(run.files["importcfg"], "packagefile fmt=/c/fmt-d\n");
         assert_eq!(run.files["embedcfg"], "{}");
         assert_eq!(run.argv[2], cfg);
         assert_eq!(run.cwd, cwd);
+        let path = std::env::var("PATH").unwrap();
         assert!(run.env.contains_key("PATH"));
+        assert!(!text.contains(&path), "{text}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
@@ -216,6 +359,7 @@ mod tests {
             std::fs::create_dir_all(work.join(b)).unwrap();
             std::fs::write(work.join(b).join("_pkg_.a"), b).unwrap();
         }
+        std::fs::create_dir_all(work.join("b001/exe")).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
         let main = work.join("b001/_pkg_.a").display().to_string();
         let dep = work.join("b002/_pkg_.a").display().to_string();
@@ -225,20 +369,20 @@ mod tests {
         );
         std::fs::write(work.join("b001/importcfg.link"), cfg).unwrap();
         let link_cfg = work.join("b001/importcfg.link").display().to_string();
+        let out = work.join("b001/exe/a.out").display().to_string();
         save(
             &dir,
             &Record::Link,
-            argv(&["link", "-o", "a.out", "-importcfg", &link_cfg, &main]),
+            argv(&["link", "-o", &out, "-importcfg", &link_cfg, &main]),
             PathBuf::from("/"),
         )
         .unwrap();
         std::fs::remove_dir_all(&work).unwrap();
         let run: ToolRun =
             serde_json::from_slice(&std::fs::read(Record::Link.file(&dir)).unwrap()).unwrap();
-        let saved = &run.files["importcfg"];
-        let kept = super::super::archives_dir(&dir).join("b002-_pkg_.a");
+        let kept = archives_dir(&dir).join("b002-_pkg_.a");
         assert_eq!(
-            *saved,
+            run.files["importcfg"],
             format!(
                 "# import config\npackagefile fmt=/cache/ab/cd-d\npackagefile m/pkg={}\n\
                  packagefile m={main}\nmodinfo \"x\"\n",
@@ -246,5 +390,9 @@ mod tests {
             )
         );
         assert_eq!(std::fs::read_to_string(kept).unwrap(), "b002");
+        assert_eq!(
+            std::fs::read_to_string(Record::Link.saved_file(&dir, MAIN_ARCHIVE)).unwrap(),
+            "b001"
+        );
     }
 }

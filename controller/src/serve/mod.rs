@@ -8,14 +8,14 @@
 //! stopped in order.
 
 mod app_watch;
-mod build;
+pub(crate) mod build;
 mod io;
 mod leftovers;
 mod lock;
 mod patch;
 mod reconcile;
 mod restart;
-mod root;
+pub(crate) mod root;
 mod session;
 
 use std::fs::File;
@@ -44,7 +44,7 @@ const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_HANDSHAKE: i32 = 3;
 const EXIT_SETUP: i32 = 4;
 
-fn log(msg: impl AsRef<str>) {
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("kdev-serve: {}", msg.as_ref());
 }
 

@@ -35,7 +35,7 @@ pub(super) enum SyncRootError {
 }
 
 /// `p` with `.` and `..` resolved lexically (no filesystem access).
-pub(in crate::serve) fn lexical(p: &Path) -> PathBuf {
+pub(crate) fn lexical(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

@@ -18,6 +18,14 @@ use super::io::{Inbound, Out, error, fatal};
 use super::{EXIT_BAD_INPUT, EXIT_OK, log, patch, reconcile};
 use crate::util::ms;
 
+/// Sleep until `at`; forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Paths echoed per list in a `PatchResult` (the counts say how many there were).
 const MAX_LISTED: usize = 1000;
 
@@ -53,6 +61,7 @@ impl Session {
         term: &mut watch::Receiver<bool>,
     ) -> i32 {
         loop {
+            let shadow_due = self.builds.shadow_due();
             tokio::select! {
                 // A SIGTERM that arrived while a message was handled wins over the next one.
                 biased;
@@ -91,6 +100,8 @@ impl Session {
                     }
                 }
                 Some((id, res)) = self.builds.finished() => self.builds.on_finished(id, res).await,
+                // Idle long enough after a quick rebuild: prove it (see `build`).
+                _ = sleep_until_some(shadow_due) => self.builds.start_shadow(),
             }
         }
     }
@@ -275,7 +286,11 @@ impl Session {
         }
         // Every path, not only build inputs: a quick rebuild must know of a changed go.mod
         // even if the client's patterns say it builds nothing by itself.
-        self.builds.add_patch(id, outcome.touched());
+        self.builds.add_patch(
+            id,
+            outcome.applied.iter().map(String::as_str),
+            outcome.deleted.iter().map(String::as_str),
+        );
         let do_build = match build {
             BuildMode::Never => false,
             BuildMode::Always => true,

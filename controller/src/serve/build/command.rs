@@ -28,9 +28,14 @@ pub(crate) struct BuildSpec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Run with `env` alone, not on top of the controller's environment (a recorded run's
+    /// environment is complete).
+    pub env_clear: bool,
     pub output: PathBuf,
     /// Where the running build's process group is recorded (see [`leftovers`]).
     pub group_file: Option<PathBuf>,
+    /// At the lowest CPU priority (the shadow build must not slow what the user waits for).
+    pub nice: bool,
 }
 
 /// Build-related settings that come from the controller's flags.
@@ -79,8 +84,10 @@ impl BuildSpec {
             argv,
             cwd: root.to_path_buf(),
             env,
+            env_clear: false,
             output: output.to_path_buf(),
             group_file: None,
+            nice: false,
         }
     }
 }
@@ -120,10 +127,17 @@ pub(crate) struct BuildResult {
     pub output: String,
     pub truncated: bool,
     pub elapsed: Duration,
-    /// It was `go build` with the quick-rebuild recorder ([`super::quick`]).
-    pub recorded: bool,
-    /// It was a quick rebuild (compile and link without the go command).
-    pub quick: bool,
+    pub kind: BuildKind,
+}
+
+/// What ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BuildKind {
+    /// The build command (`go build`, or the user's), recording into this directory when quick
+    /// rebuilds are on ([`crate::quick_build`]).
+    Command { recorded_in: Option<PathBuf> },
+    /// A quick rebuild, compiling these packages (then the link).
+    Quick { packages: Vec<String> },
 }
 
 impl BuildResult {
@@ -135,8 +149,7 @@ impl BuildResult {
             output: String::new(),
             truncated: false,
             elapsed: Duration::ZERO,
-            recorded: false,
-            quick: false,
+            kind: BuildKind::Command { recorded_in: None },
         }
     }
 }
@@ -197,8 +210,7 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
         output: e.to_string(),
         truncated: false,
         elapsed: t0.elapsed(),
-        recorded: false,
-        quick: false,
+        kind: BuildKind::Command { recorded_in: None },
     };
     let _ = std::fs::remove_file(&spec.output);
     let (rd, wr) = match nix::unistd::pipe() {
@@ -210,6 +222,18 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
         Err(e) => return fail(StartError::DupPipe(e)),
     };
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
+    if spec.env_clear {
+        cmd.env_clear();
+    }
+    if spec.nice {
+        // SAFETY: setpriority is async-signal-safe; between fork and exec nothing else runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                Ok(())
+            });
+        }
+    }
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
         .envs(&spec.env)
@@ -269,8 +293,7 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
                 ),
                 truncated,
                 elapsed: t0.elapsed(),
-                recorded: false,
-                quick: false,
+                kind: BuildKind::Command { recorded_in: None },
             };
         }
     } else {
@@ -282,8 +305,7 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
         output,
         truncated,
         elapsed: t0.elapsed(),
-        recorded: false,
-        quick: false,
+        kind: BuildKind::Command { recorded_in: None },
     }
 }
 

@@ -8,15 +8,22 @@
 //! half-patched tree is never installed. A build that finishes just as it is cancelled is
 //! reported cancelled and not installed.
 //!
+//! A build is a quick rebuild when [`crate::quick_build`] allows one, else the build command.
+//! After a quick rebuild, once the session has been idle for [`SHADOW_DELAY`], the **shadow
+//! build** runs: `go build` of the same tree at the lowest CPU priority, invisible to the
+//! client unless its binary differs from the quick one (then go build's is installed, the app
+//! restarted, a warning says which packages, and quick rebuilds stay off for the session).
+//! Anything that changes the tree cancels it first, like any build.
+//!
 //! A successful build whose binary is byte-identical to the one the app runs is neither
 //! installed nor followed by a restart ([`unchanged`]): `BuildFinished` says `unchanged`.
 
 pub(super) mod cache;
-pub(super) mod command;
-mod quick;
+pub(crate) mod command;
 mod unchanged;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kdev_protocol::{BuildConfig, BuildOutcome, Event, Layout};
@@ -27,9 +34,14 @@ use tokio::task::JoinHandle;
 use super::io::Out;
 use super::log;
 use super::restart::{RestartCtx, restart_and_wait};
+use crate::quick_build::{QuickBuilds, Verification};
 use crate::util::{self, ms, unix_ms};
 pub use command::BuildDefaults;
-use command::{BuildResult, BuildSpec};
+use command::{BuildKind, BuildResult, BuildSpec};
+
+/// How long the session must be idle after a quick rebuild before its shadow build starts:
+/// a save that follows at once should not find the CPU busy with it.
+pub(crate) const SHADOW_DELAY: Duration = Duration::from_millis(300);
 
 /// `run/build-state.json`: the tree changed since the last successful build (`dirty`), so a
 /// new session knows it must build even if reconcile finds no difference.
@@ -45,6 +57,8 @@ struct RunningBuild {
     cancel: Option<oneshot::Sender<()>>,
     /// Patches whose changes it was building (re-queued if it is cancelled).
     patch_ids: Vec<u64>,
+    /// It is a shadow build, and what for.
+    shadow: Option<Verification>,
 }
 
 /// The session's builds, the tree's build state and the restart after an install.
@@ -65,7 +79,9 @@ pub(super) struct Builds {
     restart_ctx: RestartCtx,
     /// GOCACHE may be used (see [`cache`]: a fresh volume is seeded first).
     cache_ready: watch::Receiver<bool>,
-    quick: quick::QuickBuilds,
+    quick: QuickBuilds,
+    /// When the shadow build is due, if it is.
+    shadow_at: Option<tokio::time::Instant>,
 }
 
 impl Builds {
@@ -83,11 +99,16 @@ impl Builds {
             .and_then(|d| serde_json::from_slice(&d).ok())
             .unwrap_or_default();
         let (done_tx, done_rx) = mpsc::channel(4);
-        let quick = quick::QuickBuilds::new(
+        // The environment `go build` runs with: the controller's, the build's on top.
+        let spec = BuildSpec::resolve(&config, &defaults, &root, &layout.app_next());
+        let mut build_env: BTreeMap<String, String> = std::env::vars().collect();
+        build_env.extend(spec.env);
+        let quick = QuickBuilds::new(
             layout.quick_build_dir(),
             root.clone(),
             &config,
             &defaults.go,
+            build_env,
         );
         Builds {
             quick,
@@ -105,6 +126,7 @@ impl Builds {
             restart_task: None,
             restart_ctx,
             cache_ready,
+            shadow_at: None,
         }
     }
 
@@ -125,15 +147,22 @@ impl Builds {
 
     /// A patch failed part-way: what it changed is not known path by path.
     pub(super) fn patch_failed(&mut self) {
-        self.quick.forget();
+        self.shadow_at = None;
+        self.quick.patch_failed();
     }
 
-    /// A patch was applied: the next build includes it and the paths it `changed`.
-    pub(super) fn add_patch<'a>(&mut self, id: u64, changed: impl Iterator<Item = &'a str>) {
+    /// A patch was applied: the next build includes it and the paths it wrote and deleted.
+    pub(super) fn add_patch<'a>(
+        &mut self,
+        id: u64,
+        applied: impl Iterator<Item = &'a str>,
+        deleted: impl Iterator<Item = &'a str>,
+    ) {
+        // The tree is not what the installed binary was built from any more: no shadow build
+        // of it until the next build.
+        self.shadow_at = None;
         self.pending_patches.push(id);
-        for path in changed {
-            self.quick.changed(path);
-        }
+        self.quick.changed(applied, deleted);
     }
 
     /// Mark the tree dirty, or built (recording the time of that success).
@@ -164,9 +193,19 @@ impl Builds {
         }
     }
 
+    /// The go cache the build uses (the build's environment may name another).
+    fn gocache(&self) -> PathBuf {
+        self.config
+            .env
+            .get("GOCACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.defaults.gocache.clone())
+    }
+
     /// Start a build of the tree as it is (the caller cancelled any running one): a quick
-    /// rebuild when [`quick`] allows one, falling back to `go build` if it fails.
+    /// rebuild when [`crate::quick_build`] allows one, falling back to `go build` if it fails.
     pub(super) fn start(&mut self, request_id: Option<u64>) {
+        self.shadow_at = None;
         let id = self.next_id;
         self.next_id += 1;
         let output = self.layout.app_next();
@@ -174,22 +213,20 @@ impl Builds {
         spec.group_file = Some(self.layout.build_group_file());
         let command = spec.argv.clone();
         let quick = match self.quick.plan(&output) {
-            Some(Ok(steps)) => Some(steps),
+            Some(Ok(plan)) => Some(plan),
             Some(Err(why)) => {
                 log(format!("build {id}: go build ({why})"));
                 None
             }
             None => None,
         };
-        if quick.is_none() {
-            self.quick.forget();
-        }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let patch_ids = std::mem::take(&mut self.pending_patches);
         self.running = Some(RunningBuild {
             id,
             cancel: Some(cancel_tx),
             patch_ids: patch_ids.clone(),
+            shadow: None,
         });
         let ev = Event::BuildStarted {
             build_id: id,
@@ -197,56 +234,101 @@ impl Builds {
             request_id,
             command,
         };
-        // Queue the event before the task can finish, so BuildStarted precedes BuildFinished.
-        let out = self.out.clone();
-        let done = self.done_tx.clone();
-        let mut cache_ready = self.cache_ready.clone();
         let group_file = spec.group_file.clone();
-        let full = self.quick.with_recorder(spec);
-        let records = self.layout.quick_build_dir();
+        let (full, recorded_in) = self.quick.recording(spec);
+        let job = BuildJob {
+            id,
+            out: self.out.clone(),
+            done: self.done_tx.clone(),
+            cache_ready: self.cache_ready.clone(),
+        };
         tokio::spawn(async move {
-            out.event(ev).await;
-            let mut cancel_rx = cancel_rx;
-            // The build's time includes waiting for a fresh cache volume to be seeded.
-            let waited = tokio::select! {
-                w = cache::wait_ready(&mut cache_ready) => w,
-                _ = &mut cancel_rx => {
-                    let res = BuildResult::cancelled();
-                    let _ = done.send((id, res)).await;
-                    return;
-                }
-            };
-            let mut res = match quick {
-                Some(steps) => {
-                    let r = run_quick(steps, group_file, &mut cancel_rx).await;
-                    match r {
-                        Ok(r) => r,
+            // Queued before the task can finish, so BuildStarted precedes BuildFinished.
+            job.out.event(ev).await;
+            job.run(cancel_rx, |mut cancel| async move {
+                let cancel = &mut cancel;
+                if let Some(plan) = quick {
+                    match run_quick(plan.steps, group_file, cancel).await {
+                        Ok(mut r) => {
+                            if r.outcome == BuildOutcome::Succeeded {
+                                log(format!(
+                                    "build {id}: quick rebuild (the go command skipped) in {} ms",
+                                    r.elapsed.as_millis()
+                                ));
+                            }
+                            r.kind = BuildKind::Quick {
+                                packages: plan.packages,
+                            };
+                            if let Some(dir) = recorded_in {
+                                let _ = std::fs::remove_dir_all(dir);
+                            }
+                            return r;
+                        }
                         Err((spent, first)) => {
                             log(format!(
                                 "build {id}: the quick rebuild failed ({first}); running go build"
                             ));
-                            let mut r = run_full(full, &records, &mut cancel_rx).await;
+                            let mut r = run_command(full, recorded_in, cancel).await;
                             r.elapsed += spent;
-                            r
+                            return r;
                         }
                     }
                 }
-                None => run_full(full, &records, &mut cancel_rx).await,
-            };
-            if res.quick && res.outcome == BuildOutcome::Succeeded {
-                log(format!(
-                    "build {id}: quick rebuild (the go command skipped) in {} ms",
-                    res.elapsed.as_millis()
-                ));
-            }
-            res.elapsed += waited;
-            let _ = done.send((id, res)).await;
+                run_command(full, recorded_in, cancel).await
+            })
+            .await;
+        });
+    }
+
+    /// When the shadow build should start, if one is due and nothing runs.
+    pub(super) fn shadow_due(&self) -> Option<tokio::time::Instant> {
+        self.shadow_at.filter(|_| self.running.is_none())
+    }
+
+    /// Start the shadow build: `go build` of the tree as it is, at the lowest priority, to
+    /// `bin/app.verify`; no event tells the client of it.
+    pub(super) fn start_shadow(&mut self) {
+        self.shadow_at = None;
+        let Some(why) = self.quick.verification() else {
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut spec = BuildSpec::resolve(
+            &self.config,
+            &self.defaults,
+            &self.root,
+            &self.layout.app_verify(),
+        );
+        spec.group_file = Some(self.layout.build_group_file());
+        spec.nice = true;
+        let (spec, recorded_in) = self.quick.recording(spec);
+        log(format!("build {id}: shadow build ({})", describe_verification(&why)));
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.running = Some(RunningBuild {
+            id,
+            cancel: Some(cancel_tx),
+            patch_ids: Vec::new(),
+            shadow: Some(why),
+        });
+        let job = BuildJob {
+            id,
+            out: self.out.clone(),
+            done: self.done_tx.clone(),
+            cache_ready: self.cache_ready.clone(),
+        };
+        tokio::spawn(async move {
+            job.run(cancel_rx, |mut cancel| async move {
+                run_command(spec, recorded_in, &mut cancel).await
+            })
+            .await;
         });
     }
 
     /// Cancel the running build, if any, and wait until it is gone (its `BuildFinished` is
-    /// sent). Returns its id.
+    /// sent). Returns its id, unless it was a shadow build.
     pub(super) async fn cancel(&mut self) -> Option<u64> {
+        self.shadow_at = None;
         let mut b = self.running.take()?;
         // Its changes are still unbuilt: the next build includes them.
         let mut ids = std::mem::take(&mut b.patch_ids);
@@ -257,6 +339,11 @@ impl Builds {
         }
         while let Some((id, res)) = self.done_rx.recv().await {
             let mine = id == b.id;
+            if mine && b.shadow.is_some() {
+                log(format!("build {id}: shadow build cancelled (the tree changed)"));
+                self.shadow_cancelled(res).await;
+                return None;
+            }
             self.report(id, res, false).await;
             if mine {
                 break;
@@ -272,10 +359,14 @@ impl Builds {
 
     /// Handle a build that [`Builds::finished`] returned: install, report, restart.
     pub(super) async fn on_finished(&mut self, id: u64, res: BuildResult) {
+        let mut shadow = None;
         if self.running.as_ref().map(|b| b.id) == Some(id) {
-            self.running = None;
+            shadow = self.running.take().and_then(|b| b.shadow);
         }
-        self.report(id, res, true).await;
+        match shadow {
+            Some(why) => self.shadow_finished(id, why, res).await,
+            None => self.report(id, res, true).await,
+        }
     }
 
     /// Install a successful build (unless it was cancelled, or the app already runs the same
@@ -285,40 +376,7 @@ impl Builds {
         let mut unchanged = false;
         if res.outcome == BuildOutcome::Succeeded {
             if may_install {
-                let (next, app) = (self.layout.app_next(), self.layout.app_binary());
-                let t0 = Instant::now();
-                let layout = self.layout.clone();
-                let check = tokio::task::spawn_blocking(move || unchanged::check(&layout)).await;
-                let compare_ms = t0.elapsed().as_millis();
-                match check {
-                    Ok(Ok(())) => {
-                        log(format!(
-                            "build {id}: identical to the running binary (checked in {compare_ms} ms): \
-                             not installed, the app is not restarted"
-                        ));
-                        unchanged = true;
-                        if let Err(e) = std::fs::remove_file(&next) {
-                            log(format!("cannot remove {}: {e}", next.display()));
-                        }
-                    }
-                    Ok(Err(why)) => log(format!(
-                        "build {id}: installing ({why}; checked in {compare_ms} ms)"
-                    )),
-                    Err(e) => log(format!("build {id}: installing (the check failed: {e})")),
-                }
-                if !unchanged {
-                    match std::fs::rename(&next, &app) {
-                        Ok(()) => installed = true,
-                        Err(e) => {
-                            res.outcome = BuildOutcome::Error;
-                            res.output.push_str(&format!(
-                                "\ncannot move {} to {}: {e}",
-                                next.display(),
-                                app.display()
-                            ));
-                        }
-                    }
-                }
+                (installed, unchanged) = self.install(id, &mut res).await;
             } else {
                 // It finished just as it was cancelled: the tree changed since, do not install.
                 res.outcome = BuildOutcome::Cancelled;
@@ -331,13 +389,27 @@ impl Builds {
         ));
         // Recorded before it is reported: a client that reconnects as soon as it hears of the
         // build must find the tree built.
-        if installed || unchanged {
+        let built = installed || unchanged;
+        if built {
             self.set_dirty(false);
         }
-        if !res.quick {
-            self.quick
-                .full_build_finished(res.recorded, installed || unchanged)
-                .await;
+        match res.kind {
+            BuildKind::Quick { packages } => {
+                if built {
+                    self.quick.quick_installed(id, packages);
+                }
+            }
+            BuildKind::Command { recorded_in } => {
+                if built {
+                    self.quick.full_installed();
+                }
+                self.quick
+                    .full_build_finished(recorded_in, built, Some(self.gocache()))
+                    .await;
+            }
+        }
+        if built && self.quick.verification().is_some() {
+            self.shadow_at = Some(tokio::time::Instant::now() + SHADOW_DELAY);
         }
         self.out
             .event(Event::BuildFinished {
@@ -353,6 +425,148 @@ impl Builds {
             .await;
         if installed {
             self.restart(Some(id));
+        }
+    }
+
+    /// Move `bin/app.next` into place unless it is identical to the running binary: `(installed,
+    /// unchanged)`. A failed move turns `res` into an error.
+    async fn install(&mut self, id: u64, res: &mut BuildResult) -> (bool, bool) {
+        let (next, app) = (self.layout.app_next(), self.layout.app_binary());
+        let t0 = Instant::now();
+        let layout = self.layout.clone();
+        let check = tokio::task::spawn_blocking(move || unchanged::check(&layout)).await;
+        let compare_ms = t0.elapsed().as_millis();
+        match check {
+            Ok(Ok(())) => {
+                log(format!(
+                    "build {id}: identical to the running binary (checked in {compare_ms} ms): \
+                     not installed, the app is not restarted"
+                ));
+                if let Err(e) = std::fs::remove_file(&next) {
+                    log(format!("cannot remove {}: {e}", next.display()));
+                }
+                return (false, true);
+            }
+            Ok(Err(why)) => log(format!(
+                "build {id}: installing ({why}; checked in {compare_ms} ms)"
+            )),
+            Err(e) => log(format!("build {id}: installing (the check failed: {e})")),
+        }
+        match std::fs::rename(&next, &app) {
+            Ok(()) => (true, false),
+            Err(e) => {
+                res.outcome = BuildOutcome::Error;
+                res.output.push_str(&format!(
+                    "\ncannot move {} to {}: {e}",
+                    next.display(),
+                    app.display()
+                ));
+                (false, false)
+            }
+        }
+    }
+
+    /// A shadow build was cancelled: its records are dropped, the quick binary stays unproven
+    /// (the next build replaces it, and its own shadow build follows).
+    async fn shadow_cancelled(&mut self, res: BuildResult) {
+        let _ = std::fs::remove_file(self.layout.app_verify());
+        if let BuildKind::Command { recorded_in } = res.kind {
+            self.quick
+                .full_build_finished(recorded_in, false, None)
+                .await;
+        }
+    }
+
+    /// The shadow build ran to its end with the tree unchanged: compare, and act on a
+    /// difference.
+    async fn shadow_finished(&mut self, id: u64, why: Verification, res: BuildResult) {
+        let verify = self.layout.app_verify();
+        let succeeded = res.outcome == BuildOutcome::Succeeded;
+        if let BuildKind::Command { recorded_in } = res.kind {
+            self.quick
+                .full_build_finished(recorded_in, succeeded, Some(self.gocache()))
+                .await;
+        }
+        let equal = succeeded && {
+            let (a, b) = (verify.clone(), self.layout.app_binary());
+            tokio::task::spawn_blocking(move || unchanged::same_binary(&a, &b))
+                .await
+                .unwrap_or(false)
+        };
+        self.quick.verification_done(&why, equal);
+        log(format!(
+            "build {id}: shadow build {:?} in {} ms: {}",
+            res.outcome,
+            res.elapsed.as_millis(),
+            if equal { "the same binary" } else { "differs" }
+        ));
+        match (&why, succeeded, equal) {
+            (Verification::Quick { build_id, .. }, true, true) => {
+                let verified = self.quick.counts.verified;
+                self.out
+                    .event(Event::BuildVerified {
+                        build_id: *build_id,
+                        elapsed_ms: ms(res.elapsed),
+                        verified,
+                    })
+                    .await;
+            }
+            (Verification::Quick { build_id, packages }, true, false) => {
+                let message = format!(
+                    "the quick rebuild of build {build_id} differs from go build's (packages {}): \
+                     go build's binary is installed and the app restarted; quick rebuilds are off \
+                     for this session (please report this to kdev)",
+                    packages.join(", ")
+                );
+                self.quick.turn_off(message.clone());
+                self.install_shadow(id, &verify, message).await;
+            }
+            (Verification::Quick { build_id, packages }, false, _) => {
+                let first: Vec<&str> = res.output.lines().take(20).collect();
+                let message = format!(
+                    "go build fails where the quick rebuild of build {build_id} succeeded \
+                     (packages {}); quick rebuilds are off for this session and the next save \
+                     runs go build. go build said:\n{}",
+                    packages.join(", "),
+                    first.join("\n")
+                );
+                self.quick.turn_off(message.clone());
+                // The tree is not built as go build sees it.
+                self.set_dirty(true);
+                self.warn(message).await;
+            }
+            (Verification::Records, true, false) => {
+                self.install_shadow(
+                    id,
+                    &verify,
+                    "go build of the unchanged tree gave another binary; it is installed".into(),
+                )
+                .await;
+            }
+            (Verification::Records, ..) => {}
+        }
+        let _ = std::fs::remove_file(&verify);
+    }
+
+    async fn warn(&self, message: String) {
+        log(&message);
+        self.out
+            .event(Event::Warning {
+                code: "quick_build_differs".into(),
+                message,
+            })
+            .await;
+    }
+
+    /// Install the shadow build's binary and restart the app, saying why.
+    async fn install_shadow(&mut self, id: u64, verify: &Path, message: String) {
+        self.warn(message).await;
+        match std::fs::rename(verify, self.layout.app_binary()) {
+            Ok(()) => self.restart(Some(id)),
+            Err(e) => {
+                log(format!("cannot install the shadow build's binary: {e}"));
+                self.set_dirty(true);
+            }
         }
     }
 
@@ -376,24 +590,58 @@ impl Builds {
     }
 }
 
-/// `go build`, with the quick-rebuild recorder when `full.1`; the old records go first, so a
-/// record is always this build's.
-async fn run_full(
-    full: (BuildSpec, bool),
-    records: &std::path::Path,
+/// What a shadow build is for, for the log.
+fn describe_verification(v: &Verification) -> String {
+    match v {
+        Verification::Quick { build_id, packages } => format!(
+            "proving quick rebuild {build_id} of {}",
+            packages.join(", ")
+        ),
+        Verification::Records => "recording packages that came from the build cache".into(),
+    }
+}
+
+/// What every build task needs: its id, the client, where it reports, the cache's readiness.
+struct BuildJob {
+    id: u64,
+    out: Out,
+    done: mpsc::Sender<(u64, BuildResult)>,
+    cache_ready: watch::Receiver<bool>,
+}
+
+impl BuildJob {
+    /// Wait for the cache (the build's time includes that), run `build`, report its result.
+    async fn run<F, Fut>(mut self, mut cancel: oneshot::Receiver<()>, build: F)
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = BuildResult>,
+    {
+        let waited = tokio::select! {
+            w = cache::wait_ready(&mut self.cache_ready) => w,
+            _ = &mut cancel => {
+                let _ = self.done.send((self.id, BuildResult::cancelled())).await;
+                return;
+            }
+        };
+        let mut res = build(cancel).await;
+        res.elapsed += waited;
+        let _ = self.done.send((self.id, res)).await;
+    }
+}
+
+/// The build command (`go build`, recording into `recorded_in` when quick rebuilds are on).
+async fn run_command(
+    spec: BuildSpec,
+    recorded_in: Option<PathBuf>,
     cancel: &mut oneshot::Receiver<()>,
 ) -> BuildResult {
-    let (spec, recorded) = full;
-    if recorded {
-        quick::clear_records(records);
-    }
     let mut r = command::run(spec, cancel).await;
-    r.recorded = recorded;
+    r.kind = BuildKind::Command { recorded_in };
     r
 }
 
-/// The compiles, then the link. `Err((time spent, the first line of its output))` when a step failed
-/// (not cancelled): the caller falls back to `go build`.
+/// The compiles, then the link. `Err((time spent, the first line of its output))` when a step
+/// failed (not cancelled): the caller falls back to `go build`.
 async fn run_quick(
     steps: Vec<BuildSpec>,
     group_file: Option<PathBuf>,
@@ -406,13 +654,7 @@ async fn run_quick(
         spent += r.elapsed;
         match r.outcome {
             BuildOutcome::Succeeded => {}
-            BuildOutcome::Cancelled => {
-                return Ok(BuildResult {
-                    elapsed: spent,
-                    quick: true,
-                    ..r
-                });
-            }
+            BuildOutcome::Cancelled => return Ok(BuildResult { elapsed: spent, ..r }),
             _ => {
                 let first = r.output.lines().find(|l| !l.trim().is_empty());
                 return Err((spent, first.unwrap_or("no output").to_string()));
@@ -425,7 +667,8 @@ async fn run_quick(
         output: String::new(),
         truncated: false,
         elapsed: spent,
-        recorded: false,
-        quick: true,
+        kind: BuildKind::Quick {
+            packages: Vec::new(),
+        },
     })
 }

@@ -78,6 +78,12 @@ pub(super) fn check(layout: &Layout) -> Result<(), MustInstall> {
     Ok(())
 }
 
+/// Whether two binaries are the same program: the same bytes, the Go build ID aside. False
+/// when either cannot be read.
+pub(super) fn same_binary(a: &Path, b: &Path) -> bool {
+    std::fs::metadata(b).is_ok_and(|m| same_bytes(a, b, m.len()).unwrap_or(false))
+}
+
 /// Whether `next` has the bytes of `installed` (whose size is known), the Go build ID aside:
 /// sizes, then BLAKE3, then (different hashes) both files with their build IDs blanked.
 fn same_bytes(next: &Path, installed: &Path, installed_size: u64) -> io::Result<bool> {

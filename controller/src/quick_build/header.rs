@@ -1,7 +1,10 @@
-//! The part of a Go source file that decides how `go build` treats it: the directives before
-//! the package clause (`//go:build`, `// +build`, `//go:debug`, …), the package name and the
-//! imports. If none of it changed, recompiling the file with the last build's compiler flags
-//! gives what `go build` would; if any of it changed, only the go command can say what to do.
+//! The part of a Go source file that decides how `go build` treats it: its effective build
+//! constraint ([`super::constraints`]), the directives before the package clause (`//go:build`,
+//! `// +build`, `//go:debug`, …), the package name, the imports and the `//go:embed` patterns.
+//! If none of it changed, recompiling the file with the last build's compiler flags gives what
+//! `go build` would; if any of it changed, only the go command can say what to do.
+
+use super::constraints::Constraint;
 
 /// A Go file's prologue, as far as the build is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +15,11 @@ pub struct GoHeader {
     /// `(name, "path")` in order; the name is empty when the spec has none, and the path is the
     /// literal as written (quotes included).
     pub imports: Vec<(String, String)>,
+    /// Every `//go:embed` line of the file, trimmed (the go command reads them all to find the
+    /// files it embeds; a line in a string literal counts too, which only errs on go's side).
+    pub embeds: Vec<String>,
+    /// `None` when go would refuse the file's constraint.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -131,10 +139,18 @@ pub fn parse(src: &str) -> Option<GoHeader> {
             None => return None,
         }
     }
+    let embeds = src
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("//go:embed"))
+        .map(str::to_string)
+        .collect();
     Some(GoHeader {
         directives: lx.directives,
         package: package.to_string(),
         imports,
+        embeds,
+        constraint: Constraint::of(src.as_bytes()).ok(),
     })
 }
 
@@ -207,9 +223,17 @@ mod tests {
             a.replace("package main", "package other"),
             format!("//go:build ignore\n\n{a}"),
             format!("//go:debug http2client=0\n{a}"),
+            format!("{a}\n//go:embed x.txt\nvar x string\n"),
+            format!("// +build ignore\n\n{a}"),
         ] {
             assert_ne!(parse(a), parse(&changed), "{changed}");
         }
+        // A `// +build` line right above the package clause is documentation; with a blank line
+        // between them it is a constraint: the directives read the same, the constraint not.
+        let doc = format!("// +build ignore\n{a}");
+        let constraint = format!("// +build ignore\n\n{a}");
+        assert_eq!(parse(&doc).unwrap().directives, parse(&constraint).unwrap().directives);
+        assert_ne!(parse(&doc), parse(&constraint));
         // A directive after the package clause is not a file directive.
         assert_eq!(
             parse(a),
