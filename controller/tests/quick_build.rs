@@ -6,16 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
+use common::go_session::*;
 use common::*;
-use kdev_protocol::{
-    BuildConfig, BuildMode, BuildOutcome, ClientMessage, Event, Patch, SessionConfig,
-};
-
-/// A cold `go build` of the standard library on a busy two-core machine.
-const BUILD: Duration = Duration::from_secs(600);
+use kdev_protocol::{BuildOutcome, SessionConfig};
 
 const GO_MOD: &str = "module example.com/quick\n\ngo 1.22\n";
 
@@ -32,101 +26,6 @@ const UTIL_GO: &str = "package main\n\nfunc init() { extra += \"+util\" }\n";
 
 fn pkg_go(name: &str) -> String {
     format!("package pkg\n\nfunc Name() string {{ return \"{name}\" }}\n")
-}
-
-fn go_config(extra_env: &[(&str, &str)]) -> SessionConfig {
-    let env: std::collections::BTreeMap<String, String> = [
-        ("GOFLAGS", "-mod=mod"),
-        ("GOPROXY", "off"),
-        ("GOTOOLCHAIN", "local"),
-    ]
-    .into_iter()
-    .chain(extra_env.iter().copied())
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    SessionConfig {
-        build: BuildConfig {
-            env,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-struct Session {
-    s: Serve,
-    kdev: std::path::PathBuf,
-    next: u64,
-}
-
-/// What one build did: its outcome and output, and what the serve log said about it.
-struct Built {
-    outcome: BuildOutcome,
-    output: String,
-    log: String,
-}
-
-impl Built {
-    fn quick(&self) -> bool {
-        self.log
-            .contains(": quick rebuild (the go command skipped)")
-    }
-}
-
-impl Session {
-    fn start(kdev: &Path, cfg: SessionConfig) -> Session {
-        let gocache = gocache();
-        let mut s = Serve::start(kdev, &["--gocache", &gocache.to_string_lossy()]);
-        s.hello(cfg);
-        Session {
-            s,
-            kdev: kdev.to_path_buf(),
-            next: 1,
-        }
-    }
-
-    /// Send a patch of `files` (and `deletes`) and wait for its build.
-    fn patch(&mut self, files: &[(&str, &str)], deletes: &[&str]) -> Built {
-        let id = self.next;
-        self.next += 1;
-        self.s.send(&ClientMessage::Patch(Patch {
-            id,
-            deletes: deletes.iter().map(|d| d.to_string()).collect(),
-            build: BuildMode::Always,
-            tar: tar_of(files),
-        }));
-        let (outcome, output) = self
-            .s
-            .event_until(BUILD, &format!("build {id}"), |e| match e {
-                Event::BuildFinished {
-                    build_id,
-                    outcome,
-                    output,
-                    ..
-                } if *build_id == id => Some((*outcome, output.clone())),
-                _ => None,
-            });
-        let prefix = format!("build {id}: ");
-        let log = self
-            .s
-            .stderr()
-            .lines()
-            .filter(|l| l.contains(&prefix))
-            .collect::<Vec<_>>()
-            .join("\n");
-        Built {
-            outcome,
-            output,
-            log,
-        }
-    }
-
-    /// What the installed binary prints.
-    fn run_app(&self) -> String {
-        let out = Command::new(self.kdev.join("bin/app")).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
 }
 
 #[test]
@@ -176,7 +75,7 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     );
     assert!(
         b.log
-            .contains("go build (util.go's imports or build directives changed)"),
+            .contains("go build (util.go's build constraint, imports or directives changed)"),
         "{}",
         b.log
     );
@@ -189,7 +88,7 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     let b = s.patch(&[("main.go", &upper)], &[]);
     assert!(
         b.log
-            .contains("go build (main.go's imports or build directives changed)"),
+            .contains("go build (main.go's build constraint, imports or directives changed)"),
         "{}",
         b.log
     );
@@ -249,7 +148,7 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     let b = s.patch(&[("more.go", more)], &[]);
     assert!(
         b.log
-            .contains("go build (more.go is not a Go file of a package the last build compiled)"),
+            .contains("go build (more.go is a new Go file of its package)"),
         "{}",
         b.log
     );
@@ -258,36 +157,29 @@ fn edits_of_compiled_packages_skip_the_go_command_and_everything_else_takes_it()
     assert!(!b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "V9 p8");
 
-    // A file that is not Go source: go build; the records it keeps still hold.
+    // A file that is neither Go source nor embedded: go build ignores it, and so do quick
+    // rebuilds (the binary is the same).
     s.patch(&[("main.go", &upper.replace("v4", "v10"))], &[]);
     let b = s.patch(&[("notes.txt", "x")], &[]);
-    assert!(!b.quick(), "{}", b.log);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "V10 p8");
     let b = s.patch(&[("main.go", &upper.replace("v4", "v11"))], &[]);
     assert!(b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "V11 p8");
 
     // go.mod's language version goes to 1.21, back to 1.22 and to 1.21 again: the last build
-    // takes the main package compiled for 1.21 from its cache, while the record is of the 1.22
-    // compile. That record must not be used: the next edit runs go build.
+    // takes the main package compiled for 1.21 from its cache. The record of that compile (the
+    // first build's) is kept with the archive it wrote, so the next edit is quick and compiled
+    // for 1.21.
     for version in ["1.21", "1.22", "1.21"] {
         let b = s.patch(&[("go.mod", &GO_MOD.replace("1.22", version))], &[]);
         assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
         assert!(!b.quick(), "{}", b.log);
     }
-    assert!(
-        s.s.stderr().contains(
-            "quick rebuilds wait for the next full build: the main package came from the \
-             build cache, built by no recorded compile"
-        ),
-        "{}",
-        s.s.stderr()
-    );
     let b = s.patch(&[("main.go", &upper.replace("v4", "v12"))], &[]);
-    assert!(!b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "V12 p8");
-    let b = s.patch(&[("main.go", &upper.replace("v4", "v13"))], &[]);
     assert!(b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "V13 p8");
+    assert_eq!(s.run_app(), "V12 p8");
+    assert_go_build_agrees(kdev, &s.run_app());
 }
 
 /// Builds the small program, then an edit of main.go, in a session started with `cfg`: the

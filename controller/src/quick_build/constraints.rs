@@ -544,8 +544,12 @@ mod tests {
             c("// Copyright\n//go:build !dev\npackage p\n"),
             Constraint::GoBuild(Expr::Not(Box::new(tag("dev"))))
         );
-        // After a /* comment or the package clause it is not a constraint.
-        assert_eq!(c("/* x */\n//go:build dev\n\npackage p\n"), Constraint::None);
+        // After a /* */ comment it still is (only `+build` lines stop there); after the package
+        // clause it is not.
+        assert_eq!(
+            c("/* x */\n//go:build dev\n\npackage p\n"),
+            Constraint::GoBuild(tag("dev"))
+        );
         assert_eq!(c("package p\n//go:build dev\n"), Constraint::None);
         assert_eq!(c("//go:buildx dev\n\npackage p\n"), Constraint::None);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Everything quick rebuilds assume about the go command, in one place. None of it is a
 //! documented interface; each item names the test that fails if a new Go release changes it
-//! (`controller/tests/quick_build.rs`, `the_go_command_works_as_quick_rebuilds_assume`, checks
+//! (`controller/tests/go_rules.rs`, `the_go_command_works_as_quick_rebuilds_assume`, checks
 //! them all against the machine's go; the others fail through a wrong binary or a lost quick
 //! path). Where one does not hold for a build, that build takes `go build`.
 //!

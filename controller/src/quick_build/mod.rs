@@ -94,7 +94,9 @@ pub(crate) struct QuickBuilds {
     /// The build's tags (`go list`), asked once per session.
     tags: Option<Option<Tags>>,
     unverified: Option<Verification>,
-    /// Packages whose cache entries this session evicted (each once).
+    /// Action IDs of the compiles whose cache entries this session evicted (each once: if a
+    /// build after that still took it from the cache without a record, evicting it again
+    /// would not help).
     evicted: BTreeSet<String>,
     records_wanted: bool,
     next_dir: u64,
@@ -305,6 +307,9 @@ impl QuickBuilds {
     /// the running binary): it waits for the shadow build.
     pub(crate) fn quick_installed(&mut self, build_id: u64, packages: Vec<String>) {
         self.counts.quick += 1;
+        if let Some(r) = &self.recorded {
+            r.remember_quick(&packages, &mut self.history);
+        }
         if !self.verify {
             return;
         }
@@ -418,10 +423,13 @@ impl LoadJob {
         let mut newly = BTreeSet::new();
         if let (Ok(r), Some(gocache)) = (&loaded, &self.gocache) {
             let module = module_path(&self.root);
+            let action_id = |p: &String| {
+                r.graph.packages.get(p).and_then(|g| g.action_id.clone())
+            };
             let mut wanted = r.unrecorded(module.as_deref());
-            wanted.retain(|p| !self.evicted.contains(p));
+            wanted.retain(|p| action_id(p).is_some_and(|id| !self.evicted.contains(&id)));
             newly = graph::evict(gocache, &r.graph, &wanted);
-            self.evicted.extend(wanted);
+            self.evicted.extend(wanted.iter().filter_map(action_id));
         }
         (loaded, newly)
     }

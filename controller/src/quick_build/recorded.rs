@@ -11,8 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use kdev_protocol::hash_file;
-
 use super::constraints::{FileRole, Tags};
 use super::env;
 use super::go_command::{flag_value, packagefile, repoint, set_flag_value, work_of_compile_output};
@@ -25,7 +23,7 @@ use crate::serve::root::lexical;
 pub(super) const MAIN: &str = "main";
 
 /// Compile records per package kept across builds, newest first.
-const HISTORY_PER_PACKAGE: usize = 4;
+const HISTORY_PER_PACKAGE: usize = 16;
 
 /// The compile records of the session's builds, by package (import path) and the BLAKE3 of
 /// the archive each wrote.
@@ -80,6 +78,8 @@ impl Kind {
 
 /// One package of the tree with a compile on record that wrote what the link reads.
 pub(super) struct Package {
+    /// The compile as recorded.
+    pub run: ToolRun,
     /// The recorded compile, writing to [`Package::archive`], in the recorded environment.
     pub argv: Vec<String>,
     pub cwd: PathBuf,
@@ -160,9 +160,40 @@ pub(super) fn read_header(root: &Path, rel: &str) -> Result<GoHeader, String> {
     header::parse(&text).ok_or_else(|| format!("{rel} does not start like a Go file"))
 }
 
-/// The BLAKE3 of a file, as a record keeps it.
+/// The BLAKE3 of a package archive with its build ID blanked, as a record keeps it.
+///
+/// The build ID (`build id "ACTION/CONTENT"`, in the archive's two headers) is the only part
+/// of an archive that names the compile rather than its inputs: a quick compile reruns a
+/// recorded compile with that compile's `-buildid`, and the go command writes its own, so
+/// the same package compiled from the same files by either differs there alone.
 fn hash(path: &Path) -> Result<String, String> {
-    hash_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    blank_archive_build_id(&mut bytes);
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// Zero every occurrence of the build ID the archive's first header names.
+fn blank_archive_build_id(bytes: &mut [u8]) {
+    const MARK: &[u8] = b"build id \"";
+    let Some(start) = find(bytes, MARK).map(|i| i + MARK.len()) else {
+        return;
+    };
+    let Some(len) = bytes[start..].iter().position(|&b| b == b'"' || b == b'\n') else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    let id = bytes[start..start + len].to_vec();
+    let mut at = 0;
+    while let Some(i) = find(&bytes[at..], &id) {
+        bytes[at + i..at + i + len].fill(0);
+        at += i + len;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The files an embed configuration names (`{"Files": {"name": "/abs/path"}}`).
@@ -297,6 +328,20 @@ impl Recorded {
         })
     }
 
+    /// A quick rebuild that compiled `packages` was installed: the archives it wrote go into
+    /// `history` with their compiles, so that a later full build taking one of them from the
+    /// go cache (where the shadow build, or any go build of the same tree, put it) finds its
+    /// record. The compile is deterministic: the same run over the same files writes the same
+    /// bytes, whoever runs it.
+    pub(super) fn remember_quick(&self, packages: &[String], history: &mut History) {
+        for name in packages {
+            let Some(p) = self.packages.get(name) else { continue };
+            if let Ok(h) = hash(&p.archive) {
+                history.add(name, h, p.run.clone());
+            }
+        }
+    }
+
     /// Packages of the graph without a usable record that a quick rebuild may need: those
     /// that import a recorded package, the main package, and those of the main module
     /// (`module_path`). Their cache entries are what [`super::graph::evict`] removes.
@@ -395,7 +440,8 @@ impl Package {
         let env = cx.env.rebuild(&run, &format!("the compile of {name}"));
         Ok(Package {
             argv,
-            cwd: run.cwd,
+            cwd: run.cwd.clone(),
+            run,
             env,
             linked_from,
             archive,
@@ -441,4 +487,30 @@ fn roles_agree(
         }
     }
     found.len() == compiled.len() && found.iter().all(|f| compiled.contains_key(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archives_differing_only_in_their_build_id_hash_alike() {
+        let archive = |id: &str, code: &str| {
+            format!(
+                "!<arch>\n__.PKGDEF 0 0 0 644 421 `\ngo object linux amd64\nbuild id \"{id}\"\n\
+                 {code}\n_go_.o\nbuild id \"{id}\"\nend"
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            hash(&p).unwrap()
+        };
+        let quick = write("quick.a", archive("AAAAAAAA/AAAAAAAA", "code"));
+        let go = write("go.a", archive("BBBBBBBB/CCCCCCCC", "code"));
+        let other = write("other.a", archive("BBBBBBBB/CCCCCCCC", "edoc"));
+        assert_eq!(quick, go);
+        assert_ne!(go, other);
+    }
 }

@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: run the real `kdev-controller` binary in a tempdir.
 #![allow(dead_code)]
 
+pub mod go_session;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

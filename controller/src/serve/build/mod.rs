@@ -43,6 +43,9 @@ use command::{BuildKind, BuildResult, BuildSpec};
 /// a save that follows at once should not find the CPU busy with it.
 pub(crate) const SHADOW_DELAY: Duration = Duration::from_millis(300);
 
+/// The bit that marks a shadow build's id: apart from the client's build numbers.
+const SHADOW_IDS: u64 = 1 << 63;
+
 /// `run/build-state.json`: the tree changed since the last successful build (`dirty`), so a
 /// new session knows it must build even if reconcile finds no difference.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +76,8 @@ pub(super) struct Builds {
     done_tx: mpsc::Sender<(u64, BuildResult)>,
     done_rx: mpsc::Receiver<(u64, BuildResult)>,
     next_id: u64,
+    /// Shadow builds started (their ids are [`SHADOW_IDS`] | this).
+    shadows: u64,
     /// Patches applied since the last build started.
     pending_patches: Vec<u64>,
     restart_task: Option<JoinHandle<()>>,
@@ -122,6 +127,7 @@ impl Builds {
             done_tx,
             done_rx,
             next_id: 1,
+            shadows: 0,
             pending_patches: Vec::new(),
             restart_task: None,
             restart_ctx,
@@ -292,8 +298,9 @@ impl Builds {
         let Some(why) = self.quick.verification() else {
             return;
         };
-        let id = self.next_id;
-        self.next_id += 1;
+        // Shadow builds are invisible to the client: they take no build number from it.
+        self.shadows += 1;
+        let id = SHADOW_IDS | self.shadows;
         let mut spec = BuildSpec::resolve(
             &self.config,
             &self.defaults,
@@ -303,7 +310,11 @@ impl Builds {
         spec.group_file = Some(self.layout.build_group_file());
         spec.nice = true;
         let (spec, recorded_in) = self.quick.recording(spec);
-        log(format!("build {id}: shadow build ({})", describe_verification(&why)));
+        log(format!(
+            "shadow build {}: {}",
+            self.shadows,
+            describe_verification(&why)
+        ));
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.running = Some(RunningBuild {
             id,
@@ -340,7 +351,10 @@ impl Builds {
         while let Some((id, res)) = self.done_rx.recv().await {
             let mine = id == b.id;
             if mine && b.shadow.is_some() {
-                log(format!("build {id}: shadow build cancelled (the tree changed)"));
+                log(format!(
+                    "shadow build {}: cancelled (the tree changed)",
+                    id & !SHADOW_IDS
+                ));
                 self.shadow_cancelled(res).await;
                 return None;
             }
@@ -495,7 +509,8 @@ impl Builds {
         };
         self.quick.verification_done(&why, equal);
         log(format!(
-            "build {id}: shadow build {:?} in {} ms: {}",
+            "shadow build {}: {:?} in {} ms: {}",
+            id & !SHADOW_IDS,
             res.outcome,
             res.elapsed.as_millis(),
             if equal { "the same binary" } else { "differs" }
@@ -519,7 +534,7 @@ impl Builds {
                     packages.join(", ")
                 );
                 self.quick.turn_off(message.clone());
-                self.install_shadow(id, &verify, message).await;
+                self.install_shadow(Some(*build_id), &verify, message).await;
             }
             (Verification::Quick { build_id, packages }, false, _) => {
                 let first: Vec<&str> = res.output.lines().take(20).collect();
@@ -537,7 +552,7 @@ impl Builds {
             }
             (Verification::Records, true, false) => {
                 self.install_shadow(
-                    id,
+                    None,
                     &verify,
                     "go build of the unchanged tree gave another binary; it is installed".into(),
                 )
@@ -558,11 +573,12 @@ impl Builds {
             .await;
     }
 
-    /// Install the shadow build's binary and restart the app, saying why.
-    async fn install_shadow(&mut self, id: u64, verify: &Path, message: String) {
+    /// Install the shadow build's binary and restart the app, saying why (the restart is
+    /// reported as `build_id`'s, the build it corrects).
+    async fn install_shadow(&mut self, build_id: Option<u64>, verify: &Path, message: String) {
         self.warn(message).await;
         match std::fs::rename(verify, self.layout.app_binary()) {
-            Ok(()) => self.restart(Some(id)),
+            Ok(()) => self.restart(build_id),
             Err(e) => {
                 log(format!("cannot install the shadow build's binary: {e}"));
                 self.set_dirty(true);
