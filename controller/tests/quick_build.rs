@@ -256,9 +256,9 @@ fn an_edit_compiles_the_packages_that_import_it_too() {
 
 /// Assembly in a package: the go command assembles it and packs the objects into the
 /// package's archive itself, so an edit of that package takes go build; the main package's
-/// edits stay quick. A record that cannot be read is removed, and the others still serve.
+/// edits stay quick.
 #[test]
-fn a_package_with_assembly_takes_go_build_and_a_bad_record_is_dropped_alone() {
+fn a_package_with_assembly_takes_go_build() {
     let tmp = tempfile::tempdir().unwrap();
     let kdev = tmp.path();
     let mut s = Session::start(kdev, go_config(&[]));
@@ -303,17 +303,6 @@ fn a_package_with_assembly_takes_go_build_and_a_bad_record_is_dropped_alone() {
     let b = s.patch(&[("main.go", &main("m2"))], &[]);
     assert!(b.quick(), "{}", b.log);
     assert_eq!(s.run_app(), "m2 2 a2");
-
-    // A record cut short (a disk that filled up, say): the next full build drops it alone.
-    let bad = kdev.join("run/quick-build/compile@example.com%2Fquick%2Fasm.json");
-    assert!(bad.exists());
-    std::fs::write(&bad, "{\"argv\": [").unwrap();
-    let b = s.patch(&[("notes.txt", "x")], &[]);
-    assert!(!b.quick(), "{}", b.log);
-    assert!(!bad.exists());
-    let b = s.patch(&[("main.go", &main("m3"))], &[]);
-    assert!(b.quick(), "{}", b.log);
-    assert_eq!(s.run_app(), "m3 2 a2");
 }
 
 /// A `-toolexec` of the user's own, set with `go env -w` (the go env file), is kept: quick
@@ -340,4 +329,400 @@ fn a_toolexec_in_the_go_env_file_turns_quick_rebuilds_off() {
     // The user's wrapper ran the tools.
     let ran = std::fs::read_to_string(kdev.join("wrap.sh.log")).unwrap();
     assert!(ran.contains("/link"), "{ran}");
+}
+
+/// A main package importing `pkg` from `dir` (an import path of the module), printing
+/// `message` and `pkg.Name()`.
+fn main_importing(dir: &str, message: &str) -> String {
+    format!(
+        "package main\n\nimport (\n\t\"fmt\"\n\n\tpkg \"example.com/quick/{dir}\"\n)\n\n\
+         func main() {{ fmt.Println(\"{message}\", pkg.Name()) }}\n"
+    )
+}
+
+/// Whether go reads a `// +build` line depends on where it is: in the leading comments and
+/// followed by a blank line. An edit that moves it so that it counts (or no longer does) must
+/// take go build, as any edit of a file's constraint does.
+#[test]
+fn an_edit_that_makes_a_plus_build_line_count_takes_go_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let legacy = |header: &str| format!("{header}\nfunc init() {{ extra += \"+legacy\" }}\n");
+    // No blank line before the package clause: the line is a plain comment, the file counts.
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main_go("v1")),
+            ("pkg/pkg.go", &pkg_go("p1")),
+            ("legacy.go", &legacy("// +build ignore\npackage main\n")),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "v1 p1+legacy");
+    // A blank line: now it is a constraint and go leaves the file out.
+    let b = s.patch(
+        &[("legacy.go", &legacy("// +build ignore\n\npackage main\n"))],
+        &[],
+    );
+    assert!(!b.quick(), "{}", b.log);
+    assert!(b.log.contains("legacy.go's build constraint"), "{}", b.log);
+    assert_eq!(s.run_app(), "v1 p1");
+    assert_go_build_agrees(kdev, "v1 p1");
+    // An edit of main.go while legacy.go is left out: quick, and still without it.
+    let b = s.patch(&[("main.go", &main_go("v2"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "v2 p1");
+    // After a /* */ comment a `+build` line does not count again.
+    let b = s.patch(
+        &[(
+            "legacy.go",
+            &legacy("/* x */\n// +build ignore\n\npackage main\n"),
+        )],
+        &[],
+    );
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "v2 p1+legacy");
+    assert_go_build_agrees(kdev, "v2 p1+legacy");
+}
+
+/// A package directory may be named like a test file (`v_test.go` is a legal import path
+/// element). Deleting it along with an edit of main.go must not be taken for a deleted test:
+/// go build fails, and so must kdev's build, keeping the app.
+#[test]
+fn a_deleted_package_directory_named_like_a_test_file_takes_go_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main_importing("pkgs/v_test.go", "m1")),
+            ("pkgs/v_test.go/v.go", &pkg_go("v1")),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "m1 v1");
+    let b = s.patch(&[("pkgs/v_test.go/v.go", &pkg_go("v2"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "m1 v2");
+
+    let b = s.patch(
+        &[("main.go", &main_importing("pkgs/v_test.go", "m2"))],
+        &["pkgs/v_test.go"],
+    );
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(b.outcome, BuildOutcome::Failed, "{}", b.output);
+    assert!(go_build_output(kdev).is_err());
+    assert_eq!(s.run_app(), "m1 v2", "the app is kept");
+}
+
+/// A directory named like a test file swapped for a link to another package's directory: the
+/// link is followed, as go follows it, on that save and every later one.
+#[test]
+fn a_package_directory_swapped_for_a_link_is_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let b = s.patch(
+        &[
+            ("go.mod", GO_MOD),
+            ("main.go", &main_importing("lib_test.go", "m1")),
+            ("lib_test.go/lib.go", &pkg_go("lib")),
+            ("alt/alt.go", &pkg_go("alt")),
+        ],
+        &[],
+    );
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "m1 lib");
+    let b = s.patch_tar(
+        tar_with_links(&[], &[("lib_test.go", "alt")]),
+        &["lib_test.go"],
+    );
+    assert!(!b.quick(), "{}", b.log);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "m1 alt");
+    for m in ["m2", "m3"] {
+        let b = s.patch(&[("main.go", &main_importing("lib_test.go", m))], &[]);
+        assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+        assert_eq!(s.run_app(), format!("{m} alt"));
+    }
+    let b = s.patch(&[("alt/alt.go", &pkg_go("alt2"))], &[]);
+    assert_eq!(s.run_app(), "m3 alt2", "{}", b.log);
+    assert_go_build_agrees(kdev, "m3 alt2");
+}
+
+/// The program of the cache tests: main imports api, api imports util.
+fn layered(util: &str, main: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("go.mod", GO_MOD.to_string()),
+        (
+            "main.go",
+            format!(
+                "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/quick/api\"\n)\n\n\
+                 func main() {{ fmt.Println(\"{main}\", api.Name()) }}\n"
+            ),
+        ),
+        (
+            "api/api.go",
+            "package api\n\nimport \"example.com/quick/util\"\n\n\
+             func Name() string { return \"api-\" + util.Name() }\n"
+                .to_string(),
+        ),
+        (
+            "util/util.go",
+            format!("package util\n\nfunc Name() string {{ return \"{util}\" }}\n"),
+        ),
+    ]
+}
+
+fn borrowed<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    files.iter().map(|(p, c)| (*p, c.as_str())).collect()
+}
+
+/// A new session over a tree built before finds every package in the go cache, with no
+/// record of any compile. An edit of util, imported by api (unrecorded), must not link api's
+/// stale archive: with no record of api the edit takes go build. The cache entries of the
+/// unrecorded packages are removed, and the shadow build (on by default) compiles and
+/// records them while the session is idle, so the first edit after it is quick.
+#[test]
+fn packages_from_the_go_cache_are_recorded_again_and_never_linked_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let v1 = layered("u1", "m1");
+    {
+        let mut s = Session::start(kdev, go_config(&[]));
+        let b = s.patch(&borrowed(&v1), &[]);
+        assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+        assert_eq!(s.run_app(), "m1 api-u1");
+    }
+
+    // Without shadow builds: the edit of util takes go build (api has no record).
+    {
+        let mut s = Session::start(kdev, go_config(&[]));
+        let b = s.patch(&borrowed(&v1), &[]);
+        assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+        assert!(
+            s.s.stderr()
+                .contains("came from the build cache with no record"),
+            "{}",
+            s.s.stderr()
+        );
+        let v2 = layered("u2", "m1");
+        let b = s.patch(&[("util/util.go", &v2[3].1)], &[]);
+        assert!(!b.quick(), "{}", b.log);
+        assert_eq!(s.run_app(), "m1 api-u2");
+        // That go build compiled (and recorded) what it was missing: quick from now on.
+        let v3 = layered("u3", "m1");
+        let b = s.patch(&[("util/util.go", &v3[3].1)], &[]);
+        assert!(b.quick(), "{}", b.log);
+        assert_eq!(s.run_app(), "m1 api-u3");
+        assert_go_build_agrees(kdev, "m1 api-u3");
+    }
+
+    // With shadow builds, the idle session records them: the first edit is quick.
+    let v4 = layered("u4", "m1");
+    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_VERIFY", "1")]));
+    let b = s.patch(&borrowed(&v4), &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    wait_for(BUILD, "the shadow build that records", || {
+        s.s.stderr()
+            .contains("shadow build 1: Succeeded")
+            .then_some(())
+    });
+    let v5 = layered("u5", "m1");
+    let b = s.patch(&[("util/util.go", &v5[3].1)], &[]);
+    assert!(b.quick(), "{}\n{}", b.log, s.s.stderr());
+    assert_eq!(s.run_app(), "m1 api-u5");
+}
+
+/// Every quick binary is proven by the shadow build: the same binary as go build's gives a
+/// `BuildVerified` event; a newer save cancels a shadow build.
+#[test]
+fn the_shadow_build_proves_quick_binaries_and_a_save_cancels_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_VERIFY", "1")]));
+    let b = s.patch(&borrowed(&layered("u1", "m1")), &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    let b = s.patch(&[("main.go", &layered("u1", "m2")[1].1)], &[]);
+    assert!(b.quick(), "{}", b.log);
+    let verified =
+        s.s.event_until(BUILD, "the shadow build's verdict", |e| match e {
+            kdev_protocol::Event::BuildVerified {
+                build_id, verified, ..
+            } => Some((*build_id, *verified)),
+            _ => None,
+        });
+    assert_eq!(verified, (2, 1));
+    assert_eq!(s.run_app(), "m2 api-u1");
+
+    // A save as soon as the next shadow build starts cancels it.
+    let b = s.patch(&[("util/util.go", &layered("u3", "m2")[3].1)], &[]);
+    assert!(b.quick(), "{}", b.log);
+    let shadow = "shadow build 2: proving quick rebuild 3";
+    wait_for(BUILD, shadow, || {
+        s.s.stderr().contains(shadow).then_some(())
+    });
+    let b = s.patch(&[("util/util.go", &layered("u4", "m2")[3].1)], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert!(
+        s.s.stderr()
+            .contains("shadow build 2: cancelled (the tree changed)"),
+        "{}",
+        s.s.stderr()
+    );
+    // The next one proves build 4, which holds build 3's edits too.
+    let verified = s.s.event_until(BUILD, "the next verdict", |e| match e {
+        kdev_protocol::Event::BuildVerified { build_id, .. } => Some(*build_id),
+        _ => None,
+    });
+    assert_eq!(verified, 4);
+    assert_eq!(s.run_app(), "m2 api-u4");
+}
+
+/// A quick binary that differs from go build's (here: a package outside the synced tree,
+/// pulled in by a `replace`, changed behind kdev's back) is replaced by go build's, the app
+/// restarted, one warning names the packages, and quick rebuilds stay off.
+#[test]
+fn a_quick_binary_that_differs_from_go_builds_is_replaced_and_quick_rebuilds_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let ext = tmp.path().join("ext");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::write(ext.join("go.mod"), "module example.com/ext\n\ngo 1.22\n").unwrap();
+    let ext_go = |v: &str| format!("package ext\n\nfunc Name() string {{ return \"{v}\" }}\n");
+    std::fs::write(ext.join("ext.go"), ext_go("e1")).unwrap();
+    let go_mod = format!(
+        "{GO_MOD}\nrequire example.com/ext v0.0.0\n\nreplace example.com/ext => {}\n",
+        ext.display()
+    );
+    let main = |m: &str| {
+        format!(
+            "package main\n\nimport (\n\t\"fmt\"\n\n\t\"example.com/ext\"\n)\n\n\
+             func main() {{ fmt.Println(\"{m}\", ext.Name()) }}\n"
+        )
+    };
+    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_VERIFY", "1")]));
+    let b = s.patch(&[("go.mod", &go_mod), ("main.go", &main("m1"))], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert_eq!(s.run_app(), "m1 e1");
+    std::fs::write(ext.join("ext.go"), ext_go("e2")).unwrap();
+    let b = s.patch(&[("main.go", &main("m2"))], &[]);
+    assert!(b.quick(), "{}", b.log);
+    let warning =
+        s.s.event_until(BUILD, "the shadow build's warning", |e| match e {
+            kdev_protocol::Event::Warning { code, message } if code == "quick_build_differs" => {
+                Some(message.clone())
+            }
+            _ => None,
+        });
+    assert!(
+        warning.contains("the quick rebuild of build 2 differs from go build's (packages"),
+        "{warning}"
+    );
+    wait_for(BUILD, "go build's binary", || {
+        (s.run_app() == "m2 e2").then_some(())
+    });
+    let b = s.patch(&[("main.go", &main("m3"))], &[]);
+    assert!(!b.quick(), "{}", b.log);
+    assert!(
+        s.s.stderr()
+            .contains("quick rebuilds are off: the quick rebuild of build 2")
+    );
+    assert_eq!(s.run_app(), "m3 e2");
+}
+
+/// The records hold no environment values (a secret in `build.env` appears nowhere), are
+/// readable by the controller's user alone, and live outside the kdev directory the app
+/// container mounts.
+#[test]
+fn records_keep_no_secrets_and_only_the_controller_reads_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let secret = "s3cr3t-proxy-token-4c1d";
+    let mut s = Session::start(
+        kdev,
+        go_config(&[("KDEV_TEST_TOKEN", secret), ("GONOSUMDB", secret)]),
+    );
+    let b = s.patch(&borrowed(&layered("u1", "m1")), &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    let b = s.patch(&[("main.go", &layered("u1", "m2")[1].1)], &[]);
+    assert!(b.quick(), "{}", b.log);
+
+    let dir = kdev_protocol::Layout::new(kdev).quick_build_dir();
+    assert!(!dir.starts_with(kdev), "{}", dir.display());
+    let mut files = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            files += 1;
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{}",
+                e.path().display()
+            );
+            let bytes = std::fs::read(e.path()).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                e.path().display()
+            );
+        }
+    }
+    assert!(files > 3, "records were written under {}", dir.display());
+}
+
+/// Frames of many deletions of absent paths, with quick rebuilds on and with `build: never`:
+/// serve's memory stays bounded (the changed set collapses to "go build needed").
+#[test]
+fn serve_memory_stays_bounded_under_floods_of_deletions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut s = Session::start(kdev, go_config(&[]));
+    let b = s.patch(&borrowed(&layered("u1", "m1")), &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    for frame in 0..12u64 {
+        let deletes: Vec<String> = (0..50_000)
+            .map(|i| format!("gone/{frame}/{i:06}/absent-file-with-a-long-name.go"))
+            .collect();
+        s.s.send(&kdev_protocol::ClientMessage::Patch(kdev_protocol::Patch {
+            id: 100 + frame,
+            deletes,
+            build: kdev_protocol::BuildMode::Never,
+            tar: Vec::new(),
+        }));
+    }
+    s.next = 112;
+    let b = s.patch(&[("main.go", &layered("u1", "m2")[1].1)], &[]);
+    assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+    assert!(!b.quick(), "{}", b.log);
+    assert!(
+        b.log
+            .contains("more files changed than a quick rebuild follows"),
+        "{}",
+        b.log
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.s.child.id())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kb < 100 * 1024, "serve peaked at {hwm_kb} kB");
+    let b = s.patch(&[("main.go", &layered("u1", "m3")[1].1)], &[]);
+    assert!(b.quick(), "{}", b.log);
+    assert_eq!(s.run_app(), "m3 api-u1");
 }

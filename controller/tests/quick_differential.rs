@@ -170,11 +170,17 @@ impl App {
         // Never built: a test file, and files for other systems.
         put(
             "a/a_test.go",
-            format!("package a\n\nimport \"testing\"\n\nfunc TestK(t *testing.T) {{ _ = {} }}\n", self.a_k),
+            format!(
+                "package a\n\nimport \"testing\"\n\nfunc TestK(t *testing.T) {{ _ = {} }}\n",
+                self.a_k
+            ),
         );
         put(
             "a/a_windows.go",
-            format!("package a\n\nfunc init() {{ panic(\"windows {}\") }}\n", self.a_k),
+            format!(
+                "package a\n\nfunc init() {{ panic(\"windows {}\") }}\n",
+                self.a_k
+            ),
         );
         put(
             "b/b.go",
@@ -335,7 +341,11 @@ impl App {
                 "c1 (a chain of importers)"
             }
             11 => {
-                self.c1_extra = if self.c1_extra.is_some() { None } else { Some(n) };
+                self.c1_extra = if self.c1_extra.is_some() {
+                    None
+                } else {
+                    Some(n)
+                };
                 "a new function in c1, called by main"
             }
             12 => {
@@ -393,7 +403,12 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
     let mut sent = app.files();
     let all: Vec<(&str, &str)> = sent.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
     let b = s.patch(&all, &[]);
-    assert_eq!(b.outcome, BuildOutcome::Succeeded, "seed {seed}: {}", b.output);
+    assert_eq!(
+        b.outcome,
+        BuildOutcome::Succeeded,
+        "seed {seed}: {}",
+        b.output
+    );
     assert_go_build_agrees(kdev, &s.run_app());
 
     // Earlier versions to go back to: reverts are common edits.

@@ -279,7 +279,10 @@ fn parse_expr(text: &str) -> Result<Expr, ConstraintError> {
     };
     let x = p.or()?;
     if !p.tok.is_empty() {
-        return Err(ConstraintError::Syntax(format!("unexpected token {}", p.tok)));
+        return Err(ConstraintError::Syntax(format!(
+            "unexpected token {}",
+            p.tok
+        )));
     }
     Ok(x)
 }
@@ -321,7 +324,9 @@ impl ExprParser<'_> {
         if self.tok == "!" {
             self.lex()?;
             if self.tok == "!" {
-                return Err(ConstraintError::Syntax("double negation not allowed".into()));
+                return Err(ConstraintError::Syntax(
+                    "double negation not allowed".into(),
+                ));
             }
             return Ok(Expr::Not(Box::new(self.atom()?)));
         }
@@ -402,19 +407,66 @@ impl ExprParser<'_> {
 
 /// `internal/syslist.KnownOS`.
 const KNOWN_OS: [&str; 18] = [
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux",
-    "nacl", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows", "zos",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
 ];
 /// `internal/syslist.UnixOS`.
 const UNIX_OS: [&str; 12] = [
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "linux",
-    "netbsd", "openbsd", "solaris",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "linux",
+    "netbsd",
+    "openbsd",
+    "solaris",
 ];
 /// `internal/syslist.KnownArch`.
 const KNOWN_ARCH: [&str; 24] = [
-    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "loong64", "mips",
-    "mipsle", "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc", "ppc64", "ppc64le",
-    "riscv", "riscv64", "s390", "s390x", "sparc", "sparc64", "wasm",
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
 ];
 
 /// The build context's tags, as the go command of the build reports them (`go list`'s
@@ -538,7 +590,10 @@ mod tests {
     #[test]
     fn go_build_lines_count_only_in_the_leading_comments() {
         let c = |s: &str| Constraint::of(s.as_bytes()).unwrap();
-        assert_eq!(c("//go:build dev\n\npackage p\n"), Constraint::GoBuild(tag("dev")));
+        assert_eq!(
+            c("//go:build dev\n\npackage p\n"),
+            Constraint::GoBuild(tag("dev"))
+        );
         // No blank line needed after //go:build, and other // comments may come first.
         assert_eq!(
             c("// Copyright\n//go:build !dev\npackage p\n"),
@@ -568,8 +623,14 @@ mod tests {
         // Directly above the package clause it is package documentation, not a constraint.
         assert_eq!(c("// +build ignore\npackage p\n"), Constraint::None);
         // A /* */ comment ends the header: what follows never counts.
-        assert_eq!(c("/* c */\n// +build ignore\n\npackage p\n"), Constraint::None);
-        assert_eq!(c("/* c */ // +build ignore\n\npackage p\n"), Constraint::None);
+        assert_eq!(
+            c("/* c */\n// +build ignore\n\npackage p\n"),
+            Constraint::None
+        );
+        assert_eq!(
+            c("/* c */ // +build ignore\n\npackage p\n"),
+            Constraint::None
+        );
         assert_eq!(c("//+build ignore\n\npackage p\n"), ignore);
         // A //go:build line wins over +build lines.
         assert_eq!(
@@ -605,9 +666,21 @@ mod tests {
         assert_eq!(role(".a.go", plain), FileRole::Ignored);
         assert_eq!(role("README.md", plain), FileRole::Ignored);
         assert!(matches!(role("a.s", plain), FileRole::Unsure(_)));
-        assert_eq!(role("a.go", "//go:build unix && !cgo\n\npackage p\n"), FileRole::Compiled);
-        assert_eq!(role("a.go", "//go:build go1.22\n\npackage p\n"), FileRole::Ignored);
-        assert_eq!(role("a.go", "// +build dev\n// +build !gc\n\npackage p\n"), FileRole::Ignored);
-        assert!(matches!(role("a.go", "//go:build (\n\npackage p\n"), FileRole::Unsure(_)));
+        assert_eq!(
+            role("a.go", "//go:build unix && !cgo\n\npackage p\n"),
+            FileRole::Compiled
+        );
+        assert_eq!(
+            role("a.go", "//go:build go1.22\n\npackage p\n"),
+            FileRole::Ignored
+        );
+        assert_eq!(
+            role("a.go", "// +build dev\n// +build !gc\n\npackage p\n"),
+            FileRole::Ignored
+        );
+        assert!(matches!(
+            role("a.go", "//go:build (\n\npackage p\n"),
+            FileRole::Unsure(_)
+        ));
     }
 }

@@ -232,7 +232,10 @@ mod tests {
         // between them it is a constraint: the directives read the same, the constraint not.
         let doc = format!("// +build ignore\n{a}");
         let constraint = format!("// +build ignore\n\n{a}");
-        assert_eq!(parse(&doc).unwrap().directives, parse(&constraint).unwrap().directives);
+        assert_eq!(
+            parse(&doc).unwrap().directives,
+            parse(&constraint).unwrap().directives
+        );
         assert_ne!(parse(&doc), parse(&constraint));
         // A directive after the package clause is not a file directive.
         assert_eq!(

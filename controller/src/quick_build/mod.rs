@@ -63,7 +63,10 @@ enum Changes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verification {
     /// The installed binary came from quick rebuild `build_id`, which compiled `packages`.
-    Quick { build_id: u64, packages: Vec<String> },
+    Quick {
+        build_id: u64,
+        packages: Vec<String>,
+    },
     /// Cache entries were evicted: a `go build` records the packages they were of.
     Records,
 }
@@ -166,7 +169,9 @@ impl QuickBuilds {
         let Changes::Paths(paths) = &mut self.changes else {
             return;
         };
-        let all = applied.map(|p| (p, false)).chain(deleted.map(|p| (p, true)));
+        let all = applied
+            .map(|p| (p, false))
+            .chain(deleted.map(|p| (p, true)));
         for (path, deleted) in all {
             if paths.len() >= MAX_CHANGED && !paths.contains_key(path) {
                 self.changes = Changes::Unknown("more files changed than a quick rebuild follows");
@@ -216,7 +221,8 @@ impl QuickBuilds {
         let (dir_s, root_s) = (dir.to_string_lossy(), self.root.to_string_lossy());
         // After `go build`: the flags apply to every package the build compiles.
         spec.argv.insert(2, format!("{flag} {dir_s} {root_s}"));
-        spec.argv.insert(3, format!("-debug-actiongraph={dir_s}/{ACTION_GRAPH}"));
+        spec.argv
+            .insert(3, format!("-debug-actiongraph={dir_s}/{ACTION_GRAPH}"));
         (spec, Some(dir))
     }
 
@@ -238,6 +244,8 @@ impl QuickBuilds {
             return;
         };
         if !built {
+            // What it compiled before it failed (or was cancelled) is in the go cache now.
+            self.history.absorb(&build_dir);
             let _ = std::fs::remove_dir_all(&build_dir);
             return;
         }
@@ -284,7 +292,9 @@ impl QuickBuilds {
                 self.recorded = Some(r);
             }
             Err(why) => {
-                crate::serve::log(format!("quick rebuilds wait for the next full build: {why}"));
+                crate::serve::log(format!(
+                    "quick rebuilds wait for the next full build: {why}"
+                ));
                 self.recorded = None;
             }
         }
@@ -314,7 +324,10 @@ impl QuickBuilds {
             return;
         }
         let packages = match self.unverified.take() {
-            Some(Verification::Quick { packages: mut before, .. }) => {
+            Some(Verification::Quick {
+                packages: mut before,
+                ..
+            }) => {
                 before.extend(packages);
                 before.sort();
                 before.dedup();
@@ -394,7 +407,12 @@ impl LoadJob {
     /// The records, and the packages whose cache entries were evicted now.
     fn run(&mut self) -> (Result<Recorded, String>, BTreeSet<String>) {
         if self.tags.is_none() {
-            self.tags = Some(build_tags(&self.go, &self.flags, &self.root, &self.build_env));
+            self.tags = Some(build_tags(
+                &self.go,
+                &self.flags,
+                &self.root,
+                &self.build_env,
+            ));
         }
         if let Err(e) = record::create_private_dir(&self.quick_dir) {
             return (
@@ -423,9 +441,7 @@ impl LoadJob {
         let mut newly = BTreeSet::new();
         if let (Ok(r), Some(gocache)) = (&loaded, &self.gocache) {
             let module = module_path(&self.root);
-            let action_id = |p: &String| {
-                r.graph.packages.get(p).and_then(|g| g.action_id.clone())
-            };
+            let action_id = |p: &String| r.graph.packages.get(p).and_then(|g| g.action_id.clone());
             let mut wanted = r.unrecorded(module.as_deref());
             wanted.retain(|p| action_id(p).is_some_and(|id| !self.evicted.contains(&id)));
             newly = graph::evict(gocache, &r.graph, &wanted);
@@ -616,7 +632,9 @@ mod tests {
         let paths: Vec<String> = (0..MAX_CHANGED).map(|i| format!("d/{i}")).collect();
         q.changed(paths.iter().map(String::as_str), std::iter::empty());
         q.changed(["d/0"].into_iter(), ["d/1"].into_iter());
-        assert!(matches!(&q.changes, Changes::Paths(p) if p.len() == MAX_CHANGED && p["d/1"].deleted));
+        assert!(
+            matches!(&q.changes, Changes::Paths(p) if p.len() == MAX_CHANGED && p["d/1"].deleted)
+        );
         q.changed(std::iter::empty(), ["one/more"].into_iter());
         assert!(matches!(q.changes, Changes::Unknown(_)));
         // Off, nothing is kept at all.

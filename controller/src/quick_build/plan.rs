@@ -83,9 +83,17 @@ impl Recorded {
         rebuild.insert(self.graph.main.clone());
         for name in &rebuild {
             let Some(p) = self.packages.get(name) else {
-                let why = match edited.iter().find(|e| self.graph.importers(&BTreeSet::from([(*e).clone()])).contains(name)) {
-                    Some(e) => format!("{name} imports {e} and its compile is not on record (it came from the build cache)"),
-                    None => format!("the compile of {name} is not on record (it came from the build cache)"),
+                let why = match edited.iter().find(|e| {
+                    self.graph
+                        .importers(&BTreeSet::from([(*e).clone()]))
+                        .contains(name)
+                }) {
+                    Some(e) => format!(
+                        "{name} imports {e} and its compile is not on record (it came from the build cache)"
+                    ),
+                    None => format!(
+                        "the compile of {name} is not on record (it came from the build cache)"
+                    ),
                 };
                 return Err(why);
             };
@@ -115,7 +123,8 @@ impl Recorded {
         if self.by_file.contains_key(path) || self.embedded.contains_key(path) {
             return Err(deleted());
         }
-        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name().and_then(OsStr::to_str)) else {
+        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name().and_then(OsStr::to_str))
+        else {
             return Err(deleted());
         };
         let package = self.dirs.get(dir).and_then(|n| self.packages.get(n));
@@ -140,7 +149,9 @@ impl Recorded {
         tags: Option<&Tags>,
     ) -> Result<Change, String> {
         let abs = root.join(path);
-        let now = std::fs::symlink_metadata(&abs).ok().map(|m| Kind::of(m.file_type()));
+        let now = std::fs::symlink_metadata(&abs)
+            .ok()
+            .map(|m| Kind::of(m.file_type()));
         if let Some(package) = self.by_file.get(path) {
             if now != Some(Kind::File) {
                 return Err(format!("{path} is no longer a regular file"));
@@ -158,9 +169,14 @@ impl Recorded {
         let not_built = || format!("{path} is not a Go file of a package the last build compiled");
         if now == Some(Kind::Dir) {
             let known = abs == root || self.dirs.keys().any(|d| d.starts_with(&abs));
-            return if known { Ok(Change::Irrelevant) } else { Err(format!("{path} is a new directory")) };
+            return if known {
+                Ok(Change::Irrelevant)
+            } else {
+                Err(format!("{path} is a new directory"))
+            };
         }
-        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name().and_then(OsStr::to_str)) else {
+        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name().and_then(OsStr::to_str))
+        else {
             return Err(not_built());
         };
         let Some(package) = self.dirs.get(dir).and_then(|n| self.packages.get(n)) else {
@@ -176,7 +192,8 @@ impl Recorded {
                 } else {
                     match tags.filter(|_| package.roles_agree) {
                         Some(t) => {
-                            let content = std::fs::read(&abs).map_err(|e| format!("{path}: {e}"))?;
+                            let content =
+                                std::fs::read(&abs).map_err(|e| format!("{path}: {e}"))?;
                             t.file_role(name, &content)
                         }
                         None => FileRole::Unsure(not_built()),
@@ -197,7 +214,12 @@ impl Recorded {
 
     /// Entries of the package's directory that appeared or went without kdev writing them
     /// (something in the pod changed the tree): go must decide.
-    fn check_listing(&self, name: &str, changed: &BTreeMap<String, Seen>, root: &Path) -> Result<(), String> {
+    fn check_listing(
+        &self,
+        name: &str,
+        changed: &BTreeMap<String, Seen>,
+        root: &Path,
+    ) -> Result<(), String> {
         let p = &self.packages[name];
         let now = super::recorded::listing(&p.dir)?;
         let rel = |n: &OsStr| {
@@ -218,7 +240,12 @@ impl Recorded {
         }
     }
 
-    fn steps(&self, order: &[&str], quick_dir: &Path, output: &Path) -> Result<Vec<BuildSpec>, String> {
+    fn steps(
+        &self,
+        order: &[&str],
+        quick_dir: &Path,
+        output: &Path,
+    ) -> Result<Vec<BuildSpec>, String> {
         let main = &self.graph.main;
         let rebuilt: BTreeMap<&str, String> = order
             .iter()
@@ -270,7 +297,10 @@ impl Recorded {
                 a.clone_from(&main_archive);
             }
         }
-        for (flag, value) in [("importcfg", cfg), ("o", output.to_string_lossy().into_owned())] {
+        for (flag, value) in [
+            ("importcfg", cfg),
+            ("o", output.to_string_lossy().into_owned()),
+        ] {
             if let Some((i, _)) = flag_value(&argv, flag) {
                 set_flag_value(&mut argv, i, flag, &value);
             }
@@ -309,7 +339,14 @@ mod tests {
 
     #[test]
     fn names_go_never_reads() {
-        for n in ["_x.go", ".x.go", "a_test.go", "README.md", "data.json", "x.txt"] {
+        for n in [
+            "_x.go",
+            ".x.go",
+            "a_test.go",
+            "README.md",
+            "data.json",
+            "x.txt",
+        ] {
             assert!(ignored_by_name(n), "{n}");
         }
         for n in ["a.go", "a.s", "a.syso", "a.c", "a_linux.go"] {

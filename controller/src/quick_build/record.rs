@@ -41,6 +41,9 @@ pub struct ToolRun {
     /// The contents of the configuration files it was given (`importcfg`, `embedcfg`, by flag).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// A compile's: the [`archive_digest`] of the archive it wrote.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// Which run a record is of: the compile of a package (named by its `-p`: `main`, or an import
@@ -99,6 +102,11 @@ pub fn archives_dir(dir: &Path) -> PathBuf {
 
 /// Run as the wrapper with the arguments after `record-tool`. Returns only if TOOL cannot be
 /// run; the caller reports that.
+///
+/// The link is recorded before it runs, then replaced by it. A compile runs as a child and is
+/// recorded after it succeeded, with the digest of what it wrote: its record then tells any
+/// later build that takes that archive from the go cache how it was made, even when this
+/// build failed later on.
 pub fn run(args: Vec<OsString>) -> io::Error {
     let mut args = args.into_iter();
     let (Some(dir), Some(root), Some(tool)) = (args.next(), args.next(), args.next()) else {
@@ -108,12 +116,79 @@ pub fn run(args: Vec<OsString>) -> io::Error {
         );
     };
     let rest: Vec<OsString> = args.collect();
-    if let (Some(argv), Ok(cwd)) = (utf8_argv(&tool, &rest), std::env::current_dir())
-        && let Some(record) = recorded(&argv, &cwd, Path::new(&root))
-    {
-        let _ = save(Path::new(&dir), &record, argv, cwd);
+    let dir = Path::new(&dir);
+    let found = match (utf8_argv(&tool, &rest), std::env::current_dir()) {
+        (Some(argv), Ok(cwd)) => {
+            recorded(&argv, &cwd, Path::new(&root)).map(|record| (record, argv, cwd))
+        }
+        _ => None,
+    };
+    match found {
+        Some((Record::Link, argv, cwd)) => {
+            let _ = save(dir, &Record::Link, argv, cwd, None);
+        }
+        Some((record, argv, cwd)) => {
+            let status = match Command::new(&tool).args(&rest).status() {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            if status.success() {
+                let output =
+                    flag_value(&argv, "o").and_then(|(_, o)| archive_digest(Path::new(o)).ok());
+                if output.is_some() {
+                    let _ = save(dir, &record, argv, cwd, output);
+                }
+            }
+            std::process::exit(exit_code(status));
+        }
+        None => {}
     }
     Command::new(&tool).args(&rest).exec()
+}
+
+/// The exit code a shell would give for `status` (128 + the signal that ended it).
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// The BLAKE3 (hex) of a package archive with its build ID blanked.
+///
+/// The build ID (`build id "ACTION/CONTENT"`, in the archive's two headers) is the only part
+/// of an archive that names the compile rather than its inputs: a quick compile reruns a
+/// recorded compile with that compile's `-buildid`, and the go command rewrites the ID of
+/// the archives it caches, so the same package compiled from the same files differs there
+/// alone.
+pub fn archive_digest(path: &Path) -> io::Result<String> {
+    let mut bytes = std::fs::read(path)?;
+    blank_archive_build_id(&mut bytes);
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// Zero every occurrence of the build ID the archive's first header names.
+fn blank_archive_build_id(bytes: &mut [u8]) {
+    const MARK: &[u8] = b"build id \"";
+    let Some(start) = find(bytes, MARK).map(|i| i + MARK.len()) else {
+        return;
+    };
+    let Some(len) = bytes[start..].iter().position(|&b| b == b'"' || b == b'\n') else {
+        return;
+    };
+    if len == 0 {
+        return;
+    }
+    let id = bytes[start..start + len].to_vec();
+    let mut at = 0;
+    while let Some(i) = find(&bytes[at..], &id) {
+        bytes[at + i..at + i + len].fill(0);
+        at += i + len;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn utf8_argv(tool: &OsString, rest: &[OsString]) -> Option<Vec<String>> {
@@ -146,7 +221,13 @@ fn recorded(argv: &[String], cwd: &Path, root: &Path) -> Option<Record> {
 }
 
 /// Write `<dir>/<record>.json` (atomically: the record holds its configuration files).
-fn save(dir: &Path, record: &Record, argv: Vec<String>, cwd: PathBuf) -> io::Result<()> {
+fn save(
+    dir: &Path,
+    record: &Record,
+    argv: Vec<String>,
+    cwd: PathBuf,
+    output: Option<String>,
+) -> io::Result<()> {
     let mut files = BTreeMap::new();
     for flag in SAVED_FLAGS {
         if let Some((_, v)) = flag_value(&argv, flag) {
@@ -169,6 +250,7 @@ fn save(dir: &Path, record: &Record, argv: Vec<String>, cwd: PathBuf) -> io::Res
         files,
         argv,
         cwd,
+        output,
         env: env::record(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
@@ -183,7 +265,8 @@ pub fn write_private(file: &Path, data: &[u8]) -> io::Result<()> {
     for attempt in 0..16u32 {
         let tmp = dir.join(format!(
             ".{}.{}-{attempt}-{:x}.tmp",
-            file.file_name().map_or("record".into(), |n| n.to_string_lossy()),
+            file.file_name()
+                .map_or("record".into(), |n| n.to_string_lossy()),
             std::process::id(),
             nonce(),
         ));
@@ -302,7 +385,13 @@ mod tests {
             Some(Record::Compile("main".into()))
         );
         assert_eq!(
-            rec(&[&compile, "-p", "example.com/x/pkg", "./pkg/a.go", "./pkg/b.go"]),
+            rec(&[
+                &compile,
+                "-p",
+                "example.com/x/pkg",
+                "./pkg/a.go",
+                "./pkg/b.go"
+            ]),
             Some(Record::Compile("example.com/x/pkg".into()))
         );
         // The go command compiles the standard library and the module cache from the same

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::constraints::{FileRole, Tags};
 use super::env;
-use super::go_command::{flag_value, packagefile, repoint, set_flag_value, work_of_compile_output};
+use super::go_command::{flag_value, packagefile, repoint, set_flag_value};
 use super::graph::Graph;
 use super::header::{self, GoHeader};
 use super::record::{MAIN_ARCHIVE, Record, ToolRun};
@@ -33,6 +33,25 @@ pub(super) struct History {
 }
 
 impl History {
+    /// Take in the compiles recorded in `build_dir` (of any build, finished or not): each
+    /// with the digest of the archive it wrote, under its `-p` (`main` for the main package).
+    pub(super) fn absorb(&mut self, build_dir: &Path) {
+        let Ok(compiles) = Record::compiles_in(build_dir) else {
+            return;
+        };
+        for file in compiles {
+            let Ok(run) = read_run(&file) else { continue };
+            let Some(output) = run.output.clone() else {
+                continue;
+            };
+            let Some((_, p)) = flag_value(&run.argv, "p") else {
+                continue;
+            };
+            let p = p.to_string();
+            self.add(&p, output, run);
+        }
+    }
+
     fn add(&mut self, package: &str, output: String, run: ToolRun) {
         let runs = self.runs.entry(package.to_string()).or_default();
         runs.retain(|(o, _)| *o != output);
@@ -160,40 +179,9 @@ pub(super) fn read_header(root: &Path, rel: &str) -> Result<GoHeader, String> {
     header::parse(&text).ok_or_else(|| format!("{rel} does not start like a Go file"))
 }
 
-/// The BLAKE3 of a package archive with its build ID blanked, as a record keeps it.
-///
-/// The build ID (`build id "ACTION/CONTENT"`, in the archive's two headers) is the only part
-/// of an archive that names the compile rather than its inputs: a quick compile reruns a
-/// recorded compile with that compile's `-buildid`, and the go command writes its own, so
-/// the same package compiled from the same files by either differs there alone.
+/// A package archive's digest, as records keep it ([`super::record::archive_digest`]).
 fn hash(path: &Path) -> Result<String, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    blank_archive_build_id(&mut bytes);
-    Ok(blake3::hash(&bytes).to_hex().to_string())
-}
-
-/// Zero every occurrence of the build ID the archive's first header names.
-fn blank_archive_build_id(bytes: &mut [u8]) {
-    const MARK: &[u8] = b"build id \"";
-    let Some(start) = find(bytes, MARK).map(|i| i + MARK.len()) else {
-        return;
-    };
-    let Some(len) = bytes[start..].iter().position(|&b| b == b'"' || b == b'\n') else {
-        return;
-    };
-    if len == 0 {
-        return;
-    }
-    let id = bytes[start..start + len].to_vec();
-    let mut at = 0;
-    while let Some(i) = find(&bytes[at..], &id) {
-        bytes[at + i..at + i + len].fill(0);
-        at += i + len;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    super::record::archive_digest(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 /// The files an embed configuration names (`{"Files": {"name": "/abs/path"}}`).
@@ -243,41 +231,17 @@ impl Recorded {
         if !link_paths.values().any(|f| *f == main_linked) {
             return Err("the link's import configuration does not name the main package".into());
         }
-        let (_, link_out) = flag_value(&link.argv, "o").ok_or("the recorded link has no -o")?;
-        let work = super::go_command::work_of_link_output(link_out).map(Path::to_path_buf);
+        flag_value(&link.argv, "o").ok_or("the recorded link has no -o")?;
 
-        // This build's compiles go into the history first.
-        let compiles = Record::compiles_in(cx.build_dir)
-            .map_err(|e| format!("cannot list {}: {e}", cx.build_dir.display()))?;
-        for file in compiles {
-            let Ok(run) = read_run(&file) else { continue };
-            let Some((_, p)) = flag_value(&run.argv, "p") else { continue };
-            let compiled_here = flag_value(&run.argv, "o")
-                .and_then(|(_, o)| work_of_compile_output(o))
-                .is_some_and(|w| Some(w) == work.as_deref());
-            if !compiled_here {
-                continue;
-            }
-            let package = if p == MAIN { graph.main.clone() } else { p.to_string() };
-            let written = if package == graph.main {
-                Record::Link.saved_file(cx.build_dir, MAIN_ARCHIVE)
-            } else {
-                match link_paths.get(&package) {
-                    Some(f) => PathBuf::from(f),
-                    None => continue,
-                }
-            };
-            if let Ok(h) = hash(&written) {
-                history.add(&package, h, run);
-            }
-        }
+        history.absorb(cx.build_dir);
 
         let mut packages = BTreeMap::new();
         for name in graph.packages.keys() {
-            if !history.has(name) {
+            let is_main = *name == graph.main;
+            let key = if is_main { MAIN } else { name.as_str() };
+            if !history.has(key) {
                 continue;
             }
-            let is_main = *name == graph.main;
             let linked = if is_main {
                 Record::Link.saved_file(cx.build_dir, MAIN_ARCHIVE)
             } else {
@@ -287,7 +251,7 @@ impl Recorded {
                 }
             };
             let Ok(h) = hash(&linked) else { continue };
-            let Some(run) = history.find(name, &h) else {
+            let Some(run) = history.find(key, &h) else {
                 continue;
             };
             let linked_from = if is_main {
@@ -308,7 +272,12 @@ impl Recorded {
                 by_file.insert(f.clone(), name.clone());
             }
             dirs.insert(p.dir.clone(), name.clone());
-            for f in p.embedcfg.as_deref().map(embedded_files).unwrap_or_default() {
+            for f in p
+                .embedcfg
+                .as_deref()
+                .map(embedded_files)
+                .unwrap_or_default()
+            {
                 if let Ok(rel) = lexical(&f).strip_prefix(cx.root) {
                     embedded.insert(rel.to_string_lossy().into_owned(), name.clone());
                 }
@@ -335,9 +304,16 @@ impl Recorded {
     /// bytes, whoever runs it.
     pub(super) fn remember_quick(&self, packages: &[String], history: &mut History) {
         for name in packages {
-            let Some(p) = self.packages.get(name) else { continue };
+            let Some(p) = self.packages.get(name) else {
+                continue;
+            };
+            let key = if *name == self.graph.main {
+                MAIN
+            } else {
+                name.as_str()
+            };
             if let Ok(h) = hash(&p.archive) {
-                history.add(name, h, p.run.clone());
+                history.add(key, h, p.run.clone());
             }
         }
     }
@@ -348,17 +324,12 @@ impl Recorded {
     pub(super) fn unrecorded(&self, module_path: Option<&str>) -> BTreeSet<String> {
         let recorded: BTreeSet<String> = self.packages.keys().cloned().collect();
         let in_module = |p: &str| {
-            module_path.is_some_and(|m| p == m || p.strip_prefix(m).is_some_and(|r| r.starts_with('/')))
+            module_path
+                .is_some_and(|m| p == m || p.strip_prefix(m).is_some_and(|r| r.starts_with('/')))
         };
         let mut wanted = self.graph.importers(&recorded);
         wanted.insert(self.graph.main.clone());
-        wanted.extend(
-            self.graph
-                .packages
-                .keys()
-                .filter(|p| in_module(p))
-                .cloned(),
-        );
+        wanted.extend(self.graph.packages.keys().filter(|p| in_module(p)).cloned());
         wanted.retain(|p| !recorded.contains(p));
         wanted
     }
@@ -436,7 +407,9 @@ impl Package {
             }
         };
         let listing = listing(&dir)?;
-        let roles_agree = cx.tags.is_some_and(|t| roles_agree(t, &dir, &listing, &files, cx.root));
+        let roles_agree = cx
+            .tags
+            .is_some_and(|t| roles_agree(t, &dir, &listing, &files, cx.root));
         let env = cx.env.rebuild(&run, &format!("the compile of {name}"));
         Ok(Package {
             argv,

@@ -8,7 +8,7 @@ use kdev_protocol::{
     BuildConfig, BuildMode, BuildOutcome, ClientMessage, Event, Patch, SessionConfig,
 };
 
-use super::{gocache, tar_of, Serve};
+use super::{Serve, gocache, tar_of};
 
 /// A cold `go build` of the standard library on a busy two-core machine.
 pub const BUILD: Duration = Duration::from_secs(600);
@@ -115,7 +115,6 @@ impl Session {
     }
 }
 
-
 /// `go build` of `kdev`'s sync root, run: what the binary prints, or `Err(go build's output)`.
 /// It has a go cache of its own: what it compiles must not turn up in `serve`'s builds as
 /// cache hits no real session would have.
@@ -150,4 +149,23 @@ pub fn assert_go_build_agrees(kdev: &Path, expected: &str) {
         Ok(out) => assert_eq!(out, expected, "go build's binary prints otherwise"),
         Err(e) => panic!("go build fails where kdev's build succeeded:\n{e}"),
     }
+}
+
+/// A tar of regular files (mode 644) and symbolic links (`(path, target)`).
+pub fn tar_with_links(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    for (path, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+    b.into_inner().unwrap()
 }

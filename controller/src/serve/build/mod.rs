@@ -670,7 +670,12 @@ async fn run_quick(
         spent += r.elapsed;
         match r.outcome {
             BuildOutcome::Succeeded => {}
-            BuildOutcome::Cancelled => return Ok(BuildResult { elapsed: spent, ..r }),
+            BuildOutcome::Cancelled => {
+                return Ok(BuildResult {
+                    elapsed: spent,
+                    ..r
+                });
+            }
             _ => {
                 let first = r.output.lines().find(|l| !l.trim().is_empty());
                 return Err((spent, first.unwrap_or("no output").to_string()));
