@@ -223,6 +223,34 @@ fn welcome_describes_the_pod_side() {
     assert_eq!(s.wait_exit(T), 0);
 }
 
+/// A client that sends its hello and pings in one go (without waiting for the Welcome) still
+/// gets the Welcome first: a pong read before it would be taken for a refused handshake.
+#[test]
+fn the_welcome_comes_before_any_pong_when_hello_and_pings_arrive_together() {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Serve::start(tmp.path(), &[]);
+        let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+        let mut bytes = kdev_protocol::ClientCodec::encode(&hello).unwrap();
+        for id in 1..=3 {
+            let ping = ClientMessage::Ping(Ping { id });
+            bytes.extend(kdev_protocol::ClientCodec::encode(&ping).unwrap());
+        }
+        s.send_raw(&bytes);
+        match s.recv(T) {
+            Some(ServerMessage::Welcome(_)) => {}
+            other => panic!("round {round}: the first reply is not the Welcome: {other:?}"),
+        }
+        for id in 1..=3 {
+            let pong = s.recv_until(T, "a pong", |m| match m {
+                ServerMessage::Pong(p) => Some(p.id),
+                _ => None,
+            });
+            assert_eq!(pong, id, "round {round}");
+        }
+    }
+}
+
 #[test]
 fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
     let tmp = tempfile::tempdir().unwrap();

@@ -261,7 +261,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         max_frame_size: MAX_FRAME_SIZE,
         limits: limits.clone(),
     };
-    out.send(ServerMessage::Welcome(welcome)).await;
+    out.send_welcome(welcome).await;
     caches.start(&out).await;
     if let Some(pid) = replaced {
         out.event(Event::Warning {
