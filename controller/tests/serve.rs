@@ -485,6 +485,54 @@ fn a_listing_digest_comes_first_and_the_listing_only_when_asked_for() {
     assert_ne!(digest_of(&mut s, 5).digest, d.digest);
 }
 
+/// A patch between the digest and the continue changes the tree the kept listing describes:
+/// the listing from before the patch is never sent; the client is told to list again, and a
+/// new listing shows the patch.
+#[test]
+fn a_patch_invalidates_a_kept_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("main.go"), "package main\n").unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile {
+        id: 1,
+        digest_first: true,
+    }));
+    s.recv_until(T, "listing digest", |m| match m {
+        ServerMessage::ListingDigest(d) if d.id == 1 => Some(()),
+        _ => None,
+    });
+    let tar = Tar::new().file("new.go", b"package main\n", 0o644).bytes();
+    s.send(&patch(2, &["main.go"], tar, BuildMode::Never));
+    assert!(patch_result(&mut s, 2).complete);
+    s.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+        id: 1,
+        send: true,
+    }));
+    let e = s.recv_until(T, "the reply to the continue", |m| match m {
+        ServerMessage::ReconcileResult(r) => {
+            panic!("the listing from before the patch was sent: {r:?}")
+        }
+        ServerMessage::Error(e) => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (&e.code, e.id, e.fatal),
+        (&ErrorCode::ReconcileFailed, Some(1), false),
+        "{e:?}"
+    );
+    assert!(e.message.contains("reconcile again"), "{}", e.message);
+    // The session goes on, and a new listing has the patch.
+    let paths: Vec<String> = reconcile(&mut s, 3)
+        .entries
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(paths, ["new.go"]);
+}
+
 #[test]
 fn patch_with_adds_modifies_deletes_renames_and_odd_names_applies_exactly() {
     let tmp = tempfile::tempdir().unwrap();
