@@ -1245,6 +1245,95 @@ fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
     assert_eq!(s.wait_exit(T), 0);
 }
 
+/// A client that stops reading while it floods `serve` with pings and listing requests fills
+/// the reply queue; SIGTERM must still end `serve` promptly (a new session SIGKILLs the old one
+/// only after 5 s, and a pod's grace period is short).
+#[test]
+fn sigterm_ends_the_session_promptly_while_the_client_does_not_read() {
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("src/pkg")).unwrap();
+    fs::write(kdev.join("src/pkg/a.go"), "package pkg").unwrap();
+    let stderr = kdev.join("serve.stderr");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--kdev-dir"])
+        .arg(kdev)
+        .current_dir(kdev)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Kept open and never read after the Welcome.
+    let mut stdout = child.stdout.take().unwrap();
+    let codec = kdev_protocol::ClientCodec::new();
+    let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+    codec.write_blocking(&mut stdin, &hello).unwrap();
+    match kdev_protocol::ClientCodec::new().read_blocking(&mut stdout) {
+        Ok(Some(ServerMessage::Welcome(_))) => {}
+        other => panic!("expected the Welcome, got {other:?}"),
+    }
+    // Flood until serve stops reading (its writes block) or goes away.
+    let sent = Arc::new(AtomicUsize::new(0));
+    {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let codec = kdev_protocol::ClientCodec::new();
+            for id in 0u64.. {
+                let m = if id % 50 == 0 {
+                    ClientMessage::Reconcile(Reconcile {
+                        id,
+                        digest_first: false,
+                    })
+                } else {
+                    ClientMessage::Ping(Ping { id })
+                };
+                if codec.write_blocking(&mut stdin, &m).is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Stalled: no message got through for half a second.
+    let mut last = (0, Instant::now());
+    wait_for(T, "serve to stop reading", || {
+        let n = sent.load(Ordering::Relaxed);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        (n > 0 && last.1.elapsed() > Duration::from_millis(500)).then_some(())
+    });
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = wait_for(Duration::from_secs(10), "serve to exit", || {
+        child.try_wait().unwrap().or_else(|| {
+            (t0.elapsed() > Duration::from_secs(8)).then(|| {
+                let _ = child.kill();
+                child.wait().unwrap()
+            })
+        })
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3) && exited.code() == Some(0),
+        "serve took {took:?} to end after SIGTERM ({exited:?}), {} messages sent\n{}",
+        sent.load(Ordering::Relaxed),
+        dump(&stderr)
+    );
+    drop(stdout);
+}
+
 #[test]
 fn symlinks_that_lead_outside_only_together_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

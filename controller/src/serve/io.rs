@@ -15,7 +15,7 @@ use kdev_protocol::{
     ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError, MAX_FRAME_SIZE, Ping,
     ServerCodec, ServerMessage, Welcome,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::log;
 use crate::util::ms;
@@ -28,11 +28,20 @@ pub(super) struct Out {
     t0: Instant,
     /// The Welcome is queued: from then on the reader may answer pings itself.
     welcomed: Arc<AtomicBool>,
+    /// Set on SIGTERM/SIGINT (see [`Out::send`]).
+    ending: watch::Receiver<bool>,
 }
 
 impl Out {
+    /// Queue a message, waiting for room; once the session is ending (SIGTERM), a message
+    /// that finds the queue full is dropped instead: the client stopped reading, and waiting
+    /// for it would keep the session from ending.
     pub(super) async fn send(&self, m: ServerMessage) {
-        let _ = self.tx.send(m).await;
+        tokio::select! {
+            biased;
+            _ = self.tx.send(m) => {}
+            () = ended(self.ending.clone()) => {}
+        }
     }
     /// Queue the Welcome, then let the reader answer pings: whatever it queues next is behind.
     pub(super) async fn send_welcome(&self, w: Welcome) {
@@ -57,6 +66,13 @@ impl Out {
     /// drains and stops) when the last `Out` is dropped, whatever still holds a `WeakOut`.
     fn downgrade(&self) -> WeakOut {
         WeakOut(self.tx.downgrade(), self.welcomed.clone())
+    }
+}
+
+/// Returns once `ending` is set; never if it cannot be (no signal handler).
+async fn ended(mut ending: watch::Receiver<bool>) {
+    if ending.wait_for(|e| *e).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -96,8 +112,8 @@ pub(super) fn error(code: ErrorCode, message: String, id: Option<u64>) -> Server
 }
 
 /// Start the writer task; returns the handle to send with and the task (which ends once the
-/// last [`Out`] is dropped and the queue is written).
-pub(super) fn spawn_writer() -> (Out, tokio::task::JoinHandle<()>) {
+/// last [`Out`] is dropped and the queue is written). `ending` is set on SIGTERM/SIGINT.
+pub(super) fn spawn_writer(ending: watch::Receiver<bool>) -> (Out, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
     let task = tokio::spawn(writer_task(rx));
     (
@@ -105,6 +121,7 @@ pub(super) fn spawn_writer() -> (Out, tokio::task::JoinHandle<()>) {
             tx,
             t0: Instant::now(),
             welcomed: Arc::default(),
+            ending,
         },
         task,
     )
