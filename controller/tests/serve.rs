@@ -1007,6 +1007,138 @@ fn a_new_session_replaces_a_stale_one_and_its_build_is_killed() {
     });
 }
 
+/// A process that is not a session: `sleep`, killed on drop.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn spawn() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    /// A `sleep` with the PID `pid` (free again), by setting the kernel's last PID just below
+    /// it (root only). `None` when that is not allowed or another process took it first.
+    fn spawn_with_pid(pid: u32) -> Option<Bystander> {
+        for _ in 0..50 {
+            fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+            let b = Bystander::spawn();
+            if b.0.id() == pid {
+                return Some(b);
+            }
+        }
+        None
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lock is held, and its files name a process that is not the holder (a stale record
+/// whose PID was reused since, here by a `sleep`): that process is never signalled.
+#[test]
+fn a_lock_naming_an_unrelated_process_never_gets_it_signalled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("run")).unwrap();
+    let mut bystander = Bystander::spawn();
+    // What a holder that has since exited left: its PID (now the bystander's) and a start
+    // time that is not the bystander's.
+    let pid = bystander.pid();
+    fs::write(kdev.join("run/serve.pid"), format!("{pid}\n")).unwrap();
+    fs::write(kdev.join("run/serve.lock"), format!("{pid} 1\n")).unwrap();
+    // The holder (this test) goes away by itself a little later.
+    let file = fs::File::open(kdev.join("run/serve.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.send(&ClientMessage::Hello(kdev_protocol::handshake::hello(
+        "kdev-tests",
+        no_build(),
+    )));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(bystander.alive(), "serve signalled an unrelated process");
+    drop(held);
+    s.recv_until(T, "the Welcome", |m| match m {
+        ServerMessage::Welcome(_) => Some(()),
+        ServerMessage::Error(e) => panic!("{e:?}"),
+        _ => None,
+    });
+    assert!(bystander.alive(), "serve signalled an unrelated process");
+}
+
+/// Two sessions take over from a third at once: one wins, the other ends with a clear error
+/// (or is replaced in turn), and nothing else is ever signalled, not even a process that got
+/// the stopped session's PID.
+#[test]
+fn two_sessions_taking_over_at_once_end_sanely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(no_build());
+    let a_pid = a.child.id();
+    let mut b = Serve::start(kdev, &[]);
+    let mut c = Serve::start(kdev, &[]);
+    let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+    b.send(&hello);
+    c.send(&hello);
+    assert_eq!(a.wait_exit(T), 0);
+    // A's PID, now free, goes to an unrelated process (where the kernel allows choosing).
+    let mut bystander = Bystander::spawn_with_pid(a_pid);
+    if bystander.is_none() {
+        eprintln!("could not give PID {a_pid} to another process: that part is not tested");
+    }
+    // How each handshake ended: the Welcome, or a fatal error.
+    let handshake = |s: &mut Serve| {
+        s.recv_until(T, "the handshake's end", |m| match m {
+            ServerMessage::Welcome(_) => Some(Ok(())),
+            ServerMessage::Error(e) if e.fatal => Some(Err(e.clone())),
+            _ => None,
+        })
+    };
+    let (hb, hc) = (handshake(&mut b), handshake(&mut c));
+    // The old code SIGKILLed the stopped session's PID 5 s after its SIGTERM.
+    std::thread::sleep(Duration::from_secs(6));
+    if let Some(by) = &mut bystander {
+        assert!(
+            by.alive(),
+            "a process that reused the stopped session's PID was killed"
+        );
+    }
+    let mut running = Vec::new();
+    for (name, s, h) in [("b", &mut b, hb), ("c", &mut c, hc)] {
+        match h {
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::SetupFailed, "{name}: {e:?}");
+                assert!(e.message.contains("session"), "{name}: {}", e.message);
+                assert_eq!(s.wait_exit(T), 4, "{name}");
+            }
+            Ok(()) if s.child.try_wait().unwrap().is_none() => running.push(name),
+            // Welcomed, then replaced by the other one.
+            Ok(()) => {
+                assert!(
+                    s.seen.iter().any(|m| matches!(m,
+                        ServerMessage::Error(e) if e.code == ErrorCode::Terminated)),
+                    "{name} ended without saying why: {:?}",
+                    s.seen
+                );
+            }
+        }
+    }
+    assert_eq!(running.len(), 1, "sessions still running: {running:?}");
+}
+
 #[test]
 fn a_build_left_running_by_a_killed_session_is_stopped_by_the_next_one() {
     let tmp = tempfile::tempdir().unwrap();
