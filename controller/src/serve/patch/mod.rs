@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kdev_protocol::paths::normalize_wire_path;
 use kdev_protocol::{PatchLimits, Refused};
 
+use crate::util::error_chain;
 use plan::{Op, Refusal, refuse};
 pub(super) use safe_root::is_temp_name;
 use safe_root::{FsError, SafeRoot};
@@ -84,7 +85,23 @@ pub(super) fn apply_patch(
         }
     };
     let ops = plan::refuse_escaping_links(root, deletes, ops, &mut plan_refused);
-    let safe = SafeRoot::new(root);
+    let safe = match SafeRoot::new(root) {
+        Ok(safe) => safe,
+        Err(e) => {
+            // Nothing can be applied: every deletion and entry is refused with the reason.
+            let why = error_chain(&e);
+            let all = deletes
+                .iter()
+                .cloned()
+                .chain(ops.into_iter().map(Op::into_path));
+            out.refused.extend(all.map(|path| Refused {
+                path,
+                reason: why.clone(),
+            }));
+            out.refused.extend(plan_refused);
+            return out;
+        }
+    };
     for d in deletes {
         if stop.load(Ordering::Relaxed) {
             out.interrupted = true;

@@ -1,21 +1,34 @@
-//! Filesystem operations below the sync root that never follow a symlink inside it: every
-//! parent directory is checked with `lstat` and must be a real directory, so a symlink planted
-//! earlier cannot be written through; a new file is created in place with
-//! `O_CREAT|O_EXCL|O_NOFOLLOW`, while whatever already exists (and every symlink) is replaced
-//! by a temporary name in its final directory renamed into place, so a reader never sees a
-//! half-written version of an existing file.
+//! Filesystem operations below the sync root that never follow a symlink inside it. Every
+//! path is walked from an open descriptor of the root one name at a time
+//! (`openat(O_PATH|O_DIRECTORY|O_NOFOLLOW)`), so a parent that is a symlink is refused rather
+//! than followed, and the final operation works on the name in the directory found that way
+//! (`openat`, `renameat`, `unlinkat`...): nothing swapped in on the way can redirect it, and
+//! the kernel looks up each name once, so an operation costs time linear in its path's depth
+//! (an `lstat` of every parent from the root was quadratic: 27 CPU minutes for one frame of
+//! deletions at depth 1,900). A new file is created in place with `O_CREAT|O_EXCL|O_NOFOLLOW`,
+//! while whatever already exists (and every symlink) is replaced by a temporary name in its
+//! final directory renamed into place, so a reader never sees a half-written version of an
+//! existing file.
 
-use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::collections::HashMap;
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, fchmodat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 /// Why an operation on one path failed (the refusal's reason, with its cause).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FsError {
+    #[error("cannot open the sync root")]
+    Root(#[source] io::Error),
     #[error("parent {0:?} is a symlink; refusing to write through it")]
     ParentIsSymlink(String),
     #[error("parent {0:?} is not a directory; delete it first")]
@@ -47,18 +60,25 @@ pub(super) enum FsError {
     Delete(String, #[source] io::Error),
 }
 
+/// Open parent directories kept for a patch's writes at most (then the cache starts over).
+const MAX_CACHED_DIRS: usize = 256;
+
 /// Operations on paths below a root that never follow a symlink inside the root. Paths are
 /// normalized wire paths ([`kdev_protocol::normalize_wire_path`]).
 ///
 /// One `SafeRoot` serves one patch (from several threads: see [`super::apply_patch`]): the
-/// directories it checked (or made) while writing are remembered and not checked again for the
-/// patch's other entries. Within the writing phase
-/// nothing of the patch removes a directory (a file or symlink never replaces one), so a
-/// directory checked once stays one; deletions, which come first, are never remembered.
+/// directories its writes went into stay open for its other entries, so the files of one
+/// directory cost one walk. Within the writing phase nothing of the patch removes a
+/// directory (a file or symlink never replaces one); deletions, which come first, walk from
+/// the root every time. A kept descriptor is the directory that was checked, whatever is done
+/// to its name meanwhile.
 pub(super) struct SafeRoot {
-    root: PathBuf,
-    /// Directories checked to be real directories (not symlinks) while writing this patch.
-    verified: Mutex<HashSet<PathBuf>>,
+    root: OwnedFd,
+    /// Parent directories of this patch's writes, by wire path ("" is the root).
+    dirs: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    /// Names the kernel looked up for this patch (each `*at` call on one name counts one; the
+    /// root's own path counts its components).
+    lookups: AtomicU64,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -73,81 +93,156 @@ pub(crate) fn is_temp_name(name: &str) -> bool {
         .is_some_and(|(pid, n)| digits(pid) && digits(n))
 }
 
+/// `O_PATH` descriptors of directories: enough to walk, create and remove names in them.
+fn dir_flags() -> OFlag {
+    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// `rel` split into its parent's wire path ("" for the root) and its name.
+fn split_parent(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
 impl SafeRoot {
-    pub(super) fn new(root: &Path) -> SafeRoot {
-        SafeRoot {
-            root: root.to_path_buf(),
-            verified: Mutex::new(HashSet::new()),
+    pub(super) fn new(root: &Path) -> Result<SafeRoot, FsError> {
+        let fd = openat(
+            nix::fcntl::AT_FDCWD,
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::Root(e.into()))?;
+        Ok(SafeRoot {
+            root: fd,
+            dirs: Mutex::new(HashMap::new()),
+            lookups: AtomicU64::new(root.components().count() as u64),
+        })
+    }
+
+    /// Run one `*at` call on one name (counted in `lookups`).
+    fn at<T>(&self, call: impl FnOnce() -> T) -> T {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        call()
+    }
+
+    fn open_dir(&self, dir: &OwnedFd, name: &str) -> nix::Result<OwnedFd> {
+        self.at(|| openat(dir, name, dir_flags(), Mode::empty()))
+    }
+
+    fn lstat(&self, dir: &OwnedFd, name: &str) -> nix::Result<FileStat> {
+        self.at(|| fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW))
+    }
+
+    /// Why `name` in `dir` could not be walked into (it exists, but is no directory).
+    fn not_a_dir(&self, dir: &OwnedFd, name: &str, shown: String) -> FsError {
+        match self.lstat(dir, name) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                FsError::ParentIsSymlink(shown)
+            }
+            _ => FsError::ParentNotADirectory(shown),
         }
     }
 
-    /// Check every parent of `rel`: each must be a real directory. Missing parents are created
-    /// when `create`, otherwise `Ok(None)` is returned.
-    fn parent_dir(&self, rel: &str, create: bool) -> Result<Option<PathBuf>, FsError> {
-        let mut dir = self.root.clone();
-        let comps: Vec<&str> = rel.split('/').collect();
-        for (i, c) in comps[..comps.len() - 1].iter().enumerate() {
-            dir.push(c);
-            if create && self.verified.lock().unwrap().contains(&dir) {
-                continue;
-            }
-            let shown = || comps[..=i].join("/");
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(FsError::ParentIsSymlink(shown()));
-                }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(FsError::ParentNotADirectory(shown())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    match fs::DirBuilder::new().mode(0o755).create(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            // Raced with something (another of this patch's workers, or
-                            // something in the pod): it must be a directory now.
-                            let m = fs::symlink_metadata(&dir)
-                                .map_err(|e| FsError::ParentVanished(shown(), e))?;
-                            if !m.is_dir() {
-                                return Err(FsError::ParentReplaced(shown()));
-                            }
-                        }
-                        Err(e) => return Err(FsError::CreateParent(shown(), e)),
-                    }
-                }
-                Err(e) => return Err(FsError::Inspect(shown(), e)),
-            }
-            if create {
-                self.verified.lock().unwrap().insert(dir.clone());
-            }
+    /// The directory at wire path `rel` ("" is the root), walked from the root one name at a
+    /// time, every one a real directory. Missing ones are created when `create`, otherwise
+    /// `Ok(None)` is returned.
+    fn walk(&self, rel: &str, create: bool) -> Result<Option<OwnedFd>, FsError> {
+        let mut fd = self.root.try_clone().map_err(FsError::Root)?;
+        if rel.is_empty() {
+            return Ok(Some(fd));
         }
-        Ok(Some(dir))
+        let mut end = 0;
+        for name in rel.split('/') {
+            end += name.len();
+            let here = end;
+            let shown = || rel[..here].to_string();
+            end += 1;
+            fd = match self.open_dir(&fd, name) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) if create => self.make_parent(&fd, name, shown())?,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
+                    return Err(self.not_a_dir(&fd, name, shown()));
+                }
+                Err(e) => return Err(FsError::Inspect(shown(), e.into())),
+            };
+        }
+        Ok(Some(fd))
     }
 
-    fn temp_path(dir: &Path) -> PathBuf {
+    /// Create the missing directory `name` in `dir` on the way to a path, and open it.
+    fn make_parent(&self, dir: &OwnedFd, name: &str, shown: String) -> Result<OwnedFd, FsError> {
+        match self.at(|| mkdirat(dir, name, Mode::from_bits_truncate(0o755))) {
+            // Raced with something (another of this patch's workers, or something in the
+            // pod): it must be a directory now.
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(FsError::CreateParent(shown, e.into())),
+        }
+        match self.open_dir(dir, name) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOTDIR | Errno::ELOOP) => Err(FsError::ParentReplaced(shown)),
+            Err(e) => Err(FsError::ParentVanished(shown, e.into())),
+        }
+    }
+
+    /// The directory `rel` will be written in, and its name there: kept open for the patch's
+    /// other writes into it; created (with its missing parents) if needed.
+    fn parent<'r>(&self, rel: &'r str) -> Result<(Arc<OwnedFd>, &'r str), FsError> {
+        let (parent, name) = split_parent(rel);
+        let cached = self.lock_dirs().get(parent).cloned();
+        if let Some(fd) = cached {
+            return Ok((fd, name));
+        }
+        // A walk that creates what is missing ends at a directory or fails: never `None`.
+        let fd = Arc::new(self.walk(parent, true)?.expect("created"));
+        let mut dirs = self.lock_dirs();
+        if dirs.len() >= MAX_CACHED_DIRS {
+            dirs.clear();
+        }
+        dirs.insert(parent.to_string(), fd.clone());
+        Ok((fd, name))
+    }
+
+    fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OwnedFd>>> {
+        // A map of open directories stays consistent whatever panicked while it was held.
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn temp_name() -> String {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".kdev-{}-{n}.tmp", std::process::id()))
+        format!(".kdev-{}-{n}.tmp", std::process::id())
     }
 
-    fn final_name(rel: &str) -> &str {
-        rel.rsplit('/').next().unwrap_or(rel)
-    }
-
-    /// Rename `tmp` over `dir/name`, refusing to replace a directory.
-    fn install(tmp: &Path, dir: &Path, name: &str, rel: &str) -> Result<(), FsError> {
-        let dest = dir.join(name);
+    /// Rename `tmp` over `name` in `dir`, refusing to replace a directory.
+    fn install(&self, dir: &OwnedFd, tmp: &str, name: &str, rel: &str) -> Result<(), FsError> {
         // rename(2) never replaces a directory with a file or symlink: EISDIR (or ENOTEMPTY,
         // EEXIST) says one is in the way.
-        fs::rename(tmp, &dest).map_err(|e| {
-            let _ = fs::remove_file(tmp);
-            match e.raw_os_error() {
-                Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST) => {
+        self.at(|| renameat(dir, tmp, dir, name)).map_err(|e| {
+            let _ = self.at(|| unlinkat(dir, tmp, UnlinkatFlags::NoRemoveDir));
+            match e {
+                Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => {
                     FsError::DirectoryInTheWay(rel.into())
                 }
-                _ => FsError::Move(rel.into(), e),
+                e => FsError::Move(rel.into(), e.into()),
             }
         })
+    }
+
+    /// Create `name` in `dir` as a new file (never through a symlink) holding `data` with
+    /// exactly the permission bits `mode`; nothing is left if that fails.
+    fn create_file(&self, dir: &OwnedFd, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = self.at(|| openat(dir, name, flags, Mode::from_bits_truncate(0o600)))?;
+        let mut f = File::from(fd);
+        let written = f.write_all(data).and_then(|()| {
+            // Exact permission bits (the umask must not eat the executable bit).
+            f.set_permissions(fs::Permissions::from_mode(mode))
+        });
+        if written.is_err() {
+            let _ = self.at(|| unlinkat(dir, name, UnlinkatFlags::NoRemoveDir));
+        }
+        written
     }
 
     /// Write a regular file with exactly the permission bits `mode`.
@@ -159,84 +254,170 @@ impl SafeRoot {
     /// rename, so a reader never sees a half-written version of an existing file. A session
     /// killed in the middle leaves the tree marked dirty; the next reconcile compares hashes.
     pub(super) fn write_file(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
-        let dir = self.parent_dir(rel, true)?.expect("created");
-        let write = |path: &Path| -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)?;
-            let written = f.write_all(data).and_then(|()| {
-                // Exact permission bits (the umask must not eat the executable bit).
-                f.set_permissions(fs::Permissions::from_mode(mode))
-            });
-            if written.is_err() {
-                let _ = fs::remove_file(path);
-            }
-            written
-        };
-        let dest = dir.join(Self::final_name(rel));
-        match write(&dest) {
+        let (dir, name) = self.parent(rel)?;
+        match self.create_file(&dir, name, data, mode) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(FsError::Write(rel.into(), e)),
         }
-        let tmp = Self::temp_path(&dir);
-        write(&tmp).map_err(|e| FsError::Write(rel.into(), e))?;
-        Self::install(&tmp, &dir, Self::final_name(rel), rel)
+        let tmp = Self::temp_name();
+        self.create_file(&dir, &tmp, data, mode)
+            .map_err(|e| FsError::Write(rel.into(), e))?;
+        self.install(&dir, &tmp, name, rel)
     }
 
     /// Create a directory (or set the mode of an existing one).
     pub(super) fn make_dir(&self, rel: &str, mode: u32) -> Result<(), FsError> {
-        let dir = self.parent_dir(rel, true)?.expect("created");
-        let path = dir.join(Self::final_name(rel));
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {
-                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
+        let (dir, name) = self.parent(rel)?;
+        let mode = Mode::from_bits_truncate(mode);
+        let chmod = || self.at(|| fchmodat(&*dir, name, mode, FchmodatFlags::FollowSymlink));
+        match self.lstat(&dir, name) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                let _ = chmod();
                 Ok(())
             }
             Ok(_) => Err(FsError::NotADirectoryInTheWay(rel.into())),
             Err(_) => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(|e| FsError::CreateDir(rel.into(), e))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(|e| FsError::SetPermissions(rel.into(), e))
+                self.at(|| mkdirat(&*dir, name, Mode::from_bits_truncate(0o700)))
+                    .map_err(|e| FsError::CreateDir(rel.into(), e.into()))?;
+                chmod().map_err(|e| FsError::SetPermissions(rel.into(), e.into()))
             }
         }
     }
 
     /// Create (or replace) a symlink; its target was checked by the caller.
     pub(super) fn make_symlink(&self, rel: &str, target: &str) -> Result<(), FsError> {
-        let dir = self.parent_dir(rel, true)?.expect("created");
-        let tmp = Self::temp_path(&dir);
-        std::os::unix::fs::symlink(target, &tmp)
-            .map_err(|e| FsError::CreateSymlink(rel.into(), e))?;
-        Self::install(&tmp, &dir, Self::final_name(rel), rel)
+        let (dir, name) = self.parent(rel)?;
+        let tmp = Self::temp_name();
+        self.at(|| symlinkat(target, &*dir, tmp.as_str()))
+            .map_err(|e| FsError::CreateSymlink(rel.into(), e.into()))?;
+        self.install(&dir, &tmp, name, rel)
     }
 
     /// Delete a file, symlink (not its target) or whole directory. Absent paths are fine.
     pub(super) fn delete(&self, rel: &str) -> Result<(), FsError> {
-        let Some(dir) = self.parent_dir(rel, false)? else {
+        let (parent, name) = split_parent(rel);
+        let Some(dir) = self.walk(parent, false)? else {
             return Ok(());
         };
-        let path = dir.join(Self::final_name(rel));
-        let delete = |e| FsError::Delete(rel.into(), e);
-        match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(FsError::Inspect(rel.into(), e)),
-            // remove_dir_all does not follow symlinks inside the tree.
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(delete),
-            Ok(_) => fs::remove_file(&path).map_err(delete),
+        let delete = |e: Errno| FsError::Delete(rel.into(), e.into());
+        match self.lstat(&dir, name) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(FsError::Inspect(rel.into(), e.into())),
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                self.remove_tree(&dir, name).map_err(delete)
+            }
+            Ok(_) => self
+                .at(|| unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir))
+                .map_err(delete),
         }
     }
+
+    /// Remove the directory `name` in `dir` and everything below it, never following a
+    /// symlink (each directory is opened `O_NOFOLLOW` and emptied through its descriptor),
+    /// with an explicit stack rather than recursion: it may be as deep as paths can be. Like
+    /// `std::fs::remove_dir_all`, it holds a descriptor per level while it descends.
+    fn remove_tree(&self, dir: &OwnedFd, name: &str) -> nix::Result<()> {
+        let mut stack = vec![self.open_level(dir.as_fd(), name.as_bytes().to_vec())?];
+        while let Some(Level {
+            dir: open, subdirs, ..
+        }) = stack.last_mut()
+        {
+            let subdirs = match subdirs {
+                Some(s) => s,
+                // Files and symlinks go at once; subdirectories are descended into.
+                None => subdirs.insert(self.empty_but_subdirs(open)?),
+            };
+            if let Some(sub) = subdirs.pop() {
+                let next = self.open_level(open.as_fd(), sub)?;
+                stack.push(next);
+                continue;
+            }
+            let Some(done) = stack.pop() else { break };
+            let above = stack.last().map_or(dir.as_fd(), |l| l.dir.as_fd());
+            match self.at(|| unlinkat(above, done.name.as_slice(), UnlinkatFlags::RemoveDir)) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory `name` in `dir`, opened (never through a symlink) to be emptied.
+    fn open_level(&self, dir: BorrowedFd<'_>, name: Vec<u8>) -> nix::Result<Level> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let open = self.at(|| nix::dir::Dir::openat(dir, name.as_slice(), flags, Mode::empty()))?;
+        Ok(Level {
+            dir: open,
+            name,
+            subdirs: None,
+        })
+    }
+
+    /// Remove everything in `dir` but its subdirectories, and return their names.
+    fn empty_but_subdirs(&self, dir: &mut nix::dir::Dir) -> nix::Result<Vec<Vec<u8>>> {
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push((name.to_vec(), entry.file_type()));
+            }
+        }
+        let mut subdirs = Vec::new();
+        for (name, ty) in names {
+            if ty == Some(nix::dir::Type::Directory) {
+                subdirs.push(name);
+                continue;
+            }
+            // Also when the type is unknown: unlink(2) of a directory says EISDIR.
+            match self.at(|| unlinkat(&*dir, name.as_slice(), UnlinkatFlags::NoRemoveDir)) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => subdirs.push(name),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(subdirs)
+    }
+}
+
+/// A directory being emptied by [`SafeRoot::remove_tree`].
+struct Level {
+    dir: nix::dir::Dir,
+    /// Its name in the directory above.
+    name: Vec<u8>,
+    /// The subdirectories found in it still to be removed, once it was emptied of the rest.
+    subdirs: Option<Vec<Vec<u8>>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deleting at depth d costs the kernel O(d) name lookups, not O(d²) (an lstat of every
+    /// parent from the root: a 64 MiB frame of deletions at depth 1,900 took 27 CPU minutes).
+    #[test]
+    fn a_deletion_costs_lookups_linear_in_its_depth() {
+        let root = tempfile::tempdir().unwrap();
+        let depth = 1000;
+        let dir = "d/".repeat(depth);
+        fs::create_dir_all(root.path().join(&dir)).unwrap();
+        for i in 0..20 {
+            fs::write(root.path().join(format!("{dir}f{i}")), "x").unwrap();
+        }
+        let safe = SafeRoot::new(root.path()).unwrap();
+        for i in 0..20 {
+            safe.delete(&format!("{dir}f{i}")).unwrap();
+        }
+        let lookups = safe.lookups.load(Ordering::Relaxed);
+        // Each name of each path once, a few more for the last one, and the root's path once.
+        let bound = 20 * (depth as u64 + 4) + root.path().components().count() as u64;
+        assert!(
+            lookups <= bound,
+            "{lookups} name lookups for 20 deletions at depth {depth} (at most {bound})"
+        );
+        assert_eq!(fs::read_dir(root.path().join(&dir)).unwrap().count(), 0);
+    }
 
     #[test]
     fn temp_names_have_exactly_our_shape() {
@@ -252,12 +433,40 @@ mod tests {
         }
     }
 
+    /// A directory is deleted with all it holds (also names that are not UTF-8, and deeper
+    /// than a recursion would go); a symlink in it goes, not what it points to.
+    #[test]
+    fn deleting_a_directory_removes_its_tree_and_follows_no_symlink() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), "k").unwrap();
+        let top = root.path().join("top");
+        let deep = top.join("d/".repeat(1500));
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), "x").unwrap();
+        fs::create_dir_all(top.join("a/b")).unwrap();
+        fs::write(top.join("a/b/f"), "x").unwrap();
+        fs::write(top.join(std::ffi::OsStr::from_bytes(b"not-utf8-\xff")), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.join("a/out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("keep"), top.join("f-out")).unwrap();
+        fs::write(root.path().join("sibling"), "s").unwrap();
+        let safe = SafeRoot::new(root.path()).unwrap();
+        safe.delete("top").unwrap();
+        assert!(fs::symlink_metadata(&top).is_err());
+        assert!(root.path().join("sibling").exists());
+        assert_eq!(fs::read(outside.path().join("keep")).unwrap(), b"k");
+        // Absent, and below a file: nothing to do.
+        safe.delete("top/x").unwrap();
+        safe.delete("sibling/x").unwrap_err();
+    }
+
     #[test]
     fn errors_read_as_before() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
-        let safe = SafeRoot::new(root.path());
+        let safe = SafeRoot::new(root.path()).unwrap();
         let e = safe.write_file("link/x", b"x", 0o644).unwrap_err();
         assert_eq!(
             e.to_string(),
