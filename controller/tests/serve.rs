@@ -1238,6 +1238,52 @@ fn temp_files_of_an_interrupted_patch_are_removed_at_startup_and_nothing_else() 
     }
 }
 
+/// Files, directories and symlinks planted under the temporary names a session would use
+/// (`.kdev-<its pid>-<n>.tmp`) neither make its writes fail nor get written through.
+#[test]
+fn names_planted_where_temporary_files_go_do_not_stop_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let (src, outside) = (kdev.join("src"), kdev.join("outside"));
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("target"), "outside").unwrap();
+    let existing: Vec<String> = (0..8)
+        .flat_map(|i| [format!("f{i}.go"), format!("d/f{i}.go")])
+        .collect();
+    for p in &existing {
+        fs::write(src.join(p), "old").unwrap();
+    }
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    // Planted after startup, which removes such names.
+    let pid = s.child.id();
+    for dir in [src.clone(), src.join("d")] {
+        for n in 0..100 {
+            let name = dir.join(format!(".kdev-{pid}-{n}.tmp"));
+            match n % 3 {
+                0 => fs::write(&name, "planted").unwrap(),
+                1 => fs::create_dir(&name).unwrap(),
+                _ => std::os::unix::fs::symlink(outside.join("target"), &name).unwrap(),
+            }
+        }
+    }
+    let mut t = Tar::new();
+    for p in &existing {
+        t = t.file(p, b"new", 0o644);
+    }
+    let t = t.link(EntryType::Symlink, "d/link", "f0.go");
+    s.send(&patch(1, &[], t.bytes(), BuildMode::Never));
+    let r = patch_result(&mut s, 1);
+    assert!(r.complete, "{:?}", r.refused);
+    for p in &existing {
+        assert_eq!(fs::read(src.join(p)).unwrap(), b"new", "{p}");
+    }
+    assert_eq!(fs::read(src.join("d/link")).unwrap(), b"new");
+    assert_eq!(fs::read(outside.join("target")).unwrap(), b"outside");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+}
+
 /// A patch of `n` small files in a few nested directories, slow enough to apply (seconds) to
 /// interrupt it. Returns the patch and the paths of its first and last files.
 fn big_patch(id: u64, n: usize) -> (ClientMessage, String, String) {

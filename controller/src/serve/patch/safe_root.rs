@@ -83,6 +83,36 @@ pub(super) struct SafeRoot {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How many temporary names are tried before a write gives up.
+const TEMP_ATTEMPTS: usize = 64;
+
+/// A temporary name, `.kdev-<pid>-<n>.tmp` with `n` random (a hash of a counter under std's
+/// randomly seeded keys): names planted in advance are not met by chance, and one that is met
+/// is passed over (see [`create_temp`]).
+fn temp_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!(".kdev-{}-{}.tmp", std::process::id(), h.finish())
+}
+
+/// Run `create` (which must fail with `EEXIST` when the name is taken: `O_EXCL`, symlink(2))
+/// on fresh temporary names until one is free; returns that name. A taken name is something
+/// planted there, or an interrupted session's leftover: never written through, never removed.
+fn create_temp(mut create: impl FnMut(&str) -> io::Result<()>) -> io::Result<String> {
+    for _ in 0..TEMP_ATTEMPTS {
+        let name = temp_name();
+        match create(&name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            res => return res.map(|()| name),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("{TEMP_ATTEMPTS} temporary names in a row were taken"),
+    ))
+}
+
 /// Whether a file name is one of our temporary names, `.kdev-<pid>-<n>.tmp` (skipped by
 /// reconcile, removed at startup). Exactly that shape, so a user's file is never taken for one.
 pub(crate) fn is_temp_name(name: &str) -> bool {
@@ -208,11 +238,6 @@ impl SafeRoot {
         self.dirs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn temp_name() -> String {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!(".kdev-{}-{n}.tmp", std::process::id())
-    }
-
     /// Rename `tmp` over `name` in `dir`, refusing to replace a directory.
     fn install(&self, dir: &OwnedFd, tmp: &str, name: &str, rel: &str) -> Result<(), FsError> {
         // rename(2) never replaces a directory with a file or symlink: EISDIR (or ENOTEMPTY,
@@ -260,8 +285,7 @@ impl SafeRoot {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(FsError::Write(rel.into(), e)),
         }
-        let tmp = Self::temp_name();
-        self.create_file(&dir, &tmp, data, mode)
+        let tmp = create_temp(|tmp| self.create_file(&dir, tmp, data, mode))
             .map_err(|e| FsError::Write(rel.into(), e))?;
         self.install(&dir, &tmp, name, rel)
     }
@@ -288,9 +312,8 @@ impl SafeRoot {
     /// Create (or replace) a symlink; its target was checked by the caller.
     pub(super) fn make_symlink(&self, rel: &str, target: &str) -> Result<(), FsError> {
         let (dir, name) = self.parent(rel)?;
-        let tmp = Self::temp_name();
-        self.at(|| symlinkat(target, &*dir, tmp.as_str()))
-            .map_err(|e| FsError::CreateSymlink(rel.into(), e.into()))?;
+        let tmp = create_temp(|tmp| Ok(self.at(|| symlinkat(target, &*dir, tmp))?))
+            .map_err(|e| FsError::CreateSymlink(rel.into(), e))?;
         self.install(&dir, &tmp, name, rel)
     }
 
@@ -459,6 +482,39 @@ mod tests {
         // Absent, and below a file: nothing to do.
         safe.delete("top/x").unwrap();
         safe.delete("sibling/x").unwrap_err();
+    }
+
+    /// A taken temporary name is passed over for another (random) one, also several in a
+    /// row; only a run of taken names fails the write.
+    #[test]
+    fn taken_temporary_names_are_passed_over() {
+        let taken = || io::Error::from(io::ErrorKind::AlreadyExists);
+        let mut tried = Vec::new();
+        let name = create_temp(|n| {
+            tried.push(n.to_string());
+            if tried.len() <= 3 {
+                Err(taken())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(tried.len(), 4);
+        assert_eq!(tried.last(), Some(&name));
+        assert!(tried.iter().all(|n| is_temp_name(n)), "{tried:?}");
+        tried.dedup();
+        assert_eq!(tried.len(), 4, "a name was tried twice");
+        assert!(create_temp(|_| Err(taken())).is_err());
+        // Another error is not retried.
+        let mut n = 0;
+        let e = create_temp(|_| {
+            n += 1;
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        });
+        assert_eq!(
+            (e.unwrap_err().kind(), n),
+            (io::ErrorKind::PermissionDenied, 1)
+        );
     }
 
     #[test]
