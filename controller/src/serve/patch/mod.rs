@@ -73,7 +73,7 @@ pub(super) fn apply_patch(
 ) -> PatchOutcome {
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
-    let ops = match plan::plan(tar_bytes, limits, &mut plan_refused) {
+    let ops = match plan::plan(tar_bytes, limits, root, &mut plan_refused) {
         Ok(ops) => ops,
         Err(e) => {
             // Nothing is applied: report the archive and every deletion as refused.
@@ -366,6 +366,84 @@ mod tests {
         let out = apply_patch(dir.path(), &[], &tar_of(&entries), &default_limits(), &stop);
         assert!(out.interrupted && out.applied.is_empty(), "{out:?}");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// What a tree holds: path → (kind, mode, content or link target), walked iteratively
+    /// (the trees may be deep); a directory that cannot be read is recorded as such.
+    pub(super) type Tree = std::collections::BTreeMap<String, (char, u32, Vec<u8>)>;
+
+    pub(super) fn tree(root: &Path) -> Tree {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Tree::new();
+        let mut dirs = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    out.insert(
+                        format!("{prefix}<unreadable>"),
+                        ('?', 0, e.to_string().into()),
+                    );
+                    continue;
+                }
+            };
+            for de in rd {
+                let de = de.unwrap();
+                let rel = format!("{prefix}{}", de.file_name().to_string_lossy());
+                let m = fs::symlink_metadata(de.path()).unwrap();
+                let mode = m.mode() & 0o7777;
+                let entry = if m.file_type().is_symlink() {
+                    let t = fs::read_link(de.path()).unwrap();
+                    ('l', 0, t.into_os_string().into_encoded_bytes())
+                } else if m.is_dir() {
+                    dirs.push((de.path(), format!("{rel}/")));
+                    ('d', mode, vec![])
+                } else {
+                    ('f', mode, fs::read(de.path()).unwrap())
+                };
+                out.insert(rel, entry);
+            }
+        }
+        out
+    }
+
+    /// An entry refused for its name or length is refused before anything is created: the
+    /// tree is as it was (no parent directories made for it are left).
+    #[test]
+    fn refused_entries_leave_the_tree_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("kept")).unwrap();
+        fs::write(dir.path().join("kept/f"), "f").unwrap();
+        let before = tree(dir.path());
+        let long_name = format!("new1/new2/{}", "n".repeat(256));
+        let long_path = format!("{}f", "d/".repeat(2100));
+        let long_dir = format!("new4/{}", "n".repeat(256));
+        let long_target = "t".repeat(5000);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long_name, &b"x"[..]).unwrap();
+        b.append_data(&mut h, &long_path, &b"x"[..]).unwrap();
+        b.append_data(&mut h, format!("kept/{}", "n".repeat(300)), &b"x"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, &long_dir, &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "new3/l", &long_target).unwrap();
+        let t = b.into_inner().unwrap();
+        let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
+        assert!(out.applied.is_empty(), "{out:?}");
+        assert_eq!(out.refused.len(), 5, "{out:?}");
+        for r in &out.refused {
+            assert!(r.reason.contains("too long"), "{r:?}");
+        }
+        assert_eq!(tree(dir.path()), before);
     }
 
     #[test]

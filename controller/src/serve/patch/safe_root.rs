@@ -128,6 +128,16 @@ fn dir_flags() -> OFlag {
     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
+/// Directories made on the way to a path: each with the directory it was made in, and its
+/// name there. Kept open until the operation is done, so that undoing them never walks a path
+/// again: at most a descriptor per name of a path that fits PATH_MAX (the plan refuses longer
+/// ones), as `std::fs::remove_dir_all` holds while it descends.
+type Made = Vec<(OwnedFd, String)>;
+
+fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
 /// `rel` split into its parent's wire path ("" for the root) and its name.
 fn split_parent(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
@@ -174,9 +184,9 @@ impl SafeRoot {
     }
 
     /// The directory at wire path `rel` ("" is the root), walked from the root one name at a
-    /// time, every one a real directory. Missing ones are created when `create`, otherwise
-    /// `Ok(None)` is returned.
-    fn walk(&self, rel: &str, create: bool) -> Result<Option<OwnedFd>, FsError> {
+    /// time, every one a real directory. With `made`, missing ones are created and recorded
+    /// there (each with the directory it was made in); without, `Ok(None)` is returned.
+    fn walk(&self, rel: &str, mut made: Option<&mut Made>) -> Result<Option<OwnedFd>, FsError> {
         let mut fd = self.root.try_clone().map_err(FsError::Root)?;
         if rel.is_empty() {
             return Ok(Some(fd));
@@ -187,50 +197,98 @@ impl SafeRoot {
             let here = end;
             let shown = || rel[..here].to_string();
             end += 1;
-            fd = match self.open_dir(&fd, name) {
-                Ok(next) => next,
-                Err(Errno::ENOENT) if create => self.make_parent(&fd, name, shown())?,
-                Err(Errno::ENOENT) => return Ok(None),
-                Err(Errno::ENOTDIR | Errno::ELOOP) => {
+            let next = match (self.open_dir(&fd, name), &mut made) {
+                (Ok(next), _) => next,
+                (Err(Errno::ENOENT), Some(made)) => {
+                    let (next, new) = self.make_parent(&fd, name, shown())?;
+                    if new {
+                        made.push((fd, name.to_string()));
+                    }
+                    fd = next;
+                    continue;
+                }
+                (Err(Errno::ENOENT), None) => return Ok(None),
+                (Err(Errno::ENOTDIR | Errno::ELOOP), _) => {
                     return Err(self.not_a_dir(&fd, name, shown()));
                 }
-                Err(e) => return Err(FsError::Inspect(shown(), e.into())),
+                (Err(e), _) => return Err(FsError::Inspect(shown(), e.into())),
             };
+            fd = next;
         }
         Ok(Some(fd))
     }
 
-    /// Create the missing directory `name` in `dir` on the way to a path, and open it.
-    fn make_parent(&self, dir: &OwnedFd, name: &str, shown: String) -> Result<OwnedFd, FsError> {
-        match self.at(|| mkdirat(dir, name, Mode::from_bits_truncate(0o755))) {
+    /// Create the missing directory `name` in `dir` on the way to a path, and open it. Says
+    /// whether it was made here (not by a racing worker or something in the pod).
+    fn make_parent(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        shown: String,
+    ) -> Result<(OwnedFd, bool), FsError> {
+        let new = match self.at(|| mkdirat(dir, name, Mode::from_bits_truncate(0o755))) {
+            Ok(()) => true,
             // Raced with something (another of this patch's workers, or something in the
             // pod): it must be a directory now.
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(Errno::EEXIST) => false,
             Err(e) => return Err(FsError::CreateParent(shown, e.into())),
-        }
+        };
         match self.open_dir(dir, name) {
-            Ok(fd) => Ok(fd),
+            Ok(fd) => Ok((fd, new)),
             Err(Errno::ENOTDIR | Errno::ELOOP) => Err(FsError::ParentReplaced(shown)),
             Err(e) => Err(FsError::ParentVanished(shown, e.into())),
         }
     }
 
-    /// The directory `rel` will be written in, and its name there: kept open for the patch's
-    /// other writes into it; created (with its missing parents) if needed.
-    fn parent<'r>(&self, rel: &'r str) -> Result<(Arc<OwnedFd>, &'r str), FsError> {
+    /// Run `op` on the name of `rel` in its directory, which is created (with its missing
+    /// parents) if needed and kept open for the patch's other writes into it. If `op` fails,
+    /// the directories made for it are removed again: a refused entry leaves the tree as it
+    /// was. (Only while they are empty: one that another entry of the patch wrote into
+    /// meanwhile stays, with its parents.)
+    fn in_parent(
+        &self,
+        rel: &str,
+        op: impl FnOnce(&OwnedFd, &str) -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
         let (parent, name) = split_parent(rel);
         let cached = self.lock_dirs().get(parent).cloned();
-        if let Some(fd) = cached {
-            return Ok((fd, name));
+        let mut made = Made::new();
+        let res = match cached {
+            Some(dir) => op(&dir, name),
+            None => self.walk(parent, Some(&mut made)).and_then(|dir| {
+                // A walk that creates what is missing ends at a directory or fails.
+                let dir = Arc::new(dir.expect("created"));
+                self.keep_dir(parent, dir.clone());
+                op(&dir, name)
+            }),
+        };
+        if res.is_err() && !made.is_empty() {
+            self.unmake(parent, made);
         }
-        // A walk that creates what is missing ends at a directory or fails: never `None`.
-        let fd = Arc::new(self.walk(parent, true)?.expect("created"));
+        res
+    }
+
+    /// Keep the open directory `rel` for the patch's other writes.
+    fn keep_dir(&self, rel: &str, dir: Arc<OwnedFd>) {
         let mut dirs = self.lock_dirs();
         if dirs.len() >= MAX_CACHED_DIRS {
             dirs.clear();
         }
-        dirs.insert(parent.to_string(), fd.clone());
-        Ok((fd, name))
+        dirs.insert(rel.to_string(), dir);
+    }
+
+    /// Remove the directories in `made` (made for the parent directory `rel` of a failed
+    /// operation), deepest first, as long as they are empty.
+    fn unmake(&self, rel: &str, made: Made) {
+        self.lock_dirs().remove(rel);
+        for (dir, name) in made.into_iter().rev() {
+            if self
+                .at(|| unlinkat(&dir, name.as_str(), UnlinkatFlags::RemoveDir))
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     fn lock_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OwnedFd>>> {
@@ -279,57 +337,58 @@ impl SafeRoot {
     /// rename, so a reader never sees a half-written version of an existing file. A session
     /// killed in the middle leaves the tree marked dirty; the next reconcile compares hashes.
     pub(super) fn write_file(&self, rel: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
-        let (dir, name) = self.parent(rel)?;
-        match self.create_file(&dir, name, data, mode) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(FsError::Write(rel.into(), e)),
-        }
-        let tmp = create_temp(|tmp| self.create_file(&dir, tmp, data, mode))
-            .map_err(|e| FsError::Write(rel.into(), e))?;
-        self.install(&dir, &tmp, name, rel)
+        self.in_parent(rel, |dir, name| {
+            match self.create_file(dir, name, data, mode) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(FsError::Write(rel.into(), e)),
+            }
+            let tmp = create_temp(|tmp| self.create_file(dir, tmp, data, mode))
+                .map_err(|e| FsError::Write(rel.into(), e))?;
+            self.install(dir, &tmp, name, rel)
+        })
     }
 
     /// Create a directory (or set the mode of an existing one).
     pub(super) fn make_dir(&self, rel: &str, mode: u32) -> Result<(), FsError> {
-        let (dir, name) = self.parent(rel)?;
         let mode = Mode::from_bits_truncate(mode);
-        let chmod = || self.at(|| fchmodat(&*dir, name, mode, FchmodatFlags::FollowSymlink));
-        match self.lstat(&dir, name) {
-            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
-                let _ = chmod();
-                Ok(())
+        self.in_parent(rel, |dir, name| {
+            let chmod = || self.at(|| fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink));
+            match self.lstat(dir, name) {
+                Ok(st) if is_dir(&st) => {
+                    let _ = chmod();
+                    Ok(())
+                }
+                Ok(_) => Err(FsError::NotADirectoryInTheWay(rel.into())),
+                Err(_) => {
+                    self.at(|| mkdirat(dir, name, Mode::from_bits_truncate(0o700)))
+                        .map_err(|e| FsError::CreateDir(rel.into(), e.into()))?;
+                    chmod().map_err(|e| FsError::SetPermissions(rel.into(), e.into()))
+                }
             }
-            Ok(_) => Err(FsError::NotADirectoryInTheWay(rel.into())),
-            Err(_) => {
-                self.at(|| mkdirat(&*dir, name, Mode::from_bits_truncate(0o700)))
-                    .map_err(|e| FsError::CreateDir(rel.into(), e.into()))?;
-                chmod().map_err(|e| FsError::SetPermissions(rel.into(), e.into()))
-            }
-        }
+        })
     }
 
     /// Create (or replace) a symlink; its target was checked by the caller.
     pub(super) fn make_symlink(&self, rel: &str, target: &str) -> Result<(), FsError> {
-        let (dir, name) = self.parent(rel)?;
-        let tmp = create_temp(|tmp| Ok(self.at(|| symlinkat(target, &*dir, tmp))?))
-            .map_err(|e| FsError::CreateSymlink(rel.into(), e))?;
-        self.install(&dir, &tmp, name, rel)
+        self.in_parent(rel, |dir, name| {
+            let tmp = create_temp(|tmp| Ok(self.at(|| symlinkat(target, dir, tmp))?))
+                .map_err(|e| FsError::CreateSymlink(rel.into(), e))?;
+            self.install(dir, &tmp, name, rel)
+        })
     }
 
     /// Delete a file, symlink (not its target) or whole directory. Absent paths are fine.
     pub(super) fn delete(&self, rel: &str) -> Result<(), FsError> {
         let (parent, name) = split_parent(rel);
-        let Some(dir) = self.walk(parent, false)? else {
+        let Some(dir) = self.walk(parent, None)? else {
             return Ok(());
         };
         let delete = |e: Errno| FsError::Delete(rel.into(), e.into());
         match self.lstat(&dir, name) {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(FsError::Inspect(rel.into(), e.into())),
-            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
-                self.remove_tree(&dir, name).map_err(delete)
-            }
+            Ok(st) if is_dir(&st) => self.remove_tree(&dir, name).map_err(delete),
             Ok(_) => self
                 .at(|| unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir))
                 .map_err(delete),
@@ -514,6 +573,33 @@ mod tests {
         assert_eq!(
             (e.unwrap_err().kind(), n),
             (io::ErrorKind::PermissionDenied, 1)
+        );
+    }
+
+    /// An operation that fails after directories were made for it removes them again (the
+    /// plan refuses the names the kernel would; this is for what it cannot foresee).
+    #[test]
+    fn a_failed_operation_removes_the_directories_made_for_it() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("old")).unwrap();
+        let safe = SafeRoot::new(root.path()).unwrap();
+        let long = "n".repeat(300);
+        safe.write_file(&format!("old/new/deeper/{long}"), b"x", 0o644)
+            .unwrap_err();
+        safe.make_dir(&format!("new/{long}"), 0o755).unwrap_err();
+        safe.make_symlink("new/l", &"t".repeat(5000)).unwrap_err();
+        let mut left: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["old"]);
+        assert_eq!(fs::read_dir(root.path().join("old")).unwrap().count(), 0);
+        // A directory it made is used again afterwards, not a removed one.
+        safe.write_file("old/new/deeper/f", b"x", 0o644).unwrap();
+        assert_eq!(
+            fs::read(root.path().join("old/new/deeper/f")).unwrap(),
+            b"x"
         );
     }
 
