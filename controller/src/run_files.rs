@@ -36,6 +36,15 @@ pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
     crate::util::write_atomic(path, format!("{}\n", std::process::id()).as_bytes())
 }
 
+/// The start time of a process (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
+/// PID it names one process, even after the PID is reused.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces and parentheses).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 /// What `path` names now (following symlinks, as `exec` would): see [`FileId`].
 pub(crate) fn file_id(path: &Path) -> io::Result<FileId> {
     let m = fs::metadata(path)?;

@@ -223,6 +223,34 @@ fn welcome_describes_the_pod_side() {
     assert_eq!(s.wait_exit(T), 0);
 }
 
+/// A client that sends its hello and pings in one go (without waiting for the Welcome) still
+/// gets the Welcome first: a pong read before it would be taken for a refused handshake.
+#[test]
+fn the_welcome_comes_before_any_pong_when_hello_and_pings_arrive_together() {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Serve::start(tmp.path(), &[]);
+        let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+        let mut bytes = kdev_protocol::ClientCodec::encode(&hello).unwrap();
+        for id in 1..=3 {
+            let ping = ClientMessage::Ping(Ping { id });
+            bytes.extend(kdev_protocol::ClientCodec::encode(&ping).unwrap());
+        }
+        s.send_raw(&bytes);
+        match s.recv(T) {
+            Some(ServerMessage::Welcome(_)) => {}
+            other => panic!("round {round}: the first reply is not the Welcome: {other:?}"),
+        }
+        for id in 1..=3 {
+            let pong = s.recv_until(T, "a pong", |m| match m {
+                ServerMessage::Pong(p) => Some(p.id),
+                _ => None,
+            });
+            assert_eq!(pong, id, "round {round}");
+        }
+    }
+}
+
 #[test]
 fn bad_input_ends_the_session_with_a_clear_error_and_never_panics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -455,6 +483,54 @@ fn a_listing_digest_comes_first_and_the_listing_only_when_asked_for() {
     // A change shows in the digest.
     fs::write(src.join("main.go"), "package main // changed\n").unwrap();
     assert_ne!(digest_of(&mut s, 5).digest, d.digest);
+}
+
+/// A patch between the digest and the continue changes the tree the kept listing describes:
+/// the listing from before the patch is never sent; the client is told to list again, and a
+/// new listing shows the patch.
+#[test]
+fn a_patch_invalidates_a_kept_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("main.go"), "package main\n").unwrap();
+    let mut s = Serve::start(tmp.path(), &[]);
+    s.hello(no_build());
+    s.send(&ClientMessage::Reconcile(Reconcile {
+        id: 1,
+        digest_first: true,
+    }));
+    s.recv_until(T, "listing digest", |m| match m {
+        ServerMessage::ListingDigest(d) if d.id == 1 => Some(()),
+        _ => None,
+    });
+    let tar = Tar::new().file("new.go", b"package main\n", 0o644).bytes();
+    s.send(&patch(2, &["main.go"], tar, BuildMode::Never));
+    assert!(patch_result(&mut s, 2).complete);
+    s.send(&ClientMessage::ReconcileContinue(ReconcileContinue {
+        id: 1,
+        send: true,
+    }));
+    let e = s.recv_until(T, "the reply to the continue", |m| match m {
+        ServerMessage::ReconcileResult(r) => {
+            panic!("the listing from before the patch was sent: {r:?}")
+        }
+        ServerMessage::Error(e) => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (&e.code, e.id, e.fatal),
+        (&ErrorCode::ReconcileFailed, Some(1), false),
+        "{e:?}"
+    );
+    assert!(e.message.contains("reconcile again"), "{}", e.message);
+    // The session goes on, and a new listing has the patch.
+    let paths: Vec<String> = reconcile(&mut s, 3)
+        .entries
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(paths, ["new.go"]);
 }
 
 #[test]
@@ -931,6 +1007,138 @@ fn a_new_session_replaces_a_stale_one_and_its_build_is_killed() {
     });
 }
 
+/// A process that is not a session: `sleep`, killed on drop.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn spawn() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    /// A `sleep` with the PID `pid` (free again), by setting the kernel's last PID just below
+    /// it (root only). `None` when that is not allowed or another process took it first.
+    fn spawn_with_pid(pid: u32) -> Option<Bystander> {
+        for _ in 0..50 {
+            fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+            let b = Bystander::spawn();
+            if b.0.id() == pid {
+                return Some(b);
+            }
+        }
+        None
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lock is held, and its files name a process that is not the holder (a stale record
+/// whose PID was reused since, here by a `sleep`): that process is never signalled.
+#[test]
+fn a_lock_naming_an_unrelated_process_never_gets_it_signalled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("run")).unwrap();
+    let mut bystander = Bystander::spawn();
+    // What a holder that has since exited left: its PID (now the bystander's) and a start
+    // time that is not the bystander's.
+    let pid = bystander.pid();
+    fs::write(kdev.join("run/serve.pid"), format!("{pid}\n")).unwrap();
+    fs::write(kdev.join("run/serve.lock"), format!("{pid} 1\n")).unwrap();
+    // The holder (this test) goes away by itself a little later.
+    let file = fs::File::open(kdev.join("run/serve.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut s = Serve::start(kdev, &[]);
+    s.send(&ClientMessage::Hello(kdev_protocol::handshake::hello(
+        "kdev-tests",
+        no_build(),
+    )));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(bystander.alive(), "serve signalled an unrelated process");
+    drop(held);
+    s.recv_until(T, "the Welcome", |m| match m {
+        ServerMessage::Welcome(_) => Some(()),
+        ServerMessage::Error(e) => panic!("{e:?}"),
+        _ => None,
+    });
+    assert!(bystander.alive(), "serve signalled an unrelated process");
+}
+
+/// Two sessions take over from a third at once: one wins, the other ends with a clear error
+/// (or is replaced in turn), and nothing else is ever signalled, not even a process that got
+/// the stopped session's PID.
+#[test]
+fn two_sessions_taking_over_at_once_end_sanely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(no_build());
+    let a_pid = a.child.id();
+    let mut b = Serve::start(kdev, &[]);
+    let mut c = Serve::start(kdev, &[]);
+    let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+    b.send(&hello);
+    c.send(&hello);
+    assert_eq!(a.wait_exit(T), 0);
+    // A's PID, now free, goes to an unrelated process (where the kernel allows choosing).
+    let mut bystander = Bystander::spawn_with_pid(a_pid);
+    if bystander.is_none() {
+        eprintln!("could not give PID {a_pid} to another process: that part is not tested");
+    }
+    // How each handshake ended: the Welcome, or a fatal error.
+    let handshake = |s: &mut Serve| {
+        s.recv_until(T, "the handshake's end", |m| match m {
+            ServerMessage::Welcome(_) => Some(Ok(())),
+            ServerMessage::Error(e) if e.fatal => Some(Err(e.clone())),
+            _ => None,
+        })
+    };
+    let (hb, hc) = (handshake(&mut b), handshake(&mut c));
+    // The old code SIGKILLed the stopped session's PID 5 s after its SIGTERM.
+    std::thread::sleep(Duration::from_secs(6));
+    if let Some(by) = &mut bystander {
+        assert!(
+            by.alive(),
+            "a process that reused the stopped session's PID was killed"
+        );
+    }
+    let mut running = Vec::new();
+    for (name, s, h) in [("b", &mut b, hb), ("c", &mut c, hc)] {
+        match h {
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::SetupFailed, "{name}: {e:?}");
+                assert!(e.message.contains("session"), "{name}: {}", e.message);
+                assert_eq!(s.wait_exit(T), 4, "{name}");
+            }
+            Ok(()) if s.child.try_wait().unwrap().is_none() => running.push(name),
+            // Welcomed, then replaced by the other one.
+            Ok(()) => {
+                assert!(
+                    s.seen.iter().any(|m| matches!(m,
+                        ServerMessage::Error(e) if e.code == ErrorCode::Terminated)),
+                    "{name} ended without saying why: {:?}",
+                    s.seen
+                );
+            }
+        }
+    }
+    assert_eq!(running.len(), 1, "sessions still running: {running:?}");
+}
+
 #[test]
 fn a_build_left_running_by_a_killed_session_is_stopped_by_the_next_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1028,6 +1236,52 @@ fn temp_files_of_an_interrupted_patch_are_removed_at_startup_and_nothing_else() 
     for p in keep {
         assert!(r.entries.iter().any(|e| e.path == p), "{p} not listed");
     }
+}
+
+/// Files, directories and symlinks planted under the temporary names a session would use
+/// (`.kdev-<its pid>-<n>.tmp`) neither make its writes fail nor get written through.
+#[test]
+fn names_planted_where_temporary_files_go_do_not_stop_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let (src, outside) = (kdev.join("src"), kdev.join("outside"));
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("target"), "outside").unwrap();
+    let existing: Vec<String> = (0..8)
+        .flat_map(|i| [format!("f{i}.go"), format!("d/f{i}.go")])
+        .collect();
+    for p in &existing {
+        fs::write(src.join(p), "old").unwrap();
+    }
+    let mut s = Serve::start(kdev, &[]);
+    s.hello(no_build());
+    // Planted after startup, which removes such names.
+    let pid = s.child.id();
+    for dir in [src.clone(), src.join("d")] {
+        for n in 0..100 {
+            let name = dir.join(format!(".kdev-{pid}-{n}.tmp"));
+            match n % 3 {
+                0 => fs::write(&name, "planted").unwrap(),
+                1 => fs::create_dir(&name).unwrap(),
+                _ => std::os::unix::fs::symlink(outside.join("target"), &name).unwrap(),
+            }
+        }
+    }
+    let mut t = Tar::new();
+    for p in &existing {
+        t = t.file(p, b"new", 0o644);
+    }
+    let t = t.link(EntryType::Symlink, "d/link", "f0.go");
+    s.send(&patch(1, &[], t.bytes(), BuildMode::Never));
+    let r = patch_result(&mut s, 1);
+    assert!(r.complete, "{:?}", r.refused);
+    for p in &existing {
+        assert_eq!(fs::read(src.join(p)).unwrap(), b"new", "{p}");
+    }
+    assert_eq!(fs::read(src.join("d/link")).unwrap(), b"new");
+    assert_eq!(fs::read(outside.join("target")).unwrap(), b"outside");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
 }
 
 /// A patch of `n` small files in a few nested directories, slow enough to apply (seconds) to
@@ -1167,6 +1421,95 @@ fn sigterm_ends_the_session_promptly_even_while_a_large_file_is_hashed() {
     });
     assert_eq!(e.code, ErrorCode::Terminated);
     assert_eq!(s.wait_exit(T), 0);
+}
+
+/// A client that stops reading while it floods `serve` with pings and listing requests fills
+/// the reply queue; SIGTERM must still end `serve` promptly (a new session SIGKILLs the old one
+/// only after 5 s, and a pod's grace period is short).
+#[test]
+fn sigterm_ends_the_session_promptly_while_the_client_does_not_read() {
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    fs::create_dir_all(kdev.join("src/pkg")).unwrap();
+    fs::write(kdev.join("src/pkg/a.go"), "package pkg").unwrap();
+    let stderr = kdev.join("serve.stderr");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--kdev-dir"])
+        .arg(kdev)
+        .current_dir(kdev)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Kept open and never read after the Welcome.
+    let mut stdout = child.stdout.take().unwrap();
+    let codec = kdev_protocol::ClientCodec::new();
+    let hello = ClientMessage::Hello(kdev_protocol::handshake::hello("kdev-tests", no_build()));
+    codec.write_blocking(&mut stdin, &hello).unwrap();
+    match kdev_protocol::ClientCodec::new().read_blocking(&mut stdout) {
+        Ok(Some(ServerMessage::Welcome(_))) => {}
+        other => panic!("expected the Welcome, got {other:?}"),
+    }
+    // Flood until serve stops reading (its writes block) or goes away.
+    let sent = Arc::new(AtomicUsize::new(0));
+    {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let codec = kdev_protocol::ClientCodec::new();
+            for id in 0u64.. {
+                let m = if id % 50 == 0 {
+                    ClientMessage::Reconcile(Reconcile {
+                        id,
+                        digest_first: false,
+                    })
+                } else {
+                    ClientMessage::Ping(Ping { id })
+                };
+                if codec.write_blocking(&mut stdin, &m).is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Stalled: no message got through for half a second.
+    let mut last = (0, Instant::now());
+    wait_for(T, "serve to stop reading", || {
+        let n = sent.load(Ordering::Relaxed);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        (n > 0 && last.1.elapsed() > Duration::from_millis(500)).then_some(())
+    });
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = wait_for(Duration::from_secs(10), "serve to exit", || {
+        child.try_wait().unwrap().or_else(|| {
+            (t0.elapsed() > Duration::from_secs(8)).then(|| {
+                let _ = child.kill();
+                child.wait().unwrap()
+            })
+        })
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3) && exited.code() == Some(0),
+        "serve took {took:?} to end after SIGTERM ({exited:?}), {} messages sent\n{}",
+        sent.load(Ordering::Relaxed),
+        dump(&stderr)
+    );
+    drop(stdout);
 }
 
 #[test]

@@ -76,29 +76,37 @@ impl IgnoreRules {
         Ok(rules)
     }
 
-    fn load_gitignores(&mut self, dir: &Path) -> Result<(), IgnoreError> {
-        let file = dir.join(".gitignore");
-        if is_regular_file(&file) {
-            let (gi, _err) = Gitignore::new(&file);
-            self.gitignores.insert(dir.to_path_buf(), gi);
-        }
-        let read = match std::fs::read_dir(dir) {
-            Ok(r) => r,
-            // Below the root, an unreadable directory is the listing's to report.
-            Err(_) if dir != self.root => return Ok(()),
-            Err(source) => {
-                return Err(IgnoreError::Io {
-                    path: dir.into(),
-                    source,
-                });
+    /// Load the `.gitignore` of `root` and of every directory below it that is not ignored,
+    /// with an explicit list of directories to visit rather than recursion (the tree may be as
+    /// deep as paths can be).
+    fn load_gitignores(&mut self, root: &Path) -> Result<(), IgnoreError> {
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            let file = dir.join(".gitignore");
+            if is_regular_file(&file) {
+                let (gi, _err) = Gitignore::new(&file);
+                self.gitignores.insert(dir.clone(), gi);
             }
-        };
-        for entry in read.flatten() {
-            let path = entry.path();
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && !self.is_ignored(&path, true) {
-                self.load_gitignores(&path)?;
+            let read = match std::fs::read_dir(&dir) {
+                Ok(r) => r,
+                // Below the root, an unreadable directory is the listing's to report.
+                Err(_) if dir != self.root => continue,
+                Err(source) => {
+                    return Err(IgnoreError::Io { path: dir, source });
+                }
+            };
+            // Pushed in reverse, so directories are visited in the order they are read (a
+            // parent's .gitignore is always loaded before its children are looked at).
+            let mut below = Vec::new();
+            for entry in read.flatten() {
+                let path = entry.path();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                // Its parents are not ignored (only those are visited): its own name decides.
+                if is_dir && !self.excludes(&path, true) {
+                    below.push(path);
+                }
             }
+            dirs.extend(below.into_iter().rev());
         }
         Ok(())
     }

@@ -124,7 +124,9 @@ pub struct Reconcile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconcileContinue {
     pub id: u64,
-    /// `true`: send it as [`ReconcileResult`] parts with the same id; `false`: drop it.
+    /// `true`: send it as [`ReconcileResult`] parts with the same id; `false`: drop it. A
+    /// patch since the digest makes the kept listing out of date: `true` is then answered
+    /// with a non-fatal `reconcile_failed` error (with the id), and the client lists again.
     pub send: bool,
 }
 

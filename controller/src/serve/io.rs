@@ -3,17 +3,19 @@
 //! * The writer task is the only thing that touches stdout: everything sent goes through
 //!   [`Out`] (a bounded queue), so frames never interleave.
 //! * The reader task reads frames from stdin and queues them for the session in order, bounded
-//!   by bytes, not by count; after the handshake it answers pings itself, so a ping never
-//!   waits behind a long patch, listing or build cancellation.
+//!   by bytes, not by count; once the Welcome is sent it answers pings itself, so a ping never
+//!   waits behind a long patch, listing or build cancellation. (Pings that come before it are
+//!   queued like any message: a pong must never overtake the Welcome.)
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kdev_protocol::{
     ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError, MAX_FRAME_SIZE, Ping,
-    ServerCodec, ServerMessage,
+    ServerCodec, ServerMessage, Welcome,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::log;
 use crate::util::ms;
@@ -24,11 +26,27 @@ pub(super) struct Out {
     tx: mpsc::Sender<ServerMessage>,
     /// The session's start: events carry the time since.
     t0: Instant,
+    /// The Welcome is queued: from then on the reader may answer pings itself.
+    welcomed: Arc<AtomicBool>,
+    /// Set on SIGTERM/SIGINT (see [`Out::send`]).
+    ending: watch::Receiver<bool>,
 }
 
 impl Out {
+    /// Queue a message, waiting for room; once the session is ending (SIGTERM), a message
+    /// that finds the queue full is dropped instead: the client stopped reading, and waiting
+    /// for it would keep the session from ending.
     pub(super) async fn send(&self, m: ServerMessage) {
-        let _ = self.tx.send(m).await;
+        tokio::select! {
+            biased;
+            _ = self.tx.send(m) => {}
+            () = ended(self.ending.clone()) => {}
+        }
+    }
+    /// Queue the Welcome, then let the reader answer pings: whatever it queues next is behind.
+    pub(super) async fn send_welcome(&self, w: Welcome) {
+        self.send(ServerMessage::Welcome(w)).await;
+        self.welcomed.store(true, Ordering::Release);
     }
     fn wrap(&self, event: Event) -> ServerMessage {
         ServerMessage::Event {
@@ -47,14 +65,25 @@ impl Out {
     /// A handle that does not keep the writer running: the session ends (and the writer
     /// drains and stops) when the last `Out` is dropped, whatever still holds a `WeakOut`.
     fn downgrade(&self) -> WeakOut {
-        WeakOut(self.tx.downgrade())
+        WeakOut(self.tx.downgrade(), self.welcomed.clone())
+    }
+}
+
+/// Returns once `ending` is set; never if it cannot be (no signal handler).
+async fn ended(mut ending: watch::Receiver<bool>) {
+    if ending.wait_for(|e| *e).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
 /// See [`Out::downgrade`].
-struct WeakOut(mpsc::WeakSender<ServerMessage>);
+struct WeakOut(mpsc::WeakSender<ServerMessage>, Arc<AtomicBool>);
 
 impl WeakOut {
+    /// See [`Out::send_welcome`].
+    fn welcomed(&self) -> bool {
+        self.1.load(Ordering::Acquire)
+    }
     async fn send(&self, m: ServerMessage) {
         if let Some(tx) = self.0.upgrade() {
             let _ = tx.send(m).await;
@@ -83,14 +112,16 @@ pub(super) fn error(code: ErrorCode, message: String, id: Option<u64>) -> Server
 }
 
 /// Start the writer task; returns the handle to send with and the task (which ends once the
-/// last [`Out`] is dropped and the queue is written).
-pub(super) fn spawn_writer() -> (Out, tokio::task::JoinHandle<()>) {
+/// last [`Out`] is dropped and the queue is written). `ending` is set on SIGTERM/SIGINT.
+pub(super) fn spawn_writer(ending: watch::Receiver<bool>) -> (Out, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<ServerMessage>(1024);
     let task = tokio::spawn(writer_task(rx));
     (
         Out {
             tx,
             t0: Instant::now(),
+            welcomed: Arc::default(),
+            ending,
         },
         task,
     )
@@ -168,16 +199,18 @@ async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
     let mut stdin = tokio::io::stdin();
     let mut codec = ServerCodec::new();
     let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
-    let mut handshake = true;
     loop {
         let frame = codec.read_frame(&mut stdin).await;
         let mut queued = None;
         if let Ok(Some(f)) = &frame {
-            if !handshake && let Some(ping) = as_ping(f) {
+            // Before the Welcome (the hello, or pings sent right behind it), every frame goes
+            // to the session, which answers in order.
+            if out.welcomed()
+                && let Some(ping) = as_ping(f)
+            {
                 out.send(ServerMessage::Pong(ping)).await;
                 continue;
             }
-            handshake = false;
             // Memory stays bounded however fast the client sends: wait for room.
             let n = f.len().clamp(1, QUEUED_BYTES) as u32;
             queued = budget.clone().acquire_many_owned(n).await.ok();

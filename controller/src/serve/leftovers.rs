@@ -18,15 +18,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::patch::is_temp_name;
-
-/// The start time of a process (clock ticks since boot, `/proc/<pid>/stat` field 22): with the
-/// PID it names one process, even after the PID is reused.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces and parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
-}
+use crate::run_files::process_start_time as start_time;
 
 /// `(state, pgrp)` of a process, from `/proc/<pid>/stat`.
 fn state_and_group(pid: &str) -> Option<(char, i32)> {

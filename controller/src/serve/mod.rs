@@ -160,13 +160,20 @@ fn on_termination() -> (Arc<AtomicBool>, watch::Receiver<bool>) {
 
 /// Run one session. Returns the process exit code.
 pub async fn run(opts: ServeOptions) -> i32 {
-    let (out, writer) = io::spawn_writer();
-    let mut in_rx = io::spawn_reader(&out);
     let (stop, mut term_rx) = on_termination();
+    let (out, writer) = io::spawn_writer(term_rx.clone());
+    let mut in_rx = io::spawn_reader(&out);
 
+    // The writer's queue is written out before the process ends, unless the client does not
+    // read it: 5 s for a client that reads slowly, 1 s once SIGTERM says to stop now.
+    let terminated = term_rx.clone();
     let finish = |out: Out, code: i32| async move {
         drop(out);
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        let wait = match *terminated.borrow() {
+            true => Duration::from_secs(1),
+            false => Duration::from_secs(5),
+        };
+        let _ = tokio::time::timeout(wait, writer).await;
         code
     };
 
@@ -261,7 +268,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         max_frame_size: MAX_FRAME_SIZE,
         limits: limits.clone(),
     };
-    out.send(ServerMessage::Welcome(welcome)).await;
+    out.send_welcome(welcome).await;
     caches.start(&out).await;
     if let Some(pid) = replaced {
         out.event(Event::Warning {

@@ -49,7 +49,8 @@ pub(super) struct Session {
 
 pub(super) struct KeptListing {
     id: u64,
-    listing: reconcile::Listing,
+    /// `None` once a patch changed the tree: the listing no longer describes it.
+    listing: Option<reconcile::Listing>,
     started: Instant,
 }
 
@@ -163,7 +164,7 @@ impl Session {
                 };
                 self.kept_listing = Some(KeptListing {
                     id,
-                    listing: l,
+                    listing: Some(l),
                     started: t0,
                 });
                 ServerMessage::ListingDigest(digest)
@@ -186,11 +187,19 @@ impl Session {
     /// Send the kept listing, or drop it.
     async fn reconcile_continue(&mut self, c: ReconcileContinue) {
         match self.kept_listing.take() {
-            Some(kept) if kept.id == c.id => {
-                if c.send {
-                    self.send_listing(c.id, kept.listing, kept.started).await;
+            Some(kept) if kept.id == c.id => match kept.listing {
+                Some(listing) if c.send => self.send_listing(c.id, listing, kept.started).await,
+                None if c.send => {
+                    let msg = format!(
+                        "listing {} is out of date: a patch changed the tree after it was \
+                         taken; reconcile again",
+                        c.id
+                    );
+                    let e = error(ErrorCode::ReconcileFailed, msg, Some(c.id));
+                    self.out.send(e).await;
                 }
-            }
+                _ => {}
+            },
             other => {
                 self.kept_listing = other;
                 self.out
@@ -250,6 +259,9 @@ impl Session {
         let changes = !deletes.is_empty() || !tar.is_empty();
         if changes {
             self.builds.set_dirty(true);
+            if let Some(kept) = &mut self.kept_listing {
+                kept.listing = None;
+            }
         }
         let root = self.root.clone();
         let limits = self.limits.clone();

@@ -116,73 +116,118 @@ pub(crate) fn walk(
         Err(_) => return Ok(()),
     };
     let entries = read_entries(dir).map_err(io)?;
-    walk_entries(root, rules, &wire, entries, visit);
+    walk_entries(root, rules, wire, entries, visit);
     Ok(())
 }
 
-fn read_entries(dir: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
-    std::fs::read_dir(dir)?.collect()
+/// One name in a directory, with its lstat taken when the directory was read.
+struct Child {
+    abs: PathBuf,
+    name: std::ffi::OsString,
+    meta: std::io::Result<Metadata>,
 }
 
+/// The entries of `dir`, each with its lstat (`fstatat` without following, relative to the
+/// open directory). Read whole, and the directory closed, so that a deep tree does not hold a
+/// descriptor per level.
+fn read_entries(dir: &Path) -> std::io::Result<Vec<Child>> {
+    std::fs::read_dir(dir)?
+        .map(|de| {
+            let de = de?;
+            Ok(Child {
+                abs: de.path(),
+                name: de.file_name(),
+                meta: de.metadata(),
+            })
+        })
+        .collect()
+}
+
+/// Visit `entries` (of the directory with wire path `dir_wire`) and everything below them,
+/// parents before children, with an explicit stack of directories rather than recursion: the
+/// tree may be as deep as paths can be.
 fn walk_entries(
     root: &Path,
     rules: &IgnoreRules,
-    dir_wire: &str,
-    entries: Vec<std::fs::DirEntry>,
+    dir_wire: String,
+    entries: Vec<Child>,
     visit: &mut dyn FnMut(Met),
 ) {
-    let rel = |abs: &Path| abs.strip_prefix(root).unwrap_or(abs).to_path_buf();
-    for de in entries {
-        let abs = de.path();
-        // lstat (fstatat without following), relative to the open directory.
-        let meta = match de.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                let reason = Reason::UnreadableFile(Reason::io_text(&e));
-                visit(Met::Unsyncable(Unsyncable::new(rel(&abs), reason)));
-                continue;
-            }
-        };
-        // The parents are synced (the walk is below them): only this name can exclude it.
-        if rules.excludes(&abs, meta.is_dir()) {
+    let mut stack = vec![(entries.into_iter(), dir_wire)];
+    while let Some((entries, dir_wire)) = stack.last_mut() {
+        let Some(child) = entries.next() else {
+            stack.pop();
             continue;
+        };
+        if let Some(below) = walk_entry(root, rules, dir_wire, child, visit) {
+            stack.push(below);
         }
-        let name = de.file_name();
-        let Some(name) = name.to_str() else {
-            visit(Met::Unsyncable(Unsyncable::new(
-                rel(&abs),
-                Reason::NameNotUtf8,
-            )));
-            continue;
-        };
-        let wire = if dir_wire.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir_wire}/{name}")
-        };
-        match classify(root, &abs, wire, &meta) {
-            None => {}
-            Some(Met::Synced { wire, abs, stat }) if stat.kind == EntryKind::Dir => {
-                // Listed before it is reported, so an unreadable directory is reported as such
-                // rather than as an empty one (which would delete the pod's copy of its files).
-                match read_entries(&abs) {
-                    Ok(children) => {
-                        visit(Met::Synced {
-                            wire: wire.clone(),
-                            abs,
-                            stat,
-                        });
-                        walk_entries(root, rules, &wire, children, visit);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => visit(Met::Unsyncable(Unsyncable::new(
+    }
+}
+
+/// Visit one entry of the directory `dir_wire`; returns its own entries to walk next when it
+/// is a synced directory.
+fn walk_entry(
+    root: &Path,
+    rules: &IgnoreRules,
+    dir_wire: &str,
+    child: Child,
+    visit: &mut dyn FnMut(Met),
+) -> Option<(std::vec::IntoIter<Child>, String)> {
+    let rel = |abs: &Path| abs.strip_prefix(root).unwrap_or(abs).to_path_buf();
+    let Child { abs, name, meta } = child;
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            let reason = Reason::UnreadableFile(Reason::io_text(&e));
+            visit(Met::Unsyncable(Unsyncable::new(rel(&abs), reason)));
+            return None;
+        }
+    };
+    // The parents are synced (the walk is below them): only this name can exclude it.
+    if rules.excludes(&abs, meta.is_dir()) {
+        return None;
+    }
+    let Some(name) = name.to_str() else {
+        visit(Met::Unsyncable(Unsyncable::new(
+            rel(&abs),
+            Reason::NameNotUtf8,
+        )));
+        return None;
+    };
+    let wire = if dir_wire.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir_wire}/{name}")
+    };
+    match classify(root, &abs, wire, &meta) {
+        None => None,
+        Some(Met::Synced { wire, abs, stat }) if stat.kind == EntryKind::Dir => {
+            // Listed before it is reported, so an unreadable directory is reported as such
+            // rather than as an empty one (which would delete the pod's copy of its files).
+            match read_entries(&abs) {
+                Ok(children) => {
+                    visit(Met::Synced {
+                        wire: wire.clone(),
+                        abs,
+                        stat,
+                    });
+                    Some((children.into_iter(), wire))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    visit(Met::Unsyncable(Unsyncable::new(
                         wire,
                         Reason::UnreadableDir(Reason::io_text(&e)),
-                    ))),
+                    )));
+                    None
                 }
             }
-            Some(met) => visit(met),
+        }
+        Some(met) => {
+            visit(met);
+            None
         }
     }
 }

@@ -274,3 +274,30 @@ fn opening_a_file_that_became_a_fifo_does_not_block() {
         .expect("open blocked on the FIFO");
     assert_eq!(got, Some(Reason::Fifo));
 }
+
+/// Neither loading the ignore rules nor the walk keeps a stack frame (or a descriptor) per
+/// level: a tree as deep as a path can be is listed on a small stack.
+#[test]
+fn a_tree_as_deep_as_paths_allow_is_listed_on_a_small_stack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    // As deep as PATH_MAX allows below this root, with room for a file name.
+    let depth = (4000 - root.as_os_str().len()) / 2;
+    let deepest = root.join(vec!["a"; depth].join("/"));
+    fs::create_dir_all(&deepest).unwrap();
+    fs::write(deepest.join("f"), "x").unwrap();
+    let listing = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let rules = IgnoreRules::load(&root, &[]).unwrap();
+            scan(&root, &rules).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(listing.unsyncable.is_empty(), "{:?}", listing.unsyncable);
+    assert_eq!(listing.entries.len(), depth + 1);
+    let last = listing.entries.last().unwrap();
+    assert_eq!(last.kind, EntryKind::File);
+    assert_eq!(last.path.len(), 2 * depth + 1);
+}

@@ -10,13 +10,14 @@
 mod plan;
 mod safe_root;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kdev_protocol::paths::normalize_wire_path;
 use kdev_protocol::{PatchLimits, Refused};
 
+use crate::util::error_chain;
 use plan::{Op, Refusal, refuse};
 pub(super) use safe_root::is_temp_name;
 use safe_root::{FsError, SafeRoot};
@@ -70,9 +71,22 @@ pub(super) fn apply_patch(
     limits: &PatchLimits,
     stop: &AtomicBool,
 ) -> PatchOutcome {
+    apply_patch_with(root, deletes, tar_bytes, limits, stop, usize::MAX)
+}
+
+/// [`apply_patch`] with at most `max_workers` threads writing files (1: entry by entry, in
+/// order: the outcome every patch must have).
+fn apply_patch_with(
+    root: &Path,
+    deletes: &[String],
+    tar_bytes: &[u8],
+    limits: &PatchLimits,
+    stop: &AtomicBool,
+    max_workers: usize,
+) -> PatchOutcome {
     let mut out = PatchOutcome::default();
     let mut plan_refused = Vec::new();
-    let ops = match plan::plan(tar_bytes, limits, &mut plan_refused) {
+    let ops = match plan::plan(tar_bytes, limits, root, &mut plan_refused) {
         Ok(ops) => ops,
         Err(e) => {
             // Nothing is applied: report the archive and every deletion as refused.
@@ -84,7 +98,23 @@ pub(super) fn apply_patch(
         }
     };
     let ops = plan::refuse_escaping_links(root, deletes, ops, &mut plan_refused);
-    let safe = SafeRoot::new(root);
+    let safe = match SafeRoot::new(root) {
+        Ok(safe) => safe,
+        Err(e) => {
+            // Nothing can be applied: every deletion and entry is refused with the reason.
+            let why = error_chain(&e);
+            let all = deletes
+                .iter()
+                .cloned()
+                .chain(ops.into_iter().map(Op::into_path));
+            out.refused.extend(all.map(|path| Refused {
+                path,
+                reason: why.clone(),
+            }));
+            out.refused.extend(plan_refused);
+            return out;
+        }
+    };
     for d in deletes {
         if stop.load(Ordering::Relaxed) {
             out.interrupted = true;
@@ -99,7 +129,7 @@ pub(super) fn apply_patch(
         }
     }
     out.refused.extend(plan_refused);
-    let results = apply_ops(&safe, &ops, tar_bytes, stop);
+    let results = apply_ops(&safe, &ops, tar_bytes, stop, max_workers);
     for (op, res) in ops.into_iter().zip(results) {
         let Some(res) = res else {
             // Not applied: the session is ending.
@@ -131,23 +161,132 @@ const FILES_PER_TAKE: usize = 16;
 /// waiting on the file system), and it overlaps across threads: on the 2-core test VM, four
 /// `tar -x` processes extracting quarters of a 7,160-file tree took 0.15 s where one took
 /// 0.33–0.72 s. So the files of a large patch are written by several workers, after its
-/// directories and symlinks were applied in order by this thread. Order within a patch only
-/// matters between entries of the same path, so a patch naming a path twice (never made by
-/// kdev) is applied by one thread, in order.
+/// directories and symlinks were applied in order by this thread. That reorders entries, and
+/// the outcome must still be the one of applying them in order: the patch is cut into runs
+/// of entries none of which changes what another one does ([`batches`]), applied one after
+/// the other. A patch kdev makes is one such run.
 fn apply_ops(
     safe: &SafeRoot,
     ops: &[Op],
     tar: &[u8],
     stop: &AtomicBool,
+    max_workers: usize,
+) -> Vec<Option<Result<(), FsError>>> {
+    let mut results: Vec<Option<Result<(), FsError>>> = ops.iter().map(|_| None).collect();
+    for batch in batches(ops) {
+        let done = apply_batch(safe, &ops[batch.clone()], tar, stop, max_workers);
+        let complete = done.iter().all(Option::is_some);
+        for (slot, res) in results[batch].iter_mut().zip(done) {
+            *slot = res;
+        }
+        if !complete {
+            break;
+        }
+    }
+    results
+}
+
+/// Cut `ops` into consecutive runs in which order only matters between an entry and a
+/// directory above it that comes earlier. Then applying a run's directories and symlinks in
+/// order and its files after them, in any order, ends as applying it in order: two entries
+/// on paths neither of which is inside the other touch nothing in common but the directories
+/// above both, which either makes the same way. A run ends before an entry whose path is
+/// already in it, is inside a file or symlink in it (`a/b`, then a link `a`, in either
+/// order), or has a path of it inside (`x/y`, then `x`).
+fn batches(ops: &[Op]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut paths = PathTree::default();
+    for (i, op) in ops.iter().enumerate() {
+        let is_dir = matches!(op, Op::Dir { .. });
+        if !paths.insert(op.path(), is_dir) {
+            runs.push(start..i);
+            start = i;
+            paths = PathTree::default();
+            paths.insert(op.path(), is_dir);
+        }
+    }
+    runs.push(start..ops.len());
+    runs
+}
+
+/// The paths of a run of entries as a tree of names (see [`batches`]).
+struct PathTree<'a> {
+    /// The root first.
+    nodes: Vec<PathNode<'a>>,
+}
+
+#[derive(Default)]
+struct PathNode<'a> {
+    children: HashMap<&'a str, usize>,
+    /// An entry's path ends here: whether it is a directory's.
+    entry: Option<bool>,
+}
+
+impl Default for PathTree<'_> {
+    fn default() -> Self {
+        PathTree {
+            nodes: vec![PathNode::default()],
+        }
+    }
+}
+
+impl<'a> PathTree<'a> {
+    /// Add the path of an entry, unless it is already there, is inside a file or symlink
+    /// there, or has paths there inside it: then return false and add nothing. Costs a
+    /// lookup per name of the path.
+    fn insert(&mut self, path: &'a str, is_dir: bool) -> bool {
+        let mut names = path.split('/').peekable();
+        let mut node = 0;
+        while let Some(name) = names.next() {
+            let Some(&next) = self.nodes[node].children.get(name) else {
+                // New from here on: nothing of the run is at or below this path.
+                self.add(node, name, names, is_dir);
+                return true;
+            };
+            node = next;
+            let inside_a_non_dir = self.nodes[node].entry == Some(false);
+            if names.peek().is_some() && inside_a_non_dir {
+                return false;
+            }
+        }
+        // The whole path is there: as an entry's path, or above one.
+        false
+    }
+
+    /// Add `first` and the `rest` of a path below `node`, the last one an entry's.
+    fn add(
+        &mut self,
+        mut node: usize,
+        first: &'a str,
+        rest: impl Iterator<Item = &'a str>,
+        is_dir: bool,
+    ) {
+        for name in std::iter::once(first).chain(rest) {
+            let next = self.nodes.len();
+            self.nodes.push(PathNode::default());
+            self.nodes[node].children.insert(name, next);
+            node = next;
+        }
+        self.nodes[node].entry = Some(is_dir);
+    }
+}
+
+/// Apply one run of [`batches`]: its directories and symlinks in order on this thread, then
+/// its files, by several workers when there are enough of them.
+fn apply_batch(
+    safe: &SafeRoot,
+    ops: &[Op],
+    tar: &[u8],
+    stop: &AtomicBool,
+    max_workers: usize,
 ) -> Vec<Option<Result<(), FsError>>> {
     let mut results: Vec<Option<Result<(), FsError>>> = ops.iter().map(|_| None).collect();
     let files: Vec<usize> = (0..ops.len())
         .filter(|&i| matches!(ops[i], Op::File { .. }))
         .collect();
-    let workers = worker_count(files.len());
-    // (Paths are checked for repeats only when there are workers to hand files to.)
-    let parallel =
-        workers > 1 && ops.iter().map(Op::path).collect::<HashSet<_>>().len() == ops.len();
+    let workers = worker_count(files.len()).min(max_workers);
+    let parallel = workers > 1;
     // In order on this thread: every op, or (when the files go to workers) all but the files.
     for (i, op) in ops.iter().enumerate() {
         if parallel && matches!(op, Op::File { .. }) {
@@ -239,6 +378,7 @@ mod tests {
     use tar::EntryType;
 
     use super::*;
+    use std::collections::HashSet;
 
     static GO: AtomicBool = AtomicBool::new(false);
 
@@ -349,6 +489,315 @@ mod tests {
         let out = apply_patch(dir.path(), &[], &tar_of(&entries), &default_limits(), &stop);
         assert!(out.interrupted && out.applied.is_empty(), "{out:?}");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// What a tree holds: path → (kind, mode, content or link target), walked iteratively
+    /// (the trees may be deep); a directory that cannot be read is recorded as such.
+    pub(super) type Tree = std::collections::BTreeMap<String, (char, u32, Vec<u8>)>;
+
+    pub(super) fn tree(root: &Path) -> Tree {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Tree::new();
+        let mut dirs = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    out.insert(
+                        format!("{prefix}<unreadable>"),
+                        ('?', 0, e.to_string().into()),
+                    );
+                    continue;
+                }
+            };
+            for de in rd {
+                let de = de.unwrap();
+                let rel = format!("{prefix}{}", de.file_name().to_string_lossy());
+                let m = fs::symlink_metadata(de.path()).unwrap();
+                let mode = m.mode() & 0o7777;
+                let entry = if m.file_type().is_symlink() {
+                    let t = fs::read_link(de.path()).unwrap();
+                    ('l', 0, t.into_os_string().into_encoded_bytes())
+                } else if m.is_dir() {
+                    dirs.push((de.path(), format!("{rel}/")));
+                    ('d', mode, vec![])
+                } else {
+                    ('f', mode, fs::read(de.path()).unwrap())
+                };
+                out.insert(rel, entry);
+            }
+        }
+        out
+    }
+
+    /// An entry refused for its name or length is refused before anything is created: the
+    /// tree is as it was (no parent directories made for it are left).
+    #[test]
+    fn refused_entries_leave_the_tree_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("kept")).unwrap();
+        fs::write(dir.path().join("kept/f"), "f").unwrap();
+        let before = tree(dir.path());
+        let long_name = format!("new1/new2/{}", "n".repeat(256));
+        let long_path = format!("{}f", "d/".repeat(2100));
+        let long_dir = format!("new4/{}", "n".repeat(256));
+        let long_target = "t".repeat(5000);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long_name, &b"x"[..]).unwrap();
+        b.append_data(&mut h, &long_path, &b"x"[..]).unwrap();
+        b.append_data(&mut h, format!("kept/{}", "n".repeat(300)), &b"x"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        b.append_data(&mut h, &long_dir, &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "new3/l", &long_target).unwrap();
+        let t = b.into_inner().unwrap();
+        let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
+        assert!(out.applied.is_empty(), "{out:?}");
+        assert_eq!(out.refused.len(), 5, "{out:?}");
+        for r in &out.refused {
+            assert!(r.reason.contains("too long"), "{r:?}");
+        }
+        assert_eq!(tree(dir.path()), before);
+    }
+
+    /// A small, seedable random generator (splitmix64): a failing case can be run again.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A random path of 1 to 3 names from a small set, so that paths often share parents and
+    /// are often parents of each other (`x/y` and `x`); or, `wide` percent of the time, with a
+    /// last name of its own, so that long runs of entries can be written by several workers.
+    fn random_path(rng: &mut Rng, wide: usize) -> String {
+        let depth = 1 + rng.below(3);
+        let mut names: Vec<String> = (0..depth)
+            .map(|_| rng.pick(&["a", "b", "c", "d", "e", "f"]).to_string())
+            .collect();
+        if rng.below(100) < wide {
+            *names.last_mut().expect("a name") = format!("n{}", rng.below(1000));
+        }
+        names.join("/")
+    }
+
+    /// How many runs of a patch had enough files for several workers (the test's own check
+    /// that it tests them).
+    fn parallel_runs(root: &Path, tar: &[u8]) -> usize {
+        let ops = plan::plan(tar, &default_limits(), root, &mut Vec::new()).unwrap();
+        let files = |r: &std::ops::Range<usize>| {
+            ops[r.clone()]
+                .iter()
+                .filter(|op| matches!(op, Op::File { .. }))
+                .count()
+        };
+        batches(&ops)
+            .iter()
+            .filter(|r| worker_count(files(r)) > 1)
+            .count()
+    }
+
+    /// A random patch of about `entries` entries (with enough files for several workers):
+    /// files, directories and symlinks at random paths ([`random_path`] with `wide`), some
+    /// repeated when `repeats`, and a few deletions.
+    fn random_patch(
+        rng: &mut Rng,
+        entries: usize,
+        wide: usize,
+        repeats: bool,
+    ) -> (Vec<String>, Vec<u8>) {
+        let deletes = (0..rng.below(8)).map(|_| random_path(rng, wide)).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut used = HashSet::new();
+        let mut files = 0;
+        for i in 0.. {
+            if i >= entries && files > PARALLEL_MIN_FILES {
+                break;
+            }
+            let path = random_path(rng, wide);
+            if !used.insert(path.clone()) && !repeats {
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            match rng.below(10) {
+                0 => {
+                    h.set_entry_type(EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(rng.pick(&[0o755, 0o700, 0o750]));
+                    b.append_data(&mut h, &path, &[][..]).unwrap();
+                }
+                1 => {
+                    // Climb to the root, then name any path: always inside, lexically.
+                    let up = "../".repeat(path.matches('/').count());
+                    let target = format!("{up}{}", random_path(rng, wide));
+                    h.set_entry_type(EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &path, &target).unwrap();
+                }
+                _ => {
+                    let data = format!("{i}:{}", rng.next()).into_bytes();
+                    h.set_size(data.len() as u64);
+                    h.set_mode(rng.pick(&[0o644, 0o755, 0o600]));
+                    b.append_data(&mut h, &path, &data[..]).unwrap();
+                    files += 1;
+                }
+            }
+        }
+        (deletes, b.into_inner().unwrap())
+    }
+
+    /// The outcome as it can be compared: what was applied, deleted, refused and why.
+    fn summary(out: &PatchOutcome) -> (Vec<String>, Vec<String>, Vec<(String, String)>) {
+        let refused = out
+            .refused
+            .iter()
+            .map(|r| (r.path.clone(), r.reason.clone()));
+        (out.applied.clone(), out.deleted.clone(), refused.collect())
+    }
+
+    /// Any patch applied with several workers ends exactly as applied entry by entry, in order:
+    /// the same tree (kinds, modes, contents, link targets) and the same outcome. Random
+    /// patches on random trees; KDEV_PATCH_DIFF_SEED picks the first seed (it is printed on
+    /// failure), KDEV_PATCH_DIFF_ITERATIONS how many (default 40).
+    #[test]
+    fn a_parallel_apply_ends_as_the_serial_one() {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let first = env("KDEV_PATCH_DIFF_SEED").unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            t.map_or(1, |d| d.as_nanos() as u64)
+        });
+        let iterations = env("KDEV_PATCH_DIFF_ITERATIONS").unwrap_or(12);
+        let mut parallel_runs_seen = 0;
+        for seed in first..first + iterations {
+            let mut rng = Rng(seed);
+            let (parallel, serial) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            // Paths that overlap all the time (runs are short), rarely (long runs), or often.
+            let wide = [0, 99, 75][(seed % 3) as usize];
+            // The same random tree in both, applied entry by entry.
+            let (deletes, tar) = random_patch(&mut rng, 50, wide, true);
+            for root in [&parallel, &serial] {
+                apply_patch_with(root.path(), &deletes, &tar, &default_limits(), &GO, 1);
+            }
+            let entries = 150 + rng.below(350);
+            let (deletes, tar) = random_patch(&mut rng, entries, wide, seed % 4 == 0);
+            parallel_runs_seen += parallel_runs(parallel.path(), &tar);
+            let limits = default_limits();
+            let p = apply_patch_with(parallel.path(), &deletes, &tar, &limits, &GO, usize::MAX);
+            let s = apply_patch_with(serial.path(), &deletes, &tar, &limits, &GO, 1);
+            let rerun = format!(
+                "seed {seed} (run again with KDEV_PATCH_DIFF_SEED={seed} \
+                 KDEV_PATCH_DIFF_ITERATIONS=1)"
+            );
+            assert_eq!(summary(&p), summary(&s), "outcomes differ: {rerun}");
+            assert_eq!(
+                tree(parallel.path()),
+                tree(serial.path()),
+                "trees differ: {rerun}"
+            );
+        }
+        eprintln!("{parallel_runs_seen} runs written by several workers in {iterations} patches");
+        assert!(
+            iterations < 3 || parallel_runs_seen >= (iterations as usize / 6).max(1),
+            "only {parallel_runs_seen} runs written by several workers in {iterations} patches"
+        );
+    }
+
+    /// Where a patch is cut into runs: only where an entry's order relative to one before it
+    /// could change what either does.
+    #[test]
+    fn runs_end_where_order_matters() {
+        let file = |p: &str| Op::File {
+            path: p.into(),
+            start: 0,
+            len: 0,
+            mode: 0o644,
+        };
+        let dir = |p: &str| Op::Dir {
+            path: p.into(),
+            mode: 0o755,
+        };
+        let link = |p: &str| Op::Symlink {
+            path: p.into(),
+            target: "t".into(),
+        };
+        let runs = |ops: &[Op]| batches(ops).iter().map(|r| r.len()).collect::<Vec<_>>();
+        // A directory, then what is in it, and unrelated paths: one run.
+        let kdev_like = [
+            dir("d"),
+            file("d/a"),
+            dir("d/e"),
+            link("d/e/l"),
+            file("x"),
+            file("y/z"),
+        ];
+        assert_eq!(runs(&kdev_like), [6]);
+        // The same path twice; a path inside a file or symlink before it; a path with one
+        // inside it before it (a directory too: it would be made before its contents).
+        assert_eq!(runs(&[file("a"), file("b"), file("a")]), [2, 1]);
+        assert_eq!(runs(&[file("x"), file("x/y")]), [1, 1]);
+        assert_eq!(runs(&[link("x"), dir("x/y")]), [1, 1]);
+        assert_eq!(runs(&[file("x/y"), file("x")]), [1, 1]);
+        assert_eq!(runs(&[file("a/b"), link("a")]), [1, 1]);
+        assert_eq!(runs(&[file("d/f"), dir("d")]), [1, 1]);
+        // A name that merely starts like another is another path.
+        assert_eq!(runs(&[file("ab"), file("a/b"), file("a-b")]), [3]);
+    }
+
+    /// The two cases found first, which a random patch meets only now and then.
+    #[test]
+    fn a_large_patch_with_a_path_under_a_later_file_or_link_ends_as_applied_in_order() {
+        for later in [EntryType::Regular, EntryType::Symlink] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = tar::Builder::new(Vec::new());
+            let file = |b: &mut tar::Builder<Vec<u8>>, path: &str| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                b.append_data(&mut h, path, &b"x"[..]).unwrap();
+            };
+            file(&mut b, "x/y");
+            for i in 0..100 {
+                file(&mut b, &format!("d{}/f{i}", i % 7));
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            if later == EntryType::Regular {
+                file(&mut b, "x");
+            } else {
+                h.set_entry_type(EntryType::Symlink);
+                b.append_link(&mut h, "x", "d0").unwrap();
+            }
+            let t = b.into_inner().unwrap();
+            let out = apply_patch(dir.path(), &[], &t, &default_limits(), &GO);
+            assert_eq!(out.refused.len(), 1, "{later:?}: {out:?}");
+            assert_eq!(out.refused[0].path, "x", "{later:?}");
+            assert!(
+                out.refused[0].reason.contains("a directory exists"),
+                "{out:?}"
+            );
+            assert_eq!(fs::read(dir.path().join("x/y")).unwrap(), b"x", "{later:?}");
+        }
     }
 
     #[test]

@@ -73,6 +73,15 @@ pub(super) enum Refusal {
     Sparse,
     #[error("unsupported tar entry type {0:?}")]
     Unsupported(EntryType),
+    #[error("name too long: {0} bytes (at most {NAME_MAX})")]
+    NameTooLong(usize),
+    #[error(
+        "path too long: {len} bytes below a sync root of {root} (at most {max} in all)",
+        max = PATH_MAX - 1
+    )]
+    PathTooLong { len: usize, root: usize },
+    #[error("symlink target too long: {len} bytes (at most {max})", len = .0, max = PATH_MAX - 1)]
+    TargetTooLong(usize),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error("not applied: the archive of this patch was refused")]
@@ -123,12 +132,35 @@ impl Op {
     }
 }
 
-/// Parse and validate the archive. `Err` = the archive as a whole is unusable.
+/// The longest name of a directory entry (Linux's `NAME_MAX`, in bytes).
+const NAME_MAX: usize = 255;
+/// The longest path the kernel takes, with its terminating NUL (Linux's `PATH_MAX`).
+const PATH_MAX: usize = 4096;
+
+/// Refuse a path the kernel could not create below a root of `root_len` bytes: a name over
+/// `NAME_MAX`, or more than `PATH_MAX` in all (writes walk one name at a time and could go
+/// deeper, but nothing could name the result: listing it, building it). Checked before
+/// anything is written, so that such an entry leaves no directories behind.
+fn check_fits(path: &str, root_len: usize) -> Result<(), Refusal> {
+    if let Some(name) = path.split('/').find(|n| n.len() > NAME_MAX) {
+        return Err(Refusal::NameTooLong(name.len()));
+    }
+    if root_len + 1 + path.len() >= PATH_MAX {
+        let (len, root) = (path.len(), root_len);
+        return Err(Refusal::PathTooLong { len, root });
+    }
+    Ok(())
+}
+
+/// Parse and validate the archive for the sync root `root`. `Err` = the archive as a whole is
+/// unusable.
 pub(super) fn plan(
     tar_bytes: &[u8],
     limits: &PatchLimits,
+    root: &Path,
     refused: &mut Vec<Refused>,
 ) -> Result<Vec<Op>, ArchiveError> {
+    let root_len = root.as_os_str().len();
     let mut ops = Vec::new();
     if tar_bytes.is_empty() {
         return Ok(ops);
@@ -181,6 +213,14 @@ pub(super) fn plan(
             }
         };
         let mode = entry.header().mode().unwrap_or(0o644);
+        if matches!(
+            ty,
+            EntryType::Regular | EntryType::Continuous | EntryType::Directory | EntryType::Symlink
+        ) && let Err(e) = check_fits(&path, root_len)
+        {
+            refuse(refused, path, e);
+            continue;
+        }
         match ty {
             EntryType::Regular | EntryType::Continuous => {
                 if size > limits.max_file_size {
@@ -208,6 +248,11 @@ pub(super) fn plan(
                     refuse(refused, path, Refusal::NoTarget);
                     continue;
                 };
+                // symlink(2) takes no longer target (and checking one costs its length squared).
+                if target.len() >= PATH_MAX {
+                    refuse(refused, path, Refusal::TargetTooLong(target.len()));
+                    continue;
+                }
                 let Ok(target) = String::from_utf8(target.into_owned()) else {
                     refuse(refused, path, Refusal::TargetNotUtf8);
                     continue;
