@@ -62,6 +62,10 @@ pub enum Constraint {
 impl Constraint {
     /// The effective constraint of a Go file's `content`.
     pub fn of(content: &[u8]) -> Result<Constraint, ConstraintError> {
+        // go/build reads a file after a leading byte order mark.
+        let content = content
+            .strip_prefix("\u{feff}".as_bytes())
+            .unwrap_or(content);
         let (trimmed, go_build) = parse_file_header(content)?;
         if let Some(line) = go_build {
             let text = split_go_build(&line).unwrap_or_default();
@@ -549,8 +553,33 @@ impl Tags {
                 FileRole::Ignored
             };
         }
-        if !self.good_os_arch_file(name) || name.ends_with("_test.go") {
+        if !self.good_os_arch_file(name) {
             return FileRole::Ignored;
+        }
+        // Where go's reading needs Unicode tables kdev does not port (spaces and letters
+        // beyond ASCII in constraint lines), kdev does not decide.
+        let exotic = content.split(|&b| b == b'\n').any(|l| {
+            let l = trim_space(l);
+            (l.starts_with(b"//go:build") || contains(l, b"+build")) && !l.is_ascii()
+        });
+        if exotic {
+            return FileRole::Unsure(format!("{name} has a build constraint beyond ASCII"));
+        }
+        // go reads every test file's header too: one go refuses fails the build.
+        let Some(header) = std::str::from_utf8(content)
+            .ok()
+            .and_then(super::header::parse)
+        else {
+            return FileRole::Unsure(format!("{name} does not start like a Go file"));
+        };
+        if name.ends_with("_test.go") {
+            return match Constraint::of(content) {
+                Ok(_) => FileRole::Ignored,
+                Err(e) => FileRole::Unsure(format!("{name}: {e}")),
+            };
+        }
+        if header.package == "documentation" {
+            return FileRole::Unsure(format!("{name} is of package documentation"));
         }
         match Constraint::of(content) {
             Ok(c) if c.holds(&|t| self.matches(t)) => FileRole::Compiled,

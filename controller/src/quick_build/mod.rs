@@ -83,8 +83,11 @@ pub(crate) struct Counts {
 pub(crate) struct QuickBuilds {
     dir: PathBuf,
     root: PathBuf,
-    /// `-toolexec=<this binary> record-tool`; `Err(why)` when quick rebuilds are off.
-    toolexec: Result<String, String>,
+    cfg: BuildConfig,
+    /// `-toolexec=<this binary> record-tool`; `Err(why)` when quick rebuilds are off; `None`
+    /// until the first build (deciding runs `go env`, which writes to the go cache: a session
+    /// that never builds must not).
+    toolexec: Option<Result<String, String>>,
     verify: bool,
     recorded: Option<Recorded>,
     history: History,
@@ -116,32 +119,19 @@ impl QuickBuilds {
         go: &str,
         build_env: BTreeMap<String, String>,
     ) -> QuickBuilds {
-        let go_env = go_env(go, &build_env).unwrap_or_default();
         let setting = |k: &str| cfg.env.get(k).cloned().or_else(|| std::env::var(k).ok());
-        let toolexec = toolexec_flag(cfg, &root, &go_env, setting).and_then(|flag| {
-            // A session starts with no records: what an earlier one left is of no use.
-            let _ = std::fs::remove_dir_all(&dir);
-            record::create_private_dir(&dir)
-                .map(|()| flag)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-        });
-        if let Err(why) = &toolexec {
-            crate::serve::log(format!("quick rebuilds are off: {why}"));
-        }
         let verify = setting(VERIFY_ENV).is_none_or(|v| v.trim() != "0");
-        if toolexec.is_ok() && !verify {
-            crate::serve::log(format!("quick rebuilds are not verified ({VERIFY_ENV}=0)"));
-        }
         QuickBuilds {
             dir,
             root,
-            toolexec,
+            cfg: cfg.clone(),
+            toolexec: None,
             verify,
             recorded: None,
             history: History::default(),
             changes: Changes::Paths(BTreeMap::new()),
             build_env,
-            go_env,
+            go_env: BTreeMap::new(),
             go: go.to_string(),
             flags: cfg.flags.clone(),
             tags: None,
@@ -153,8 +143,36 @@ impl QuickBuilds {
         }
     }
 
+    /// Quick rebuilds are on, or not decided yet.
     fn on(&self) -> bool {
-        self.toolexec.is_ok()
+        !matches!(self.toolexec, Some(Err(_)))
+    }
+
+    /// Decide whether quick rebuilds are on (once, before the first build records).
+    fn decide(&mut self) -> Result<String, String> {
+        if let Some(t) = &self.toolexec {
+            return t.clone();
+        }
+        self.go_env = go_env(&self.go, &self.build_env).unwrap_or_default();
+        let cfg = &self.cfg;
+        let setting = |k: &str| cfg.env.get(k).cloned().or_else(|| std::env::var(k).ok());
+        let dir = &self.dir;
+        let toolexec = toolexec_flag(cfg, &self.root, &self.go_env, setting).and_then(|flag| {
+            // A session starts with no records: what an earlier one left is of no use.
+            let _ = std::fs::remove_dir_all(dir);
+            record::create_private_dir(dir)
+                .map(|()| flag)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        });
+        match &toolexec {
+            Err(why) => crate::serve::log(format!("quick rebuilds are off: {why}")),
+            Ok(_) if !self.verify => {
+                crate::serve::log(format!("quick rebuilds are not verified ({VERIFY_ENV}=0)"))
+            }
+            Ok(_) => {}
+        }
+        self.toolexec = Some(toolexec.clone());
+        toolexec
     }
 
     /// A patch wrote `applied` and deleted `deleted` (sync-root relative paths).
@@ -209,7 +227,7 @@ impl QuickBuilds {
     /// `spec` (a `go build`) recording into a new directory, and that directory; `spec` as it
     /// is when quick rebuilds are off.
     pub(crate) fn recording(&mut self, mut spec: BuildSpec) -> (BuildSpec, Option<PathBuf>) {
-        let Ok(flag) = &self.toolexec else {
+        let Ok(flag) = self.decide() else {
             return (spec, None);
         };
         let dir = self.dir.join(format!("build-{}", self.next_dir));
@@ -371,7 +389,7 @@ impl QuickBuilds {
     /// A quick binary differed from go build's: no more quick rebuilds this session.
     pub(crate) fn turn_off(&mut self, why: String) {
         crate::serve::log(format!("quick rebuilds are off: {why}"));
-        self.toolexec = Err(why);
+        self.toolexec = Some(Err(why));
         self.recorded = None;
         self.unverified = None;
         self.changes = Changes::Paths(BTreeMap::new());

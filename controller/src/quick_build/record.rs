@@ -422,6 +422,7 @@ mod tests {
             &main,
             argv(&["compile", "-importcfg", &cfg, &emb, "-p", "main", "a.go"]),
             cwd.clone(),
+            Some("digest".into()),
         )
         .unwrap();
         // The go command deletes its temporary directory when it exits.
@@ -464,6 +465,7 @@ mod tests {
             &Record::Link,
             argv(&["link", "-o", &out, "-importcfg", &link_cfg, &main]),
             PathBuf::from("/"),
+            None,
         )
         .unwrap();
         std::fs::remove_dir_all(&work).unwrap();
