@@ -14,6 +14,10 @@
 //!   tools' environment is the go command's plus `go env`'s, and a rerun compile and link make
 //!   the bytes go build makes, build IDs aside.
 
+mod common;
+
+use common::rng::Rng;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -35,31 +39,6 @@ const GO: &str = "go";
 
 /// Package directories per run unless `KDEV_GO_RULES_ROUNDS` says otherwise.
 const DEFAULT_ROUNDS: usize = 80;
-
-/// `SplitMix64`: small, seedable, good enough to pick test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 fn seed() -> u64 {
     match std::env::var("KDEV_GO_RULES_SEED") {

@@ -13,26 +13,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::go_session::*;
+use common::rng::Rng;
 use kdev_protocol::BuildOutcome;
-
-/// A small deterministic generator (splitmix64): the series is the seed's alone.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// How `a/extra.go`'s header reads: whether go compiles it depends on go's placement rules.
 const EXTRA_HEADERS: [&str; 6] = [
@@ -310,7 +292,7 @@ impl App {
                 "b.Scale's body"
             }
             5 => {
-                let f = FIELDS[rng.below(FIELDS.len() as u64) as usize];
+                let f = FIELDS[rng.below(FIELDS.len())];
                 if self.a_fields.contains(&f) && self.a_fields.len() > 1 {
                     self.a_fields.retain(|x| *x != f);
                 } else if !self.a_fields.contains(&f) {
@@ -357,7 +339,7 @@ impl App {
                 "lib_test.go/lib.go"
             }
             14 => {
-                self.a_extra_header = rng.below(EXTRA_HEADERS.len() as u64) as usize;
+                self.a_extra_header = rng.below(EXTRA_HEADERS.len());
                 "a/extra.go's build constraint"
             }
             15 => {
@@ -417,8 +399,8 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
     for i in 1..=edits {
         let before = app.clone();
         let mut what = Vec::new();
-        if rng.chance(15) {
-            app = versions[rng.below(versions.len() as u64) as usize].clone();
+        if rng.percent(15) {
+            app = versions[rng.below(versions.len())].clone();
             what.push("a revert to an earlier version");
         } else {
             // One to three edits in one save.
@@ -463,7 +445,7 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
             eligible_quick += usize::from(b.quick());
         }
         sent = now;
-        if reference.is_ok() && rng.chance(30) {
+        if reference.is_ok() && rng.percent(30) {
             versions.push(app.clone());
         }
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod go_session;
+pub mod rng;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
