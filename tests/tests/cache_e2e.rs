@@ -70,6 +70,10 @@ async fn a_replaced_pods_first_build_reuses_the_cache_on_the_claim() -> Result<(
     )?;
     // A cold build of all of vendor/ (minutes on a busy 2-core machine).
     w.wait_served("pong", Duration::from_secs(900)).await?;
+    // The app answers a moment before its reload line is printed: the pod is deleted below
+    // only once the first pod's reload is reported, so that the count of reload lines tells
+    // the replaced pod's first build apart.
+    w.wait_output(TREE_RELOAD, Duration::from_secs(60)).await?;
     let out = w.output();
     ensure!(
         out.contains("build cache: PersistentVolumeClaim kdev-cache-gin-hello-"),

@@ -43,7 +43,8 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
         restart_counts(&after)
     );
     // It was a quick rebuild (the compile and the link without the go command): the compiled
-    // main package is where only a quick rebuild writes it.
+    // main package is where only a quick rebuild writes it (`quick/` of the records directory
+    // in the sidecar's temporary directory, see controller/README.md).
     let quick = exec(
         &pods,
         &after.name_any(),
@@ -51,7 +52,7 @@ async fn watch_serves_every_kind_of_change_and_recovers() -> Result<()> {
         &[
             "sh",
             "-c",
-            "test -s /kdev/run/quick-build/compile@main.a && echo quick",
+            "test -s /tmp/kdev-quick-build-*/quick/compile@main.a && echo quick",
         ],
         None,
     )

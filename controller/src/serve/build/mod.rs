@@ -407,6 +407,24 @@ impl Builds {
         if built {
             self.set_dirty(false);
         }
+        // Reported and restarted first: the developer waits for the app, not for the
+        // quick-rebuild records below (a first build of a large vendor/ tree takes seconds to
+        // read back). The next build waits for them: the session handles one thing at a time.
+        self.out
+            .event(Event::BuildFinished {
+                build_id: id,
+                outcome: res.outcome,
+                exit_code: res.exit_code,
+                elapsed_ms: ms(res.elapsed),
+                output: res.output,
+                output_truncated: res.truncated,
+                installed,
+                unchanged,
+            })
+            .await;
+        if installed {
+            self.restart(Some(id));
+        }
         match res.kind {
             BuildKind::Quick { packages } => {
                 if built {
@@ -424,21 +442,6 @@ impl Builds {
         }
         if built && self.quick.verification().is_some() {
             self.shadow_at = Some(tokio::time::Instant::now() + SHADOW_DELAY);
-        }
-        self.out
-            .event(Event::BuildFinished {
-                build_id: id,
-                outcome: res.outcome,
-                exit_code: res.exit_code,
-                elapsed_ms: ms(res.elapsed),
-                output: res.output,
-                output_truncated: res.truncated,
-                installed,
-                unchanged,
-            })
-            .await;
-        if installed {
-            self.restart(Some(id));
         }
     }
 
