@@ -5,7 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use kdev_protocol::{
-    BuildConfig, BuildMode, BuildOutcome, ClientMessage, Event, Patch, SessionConfig,
+    BuildConfig, BuildMode, BuildOutcome, ClientMessage, Event, Patch, Reconcile, ServerMessage,
+    SessionConfig,
 };
 
 use super::{Serve, gocache, tar_of};
@@ -52,6 +53,14 @@ impl Built {
         self.log
             .contains(": quick rebuild (the go command skipped)")
     }
+
+    /// Why the build took the go command, as serve logged it (`build N: go build (why)`).
+    pub fn why_go_build(&self) -> Option<&str> {
+        self.log.lines().find_map(|l| {
+            let (_, rest) = l.split_once(": go build (")?;
+            Some(rest.strip_suffix(')').unwrap_or(rest))
+        })
+    }
 }
 
 impl Session {
@@ -91,6 +100,18 @@ impl Session {
                     ..
                 } if *build_id == id => Some((*outcome, output.clone())),
                 _ => None,
+            });
+        // serve reads the build's quick-rebuild records back after reporting it. A listing
+        // is answered by the session's own loop, so once that is done (pings are answered by
+        // the reader at once): the log below has all of it.
+        let barrier = 1_000_000 + id;
+        self.s.send(&ClientMessage::Reconcile(Reconcile {
+            id: barrier,
+            digest_first: true,
+        }));
+        self.s
+            .recv_until(BUILD, "the listing after the build", |m| {
+                matches!(m, ServerMessage::ListingDigest(d) if d.id == barrier).then_some(())
             });
         let prefix = format!("build {id}: ");
         let log = self
