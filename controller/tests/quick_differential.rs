@@ -476,10 +476,11 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
     for (why, at) in &missed {
         eprintln!("  {} not quick: {why} (edits {at:?})", at.len());
     }
-    // The aim is 90 % (issue 21); what holds today is about 80 % (cache hits of versions no
-    // record covers take go build). The bound catches the quick path being lost.
+    // Issue 21's bound: at least 90 % of the edits that only change existing Go files of
+    // built packages are quick (all were in runs here: each run's versions are its own, and a
+    // revert finds its compiles among the last 64 per package).
     assert!(
-        eligible_quick * 10 >= eligible * 6,
+        eligible_quick * 10 >= eligible * 9,
         "seed {seed}: only {eligible_quick} of {eligible} edits of existing Go files were quick\n{}",
         s.s.stderr()
     );

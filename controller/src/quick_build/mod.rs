@@ -59,18 +59,12 @@ enum Changes {
     Unknown(&'static str),
 }
 
-/// Why the shadow build runs.
+/// What a shadow build proves: the installed binary came from quick rebuild `build_id`, which
+/// compiled `packages` (with those of earlier unproven quick rebuilds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verification {
-    /// The installed binary came from quick rebuild `build_id`, which compiled `packages`.
-    Quick {
-        build_id: u64,
-        packages: Vec<String>,
-    },
-    /// Cache entries were evicted: a `go build` records the packages they were of.
-    // Not started while its restarts under Delve are unsolved (see `verification`).
-    #[allow(dead_code)]
-    Records,
+pub(crate) struct Unproven {
+    pub build_id: u64,
+    pub packages: Vec<String>,
 }
 
 /// Counts for the log and `-v`.
@@ -101,12 +95,11 @@ pub(crate) struct QuickBuilds {
     flags: Vec<String>,
     /// The build's tags (`go list`), asked once per session.
     tags: Option<Option<Tags>>,
-    unverified: Option<Verification>,
+    unverified: Option<Unproven>,
     /// Action IDs of the compiles whose cache entries this session evicted (each once: if a
     /// build after that still took it from the cache without a record, evicting it again
     /// would not help).
     evicted: BTreeSet<String>,
-    records_wanted: bool,
     next_dir: u64,
     pub counts: Counts,
 }
@@ -139,7 +132,6 @@ impl QuickBuilds {
             tags: None,
             unverified: None,
             evicted: BTreeSet::new(),
-            records_wanted: false,
             next_dir: 1,
             counts: Counts::default(),
         }
@@ -294,7 +286,6 @@ impl QuickBuilds {
         self.tags = job.tags;
         self.history = job.history;
         self.evicted = job.evicted;
-        self.records_wanted |= !newly_evicted.is_empty();
         if !newly_evicted.is_empty() {
             crate::serve::log(format!(
                 "quick rebuilds: {} came from the build cache with no record; their cache entries \
@@ -344,7 +335,7 @@ impl QuickBuilds {
             return;
         }
         let packages = match self.unverified.take() {
-            Some(Verification::Quick {
+            Some(Unproven {
                 packages: mut before,
                 ..
             }) => {
@@ -353,38 +344,32 @@ impl QuickBuilds {
                 before.dedup();
                 before
             }
-            _ => packages,
+            None => packages,
         };
-        self.unverified = Some(Verification::Quick { build_id, packages });
+        self.unverified = Some(Unproven { build_id, packages });
     }
 
     /// A full build was installed: whatever quick binary ran is replaced.
     pub(crate) fn full_installed(&mut self) {
-        if matches!(self.unverified, Some(Verification::Quick { .. })) {
-            self.unverified = None;
-        }
+        self.unverified = None;
     }
 
-    /// What the shadow build would be for, if one is due.
-    pub(crate) fn verification(&self) -> Option<Verification> {
+    /// The installed quick binary a shadow build would prove, if there is one. (Packages a
+    /// full build took from the cache without a record are recorded by the next go build, not
+    /// by a shadow build: see [`graph::evict`].)
+    pub(crate) fn verification(&self) -> Option<Unproven> {
         if !self.on() {
             return None;
         }
-        // Shadow builds only prove quick binaries. (Recording evicted packages while idle,
-        // `Verification::Records`, restarted the app under Delve and filled the go cache of
-        // a replaced pod's first session: off until it is proven; the next go build records
-        // them instead.)
-        let _ = self.records_wanted;
         self.unverified.clone()
     }
 
     /// The shadow build for `v` ran to its end (succeeded or failed).
-    pub(crate) fn verification_done(&mut self, v: &Verification, binaries_equal: bool) {
-        self.records_wanted = false;
+    pub(crate) fn verification_done(&mut self, v: &Unproven, binaries_equal: bool) {
         if self.unverified.as_ref() == Some(v) {
             self.unverified = None;
         }
-        if binaries_equal && matches!(v, Verification::Quick { .. }) {
+        if binaries_equal {
             self.counts.verified += 1;
         }
     }

@@ -22,8 +22,12 @@ use crate::serve::root::lexical;
 /// The `-p` of the main package's compile.
 pub(super) const MAIN: &str = "main";
 
-/// Compile records per package kept across builds, newest first.
-const HISTORY_PER_PACKAGE: usize = 16;
+/// Compile records per package kept across builds, newest first. A revert takes the reverted
+/// packages from the go cache, and only a record of that very compile keeps the next edit
+/// quick: with 16, a package edited in one save out of three lost its older versions within
+/// ~50 saves (the differential test's misses). A record is a few KB (argument vector, import
+/// configuration), so an often-edited package keeps well under a MB.
+const HISTORY_PER_PACKAGE: usize = 64;
 
 /// The compile records of the session's builds, by package (import path) and the BLAKE3 of
 /// the archive each wrote.

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use super::io::Out;
 use super::log;
 use super::restart::{RestartCtx, restart_and_wait};
-use crate::quick_build::{QuickBuilds, Verification};
+use crate::quick_build::{QuickBuilds, Unproven};
 use crate::util::{self, ms, unix_ms};
 pub use command::BuildDefaults;
 use command::{BuildKind, BuildResult, BuildSpec};
@@ -61,7 +61,7 @@ struct RunningBuild {
     /// Patches whose changes it was building (re-queued if it is cancelled).
     patch_ids: Vec<u64>,
     /// It is a shadow build, and what for.
-    shadow: Option<Verification>,
+    shadow: Option<Unproven>,
 }
 
 /// The session's builds, the tree's build state and the restart after an install.
@@ -496,7 +496,7 @@ impl Builds {
 
     /// The shadow build ran to its end with the tree unchanged: compare, and act on a
     /// difference.
-    async fn shadow_finished(&mut self, id: u64, why: Verification, res: BuildResult) {
+    async fn shadow_finished(&mut self, id: u64, why: Unproven, res: BuildResult) {
         let verify = self.layout.app_verify();
         let succeeded = res.outcome == BuildOutcome::Succeeded;
         if let BuildKind::Command { recorded_in } = res.kind {
@@ -518,8 +518,9 @@ impl Builds {
             res.elapsed.as_millis(),
             if equal { "the same binary" } else { "differs" }
         ));
-        match (&why, succeeded, equal) {
-            (Verification::Quick { build_id, .. }, true, true) => {
+        let Unproven { build_id, packages } = &why;
+        match (succeeded, equal) {
+            (true, true) => {
                 let verified = self.quick.counts.verified;
                 self.out
                     .event(Event::BuildVerified {
@@ -529,7 +530,7 @@ impl Builds {
                     })
                     .await;
             }
-            (Verification::Quick { build_id, packages }, true, false) => {
+            (true, false) => {
                 let message = format!(
                     "the quick rebuild of build {build_id} differs from go build's (packages {}): \
                      go build's binary is installed and the app restarted; quick rebuilds are off \
@@ -537,9 +538,9 @@ impl Builds {
                     packages.join(", ")
                 );
                 self.quick.turn_off(message.clone());
-                self.install_shadow(Some(*build_id), &verify, message).await;
+                self.install_shadow(*build_id, &verify, message).await;
             }
-            (Verification::Quick { build_id, packages }, false, _) => {
+            (false, _) => {
                 let first: Vec<&str> = res.output.lines().take(20).collect();
                 let message = format!(
                     "go build fails where the quick rebuild of build {build_id} succeeded \
@@ -553,15 +554,6 @@ impl Builds {
                 self.set_dirty(true);
                 self.warn(message).await;
             }
-            (Verification::Records, true, false) => {
-                self.install_shadow(
-                    None,
-                    &verify,
-                    "go build of the unchanged tree gave another binary; it is installed".into(),
-                )
-                .await;
-            }
-            (Verification::Records, ..) => {}
         }
         let _ = std::fs::remove_file(&verify);
     }
@@ -578,10 +570,10 @@ impl Builds {
 
     /// Install the shadow build's binary and restart the app, saying why (the restart is
     /// reported as `build_id`'s, the build it corrects).
-    async fn install_shadow(&mut self, build_id: Option<u64>, verify: &Path, message: String) {
+    async fn install_shadow(&mut self, build_id: u64, verify: &Path, message: String) {
         self.warn(message).await;
         match std::fs::rename(verify, self.layout.app_binary()) {
-            Ok(()) => self.restart(build_id),
+            Ok(()) => self.restart(Some(build_id)),
             Err(e) => {
                 log(format!("cannot install the shadow build's binary: {e}"));
                 self.set_dirty(true);
@@ -610,14 +602,12 @@ impl Builds {
 }
 
 /// What a shadow build is for, for the log.
-fn describe_verification(v: &Verification) -> String {
-    match v {
-        Verification::Quick { build_id, packages } => format!(
-            "proving quick rebuild {build_id} of {}",
-            packages.join(", ")
-        ),
-        Verification::Records => "recording packages that came from the build cache".into(),
-    }
+fn describe_verification(v: &Unproven) -> String {
+    format!(
+        "proving quick rebuild {} of {}",
+        v.build_id,
+        v.packages.join(", ")
+    )
 }
 
 /// What every build task needs: its id, the client, where it reports, the cache's readiness.
