@@ -29,11 +29,16 @@ pub(super) const MAIN: &str = "main";
 /// configuration), so an often-edited package keeps well under a MB.
 const HISTORY_PER_PACKAGE: usize = 64;
 
+/// Compile records kept in all (a record is a few KB): past this, the oldest of the package
+/// with the most go first, so that `serve`'s memory stays bounded whatever the tree.
+const HISTORY_TOTAL: usize = 2048;
+
 /// The compile records of the session's builds, by package (import path) and the BLAKE3 of
 /// the archive each wrote.
 #[derive(Default)]
 pub(super) struct History {
     runs: BTreeMap<String, Vec<(String, ToolRun)>>,
+    total: usize,
 }
 
 impl History {
@@ -58,9 +63,22 @@ impl History {
 
     fn add(&mut self, package: &str, output: String, run: ToolRun) {
         let runs = self.runs.entry(package.to_string()).or_default();
+        let before = runs.len();
         runs.retain(|(o, _)| *o != output);
         runs.insert(0, (output, run));
         runs.truncate(HISTORY_PER_PACKAGE);
+        self.total = self.total + runs.len() - before;
+        while self.total > HISTORY_TOTAL {
+            // The newest record of each package stays: it is what the next build may need.
+            let Some(runs) = self.runs.values_mut().max_by_key(|r| r.len()) else {
+                break;
+            };
+            if runs.len() <= 1 {
+                break;
+            }
+            runs.pop();
+            self.total -= 1;
+        }
     }
 
     fn has(&self, package: &str) -> bool {
@@ -469,6 +487,50 @@ fn roles_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(n: usize) -> ToolRun {
+        ToolRun {
+            argv: vec!["compile".into(), n.to_string()],
+            cwd: PathBuf::from("/"),
+            env: Default::default(),
+            files: BTreeMap::new(),
+            output: None,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_records_per_package_and_in_all() {
+        let mut h = History::default();
+        for n in 0..HISTORY_PER_PACKAGE + 10 {
+            h.add("p", format!("out{n}"), run(n));
+        }
+        // The same archive again moves to the front, and is not counted twice.
+        h.add("p", "out20".into(), run(20));
+        assert_eq!(h.runs["p"].len(), HISTORY_PER_PACKAGE);
+        assert_eq!(h.total, HISTORY_PER_PACKAGE);
+        assert!(h.find("p", "out20").is_some());
+        assert!(h.find("p", "out73").is_some());
+        assert!(h.find("p", "out9").is_none(), "the oldest go first");
+
+        // Many packages: the total stays bounded, and every package keeps its newest record.
+        let packages = HISTORY_TOTAL / HISTORY_PER_PACKAGE * 3;
+        for p in 0..packages {
+            for n in 0..HISTORY_PER_PACKAGE {
+                h.add(&format!("q{p}"), format!("out{n}"), run(n));
+            }
+        }
+        let counted: usize = h.runs.values().map(Vec::len).sum();
+        assert_eq!(counted, h.total);
+        assert!(h.total <= HISTORY_TOTAL, "{} records kept", h.total);
+        for p in 0..packages {
+            let q = format!("q{p}");
+            assert!(
+                h.find(&q, &format!("out{}", HISTORY_PER_PACKAGE - 1))
+                    .is_some(),
+                "{q}"
+            );
+        }
+    }
 
     #[test]
     fn archives_differing_only_in_their_build_id_hash_alike() {
