@@ -487,7 +487,8 @@ fn borrowed<'a>(files: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a s
 /// A new session over a tree built before finds every package in the go cache, with no
 /// record of any compile. An edit of util, imported by api (unrecorded), must not link api's
 /// stale archive: with no record of api the edit takes go build. The cache entries of the
-/// unrecorded packages are removed, so the next go build compiles and records them.
+/// unrecorded packages are removed, so the next go build compiles and records them, or,
+/// with shadow builds on, a shadow build while the session is idle.
 #[test]
 fn packages_from_the_go_cache_are_recorded_again_and_never_linked_stale() {
     let tmp = tempfile::tempdir().unwrap();
@@ -521,6 +522,34 @@ fn packages_from_the_go_cache_are_recorded_again_and_never_linked_stale() {
         assert!(b.quick(), "{}", b.log);
         assert_eq!(s.run_app(), "m1 api-u3");
         assert_go_build_agrees(kdev, "m1 api-u3");
+    }
+
+    // With shadow builds: one records them while the session is idle (its binary is the
+    // running one's, and is not installed), so the first edit is quick already.
+    {
+        // The go build of u2 above put every package of this tree in the go cache.
+        let v2 = layered("u2", "m1");
+        let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_VERIFY", "1")]));
+        let b = s.patch(&borrowed(&v2), &[]);
+        assert_eq!(b.outcome, BuildOutcome::Succeeded, "{}", b.output);
+        assert_eq!(s.run_app(), "m1 api-u2");
+        let recorded = "shadow build 1: Succeeded";
+        wait_for(BUILD, "the record build", || {
+            s.s.stderr().contains(recorded).then_some(())
+        });
+        let log = s.s.stderr();
+        assert!(
+            log.contains(
+                "shadow build 1: recording packages the last build took from the go cache"
+            ) && log.contains("shadow build 1: Succeeded")
+                && log.contains(": the same binary"),
+            "{log}"
+        );
+        let v5 = layered("u5", "m1");
+        let b = s.patch(&[("util/util.go", &v5[3].1)], &[]);
+        assert!(b.quick(), "{}\n{}", b.log, s.s.stderr());
+        assert_eq!(s.run_app(), "m1 api-u5");
+        assert_go_build_agrees(kdev, "m1 api-u5");
     }
 }
 

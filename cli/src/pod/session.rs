@@ -79,20 +79,6 @@ pub enum SessionError {
     Silent(Duration),
 }
 
-impl SessionError {
-    /// Whether the connection itself is gone (as opposed to the controller refusing something):
-    /// the next session must not reuse anything of this one's connection.
-    pub fn connection_lost(&self) -> bool {
-        matches!(
-            self,
-            SessionError::Silent(_)
-                | SessionError::Closed(_)
-                | SessionError::Write(_)
-                | SessionError::Timeout(_)
-        )
-    }
-}
-
 fn stderr_suffix(stderr: &str) -> String {
     if stderr.trim().is_empty() {
         String::new()
@@ -552,11 +538,6 @@ impl ControllerSession {
             return Ok(e);
         }
         self.recv().await
-    }
-
-    /// How long ago the controller was last heard from.
-    pub fn last_heard(&self) -> Duration {
-        lock(&self.liveness).last_rx.elapsed()
     }
 
     /// How long this session has been up.

@@ -15,9 +15,10 @@
 //!
 //! Never trusted alone: after a quick rebuild, when the session is idle, `serve` runs the
 //! shadow build (`go build` of the same tree, at low priority) and compares the binaries
-//! ([`QuickBuilds::verification`]); a difference installs go build's binary and turns quick
+//! ([`QuickBuilds::shadow_wanted`]); a difference installs go build's binary and turns quick
 //! rebuilds off for the session. Records missing for packages a quick rebuild may need are
-//! made by evicting their cache entries so the next full (or shadow) build compiles them.
+//! made by evicting their cache entries so that the next full build compiles them, or a
+//! shadow build while the session is idle ([`Shadow::Record`]).
 
 pub mod constraints;
 pub mod env;
@@ -67,6 +68,18 @@ pub(crate) struct Unproven {
     pub packages: Vec<String>,
 }
 
+/// What a shadow build (`go build` of the unchanged tree while the session is idle, at low
+/// priority) is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Shadow {
+    /// Prove the installed quick binary: compare it with go build's.
+    Prove(Unproven),
+    /// Record the packages the last full build took from the go cache with no record (their
+    /// cache entries were evicted, so this build compiles them): without it, the next edit
+    /// reaching them would take go build. Its binary is compared too, but never installed.
+    Record,
+}
+
 /// Counts for the log and `-v`.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counts {
@@ -96,6 +109,8 @@ pub(crate) struct QuickBuilds {
     /// The build's tags (`go list`), asked once per session.
     tags: Option<Option<Tags>>,
     unverified: Option<Unproven>,
+    /// The last full build evicted cache entries: a [`Shadow::Record`] build is due.
+    records_wanted: bool,
     /// Action IDs of the compiles whose cache entries this session evicted (each once: if a
     /// build after that still took it from the cache without a record, evicting it again
     /// would not help).
@@ -131,6 +146,7 @@ impl QuickBuilds {
             flags: cfg.flags.clone(),
             tags: None,
             unverified: None,
+            records_wanted: false,
             evicted: BTreeSet::new(),
             next_dir: 1,
             counts: Counts::default(),
@@ -286,10 +302,14 @@ impl QuickBuilds {
         self.tags = job.tags;
         self.history = job.history;
         self.evicted = job.evicted;
+        // This build compiled (and recorded) what earlier ones evicted; what it evicted now
+        // waits for the next one.
+        self.records_wanted = !newly_evicted.is_empty();
         if !newly_evicted.is_empty() {
             crate::serve::log(format!(
                 "quick rebuilds: {} came from the build cache with no record; their cache entries \
-                 were removed so that the next go build records them",
+                 were removed so that the next go build (or a shadow build while idle) records \
+                 them",
                 describe(&newly_evicted, 4)
             ));
         }
@@ -354,23 +374,32 @@ impl QuickBuilds {
         self.unverified = None;
     }
 
-    /// The installed quick binary a shadow build would prove, if there is one. (Packages a
-    /// full build took from the cache without a record are recorded by the next go build, not
-    /// by a shadow build: see [`graph::evict`].)
-    pub(crate) fn verification(&self) -> Option<Unproven> {
-        if !self.on() {
+    /// The shadow build due once the session is idle, if one is: proving the installed quick
+    /// binary first, else recording evicted packages. None with `KDEV_QUICK_VERIFY=0`.
+    pub(crate) fn shadow_wanted(&self) -> Option<Shadow> {
+        if !self.on() || !self.verify {
             return None;
         }
-        self.unverified.clone()
+        match &self.unverified {
+            Some(u) => Some(Shadow::Prove(u.clone())),
+            None => self.records_wanted.then_some(Shadow::Record),
+        }
     }
 
-    /// The shadow build for `v` ran to its end (succeeded or failed).
-    pub(crate) fn verification_done(&mut self, v: &Unproven, binaries_equal: bool) {
-        if self.unverified.as_ref() == Some(v) {
-            self.unverified = None;
-        }
-        if binaries_equal {
-            self.counts.verified += 1;
+    /// The shadow build for `v` ran to its end (succeeded or failed); its records were read
+    /// back ([`QuickBuilds::full_build_finished`]).
+    pub(crate) fn shadow_done(&mut self, v: &Shadow, binaries_equal: bool) {
+        match v {
+            Shadow::Prove(u) => {
+                if self.unverified.as_ref() == Some(u) {
+                    self.unverified = None;
+                }
+                if binaries_equal {
+                    self.counts.verified += 1;
+                }
+            }
+            // Whatever it could not record, another shadow build would not either.
+            Shadow::Record => self.records_wanted = false,
         }
     }
 
@@ -380,6 +409,7 @@ impl QuickBuilds {
         self.toolexec = Some(Err(why));
         self.recorded = None;
         self.unverified = None;
+        self.records_wanted = false;
         self.changes = Changes::Paths(BTreeMap::new());
     }
 }

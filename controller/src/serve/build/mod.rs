@@ -13,7 +13,9 @@
 //! build** runs: `go build` of the same tree at the lowest CPU priority, invisible to the
 //! client unless its binary differs from the quick one (then go build's is installed, the app
 //! restarted, a warning says which packages, and quick rebuilds stay off for the session).
-//! Anything that changes the tree cancels it first, like any build.
+//! After a full build that took packages from the go cache with no record, an idle shadow
+//! build records them instead (its binary is never installed), so the next edit stays quick.
+//! Anything that changes the tree cancels a shadow build first, like any build.
 //!
 //! A successful build whose binary is byte-identical to the one the app runs is neither
 //! installed nor followed by a restart ([`unchanged`]): `BuildFinished` says `unchanged`.
@@ -34,7 +36,7 @@ use tokio::task::JoinHandle;
 use super::io::Out;
 use super::log;
 use super::restart::{RestartCtx, restart_and_wait};
-use crate::quick_build::{QuickBuilds, Unproven};
+use crate::quick_build::{QuickBuilds, Shadow, Unproven};
 use crate::util::{self, ms, unix_ms};
 pub use command::BuildDefaults;
 use command::{BuildKind, BuildResult, BuildSpec};
@@ -61,7 +63,7 @@ struct RunningBuild {
     /// Patches whose changes it was building (re-queued if it is cancelled).
     patch_ids: Vec<u64>,
     /// It is a shadow build, and what for.
-    shadow: Option<Unproven>,
+    shadow: Option<Shadow>,
 }
 
 /// The session's builds, the tree's build state and the restart after an install.
@@ -295,7 +297,7 @@ impl Builds {
     /// `bin/app.verify`; no event tells the client of it.
     pub(super) fn start_shadow(&mut self) {
         self.shadow_at = None;
-        let Some(why) = self.quick.verification() else {
+        let Some(why) = self.quick.shadow_wanted() else {
             return;
         };
         // Shadow builds are invisible to the client: they take no build number from it.
@@ -440,7 +442,7 @@ impl Builds {
                     .await;
             }
         }
-        if built && self.quick.verification().is_some() {
+        if built && self.quick.shadow_wanted().is_some() {
             self.shadow_at = Some(tokio::time::Instant::now() + SHADOW_DELAY);
         }
     }
@@ -496,7 +498,7 @@ impl Builds {
 
     /// The shadow build ran to its end with the tree unchanged: compare, and act on a
     /// difference.
-    async fn shadow_finished(&mut self, id: u64, why: Unproven, res: BuildResult) {
+    async fn shadow_finished(&mut self, id: u64, why: Shadow, res: BuildResult) {
         let verify = self.layout.app_verify();
         let succeeded = res.outcome == BuildOutcome::Succeeded;
         if let BuildKind::Command { recorded_in } = res.kind {
@@ -510,7 +512,7 @@ impl Builds {
                 .await
                 .unwrap_or(false)
         };
-        self.quick.verification_done(&why, equal);
+        self.quick.shadow_done(&why, equal);
         log(format!(
             "shadow build {}: {:?} in {} ms: {}",
             id & !SHADOW_IDS,
@@ -518,7 +520,20 @@ impl Builds {
             res.elapsed.as_millis(),
             if equal { "the same binary" } else { "differs" }
         ));
-        let Unproven { build_id, packages } = &why;
+        let Shadow::Prove(Unproven { build_id, packages }) = &why else {
+            // A record build: the app was built from this very tree by go build already. A
+            // different binary would mean go build itself is not reproducible here; the app
+            // is left as it is, and quick binaries are still proven one by one.
+            if succeeded && !equal {
+                log(format!(
+                    "shadow build {}: go build of the unchanged tree gave another binary than \
+                     the running one (left running)",
+                    id & !SHADOW_IDS
+                ));
+            }
+            let _ = std::fs::remove_file(&verify);
+            return;
+        };
         match (succeeded, equal) {
             (true, true) => {
                 let verified = self.quick.counts.verified;
@@ -602,12 +617,17 @@ impl Builds {
 }
 
 /// What a shadow build is for, for the log.
-fn describe_verification(v: &Unproven) -> String {
-    format!(
-        "proving quick rebuild {} of {}",
-        v.build_id,
-        v.packages.join(", ")
-    )
+fn describe_verification(v: &Shadow) -> String {
+    match v {
+        Shadow::Prove(u) => format!(
+            "proving quick rebuild {} of {}",
+            u.build_id,
+            u.packages.join(", ")
+        ),
+        Shadow::Record => {
+            "recording packages the last build took from the go cache with no record".into()
+        }
+    }
 }
 
 /// What every build task needs: its id, the client, where it reports, the cache's readiness.
