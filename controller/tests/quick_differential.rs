@@ -387,11 +387,22 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
-    eprintln!("quick rebuild differential test: KDEV_QUICK_DIFF_SEED={seed}, {edits} edits");
+    // With shadow builds, as a developer who pauses between saves has them: each edit waits
+    // until serve is idle (its shadow builds have their verdicts). Slower; off by default.
+    let shadows = std::env::var("KDEV_QUICK_DIFF_SHADOW").is_ok_and(|v| v == "1");
+    eprintln!(
+        "quick rebuild differential test: KDEV_QUICK_DIFF_SEED={seed}, {edits} edits{}",
+        if shadows {
+            ", with shadow builds (KDEV_QUICK_DIFF_SHADOW=1)"
+        } else {
+            ""
+        }
+    );
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let kdev = tmp.path();
-    let mut s = Session::start(kdev, go_config(&[]));
+    let verify = if shadows { "1" } else { "0" };
+    let mut s = Session::start(kdev, go_config(&[("KDEV_QUICK_VERIFY", verify)]));
     // Its own versions for every run, also of one seed (the go cache outlives runs).
     let mut app = App::new(rng.next() ^ u64::from(common::rand_u32()));
     let mut sent = app.files();
@@ -439,6 +450,9 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
         );
         let b = s.patch(&changed, &deleted);
         let reference = go_build_output(kdev);
+        if shadows {
+            wait_for_shadow_builds(&s, &context);
+        }
         match (&reference, b.outcome) {
             (Ok(expected), BuildOutcome::Succeeded) => {
                 assert_eq!(&s.run_app(), expected, "{context}\n{}", b.log);
@@ -476,6 +490,22 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
     for (why, at) in &missed {
         eprintln!("  {} not quick: {why} (edits {at:?})", at.len());
     }
+    if shadows {
+        let log = s.s.stderr();
+        let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+        eprintln!(
+            "shadow builds: {} proved a quick binary the same as go build's, {} recorded \
+             packages from the go cache, {} cancelled by the next save",
+            count(": the same binary")
+                - count(": recording packages").min(count(": the same binary")),
+            count(": recording packages"),
+            count(": cancelled (the tree changed)"),
+        );
+        assert!(
+            !log.contains("differs from go build's") && !log.contains("go build fails where"),
+            "seed {seed}: a shadow build found a quick binary wrong\n{log}"
+        );
+    }
     // Issue 21's bound: at least 90 % of the edits that only change existing Go files of
     // built packages are quick (all were in runs here: each run's versions are its own, and a
     // revert finds its compiles among the last 64 per package).
@@ -484,4 +514,33 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
         "seed {seed}: only {eligible_quick} of {eligible} edits of existing Go files were quick\n{}",
         s.s.stderr()
     );
+}
+
+/// Wait until every shadow build serve started has its verdict (one is due 300 ms after a
+/// build; a little more is given for it to start).
+fn wait_for_shadow_builds(s: &Session, context: &str) {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let deadline = std::time::Instant::now() + BUILD;
+    loop {
+        let log = s.s.stderr();
+        let started = log
+            .lines()
+            .filter(|l| l.contains(": proving quick rebuild") || l.contains(": recording packages"))
+            .count();
+        let ended = log
+            .lines()
+            .filter(|l| {
+                l.contains("kdev-serve: shadow build ")
+                    && (l.contains(" ms: ") || l.contains(": cancelled"))
+            })
+            .count();
+        if ended >= started {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: a shadow build never ended\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
