@@ -111,9 +111,10 @@ pub(crate) struct QuickBuilds {
     unverified: Option<Unproven>,
     /// The last full build evicted cache entries: a [`Shadow::Record`] build is due.
     records_wanted: bool,
-    /// Action IDs of the compiles whose cache entries this session evicted (each once: if a
-    /// build after that still took it from the cache without a record, evicting it again
-    /// would not help).
+    /// Action IDs of the compiles whose cache entries this session evicted and no build has
+    /// compiled since: if a build after that still took one from the cache without a record,
+    /// evicting it again would not help. Once a build compiles it, it may be evicted again
+    /// (its record can age out of the history, and a revert bring it back from the cache).
     evicted: BTreeSet<String>,
     next_dir: u64,
     pub counts: Counts,
@@ -473,6 +474,11 @@ impl LoadJob {
             },
             tags: self.tags.as_ref().and_then(Option::as_ref),
         };
+        for p in graph.packages.values().filter(|p| p.compiled) {
+            if let Some(id) = &p.action_id {
+                self.evicted.remove(id);
+            }
+        }
         let loaded = Recorded::load(&cx, graph, &mut self.history);
         let mut newly = BTreeSet::new();
         if let (Ok(r), Some(gocache)) = (&loaded, &self.gocache) {
