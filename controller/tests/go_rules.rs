@@ -25,8 +25,8 @@ use std::process::{Command, Output, Stdio};
 use kdev_controller::quick_build::constraints::{FileRole, Tags};
 use kdev_controller::quick_build::env::{self as recorded_env, EnvValue};
 use kdev_controller::quick_build::go_command::{
-    evict_action, flag_value, packagefile, repoint, set_flag_value, work_of_compile_output,
-    work_of_link_output,
+    base64url_to_hex, evict_action, flag_value, packagefile, repoint, set_flag_value,
+    work_of_compile_output, work_of_link_output,
 };
 use kdev_controller::quick_build::graph::Graph;
 use kdev_controller::quick_build::record::{MAIN_ARCHIVE, RECORD_TOOL, Record, ToolRun};
@@ -50,20 +50,8 @@ fn seed() -> u64 {
             };
             parsed.unwrap_or_else(|e| panic!("KDEV_GO_RULES_SEED={s:?}: {e}"))
         }
-        Err(_) => nonce(),
+        Err(_) => common::rand_u64(),
     }
-}
-
-/// Bits that differ from run to run.
-fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 fn rounds() -> usize {
@@ -860,30 +848,6 @@ fn trailing_go_files(run: &ToolRun) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// Bytes of base64url text without padding (go's `hashToString`).
-fn base64url(text: &str) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            bytes.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(bytes)
-}
-
 /// The cache's action entries (`XX/<64 hex>-a`) whose name starts with `hex`.
 fn action_entries(gocache: &Path, hex: &str) -> Vec<PathBuf> {
     let Ok(dir) = std::fs::read_dir(gocache.join(&hex[..2])) else {
@@ -996,7 +960,7 @@ fn the_go_command_works_as_quick_rebuilds_assume() {
     let root = base.join("m");
     let out = base.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mark = format!("mark-{:x}", nonce());
+    let mark = format!("mark-{:x}", common::rand_u64());
     let mut env: BTreeMap<String, String> = [
         ("GOCACHE", base.join("gocache").display().to_string()),
         ("GOPROXY", "off".into()),
@@ -1300,15 +1264,14 @@ fn the_go_command_works_as_quick_rebuilds_assume() {
             .action_id
             .as_deref()
             .expect("(4) a build action has an ActionID");
-        let bytes = base64url(id).unwrap_or_else(|| panic!("(4) ActionID {id} is base64url"));
-        assert_eq!(bytes.len(), 15, "(4) ActionID {id} is 15 bytes");
+        let hex = base64url_to_hex(id).unwrap_or_else(|| panic!("(4) ActionID {id} is base64url"));
+        assert_eq!(hex.len(), 30, "(4) ActionID {id} is 15 bytes");
         let (_, build_id) =
             flag_value(&run.argv, "buildid").expect("(2)/(4) a compile has -buildid");
         assert!(
             build_id.starts_with(&format!("{id}/")),
             "(4) ActionID {id} is the compile's action ID (-buildid {build_id})"
         );
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             action_entries(&m.gocache, &hex).len(),
             1,
@@ -1320,11 +1283,7 @@ fn the_go_command_works_as_quick_rebuilds_assume() {
     // (5) Evicting pkg's entry makes the next build compile pkg again, to the same bytes: its
     // importers are not compiled again and the binary is the same.
     let pkg_id = c.graph.packages[PKG].action_id.clone().unwrap();
-    let hex: String = base64url(&pkg_id)
-        .unwrap()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = base64url_to_hex(&pkg_id).unwrap();
     assert!(
         evict_action(&m.gocache, &pkg_id),
         "(5) pkg's entry is evicted"

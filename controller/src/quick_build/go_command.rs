@@ -103,7 +103,7 @@ pub fn evict_action(gocache: &Path, id: &str) -> bool {
 }
 
 /// Lower-case hex of unpadded base64url text (go's `hashToString`).
-fn base64url_to_hex(text: &str) -> Option<String> {
+pub fn base64url_to_hex(text: &str) -> Option<String> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',

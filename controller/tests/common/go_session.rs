@@ -171,22 +171,3 @@ pub fn assert_go_build_agrees(kdev: &Path, expected: &str) {
         Err(e) => panic!("go build fails where kdev's build succeeded:\n{e}"),
     }
 }
-
-/// A tar of regular files (mode 644) and symbolic links (`(path, target)`).
-pub fn tar_with_links(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, data.as_bytes()).unwrap();
-    }
-    for (path, target) in links {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        b.append_link(&mut h, path, target).unwrap();
-    }
-    b.into_inner().unwrap()
-}

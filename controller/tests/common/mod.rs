@@ -351,10 +351,19 @@ impl Drop for Serve {
 }
 
 pub fn rand_u32() -> u32 {
+    rand_u64() as u32
+}
+
+/// Bits that differ from run to run (std's per-process hash keys, and the time).
+pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u32
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// Read the stderr of a supervisor with its path for debug output.
@@ -371,12 +380,24 @@ pub fn dump(path: &Path) -> String {
 
 /// A tar of regular files (mode 644) with these paths and contents.
 pub fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    tar_with_links(files, &[])
+}
+
+/// A tar of regular files (mode 644) and symbolic links (`(path, target)`).
+pub fn tar_with_links(files: &[(&str, &str)], links: &[(&str, &str)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         b.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    for (path, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, target).unwrap();
     }
     b.into_inner().unwrap()
 }
