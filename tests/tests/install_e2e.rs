@@ -39,6 +39,8 @@ async fn one_install_command_gives_a_kdev_that_starts_a_session() -> Result<()> 
         .arg(prefix.path())
         .env("CARGO_TARGET_DIR", cache.join("install-target"))
         .env_remove("KDEV_CONTROLLER_BIN")
+        // tests/run's test runner sets it for libtest's per-test times; not for this build.
+        .env_remove("RUSTC_BOOTSTRAP")
         .output()?;
     ensure!(
         install.status.success(),
@@ -64,7 +66,9 @@ async fn one_install_command_gives_a_kdev_that_starts_a_session() -> Result<()> 
     let mut cmd = Command::new(&kdev);
     cmd.arg("watch")
         .current_dir(&project)
-        .env_remove("KDEV_CONTROLLER_BIN");
+        .env_remove("KDEV_CONTROLLER_BIN")
+        // tests/run's test runner sets it for libtest's per-test times; not for this build.
+        .env_remove("RUSTC_BOOTSTRAP");
     let watch = KdevProcess::spawn(&mut cmd)?;
     let served =
         poll_until(
