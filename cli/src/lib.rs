@@ -9,13 +9,15 @@
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
 //! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
-//! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: exit codes.
+//! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: the typed errors
+//!   that decide the exit code, `exit_code`: which code (above every layer).
 
 mod cluster;
 pub mod cmd;
 mod config;
 mod deploy;
 mod error;
+mod exit_code;
 pub mod init;
 mod pod;
 mod project;
@@ -23,11 +25,11 @@ mod reload;
 mod sync;
 mod ui;
 
-pub use error::{EXIT_CODES_HELP, Exit, exit_code};
+pub use exit_code::{EXIT_CODES_HELP, Exit, exit_code};
 
 /// kdev.yaml's JSON Schema, pretty-printed (`kdev schema`).
 pub fn schema_json() -> String {
-    serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+    serde_json::to_string_pretty(&config::schema::schema()).unwrap_or_default()
 }
 pub use pod::controllers::embedded as embedded_controllers;
 pub use pod::delve::{DEFAULT_PORT as DELVE_DEFAULT_PORT, DebugOptions};

@@ -703,8 +703,9 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-mod schema;
-pub use schema::schema;
+/// kdev.yaml's JSON Schema, derived from the types above (it imports them; they know nothing
+/// of it).
+pub mod schema;
 
 #[cfg(test)]
 mod tests;

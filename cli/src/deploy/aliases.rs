@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::DeployPlan;
+use super::plan::DeployPlan;
 
 /// The cluster domain assumed for the fully qualified names.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -76,7 +76,7 @@ pub fn add_to_workload(workload: &mut Value, aliases: &[Value]) {
 mod tests {
     use super::*;
     use crate::config::{WorkloadKind, WorkloadRef};
-    use crate::deploy::{DevWorkload, rewrite::RewriteNotes};
+    use crate::deploy::{plan::DevWorkload, rewrite::RewriteNotes};
 
     fn workload(service: &str, services: &[&str]) -> DevWorkload {
         DevWorkload {

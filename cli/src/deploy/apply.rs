@@ -7,7 +7,11 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::{Client, ResourceExt};
 
-use super::{DeployError, DeployPlan, FIELD_MANAGER};
+use super::error::DeployError;
+use super::plan::DeployPlan;
+
+/// Field manager for server-side apply.
+const FIELD_MANAGER: &str = "kdev";
 
 /// Where an object lives in the API: its resource and an `Api` that reaches it.
 #[derive(Clone)]

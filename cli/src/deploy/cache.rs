@@ -33,14 +33,13 @@ use kdev_protocol::labels::{
 };
 use kdev_protocol::layout::{CACHE_DIR, PERSISTENT_CACHE_ENV};
 
-use super::rewrite::SIDECAR_NAME;
-use super::{DeployError, DeployPlan, api_message};
+use super::error::{DeployError, api_message};
+use super::plan::DeployPlan;
+use super::rewrite::{CACHE_VOLUME as VOLUME, SIDECAR_NAME};
 use crate::cluster::access;
 use crate::config::CacheConfig;
 use crate::error::UsageError;
 
-/// The cache volume's name in the pod spec.
-pub const VOLUME: &str = "kdev-cache";
 /// The value of the [`BUILD_CACHE`] label.
 pub const BUILD_CACHE_GO: &str = "go";
 /// How long a claim that is still being deleted (a `kdev down` a moment ago) is waited for.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::config::{WorkloadKind, WorkloadRef};
 
-use super::DeployError;
+use super::error::DeployError;
 
 /// One object read from a manifest file.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use kdev_protocol::labels::OWNER as LABEL_OWNER;
 use kube::ResourceExt;
 
-use super::DeployPlan;
+use super::plan::DeployPlan;
 
 /// Make the plan one developer's own, so several can share a namespace: workloads, Services,
 /// ConfigMaps and Secrets get `-<owner>` appended to their names (and the pod templates refer

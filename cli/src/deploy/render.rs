@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::config::{HelmSource, ManifestSource};
 
-use super::DeployError;
+use super::error::DeployError;
 use super::manifests::{ManifestObject, parse_manifests, yaml_files};
 
 /// What a render needs beyond the source itself.

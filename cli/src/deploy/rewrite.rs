@@ -28,6 +28,8 @@ pub use kdev_protocol::layout::{APP_PATH, CONTROLLER_PATH, DLV_PATH, KDEV_DIR};
 /// The sidecar's name.
 pub const SIDECAR_NAME: &str = "kdev";
 const SHARED_VOLUME: &str = "kdev";
+/// The build cache volume's name in the pod spec (its claim is [`super::cache`]'s choice).
+pub const CACHE_VOLUME: &str = "kdev-cache";
 
 /// Run the app under Delve (`kdev debug`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +106,7 @@ pub fn rewrite_pod_template(
     }
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     // The build cache's volume is added later, when its claim is known (`super::cache`).
-    for name in [SHARED_VOLUME, super::cache::VOLUME] {
+    for name in [SHARED_VOLUME, CACHE_VOLUME] {
         if volumes.iter().any(|v| v.name == name) {
             return Err(RewriteError::NameClash(name.into()));
         }

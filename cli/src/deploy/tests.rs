@@ -1,6 +1,10 @@
 //! Tests of the deploy pipeline: manifests, the dev-pod plan, per-owner objects.
 use super::*;
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 
 use kdev_protocol::labels::{OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT};
 

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::{DeployError, rewrite};
+use super::error::DeployError;
+use super::rewrite;
 
 /// Container states that will not get better by waiting.
 const FATAL_WAITING_REASONS: &[&str] = &[
