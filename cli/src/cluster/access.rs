@@ -50,6 +50,7 @@ pub fn needed_for_watch(applied: &[(String, String)]) -> Vec<Permission> {
     let mut p = vec![
         perm("", "pods", None, "get"),
         perm("", "pods", None, "list"),
+        perm("", "pods", None, "watch"),
         perm("", "pods", Some("exec"), "get"),
         perm("", "pods", Some("exec"), "create"),
         perm("", "pods", Some("portforward"), "get"),
