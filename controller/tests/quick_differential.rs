@@ -506,7 +506,7 @@ fn every_build_serves_what_go_build_of_the_same_tree_serves() {
             "seed {seed}: a shadow build found a quick binary wrong\n{log}"
         );
     }
-    // Issue 21's bound: at least 90 % of the edits that only change existing Go files of
+    // The bound quick rebuilds promise: at least 90 % of the edits that only change existing Go files of
     // built packages are quick (all were in runs here: each run's versions are its own, and a
     // revert finds its compiles among the last 64 per package).
     assert!(

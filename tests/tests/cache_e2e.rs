@@ -1,4 +1,4 @@
-//! End-to-end: Go's build cache outlives the dev pod (issue 12, goal 4).
+//! End-to-end: Go's build cache outlives the dev pod.
 //!
 //! With a default StorageClass (the test cluster's `kdev-local`), `kdev watch` keeps GOCACHE on a
 //! PersistentVolumeClaim: after `kubectl delete pod`, the new pod's first build of a vendored

@@ -31,7 +31,7 @@ async fn kill_serve(pods: &Api<Pod>) -> Result<()> {
     Ok(())
 }
 
-/// Defect 1: watching a symlink to a directory re-used that directory's inotify watch, and
+/// Watching a symlink to a directory re-used that directory's inotify watch, and
 /// removing the link dropped both: later edits in the directory were never synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlinked_directory_does_not_blind_the_watcher() -> Result<()> {
@@ -68,7 +68,7 @@ async fn a_symlinked_directory_does_not_blind_the_watcher() -> Result<()> {
     Ok(())
 }
 
-/// Defects 2 and 8a: entries that cannot be synced (a link to an absolute path, two links that
+/// Entries that cannot be synced (a link to an absolute path, two links that
 /// together resolve outside the root, a FIFO) are named once each, and everything else keeps
 /// syncing — no reconnect loop, no hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +117,7 @@ async fn entries_that_cannot_be_synced_are_named_once_and_the_rest_syncs() -> Re
     Ok(())
 }
 
-/// Defect 3: a connection silently forgotten by a NAT (no reset, every packet dropped both
+/// A connection silently forgotten by a NAT (no reset, every packet dropped both
 /// ways) hung kdev forever. The heartbeat notices within seconds, says so in one line, and a
 /// new connection carries the edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +177,7 @@ async fn a_black_holed_connection_is_noticed_and_replaced() -> Result<()> {
     Ok(())
 }
 
-/// Defect 4: `GOFLAGS=-mod=mod` in the sidecar made a vendored project ignore `vendor/`. The
+/// `GOFLAGS=-mod=mod` in the sidecar made a vendored project ignore `vendor/`. The
 /// test vendors the example and adds a function to the vendored gin that exists nowhere else,
 /// so only a build from `vendor/` succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +215,7 @@ async fn a_vendored_module_builds_from_its_vendor_tree() -> Result<()> {
     Ok(())
 }
 
-/// Defect 5: after the pod was replaced, forwards kept dialing the deleted pod (40 identical
+/// After the pod was replaced, forwards kept dialing the deleted pod (40 identical
 /// error lines in 10 s). Now they wait for the new pod, dial it as soon as it is known, and
 /// repeated errors are summarised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +261,7 @@ async fn a_replaced_pod_is_dialled_at_once_and_errors_are_summarised() -> Result
     Ok(())
 }
 
-/// Defect 6: an app that forks a worker and then crashes left the worker holding the port, so
+/// An app that forks a worker and then crashes left the worker holding the port, so
 /// every later start failed with "address already in use".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_apps_worker_does_not_keep_the_port() -> Result<()> {
@@ -333,7 +333,7 @@ func init() {{
     Ok(())
 }
 
-/// Defect 7: a `serve` killed mid-patch must leave no temporary files, must not let a stale
+/// A `serve` killed mid-patch must leave no temporary files, must not let a stale
 /// build run, and the next session must know the tree needs a build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_killed_mid_patch_leaves_a_consistent_pod() -> Result<()> {
@@ -359,7 +359,7 @@ async fn serve_killed_mid_patch_leaves_a_consistent_pod() -> Result<()> {
     Ok(())
 }
 
-/// Defect 8c: a FIFO in the pod's tree made the controller's listing hang forever (it opened it
+/// A FIFO in the pod's tree made the controller's listing hang forever (it opened it
 /// for hashing). Now it is skipped, and since it is not in the local tree, deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_the_pod_does_not_hang_the_reconcile() -> Result<()> {
@@ -387,7 +387,7 @@ async fn a_fifo_in_the_pod_does_not_hang_the_reconcile() -> Result<()> {
     Ok(())
 }
 
-/// Defect 9b: `kdev down` while `kdev watch` runs deleted the Lease, and the watch "renewed" a
+/// `kdev down` while `kdev watch` runs deleted the Lease, and the watch "renewed" a
 /// Lease that no longer existed, forever. It must stop with a clear message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kdev_down_under_a_live_watch_stops_it() -> Result<()> {
@@ -425,7 +425,7 @@ async fn kdev_down_under_a_live_watch_stops_it() -> Result<()> {
     Ok(())
 }
 
-/// Defect 9a: Ctrl-C pressed while kdev waits to retry (here: a controller that cannot start)
+/// Ctrl-C pressed while kdev waits to retry (here: a controller that cannot start)
 /// was lost. One shutdown signal covers every phase.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_while_retrying_stops_kdev_at_once() -> Result<()> {
@@ -461,7 +461,7 @@ async fn ctrl_c_while_retrying_stops_kdev_at_once() -> Result<()> {
     Ok(())
 }
 
-/// Defect 9d: a restart on an unchanged tree printed nothing after "syncing". It says the pod
+/// A restart on an unchanged tree printed nothing after "syncing". It says the pod
 /// is in sync, with what was compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_an_unchanged_tree_says_the_pod_is_in_sync() -> Result<()> {
