@@ -21,6 +21,7 @@ mod pod;
 mod project;
 mod reload;
 mod sync;
+mod task;
 mod ui;
 
 pub use error::{EXIT_CODES_HELP, Exit, exit_code};
