@@ -11,6 +11,7 @@
 //! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
 //! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: exit codes.
 
+mod backoff;
 mod cluster;
 pub mod cmd;
 mod config;
