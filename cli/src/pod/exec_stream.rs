@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::task::AbortOnDrop;
 
 /// The largest stdin payload of one WebSocket message.
-pub const STDIN_MESSAGE: usize = 256 * 1024;
+const STDIN_MESSAGE: usize = 256 * 1024;
 /// The pipes between the session and the WebSocket loop.
 const PIPE: usize = 1024 * 1024;
 

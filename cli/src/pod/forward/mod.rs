@@ -6,7 +6,7 @@
 //! with its pod).
 //!
 //! **Through the relay.** A pod whose supervisor runs the forward relay (it says so with
-//! `relay_port`: [`kdev_protocol::relay`], and `supervise/relay.rs` in the controller for what
+//! `relay_port`: [`kdev_protocol::relay`], and `supervise/relay/` in the controller for what
 //! the relay does) is reached through it: the stream goes to the relay's port, and the relay
 //! connects to the app's. Two things follow:
 //! - **Warm spares.** A stream to the relay does not depend on the app, so two streams (`relay_spares`)
