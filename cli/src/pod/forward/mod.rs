@@ -9,10 +9,10 @@
 //! `relay_port`: [`kdev_protocol::relay`], and `supervise/relay/` in the controller for what
 //! the relay does) is reached through it: the stream goes to the relay's port, and the relay
 //! connects to the app's. Two things follow:
-//! - **Warm spares.** A stream to the relay does not depend on the app, so two streams (`relay_spares`)
-//!   per forwarded port are opened ahead of need (once the relay has said hello on each), and a
-//!   new local connection is attached to one at once, instead of waiting for a new TLS
-//!   connection to the API server and the port-forward upgrade (several round trips: 190 ms of
+//! - **Warm spares.** A stream to the relay does not depend on the app, so two streams per
+//!   forwarded port (`relay_spares`) are opened ahead of need (once the relay has said hello
+//!   on each), and a new local connection is attached to one at once, instead of waiting for a
+//!   new TLS connection to the API server and the port-forward upgrade (several round trips: 190 ms of
 //!   the "ready" phase at 50 ms RTT). A used spare is replaced in the background; spares of a
 //!   previous pod or relay are dropped when the target changes, and a spare whose stream ended
 //!   is never handed out. (kube pools HTTP/1.1 connections to the API server, but each upgrade
@@ -30,7 +30,6 @@
 //! side to finish after the app closed its own (measured: 1.0 s through both
 //! `kubectl port-forward` and kdev, 0 ms straight to the pod). The relay avoids that wait too:
 //! it says in-band when the app closed a connection.
-
 //!
 //! **How the pieces fit**, over three crates. Here, in `kdev`: [`listener`] accepts on
 //! `127.0.0.1:<local>` and, per connection, follows the session's [`target`] and picks a mode:
