@@ -12,10 +12,10 @@
 //! - **Warm spares.** A stream to the relay does not depend on the app, so two streams per
 //!   forwarded port (`relay_spares`) are opened ahead of need (once the relay has said hello
 //!   on each), and a new local connection is attached to one at once, instead of waiting for a
-//!   new TLS connection to the API server and the port-forward upgrade (several round trips: 190 ms of
-//!   the "ready" phase at 50 ms RTT). A used spare is replaced in the background; spares of a
-//!   previous pod or relay are dropped when the target changes, and a spare whose stream ended
-//!   is never handed out. (kube pools HTTP/1.1 connections to the API server, but each upgrade
+//!   new TLS connection to the API server and the port-forward upgrade (several round trips:
+//!   190 ms of the "ready" phase at 50 ms RTT). A used spare is replaced in the background;
+//!   spares of a previous pod or relay are dropped when the target changes, and a spare whose
+//!   stream ended is never handed out. (kube pools HTTP/1.1 connections to the API server, but each upgrade
 //!   takes one for good, so without spares every local connection pays a handshake.)
 //! - **Reloads without errors.** The relay sees the app's restarts as they happen: a connection
 //!   that arrives while the app restarts waits for the new one (up to 10 s, then it is closed

@@ -10,13 +10,13 @@
 //!
 //! - **Open**: on `OPEN(port)`, connect to `127.0.0.1:port`, retrying while it refuses and
 //!   waiting while the app is stopped, in crash backoff or not yet started, for up to
-//!   [`WAIT_FOR_APP`](conn::WAIT_FOR_APP); then `ERROR` (kdev closes the client's connection and says why). Client
-//!   bytes that arrive meanwhile are kept and sent once connected.
+//!   [`WAIT_FOR_APP`](conn::WAIT_FOR_APP); then `ERROR` (kdev closes the client's connection
+//!   and says why). Client bytes that arrive meanwhile are kept and sent once connected.
 //! - **Restart** (only for connections opened with `OPEN_RESUME`: kdev's app ports, not
 //!   Delve's): when the app closes the connection (or resets it) while the supervisor is
 //!   stopping it, or after a new app started, the client's connection is kept. The bytes the
-//!   client sent since the app last sent anything (at most `REPLAY_LIMIT` (1 MiB)) got no answer from
-//!   the old app: when there are some (a request that reached it as it shut down, or was sent
+//!   client sent since the app last sent anything (at most `REPLAY_LIMIT`, 1 MiB) got no answer
+//!   from the old app: when there are some (a request that reached it as it shut down, or was sent
 //!   on a kept-alive connection as the app closed it), the relay connects to the next app and
 //!   sends them again. When there are none (an idle kept-alive connection: graceful shutdowns
 //!   close those), the connection is detached: the next bytes the client sends connect to the
@@ -36,8 +36,8 @@
 //! graceful shutdown, killed mid-request) is sent to the new app again, so it may run twice.
 //! Pipelined requests after an answered one are not kept (the first answer byte counts for
 //! all). A server-push stream (SSE, a WebSocket the app closes) whose app restarts is detached
-//! and closed only after `DETACHED_FOR` (10 s), unless the client sends something; a protocol where
-//! the server speaks first sees nothing from the new app until the client sends.
+//! and closed only after `DETACHED_FOR` (10 s), unless the client sends something; a protocol
+//! where the server speaks first sees nothing from the new app until the client sends.
 //!
 //! The pieces: [`listener`] (the port and its thread), [`conn`] (one stream's state: the rules
 //! above), [`loss`] (restart, crash or close), [`gate`] (the app's state, from the supervisor).
