@@ -15,8 +15,9 @@
 //!   new TLS connection to the API server and the port-forward upgrade (several round trips:
 //!   190 ms of the "ready" phase at 50 ms RTT). A used spare is replaced in the background;
 //!   spares of a previous pod or relay are dropped when the target changes, and a spare whose
-//!   stream ended is never handed out. (kube pools HTTP/1.1 connections to the API server, but each upgrade
-//!   takes one for good, so without spares every local connection pays a handshake.)
+//!   stream ended is never handed out. (kube pools HTTP/1.1 connections to the API server, but
+//!   each upgrade takes one for good, so without spares every local connection pays a
+//!   handshake.)
 //! - **Reloads without errors.** The relay sees the app's restarts as they happen: a connection
 //!   that arrives while the app restarts waits for the new one (up to 10 s, then it is closed
 //!   and kdev says why), and a kept-alive connection whose app restarted stays open and reaches
