@@ -12,6 +12,7 @@
 //! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: the typed errors
 //!   that decide the exit code, `exit_code`: which code (above every layer).
 
+mod backoff;
 mod cluster;
 pub mod cmd;
 mod config;
@@ -23,6 +24,7 @@ mod pod;
 mod project;
 mod reload;
 mod sync;
+mod task;
 mod ui;
 
 pub use exit_code::{EXIT_CODES_HELP, Exit, exit_code};

@@ -24,7 +24,7 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+    const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
 
     /// From a node's `status.nodeInfo.architecture` (Go's GOARCH) or `uname -m`.
     pub fn parse(s: &str) -> Option<Arch> {
@@ -36,7 +36,7 @@ impl Arch {
     }
 
     /// From an ELF file's header (`e_machine`).
-    pub fn of_elf(data: &[u8]) -> Option<Arch> {
+    fn of_elf(data: &[u8]) -> Option<Arch> {
         if data.len() < 20 || &data[..4] != b"\x7fELF" {
             return None;
         }
@@ -64,7 +64,7 @@ impl Arch {
     }
 
     /// The argument of `controller/build-static`.
-    pub fn build_arg(self) -> &'static str {
+    fn build_arg(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64",
             Arch::Arm64 => "aarch64",
@@ -81,9 +81,9 @@ impl std::fmt::Display for Arch {
 /// One controller binary and where it came from.
 #[derive(Debug, Clone)]
 pub struct Controller {
-    pub arch: Arch,
+    arch: Arch,
     pub binary: Arc<Vec<u8>>,
-    pub from: String,
+    from: String,
 }
 
 /// The controllers found, at most one per architecture.
@@ -242,7 +242,7 @@ pub fn embedded() -> String {
 }
 
 /// Tests only: the node architecture kdev believes the dev pod's node has.
-pub const TEST_NODE_ARCH_ENV: &str = "KDEV_TEST_NODE_ARCH";
+const TEST_NODE_ARCH_ENV: &str = "KDEV_TEST_NODE_ARCH";
 
 /// The node the dev pod runs on and its architecture: the Node's
 /// `status.nodeInfo.architecture`, or, without permission to read Nodes (the least-privilege

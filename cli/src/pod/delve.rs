@@ -29,7 +29,7 @@ pub struct DebugOptions {
 }
 
 /// The VS Code `launch.json` entry and the GoLand settings that attach to kdev's Delve.
-pub fn editor_config(
+fn editor_config(
     local_root: &Path,
     remote_root: &str,
     port: u16,
@@ -93,7 +93,7 @@ pub async fn install_delve(pods: &Api<Pod>, pod: &str, image: &str) -> anyhow::R
 
 /// Whether something in the pod accepts connections on `port` (through a port-forward: a
 /// refused connection closes the stream at once, an accepted one stays silent).
-pub async fn port_open(pods: &Api<Pod>, pod: &str, port: u16) -> bool {
+async fn port_open(pods: &Api<Pod>, pod: &str, port: u16) -> bool {
     let Ok(mut pf) = pods.portforward(pod, &[port]).await else {
         return false;
     };

@@ -15,8 +15,10 @@ use kube::api::{Api, AttachParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, SimplexStream, WriteHalf};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::task::AbortOnDrop;
+
 /// The largest stdin payload of one WebSocket message.
-pub const STDIN_MESSAGE: usize = 256 * 1024;
+const STDIN_MESSAGE: usize = 256 * 1024;
 /// The pipes between the session and the WebSocket loop.
 const PIPE: usize = 1024 * 1024;
 
@@ -34,15 +36,6 @@ pub struct ExecStream {
     pub stdout: ReadHalf<SimplexStream>,
     pub stderr: ReadHalf<SimplexStream>,
     pub task: AbortOnDrop,
-}
-
-/// Aborts the task when dropped.
-pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Run `command` in `container` of pod `pod`, with stdin, stdout and stderr.
@@ -81,7 +74,7 @@ pub async fn exec(
         stdin,
         stdout,
         stderr,
-        task: AbortOnDrop(task),
+        task: AbortOnDrop::new(task),
     })
 }
 

@@ -4,6 +4,6 @@
 pub mod bootstrap;
 pub mod controllers;
 pub mod delve;
-pub mod exec_stream;
+mod exec_stream;
 pub mod forward;
 pub mod session;

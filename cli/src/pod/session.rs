@@ -32,10 +32,10 @@ use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
 use crate::pod::exec_stream::{self, ExecStream};
 
 /// Silence after which a `Ping` is sent.
-pub const PING_AFTER: Duration = Duration::from_secs(4);
+const PING_AFTER: Duration = Duration::from_secs(4);
 /// Silence after which the stream is declared dead (a dead stream is noticed within this plus
 /// one heartbeat check).
-pub const DEAD_AFTER: Duration = Duration::from_secs(12);
+const DEAD_AFTER: Duration = Duration::from_secs(12);
 /// How often the heartbeat looks at the stream.
 const HEARTBEAT_CHECK: Duration = Duration::from_millis(500);
 /// How long the controller may take to answer a patch once it is sent. Pings keep the stream
