@@ -1,8 +1,8 @@
 //! The sync engine: keeps the pod's tree equal to the local one over a [`ControllerSession`].
 //!
-//! It lists the local tree (through the [`Snapshot`], which hashes only what changed), asks
-//! the pod for its listing (the reconcile), and sends what differs in patches that respect the
-//! pod's limits. It remembers what the pod holds, so a batch of changed paths costs a stat and
+//! It lists the local tree (through the [`LocalTree`], which hashes only what changed), asks
+//! the pod for its listing (the reconcile), diffs the two, and sends what differs in patches
+//! that respect the pod's limits. It remembers what the pod holds, so a batch of changed paths costs a stat and
 //! a hash of those paths only. What cannot be synced is named once and left out; what the pod
 //! refuses is named once and not sent again until it changes. The engine knows nothing of
 //! Kubernetes: its tests run it against a local `kdev-controller serve`.
@@ -15,12 +15,12 @@ use anyhow::{Result, bail};
 use kdev_protocol::{BuildMode, Entry};
 
 use crate::pod::session::ControllerSession;
-use crate::sync::hashcache;
 use crate::sync::ignore::IgnoreRules;
-use crate::sync::plan::{self, SyncPlan};
-use crate::sync::snapshot::Snapshot;
-use crate::sync::tar::build_patch_tar;
-use crate::sync::tree;
+use crate::sync::listing::diff::{SyncPlan, diff};
+use crate::sync::listing::hashing::cache_file;
+use crate::sync::listing::local::Local;
+use crate::sync::local_tree::LocalTree;
+use crate::sync::transfer::tar::build_patch_tar;
 use crate::sync::unsyncable::Unsyncable;
 use crate::ui::Ui;
 
@@ -42,9 +42,9 @@ pub struct SyncEngine {
     /// Entries the pod refused, as they were when refused: not sent again (nor warned about
     /// again) until they change locally.
     refused: BTreeMap<String, Entry>,
-    /// The local tree's stat snapshot and hash cache: listings hash only what changed, and the
-    /// periodic rescan finds what the watcher missed.
-    pub snapshot: Snapshot,
+    /// The local tree's listings (hashing only what changed) and the stat picture the periodic
+    /// rescan finds what the watcher missed with.
+    pub snapshot: LocalTree,
     /// Local paths that cannot be synced and were warned about (once each).
     warned: BTreeSet<PathBuf>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
@@ -63,7 +63,7 @@ impl SyncEngine {
             root: root.to_path_buf(),
             known: BTreeMap::new(),
             refused: BTreeMap::new(),
-            snapshot: Snapshot::new(root),
+            snapshot: LocalTree::new(root),
             warned: BTreeSet::new(),
             build_mode,
             hashes_saved_at: Instant::now(),
@@ -71,10 +71,10 @@ impl SyncEngine {
     }
 
     /// Keep the local hash cache across restarts of kdev, in the user's cache directory (one
-    /// file per sync root, see [`hashcache::cache_file`]): a restarted kdev reads only the files
-    /// that changed meanwhile.
+    /// file per sync root, see [`cache_file`]): a restarted kdev reads only the files that
+    /// changed meanwhile.
     pub fn keep_hashes_across_restarts(&mut self) {
-        if let Some(file) = hashcache::cache_file(&self.root) {
+        if let Some(file) = cache_file(&self.root) {
             self.snapshot.persist_hashes_in(file);
         }
     }
@@ -253,7 +253,7 @@ impl SyncEngine {
         let local_by_path: BTreeMap<String, Entry> =
             local.iter().map(|e| (e.path.clone(), e.clone())).collect();
         let mut plan = match remote {
-            Some(remote) => plan::plan(&local, &pod_listing(remote)),
+            Some(remote) => diff(&local, &pod_listing(remote)),
             None => SyncPlan::default(),
         };
         self.skip_refused(&mut plan, &local_by_path, true);
@@ -343,7 +343,7 @@ impl SyncEngine {
             }
             prefixes.insert(rel.clone());
             match self.snapshot.entry(&self.rules, path) {
-                tree::Local::Entry(e) => {
+                Local::Entry(e) => {
                     let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
                     fresh.insert(e.path.clone(), e);
                     if is_dir {
@@ -356,8 +356,8 @@ impl SyncEngine {
                     }
                 }
                 // Treated as absent: the pod loses what it had there.
-                tree::Local::Unsyncable(u) => self.warn_unsyncable(std::slice::from_ref(&u), ui),
-                tree::Local::Absent => {}
+                Local::Unsyncable(u) => self.warn_unsyncable(std::slice::from_ref(&u), ui),
+                Local::Absent => {}
             }
         }
         let under = |p: &str, prefix: &str| {
@@ -370,7 +370,7 @@ impl SyncEngine {
             .cloned()
             .collect();
         let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
-        let mut plan = plan::plan(&fresh_list, &old);
+        let mut plan = diff(&fresh_list, &old);
         self.skip_refused(&mut plan, &fresh, false);
         for d in &plan.delete {
             self.refused.retain(|p, _| !under(p, d));
