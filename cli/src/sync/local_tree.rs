@@ -1,7 +1,8 @@
 //! The local tree as the sync engine knows it: its listings (listing stage), hashing only the
 //! files whose stat moved ([`HashCache`]), and the stat picture its safety-net rescan compares
-//! against ([`StatPicture`], watch stage). One walk draws both: the full listing ([`LocalTree::scan`],
-//! e.g. the initial sync after a reconnect) is also the baseline of the next rescan.
+//! against ([`StatPicture`], watch stage). One walk draws both: the full listing
+//! ([`LocalTree::scan`], e.g. the initial sync after a reconnect) is also the baseline of the
+//! next rescan.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

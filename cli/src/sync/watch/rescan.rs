@@ -4,11 +4,11 @@
 //! Watchers miss events (symlinks, editors, network file systems, overflowed queues). A
 //! [`StatPicture`] keeps what lstat said about every synced path (kind, size, mtime, ctime,
 //! inode, dev, mode, symlink target); the full listing
-//! ([`crate::sync::local_tree::LocalTree::scan`]) draws it in the same walk. [`StatPicture::rescan`]
-//! walks the tree again, stat only, under the same ignore rules and the same [`Unsyncable`]
-//! classification as the listing, and returns the paths that changed since the previous rescan:
-//! no file is read, so it costs a `readdir` per directory and an `fstatat` per entry (the
-//! `rescan_cost` test of `local_tree` prints the figures). When it runs is
+//! ([`crate::sync::local_tree::LocalTree::scan`]) draws it in the same walk.
+//! [`StatPicture::rescan`] walks the tree again, stat only, under the same ignore rules and the
+//! same [`Unsyncable`] classification as the listing, and returns the paths that changed since
+//! the previous rescan: no file is read, so it costs a `readdir` per directory and an `fstatat`
+//! per entry (the `rescan_cost` test of `local_tree` prints the figures). When it runs is
 //! [`crate::sync::watch::rescan_schedule`]'s.
 //!
 //! What counts as a change: a file's size, mtime, ctime, inode, dev or mode; a directory's

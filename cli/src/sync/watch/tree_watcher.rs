@@ -7,8 +7,8 @@
 //!   `.git/` cost no inotify watches), each non-recursively, so that new directories are picked
 //!   up as they appear and ignored ones never are.
 //! - Symlinks are synced as links and never followed or watched through. On Linux the watches
-//!   are kept by [`crate::sync::watch::inotify`], one per directory inode whatever names reach it (its
-//!   docs say why notify's inotify backend cannot do that); elsewhere notify's native watcher
+//!   are kept by [`crate::sync::watch::inotify`], one per directory inode whatever names reach
+//!   it (its docs say why notify's inotify backend cannot do that); elsewhere notify's native watcher
 //!   watches the root recursively without following links.
 //! - Events are hints, not facts: every event just says "this path may have changed", and the
 //!   sync loop stats the path to find out what it is now. That makes renames, deletes, atomic
