@@ -3,8 +3,8 @@
 //!
 //! - [`cmd`]: the subcommands (`watch`/`debug`, `down`, `sessions`, `gc`).
 //! - `reload`: the reload loop — connect, reconcile, sync each save, show each reload, recover.
-//! - `sync`: keeping the pod's tree equal to the local one (ignore rules, listing, watcher,
-//!   safety-net rescan, plan, tar, the sync engine).
+//! - `sync`: keeping the pod's tree equal to the local one, by stage: watching (the watcher and
+//!   the safety-net rescan), listing and diffing, transferring; and the sync engine driving them.
 //! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
@@ -48,5 +48,5 @@ pub mod testing {
         Ok(found.for_node("amd64", "test", "test")?.binary.to_vec())
     }
     pub use crate::pod::session::ControllerSession;
-    pub use crate::sync::tar::build_tar;
+    pub use crate::sync::transfer::tar::build_tar;
 }

@@ -30,7 +30,7 @@ use crate::reload::timings::TimingsLog;
 use crate::reload::{Forwards, ReloadLoop};
 use crate::sync::engine::SyncEngine;
 use crate::sync::ignore::IgnoreRules;
-use crate::sync::watcher::{Batch, DEFAULT_DEBOUNCE, Mode, TreeWatcher};
+use crate::sync::watch::tree_watcher::{Batch, DEFAULT_DEBOUNCE, Mode, TreeWatcher};
 use crate::ui::Ui;
 
 /// Options of `kdev watch` that do not come from kdev.yaml.

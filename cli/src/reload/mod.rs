@@ -38,8 +38,8 @@ use crate::pod::forward::{ErrorSummary, ForwardEvent, ForwardTarget};
 use crate::pod::session::{ControllerSession, SessionError};
 use crate::project::Service;
 use crate::sync::engine::SyncEngine;
-use crate::sync::rescan::RescanSchedule;
-use crate::sync::watcher::{Batch, Notice};
+use crate::sync::watch::rescan_schedule::RescanSchedule;
+use crate::sync::watch::tree_watcher::{Batch, Notice};
 use crate::ui::{Ui, fmt_bytes, fmt_duration};
 use report::{Reload, Report};
 

@@ -1,34 +1,29 @@
 //! The sync engine: keeps the pod's tree equal to the local one over a [`ControllerSession`].
 //!
-//! It lists the local tree (through the [`Snapshot`], which hashes only what changed), asks
-//! the pod for its listing (the reconcile), and sends what differs in patches that respect the
-//! pod's limits. It remembers what the pod holds, so a batch of changed paths costs a stat and
-//! a hash of those paths only. What cannot be synced is named once and left out; what the pod
-//! refuses is named once and not sent again until it changes. The engine knows nothing of
-//! Kubernetes: its tests run it against a local `kdev-controller serve`.
+//! It lists the local tree (through the [`LocalTree`], which hashes only what changed), asks
+//! the pod for its listing (the reconcile), diffs the two, and sends what differs
+//! ([`crate::sync::transfer::send`]). It remembers what the pod holds, so a batch of changed
+//! paths costs a stat and a hash of those paths only. What cannot be synced is named once and
+//! left out; what the pod refuses is named once and not sent again until it changes. The engine
+//! knows nothing of Kubernetes: its tests run it against a local `kdev-controller serve`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use kdev_protocol::{BuildMode, Entry};
 
 use crate::pod::session::ControllerSession;
-use crate::sync::hashcache;
 use crate::sync::ignore::IgnoreRules;
-use crate::sync::plan::{self, SyncPlan};
-use crate::sync::snapshot::Snapshot;
-use crate::sync::tar::build_patch_tar;
-use crate::sync::tree;
+use crate::sync::listing::diff::{SyncPlan, diff};
+use crate::sync::listing::hashing::cache_file;
+use crate::sync::listing::local::Local;
+use crate::sync::local_tree::LocalTree;
+use crate::sync::transfer::send::{Sent, send};
 use crate::sync::unsyncable::Unsyncable;
 use crate::ui::Ui;
 
-/// Patches are split into frames of about this size (well under the protocol's 64 MiB).
-const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
-/// How many bytes of patches may be on the way unanswered (the controller queues up to 64 MiB
-/// of frames; this also bounds what kdev holds in memory).
-const IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 /// An initial sync larger than this shows a progress bar.
 const PROGRESS_THRESHOLD: u64 = 4 * 1024 * 1024;
 
@@ -42,9 +37,9 @@ pub struct SyncEngine {
     /// Entries the pod refused, as they were when refused: not sent again (nor warned about
     /// again) until they change locally.
     refused: BTreeMap<String, Entry>,
-    /// The local tree's stat snapshot and hash cache: listings hash only what changed, and the
-    /// periodic rescan finds what the watcher missed.
-    pub snapshot: Snapshot,
+    /// The local tree's listings (hashing only what changed) and the stat picture the periodic
+    /// rescan finds what the watcher missed with.
+    pub snapshot: LocalTree,
     /// Local paths that cannot be synced and were warned about (once each).
     warned: BTreeSet<PathBuf>,
     /// `Auto`, or `Never` while `kdev debug --hold` holds builds until asked.
@@ -63,7 +58,7 @@ impl SyncEngine {
             root: root.to_path_buf(),
             known: BTreeMap::new(),
             refused: BTreeMap::new(),
-            snapshot: Snapshot::new(root),
+            snapshot: LocalTree::new(root),
             warned: BTreeSet::new(),
             build_mode,
             hashes_saved_at: Instant::now(),
@@ -71,10 +66,10 @@ impl SyncEngine {
     }
 
     /// Keep the local hash cache across restarts of kdev, in the user's cache directory (one
-    /// file per sync root, see [`hashcache::cache_file`]): a restarted kdev reads only the files
-    /// that changed meanwhile.
+    /// file per sync root, see [`cache_file`]): a restarted kdev reads only the files that
+    /// changed meanwhile.
     pub fn keep_hashes_across_restarts(&mut self) {
-        if let Some(file) = hashcache::cache_file(&self.root) {
+        if let Some(file) = cache_file(&self.root) {
             self.snapshot.persist_hashes_in(file);
         }
     }
@@ -192,18 +187,7 @@ fn pod_listing(remote: kdev_protocol::ReconcileResult) -> Vec<Entry> {
     entries
 }
 
-/// What sending a plan did.
-#[derive(Debug, Default)]
-struct Sent {
-    /// The pod started a build after the last patch.
-    build_started: bool,
-    /// Entries the pod refused (the rest was applied).
-    refused: Vec<kdev_protocol::Refused>,
-    /// Local paths left out because they could no longer be synced.
-    skipped: Vec<Unsyncable>,
-}
-
-/// What [`sync_paths`] applied.
+/// What [`SyncEngine::sync_paths`] applied.
 #[derive(Debug)]
 pub struct Synced {
     /// Paths written (deletions as `-path`), as the reload line shows them.
@@ -253,7 +237,7 @@ impl SyncEngine {
         let local_by_path: BTreeMap<String, Entry> =
             local.iter().map(|e| (e.path.clone(), e.clone())).collect();
         let mut plan = match remote {
-            Some(remote) => plan::plan(&local, &pod_listing(remote)),
+            Some(remote) => diff(&local, &pod_listing(remote)),
             None => SyncPlan::default(),
         };
         self.skip_refused(&mut plan, &local_by_path, true);
@@ -343,7 +327,7 @@ impl SyncEngine {
             }
             prefixes.insert(rel.clone());
             match self.snapshot.entry(&self.rules, path) {
-                tree::Local::Entry(e) => {
+                Local::Entry(e) => {
                     let is_dir = e.kind == kdev_protocol::EntryKind::Dir;
                     fresh.insert(e.path.clone(), e);
                     if is_dir {
@@ -356,8 +340,8 @@ impl SyncEngine {
                     }
                 }
                 // Treated as absent: the pod loses what it had there.
-                tree::Local::Unsyncable(u) => self.warn_unsyncable(std::slice::from_ref(&u), ui),
-                tree::Local::Absent => {}
+                Local::Unsyncable(u) => self.warn_unsyncable(std::slice::from_ref(&u), ui),
+                Local::Absent => {}
             }
         }
         let under = |p: &str, prefix: &str| {
@@ -370,7 +354,7 @@ impl SyncEngine {
             .cloned()
             .collect();
         let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
-        let mut plan = plan::plan(&fresh_list, &old);
+        let mut plan = diff(&fresh_list, &old);
         self.skip_refused(&mut plan, &fresh, false);
         for d in &plan.delete {
             self.refused.retain(|p, _| !under(p, d));
@@ -418,9 +402,7 @@ impl SyncEngine {
         Ok(Some(Synced { changed, started }))
     }
 
-    /// Send a plan in frames that respect the controller's limits. Only the last one asks for a
-    /// build, so a large initial sync builds once. Entries the pod refuses are returned, not
-    /// fatal: everything else was applied and keeps syncing.
+    /// Send a plan in frames that respect the controller's limits ([`send`]).
     async fn send_plan(
         &self,
         session: &mut ControllerSession,
@@ -429,96 +411,7 @@ impl SyncEngine {
         always_send: bool,
         progress: Option<&indicatif::ProgressBar>,
     ) -> Result<Sent> {
-        let mut sent = Sent::default();
-        let mut chunks: Vec<Vec<String>> = vec![Vec::new()];
-        let mut size = 0;
-        for p in &plan.send {
-            let len = std::fs::symlink_metadata(self.root.join(p))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
-                chunks.push(Vec::new());
-                size = 0;
-            }
-            size += len;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(p.clone());
-            }
-        }
-        if plan.is_empty() && !always_send {
-            return Ok(sent);
-        }
-        // Deletions go first, in patches of at most the pod's limit (the tar chunks follow).
-        let max_deletes = (session.welcome.limits.max_deletes as usize).max(1);
-        let mut delete_batches: Vec<Vec<String>> = plan
-            .delete
-            .chunks(max_deletes)
-            .map(<[String]>::to_vec)
-            .collect();
-        let mut patches: Vec<(Vec<String>, Vec<String>)> = Vec::new();
-        let last_deletes = delete_batches.pop().unwrap_or_default();
-        patches.extend(delete_batches.into_iter().map(|d| (d, Vec::new())));
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let deletes = if i == 0 {
-                last_deletes.clone()
-            } else {
-                Vec::new()
-            };
-            patches.push((deletes, chunk));
-        }
-        // Pipelined: up to IN_FLIGHT_BYTES of patches are on the way while the next tar is built
-        // and the pod applies the earlier ones. The pod applies them in the order sent, so the
-        // deletions still come first and only the last patch may start the build.
-        let n = patches.len();
-        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
-        let mut in_flight_bytes = 0;
-        for (i, (deletes, chunk)) in patches.into_iter().enumerate() {
-            let patch = build_patch_tar(&self.root, &chunk)?;
-            // Changed since it was listed into something that cannot be synced: left out now; the
-            // next rescan sees the change and removes the pod's copy.
-            sent.skipped.extend(patch.skipped);
-            let tar = patch.tar;
-            let mode = if i + 1 == n { build } else { BuildMode::Never };
-            let bytes = tar.len() as u64;
-            while in_flight_bytes + bytes > IN_FLIGHT_BYTES
-                && let Some((id, b)) = in_flight.pop_front()
-            {
-                in_flight_bytes -= b;
-                Self::collect(session, id, b, progress, &mut sent).await?;
-            }
-            let id = session.send_patch(deletes, tar, mode)?;
-            in_flight.push_back((id, bytes));
-            in_flight_bytes += bytes;
-        }
-        while let Some((id, b)) = in_flight.pop_front() {
-            Self::collect(session, id, b, progress, &mut sent).await?;
-        }
-        Ok(sent)
-    }
-
-    /// Wait for the result of patch `id` (`bytes` of tar) and account for it.
-    async fn collect(
-        session: &mut ControllerSession,
-        id: u64,
-        bytes: u64,
-        progress: Option<&indicatif::ProgressBar>,
-        sent: &mut Sent,
-    ) -> Result<()> {
-        let result = session.patch_result(id).await?;
-        if let Some(bar) = progress {
-            bar.inc(bytes);
-        }
-        if let Some(whole) = result
-            .refused
-            .iter()
-            .find(|r| r.path == kdev_protocol::ARCHIVE_PATH)
-        {
-            bail!("the pod refused a whole patch: {}", whole.reason);
-        }
-        sent.refused.extend(result.refused);
-        // The patches are collected in order: this ends as the last one's.
-        sent.build_started = result.build_id.is_some();
-        Ok(())
+        send(&self.root, session, plan, build, always_send, progress).await
     }
 }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 /// Patterns never synced, whatever the ignore files say: VCS metadata and kdev's own state.
-pub const ALWAYS_EXCLUDED: &[&str] = &[".git/", ".hg/", ".svn/", ".kdev/"];
+const ALWAYS_EXCLUDED: &[&str] = &[".git/", ".hg/", ".svn/", ".kdev/"];
 /// The project-level ignore file, in `.gitignore` syntax, for what git tracks but the pod
 /// does not need.
-pub const KDEVIGNORE: &str = ".kdevignore";
+const KDEVIGNORE: &str = ".kdevignore";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {

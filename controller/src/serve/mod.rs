@@ -289,7 +289,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
 
     let cache = {
         let (file, root) = (layout.reconcile_cache_file(), root.clone());
-        tokio::task::spawn_blocking(move || reconcile::HashCache::load(file, &root))
+        tokio::task::spawn_blocking(move || kdev_protocol::hash_cache::HashCache::load(file, &root))
             .await
             .unwrap_or_default()
     };

@@ -6,18 +6,14 @@
 //! ([`kdev_protocol::hash_cache`]). The cache is kept in `/kdev/run` across `serve` sessions,
 //! so a restarted kdev finds the pod's tree listed without reading it.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
-use kdev_protocol::hash_cache::{StatKey, Store};
-
+use kdev_protocol::hash_cache::{HashCache, StatKey};
 use kdev_protocol::{Entry, EntryKind, Refused, hash_reader};
 
 use super::patch::is_temp_name;
@@ -37,8 +33,6 @@ impl<R: Read> Read for Stoppable<'_, R> {
         self.0.read(buf)
     }
 }
-
-type Key = StatKey;
 
 /// Why a file that `lstat` showed as regular was not hashed.
 enum Unhashed {
@@ -81,64 +75,6 @@ fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, St
     Ok((m, hash))
 }
 
-/// Content hashes of files seen before (settled when hashed).
-#[derive(Debug)]
-pub(super) struct HashCache {
-    map: HashMap<String, (Key, String)>,
-    /// Where it is kept across sessions.
-    persist: Option<Store>,
-    /// Changed since it was loaded or saved.
-    dirty: bool,
-    /// The clock that decides whether a file had settled (tests move it forward).
-    now: fn() -> SystemTime,
-}
-
-impl Default for HashCache {
-    fn default() -> Self {
-        HashCache {
-            map: HashMap::new(),
-            persist: None,
-            dirty: false,
-            now: SystemTime::now,
-        }
-    }
-}
-
-impl HashCache {
-    /// The cache kept in `file` for the sync root `root`: what the file holds (nothing when it
-    /// is missing, unreadable or another root's).
-    pub(super) fn load(file: PathBuf, root: &Path) -> HashCache {
-        let (store, entries) = Store::open(file, root);
-        HashCache {
-            map: entries
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(p, k, h)| (p, (k, h)))
-                .collect(),
-            persist: Some(store),
-            ..HashCache::default()
-        }
-    }
-
-    /// Write the cache to its file if it changed.
-    pub(super) fn save(&mut self) -> io::Result<()> {
-        let Some(store) = &self.persist else {
-            return Ok(());
-        };
-        if !self.dirty {
-            return Ok(());
-        }
-        store.save(self.map.iter().map(|(p, (k, h))| (p.as_str(), k, h)))?;
-        self.dirty = false;
-        Ok(())
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-}
-
 /// The listing plus bookkeeping.
 #[derive(Debug, Default)]
 pub(super) struct Listing {
@@ -157,23 +93,16 @@ pub(super) fn list(root: &Path, cache: &mut HashCache, stop: &AtomicBool) -> io:
             root.display()
         )));
     }
+    // A pass: the hashes of files this listing does not meet are dropped at its end.
+    cache.begin_pass();
     let mut walk = Walk {
         cache,
-        seen: HashMap::new(),
-        hashed_kept: 0,
         stop,
         out: Listing::default(),
     };
     walk.run(root)?;
-    let Walk {
-        seen,
-        hashed_kept,
-        mut out,
-        ..
-    } = walk;
-    // Only entries carried over or newly kept: the same length means the same map.
-    cache.dirty |= hashed_kept > 0 || seen.len() != cache.map.len();
-    cache.map = seen;
+    let Walk { cache, mut out, .. } = walk;
+    cache.end_pass();
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
@@ -208,11 +137,7 @@ impl Pending {
 
 /// One listing in progress.
 struct Walk<'a> {
-    cache: &'a HashCache,
-    /// The hashes of this listing's files, which become the cache.
-    seen: HashMap<String, (Key, String)>,
-    /// How many hashes were computed and kept.
-    hashed_kept: u32,
+    cache: &'a mut HashCache,
     stop: &'a AtomicBool,
     out: Listing,
 }
@@ -352,27 +277,27 @@ impl Walk<'_> {
 
     /// List the regular file at `path` (lstat `m`), hashing it unless the cache knows it.
     fn file(&mut self, rel: String, path: &Path, m: fs::Metadata) -> io::Result<()> {
-        let (m, hash) = match self.cache.map.get(&rel) {
-            Some((k, h)) if *k == Key::of(&m) => {
+        let (m, hash) = match self.cache.get(&rel, &StatKey::of(&m)) {
+            Some(hash) => {
                 self.out.cached += 1;
-                self.seen.insert(rel.clone(), (*k, h.clone()));
-                (m, h.clone())
+                (m, hash)
             }
-            _ => {
+            None => {
                 // Before the open: "settled" must hold from a moment before the read.
-                let now = (self.cache.now)();
+                let began = self.cache.now();
                 match hash_regular_file(path, self.stop) {
                     Ok((m, hash)) => {
-                        let key = Key::of(&m);
-                        if key.settled(now) {
-                            self.seen.insert(rel.clone(), (key, hash.clone()));
-                            self.hashed_kept += 1;
-                        }
+                        self.cache
+                            .hashed(rel.clone(), StatKey::of(&m), hash.clone(), began);
                         (m, hash)
                     }
-                    Err(Unhashed::Gone) => return Ok(()),
+                    Err(Unhashed::Gone) => {
+                        self.cache.forget(&rel);
+                        return Ok(());
+                    }
                     Err(Unhashed::Stopped) => return Err(interrupted()),
                     Err(Unhashed::Skip(reason)) => {
+                        self.cache.forget(&rel);
                         self.out.skipped.push(Refused { path: rel, reason });
                         return Ok(());
                     }
@@ -459,8 +384,10 @@ mod tests {
         assert_eq!(l.cached, 0);
     }
 
-    fn later() -> SystemTime {
-        SystemTime::now() + kdev_protocol::hash_cache::SETTLE + std::time::Duration::from_secs(1)
+    fn later() -> std::time::SystemTime {
+        std::time::SystemTime::now()
+            + kdev_protocol::hash_cache::SETTLE
+            + std::time::Duration::from_secs(1)
     }
 
     /// A hash is kept only when the file had settled when it was hashed: one taken within a
@@ -479,7 +406,7 @@ mod tests {
             "just written: hashed, not kept"
         );
         // Seconds later the file looks settled, but its first hash was not: read again.
-        cache.now = later;
+        cache.set_clock(later);
         let l = list(d.path(), &mut cache, &stop).unwrap();
         assert_eq!((l.cached, cache.len()), (0, 1), "hashed again, now kept");
         let l = list(d.path(), &mut cache, &stop).unwrap();
@@ -505,7 +432,7 @@ mod tests {
         fs::write(root.join("main.go"), "package main").unwrap();
         let stop = AtomicBool::new(false);
         let mut cache = HashCache::load(file.clone(), &root);
-        cache.now = later;
+        cache.set_clock(later);
         let first = list(&root, &mut cache, &stop).unwrap();
         cache.save().unwrap();
         let mut again = HashCache::load(file.clone(), &root);

@@ -39,7 +39,7 @@ pub(super) struct Session {
     pub out: Out,
     pub limits: PatchLimits,
     pub builds: Builds,
-    pub cache: Arc<Mutex<reconcile::HashCache>>,
+    pub cache: Arc<Mutex<kdev_protocol::hash_cache::HashCache>>,
     /// Set on SIGTERM/SIGINT: a patch or listing in progress stops between entries.
     pub stop: Arc<AtomicBool>,
     /// The listing whose digest was sent, until the client says whether it wants it (one at a

@@ -387,7 +387,7 @@ fn what_the_pod_could_not_list_is_deleted_or_replaced() {
         more: false,
     };
     let local = vec![file("main.go", Some("h")), file("data.bin", Some("d"))];
-    let plan = plan::plan(&local, &pod_listing(remote));
+    let plan = diff(&local, &pod_listing(remote));
     assert_eq!(plan.delete, ["pipe"]);
     assert_eq!(plan.send, ["data.bin"]);
 }

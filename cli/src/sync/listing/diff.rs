@@ -1,4 +1,5 @@
-//! How the pod's tree differs from the local one: the reconcile plan.
+//! How the pod's tree differs from the local one (the end of the listing stage): the
+//! [`SyncPlan`] of what to send and delete, which the transfer stage carries out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +22,7 @@ impl SyncPlan {
 
 /// Compare the local listing with the pod's. Files differ by content hash or executable bit;
 /// a path whose kind changed is deleted and sent again; directories are sent only when missing.
-pub fn plan(local: &[Entry], remote: &[Entry]) -> SyncPlan {
+pub fn diff(local: &[Entry], remote: &[Entry]) -> SyncPlan {
     let remote_by_path: BTreeMap<&str, &Entry> =
         remote.iter().map(|e| (e.path.as_str(), e)).collect();
     let local_paths: BTreeSet<&str> = local.iter().map(|e| e.path.as_str()).collect();
@@ -111,7 +112,7 @@ mod tests {
             file("old/deep/b.go", "x", 0o644),
             file("stale.go", "x", 0o644),
         ];
-        let p = plan(&local, &remote);
+        let p = diff(&local, &remote);
         assert_eq!(
             p.send,
             vec!["handlers/ping.go", "newdir", "newdir/x.go", "run.sh"]
@@ -123,7 +124,7 @@ mod tests {
     fn kind_change_is_delete_then_send() {
         let local = vec![file("x", "h", 0o644)];
         let remote = vec![dir("x"), file("x/inner", "h", 0o644)];
-        let p = plan(&local, &remote);
+        let p = diff(&local, &remote);
         assert_eq!(p.delete, vec!["x"]);
         assert_eq!(p.send, vec!["x"]);
     }
@@ -131,6 +132,6 @@ mod tests {
     #[test]
     fn identical_trees_need_nothing() {
         let t = vec![dir("a"), file("a/b.go", "h", 0o644)];
-        assert!(plan(&t, &t).is_empty());
+        assert!(diff(&t, &t).is_empty());
     }
 }

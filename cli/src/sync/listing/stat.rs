@@ -1,19 +1,15 @@
-//! lstat's view of a synced path (what the hash cache and the periodic rescan compare), and
-//! opening a file without following a symlink or blocking on a FIFO.
+//! lstat's view of a synced path (listing stage; what the hash cache and the safety net's
+//! rescan compare), and opening a file without following a symlink or blocking on a FIFO.
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::SystemTime;
 
+use kdev_protocol::hash_cache::StatKey;
 use kdev_protocol::{ContentHash, Entry, EntryKind};
 
 use crate::sync::unsyncable::Reason;
-
-/// How long after its last change a file's timestamps can be trusted to move on the next write
-/// (the controller's reconcile cache uses the same margin).
-#[cfg(test)]
-pub use kdev_protocol::hash_cache::SETTLE;
 
 /// lstat's view of one synced path: what the hash cache and the periodic rescan compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +50,17 @@ impl Stat {
     /// Whether, seen at `now`, any later write would show in mtime or ctime (see [`kdev_protocol::hash_cache::SETTLE`]).
     pub fn settled(&self, now: SystemTime) -> bool {
         kdev_protocol::hash_cache::settled(self.mtime, self.ctime, now)
+    }
+
+    /// What must be unchanged for a cached hash of the file to hold.
+    pub fn key(&self) -> StatKey {
+        StatKey {
+            size: self.size,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            ino: self.ino,
+            dev: self.dev,
+        }
     }
 
     /// The listing entry for this stat (`hash` for files).

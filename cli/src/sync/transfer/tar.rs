@@ -1,9 +1,10 @@
-//! The tar of a patch: what the pod gets for the paths that changed.
+//! The tar of a patch (transfer stage): what the pod gets for the paths that changed, each
+//! classified again as the listing classifies it.
 
 use std::path::Path;
 
-use crate::sync::stat::{OpenError, open_regular};
-use crate::sync::tree::{self, Met};
+use crate::sync::listing::stat::{OpenError, open_regular};
+use crate::sync::listing::walk::{Met, classify, parents_are_dirs};
 use crate::sync::unsyncable::{Reason, Unsyncable};
 
 /// Building a patch's tar failed (the archive itself, not one path: those are skipped).
@@ -48,7 +49,7 @@ pub fn build_patch_tar(root: &Path, paths: &[String]) -> Result<PatchTar, TarErr
     b.follow_symlinks(false);
     let mut out = PatchTar::default();
     for p in paths {
-        if !tree::parents_are_dirs(root, Path::new(p)) {
+        if !parents_are_dirs(root, Path::new(p)) {
             continue; // only reachable through a symlink now: not in the tree
         }
         let full = root.join(p);
@@ -77,7 +78,7 @@ pub fn build_patch_tar(root: &Path, paths: &[String]) -> Result<PatchTar, TarErr
                 }
             }
         } else {
-            match tree::classify(root, &full, p.clone(), &meta) {
+            match classify(root, &full, p.clone(), &meta) {
                 None => continue,
                 Some(Met::Unsyncable(u)) => {
                     out.skipped.push(u);
@@ -215,7 +216,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let root2 = root.clone();
         std::thread::spawn(move || {
-            let out = crate::sync::tree::without_dac_override(|| build_patch_tar(&root2, &paths));
+            let out = crate::sync::listing::tests::without_dac_override(|| {
+                build_patch_tar(&root2, &paths)
+            });
             let _ = tx.send(out);
         });
         let out = rx

@@ -1,6 +1,7 @@
-//! When the safety-net rescan runs, as a small pure schedule (the loop owns the clock).
+//! When the safety-net rescan runs (watch stage), as a small pure schedule (the reload loop owns
+//! the clock).
 //!
-//! The rescan ([`crate::sync::snapshot::Snapshot::rescan`]) stats the whole synced tree, so it runs
+//! The rescan ([`crate::sync::watch::rescan`]) stats the whole synced tree, so it runs
 //! only while kdev is idle (no reload in flight, no watcher batch for [`QUIET`]), at most every
 //! [`MIN_EVERY`], and never more often than 20 times its own duration (≤ 5 % of one core on a
 //! huge tree). While nothing happens the interval doubles with every rescan that finds nothing,
@@ -15,13 +16,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The shortest time between two rescans (right after activity).
-pub const MIN_EVERY: Duration = Duration::from_secs(2);
+const MIN_EVERY: Duration = Duration::from_secs(2);
 /// The longest, after a while of nothing found.
-pub const MAX_EVERY: Duration = Duration::from_secs(16);
+const MAX_EVERY: Duration = Duration::from_secs(16);
 /// How long after the last watcher batch or reload the tree counts as idle.
-pub const QUIET: Duration = Duration::from_secs(1);
+const QUIET: Duration = Duration::from_secs(1);
 /// How long a rescan's findings wait for the watcher before they count as missed.
-pub const SETTLE: Duration = Duration::from_millis(500);
+const SETTLE: Duration = Duration::from_millis(500);
 /// A rescan may use at most 1/this of the time between rescans.
 const DUTY: u32 = 20;
 

@@ -1,15 +1,5 @@
-//! Hash caches that survive a restart: the stat key both sides compare, and the one file format
-//! both persist (the CLI under the user's cache directory, keyed by sync root; the controller in
-//! `/kdev/run`), so that a restarted `kdev watch` or `serve` does not read unchanged files again.
-//!
-//! A cached hash is only worth keeping when the file had *settled* when it was hashed: its last
-//! change at least [`SETTLE`] before the moment the hashing began. Timestamps are coarse (a
-//! kernel tick; whole seconds on some file systems), so a same-size rewrite in the same tick as
-//! the hashed write leaves the stat as it was; a write after a file settled always moves mtime or
-//! ctime. Checking freshness when a cached hash is looked up instead is not enough: a file hashed
-//! within a tick of its last write, then rewritten within that tick, looks settled and
-//! unchanged a few seconds later. So a matching [`StatKey`] of a settled hash means the same
-//! content, in this process or after a restart.
+//! The one file both hash caches are kept in across restarts (the CLI's under the user's cache
+//! directory, one per sync root; the controller's in `/kdev/run`): [`Store`] loads and saves it.
 //!
 //! The file: `KDEVHC1\n`, the tag's length (u32 LE) and bytes (the sync root: a file of another
 //! root is ignored), the entry count (u32 LE), then per entry the path's length (u32 LE) and
@@ -18,58 +8,14 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::StatKey;
 use crate::hash::ContentHash;
-
-/// How long after its last change a file's timestamps can be trusted to move on the next write.
-/// Two seconds covers every local file system's granularity.
-pub const SETTLE: Duration = Duration::from_secs(2);
 
 const MAGIC: &[u8; 8] = b"KDEVHC1\n";
 
-/// What must be unchanged for a cached hash to hold: size, mtime, ctime, inode, device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StatKey {
-    pub size: u64,
-    pub mtime: (i64, i64),
-    pub ctime: (i64, i64),
-    pub ino: u64,
-    pub dev: u64,
-}
-
-impl StatKey {
-    #[cfg(unix)]
-    pub fn of(m: &std::fs::Metadata) -> StatKey {
-        use std::os::unix::fs::MetadataExt;
-        StatKey {
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            ino: m.ino(),
-            dev: m.dev(),
-        }
-    }
-
-    /// Whether, seen at `now`, any later write would move mtime or ctime (see [`SETTLE`]).
-    pub fn settled(&self, now: SystemTime) -> bool {
-        settled(self.mtime, self.ctime, now)
-    }
-}
-
-/// [`StatKey::settled`] for bare timestamps (seconds, nanoseconds).
-pub fn settled(mtime: (i64, i64), ctime: (i64, i64), now: SystemTime) -> bool {
-    let last = mtime.max(ctime);
-    let last = if last.0 >= 0 {
-        UNIX_EPOCH + Duration::new(last.0 as u64, last.1.clamp(0, 999_999_999) as u32)
-    } else {
-        UNIX_EPOCH
-    };
-    now.duration_since(last).is_ok_and(|d| d >= SETTLE)
-}
-
 /// Encode a cache: `tag` (the sync root) and its (path, key, hash) entries.
-pub fn encode<'a>(
+fn encode<'a>(
     tag: &str,
     entries: impl ExactSizeIterator<Item = (&'a str, &'a StatKey, &'a ContentHash)>,
 ) -> Vec<u8> {
@@ -99,7 +45,7 @@ pub fn encode<'a>(
 
 /// Decode a cache written for `tag`; `None` when it is not one (another root, another format,
 /// truncated).
-pub fn decode(tag: &str, bytes: &[u8]) -> Option<Vec<(String, StatKey, ContentHash)>> {
+fn decode(tag: &str, bytes: &[u8]) -> Option<Vec<(String, StatKey, ContentHash)>> {
     let mut r = bytes.strip_prefix(MAGIC.as_slice())?;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (a, b) = r.split_at_checked(n)?;
@@ -235,13 +181,5 @@ mod tests {
         assert_eq!(decode("/other", &bytes), None, "another root's cache");
         assert_eq!(decode("/src", &bytes[..bytes.len() - 1]), None, "truncated");
         assert_eq!(decode("/src", b"junk"), None);
-    }
-
-    #[test]
-    fn settled_means_two_seconds_past_the_last_change() {
-        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
-        assert!(settled((100, 0), (100, 0), t(102)));
-        assert!(!settled((100, 0), (101, 0), t(102)), "ctime counts too");
-        assert!(!settled((100, 0), (100, 0), t(101)));
     }
 }

@@ -1,106 +1,38 @@
-//! The safety net: a cheap periodic rescan of the local tree.
-//!
-//! Watchers miss events (symlinks, editors, network file systems, overflowed queues). A
-//! [`Snapshot`] keeps what lstat said about every synced path (kind, size, mtime, ctime, inode,
-//! dev, mode, symlink target). [`Snapshot::rescan`] walks the tree again, stat only, under the
-//! same ignore rules and the same [`Unsyncable`] classification as the listing, and returns the
-//! paths that changed since the previous rescan: no file is read, so it costs a `readdir` per
-//! directory and an `fstatat` per entry (the `rescan_cost` test prints the figures).
-//!
-//! What counts as a change: a file's size, mtime, ctime, inode, dev or mode; a directory's
-//! mode; a symlink's target; a change of kind; appearing, vanishing, or becoming (un)syncable.
-//! Timestamps are coarse, so a file last seen before it had [settled](Stat::settled) is reported
-//! again by the next rescan even when its stat is unchanged: a write in the same tick as the one
-//! before it leaves no trace in the stat.
-//!
-//! The snapshot also holds the [`HashCache`], so that [`Snapshot::scan`] (the full listing, e.g.
-//! the initial sync after a reconnect) and [`Snapshot::entry`] read only files whose stat moved.
-//!
-//! The loop, every few seconds while idle: `rescan`, then for each reported path `entry`
-//! (hashing only what changed) and compare with what it believes the pod holds; whatever differs
-//! is a change the watcher missed. Paths the watcher already synced are reported too, once, and
-//! compare equal: nothing needs to be fed back.
+//! The local tree as the sync engine knows it: its listings (listing stage), hashing only the
+//! files whose stat moved ([`HashCache`]), and the stat picture its safety-net rescan compares
+//! against ([`StatPicture`], watch stage). One walk draws both: the full listing
+//! ([`LocalTree::scan`], e.g. the initial sync after a reconnect) is also the baseline of the
+//! next rescan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use kdev_protocol::EntryKind;
+use kdev_protocol::hash_cache::HashCache;
 
-use crate::sync::hashcache::HashCache;
 use crate::sync::ignore::IgnoreRules;
-use crate::sync::stat::{OpenError, Stat, open_regular};
-use crate::sync::tree::{Listing, Local, Met, TreeError, entry_cached, scan_below, walk};
-use crate::sync::unsyncable::{Reason, Unsyncable};
+use crate::sync::listing::hashing::file_entry;
+use crate::sync::listing::local::{Listing, Local};
+use crate::sync::listing::partial::{below, path_entry};
+use crate::sync::listing::walk::{ListError, Met, walk};
+use crate::sync::unsyncable::Reason;
+use crate::sync::watch::rescan::{Changes, StatPicture};
 
-/// What a rescan found changed since the previous one (absolute paths, sorted).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
-    /// Synced paths that were not there (or not syncable) before.
-    pub added: Vec<PathBuf>,
-    /// Synced paths that are gone (or no longer syncable).
-    pub removed: Vec<PathBuf>,
-    /// Synced paths whose stat moved (or was too recent to trust).
-    pub modified: Vec<PathBuf>,
-    /// Paths that cannot be synced and were not reported by the previous rescan.
-    pub unsyncable: Vec<Unsyncable>,
-}
-
-impl Changes {
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.removed.is_empty()
-            && self.modified.is_empty()
-            && self.unsyncable.is_empty()
-    }
-
-    /// Every changed path, as a watcher batch would carry them.
-    pub fn paths(&self) -> BTreeSet<PathBuf> {
-        self.added
-            .iter()
-            .chain(&self.removed)
-            .chain(&self.modified)
-            .cloned()
-            .collect()
-    }
-}
-
-/// One synced path as the last rescan saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    stat: Stat,
-    /// The stat was taken long enough after the last change to be trusted (see module docs).
-    settled: bool,
-    /// A file that could not be opened for reading (then it is not synced).
-    unreadable: Option<String>,
-}
-
-impl Seen {
-    fn synced(&self) -> bool {
-        self.unreadable.is_none()
-    }
-}
-
-/// The stat-only picture of the synced tree, plus the hash cache.
+/// The local tree's listings and stat picture, with the hash cache.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct LocalTree {
     root: PathBuf,
-    /// By wire path.
-    seen: HashMap<String, Seen>,
-    /// By path relative to the root.
-    unsyncable: BTreeMap<PathBuf, Unsyncable>,
+    picture: StatPicture,
     cache: HashCache,
     now: fn() -> SystemTime,
 }
 
-impl Snapshot {
-    /// An empty snapshot of the tree at `root`: the first rescan reports everything as added.
-    pub fn new(root: &Path) -> Snapshot {
-        Snapshot {
+impl LocalTree {
+    /// The tree at `root`, not listed yet: the first rescan reports everything as added.
+    pub fn new(root: &Path) -> LocalTree {
+        LocalTree {
             root: root.to_path_buf(),
-            seen: HashMap::new(),
-            unsyncable: BTreeMap::new(),
+            picture: StatPicture::default(),
             cache: HashCache::default(),
             now: SystemTime::now,
         }
@@ -114,28 +46,27 @@ impl Snapshot {
     /// every new file to learn whether it is readable, which hashing (or a cached hash, whose
     /// unchanged ctime means unchanged permissions) tells anyway; on 9,083 paths that took the
     /// listing from ~60 to ~170 ms.
-    pub fn scan(&mut self, rules: &IgnoreRules) -> Result<Listing, TreeError> {
+    pub fn scan(&mut self, rules: &IgnoreRules) -> Result<Listing, ListError> {
         let now = (self.now)();
-        let mut seen: HashMap<String, Seen> = HashMap::with_capacity(self.seen.len());
-        let mut unsyncable: BTreeMap<PathBuf, Unsyncable> = BTreeMap::new();
+        let mut picture = self.picture.empty_like();
         let mut out = Listing::default();
         let cache = &mut self.cache;
         cache.begin_pass();
         let walked = walk(&self.root, rules, &self.root, &mut |met| match met {
             Met::Unsyncable(u) => {
-                unsyncable.insert(u.path.clone(), u.clone());
+                picture.saw_unsyncable(u.clone());
                 out.unsyncable.push(u);
             }
             Met::Synced { wire, abs, stat } => {
                 let mut unreadable = None;
                 if stat.kind == EntryKind::File {
-                    match cache.file_entry(wire.clone(), &abs, &stat) {
+                    match file_entry(cache, wire.clone(), &abs, &stat) {
                         Local::Entry(e) => out.entries.push(e),
                         Local::Absent => return, // gone since the walk's lstat
                         Local::Unsyncable(u) => {
                             if let Reason::UnreadableFile(e) = &u.reason {
                                 unreadable = Some(e.clone());
-                                unsyncable.insert(u.path.clone(), u.clone());
+                                picture.saw_unsyncable(u.clone());
                             }
                             out.unsyncable.push(u);
                         }
@@ -143,22 +74,13 @@ impl Snapshot {
                 } else {
                     out.entries.push(stat.entry(wire.clone(), None));
                 }
-                let settled = stat.settled(now);
-                seen.insert(
-                    wire,
-                    Seen {
-                        stat,
-                        settled,
-                        unreadable,
-                    },
-                );
+                picture.saw(wire, stat, unreadable, now);
             }
         });
         // Only an unreadable root fails, before anything is met: keep the old picture.
         walked?;
         self.cache.end_pass();
-        self.seen = seen;
-        self.unsyncable = unsyncable;
+        self.picture = picture;
         out.entries.sort_by(|a, b| a.path.cmp(&b.path));
         out.unsyncable.sort();
         Ok(out)
@@ -166,12 +88,12 @@ impl Snapshot {
 
     /// The entry for one path (absolute), hashing a file only when its stat is not in the cache.
     pub fn entry(&mut self, rules: &IgnoreRules, path: &Path) -> Local {
-        entry_cached(&self.root, path, rules, &mut self.cache)
+        path_entry(&self.root, path, rules, &mut self.cache)
     }
 
     /// Everything below the synced directory `dir` (absolute), e.g. one that was renamed in.
     pub fn below(&mut self, rules: &IgnoreRules, dir: &Path) -> Listing {
-        scan_below(&self.root, dir, rules, &mut self.cache)
+        below(&self.root, dir, rules, &mut self.cache)
     }
 
     /// Keep the hash cache in `file` across restarts (loading what it holds now).
@@ -184,109 +106,21 @@ impl Snapshot {
         self.cache.save()
     }
 
-    /// The paths that cannot be synced, as of the last rescan.
-    #[cfg(test)]
-    pub fn unsyncable(&self) -> impl Iterator<Item = &Unsyncable> {
-        self.unsyncable.values()
-    }
-
     /// How many synced paths the last rescan saw.
     pub fn len(&self) -> usize {
-        self.seen.values().filter(|s| s.synced()).count()
+        self.picture.synced_len()
     }
 
     /// The hash cache's counters: (files hashed, hashes reused).
     #[cfg(test)]
-    pub fn hash_counts(&self) -> (u64, u64) {
+    fn hash_counts(&self) -> (u64, u64) {
         self.cache.counts()
     }
 
-    /// Walk the tree again (stat only) and return what changed since the previous rescan.
-    pub fn rescan(&mut self, rules: &IgnoreRules) -> Result<Changes, TreeError> {
-        let now = (self.now)();
-        // Each path met is taken out of the previous picture: what is left at the end is gone.
-        let mut prev = std::mem::take(&mut self.seen);
-        let mut next: HashMap<String, Seen> = HashMap::with_capacity(prev.len());
-        let mut unsyncable: BTreeMap<PathBuf, Unsyncable> = BTreeMap::new();
-        let mut changes = Changes::default();
-        let walked = walk(&self.root, rules, &self.root, &mut |met| match met {
-            Met::Unsyncable(u) => {
-                unsyncable.insert(u.path.clone(), u);
-            }
-            Met::Synced { wire, abs, stat } => {
-                let old = prev.remove(&wire);
-                // Readability is known only by trying: once per new stat, not per rescan.
-                let unreadable = match &old {
-                    _ if stat.kind != EntryKind::File => None,
-                    Some(p) if p.stat == stat => p.unreadable.clone(),
-                    _ => unreadable(&abs),
-                };
-                if let Some(e) = &unreadable {
-                    let u = Unsyncable::new(&wire, Reason::UnreadableFile(e.clone()));
-                    unsyncable.insert(u.path.clone(), u);
-                }
-                let new = Seen {
-                    settled: stat.settled(now),
-                    stat,
-                    unreadable,
-                };
-                match old {
-                    Some(p) if p.synced() && !new.synced() => changes.removed.push(abs),
-                    Some(p) if p.synced() => {
-                        let trusted = p.settled || p.stat.kind != EntryKind::File;
-                        if !(trusted && same(&p.stat, &new.stat)) {
-                            changes.modified.push(abs);
-                        }
-                    }
-                    _ if new.synced() => changes.added.push(abs),
-                    _ => {}
-                }
-                next.insert(wire, new);
-            }
-        });
-        if let Err(e) = walked {
-            // Only an unreadable root fails, before anything is met: keep the old picture.
-            self.seen = prev;
-            return Err(e);
-        }
-        for (wire, p) in prev {
-            if p.synced() {
-                changes.removed.push(self.root.join(wire));
-            }
-        }
-        changes.unsyncable = unsyncable
-            .values()
-            .filter(|u| !self.unsyncable.contains_key(&u.path))
-            .cloned()
-            .collect();
-        changes.added.sort();
-        changes.removed.sort();
-        changes.modified.sort();
-        self.seen = next;
-        self.unsyncable = unsyncable;
-        Ok(changes)
-    }
-}
-
-/// Whether two stats of one path mean the same synced content.
-fn same(a: &Stat, b: &Stat) -> bool {
-    a.kind == b.kind
-        && a.mode == b.mode
-        && match a.kind {
-            EntryKind::File => {
-                (a.size, a.mtime, a.ctime, a.ino, a.dev) == (b.size, b.mtime, b.ctime, b.ino, b.dev)
-            }
-            EntryKind::Dir => true,
-            EntryKind::Symlink => a.target == b.target,
-        }
-}
-
-/// Why the file at `path` cannot be read, if it cannot (opened and closed, not read).
-fn unreadable(path: &Path) -> Option<String> {
-    match open_regular(path) {
-        Err(OpenError::Unreadable(e)) => Some(Reason::io_text(&e)),
-        // Gone or replaced since the lstat: the next rescan sees what it became.
-        _ => None,
+    /// Walk the tree again (stat only) and return what changed since the previous rescan (see
+    /// [`crate::sync::watch::rescan`]).
+    pub fn rescan(&mut self, rules: &IgnoreRules) -> Result<Changes, ListError> {
+        self.picture.rescan(&self.root, rules, (self.now)())
     }
 }
 
@@ -299,7 +133,7 @@ mod tests {
 
     /// A clock past every file's settling time, so that the tests do not depend on timing.
     fn later() -> SystemTime {
-        SystemTime::now() + crate::sync::stat::SETTLE + Duration::from_secs(1)
+        SystemTime::now() + kdev_protocol::hash_cache::SETTLE + Duration::from_secs(1)
     }
 
     fn project() -> (tempfile::TempDir, PathBuf, IgnoreRules) {
@@ -326,7 +160,7 @@ mod tests {
     #[test]
     fn rescan_reports_what_changed_since_the_last_one() {
         let (_tmp, root, rules) = project();
-        let mut snap = Snapshot::new(&root);
+        let mut snap = LocalTree::new(&root);
         snap.now = later;
         let listing = snap.scan(&rules).unwrap();
         assert_eq!(listing.entries.len(), 6);
@@ -361,7 +195,7 @@ mod tests {
     #[test]
     fn a_file_seen_too_soon_after_a_change_is_reported_again() {
         let (_tmp, root, rules) = project();
-        let mut snap = Snapshot::new(&root);
+        let mut snap = LocalTree::new(&root);
         snap.scan(&rules).unwrap(); // real clock: everything was just written
         snap.now = later;
         let c = snap.rescan(&rules).unwrap();
@@ -375,7 +209,7 @@ mod tests {
     #[test]
     fn becoming_unreadable_or_a_fifo_is_leaving_the_synced_set() {
         let (_tmp, root, rules) = project();
-        let mut snap = Snapshot::new(&root);
+        let mut snap = LocalTree::new(&root);
         snap.now = later;
         snap.scan(&rules).unwrap();
         fs::set_permissions(
@@ -386,7 +220,7 @@ mod tests {
         fs::remove_file(root.join("main.go")).unwrap();
         let c = std::ffi::CString::new(root.join("main.go").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let c = crate::sync::tree::without_dac_override(|| snap.rescan(&rules)).unwrap();
+        let c = crate::sync::listing::tests::without_dac_override(|| snap.rescan(&rules)).unwrap();
         assert_eq!(rel(&root, &c.removed), vec!["handlers/a.go", "main.go"]);
         let u: Vec<String> = c.unsyncable.iter().map(|u| u.to_string()).collect();
         assert_eq!(
@@ -396,14 +230,14 @@ mod tests {
                 "main.go: a FIFO (named pipe)"
             ]
         );
-        assert_eq!(snap.unsyncable().count(), 2);
+        assert_eq!(snap.picture.unsyncable().count(), 2);
     }
 
     /// The listing after a reconnect reads only files that changed.
     #[test]
     fn a_second_scan_reuses_the_hashes_of_unchanged_files() {
         let (_tmp, root, rules) = project();
-        let mut snap = Snapshot::new(&root);
+        let mut snap = LocalTree::new(&root);
         // Settled files (pretend the clock moved on, as it has by the time of a reconnect).
         snap.cache.set_clock(later);
         let first = snap.scan(&rules).unwrap();
@@ -482,9 +316,9 @@ mod tests {
         let files = TOP * SUB * FILES;
         let dirs = TOP * SUB + TOP;
         // A checkout from a while ago: its files have settled.
-        std::thread::sleep(crate::sync::stat::SETTLE + Duration::from_millis(200));
+        std::thread::sleep(kdev_protocol::hash_cache::SETTLE + Duration::from_millis(200));
         let rules = IgnoreRules::load(&root, &[]).unwrap();
-        let mut snap = Snapshot::new(&root);
+        let mut snap = LocalTree::new(&root);
 
         let (listing, wall, cpu) = timed(|| snap.scan(&rules).unwrap());
         assert_eq!(listing.entries.len(), files + dirs + 1);

@@ -1,27 +1,29 @@
-//! The local source tree: what it holds, as a listing in the same shape as the controller's
-//! (what is synced is decided by [`crate::sync::ignore`]; how it differs from the pod's, by
-//! [`crate::sync::plan`]).
+//! The walk of the local tree (listing stage): every path under the sync root that is synced,
+//! each classified from its lstat as synced ([`Met::Synced`]) or not ([`Met::Unsyncable`]),
+//! without reading a file's content. The listings, the safety net's rescan and the patch tar
+//! all classify paths this way.
 //!
-//! The listing never follows a symlink: the walk uses lstat (`d_type`, `fstatat` without
-//! following), a single path is listed only when every parent is a real directory, and a
-//! symlink is resolved against the links of the local tree with readlink only
-//! ([`kdev_protocol::paths::resolve_symlink_target`]). What the pod cannot hold (sockets,
-//! FIFOs, devices, links leaving the root, unreadable files and directories, names that are not
-//! UTF-8) is classified as [`Unsyncable`] and left out, so that the rest keeps syncing.
+//! It never follows a symlink: the walk uses lstat (`d_type`, `fstatat` without following), a
+//! single path is of the tree only when every parent is a real directory
+//! ([`parents_are_dirs`]), and a symlink is resolved against the links of the local tree with
+//! readlink only ([`kdev_protocol::paths::resolve_symlink_target`]). What the pod cannot hold
+//! (sockets, FIFOs, devices, links leaving the root, unreadable files and directories, names
+//! that are not UTF-8) is classified as [`Unsyncable`] and left out, so that the rest keeps
+//! syncing. What is synced at all is decided by [`crate::sync::ignore`].
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 use kdev_protocol::paths::{check_symlink_target_form, resolve_symlink_target};
-use kdev_protocol::{Entry, EntryKind, PathError, wire_path_from_relative};
+use kdev_protocol::{EntryKind, PathError, wire_path_from_relative};
 
-use crate::sync::hashcache::HashCache;
 use crate::sync::ignore::IgnoreRules;
-use crate::sync::stat::Stat;
+use crate::sync::listing::stat::Stat;
 use crate::sync::unsyncable::{Reason, Unsyncable};
 
+/// Only an unreadable directory to walk fails a walk (or a listing).
 #[derive(Debug, thiserror::Error)]
-pub enum TreeError {
+pub enum ListError {
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -30,64 +32,8 @@ pub enum TreeError {
     },
 }
 
-/// What one local path is, for syncing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Local {
-    /// Synced: its entry.
-    Entry(Entry),
-    /// There, but it cannot be synced (the caller warns once, and treats it as absent).
-    Unsyncable(Unsyncable),
-    /// Not synced: gone, ignored, reached only through a symlink, or not under the root.
-    Absent,
-}
-
-/// A listing: the synced entries (sorted by path) and what could not be synced.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Listing {
-    pub entries: Vec<Entry>,
-    pub unsyncable: Vec<Unsyncable>,
-}
-
-/// List the synced tree under `root` in the controller's [`Entry`] shape, sorted by path:
-/// files with their BLAKE3 hash, symlinks with their target, and directories; plus the paths
-/// that cannot be synced. Only an unreadable root is an error. (kdev lists through
-/// [`crate::sync::snapshot::Snapshot::scan`], which keeps a hash cache; this is that listing
-/// with an empty one.)
-#[cfg(test)]
-pub fn scan(root: &Path, rules: &IgnoreRules) -> Result<Listing, TreeError> {
-    crate::sync::snapshot::Snapshot::new(root).scan(rules)
-}
-
-/// Everything below the synced directory `dir` (not `dir` itself), as [`scan`] lists it. A
-/// directory that is gone has nothing below it.
-pub fn scan_below(root: &Path, dir: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Listing {
-    let mut out = Listing::default();
-    let res = walk(root, rules, dir, &mut |met| match met {
-        Met::Unsyncable(u) => out.unsyncable.push(u),
-        Met::Synced { wire, abs, stat } if stat.kind == EntryKind::File => {
-            match cache.file_entry(wire, &abs, &stat) {
-                Local::Entry(e) => out.entries.push(e),
-                Local::Unsyncable(u) => out.unsyncable.push(u),
-                Local::Absent => {}
-            }
-        }
-        Met::Synced { wire, stat, .. } => out.entries.push(stat.entry(wire, None)),
-    });
-    if let Err(TreeError::Io { source, .. }) = res
-        && source.kind() != std::io::ErrorKind::NotFound
-        && let Ok(rel) = dir.strip_prefix(root)
-    {
-        out.unsyncable.push(Unsyncable::new(
-            rel,
-            Reason::UnreadableDir(Reason::io_text(&source)),
-        ));
-    }
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    out
-}
-
 /// What the walk met.
-pub(crate) enum Met {
+pub enum Met {
     Synced {
         wire: String,
         abs: PathBuf,
@@ -99,13 +45,13 @@ pub(crate) enum Met {
 /// Walk the synced tree below `dir` (the root, or a synced directory under it), parents before
 /// children, never through a symlink. Problems with single paths are [`Met::Unsyncable`]; only
 /// an unreadable `dir` is an error.
-pub(crate) fn walk(
+pub fn walk(
     root: &Path,
     rules: &IgnoreRules,
     dir: &Path,
     visit: &mut dyn FnMut(Met),
-) -> Result<(), TreeError> {
-    let io = |source| TreeError::Io {
+) -> Result<(), ListError> {
+    let io = |source| ListError::Io {
         path: dir.into(),
         source,
     };
@@ -234,7 +180,7 @@ fn walk_entry(
 
 /// What the path at `abs` (wire path `wire`, lstat `meta`) is for syncing, without reading a
 /// file's content; `None` when it vanished meanwhile.
-pub(crate) fn classify(root: &Path, abs: &Path, wire: String, meta: &Metadata) -> Option<Met> {
+pub fn classify(root: &Path, abs: &Path, wire: String, meta: &Metadata) -> Option<Met> {
     let ft = meta.file_type();
     let unsyncable = |wire: String, reason| Some(Met::Unsyncable(Unsyncable::new(wire, reason)));
     if ft.is_dir() || ft.is_file() {
@@ -309,54 +255,3 @@ pub fn parents_are_dirs(root: &Path, rel: &Path) -> bool {
     }
     true
 }
-
-/// The listing entry for one path (what the watcher reported), or why it is not synced.
-#[cfg(test)]
-pub fn entry_for(root: &Path, path: &Path, rules: &IgnoreRules) -> Local {
-    entry_cached(root, path, rules, &mut HashCache::default())
-}
-
-/// [`entry_for`], hashing a file only when its stat is not in `cache`.
-pub fn entry_cached(root: &Path, path: &Path, rules: &IgnoreRules, cache: &mut HashCache) -> Local {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return Local::Absent;
-    };
-    if rel.as_os_str().is_empty() || !parents_are_dirs(root, rel) {
-        return Local::Absent;
-    }
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Local::Absent,
-        Err(e) => {
-            let reason = Reason::UnreadableFile(Reason::io_text(&e));
-            return Local::Unsyncable(Unsyncable::new(rel, reason));
-        }
-    };
-    if rules.is_ignored(path, meta.is_dir()) {
-        return Local::Absent;
-    }
-    let Ok(wire) = wire_path_from_relative(rel) else {
-        return Local::Unsyncable(Unsyncable::new(rel, Reason::NameNotUtf8));
-    };
-    match classify(root, path, wire, &meta) {
-        None => Local::Absent,
-        Some(Met::Unsyncable(u)) => Local::Unsyncable(u),
-        Some(Met::Synced { wire, abs, stat }) => match stat.kind {
-            EntryKind::File => cache.file_entry(wire, &abs, &stat),
-            EntryKind::Dir => match std::fs::read_dir(&abs) {
-                Ok(_) => Local::Entry(stat.entry(wire, None)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Local::Absent,
-                Err(e) => Local::Unsyncable(Unsyncable::new(
-                    wire,
-                    Reason::UnreadableDir(Reason::io_text(&e)),
-                )),
-            },
-            EntryKind::Symlink => Local::Entry(stat.entry(wire, None)),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests;
-#[cfg(test)]
-pub(crate) use tests::without_dac_override;

@@ -1,4 +1,5 @@
-//! Watching a directory tree with inotify, one watch per directory inode (Linux only).
+//! Watching a directory tree with inotify, one watch per directory inode (Linux only; the watch
+//! stage's backend for [`crate::sync::watch::tree_watcher`]).
 //!
 //! # Why not notify's inotify backend
 //!
@@ -263,13 +264,13 @@ impl DirWatches {
 
     /// The names of all watched directories.
     #[cfg(test)]
-    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+    fn watched_dirs(&self) -> Vec<PathBuf> {
         self.names.keys().cloned().collect()
     }
 
     /// The (dev, inode) of the directory watched under `name`, if it is watched.
     #[cfg(test)]
-    pub fn inode_of(&self, name: &Path) -> Option<(u64, u64)> {
+    fn inode_of(&self, name: &Path) -> Option<(u64, u64)> {
         let id = self.names.get(name)?;
         self.watches.get(id).map(|w| w.inode)
     }

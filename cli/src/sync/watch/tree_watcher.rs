@@ -1,4 +1,5 @@
-//! Watching the source tree for changes.
+//! Watching the source tree for changes (watch stage): [`TreeWatcher`] sends debounced
+//! batches of paths that may have changed.
 //!
 //! - Directories are watched, not files: editors save by writing a temp file and renaming it over
 //!   the original, which a watch on the file itself would lose.
@@ -6,8 +7,8 @@
 //!   `.git/` cost no inotify watches), each non-recursively, so that new directories are picked
 //!   up as they appear and ignored ones never are.
 //! - Symlinks are synced as links and never followed or watched through. On Linux the watches
-//!   are kept by [`crate::sync::inotify_tree`], one per directory inode whatever names reach it (its
-//!   docs say why notify's inotify backend cannot do that); elsewhere notify's native watcher
+//!   are kept by [`crate::sync::watch::inotify`], one per directory inode whatever names reach
+//!   it (its docs say why notify's inotify backend cannot do that); elsewhere notify's native watcher
 //!   watches the root recursively without following links.
 //! - Events are hints, not facts: every event just says "this path may have changed", and the
 //!   sync loop stats the path to find out what it is now. That makes renames, deletes, atomic
@@ -32,9 +33,9 @@ use crate::sync::ignore::IgnoreRules;
 /// Quiet gap that ends a batch of events.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(15);
 /// A batch is sent after this long even if events keep coming (e.g. `git checkout` of a big tree).
-pub const MAX_BATCH_DELAY: Duration = Duration::from_millis(300);
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(300);
 /// Poll interval in polling mode.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
+const POLL_INTERVAL: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -42,7 +43,7 @@ pub enum WatchError {
     Notify(#[from] notify::Error),
     #[cfg(target_os = "linux")]
     #[error(transparent)]
-    Inotify(#[from] crate::sync::inotify_tree::WatchError),
+    Inotify(#[from] crate::sync::watch::inotify::WatchError),
     #[cfg(target_os = "linux")]
     #[error("cannot start inotify: {0}")]
     Init(std::io::Error),
@@ -193,7 +194,8 @@ fn start_native(
     rules: &Arc<Mutex<IgnoreRules>>,
     raw_tx: RawTx,
 ) -> Result<Backend, WatchError> {
-    let mut watches = crate::sync::inotify_tree::DirWatches::new(root).map_err(WatchError::Init)?;
+    let mut watches =
+        crate::sync::watch::inotify::DirWatches::new(root).map_err(WatchError::Init)?;
     watches.watch_tree(root, &rules.lock().unwrap())?;
     // SAFETY: `DirWatches` owns its inotify fd for its whole life and always returns that one.
     let fd = unsafe {
@@ -207,11 +209,11 @@ fn start_native(
 /// Read the inotify queue whenever it is readable, and pass on what changed.
 #[cfg(target_os = "linux")]
 async fn read_inotify(
-    mut fd: tokio::io::unix::AsyncFd<crate::sync::inotify_tree::DirWatches>,
+    mut fd: tokio::io::unix::AsyncFd<crate::sync::watch::inotify::DirWatches>,
     rules: Arc<Mutex<IgnoreRules>>,
     raw_tx: RawTx,
 ) {
-    use crate::sync::inotify_tree::WatchError as E;
+    use crate::sync::watch::inotify::WatchError as E;
     loop {
         let Ok(mut guard) = fd.readable_mut().await else {
             let _ = raw_tx.send(Raw::Error("inotify stopped".into()));
@@ -291,7 +293,7 @@ fn is_watch_limit(e: &WatchError) -> bool {
     match e {
         WatchError::Notify(e) => is_notify_watch_limit(e),
         #[cfg(target_os = "linux")]
-        WatchError::Inotify(crate::sync::inotify_tree::WatchError::Limit) => true,
+        WatchError::Inotify(crate::sync::watch::inotify::WatchError::Limit) => true,
         #[cfg(target_os = "linux")]
         WatchError::Inotify(_) | WatchError::Init(_) => false,
     }

@@ -1,8 +1,29 @@
-//! Tests of the local listing on real directories.
-use super::*;
-use crate::sync::stat::{OpenError, open_regular};
+//! Tests of the local listing on real directories, and the helper that lets tests running as
+//! root meet unreadable files as a developer would.
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kdev_protocol::EntryKind;
+use kdev_protocol::hash_cache::HashCache;
+
+use crate::sync::ignore::IgnoreRules;
+use crate::sync::listing::local::{Listing, Local};
+use crate::sync::listing::partial::path_entry;
+use crate::sync::listing::stat::{OpenError, open_regular};
+use crate::sync::listing::walk::ListError;
+use crate::sync::local_tree::LocalTree;
+use crate::sync::unsyncable::Reason;
+
+/// The full listing with an empty hash cache.
+fn scan(root: &Path, rules: &IgnoreRules) -> Result<Listing, ListError> {
+    LocalTree::new(root).scan(rules)
+}
+
+/// The entry of one path, with an empty hash cache.
+fn entry_for(root: &Path, path: &Path, rules: &IgnoreRules) -> Local {
+    path_entry(root, path, rules, &mut HashCache::default())
+}
 
 #[test]
 fn scan_respects_gitignore_kdevignore_and_excludes() {
