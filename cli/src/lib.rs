@@ -20,6 +20,7 @@ pub mod init;
 mod pod;
 mod project;
 mod reload;
+mod session;
 mod sync;
 mod ui;
 

@@ -206,7 +206,7 @@ impl Service {
     }
 
     /// How the service's pod becomes a dev pod.
-    pub fn dev_pod_spec(&self, debug: Option<&DebugOptions>) -> DevPodSpec {
+    fn dev_pod_spec(&self, debug: Option<&DebugOptions>) -> DevPodSpec {
         let cfg = &self.config;
         DevPodSpec {
             container: cfg.container.clone(),
@@ -246,7 +246,7 @@ impl Service {
 /// Linker flag for `watch` builds: no DWARF. Nothing in the loop reads it (panics and pprof use
 /// the symbol table, which stays), and linking without it takes about a quarter less time
 /// (gin-hello: 0.75 s → 0.55 s in the pod).
-pub const WATCH_LDFLAGS: &str = "-ldflags=-w";
+const WATCH_LDFLAGS: &str = "-ldflags=-w";
 
 /// `go build` flags: the user's, then for `kdev debug` the ones that keep code debuggable, and
 /// for `kdev watch` [`WATCH_LDFLAGS`] unless the user sets linker flags (theirs win, whole).

@@ -23,7 +23,7 @@ use kdev_protocol::labels::{MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV};
 
 use crate::config::{WorkloadKind, WorkloadRef};
 
-pub use apply::{apply, discover, resource_kinds};
+pub use apply::{Discovered, apply, discover, resource_kinds};
 pub use manifests::ManifestObject;
 use manifests::find_workload;
 pub use personalize::{owner_from_user, personalize};

@@ -227,7 +227,7 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
 
 /// Compiler output names files relative to the sync root (`./handlers/ping.go:12:5: ...`):
 /// rewrite them to paths relative to where the user runs kdev, so editors can jump to them.
-pub fn map_build_output(output: &str, local_root: &Path) -> String {
+fn map_build_output(output: &str, local_root: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     let base = local_root
         .strip_prefix(&cwd)
