@@ -273,6 +273,45 @@ mod tests {
     use super::*;
     use crate::config::BuildConfig;
 
+    fn project(yaml: &str) -> Project {
+        Project {
+            root: PathBuf::from("/src/shop"),
+            config: Config::parse(yaml, Path::new("kdev.yaml")).unwrap(),
+            name: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn services_are_selected_by_name_in_kdev_yaml_order() {
+        let p = project(
+            "services:\n  - {name: orders, build: {package: ./cmd/orders}}\n  \
+             - {name: gateway, build: {package: ./cmd/gateway}}\n",
+        );
+        let names = |selected: Vec<Service>| -> Vec<String> {
+            selected.into_iter().map(|s| s.config.name).collect()
+        };
+        assert_eq!(
+            names(p.select_services(&[]).unwrap()),
+            ["orders", "gateway"]
+        );
+        let both = ["gateway".to_string(), "orders".to_string()];
+        assert_eq!(
+            names(p.select_services(&both).unwrap()),
+            ["orders", "gateway"]
+        );
+        let err = p.select_services(&["web".into()]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no service `web` in kdev.yaml (it has: orders, gateway)"
+        );
+        let single = project("build: {package: .}\n");
+        let err = single
+            .select_services(&["web".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kdev.yaml has no `services:`"), "{err}");
+    }
+
     #[test]
     fn watch_builds_drop_dwarf_unless_the_user_sets_ldflags() {
         let mut b = BuildConfig {
