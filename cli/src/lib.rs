@@ -23,6 +23,7 @@ pub mod init;
 mod pod;
 mod project;
 mod reload;
+mod session;
 mod sync;
 mod task;
 mod ui;

@@ -14,11 +14,11 @@ pub mod render;
 pub mod rewrite;
 mod wait;
 
-pub use apply::{apply, discover, resource_kinds};
+pub use apply::{Discovered, apply, discover, resource_kinds};
 pub use error::DeployError;
 pub use manifests::ManifestObject;
 pub use personalize::{owner_from_user, personalize};
-pub use plan::{DeployPlan, DevTarget, prepare};
+pub use plan::{DeployPlan, DevTarget, DevWorkload, prepare};
 pub use rewrite::{DebugSpec, DevPodSpec};
 pub use wait::wait_for_dev_pod;
 

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, ExecAction, PodTemplateSpec, Probe, Volume,
+    Container, EmptyDirVolumeSource, EnvVar, ExecAction, PodSpec, PodTemplateSpec, Probe, Volume,
     VolumeMount,
 };
 
@@ -104,36 +104,13 @@ pub fn rewrite_pod_template(
     if pod.containers.is_empty() {
         return Err(RewriteError::NoContainers);
     }
-    let volumes = pod.volumes.get_or_insert_with(Vec::new);
-    // The build cache's volume is added later, when its claim is known (`super::cache`).
-    for name in [SHARED_VOLUME, CACHE_VOLUME] {
-        if volumes.iter().any(|v| v.name == name) {
-            return Err(RewriteError::NameClash(name.into()));
-        }
-    }
-    let init = pod.init_containers.get_or_insert_with(Vec::new);
-    if init
-        .iter()
-        .chain(pod.containers.iter())
-        .any(|c| c.name == SIDECAR_NAME)
-    {
-        return Err(RewriteError::NameClash(SIDECAR_NAME.into()));
-    }
-
+    check_names_free(pod)?;
     pod.share_process_namespace = Some(true);
-    volumes.push(empty_dir(SHARED_VOLUME));
+    pod.volumes
+        .get_or_insert_with(Vec::new)
+        .push(empty_dir(SHARED_VOLUME));
 
-    let index = match &spec.container {
-        Some(name) => pod
-            .containers
-            .iter()
-            .position(|c| &c.name == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-                RewriteError::NoSuchContainer(name.clone(), names.join(", "))
-            })?,
-        None => 0,
-    };
+    let index = app_container(pod, spec.container.as_deref())?;
     let app = &mut pod.containers[index];
     let mut notes = RewriteNotes {
         container: app.name.clone(),
@@ -146,39 +123,7 @@ pub fn rewrite_pod_template(
         a.extend(app.args.iter().flatten().cloned());
         a
     });
-    let mut command = vec![CONTROLLER_PATH.to_string(), "supervise".into()];
-    command.push(format!("--kdev-dir={KDEV_DIR}"));
-    command.push(format!("--wait-for={APP_PATH}"));
-    if let Some(sig) = &spec.stop_signal {
-        command.push(format!("--stop-signal={sig}"));
-    }
-    if let Some(ms) = spec.grace_period_ms {
-        command.push(format!("--grace-period={ms}ms"));
-    }
-    command.push("--".into());
-    if let Some(d) = &spec.debug {
-        // Delve launches the app as its child: no ptrace of another process is needed.
-        command.push(DLV_PATH.into());
-        command.extend(
-            [
-                "exec".to_string(),
-                "--headless".into(),
-                format!("--listen=:{}", d.port),
-                "--api-version=2".into(),
-                "--accept-multiclient".into(),
-            ]
-            .into_iter()
-            .chain(d.continue_at_start.then(|| "--continue".to_string())),
-        );
-        command.push(APP_PATH.into());
-        if !app_args.is_empty() {
-            command.push("--".into());
-        }
-    } else {
-        command.push(APP_PATH.into());
-    }
-    command.extend(app_args.iter().cloned());
-    app.command = Some(command);
+    app.command = Some(supervise_command(spec, &app_args));
     app.args = None;
     notes.app_args = app_args;
     if !spec.env.is_empty() {
@@ -212,8 +157,83 @@ pub fn rewrite_pod_template(
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect();
 
-    init.push(sidecar(&spec.sidecar_image));
+    pod.init_containers
+        .get_or_insert_with(Vec::new)
+        .push(sidecar(&spec.sidecar_image));
     Ok(notes)
+}
+
+/// The names kdev adds must be free: its volumes and its sidecar's.
+fn check_names_free(pod: &PodSpec) -> Result<(), RewriteError> {
+    let volumes = pod.volumes.iter().flatten();
+    // The build cache's volume is added later, when its claim is known (`super::cache`).
+    for name in [SHARED_VOLUME, CACHE_VOLUME] {
+        if volumes.clone().any(|v| v.name == name) {
+            return Err(RewriteError::NameClash(name.into()));
+        }
+    }
+    if pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(pod.containers.iter())
+        .any(|c| c.name == SIDECAR_NAME)
+    {
+        return Err(RewriteError::NameClash(SIDECAR_NAME.into()));
+    }
+    Ok(())
+}
+
+/// The index of the app's container: the one named, else the first.
+fn app_container(pod: &PodSpec, name: Option<&str>) -> Result<usize, RewriteError> {
+    let Some(name) = name else {
+        return Ok(0);
+    };
+    pod.containers
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+            RewriteError::NoSuchContainer(name.to_string(), names.join(", "))
+        })
+}
+
+/// The app container's command: the supervisor, running the app (under Delve for `kdev
+/// debug`) with its arguments.
+fn supervise_command(spec: &DevPodSpec, app_args: &[String]) -> Vec<String> {
+    let mut command = vec![CONTROLLER_PATH.to_string(), "supervise".into()];
+    command.push(format!("--kdev-dir={KDEV_DIR}"));
+    command.push(format!("--wait-for={APP_PATH}"));
+    if let Some(sig) = &spec.stop_signal {
+        command.push(format!("--stop-signal={sig}"));
+    }
+    if let Some(ms) = spec.grace_period_ms {
+        command.push(format!("--grace-period={ms}ms"));
+    }
+    command.push("--".into());
+    if let Some(d) = &spec.debug {
+        // Delve launches the app as its child: no ptrace of another process is needed.
+        command.push(DLV_PATH.into());
+        command.extend(
+            [
+                "exec".to_string(),
+                "--headless".into(),
+                format!("--listen=:{}", d.port),
+                "--api-version=2".into(),
+                "--accept-multiclient".into(),
+            ]
+            .into_iter()
+            .chain(d.continue_at_start.then(|| "--continue".to_string())),
+        );
+        command.push(APP_PATH.into());
+        if !app_args.is_empty() {
+            command.push("--".into());
+        }
+    } else {
+        command.push(APP_PATH.into());
+    }
+    command.extend(app_args.iter().cloned());
+    command
 }
 
 fn empty_dir(name: &str) -> Volume {

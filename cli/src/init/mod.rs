@@ -22,7 +22,7 @@ use crate::error::UsageError;
 use crate::project::project_name;
 
 use detect::WorkloadFound;
-use plan::{Pairing, Question};
+use plan::{Pairing, PlannedService, Question};
 
 /// What `kdev init` was told.
 #[derive(Debug, Clone, Default)]
@@ -48,20 +48,7 @@ pub fn run(opts: &InitOptions) -> Result<()> {
         ))
         .into());
     }
-    let root = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let root = root
-        .canonicalize()
-        .with_context(|| format!("resolving the project directory {}", root.display()))?;
-    if !root.join("go.mod").is_file() {
-        return Err(UsageError(format!(
-            "no go.mod in {}: run kdev init in your Go module's root",
-            root.display()
-        ))
-        .into());
-    }
+    let root = module_root(path)?;
     let (go_version, mains) = detect::go_module(&root);
     if mains.is_empty() {
         return Err(UsageError(format!(
@@ -80,16 +67,7 @@ pub fn run(opts: &InitOptions) -> Result<()> {
             )
         })?,
     };
-    let objects = detect::render(&root, &manifests, &project_name(&root))
-        .context("rendering the manifests to find their workloads")?;
-    let workloads = detect::workloads(&objects);
-    if workloads.is_empty() {
-        return Err(UsageError(format!(
-            "{} holds no Deployment or StatefulSet: kdev develops one of those",
-            source_name(&manifests)
-        ))
-        .into());
-    }
+    let workloads = find_workloads(&root, &manifests)?;
     let air = read_air(&root)?;
 
     let pairing = if opts.services.is_empty() {
@@ -124,16 +102,71 @@ pub fn run(opts: &InitOptions) -> Result<()> {
     });
     // What init writes must load: a failure here is kdev's bug, not the project's.
     Config::parse(&text, path).context("the kdev.yaml kdev init made does not load (a bug)")?;
+    write_files(&root, path, &text)?;
+    print_summary(path, &manifests, &services, &left, air.is_some());
+    Ok(())
+}
 
+/// The project root: kdev.yaml's directory, which must be a Go module's root.
+fn module_root(config_path: &Path) -> Result<PathBuf> {
+    let root = match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("resolving the project directory {}", root.display()))?;
+    if !root.join("go.mod").is_file() {
+        return Err(UsageError(format!(
+            "no go.mod in {}: run kdev init in your Go module's root",
+            root.display()
+        ))
+        .into());
+    }
+    Ok(root)
+}
+
+/// The Deployments and StatefulSets of the rendered manifests; none is a usage error.
+fn find_workloads(root: &Path, manifests: &ManifestSource) -> Result<Vec<WorkloadFound>> {
+    let objects = detect::render(root, manifests, &project_name(root))
+        .context("rendering the manifests to find their workloads")?;
+    let workloads = detect::workloads(&objects);
+    if workloads.is_empty() {
+        return Err(UsageError(format!(
+            "{} holds no Deployment or StatefulSet: kdev develops one of those",
+            source_name(manifests)
+        ))
+        .into());
+    }
+    Ok(workloads)
+}
+
+/// The JSON Schema editors read, then kdev.yaml.
+fn write_files(root: &Path, config_path: &Path, text: &str) -> Result<()> {
     let schema_path = root.join(write::SCHEMA_PATH);
-    std::fs::create_dir_all(schema_path.parent().unwrap_or(&root))
+    std::fs::create_dir_all(schema_path.parent().unwrap_or(root))
         .with_context(|| format!("creating {}", schema_path.display()))?;
     std::fs::write(&schema_path, format!("{}\n", crate::schema_json()))
         .with_context(|| format!("writing {}", schema_path.display()))?;
-    std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    Ok(())
+}
 
-    println!("Wrote {} for {}:", path.display(), source_name(&manifests));
-    for s in &services {
+/// What was written: each service, each workload left as is, what came from `.air.toml`.
+fn print_summary(
+    config_path: &Path,
+    manifests: &ManifestSource,
+    services: &[PlannedService],
+    left: &[(String, String)],
+    air: bool,
+) {
+    println!(
+        "Wrote {} for {}:",
+        config_path.display(),
+        source_name(manifests)
+    );
+    for s in services {
         let ports: Vec<String> = s
             .ports
             .iter()
@@ -151,10 +184,10 @@ pub fn run(opts: &InitOptions) -> Result<()> {
             }
         );
     }
-    for (w, why) in &left {
+    for (w, why) in left {
         println!("  {w}: applied as the manifests say ({why})");
     }
-    if air.is_some() {
+    if air {
         println!(
             "  .air.toml: its build package, flags, excluded directories, args, env and pre_cmd carried over"
         );
@@ -163,7 +196,6 @@ pub fn run(opts: &InitOptions) -> Result<()> {
         "Editors validate it with {} (see the README's \"Editor support\"). Next: kdev watch",
         write::SCHEMA_PATH
     );
-    Ok(())
 }
 
 fn source_name(m: &ManifestSource) -> String {

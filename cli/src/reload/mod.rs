@@ -1,21 +1,24 @@
 //! The reload loop: the heart of `kdev watch`.
 //!
-//! Once the dev workload is deployed ([`crate::cmd::watch`]), this loop owns the session:
+//! Each service's session, once set up and deployed ([`crate::session`]), runs in its own loop
+//! ([`ReloadLoop`], on a [`ServiceSession`]):
 //!
 //! 1. **Connect**: find the dev pod, make sure it holds our controller (upload), open the one
 //!    exec stream to `kdev-controller serve` ([`ControllerSession`]).
-//! 2. **Reconcile**: make the pod's tree equal to the local one ([`SyncEngine::initial_sync`]).
-//! 3. **Reload**, until the stream breaks: each batch from the watcher is synced
-//!    ([`SyncEngine::sync_paths`]); the controller builds and restarts the app and reports as
-//!    events ([`report`]); while idle, the safety-net rescan catches what the watcher missed
-//!    ([`crate::sync::rescan`]); port-forward errors are summarised.
+//! 2. **Reconcile**: make the pod's tree equal to the local one (the session's sync engine,
+//!    [`crate::sync::engine`]).
+//! 3. **Reload**, until the stream breaks: each batch from the watcher is synced; the
+//!    controller builds and restarts the app and reports as events ([`report`]); while idle,
+//!    the safety-net rescan catches what the watcher missed ([`crate::sync::watch::rescan`]);
+//!    port-forward errors are summarised.
 //! 4. **Recover**: a broken or silent stream is replaced over a new connection, and the loop
 //!    goes back to 1. A lost session Lease ends it (the caller handles Ctrl-C).
 
 pub mod report;
 pub mod timings;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -23,87 +26,48 @@ use k8s_openapi::api::core::v1::Pod;
 use kdev_protocol::{Event, ServerMessage, SessionConfig};
 use kube::ResourceExt;
 use kube::api::Api;
-use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::cluster::connect::Connection;
-use crate::cluster::lease::SessionLease;
 use crate::deploy;
 use crate::error::SessionLost;
 use crate::exit_code::{Exit, exit_code};
 use crate::pod::bootstrap::{self, Uploaded};
-use crate::pod::controllers::{Controllers, node_arch};
-use crate::pod::delve::{self, DebugOptions};
+use crate::pod::controllers::node_arch;
+use crate::pod::delve;
 use crate::pod::forward::{ErrorSummary, ForwardEvent, ForwardTarget};
 use crate::pod::session::{ControllerSession, SessionError};
 use crate::project::Service;
-use crate::sync::engine::SyncEngine;
+use crate::session::ServiceSession;
 use crate::sync::watch::rescan_schedule::RescanSchedule;
 use crate::sync::watch::tree_watcher::{Batch, Notice};
 use crate::ui::{Ui, fmt_bytes, fmt_duration};
-use report::{Reload, Report};
+use report::Reload;
 
 /// Identical forward errors within this window are counted, not repeated.
 const FORWARD_ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// The longest wait between two attempts to reach the controller.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The forwards' side of the loop: which pod they dial, their errors, the app's exits.
-pub struct Forwards {
-    /// The pod (and API connection) new forwarded connections go to; `None` while there is none.
-    pub target: watch::Sender<Option<ForwardTarget>>,
-    pub events: mpsc::UnboundedReceiver<ForwardEvent>,
-    /// Counts app exits: forwarded connections to an exited process are closed at once.
-    pub app_exits: watch::Sender<u64>,
-}
-
-impl Forwards {
-    /// The pod's forward relay is on `port` (from the Welcome, or a new supervisor's start).
-    fn set_relay(&self, port: u16) {
-        self.target.send_if_modified(|t| match t {
-            Some(t) if t.relay != Some(port) => {
-                t.relay = Some(port);
-                true
-            }
-            _ => false,
-        });
-    }
-}
-
-/// Everything the loop needs, set up by `kdev watch`.
+/// The loop of one service's session.
 pub struct ReloadLoop<'a> {
-    pub ui: &'a Ui,
-    pub service: &'a Service,
-    /// The project's name (for the editor's debug configuration).
-    pub project_name: &'a str,
-    pub conn: Connection,
-    pub lease: &'a mut SessionLease,
-    /// Labels that select the dev pod.
-    pub pod_selector: BTreeMap<String, String>,
-    pub pod_timeout: Duration,
-    /// The static controllers, one per node architecture, that can be uploaded into the pod.
-    pub controllers: Controllers,
-    pub session_config: SessionConfig,
-    pub debug: Option<DebugOptions>,
-    pub forwards: Forwards,
-    pub batches: mpsc::UnboundedReceiver<Batch>,
-    pub engine: SyncEngine,
-    pub report: Report,
-    /// With `kdev debug --hold`: a line on stdin asks for the build.
-    pub enter: mpsc::UnboundedReceiver<()>,
+    session: &'a mut ServiceSession,
 }
 
 /// One live session: the stream and the pod it reaches.
 struct Live {
-    session: ControllerSession,
+    stream: ControllerSession,
     pod: String,
     pods: Api<Pod>,
 }
 
-impl ReloadLoop<'_> {
+impl<'a> ReloadLoop<'a> {
+    pub fn new(session: &'a mut ServiceSession) -> ReloadLoop<'a> {
+        ReloadLoop { session }
+    }
+
     /// Run until the session is lost (an error); Ctrl-C is the caller's.
     pub async fn run(mut self) -> Result<()> {
-        self.engine.keep_hashes_across_restarts();
+        self.session.engine.keep_hashes_across_restarts();
         let mut first = true;
         let mut backoff = Duration::from_millis(250);
         let mut forward_errors = ErrorSummary::new(FORWARD_ERROR_WINDOW);
@@ -123,58 +87,118 @@ impl ReloadLoop<'_> {
     /// Find the pod, upload the controller, open the session and reconcile. `None` when it
     /// failed in a way worth retrying (said, and waited for, here).
     async fn connect(&mut self, first: bool, backoff: &mut Duration) -> Result<Option<Live>> {
-        let pods = self.conn.pods();
-        let ns = self.conn.namespace.clone();
-        let pod = tokio::select! {
-            p = deploy::wait_for_dev_pod(&self.conn.client, &ns, &self.pod_selector, self.pod_timeout) => p?,
-            lost = self.lease.lost() => return Err(SessionLost(lost).into()),
-        };
+        let pods = self.session.conn.pods();
+        let pod = self.wait_for_pod().await?;
         let pod_name = pod.name_any();
         // Forward to the pod as soon as it is known, not only once the session is up: the old
         // one may be gone. Its relay is known again from the Welcome (a new pod has its own).
-        self.forwards.target.send_replace(Some(ForwardTarget {
-            pod: pod_name.clone(),
-            pods: pods.clone(),
-            relay: None,
-            delve: self.debug.as_ref().map(|d| d.port),
-            connection: crate::pod::forward::next_connection(),
-        }));
-        // The controller built for the pod's node, or stop: another would not run there.
-        let controller = match node_arch(&self.conn.client, &pods, &pod).await {
-            Ok((node, arch)) => self
-                .controllers
-                .for_node(&arch, &pod_name, &node)?
-                .binary
-                .clone(),
-            Err(e) => {
-                self.ui
-                    .warn(&format!("{e}; retrying in {}", fmt_duration(*backoff)));
-                self.retry_wait(backoff).await?;
-                return Ok(None);
-            }
+        self.session
+            .forwards
+            .target
+            .send_replace(Some(ForwardTarget {
+                pod: pod_name.clone(),
+                pods: pods.clone(),
+                relay: None,
+                delve: self.session.debug.as_ref().map(|d| d.port),
+                connection: crate::pod::forward::next_connection(),
+            }));
+        let Some(controller) = self.controller_for(&pods, &pod, backoff).await? else {
+            return Ok(None);
         };
+        let Some(mut stream) = self.open(&controller, &pods, &pod_name, backoff).await? else {
+            return Ok(None);
+        };
+        let ui = &self.session.ui;
+        if first {
+            let root = self.session.engine.root.display();
+            ui.ok(&format!("connected to {pod_name}; syncing {root}"));
+        } else {
+            ui.ok(&format!("reconnected to {pod_name}; reconciling"));
+        }
+        if !self.reconcile(&mut stream, &pod_name, backoff).await? {
+            return Ok(None);
+        }
+        *backoff = Duration::from_millis(250);
+        Ok(Some(Live {
+            stream,
+            pod: pod_name,
+            pods,
+        }))
+    }
+
+    /// The dev pod, once it runs.
+    async fn wait_for_pod(&mut self) -> Result<Pod> {
+        let s = &mut *self.session;
+        let (conn, selector) = (&s.conn, &s.workload.pod_selector);
+        let waiting =
+            deploy::wait_for_dev_pod(&conn.client, &conn.namespace, selector, s.pod_timeout);
+        tokio::select! {
+            p = waiting => Ok(p?),
+            lost = s.lease.lost() => Err(SessionLost(lost).into()),
+        }
+    }
+
+    /// The controller built for the pod's node, or stop: another would not run there. `None`
+    /// when the node could not be asked (retry).
+    async fn controller_for(
+        &mut self,
+        pods: &Api<Pod>,
+        pod: &Pod,
+        backoff: &mut Duration,
+    ) -> Result<Option<Arc<Vec<u8>>>> {
+        match node_arch(&self.session.conn.client, pods, pod).await {
+            Ok((node, arch)) => {
+                let found = self
+                    .session
+                    .controllers
+                    .for_node(&arch, &pod.name_any(), &node)?;
+                Ok(Some(found.binary.clone()))
+            }
+            Err(e) => {
+                let retry = fmt_duration(*backoff);
+                self.session.ui.warn(&format!("{e}; retrying in {retry}"));
+                self.retry_wait(backoff).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Upload and open the session stream. `None` when it failed in a way worth retrying.
+    async fn open(
+        &mut self,
+        controller: &[u8],
+        pods: &Api<Pod>,
+        pod_name: &str,
+        backoff: &mut Duration,
+    ) -> Result<Option<ControllerSession>> {
+        let s = &mut *self.session;
         let opening = open_session(
-            self.ui,
-            self.service,
-            &controller,
-            self.debug.is_some(),
-            &self.session_config,
-            &pods,
-            &pod_name,
+            &s.ui,
+            &s.service,
+            controller,
+            s.debug.is_some(),
+            &s.session_config,
+            pods,
+            pod_name,
         );
         let opened = tokio::select! {
             s = opening => s,
-            lost = self.lease.lost() => return Err(SessionLost(lost).into()),
+            lost = s.lease.lost() => return Err(SessionLost(lost).into()),
         };
-        let mut session = match opened {
-            Ok(s) => {
-                if let Some(port) = s.welcome.app_status.as_ref().and_then(|a| a.relay_port) {
-                    self.forwards.set_relay(port);
+        match opened {
+            Ok(stream) => {
+                let relay = stream
+                    .welcome
+                    .app_status
+                    .as_ref()
+                    .and_then(|a| a.relay_port);
+                if let Some(port) = relay {
+                    self.session.forwards.set_relay(port);
                 }
-                s
+                Ok(Some(stream))
             }
             // Waiting does not grant permissions: stop.
-            Err(e) if exit_code(&e) == Exit::Forbidden => return Err(e),
+            Err(e) if exit_code(&e) == Exit::Forbidden => Err(e),
             // Nor does it change the controller kdev carries.
             Err(e)
                 if matches!(
@@ -182,44 +206,47 @@ impl ReloadLoop<'_> {
                     Some(SessionError::VersionMismatch(_))
                 ) =>
             {
-                return Err(e);
+                Err(e)
             }
             Err(e) => {
-                self.ui.warn(&format!(
+                self.session.ui.warn(&format!(
                     "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",
                     fmt_duration(*backoff)
                 ));
                 self.retry_wait(backoff).await?;
-                return Ok(None);
+                Ok(None)
             }
-        };
-        if first {
-            self.ui.ok(&format!(
-                "connected to {pod_name}; syncing {}",
-                self.engine.root.display()
-            ));
-        } else {
-            self.ui
-                .ok(&format!("reconnected to {pod_name}; reconciling"));
         }
+    }
+
+    /// Make the pod's tree equal to the local one, and say what that took. `false` when it
+    /// failed (said, and waited for: reconnect).
+    async fn reconcile(
+        &mut self,
+        stream: &mut ControllerSession,
+        pod_name: &str,
+        backoff: &mut Duration,
+    ) -> Result<bool> {
+        let s = &mut *self.session;
         let synced = tokio::select! {
-            r = self.engine.initial_sync(&mut session, self.ui)
+            r = s.engine.initial_sync(stream, &s.ui)
                 .instrument(tracing::info_span!("reconcile", pod = %pod_name)) => r,
-            lost = self.lease.lost() => return Err(SessionLost(lost).into()),
+            lost = s.lease.lost() => return Err(SessionLost(lost).into()),
         };
+        let ui = &s.ui;
         match synced {
             Ok(s) if s.in_sync => {
-                self.ui.ok(&format!(
+                ui.ok(&format!(
                     "the pod is in sync: {} files ({}) compared in {}; nothing to send or build",
                     s.files,
                     fmt_bytes(s.compared_bytes),
                     fmt_duration(s.started.elapsed())
                 ));
-                self.report.reload = None;
+                self.session.report.reload = None;
             }
             Ok(s) => {
                 // Precise enough for a benchmark (tests/bench/sync reads it).
-                self.ui.step(&format!(
+                ui.step(&format!(
                     "synced {} files ({}) in {}: sent {} files ({}), deleted {}",
                     s.files,
                     fmt_bytes(s.compared_bytes),
@@ -228,33 +255,24 @@ impl ReloadLoop<'_> {
                     fmt_bytes(s.sent_bytes),
                     s.deleted,
                 ));
-                self.report.reload = Some(Reload::new(
-                    vec![format!("{} files", s.files)],
-                    s.started,
-                    None,
-                ));
+                let files = vec![format!("{} files", s.files)];
+                self.session.report.reload = Some(Reload::new(files, s.started, None));
             }
             Err(e) => {
-                self.ui
-                    .warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
+                ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
                 self.retry_wait(backoff).await?;
-                return Ok(None);
+                return Ok(false);
             }
         }
-        *backoff = Duration::from_millis(250);
-        Ok(Some(Live {
-            session,
-            pod: pod_name,
-            pods,
-        }))
+        Ok(true)
     }
 
     /// A new client (dead pooled connections stay behind), then the backoff.
     async fn retry_wait(&mut self, backoff: &mut Duration) -> Result<()> {
-        self.conn.renew()?;
+        self.session.conn.renew()?;
         tokio::select! {
             _ = tokio::time::sleep(*backoff) => {}
-            lost = self.lease.lost() => return Err(SessionLost(lost).into()),
+            lost = self.session.lease.lost() => return Err(SessionLost(lost).into()),
         }
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
         Ok(())
@@ -268,32 +286,19 @@ impl ReloadLoop<'_> {
         forward_errors: &mut ErrorSummary,
         delve_announced: &mut bool,
     ) -> Result<anyhow::Error> {
-        // The safety net: a periodic stat-only rescan while idle (see `sync::rescan`).
+        // The safety net: a periodic stat-only rescan while idle (see `sync::watch::rescan_schedule`).
         let mut rescan = RescanSchedule::new(Instant::now());
         let mut rescan_tick = tokio::time::interval(Duration::from_millis(250));
         rescan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                batch = self.batches.recv() => {
+                batch = self.session.batches.recv() => {
                     let Some(batch) = batch else {
                         return Ok(anyhow!("the file watcher stopped"));
                     };
-                    for n in &batch.notices {
-                        match n {
-                            Notice::FellBackToPolling(why) => self.ui.warn(why),
-                            Notice::Error(e) => self.ui.warn(&format!("watcher: {e}")),
-                        }
-                    }
                     rescan.activity(Instant::now());
-                    let synced = self.engine.sync_paths(&mut live.session, &batch.paths, self.ui)
-                        .instrument(tracing::info_span!("patch"))
-                        .await;
-                    match synced {
-                        Ok(Some(s)) => {
-                            self.report.reload = Some(Reload::new(s.changed, s.started, batch.first_event_at));
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Ok(e),
+                    if let Err(e) = self.sync_batch(live, batch).await {
+                        return Ok(e);
                     }
                 }
                 _ = rescan_tick.tick() => {
@@ -301,55 +306,91 @@ impl ReloadLoop<'_> {
                         return Ok(e);
                     }
                 }
-                msg = live.session.next_event() => match msg {
-                    Ok(m) => {
-                        let restarted = matches!(&m, ServerMessage::Event { event: Event::Restarted { .. }, .. });
-                        if matches!(&m, ServerMessage::Event { event: Event::AppExited { .. }, .. }) {
-                            self.forwards.app_exits.send_modify(|n| *n += 1);
-                        }
-                        if let ServerMessage::Event {
-                            event: Event::AppStarted { relay_port: Some(port), .. } | Event::Restarted { relay_port: Some(port), .. },
-                            ..
-                        } = &m {
-                            self.forwards.set_relay(*port);
-                        }
-                        report::show_message(m, &mut self.report, self.ui);
-                        if let (true, Some(d)) = (restarted, &self.debug) {
-                            let editor = delve::EditorTarget {
-                                local_root: &self.engine.root,
-                                remote_root: &self.service.config.sync.remote,
-                                name: if self.service.config.name.is_empty() {
-                                    self.project_name
-                                } else {
-                                    &self.service.config.name
-                                },
-                            };
-                            delve::announce(&live.pods, &live.pod, d, &editor, self.ui, delve_announced).await;
-                        }
-                    }
+                msg = live.stream.next_event() => match msg {
+                    Ok(m) => self.show(live, m, delve_announced).await,
                     Err(e) => return Ok(e.into()),
                 },
-                Some(()) = self.enter.recv() => {
-                    if let Err(e) = live.session.build() {
+                Some(()) = self.session.enter.recv() => {
+                    if let Err(e) = live.stream.build() {
                         return Ok(e.into());
                     }
-                    self.ui.step("building (asked for)");
+                    self.session.ui.step("building (asked for)");
                 }
-                Some(ev) = self.forwards.events.recv() => match ev {
+                Some(ev) = self.session.forwards.events.recv() => match ev {
                     ForwardEvent::Failed { local, error } => {
                         tracing::debug!(target: "kdev::forward", local, "{error}");
                         if let Some(line) = forward_errors.record(local, &error, Instant::now()) {
-                            self.ui.warn(&line);
+                            self.session.ui.warn(&line);
                         }
                     }
                 },
                 _ = forward_errors.flush_due() => {
                     for line in forward_errors.flush(Instant::now()) {
-                        self.ui.warn(&line);
+                        self.session.ui.warn(&line);
                     }
                 }
-                lost = self.lease.lost() => return Err(SessionLost(lost).into()),
+                lost = self.session.lease.lost() => return Err(SessionLost(lost).into()),
             }
+        }
+    }
+
+    /// Sync one batch from the watcher (after its notices). An error ends the stream.
+    async fn sync_batch(&mut self, live: &mut Live, batch: Batch) -> Result<()> {
+        let s = &mut *self.session;
+        for n in &batch.notices {
+            match n {
+                Notice::FellBackToPolling(why) => s.ui.warn(why),
+                Notice::Error(e) => s.ui.warn(&format!("watcher: {e}")),
+            }
+        }
+        let synced = s
+            .engine
+            .sync_paths(&mut live.stream, &batch.paths, &s.ui)
+            .instrument(tracing::info_span!("patch"))
+            .await?;
+        if let Some(synced) = synced {
+            let reload = Reload::new(synced.changed, synced.started, batch.first_event_at);
+            s.report.reload = Some(reload);
+        }
+        Ok(())
+    }
+
+    /// A message from the controller: shown, and what it means for the forwards (the app's
+    /// exits, the relay's port) and for Delve (announced after a restart).
+    async fn show(&mut self, live: &Live, m: ServerMessage, delve_announced: &mut bool) {
+        let s = &mut *self.session;
+        let ServerMessage::Event { event, .. } = &m else {
+            report::show_message(m, &mut s.report, &s.ui);
+            return;
+        };
+        let restarted = matches!(event, Event::Restarted { .. });
+        if matches!(event, Event::AppExited { .. }) {
+            s.forwards.app_exits.send_modify(|n| *n += 1);
+        }
+        if let Event::AppStarted {
+            relay_port: Some(port),
+            ..
+        }
+        | Event::Restarted {
+            relay_port: Some(port),
+            ..
+        } = event
+        {
+            s.forwards.set_relay(*port);
+        }
+        report::show_message(m, &mut s.report, &s.ui);
+        if let (true, Some(d)) = (restarted, &s.debug) {
+            let name = &s.service.config.name;
+            let editor = delve::EditorTarget {
+                local_root: &s.engine.root,
+                remote_root: &s.service.config.sync.remote,
+                name: if name.is_empty() {
+                    &s.project_name
+                } else {
+                    name
+                },
+            };
+            delve::announce(&live.pods, &live.pod, d, &editor, &s.ui, delve_announced).await;
         }
     }
 
@@ -357,22 +398,24 @@ impl ReloadLoop<'_> {
     /// rescan if it is time.
     async fn rescan(&mut self, live: &mut Live, schedule: &mut RescanSchedule) -> Result<()> {
         let now = Instant::now();
-        self.engine.save_hashes_if_due();
+        self.session.engine.save_hashes_if_due();
         if let Some((paths, found_at)) = schedule.take_settled(now) {
             if let Some(s) = self
+                .session
                 .engine
-                .sync_paths(&mut live.session, &paths, self.ui)
+                .sync_paths(&mut live.stream, &paths, &self.session.ui)
                 .await?
             {
                 let n = s.changed.len();
-                self.ui.warn(&format!(
+                self.session.ui.warn(&format!(
                     "the watcher missed {n} change{}; synced",
                     if n == 1 { "" } else { "s" }
                 ));
-                self.report.reload = Some(Reload::new(s.changed, s.started, Some(found_at)));
+                self.session.report.reload =
+                    Some(Reload::new(s.changed, s.started, Some(found_at)));
             }
-        } else if schedule.due(now, self.report.reload.is_none()) {
-            let engine = &mut self.engine;
+        } else if schedule.due(now, self.session.report.reload.is_none()) {
+            let engine = &mut self.session.engine;
             match engine.snapshot.rescan(&engine.rules) {
                 Ok(changes) => {
                     tracing::debug!(
@@ -381,11 +424,12 @@ impl ReloadLoop<'_> {
                         now.elapsed(),
                         changes.paths().len()
                     );
-                    engine.warn_unsyncable(&changes.unsyncable, self.ui);
+                    engine.warn_unsyncable(&changes.unsyncable, &self.session.ui);
                     schedule.ran(Instant::now(), now.elapsed(), changes.paths());
                 }
                 Err(e) => {
-                    self.ui
+                    self.session
+                        .ui
                         .warn(&format!("rescanning {}: {e}", engine.root.display()));
                     schedule.ran(Instant::now(), now.elapsed(), BTreeSet::new());
                 }
@@ -401,26 +445,26 @@ impl ReloadLoop<'_> {
             .downcast_ref::<SessionError>()
             .is_some_and(|e| matches!(e, SessionError::Silent(_)));
         if silent {
-            self.ui.warn(&format!(
+            self.session.ui.warn(&format!(
                 "{ended:#}; replacing the stream to {} over a new connection",
                 live.pod
             ));
         } else {
-            self.ui.warn(&format!(
+            self.session.ui.warn(&format!(
                 "lost the connection to {}: {ended:#}; reconnecting",
                 live.pod
             ));
         }
-        drop(live.session);
-        self.conn.renew()?;
+        drop(live.stream);
+        self.session.conn.renew()?;
         // Keep forwarding to this pod while it lives (a broken stream often leaves it healthy);
         // stop at once if it is gone or going, rather than dial a dead pod.
-        if !pod_alive(&self.conn.pods(), &live.pod).await {
-            self.forwards.target.send_replace(None);
+        if !pod_alive(&self.session.conn.pods(), &live.pod).await {
+            self.session.forwards.target.send_replace(None);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => Ok(()),
-            lost = self.lease.lost() => Err(SessionLost(lost).into()),
+            lost = self.session.lease.lost() => Err(SessionLost(lost).into()),
         }
     }
 }

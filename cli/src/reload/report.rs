@@ -98,67 +98,9 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             output,
             unchanged,
             ..
-        } => {
-            // The pod's phases, as `-v` shows the CLI's own spans.
-            tracing::info!(target: "kdev::phase", phase = "build", ?outcome, elapsed_ms);
-            match outcome {
-                BuildOutcome::Succeeded => {
-                    if let Some(r) = state.reload.as_mut() {
-                        r.pod.build_ms = Some(elapsed_ms);
-                        r.timeline.built_at_ms = Some(timings::now_ms());
-                    }
-                    // The same binary as the running one: no restart follows, the reload ends.
-                    if unchanged && let Some(r) = state.reload.take() {
-                        ui.ok(&format!(
-                            "{} → synced {}, built {}: the binary is unchanged, not restarted \
-                             (total {})",
-                            summarize_paths(&r.changed),
-                            fmt_duration(Duration::from_millis(r.patch_ms)),
-                            fmt_duration(Duration::from_millis(elapsed_ms)),
-                            fmt_duration(r.started.elapsed()),
-                        ));
-                    }
-                }
-                BuildOutcome::Cancelled => {}
-                BuildOutcome::Failed | BuildOutcome::Error => {
-                    // This reload ends here (and the rescan may run again).
-                    let what = state
-                        .reload
-                        .take()
-                        .map(|r| summarize_paths(&r.changed))
-                        .unwrap_or_default();
-                    ui.fail(&format!(
-                        "{what} → build failed in {} (the previous version keeps running)",
-                        fmt_duration(Duration::from_millis(elapsed_ms))
-                    ));
-                    ui.detail(&map_build_output(&output, &state.root));
-                }
-            }
-        }
-        Event::Restarted { elapsed_ms, .. } => {
-            tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
-            if let Some(r) = state.reload.as_mut() {
-                r.pod.restart_ms = Some(elapsed_ms);
-                r.timeline.restarted_at_ms = Some(timings::now_ms());
-            }
-            // Without a port to wait for, the restart is the end of the reload.
-            if state.app_port.is_none()
-                && let Some(r) = state.reload.take()
-            {
-                finish_reload(r, state, ui);
-            }
-        }
-        Event::Ready { elapsed_ms, .. } => match state.reload.take() {
-            Some(mut r) => {
-                r.pod.ready_ms = Some(elapsed_ms);
-                r.timeline.ready_at_ms = Some(timings::now_ms());
-                finish_reload(r, state, ui);
-            }
-            None => ui.ok(&format!(
-                "app ready in {}",
-                fmt_duration(Duration::from_millis(elapsed_ms))
-            )),
-        },
+        } => build_finished(outcome, elapsed_ms, &output, unchanged, state, ui),
+        Event::Restarted { elapsed_ms, .. } => restarted(elapsed_ms, state, ui),
+        Event::Ready { elapsed_ms, .. } => ready(elapsed_ms, state, ui),
         Event::NotReady {
             port,
             waited_ms,
@@ -185,27 +127,8 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             ..
         } => {
             if !expected {
-                let how = match (code, signal) {
-                    (Some(c), _) => format!("exit code {c}"),
-                    (None, Some(s)) => format!("signal {s}"),
-                    _ => "unknown status".into(),
-                };
-                let again = next_start_in_ms
-                    .map(|ms| {
-                        format!(
-                            "; restarting in {}",
-                            fmt_duration(Duration::from_millis(ms))
-                        )
-                    })
-                    .unwrap_or_default();
-                ui.fail(&format!("app exited ({how}){again}"));
                 let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
-                if !tail.is_empty() {
-                    ui.detail(&tail.join("\n"));
-                }
-                if let Some(hint) = crate::pod::delve::ptrace_hint(&tail.join("\n")) {
-                    ui.warn(hint);
-                }
+                app_exited(code, signal, next_start_in_ms, &tail, ui);
             }
         }
         Event::AppOutput { stream, line, .. } => ui.app(stream == Stream::Stderr, &line),
@@ -225,9 +148,116 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
     }
 }
 
+/// A build ended: a success without a new binary ends the reload; a failure ends it too, with
+/// the compiler's output.
+fn build_finished(
+    outcome: BuildOutcome,
+    elapsed_ms: u64,
+    output: &str,
+    unchanged: bool,
+    state: &mut Report,
+    ui: &Ui,
+) {
+    // The pod's phases, as `-v` shows the CLI's own spans.
+    tracing::info!(target: "kdev::phase", phase = "build", ?outcome, elapsed_ms);
+    match outcome {
+        BuildOutcome::Succeeded => {
+            if let Some(r) = state.reload.as_mut() {
+                r.pod.build_ms = Some(elapsed_ms);
+                r.timeline.built_at_ms = Some(timings::now_ms());
+            }
+            // The same binary as the running one: no restart follows, the reload ends.
+            if unchanged && let Some(r) = state.reload.take() {
+                ui.ok(&format!(
+                    "{} → synced {}, built {}: the binary is unchanged, not restarted \
+                     (total {})",
+                    summarize_paths(&r.changed),
+                    fmt_duration(Duration::from_millis(r.patch_ms)),
+                    fmt_duration(Duration::from_millis(elapsed_ms)),
+                    fmt_duration(r.started.elapsed()),
+                ));
+            }
+        }
+        BuildOutcome::Cancelled => {}
+        BuildOutcome::Failed | BuildOutcome::Error => {
+            // This reload ends here (and the rescan may run again).
+            let what = state
+                .reload
+                .take()
+                .map(|r| summarize_paths(&r.changed))
+                .unwrap_or_default();
+            ui.fail(&format!(
+                "{what} → build failed in {} (the previous version keeps running)",
+                fmt_duration(Duration::from_millis(elapsed_ms))
+            ));
+            ui.detail(&map_build_output(output, &state.root));
+        }
+    }
+}
+
+/// The new process runs: without a port to wait for, that ends the reload.
+fn restarted(elapsed_ms: u64, state: &mut Report, ui: &Ui) {
+    tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
+    if let Some(r) = state.reload.as_mut() {
+        r.pod.restart_ms = Some(elapsed_ms);
+        r.timeline.restarted_at_ms = Some(timings::now_ms());
+    }
+    if state.app_port.is_none()
+        && let Some(r) = state.reload.take()
+    {
+        finish_reload(r, state, ui);
+    }
+}
+
+/// The app accepts on its port: the reload ends (or, with none going on, the app is up).
+fn ready(elapsed_ms: u64, state: &mut Report, ui: &Ui) {
+    match state.reload.take() {
+        Some(mut r) => {
+            r.pod.ready_ms = Some(elapsed_ms);
+            r.timeline.ready_at_ms = Some(timings::now_ms());
+            finish_reload(r, state, ui);
+        }
+        None => ui.ok(&format!(
+            "app ready in {}",
+            fmt_duration(Duration::from_millis(elapsed_ms))
+        )),
+    }
+}
+
+/// The app exited when it was not asked to: how, when it starts again, its last lines, and
+/// the ptrace hint when Delve could not attach.
+fn app_exited(
+    code: Option<i32>,
+    signal: Option<i32>,
+    next_start_in_ms: Option<u64>,
+    tail: &[String],
+    ui: &Ui,
+) {
+    let how = match (code, signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "unknown status".into(),
+    };
+    let again = next_start_in_ms
+        .map(|ms| {
+            format!(
+                "; restarting in {}",
+                fmt_duration(Duration::from_millis(ms))
+            )
+        })
+        .unwrap_or_default();
+    ui.fail(&format!("app exited ({how}){again}"));
+    if !tail.is_empty() {
+        ui.detail(&tail.join("\n"));
+    }
+    if let Some(hint) = crate::pod::delve::ptrace_hint(&tail.join("\n")) {
+        ui.warn(hint);
+    }
+}
+
 /// Compiler output names files relative to the sync root (`./handlers/ping.go:12:5: ...`):
 /// rewrite them to paths relative to where the user runs kdev, so editors can jump to them.
-pub fn map_build_output(output: &str, local_root: &Path) -> String {
+fn map_build_output(output: &str, local_root: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
     let base = local_root
         .strip_prefix(&cwd)

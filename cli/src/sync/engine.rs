@@ -305,6 +305,50 @@ impl SyncEngine {
         ui: &Ui,
     ) -> Result<Option<Synced>> {
         let started = Instant::now();
+        let (fresh, prefixes) = self.entries_at(paths, ui)?;
+        let old: Vec<Entry> = self
+            .known
+            .values()
+            .filter(|e| prefixes.iter().any(|pre| is_under(&e.path, pre)))
+            .cloned()
+            .collect();
+        let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
+        let mut plan = diff(&fresh_list, &old);
+        self.skip_refused(&mut plan, &fresh, false);
+        for d in &plan.delete {
+            self.refused.retain(|p, _| !is_under(p, d));
+        }
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let changed = changed_paths(&plan, &fresh);
+        let sent = self
+            .send_plan(session, &plan, self.build_mode, false, None)
+            .await?;
+        for d in &plan.delete {
+            self.known.retain(|p, _| !is_under(p, d));
+        }
+        for e in fresh_list {
+            self.known.insert(e.path.clone(), e);
+        }
+        if plan.send.len() + plan.delete.len() > 1000 {
+            release_freed_memory();
+        }
+        self.note_refused(&sent.refused, ui);
+        self.warn_unsyncable(&sent.skipped, ui);
+        if refused_all(&plan, &sent.refused) {
+            return Ok(None);
+        }
+        Ok(Some(Synced { changed, started }))
+    }
+
+    /// The local entries at and below `paths` (a new directory brings its contents; the root
+    /// rescans everything), and the relative paths they cover (`""`: everything).
+    fn entries_at(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        ui: &Ui,
+    ) -> Result<(BTreeMap<String, Entry>, BTreeSet<String>)> {
         let mut fresh: BTreeMap<String, Entry> = BTreeMap::new();
         let mut prefixes: BTreeSet<String> = BTreeSet::new();
         for path in paths {
@@ -344,62 +388,7 @@ impl SyncEngine {
                 Local::Absent => {}
             }
         }
-        let under = |p: &str, prefix: &str| {
-            prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"))
-        };
-        let old: Vec<Entry> = self
-            .known
-            .values()
-            .filter(|e| prefixes.iter().any(|pre| under(&e.path, pre)))
-            .cloned()
-            .collect();
-        let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
-        let mut plan = diff(&fresh_list, &old);
-        self.skip_refused(&mut plan, &fresh, false);
-        for d in &plan.delete {
-            self.refused.retain(|p, _| !under(p, d));
-        }
-        if plan.is_empty() {
-            return Ok(None);
-        }
-        let mut changed: Vec<String> = plan
-            .send
-            .iter()
-            .filter(|p| {
-                fresh
-                    .get(*p)
-                    .is_some_and(|e| e.kind != kdev_protocol::EntryKind::Dir)
-            })
-            .cloned()
-            .collect();
-        changed.extend(plan.delete.iter().map(|p| format!("-{p}")));
-        if changed.is_empty() {
-            changed = plan.send.clone();
-        }
-        let sent = self
-            .send_plan(session, &plan, self.build_mode, false, None)
-            .await?;
-        for d in &plan.delete {
-            self.known.retain(|p, _| !under(p, d));
-        }
-        for e in fresh_list {
-            self.known.insert(e.path.clone(), e);
-        }
-        if plan.send.len() + plan.delete.len() > 1000 {
-            release_freed_memory();
-        }
-        self.note_refused(&sent.refused, ui);
-        self.warn_unsyncable(&sent.skipped, ui);
-        let refused_all = !sent.refused.is_empty()
-            && plan.delete.is_empty()
-            && plan
-                .send
-                .iter()
-                .all(|p| sent.refused.iter().any(|r| &r.path == p));
-        if refused_all {
-            return Ok(None);
-        }
-        Ok(Some(Synced { changed, started }))
+        Ok((fresh, prefixes))
     }
 
     /// Send a plan in frames that respect the controller's limits ([`send`]).
@@ -413,6 +402,41 @@ impl SyncEngine {
     ) -> Result<Sent> {
         send(&self.root, session, plan, build, always_send, progress).await
     }
+}
+
+/// Whether relative path `p` is `prefix` or below it (`""` holds everything).
+fn is_under(p: &str, prefix: &str) -> bool {
+    prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"))
+}
+
+/// What a synced batch changed, for the reload line: the files sent and the paths deleted
+/// (`-path`); the directories sent when that is all.
+fn changed_paths(plan: &SyncPlan, fresh: &BTreeMap<String, Entry>) -> Vec<String> {
+    let mut changed: Vec<String> = plan
+        .send
+        .iter()
+        .filter(|p| {
+            fresh
+                .get(*p)
+                .is_some_and(|e| e.kind != kdev_protocol::EntryKind::Dir)
+        })
+        .cloned()
+        .collect();
+    changed.extend(plan.delete.iter().map(|p| format!("-{p}")));
+    if changed.is_empty() {
+        changed = plan.send.clone();
+    }
+    changed
+}
+
+/// The pod refused everything the plan sent, and it deleted nothing: no reload follows.
+fn refused_all(plan: &SyncPlan, refused: &[kdev_protocol::Refused]) -> bool {
+    !refused.is_empty()
+        && plan.delete.is_empty()
+        && plan
+            .send
+            .iter()
+            .all(|p| refused.iter().any(|r| &r.path == p))
 }
 
 #[cfg(test)]

@@ -1,0 +1,65 @@
+//! Step 2 of the set-up: one service's [`ServiceSession`] from the [`Plan`]: its own
+//! connection, its ignore rules (loaded once) and sync engine, the channels its watcher,
+//! forwards and Enter presses feed, and last its session Lease.
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+
+use super::forwards::Forwards;
+use super::plan::Plan;
+use super::service::ServiceSession;
+use super::service_plan::ServicePlan;
+use crate::cluster::connect::connect;
+use crate::cluster::lease;
+use crate::reload::report::Report;
+use crate::sync::engine::SyncEngine;
+use crate::sync::ignore::IgnoreRules;
+
+/// Set up `s`'s session. Its Lease is taken last: once held, nothing waits before the session
+/// is in the caller's hands, which release it on an error or Ctrl-C.
+pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSession> {
+    let ns = &plan.conn.namespace;
+    let conn = connect(plan.context.as_deref(), Some(ns)).await?;
+    let root = s.service.sync_root();
+    let rules = IgnoreRules::load(&root, &s.service.config.sync.exclude)?;
+    let engine = SyncEngine::new(&root, rules, plan.build_mode());
+    let (batches_in, batches) = mpsc::unbounded_channel();
+    let (enter_in, enter) = mpsc::unbounded_channel();
+    let lease = lease::acquire(
+        &plan.conn.client,
+        ns,
+        &plan.owner,
+        &plan.project.name,
+        &s.workload.service,
+        &s.workload.workload.name,
+        plan.take_over,
+    )
+    .await?;
+    Ok(ServiceSession {
+        ui: s.ui.clone(),
+        service: s.service.clone(),
+        workload: s.workload.clone(),
+        project_name: plan.project.name.clone(),
+        conn,
+        lease,
+        pod_timeout: plan.pod_timeout,
+        controllers: plan.controllers.clone(),
+        session_config: s.service.session_config(s.debug.is_some(), s.app_port),
+        debug: s.debug.clone(),
+        ports: s.ports.clone(),
+        forwarded: Vec::new(),
+        forwards: Forwards::default(),
+        batches,
+        engine,
+        report: Report {
+            reload: None,
+            app_port: s.app_port,
+            timings: plan.timings.clone(),
+            service: s.timings_name.clone(),
+            root,
+        },
+        enter,
+        batches_in: Some(batches_in),
+        enter_in: Some(enter_in),
+    })
+}

@@ -1,0 +1,83 @@
+//! One service's session: everything its reload loop ([`crate::reload::ReloadLoop`]) works
+//! with. Made by [`super::prepare_service`]; owned by `kdev watch` for as long as it runs, so
+//! that Ctrl-C in any phase can release its Lease.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kdev_protocol::SessionConfig;
+use tokio::sync::mpsc;
+
+use super::forwards::{self, Forwards};
+use crate::cluster::connect::Connection;
+use crate::cluster::lease::SessionLease;
+use crate::deploy::DevWorkload;
+use crate::pod::controllers::Controllers;
+use crate::pod::delve::DebugOptions;
+use crate::project::Service;
+use crate::reload::report::Report;
+use crate::sync::engine::SyncEngine;
+use crate::sync::watch::tree_watcher::Batch;
+use crate::ui::Ui;
+
+/// A service's session, from its Lease to its sync engine.
+pub struct ServiceSession {
+    /// Its output: prefixed with its name when there are several services.
+    pub ui: Ui,
+    pub service: Service,
+    /// Its dev workload (its name, the labels that select its pod, what the rewrite changed).
+    pub workload: DevWorkload,
+    /// The project's name (for the editor's debug configuration).
+    pub project_name: String,
+    /// Its own API connection, renewed after a lost stream.
+    pub conn: Connection,
+    pub lease: SessionLease,
+    pub pod_timeout: Duration,
+    /// The static controllers, one per node architecture, that can be uploaded into the pod.
+    pub controllers: Controllers,
+    /// What the controller is told at the handshake.
+    pub session_config: SessionConfig,
+    pub debug: Option<DebugOptions>,
+    /// Local → remote ports, forwarded once [`ServiceSession::listen`] has run.
+    pub ports: Vec<(u16, u16)>,
+    /// The bound local addresses, with their remote ports.
+    pub forwarded: Vec<(SocketAddr, u16)>,
+    pub forwards: Forwards,
+    /// The file watcher's batches of changed paths.
+    pub batches: mpsc::UnboundedReceiver<Batch>,
+    pub engine: SyncEngine,
+    pub report: Report,
+    /// With `kdev debug --hold`: a line on stdin asks for the build.
+    pub enter: mpsc::UnboundedReceiver<()>,
+    /// The sending ends of `batches` and `enter`, until the watchers and the stdin reader take
+    /// them (after apply). The session must not keep them: it would never see its watcher stop.
+    pub batches_in: Option<mpsc::UnboundedSender<Batch>>,
+    pub enter_in: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl ServiceSession {
+    /// Listen on the service's local ports.
+    pub async fn listen(&mut self) -> anyhow::Result<()> {
+        self.forwarded = self.forwards.listen(&self.ports).await?;
+        Ok(())
+    }
+
+    /// Once applied: the probes the rewrite removed, and what the forwards reach.
+    pub fn announce(&self) {
+        let notes = &self.workload.notes;
+        if !notes.removed_probes.is_empty() {
+            self.ui.warn(&format!(
+                "{} probe removed from container {} while developing (it would kill an app that \
+                 is being rebuilt)",
+                notes.removed_probes.join(" and "),
+                notes.container
+            ));
+        }
+        let delve = self.debug.as_ref().map(|d| d.port);
+        self.ui.ok(&forwards::describe(
+            &self.workload.workload.to_string(),
+            &self.forwarded,
+            delve,
+        ));
+    }
+}
