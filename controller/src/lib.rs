@@ -11,6 +11,8 @@
 //! formats in `run_files`) and one signal (SIGHUP to the PID in `run/supervisor.pid`). The
 //! binary (`main.rs`) only parses the command line; this library is what it runs.
 
+mod build_spec;
+mod log;
 pub mod quick_build;
 mod run_files;
 pub mod serve;

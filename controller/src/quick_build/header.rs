@@ -1,10 +1,10 @@
 //! The part of a Go source file that decides how `go build` treats it: its effective build
-//! constraint ([`super::constraints`]), the directives before the package clause (`//go:build`,
+//! constraint ([`super::build_constraint`]), the directives before the package clause (`//go:build`,
 //! `// +build`, `//go:debug`, …), the package name, the imports and the `//go:embed` patterns.
 //! If none of it changed, recompiling the file with the last build's compiler flags gives what
 //! `go build` would; if any of it changed, only the go command can say what to do.
 
-use super::constraints::Constraint;
+use super::build_constraint::Constraint;
 
 /// A Go file's prologue, as far as the build is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]

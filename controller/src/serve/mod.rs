@@ -9,6 +9,7 @@
 
 mod app_watch;
 pub(crate) mod build;
+mod exit;
 mod io;
 mod leftovers;
 mod lock;
@@ -30,23 +31,15 @@ use kdev_protocol::{
 use nix::fcntl::Flock;
 use tokio::sync::watch;
 
+pub use crate::build_spec::BuildDefaults;
+use crate::log::serve as log;
 use crate::run_files::read_pid_file;
 use crate::util::error_chain;
-pub use build::BuildDefaults;
 use build::Builds;
+use exit::{EXIT_BAD_INPUT, EXIT_HANDSHAKE, EXIT_OK, EXIT_SETUP};
 use io::{Out, fatal};
 use restart::RestartCtx;
 use session::Session;
-
-/// Exit codes of `serve`.
-const EXIT_OK: i32 = 0;
-const EXIT_BAD_INPUT: i32 = 2;
-const EXIT_HANDSHAKE: i32 = 3;
-const EXIT_SETUP: i32 = 4;
-
-pub(crate) fn log(msg: impl AsRef<str>) {
-    eprintln!("kdev-serve: {}", msg.as_ref());
-}
 
 /// Settings from the command line.
 #[derive(Debug, Clone)]

@@ -14,8 +14,10 @@ use kdev_protocol::{
 use tokio::sync::{mpsc, watch};
 
 use super::build::Builds;
+use super::exit::{EXIT_BAD_INPUT, EXIT_OK};
 use super::io::{Inbound, Out, error, fatal};
-use super::{EXIT_BAD_INPUT, EXIT_OK, log, patch, reconcile};
+use super::{patch, reconcile};
+use crate::log::serve as log;
 use crate::util::ms;
 
 /// Sleep until `at`; forever without one.

@@ -32,6 +32,7 @@ use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::log::supervise as log;
 use crate::run_files;
 use crate::util::{self, ms, unix_ms};
 use app_log::AppLog;
@@ -52,10 +53,6 @@ pub struct SuperviseOptions {
     pub healthy_after: Duration,
     pub log_max_bytes: u64,
     pub command: Vec<String>,
-}
-
-fn log(msg: impl AsRef<str>) {
-    eprintln!("kdev-supervise: {}", msg.as_ref());
 }
 
 struct Supervisor {

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 
-use super::BuildDefaults;
+use crate::build_spec::BuildDefaults;
+use crate::log::serve as log;
 use crate::serve::io::Out;
-use crate::serve::log;
 use kdev_protocol::Event;
 
 /// GOCACHE below the volume.

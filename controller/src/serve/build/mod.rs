@@ -34,12 +34,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::io::Out;
-use super::log;
 use super::restart::{RestartCtx, restart_and_wait};
+use crate::build_spec::{BuildDefaults, BuildSpec};
+use crate::log::serve as log;
 use crate::quick_build::{QuickBuilds, Shadow, Unproven};
 use crate::util::{self, ms, unix_ms};
-pub use command::BuildDefaults;
-use command::{BuildKind, BuildResult, BuildSpec};
+use command::{BuildKind, BuildResult};
 
 /// How long the session must be idle after a quick rebuild before its shadow build starts:
 /// a save that follows at once should not find the CPU busy with it.
