@@ -90,7 +90,8 @@ pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 /// 2: `reconcile_result` comes in parts (`more`); `patch_result` lists are capped (counts in
 /// `*_count`); `deletes` are limited (`limits.max_deletes`).
 /// 3: `reconcile` may ask for the listing's digest first (`listing_digest`, then
-/// `reconcile_continue`).
+/// `reconcile_continue`). Later, without a bump: the client message `restart` is gone (no
+/// kdev ever sent it, so no session of protocol 3 between kdev and its controller changes).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The version of this crate (and of the controller and CLI built with it).

@@ -130,7 +130,6 @@ impl Session {
                 }
                 self.builds.start(Some(b.id));
             }
-            ClientMessage::Restart(_) => self.builds.restart(None),
             ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
             ClientMessage::Bye => return false,
         }

@@ -425,7 +425,7 @@ impl Builds {
             })
             .await;
         if installed {
-            self.restart(Some(id));
+            self.restart(id);
         }
         match res.kind {
             BuildKind::Quick { packages } => {
@@ -588,7 +588,7 @@ impl Builds {
     async fn install_shadow(&mut self, build_id: u64, verify: &Path, message: String) {
         self.warn(message).await;
         match std::fs::rename(verify, self.layout.app_binary()) {
-            Ok(()) => self.restart(Some(build_id)),
+            Ok(()) => self.restart(build_id),
             Err(e) => {
                 log(format!("cannot install the shadow build's binary: {e}"));
                 self.set_dirty(true);
@@ -596,8 +596,9 @@ impl Builds {
         }
     }
 
-    /// Restart the app (replacing a restart still waiting for readiness).
-    pub(super) fn restart(&mut self, build_id: Option<u64>) {
+    /// Restart the app after build `build_id` (replacing a restart still waiting for
+    /// readiness).
+    pub(super) fn restart(&mut self, build_id: u64) {
         if let Some(t) = self.restart_task.take() {
             t.abort();
         }
