@@ -103,27 +103,11 @@ fn read_capped(fd: OwnedFd) -> (Vec<u8>, bool) {
     (out, truncated)
 }
 
-/// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
-/// `cancel` fires.
-pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> BuildResult {
-    let t0 = Instant::now();
-    let fail = |e: StartError| BuildResult {
-        outcome: BuildOutcome::Error,
-        exit_code: None,
-        output: e.to_string(),
-        truncated: false,
-        elapsed: t0.elapsed(),
-        kind: BuildKind::Command { recorded_in: None },
-    };
-    let _ = std::fs::remove_file(&spec.output);
-    let (rd, wr) = match nix::unistd::pipe() {
-        Ok(p) => p,
-        Err(e) => return fail(StartError::Pipe(e)),
-    };
-    let wr2 = match wr.try_clone() {
-        Ok(w) => w,
-        Err(e) => return fail(StartError::DupPipe(e)),
-    };
+/// Start the build command in its own process group, its stdout and stderr into one pipe.
+/// Returns the child and the pipe's read end.
+fn spawn(spec: &BuildSpec) -> Result<(tokio::process::Child, OwnedFd), StartError> {
+    let (rd, wr) = nix::unistd::pipe().map_err(StartError::Pipe)?;
+    let wr2 = wr.try_clone().map_err(StartError::DupPipe)?;
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     if spec.env_clear {
         cmd.env_clear();
@@ -148,12 +132,31 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
     let spawned = cmd.spawn();
     // Close our copies of the write end, or the reader would never see EOF.
     drop(cmd);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(error) => {
-            let program = spec.argv[0].clone();
-            return fail(StartError::Spawn { program, error });
-        }
+    match spawned {
+        Ok(child) => Ok((child, rd)),
+        Err(error) => Err(StartError::Spawn {
+            program: spec.argv[0].clone(),
+            error,
+        }),
+    }
+}
+
+/// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
+/// `cancel` fires.
+pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> BuildResult {
+    let t0 = Instant::now();
+    let fail = |e: StartError| BuildResult {
+        outcome: BuildOutcome::Error,
+        exit_code: None,
+        output: e.to_string(),
+        truncated: false,
+        elapsed: t0.elapsed(),
+        kind: BuildKind::Command { recorded_in: None },
+    };
+    let _ = std::fs::remove_file(&spec.output);
+    let (mut child, rd) = match spawn(&spec) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     if let (Some(f), Some(pg)) = (&spec.group_file, pgid) {
