@@ -100,7 +100,7 @@ pub enum FileRole {
 
 impl Tags {
     /// `go/build.Context.matchTag`.
-    pub fn matches(&self, name: &str) -> bool {
+    fn matches(&self, name: &str) -> bool {
         if self.cgo && name == "cgo" {
             return true;
         }
@@ -193,7 +193,7 @@ impl Tags {
 
 /// Extensions `go/build` files as sources of a package (`fileListForExt`), `.go` aside: files
 /// with these are read by the go command, anything else in a package's directory is not.
-pub const SOURCE_EXTENSIONS: [&str; 19] = [
+pub(crate) const SOURCE_EXTENSIONS: [&str; 19] = [
     ".c", ".cc", ".cpp", ".cxx", ".m", ".h", ".hh", ".hpp", ".hxx", ".f", ".F", ".for", ".f90",
     ".s", ".S", ".sx", ".swig", ".swigcxx", ".syso",
 ];

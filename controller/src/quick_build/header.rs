@@ -8,7 +8,7 @@ use super::build_constraint::Constraint;
 
 /// A Go file's prologue, as far as the build is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoHeader {
+pub(crate) struct GoHeader {
     /// `//go:…` and `// +build` comment lines before the package clause, trimmed.
     pub directives: Vec<String>,
     pub package: String,
@@ -104,7 +104,7 @@ impl<'a> Lexer<'a> {
 
 /// The file's header, or `None` if it does not start like a Go file (no package clause, an
 /// unterminated comment or string in the header, a malformed import).
-pub fn parse(src: &str) -> Option<GoHeader> {
+pub(crate) fn parse(src: &str) -> Option<GoHeader> {
     let mut lx = Lexer {
         src,
         pos: 0,

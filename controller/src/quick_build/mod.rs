@@ -44,12 +44,12 @@ pub use record::RECORD_TOOL;
 use recorded::{EnvSources, History, LoadCtx, Recorded};
 
 /// `build.env` (or the controller's environment) setting this to `0` turns quick rebuilds off.
-pub(crate) const OFF_ENV: &str = "KDEV_QUICK_BUILD";
+const OFF_ENV: &str = "KDEV_QUICK_BUILD";
 /// `build.env` (or the controller's environment) setting this to `0` turns the shadow build
 /// off.
-pub(crate) const VERIFY_ENV: &str = "KDEV_QUICK_VERIFY";
+const VERIFY_ENV: &str = "KDEV_QUICK_VERIFY";
 /// Changed paths remembered between full builds; past this, the next build is `go build`.
-pub(crate) const MAX_CHANGED: usize = 10_000;
+const MAX_CHANGED: usize = 10_000;
 
 /// The action graph a recorded build writes into its record directory.
 const ACTION_GRAPH: &str = "actiongraph.json";

@@ -32,9 +32,9 @@ use crate::serve::io::Out;
 use kdev_protocol::Event;
 
 /// GOCACHE below the volume.
-pub const GOCACHE_DIR: &str = "go-build";
+const GOCACHE_DIR: &str = "go-build";
 /// GOMODCACHE below the volume (when the image's module cache is empty).
-pub const GOMODCACHE_DIR: &str = "mod";
+const GOMODCACHE_DIR: &str = "mod";
 const SEED_LOCK: &str = ".seed.lock";
 /// Copies in progress are `go-build.seeding.<pid>`.
 const SEEDING_PREFIX: &str = "go-build.seeding.";

@@ -43,7 +43,7 @@ use command::{BuildKind, BuildResult};
 
 /// How long the session must be idle after a quick rebuild before its shadow build starts:
 /// a save that follows at once should not find the CPU busy with it.
-pub(crate) const SHADOW_DELAY: Duration = Duration::from_millis(300);
+const SHADOW_DELAY: Duration = Duration::from_millis(300);
 
 /// The bit that marks a shadow build's id: apart from the client's build numbers.
 const SHADOW_IDS: u64 = 1 << 63;
