@@ -5,7 +5,7 @@
 //! ([`root`])), the app watcher ([`app_watch`]) and the Welcome; then [`session`] runs the
 //! conversation, with [`reconcile`] (listing), [`patch`] (applying changes) and [`build`]
 //! (building, installing and restarting through [`restart`]); and at the end everything is
-//! stopped in order.
+//! stopped in order, with one of the [`exit`] codes.
 
 mod app_watch;
 pub(crate) mod build;

@@ -12,8 +12,9 @@
 //! reparented to it and reaped.
 //!
 //! Files: [`child`] starts the app, [`app_log`] records its output, [`signals`] is how the
-//! supervisor waits for and sends signals; this file is the supervisor's state machine
-//! (start, restart, backoff, stop) and its status file.
+//! supervisor waits for and sends signals, [`relay`] is the forward relay kdev's port-forwards
+//! go through; this file is the supervisor's state machine (start, restart, backoff, stop) and
+//! its status file.
 
 mod app_log;
 mod child;
