@@ -291,8 +291,8 @@ pub enum ServerMessage {
     ReconcileResult(ReconcileResult),
     ListingDigest(ListingDigest),
     PatchResult(PatchResult),
-    /// Something happened; `at_ms` is milliseconds since the Welcome on the server's monotonic
-    /// clock, so phases can be laid out on one time line.
+    /// Something happened; `at_ms` is milliseconds since `serve` started (just before the
+    /// handshake), on its monotonic clock, so phases can be laid out on one time line.
     Event {
         at_ms: u64,
         event: Event,

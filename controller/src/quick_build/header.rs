@@ -1,6 +1,7 @@
 //! The part of a Go source file that decides how `go build` treats it: its effective build
-//! constraint ([`super::build_constraint`]), the directives before the package clause (`//go:build`,
-//! `// +build`, `//go:debug`, …), the package name, the imports and the `//go:embed` patterns.
+//! constraint ([`super::build_constraint`]), the directives before the package clause
+//! (`//go:build`, `// +build`, `//go:debug`, …), the package name, the imports and the
+//! `//go:embed` patterns.
 //! If none of it changed, recompiling the file with the last build's compiler flags gives what
 //! `go build` would; if any of it changed, only the go command can say what to do.
 
