@@ -1,5 +1,7 @@
-//! Small helpers both roles use: clocks, atomic file replacement, error texts.
+//! Small helpers used across the crate: clocks, atomic file replacement, error texts, lexical
+//! paths.
 
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -30,6 +32,21 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// `p` with `.` and `..` resolved lexically (no filesystem access).
+pub(crate) fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

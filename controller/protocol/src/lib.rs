@@ -45,15 +45,25 @@
 //!    Server → [`ServerMessage::Welcome`], or [`ServerMessage::Error`] with
 //!    [`ErrorCode::ProtocolVersionMismatch`] and exits non-zero. `handshake::client_handshake`
 //!    (feature `tokio`) does this step.
-//! 2. Client → [`ClientMessage::Reconcile`]; server → [`ServerMessage::ReconcileResult`] with
-//!    every entry under the sync root ([`Entry`]: path, kind, size, mode, BLAKE3 hash), in
-//!    several messages for a large tree (`more: true` on all but the last).
+//! 2. Client → [`ClientMessage::Reconcile`] with [`Reconcile::digest_first`]; server →
+//!    [`ServerMessage::ListingDigest`] and keeps the listing. The client compares the digest
+//!    with its own listing's ([`listing_digest`]) and sends [`ClientMessage::ReconcileContinue`]:
+//!    `send: false` when they are equal (nothing more), `send: true` for
+//!    [`ServerMessage::ReconcileResult`] with every entry under the sync root ([`Entry`]: path,
+//!    kind, size, mode, BLAKE3 hash), in several messages for a large tree (`more: true` on all
+//!    but the last). Without `digest_first` the listing comes at once.
 //! 3. Client → [`ClientMessage::Patch`] (deletions + a tar of changed files); server →
 //!    [`ServerMessage::PatchResult`], then, if a build runs, [`Event`]s: `BuildStarted`,
-//!    `BuildFinished`, `Restarted`, `Ready` (and `AppExited`, `AppOutput`, `Warning` at any time).
-//!    A build whose binary is byte-identical to the one the app is running ends with
-//!    `BuildFinished` `unchanged: true` and nothing after it (no install, no restart).
-//! 4. Client closes stdin (or sends [`ClientMessage::Bye`]) to end the session.
+//!    `BuildFinished`, `Restarted`, `Ready` (and `AppStarted`, `AppExited`, `AppOutput`,
+//!    `Warning` at any time). A build whose binary is byte-identical to the one the app is
+//!    running ends with `BuildFinished` `unchanged: true` and nothing after it (no install, no
+//!    restart). [`ClientMessage::Build`] builds whatever changed. A quick rebuild is later
+//!    proven by an idle shadow `go build`: `BuildVerified`, or a `Warning`
+//!    (`quick_build_differs`).
+//! 4. [`ClientMessage::Ping`] at any time (answered by [`ServerMessage::Pong`] as soon as it is
+//!    read). The client closes stdin (or sends [`ClientMessage::Bye`]) to end the session.
+//!
+//! Every message with its fields and when it is sent: `controller/README.md`, "Protocol".
 //!
 //! Requests carry a client-chosen `id` that the matching response echoes.
 
@@ -90,7 +100,8 @@ pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 /// 2: `reconcile_result` comes in parts (`more`); `patch_result` lists are capped (counts in
 /// `*_count`); `deletes` are limited (`limits.max_deletes`).
 /// 3: `reconcile` may ask for the listing's digest first (`listing_digest`, then
-/// `reconcile_continue`).
+/// `reconcile_continue`). Later, without a bump: the client message `restart` is gone (no
+/// kdev ever sent it, so no session of protocol 3 between kdev and its controller changes).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The version of this crate (and of the controller and CLI built with it).

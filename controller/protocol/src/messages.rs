@@ -32,8 +32,6 @@ pub enum ClientMessage {
     Patch(Patch),
     /// Build now, whatever changed (e.g. the user pressed "rebuild").
     Build(BuildRequest),
-    /// Restart the app without building (SIGHUP to the supervisor).
-    Restart(RestartRequest),
     /// Liveness check; answered by [`ServerMessage::Pong`].
     Ping(Ping),
     /// End the session cleanly (closing stdin does the same).
@@ -213,11 +211,6 @@ pub struct BuildRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RestartRequest {
-    pub id: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
     pub id: u64,
 }
@@ -254,7 +247,6 @@ impl WireMessage for ClientMessage {
             "reconcile_continue",
             "patch",
             "build",
-            "restart",
             "ping",
             "bye",
         ];
@@ -266,7 +258,6 @@ impl WireMessage for ClientMessage {
             "reconcile_continue" => ClientMessage::ReconcileContinue(serde_json::from_slice(h)?),
             "patch" => ClientMessage::Patch(serde_json::from_slice(h)?),
             "build" => ClientMessage::Build(serde_json::from_slice(h)?),
-            "restart" => ClientMessage::Restart(serde_json::from_slice(h)?),
             "ping" => ClientMessage::Ping(serde_json::from_slice(h)?),
             "bye" => ClientMessage::Bye,
             other => return Err(serde::de::Error::unknown_variant(other, VARIANTS)),
@@ -279,7 +270,6 @@ impl WireMessage for ClientMessage {
             ClientMessage::ReconcileContinue(_) => "reconcile_continue",
             ClientMessage::Patch(_) => "patch",
             ClientMessage::Build(_) => "build",
-            ClientMessage::Restart(_) => "restart",
             ClientMessage::Ping(_) => "ping",
             ClientMessage::Bye => "bye",
         }
@@ -301,8 +291,8 @@ pub enum ServerMessage {
     ReconcileResult(ReconcileResult),
     ListingDigest(ListingDigest),
     PatchResult(PatchResult),
-    /// Something happened; `at_ms` is milliseconds since the Welcome on the server's monotonic
-    /// clock, so phases can be laid out on one time line.
+    /// Something happened; `at_ms` is milliseconds since `serve` started (just before the
+    /// handshake), on its monotonic clock, so phases can be laid out on one time line.
     Event {
         at_ms: u64,
         event: Event,
@@ -494,7 +484,7 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unchanged: bool,
     },
-    /// The supervisor started the new binary (after a build or a `Restart` request).
+    /// The supervisor started the new binary after a build (`build_id` names it).
     Restarted {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         build_id: Option<u64>,
@@ -683,7 +673,6 @@ mod tests {
             r#"{"type":"patch","id":3,"deletes":["a","b"],"build":"always"}"#,
             r#"{"type":"patch","id":4}"#,
             r#"{"type":"build","id":5}"#,
-            r#"{"type":"restart","id":6}"#,
             r#"{"type":"ping","id":7,"future":[1,2]}"#,
             r#"{"type":"bye"}"#,
         ] {
@@ -695,6 +684,7 @@ mod tests {
         }
         for bad in [
             r#"{"type":"format_disk"}"#,
+            r#"{"type":"restart","id":6}"#,
             r#"{"id":1}"#,
             r#"{"type":["ping"]}"#,
             r#"{"type":"ping"}"#,

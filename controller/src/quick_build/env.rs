@@ -60,7 +60,7 @@ fn digest(key: &str, value: &str) -> String {
 }
 
 /// What a record keeps of `env`.
-pub fn record(env: impl IntoIterator<Item = (String, String)>) -> RecordedEnv {
+pub(crate) fn record(env: impl IntoIterator<Item = (String, String)>) -> RecordedEnv {
     env.into_iter()
         .map(|(k, v)| {
             let kept = if CLEAR.contains(&k.as_str()) {

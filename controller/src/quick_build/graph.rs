@@ -83,7 +83,7 @@ impl Graph {
     }
 
     /// Every package that imports one of `of`, directly or not.
-    pub fn importers(&self, of: &BTreeSet<String>) -> BTreeSet<String> {
+    pub(crate) fn importers(&self, of: &BTreeSet<String>) -> BTreeSet<String> {
         let mut found: BTreeSet<String> = BTreeSet::new();
         loop {
             let more: Vec<&String> = self
@@ -106,7 +106,7 @@ impl Graph {
 
     /// `set` ordered so that each package comes after those of `set` it imports; `None` on a
     /// cycle (go refuses those).
-    pub fn in_import_order<'a>(&self, set: &'a BTreeSet<String>) -> Option<Vec<&'a str>> {
+    pub(crate) fn in_import_order<'a>(&self, set: &'a BTreeSet<String>) -> Option<Vec<&'a str>> {
         let mut left: BTreeSet<&str> = set.iter().map(String::as_str).collect();
         let mut order = Vec::with_capacity(left.len());
         while !left.is_empty() {
@@ -137,7 +137,11 @@ impl Graph {
 /// compiles them again (and the recorder sees it). Returns those it removed. The compile is
 /// deterministic: the archive it writes has the bytes of the one it replaces, so nothing that
 /// depends on it compiles again.
-pub fn evict(gocache: &Path, graph: &Graph, packages: &BTreeSet<String>) -> BTreeSet<String> {
+pub(crate) fn evict(
+    gocache: &Path,
+    graph: &Graph,
+    packages: &BTreeSet<String>,
+) -> BTreeSet<String> {
     packages
         .iter()
         .filter(|p| {

@@ -1,14 +1,15 @@
 //! The part of a Go source file that decides how `go build` treats it: its effective build
-//! constraint ([`super::constraints`]), the directives before the package clause (`//go:build`,
-//! `// +build`, `//go:debug`, …), the package name, the imports and the `//go:embed` patterns.
+//! constraint ([`super::build_constraint`]), the directives before the package clause
+//! (`//go:build`, `// +build`, `//go:debug`, …), the package name, the imports and the
+//! `//go:embed` patterns.
 //! If none of it changed, recompiling the file with the last build's compiler flags gives what
 //! `go build` would; if any of it changed, only the go command can say what to do.
 
-use super::constraints::Constraint;
+use super::build_constraint::Constraint;
 
 /// A Go file's prologue, as far as the build is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoHeader {
+pub(crate) struct GoHeader {
     /// `//go:…` and `// +build` comment lines before the package clause, trimmed.
     pub directives: Vec<String>,
     pub package: String,
@@ -104,7 +105,7 @@ impl<'a> Lexer<'a> {
 
 /// The file's header, or `None` if it does not start like a Go file (no package clause, an
 /// unterminated comment or string in the header, a malformed import).
-pub fn parse(src: &str) -> Option<GoHeader> {
+pub(crate) fn parse(src: &str) -> Option<GoHeader> {
     let mut lx = Lexer {
         src,
         pos: 0,

@@ -10,7 +10,7 @@
 //! * [`recorded`]: the records read back after a successful full build.
 //! * [`plan`]: whether the tree as it is now can be built quickly (every changed path
 //!   classified by what it is, with go's own rules for which files count: [`constraints`],
-//!   [`header`]), and the steps.
+//!   [`build_constraint`], [`header`]), and the steps.
 //! * [`go_command`]: everything this relies on about the go command, each with its test.
 //!
 //! Never trusted alone: after a quick rebuild, when the session is idle, `serve` runs the
@@ -20,11 +20,12 @@
 //! made by evicting their cache entries so that the next full build compiles them, or a
 //! shadow build while the session is idle ([`Shadow::Record`]).
 
+mod build_constraint;
 pub mod constraints;
 pub mod env;
 pub mod go_command;
 pub mod graph;
-pub mod header;
+mod header;
 mod plan;
 pub mod record;
 mod recorded;
@@ -34,7 +35,8 @@ use std::path::{Path, PathBuf};
 
 use kdev_protocol::BuildConfig;
 
-use crate::serve::build::command::BuildSpec;
+use crate::build_spec::BuildSpec;
+use crate::log;
 use constraints::Tags;
 use graph::Graph;
 pub(crate) use plan::{QuickPlan, Seen};
@@ -42,12 +44,12 @@ pub use record::RECORD_TOOL;
 use recorded::{EnvSources, History, LoadCtx, Recorded};
 
 /// `build.env` (or the controller's environment) setting this to `0` turns quick rebuilds off.
-pub(crate) const OFF_ENV: &str = "KDEV_QUICK_BUILD";
+const OFF_ENV: &str = "KDEV_QUICK_BUILD";
 /// `build.env` (or the controller's environment) setting this to `0` turns the shadow build
 /// off.
-pub(crate) const VERIFY_ENV: &str = "KDEV_QUICK_VERIFY";
+const VERIFY_ENV: &str = "KDEV_QUICK_VERIFY";
 /// Changed paths remembered between full builds; past this, the next build is `go build`.
-pub(crate) const MAX_CHANGED: usize = 10_000;
+const MAX_CHANGED: usize = 10_000;
 
 /// The action graph a recorded build writes into its record directory.
 const ACTION_GRAPH: &str = "actiongraph.json";
@@ -176,9 +178,9 @@ impl QuickBuilds {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))
         });
         match &toolexec {
-            Err(why) => crate::serve::log(format!("quick rebuilds are off: {why}")),
+            Err(why) => log::serve(format!("quick rebuilds are off: {why}")),
             Ok(_) if !self.verify => {
-                crate::serve::log(format!("quick rebuilds are not verified ({VERIFY_ENV}=0)"))
+                log::serve(format!("quick rebuilds are not verified ({VERIFY_ENV}=0)"))
             }
             Ok(_) => {}
         }
@@ -307,7 +309,7 @@ impl QuickBuilds {
         // waits for the next one.
         self.records_wanted = !newly_evicted.is_empty();
         if !newly_evicted.is_empty() {
-            crate::serve::log(format!(
+            log::serve(format!(
                 "quick rebuilds: {} came from the build cache with no record; their cache entries \
                  were removed so that the next go build (or a shadow build while idle) records \
                  them",
@@ -317,14 +319,14 @@ impl QuickBuilds {
         self.remove_build_dirs_but(&build_dir);
         match loaded {
             Ok(r) => {
-                crate::serve::log(format!(
+                log::serve(format!(
                     "quick rebuilds ready: edits of {} skip the go command",
                     r.describe_files(6)
                 ));
                 self.recorded = Some(r);
             }
             Err(why) => {
-                crate::serve::log(format!(
+                log::serve(format!(
                     "quick rebuilds wait for the next full build: {why}"
                 ));
                 self.recorded = None;
@@ -406,7 +408,7 @@ impl QuickBuilds {
 
     /// A quick binary differed from go build's: no more quick rebuilds this session.
     pub(crate) fn turn_off(&mut self, why: String) {
-        crate::serve::log(format!("quick rebuilds are off: {why}"));
+        log::serve(format!("quick rebuilds are off: {why}"));
         self.toolexec = Some(Err(why));
         self.recorded = None;
         self.unverified = None;

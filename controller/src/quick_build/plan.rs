@@ -25,7 +25,7 @@ use super::constraints::{FileRole, SOURCE_EXTENSIONS, Tags};
 use super::go_command::{flag_value, repoint, set_flag_value};
 use super::record::Record;
 use super::recorded::{Kind, Recorded, read_header};
-use crate::serve::build::command::BuildSpec;
+use crate::build_spec::BuildSpec;
 
 /// Names whose presence or content changes how the go command resolves packages.
 const MODULE_FILES: [&str; 5] = ["go.mod", "go.sum", "go.work", "go.work.sum", "vendor"];

@@ -96,7 +96,7 @@ impl Record {
 
 /// `<dir>/archives/`: copies of the package archives a recorded build made in its temporary
 /// directory.
-pub fn archives_dir(dir: &Path) -> PathBuf {
+fn archives_dir(dir: &Path) -> PathBuf {
     dir.join("archives")
 }
 
@@ -161,7 +161,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// recorded compile with that compile's `-buildid`, and the go command rewrites the ID of
 /// the archives it caches, so the same package compiled from the same files differs there
 /// alone.
-pub fn archive_digest(path: &Path) -> io::Result<String> {
+pub(crate) fn archive_digest(path: &Path) -> io::Result<String> {
     let mut bytes = std::fs::read(path)?;
     blank_archive_build_id(&mut bytes);
     Ok(blake3::hash(&bytes).to_hex().to_string())
@@ -260,7 +260,7 @@ fn save(
 }
 
 /// Replace `file` with `data`, atomically, readable by its owner only.
-pub fn write_private(file: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(file: &Path, data: &[u8]) -> io::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     for attempt in 0..16u32 {
         let tmp = dir.join(format!(
@@ -342,7 +342,7 @@ fn keep_archives(
 }
 
 /// Create `dir` (and its parents) with mode 0700; an existing one is left as it is.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -17,10 +17,10 @@ use super::go_command::{flag_value, packagefile, repoint, set_flag_value};
 use super::graph::Graph;
 use super::header::{self, GoHeader};
 use super::record::{MAIN_ARCHIVE, Record, ToolRun};
-use crate::serve::root::lexical;
+use crate::util::lexical;
 
 /// The `-p` of the main package's compile.
-pub(super) const MAIN: &str = "main";
+const MAIN: &str = "main";
 
 /// Compile records per package kept across builds, newest first. A revert takes the reverted
 /// packages from the go cache, and only a record of that very compile keeps the next edit

@@ -17,7 +17,7 @@ use kdev_protocol::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::log;
+use crate::log::serve as log;
 use crate::util::ms;
 
 /// The sending side of stdout. Cheap to clone; the writer stops once every `Out` is dropped.

@@ -23,7 +23,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-use super::log;
+use crate::log::serve as log;
 use crate::run_files::{self, process_start_time};
 
 /// How long the holder has to stop after SIGTERM before it is SIGKILLed.

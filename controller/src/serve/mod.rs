@@ -5,10 +5,11 @@
 //! ([`root`])), the app watcher ([`app_watch`]) and the Welcome; then [`session`] runs the
 //! conversation, with [`reconcile`] (listing), [`patch`] (applying changes) and [`build`]
 //! (building, installing and restarting through [`restart`]); and at the end everything is
-//! stopped in order.
+//! stopped in order, with one of the [`exit`] codes.
 
 mod app_watch;
 pub(crate) mod build;
+mod exit;
 mod io;
 mod leftovers;
 mod lock;
@@ -25,28 +26,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kdev_protocol::{
-    ErrorCode, Event, Layout, MAX_FRAME_SIZE, PROTOCOL_VERSION, ServerMessage, Welcome, check_hello,
+    ErrorCode, Event, Hello, Layout, MAX_FRAME_SIZE, PROTOCOL_VERSION, PatchLimits, ServerMessage,
+    Welcome, check_hello,
 };
 use nix::fcntl::Flock;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+pub use crate::build_spec::BuildDefaults;
+use crate::log::serve as log;
 use crate::run_files::read_pid_file;
 use crate::util::error_chain;
-pub use build::BuildDefaults;
+use app_watch::AppWatch;
 use build::Builds;
-use io::{Out, fatal};
+use exit::{EXIT_BAD_INPUT, EXIT_HANDSHAKE, EXIT_OK, EXIT_SETUP};
+use io::{Inbound, Out, fatal};
 use restart::RestartCtx;
 use session::Session;
-
-/// Exit codes of `serve`.
-const EXIT_OK: i32 = 0;
-const EXIT_BAD_INPUT: i32 = 2;
-const EXIT_HANDSHAKE: i32 = 3;
-const EXIT_SETUP: i32 = 4;
-
-pub(crate) fn log(msg: impl AsRef<str>) {
-    eprintln!("kdev-serve: {}", msg.as_ref());
-}
 
 /// Settings from the command line.
 #[derive(Debug, Clone)]
@@ -158,6 +153,90 @@ fn on_termination() -> (Arc<AtomicBool>, watch::Receiver<bool>) {
     (stop, term_rx)
 }
 
+/// The handshake: the client's first frame must be a hello of this protocol. Returns the exit
+/// code when the session cannot start (the refusal already sent).
+async fn receive_hello(
+    in_rx: &mut mpsc::Receiver<Inbound>,
+    out: &Out,
+    term_rx: &mut watch::Receiver<bool>,
+) -> Result<Hello, i32> {
+    let first = tokio::select! {
+        m = in_rx.recv() => m.map(|m| m.frame),
+        _ = term_rx.changed() => {
+            log("terminated before the handshake");
+            return Err(EXIT_OK);
+        }
+    };
+    let hello = match first {
+        None | Some(Ok(None)) => {
+            log("the client closed the stream before saying hello");
+            return Err(EXIT_BAD_INPUT);
+        }
+        Some(Err(e)) => {
+            log(format!("bad first frame: {e}"));
+            out.send(fatal(ErrorCode::BadFrame, e.to_string())).await;
+            return Err(EXIT_BAD_INPUT);
+        }
+        Some(Ok(Some(frame))) => match check_hello(frame) {
+            Ok(h) => h,
+            Err(e) => {
+                log(format!("refusing the session: {e}"));
+                out.send(ServerMessage::Error(e.to_error_message())).await;
+                return Err(EXIT_HANDSHAKE);
+            }
+        },
+    };
+    log(format!(
+        "session from {} (protocol {})",
+        hello.client_version, hello.protocol_version
+    ));
+    Ok(hello)
+}
+
+/// The handshake's answer: where things are and in what state.
+fn welcome(
+    layout: &Layout,
+    root: &Path,
+    builds: &Builds,
+    watch: &AppWatch,
+    limits: &PatchLimits,
+) -> Welcome {
+    let app_binary = layout.app_binary();
+    Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        controller_version: kdev_protocol::CRATE_VERSION.into(),
+        sync_root: root.to_string_lossy().into_owned(),
+        app_binary: app_binary.to_string_lossy().into_owned(),
+        app_binary_present: app_binary.is_file(),
+        needs_build: builds.needed(),
+        supervisor_pid: read_pid_file(&layout.pid_file()).ok(),
+        app_status: watch.status.borrow().clone(),
+        max_frame_size: MAX_FRAME_SIZE,
+        limits: limits.clone(),
+    }
+}
+
+/// Warnings after the Welcome: this session stopped a previous one, or the build it left
+/// running.
+async fn warn_of_takeover(out: &Out, replaced: Option<u32>, stale_build: Option<i32>) {
+    if let Some(pid) = replaced {
+        out.event(Event::Warning {
+            code: "replaced_session".into(),
+            message: format!("stopped a previous kdev-controller serve session (PID {pid}) still running in the pod"),
+        })
+        .await;
+    }
+    if let Some(pg) = stale_build {
+        out.event(Event::Warning {
+            code: "stale_build".into(),
+            message: format!(
+                "stopped a build (process group {pg}) that a previous kdev-controller serve session left running"
+            ),
+        })
+        .await;
+    }
+}
+
 /// Run one session. Returns the process exit code.
 pub async fn run(opts: ServeOptions) -> i32 {
     let (stop, mut term_rx) = on_termination();
@@ -177,37 +256,10 @@ pub async fn run(opts: ServeOptions) -> i32 {
         code
     };
 
-    // Handshake.
-    let first = tokio::select! {
-        m = in_rx.recv() => m.map(|m| m.frame),
-        _ = term_rx.changed() => {
-            log("terminated before the handshake");
-            return finish(out, EXIT_OK).await;
-        }
+    let hello = match receive_hello(&mut in_rx, &out, &mut term_rx).await {
+        Ok(h) => h,
+        Err(code) => return finish(out, code).await,
     };
-    let hello = match first {
-        None | Some(Ok(None)) => {
-            log("the client closed the stream before saying hello");
-            return finish(out, EXIT_BAD_INPUT).await;
-        }
-        Some(Err(e)) => {
-            log(format!("bad first frame: {e}"));
-            out.send(fatal(ErrorCode::BadFrame, e.to_string())).await;
-            return finish(out, EXIT_BAD_INPUT).await;
-        }
-        Some(Ok(Some(frame))) => match check_hello(frame) {
-            Ok(h) => h,
-            Err(e) => {
-                log(format!("refusing the session: {e}"));
-                out.send(ServerMessage::Error(e.to_error_message())).await;
-                return finish(out, EXIT_HANDSHAKE).await;
-            }
-        },
-    };
-    log(format!(
-        "session from {} (protocol {})",
-        hello.client_version, hello.protocol_version
-    ));
     let layout = &opts.layout;
     let config = hello.config;
     // The lock is held until this function returns, also while an error below is sent.
@@ -254,38 +306,11 @@ pub async fn run(opts: ServeOptions) -> i32 {
         restart_ctx,
         caches.ready.clone(),
     );
-    let app_binary = layout.app_binary();
     let limits = patch::default_limits();
-    let welcome = Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        controller_version: kdev_protocol::CRATE_VERSION.into(),
-        sync_root: root.to_string_lossy().into_owned(),
-        app_binary: app_binary.to_string_lossy().into_owned(),
-        app_binary_present: app_binary.is_file(),
-        needs_build: builds.needed(),
-        supervisor_pid: read_pid_file(&layout.pid_file()).ok(),
-        app_status: watch.status.borrow().clone(),
-        max_frame_size: MAX_FRAME_SIZE,
-        limits: limits.clone(),
-    };
+    let welcome = welcome(layout, &root, &builds, &watch, &limits);
     out.send_welcome(welcome).await;
     caches.start(&out).await;
-    if let Some(pid) = replaced {
-        out.event(Event::Warning {
-            code: "replaced_session".into(),
-            message: format!("stopped a previous kdev-controller serve session (PID {pid}) still running in the pod"),
-        })
-        .await;
-    }
-    if let Some(pg) = stale_build {
-        out.event(Event::Warning {
-            code: "stale_build".into(),
-            message: format!(
-                "stopped a build (process group {pg}) that a previous kdev-controller serve session left running"
-            ),
-        })
-        .await;
-    }
+    warn_of_takeover(&out, replaced, stale_build).await;
 
     let cache = {
         let (file, root) = (layout.reconcile_cache_file(), root.clone());

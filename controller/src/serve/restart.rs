@@ -83,8 +83,11 @@ impl Drop for PendingGuard {
     }
 }
 
-/// Ask the supervisor to restart the app and report `Restarted` and `Ready`.
-pub(super) async fn restart_and_wait(ctx: RestartCtx, build_id: Option<u64>) {
+/// Ask the supervisor to restart the app after build `build_id` and report `Restarted` and
+/// `Ready`.
+pub(super) async fn restart_and_wait(ctx: RestartCtx, build_id: u64) {
+    // Optional in the events: the protocol leaves room for a restart without a build.
+    let build_id = Some(build_id);
     let before = ctx.watch.status.borrow().clone();
     let t_sig = Instant::now();
     let pid = match read_pid_file(&ctx.pid_file) {

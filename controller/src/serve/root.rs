@@ -4,9 +4,11 @@
 //! the path as given, before anything is created, and again with symlinks resolved.
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use kdev_protocol::Layout;
+
+use crate::util::lexical;
 
 /// Why a sync root was refused (fatal `bad_sync_root`).
 #[derive(Debug, thiserror::Error)]
@@ -32,21 +34,6 @@ pub(super) enum SyncRootError {
     Resolve(PathBuf, #[source] io::Error),
     #[error("the sync root {} is not a directory", .0.display())]
     NotADirectory(PathBuf),
-}
-
-/// `p` with `.` and `..` resolved lexically (no filesystem access).
-pub(crate) fn lexical(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Refuse a sync root that is, contains or is inside one of kdev's own directories.

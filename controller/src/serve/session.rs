@@ -14,8 +14,10 @@ use kdev_protocol::{
 use tokio::sync::{mpsc, watch};
 
 use super::build::Builds;
+use super::exit::{EXIT_BAD_INPUT, EXIT_OK};
 use super::io::{Inbound, Out, error, fatal};
-use super::{EXIT_BAD_INPUT, EXIT_OK, log, patch, reconcile};
+use super::{patch, reconcile};
+use crate::log::serve as log;
 use crate::util::ms;
 
 /// Sleep until `at`; forever without one.
@@ -128,7 +130,6 @@ impl Session {
                 }
                 self.builds.start(Some(b.id));
             }
-            ClientMessage::Restart(_) => self.builds.restart(None),
             ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
             ClientMessage::Bye => return false,
         }
@@ -231,6 +232,19 @@ impl Session {
         }
     }
 
+    /// A patch with more deletions than the limit: refused as a whole.
+    async fn refuse_deletes(&mut self, id: u64) {
+        let msg = format!(
+            "patch {id} has more than {} deletions (limits.max_deletes); nothing was applied: \
+             split it into several patches",
+            self.limits.max_deletes
+        );
+        log(&msg);
+        self.out
+            .send(error(ErrorCode::TooManyDeletes, msg, Some(id)))
+            .await;
+    }
+
     async fn patch(&mut self, p: Patch) {
         let t0 = Instant::now();
         let Patch {
@@ -241,16 +255,7 @@ impl Session {
         } = p;
         // Refused before anything changes (the running build goes on).
         if deletes.len() > self.limits.max_deletes as usize {
-            let msg = format!(
-                "patch {id} has more than {} deletions (limits.max_deletes); nothing was applied: \
-                 split it into several patches",
-                self.limits.max_deletes
-            );
-            log(&msg);
-            self.out
-                .send(error(ErrorCode::TooManyDeletes, msg, Some(id)))
-                .await;
-            return;
+            return self.refuse_deletes(id).await;
         }
         let cancelled_build = self.builds.cancel().await;
         // Recorded before the tree changes, so a session killed in the middle of the patch
@@ -308,38 +313,53 @@ impl Session {
             BuildMode::Always => true,
             BuildMode::Auto => self.builds.needed(),
         };
-        // Echo bounded lists: a patch of 100 000 paths must not make a reply of 100 000 paths.
-        fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
-            let n = v.len() as u64;
-            v.truncate(MAX_LISTED);
-            v.shrink_to_fit();
-            (v, n)
-        }
-        let complete = outcome.complete();
-        let (applied, applied_count) = capped(outcome.applied);
-        let (deleted, deleted_count) = capped(outcome.deleted);
-        let (refused, refused_count) = capped(outcome.refused);
-        let result = PatchResult {
-            id,
-            complete,
-            files: outcome.files,
-            bytes: outcome.bytes,
-            elapsed_ms: ms(t0.elapsed()),
-            cancelled_build,
-            build_id: do_build.then_some(self.builds.next_id()),
-            applied,
-            deleted,
-            refused,
-            applied_count,
-            deleted_count,
-            refused_count,
-        };
+        let build_id = do_build.then_some(self.builds.next_id());
+        let result = patch_result(id, outcome, t0, cancelled_build, build_id);
         if !result.complete {
-            log(format!("patch {id}: {refused_count} entries refused"));
+            log(format!(
+                "patch {id}: {} entries refused",
+                result.refused_count
+            ));
         }
         self.out.send(ServerMessage::PatchResult(result)).await;
         if do_build {
             self.builds.start(None);
         }
+    }
+}
+
+/// The reply to patch `id`, with bounded lists: a patch of 100 000 paths must not make a reply
+/// of 100 000 paths.
+fn patch_result(
+    id: u64,
+    outcome: patch::PatchOutcome,
+    t0: Instant,
+    cancelled_build: Option<u64>,
+    build_id: Option<u64>,
+) -> PatchResult {
+    fn capped<T>(mut v: Vec<T>) -> (Vec<T>, u64) {
+        let n = v.len() as u64;
+        v.truncate(MAX_LISTED);
+        v.shrink_to_fit();
+        (v, n)
+    }
+    let complete = outcome.complete();
+    let (applied, applied_count) = capped(outcome.applied);
+    let (deleted, deleted_count) = capped(outcome.deleted);
+    let (refused, refused_count) = capped(outcome.refused);
+    PatchResult {
+        id,
+        complete,
+        files: outcome.files,
+        bytes: outcome.bytes,
+        elapsed_ms: ms(t0.elapsed()),
+        cancelled_build,
+        build_id,
+        applied,
+        deleted,
+        refused,
+        applied_count,
+        deleted_count,
+        refused_count,
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use kdev_protocol::Stream;
 
-use super::log;
+use crate::log::supervise as log;
 use crate::run_files::LogRecord;
 use crate::util::unix_ms;
 

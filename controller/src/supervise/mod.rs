@@ -12,8 +12,9 @@
 //! reparented to it and reaped.
 //!
 //! Files: [`child`] starts the app, [`app_log`] records its output, [`signals`] is how the
-//! supervisor waits for and sends signals; this file is the supervisor's state machine
-//! (start, restart, backoff, stop) and its status file.
+//! supervisor waits for and sends signals, [`relay`] is the forward relay kdev's port-forwards
+//! go through; this file is the supervisor's state machine (start, restart, backoff, stop) and
+//! its status file.
 
 mod app_log;
 mod child;
@@ -32,6 +33,7 @@ use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::log::supervise as log;
 use crate::run_files;
 use crate::util::{self, ms, unix_ms};
 use app_log::AppLog;
@@ -52,10 +54,6 @@ pub struct SuperviseOptions {
     pub healthy_after: Duration,
     pub log_max_bytes: u64,
     pub command: Vec<String>,
-}
-
-fn log(msg: impl AsRef<str>) {
-    eprintln!("kdev-supervise: {}", msg.as_ref());
 }
 
 struct Supervisor {

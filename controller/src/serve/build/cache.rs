@@ -26,15 +26,15 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 
-use super::BuildDefaults;
+use crate::build_spec::BuildDefaults;
+use crate::log::serve as log;
 use crate::serve::io::Out;
-use crate::serve::log;
 use kdev_protocol::Event;
 
 /// GOCACHE below the volume.
-pub const GOCACHE_DIR: &str = "go-build";
+const GOCACHE_DIR: &str = "go-build";
 /// GOMODCACHE below the volume (when the image's module cache is empty).
-pub const GOMODCACHE_DIR: &str = "mod";
+const GOMODCACHE_DIR: &str = "mod";
 const SEED_LOCK: &str = ".seed.lock";
 /// Copies in progress are `go-build.seeding.<pid>`.
 const SEEDING_PREFIX: &str = "go-build.seeding.";

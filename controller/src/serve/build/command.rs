@@ -3,7 +3,6 @@
 //! combined stdout+stderr captured through one pipe, the sync root as working directory and
 //! any absolute sync-root prefix stripped from the output.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -11,113 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kdev_protocol::{BuildConfig, BuildOutcome};
+use kdev_protocol::BuildOutcome;
 use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use crate::build_spec::BuildSpec;
 use crate::serve::leftovers;
 
 /// Output kept per build; the rest is counted and dropped.
 const MAX_OUTPUT: usize = 1024 * 1024;
-
-/// A fully resolved build.
-#[derive(Debug, Clone)]
-pub(crate) struct BuildSpec {
-    pub argv: Vec<String>,
-    pub cwd: PathBuf,
-    pub env: BTreeMap<String, String>,
-    /// Run with `env` alone, not on top of the controller's environment (a recorded run's
-    /// environment is complete).
-    pub env_clear: bool,
-    pub output: PathBuf,
-    /// Where the running build's process group is recorded (see [`leftovers`]).
-    pub group_file: Option<PathBuf>,
-    /// At the lowest CPU priority (the shadow build must not slow what the user waits for).
-    pub nice: bool,
-}
-
-/// Build-related settings that come from the controller's flags.
-#[derive(Debug, Clone)]
-pub struct BuildDefaults {
-    pub go: String,
-    pub gocache: PathBuf,
-    pub gomodcache: PathBuf,
-}
-
-impl BuildSpec {
-    pub(crate) fn resolve(
-        cfg: &BuildConfig,
-        defaults: &BuildDefaults,
-        root: &Path,
-        output: &Path,
-    ) -> BuildSpec {
-        let out = output.to_string_lossy().into_owned();
-        let package = cfg.package.clone().unwrap_or_else(|| ".".into());
-        let argv = match &cfg.command {
-            Some(cmd) if !cmd.is_empty() => cmd
-                .iter()
-                .map(|a| a.replace("{output}", &out).replace("{package}", &package))
-                .collect(),
-            _ => {
-                let mut v = vec![defaults.go.clone(), "build".into(), "-o".into(), out];
-                v.extend(cfg.flags.iter().cloned());
-                v.push(package);
-                v
-            }
-        };
-        let argv = with_hooks(&cfg.before, argv);
-        let mut env = BTreeMap::new();
-        env.insert("CGO_ENABLED".to_string(), "0".to_string());
-        env.insert(
-            "GOCACHE".to_string(),
-            defaults.gocache.to_string_lossy().into_owned(),
-        );
-        env.insert(
-            "GOMODCACHE".to_string(),
-            defaults.gomodcache.to_string_lossy().into_owned(),
-        );
-        env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(hook_env(&cfg.before));
-        BuildSpec {
-            argv,
-            cwd: root.to_path_buf(),
-            env,
-            env_clear: false,
-            output: output.to_path_buf(),
-            group_file: None,
-            nice: false,
-        }
-    }
-}
-
-/// The build command preceded by the `before` hooks: `sh -c` runs each (echoing it, so the
-/// output shows which one failed) and then `exec`s the build; the first hook that fails ends it
-/// with its exit code.
-fn with_hooks(before: &[String], argv: Vec<String>) -> Vec<String> {
-    if before.is_empty() {
-        return argv;
-    }
-    let mut script = String::from("set -e\n");
-    for i in 0..before.len() {
-        script.push_str(&format!(
-            "printf '%s\\n' \"$ $KDEV_HOOK_{i}\"\neval \"$KDEV_HOOK_{i}\"\n"
-        ));
-    }
-    script.push_str("exec \"$@\"\n");
-    let mut wrapped = vec!["sh".to_string(), "-c".into(), script, "kdev-build".into()];
-    wrapped.extend(argv);
-    wrapped
-}
-
-/// The environment the hooks' script reads them from (no quoting of commands into the script).
-fn hook_env(before: &[String]) -> impl Iterator<Item = (String, String)> + '_ {
-    before
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (format!("KDEV_HOOK_{i}"), h.clone()))
-}
 
 /// How a build ended.
 #[derive(Debug)]
@@ -200,27 +103,11 @@ fn read_capped(fd: OwnedFd) -> (Vec<u8>, bool) {
     (out, truncated)
 }
 
-/// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
-/// `cancel` fires.
-pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> BuildResult {
-    let t0 = Instant::now();
-    let fail = |e: StartError| BuildResult {
-        outcome: BuildOutcome::Error,
-        exit_code: None,
-        output: e.to_string(),
-        truncated: false,
-        elapsed: t0.elapsed(),
-        kind: BuildKind::Command { recorded_in: None },
-    };
-    let _ = std::fs::remove_file(&spec.output);
-    let (rd, wr) = match nix::unistd::pipe() {
-        Ok(p) => p,
-        Err(e) => return fail(StartError::Pipe(e)),
-    };
-    let wr2 = match wr.try_clone() {
-        Ok(w) => w,
-        Err(e) => return fail(StartError::DupPipe(e)),
-    };
+/// Start the build command in its own process group, its stdout and stderr into one pipe.
+/// Returns the child and the pipe's read end.
+fn spawn(spec: &BuildSpec) -> Result<(tokio::process::Child, OwnedFd), StartError> {
+    let (rd, wr) = nix::unistd::pipe().map_err(StartError::Pipe)?;
+    let wr2 = wr.try_clone().map_err(StartError::DupPipe)?;
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     if spec.env_clear {
         cmd.env_clear();
@@ -245,12 +132,31 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
     let spawned = cmd.spawn();
     // Close our copies of the write end, or the reader would never see EOF.
     drop(cmd);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(error) => {
-            let program = spec.argv[0].clone();
-            return fail(StartError::Spawn { program, error });
-        }
+    match spawned {
+        Ok(child) => Ok((child, rd)),
+        Err(error) => Err(StartError::Spawn {
+            program: spec.argv[0].clone(),
+            error,
+        }),
+    }
+}
+
+/// Run the build. Resolves early with `Cancelled` (after killing the whole process group) when
+/// `cancel` fires.
+pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> BuildResult {
+    let t0 = Instant::now();
+    let fail = |e: StartError| BuildResult {
+        outcome: BuildOutcome::Error,
+        exit_code: None,
+        output: e.to_string(),
+        truncated: false,
+        elapsed: t0.elapsed(),
+        kind: BuildKind::Command { recorded_in: None },
+    };
+    let _ = std::fs::remove_file(&spec.output);
+    let (mut child, rd) = match spawn(&spec) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     if let (Some(f), Some(pg)) = (&spec.group_file, pgid) {
@@ -312,6 +218,8 @@ pub(crate) async fn run(spec: BuildSpec, cancel: &mut oneshot::Receiver<()>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build_spec::BuildDefaults;
+    use kdev_protocol::BuildConfig;
 
     #[test]
     fn strips_root() {
@@ -320,41 +228,6 @@ mod tests {
             Path::new("/kdev/src"),
         );
         assert_eq!(s, "main.go:3:1: x\n.: y");
-    }
-
-    #[test]
-    fn default_and_custom_commands() {
-        let d = BuildDefaults {
-            go: "go".into(),
-            gocache: "/c/b".into(),
-            gomodcache: "/c/m".into(),
-        };
-        let cfg = BuildConfig {
-            flags: vec!["-tags=dev".into()],
-            package: Some("./cmd/app".into()),
-            ..Default::default()
-        };
-        let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/bin/app.next"));
-        assert_eq!(
-            s.argv,
-            [
-                "go",
-                "build",
-                "-o",
-                "/bin/app.next",
-                "-tags=dev",
-                "./cmd/app"
-            ]
-        );
-        assert_eq!(s.env["CGO_ENABLED"], "0");
-        let cfg = BuildConfig {
-            command: Some(vec!["sh".into(), "-c".into(), "cp x {output}".into()]),
-            env: [("CGO_ENABLED".to_string(), "1".to_string())].into(),
-            ..Default::default()
-        };
-        let s = BuildSpec::resolve(&cfg, &d, Path::new("/src"), Path::new("/o"));
-        assert_eq!(s.argv, ["sh", "-c", "cp x /o"]);
-        assert_eq!(s.env["CGO_ENABLED"], "1");
     }
 
     #[tokio::test]

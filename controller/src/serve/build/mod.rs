@@ -34,16 +34,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::io::Out;
-use super::log;
 use super::restart::{RestartCtx, restart_and_wait};
+use crate::build_spec::{BuildDefaults, BuildSpec};
+use crate::log::serve as log;
 use crate::quick_build::{QuickBuilds, Shadow, Unproven};
 use crate::util::{self, ms, unix_ms};
-pub use command::BuildDefaults;
-use command::{BuildKind, BuildResult, BuildSpec};
+use command::{BuildKind, BuildResult};
 
 /// How long the session must be idle after a quick rebuild before its shadow build starts:
 /// a save that follows at once should not find the CPU busy with it.
-pub(crate) const SHADOW_DELAY: Duration = Duration::from_millis(300);
+const SHADOW_DELAY: Duration = Duration::from_millis(300);
 
 /// The bit that marks a shadow build's id: apart from the client's build numbers.
 const SHADOW_IDS: u64 = 1 << 63;
@@ -425,7 +425,7 @@ impl Builds {
             })
             .await;
         if installed {
-            self.restart(Some(id));
+            self.restart(id);
         }
         match res.kind {
             BuildKind::Quick { packages } => {
@@ -588,7 +588,7 @@ impl Builds {
     async fn install_shadow(&mut self, build_id: u64, verify: &Path, message: String) {
         self.warn(message).await;
         match std::fs::rename(verify, self.layout.app_binary()) {
-            Ok(()) => self.restart(Some(build_id)),
+            Ok(()) => self.restart(build_id),
             Err(e) => {
                 log(format!("cannot install the shadow build's binary: {e}"));
                 self.set_dirty(true);
@@ -596,8 +596,9 @@ impl Builds {
         }
     }
 
-    /// Restart the app (replacing a restart still waiting for readiness).
-    pub(super) fn restart(&mut self, build_id: Option<u64>) {
+    /// Restart the app after build `build_id` (replacing a restart still waiting for
+    /// readiness).
+    pub(super) fn restart(&mut self, build_id: u64) {
         if let Some(t) = self.restart_task.take() {
             t.abort();
         }

@@ -5,7 +5,7 @@
 //! bytes and restarting for them would only interrupt the app.
 //!
 //! Bytes that differ only in the Go build ID count as identical: a quick rebuild
-//! ([`super::quick`]) keeps the build ID of the `go build` it repeats, so the same sources
+//! ([`crate::quick_build`]) keeps the build ID of the `go build` it repeats, so the same sources
 //! built quickly and by `go build` differ there (and in the GNU build ID derived from it) and
 //! nowhere else, and neither is part of what the program does.
 //!

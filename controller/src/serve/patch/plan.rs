@@ -177,30 +177,7 @@ pub(super) fn plan(
         if index as u64 >= u64::from(limits.max_entries) {
             return Err(ArchiveError::TooManyEntries(limits.max_entries));
         }
-        // Bytes between the end of the previous entry and this entry's own header are its
-        // PAX / GNU long-name extension headers. Measured on the real parse, so a PAX `size`
-        // override cannot make this check see a different archive than the one applied.
-        let header_pos = entry.raw_header_position();
-        let ext = header_pos.saturating_sub(prev_end);
-        if ext > limits.max_extension_header + 3 * 512 {
-            return Err(ArchiveError::ExtensionHeaders {
-                entry: index + 1,
-                bytes: ext,
-                limit: limits.max_extension_header,
-            });
-        }
-        let start = entry.raw_file_position();
-        let size = entry.size();
-        if start
-            .checked_add(size)
-            .is_none_or(|end| end > tar_bytes.len() as u64)
-        {
-            return Err(ArchiveError::BeyondTheEnd {
-                entry: index + 1,
-                size,
-            });
-        }
-        prev_end = start + size.div_ceil(512) * 512;
+        let (start, size) = content_span(&entry, index, limits, tar_bytes.len(), &mut prev_end)?;
 
         let raw_path = entry.path_bytes();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -243,27 +220,10 @@ pub(super) fn plan(
                 path,
                 mode: (mode & 0o777) | 0o700,
             }),
-            EntryType::Symlink => {
-                let Some(target) = entry.link_name_bytes() else {
-                    refuse(refused, path, Refusal::NoTarget);
-                    continue;
-                };
-                // symlink(2) takes no longer target (and checking one costs its length squared).
-                if target.len() >= PATH_MAX {
-                    refuse(refused, path, Refusal::TargetTooLong(target.len()));
-                    continue;
-                }
-                let Ok(target) = String::from_utf8(target.into_owned()) else {
-                    refuse(refused, path, Refusal::TargetNotUtf8);
-                    continue;
-                };
-                // Lexically first (cheap); through the tree's other links after planning.
-                if let Err(e) = check_symlink_target(&path, &target) {
-                    refuse(refused, path, e);
-                    continue;
-                }
-                ops.push(Op::Symlink { path, target });
-            }
+            EntryType::Symlink => match symlink_target(&entry, &path) {
+                Ok(target) => ops.push(Op::Symlink { path, target }),
+                Err(e) => refuse(refused, path, e),
+            },
             EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
@@ -277,6 +237,56 @@ pub(super) fn plan(
         }
     }
     Ok(ops)
+}
+
+/// Where entry `index`'s content lies in the archive (start, size), after checking its
+/// extension headers and that it ends within the archive. `prev_end` is where the previous
+/// entry's content ended; it is moved past this one's.
+fn content_span(
+    entry: &tar::Entry<'_, &[u8]>,
+    index: usize,
+    limits: &PatchLimits,
+    archive_len: usize,
+    prev_end: &mut u64,
+) -> Result<(u64, u64), ArchiveError> {
+    // Bytes between the end of the previous entry and this entry's own header are its
+    // PAX / GNU long-name extension headers. Measured on the real parse, so a PAX `size`
+    // override cannot make this check see a different archive than the one applied.
+    let header_pos = entry.raw_header_position();
+    let ext = header_pos.saturating_sub(*prev_end);
+    if ext > limits.max_extension_header + 3 * 512 {
+        return Err(ArchiveError::ExtensionHeaders {
+            entry: index + 1,
+            bytes: ext,
+            limit: limits.max_extension_header,
+        });
+    }
+    let start = entry.raw_file_position();
+    let size = entry.size();
+    if start
+        .checked_add(size)
+        .is_none_or(|end| end > archive_len as u64)
+    {
+        return Err(ArchiveError::BeyondTheEnd {
+            entry: index + 1,
+            size,
+        });
+    }
+    *prev_end = start + size.div_ceil(512) * 512;
+    Ok((start, size))
+}
+
+/// The target of the symlink entry at wire path `path`, or why it is refused.
+fn symlink_target(entry: &tar::Entry<'_, &[u8]>, path: &str) -> Result<String, Refusal> {
+    let target = entry.link_name_bytes().ok_or(Refusal::NoTarget)?;
+    // symlink(2) takes no longer target (and checking one costs its length squared).
+    if target.len() >= PATH_MAX {
+        return Err(Refusal::TargetTooLong(target.len()));
+    }
+    let target = String::from_utf8(target.into_owned()).map_err(|_| Refusal::TargetNotUtf8)?;
+    // Lexically first (cheap); through the tree's other links after planning.
+    check_symlink_target(path, &target)?;
+    Ok(target)
 }
 
 /// The target of the symlink at wire path `rel` on disk, found without following any symlink
