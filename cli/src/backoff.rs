@@ -25,7 +25,6 @@ impl Backoff {
 
     /// The wait [`next`](Backoff::next) will return, without moving on (to say it before
     /// waiting).
-    #[allow(dead_code)] // For reload/'s "retrying in …", which is switched to this type next.
     pub(crate) fn current(&self) -> Duration {
         self.current
     }

@@ -28,6 +28,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::deploy;
 use crate::error::SessionLost;
 use crate::exit_code::{Exit, exit_code};
@@ -69,7 +70,7 @@ impl<'a> ReloadLoop<'a> {
     pub async fn run(mut self) -> Result<()> {
         self.session.engine.keep_hashes_across_restarts();
         let mut first = true;
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
         let mut forward_errors = ErrorSummary::new(FORWARD_ERROR_WINDOW);
         let mut delve_announced = false;
         loop {
@@ -86,7 +87,7 @@ impl<'a> ReloadLoop<'a> {
 
     /// Find the pod, upload the controller, open the session and reconcile. `None` when it
     /// failed in a way worth retrying (said, and waited for, here).
-    async fn connect(&mut self, first: bool, backoff: &mut Duration) -> Result<Option<Live>> {
+    async fn connect(&mut self, first: bool, backoff: &mut Backoff) -> Result<Option<Live>> {
         let pods = self.session.conn.pods();
         let pod = self.wait_for_pod().await?;
         let pod_name = pod.name_any();
@@ -118,7 +119,7 @@ impl<'a> ReloadLoop<'a> {
         if !self.reconcile(&mut stream, &pod_name, backoff).await? {
             return Ok(None);
         }
-        *backoff = Duration::from_millis(250);
+        backoff.reset();
         Ok(Some(Live {
             stream,
             pod: pod_name,
@@ -144,7 +145,7 @@ impl<'a> ReloadLoop<'a> {
         &mut self,
         pods: &Api<Pod>,
         pod: &Pod,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<Option<Arc<Vec<u8>>>> {
         match node_arch(&self.session.conn.client, pods, pod).await {
             Ok((node, arch)) => {
@@ -155,7 +156,7 @@ impl<'a> ReloadLoop<'a> {
                 Ok(Some(found.binary.clone()))
             }
             Err(e) => {
-                let retry = fmt_duration(*backoff);
+                let retry = fmt_duration(backoff.current());
                 self.session.ui.warn(&format!("{e}; retrying in {retry}"));
                 self.retry_wait(backoff).await?;
                 Ok(None)
@@ -169,7 +170,7 @@ impl<'a> ReloadLoop<'a> {
         controller: &[u8],
         pods: &Api<Pod>,
         pod_name: &str,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<Option<ControllerSession>> {
         let s = &mut *self.session;
         let opening = open_session(
@@ -211,7 +212,7 @@ impl<'a> ReloadLoop<'a> {
             Err(e) => {
                 self.session.ui.warn(&format!(
                     "cannot reach the controller in {pod_name}: {e:#}; retrying in {}",
-                    fmt_duration(*backoff)
+                    fmt_duration(backoff.current())
                 ));
                 self.retry_wait(backoff).await?;
                 Ok(None)
@@ -225,7 +226,7 @@ impl<'a> ReloadLoop<'a> {
         &mut self,
         stream: &mut ControllerSession,
         pod_name: &str,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<bool> {
         let s = &mut *self.session;
         let synced = tokio::select! {
@@ -268,13 +269,12 @@ impl<'a> ReloadLoop<'a> {
     }
 
     /// A new client (dead pooled connections stay behind), then the backoff.
-    async fn retry_wait(&mut self, backoff: &mut Duration) -> Result<()> {
+    async fn retry_wait(&mut self, backoff: &mut Backoff) -> Result<()> {
         self.session.conn.renew()?;
         tokio::select! {
-            _ = tokio::time::sleep(*backoff) => {}
+            _ = tokio::time::sleep(backoff.next()) => {}
             lost = self.session.lease.lost() => return Err(SessionLost(lost).into()),
         }
-        *backoff = (*backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
 

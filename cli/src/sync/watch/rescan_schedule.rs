@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backoff::Backoff;
+
 /// The shortest time between two rescans (right after activity).
 const MIN_EVERY: Duration = Duration::from_secs(2);
 /// The longest, after a while of nothing found.
@@ -32,8 +34,8 @@ pub struct RescanSchedule {
     last_activity: Instant,
     /// Paths found changed, when they are due, and when they were found (the reload's "event").
     pending: Option<(Instant, BTreeSet<PathBuf>, SystemTime)>,
-    /// The current interval: [`MIN_EVERY`], doubling while rescans find nothing.
-    every: Duration,
+    /// The interval: [`MIN_EVERY`], doubling while rescans find nothing (up to [`MAX_EVERY`]).
+    every: Backoff,
 }
 
 impl RescanSchedule {
@@ -42,15 +44,15 @@ impl RescanSchedule {
             next_at: now + MIN_EVERY,
             last_activity: now,
             pending: None,
-            every: MIN_EVERY,
+            every: Backoff::new(MIN_EVERY, MAX_EVERY),
         }
     }
 
     /// The watcher delivered a batch, or a reload ran: not idle.
     pub fn activity(&mut self, now: Instant) {
         self.last_activity = now;
-        if self.every > MIN_EVERY {
-            self.every = MIN_EVERY;
+        if self.every.current() > MIN_EVERY {
+            self.every.reset();
             self.next_at = self.next_at.min(now + MIN_EVERY);
         }
     }
@@ -64,11 +66,11 @@ impl RescanSchedule {
 
     /// A rescan that took `took` found `paths` changed since the previous one.
     pub fn ran(&mut self, now: Instant, took: Duration, paths: BTreeSet<PathBuf>) {
-        self.next_at = now + self.every.max(took * DUTY);
+        self.next_at = now + self.every.current().max(took * DUTY);
         if paths.is_empty() {
-            self.every = (self.every * 2).min(MAX_EVERY);
+            self.every.next();
         } else {
-            self.every = MIN_EVERY;
+            self.every.reset();
             self.pending = Some((now + SETTLE, paths, SystemTime::now()));
         }
     }

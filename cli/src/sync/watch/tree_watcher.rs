@@ -29,6 +29,8 @@ use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::sync::ignore::IgnoreRules;
+#[cfg(target_os = "linux")]
+use crate::task::AbortOnDrop;
 
 /// Quiet gap that ends a batch of events.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(15);
@@ -89,16 +91,6 @@ enum Backend {
     #[cfg(any(test, not(target_os = "linux")))]
     Recursive(#[allow(dead_code)] notify::RecommendedWatcher),
     Poll(#[allow(dead_code)] PollWatcher),
-}
-
-#[cfg(target_os = "linux")]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-#[cfg(target_os = "linux")]
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Which backend [`TreeWatcher::start_kind`] starts.
@@ -203,7 +195,7 @@ fn start_native(
     }
     .map_err(|e| WatchError::Init(e.into()))?;
     let task = tokio::spawn(read_inotify(fd, rules.clone(), raw_tx));
-    Ok(Backend::Native(AbortOnDrop(task)))
+    Ok(Backend::Native(AbortOnDrop::new(task)))
 }
 
 /// Read the inotify queue whenever it is readable, and pass on what changed.
