@@ -38,7 +38,7 @@ pub struct Session {
 
 impl Session {
     /// Seconds since the Lease expired (negative while it is live).
-    pub fn expired_for(&self, now: Timestamp) -> i64 {
+    fn expired_for(&self, now: Timestamp) -> i64 {
         let last = self
             .renewed
             .or(self.acquired)

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use super::plan::DeployPlan;
 
 /// The cluster domain assumed for the fully qualified names.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
+const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// The `hostAliases` entries for the plan's dev pods: each dev service's Services by their
 /// original names, at the ClusterIP of the applied copy. `cluster_ips`: applied Service name →

@@ -41,12 +41,12 @@ use crate::config::CacheConfig;
 use crate::error::UsageError;
 
 /// The value of the [`BUILD_CACHE`] label.
-pub const BUILD_CACHE_GO: &str = "go";
+const BUILD_CACHE_GO: &str = "go";
 /// How long a claim that is still being deleted (a `kdev down` a moment ago) is waited for.
 const DELETING_WAIT: Duration = Duration::from_secs(60);
 
 /// The claim that holds `workload`'s build cache (`workload` as applied: the owner's copy).
-pub fn claim_name(workload: &str) -> String {
+fn claim_name(workload: &str) -> String {
     format!("kdev-cache-{workload}")
 }
 

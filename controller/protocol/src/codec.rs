@@ -58,7 +58,7 @@ impl<Tx: WireMessage, Rx: WireMessage> Codec<Tx, Rx> {
     }
 
     /// A codec that refuses received frames over `max` bytes.
-    pub fn with_max_frame_size(max: u32) -> Self {
+    fn with_max_frame_size(max: u32) -> Self {
         Codec {
             decoder: FrameDecoder::new(max),
             _direction: PhantomData,

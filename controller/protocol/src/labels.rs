@@ -21,11 +21,6 @@ pub const WORKLOAD_ANNOTATION: &str = "kdev.dev/workload";
 /// Annotation on a session's Lease: the kdev.yaml service it develops.
 pub const SERVICE_ANNOTATION: &str = "kdev.dev/service";
 
-/// `managed-by=kdev`, the selector of everything kdev manages.
-pub fn managed_by_kdev_selector() -> String {
-    format!("{MANAGED_BY}={MANAGED_BY_KDEV}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,7 +29,7 @@ mod tests {
     fn keys_are_the_ones_in_clusters_today() {
         // Changing one orphans what older kdev versions created.
         assert_eq!(
-            managed_by_kdev_selector(),
+            format!("{MANAGED_BY}={MANAGED_BY_KDEV}"),
             "app.kubernetes.io/managed-by=kdev"
         );
         assert_eq!(

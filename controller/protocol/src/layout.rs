@@ -19,10 +19,6 @@ use std::path::{Path, PathBuf};
 pub const KDEV_DIR: &str = "/kdev";
 /// The default sync root.
 pub const SRC_DIR: &str = "/kdev/src";
-/// Built binaries and the controller.
-pub const BIN_DIR: &str = "/kdev/bin";
-/// Runtime files of the supervisor and of `serve`.
-pub const RUN_DIR: &str = "/kdev/run";
 /// The default build caches.
 pub const CACHE_DIR: &str = "/kdev/cache";
 /// Set on the sidecar (to [`CACHE_DIR`]) when a volume that outlives the pod is mounted there
@@ -66,14 +62,6 @@ impl Layout {
     /// `bin/app.next`: the binary a build writes; renamed to `app` when it succeeds.
     pub fn app_next(&self) -> PathBuf {
         self.bin.join("app.next")
-    }
-    /// `bin/kdev-controller`.
-    pub fn controller_binary(&self) -> PathBuf {
-        self.bin.join("kdev-controller")
-    }
-    /// `bin/dlv`.
-    pub fn dlv_binary(&self) -> PathBuf {
-        self.bin.join("dlv")
     }
 
     /// `run/supervisor.pid`: the supervisor's PID, one decimal line; removed when it exits.
@@ -144,12 +132,12 @@ mod tests {
     fn the_constants_are_the_default_layout() {
         let l = Layout::new(Path::new(KDEV_DIR));
         assert_eq!(l.src, Path::new(SRC_DIR));
-        assert_eq!(l.bin, Path::new(BIN_DIR));
-        assert_eq!(l.run, Path::new(RUN_DIR));
+        assert_eq!(l.bin, Path::new("/kdev/bin"));
+        assert_eq!(l.run, Path::new("/kdev/run"));
         assert_eq!(l.cache, Path::new(CACHE_DIR));
         assert_eq!(l.app_binary(), Path::new(APP_PATH));
-        assert_eq!(l.controller_binary(), Path::new(CONTROLLER_PATH));
-        assert_eq!(l.dlv_binary(), Path::new(DLV_PATH));
+        assert_eq!(l.bin.join("kdev-controller"), Path::new(CONTROLLER_PATH));
+        assert_eq!(l.bin.join("dlv"), Path::new(DLV_PATH));
         assert_eq!(l.pid_file(), Path::new("/kdev/run/supervisor.pid"));
         assert_eq!(l.gomodcache(), Path::new("/kdev/cache/mod"));
     }

@@ -46,7 +46,7 @@ pub enum PathError {
 }
 
 /// How many symlinks one resolution may pass through (Linux's own limit is 40).
-pub const MAX_SYMLINK_HOPS: usize = 40;
+const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Canonicalise a wire path, refusing anything unsafe.
 pub fn normalize_wire_path(p: &str) -> Result<String, PathError> {
