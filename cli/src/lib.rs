@@ -2,6 +2,8 @@
 //! private to the crate. The layout, by concern:
 //!
 //! - [`cmd`]: the subcommands (`watch`/`debug`, `down`, `sessions`, `gc`).
+//! - `session`: setting up a watch: a plan (project, connection, manifests, owner, access),
+//!   then one `ServiceSession` per service (its Lease, forwards, watcher, sync engine).
 //! - `reload`: the reload loop — connect, reconcile, sync each save, show each reload, recover.
 //! - `sync`: keeping the pod's tree equal to the local one, by stage: watching (the watcher and
 //!   the safety-net rescan), listing and diffing, transferring; and the sync engine driving them.
@@ -10,7 +12,8 @@
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
 //! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
 //! - `project`, `config`: kdev.yaml and what it means; `ui`: output; `error`: the typed errors
-//!   that decide the exit code, `exit_code`: which code (above every layer).
+//!   that decide the exit code, `exit_code`: which code (above every layer); `backoff`, `task`:
+//!   the one exponential backoff and the one task guard.
 
 mod backoff;
 mod cluster;
