@@ -243,7 +243,7 @@ impl<'a> ReloadLoop<'a> {
                     fmt_bytes(s.compared_bytes),
                     fmt_duration(s.started.elapsed())
                 ));
-                self.session.report.reload = None;
+                self.session.report.replace_all(None);
             }
             Ok(s) => {
                 // Precise enough for a benchmark (tests/bench/sync reads it).
@@ -257,7 +257,8 @@ impl<'a> ReloadLoop<'a> {
                     s.deleted,
                 ));
                 let files = vec![format!("{} files", s.files)];
-                self.session.report.reload = Some(Reload::new(files, s.started, None));
+                let reload = Reload::new(files, s.started, None);
+                self.session.report.replace_all(Some(reload));
             }
             Err(e) => {
                 ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
@@ -349,8 +350,9 @@ impl<'a> ReloadLoop<'a> {
             .instrument(tracing::info_span!("patch"))
             .await?;
         if let Some(synced) = synced {
-            let reload = Reload::new(synced.changed, synced.started, batch.first_event_at);
-            s.report.reload = Some(reload);
+            let reload = Reload::new(synced.changed, synced.started, batch.first_event_at)
+                .of_build(synced.build_id);
+            s.report.start(reload);
         }
         Ok(())
     }
@@ -411,8 +413,8 @@ impl<'a> ReloadLoop<'a> {
                     "the watcher missed {n} change{}; synced",
                     if n == 1 { "" } else { "s" }
                 ));
-                self.session.report.reload =
-                    Some(Reload::new(s.changed, s.started, Some(found_at)));
+                let reload = Reload::new(s.changed, s.started, Some(found_at)).of_build(s.build_id);
+                self.session.report.start(reload);
             }
         } else if schedule.due(now, self.session.report.reload.is_none()) {
             let engine = &mut self.session.engine;

@@ -13,7 +13,12 @@ use crate::ui::{Ui, fmt_duration, summarize_paths};
 
 /// The reload in progress, and how reloads are reported.
 pub struct Report {
+    /// The newest reload, until its app is ready (or its build failed).
     pub reload: Option<Reload>,
+    /// The reload before it, when a save came before that one's events did (the app may serve
+    /// the new code before kdev hears of the restart): its events still end it, with its own
+    /// line, instead of being counted as the newer reload's.
+    superseded: Option<Reload>,
     /// The port whose readiness ends a reload; without one, the restart ends it.
     pub app_port: Option<u16>,
     /// `--timings`, shared by the session's services.
@@ -26,6 +31,8 @@ pub struct Report {
 
 /// Timings of one reload, for its summary line and `--timings`.
 pub struct Reload {
+    /// The build its patch started (`None`: not known, so any build's events are its own).
+    build: Option<u64>,
     changed: Vec<String>,
     started: Instant,
     patch_ms: u64,
@@ -37,6 +44,7 @@ impl Reload {
     pub fn new(changed: Vec<String>, started: Instant, event_at: Option<SystemTime>) -> Reload {
         let now = SystemTime::now();
         Reload {
+            build: None,
             changed,
             started,
             patch_ms: started.elapsed().as_millis() as u64,
@@ -48,6 +56,83 @@ impl Reload {
                 ..Timeline::default()
             },
         }
+    }
+}
+
+impl Reload {
+    /// The reload of the build its patch started.
+    pub fn of_build(mut self, build: Option<u64>) -> Reload {
+        self.build = build;
+        self
+    }
+
+    /// Whether the events of `build` are this reload's.
+    fn owns(&self, build: Option<u64>) -> bool {
+        match (self.build, build) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        }
+    }
+}
+
+impl Report {
+    pub fn new(
+        app_port: Option<u16>,
+        timings: Option<Arc<Mutex<TimingsLog>>>,
+        service: Option<String>,
+        root: PathBuf,
+    ) -> Report {
+        Report {
+            reload: None,
+            superseded: None,
+            app_port,
+            timings,
+            service,
+            root,
+        }
+    }
+
+    /// A new reload began (a batch was synced). One still waiting for its build's events is
+    /// kept beside it, so that those events end it rather than the new one.
+    pub fn start(&mut self, reload: Reload) {
+        if let Some(pending) = self.reload.take()
+            && pending.build.is_some()
+            && pending.build != reload.build
+        {
+            self.superseded = Some(pending);
+        }
+        self.reload = Some(reload);
+    }
+
+    /// A new session: whatever was pending will never hear from its build.
+    pub fn replace_all(&mut self, reload: Option<Reload>) {
+        self.superseded = None;
+        self.reload = reload;
+    }
+
+    /// The reload that `build`'s events belong to, if one is waiting.
+    fn reload_of(&mut self, build: Option<u64>) -> Option<&mut Reload> {
+        if let Some(s) = self.superseded.as_ref()
+            && build.is_some()
+            && s.build == build
+        {
+            return self.superseded.as_mut();
+        }
+        self.reload.as_mut().filter(|r| r.owns(build))
+    }
+
+    /// Take the reload that `build`'s events belong to (its last event came).
+    fn take_reload_of(&mut self, build: Option<u64>) -> Option<Reload> {
+        if self.superseded.is_some()
+            && build.is_some()
+            && self.superseded.as_ref().and_then(|s| s.build) == build
+        {
+            return self.superseded.take();
+        }
+        if self.reload.as_ref().is_some_and(|r| r.owns(build)) {
+            return self.reload.take();
+        }
+        None
     }
 }
 
@@ -93,28 +178,46 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
     match event {
         Event::BuildStarted { .. } => {}
         Event::BuildFinished {
+            build_id,
             outcome,
             elapsed_ms,
             output,
             unchanged,
             ..
-        } => build_finished(outcome, elapsed_ms, &output, unchanged, state, ui),
-        Event::Restarted { elapsed_ms, .. } => restarted(elapsed_ms, state, ui),
-        Event::Ready { elapsed_ms, .. } => ready(elapsed_ms, state, ui),
+        } => build_finished(
+            Some(build_id),
+            outcome,
+            elapsed_ms,
+            &output,
+            unchanged,
+            state,
+            ui,
+        ),
+        Event::Restarted {
+            build_id,
+            elapsed_ms,
+            ..
+        } => restarted(build_id, elapsed_ms, state, ui),
+        Event::Ready {
+            build_id,
+            elapsed_ms,
+            ..
+        } => ready(build_id, elapsed_ms, state, ui),
         Event::NotReady {
+            build_id,
             port,
             waited_ms,
             reason,
             ..
         } => {
-            state.reload = None;
+            state.take_reload_of(build_id);
             ui.warn(&format!(
                 "app not accepting on port {port} after {}: {reason}",
                 fmt_duration(Duration::from_millis(waited_ms))
             ));
         }
-        Event::RestartFailed { reason, .. } => {
-            state.reload = None;
+        Event::RestartFailed { build_id, reason } => {
+            state.take_reload_of(build_id);
             ui.fail(&format!("restart failed: {reason}"))
         }
         Event::AppStarted { .. } => {}
@@ -151,6 +254,7 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
 /// A build ended: a success without a new binary ends the reload; a failure ends it too, with
 /// the compiler's output.
 fn build_finished(
+    build: Option<u64>,
     outcome: BuildOutcome,
     elapsed_ms: u64,
     output: &str,
@@ -162,12 +266,12 @@ fn build_finished(
     tracing::info!(target: "kdev::phase", phase = "build", ?outcome, elapsed_ms);
     match outcome {
         BuildOutcome::Succeeded => {
-            if let Some(r) = state.reload.as_mut() {
+            if let Some(r) = state.reload_of(build) {
                 r.pod.build_ms = Some(elapsed_ms);
                 r.timeline.built_at_ms = Some(timings::now_ms());
             }
             // The same binary as the running one: no restart follows, the reload ends.
-            if unchanged && let Some(r) = state.reload.take() {
+            if unchanged && let Some(r) = state.take_reload_of(build) {
                 ui.ok(&format!(
                     "{} → synced {}, built {}: the binary is unchanged, not restarted \
                      (total {})",
@@ -178,12 +282,16 @@ fn build_finished(
                 ));
             }
         }
-        BuildOutcome::Cancelled => {}
+        // A newer save's build follows; a reload kept only for this one's events is over.
+        BuildOutcome::Cancelled => {
+            if state.superseded.as_ref().is_some_and(|s| s.build == build) {
+                state.superseded = None;
+            }
+        }
         BuildOutcome::Failed | BuildOutcome::Error => {
             // This reload ends here (and the rescan may run again).
             let what = state
-                .reload
-                .take()
+                .take_reload_of(build)
                 .map(|r| summarize_paths(&r.changed))
                 .unwrap_or_default();
             ui.fail(&format!(
@@ -196,22 +304,22 @@ fn build_finished(
 }
 
 /// The new process runs: without a port to wait for, that ends the reload.
-fn restarted(elapsed_ms: u64, state: &mut Report, ui: &Ui) {
+fn restarted(build: Option<u64>, elapsed_ms: u64, state: &mut Report, ui: &Ui) {
     tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
-    if let Some(r) = state.reload.as_mut() {
+    if let Some(r) = state.reload_of(build) {
         r.pod.restart_ms = Some(elapsed_ms);
         r.timeline.restarted_at_ms = Some(timings::now_ms());
     }
     if state.app_port.is_none()
-        && let Some(r) = state.reload.take()
+        && let Some(r) = state.take_reload_of(build)
     {
         finish_reload(r, state, ui);
     }
 }
 
 /// The app accepts on its port: the reload ends (or, with none going on, the app is up).
-fn ready(elapsed_ms: u64, state: &mut Report, ui: &Ui) {
-    match state.reload.take() {
+fn ready(build: Option<u64>, elapsed_ms: u64, state: &mut Report, ui: &Ui) {
+    match state.take_reload_of(build) {
         Some(mut r) => {
             r.pod.ready_ms = Some(elapsed_ms);
             r.timeline.ready_at_ms = Some(timings::now_ms());
@@ -289,6 +397,108 @@ fn map_build_output(output: &str, local_root: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(event: Event) -> ServerMessage {
+        ServerMessage::Event { at_ms: 0, event }
+    }
+
+    fn built(build_id: u64) -> ServerMessage {
+        event(Event::BuildFinished {
+            build_id,
+            outcome: BuildOutcome::Succeeded,
+            exit_code: Some(0),
+            elapsed_ms: 100 + build_id,
+            output: String::new(),
+            output_truncated: false,
+            installed: true,
+            unchanged: false,
+        })
+    }
+
+    fn restarted(build_id: u64) -> ServerMessage {
+        event(Event::Restarted {
+            build_id: Some(build_id),
+            pid: 1,
+            elapsed_ms: 10 + build_id,
+            stop_ms: None,
+            relay_port: None,
+        })
+    }
+
+    fn ready(build_id: u64) -> ServerMessage {
+        event(Event::Ready {
+            build_id: Some(build_id),
+            pid: 1,
+            port: 8080,
+            elapsed_ms: 20 + build_id,
+            since_signal_ms: 30,
+        })
+    }
+
+    /// A save synced before the previous reload's restart was heard of (the app served the new
+    /// code first): each reload gets its own build's phases and its own line.
+    #[test]
+    fn a_reload_overtaken_by_a_save_keeps_its_own_builds_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("timings.jsonl");
+        let timings = Arc::new(Mutex::new(TimingsLog::open(&log).unwrap()));
+        let mut report = Report::new(Some(8080), Some(timings), None, dir.path().into());
+        let ui = Ui::plain();
+        let reload = |path: &str, build| {
+            Reload::new(vec![path.into()], Instant::now(), None).of_build(Some(build))
+        };
+        report.start(reload("first.go", 1));
+        show_message(built(1), &mut report, &ui);
+        report.start(reload("second.go", 2));
+        for m in [restarted(1), ready(1), built(2), restarted(2), ready(2)] {
+            show_message(m, &mut report, &ui);
+        }
+        assert!(report.reload.is_none() && report.superseded.is_none());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 2, "{text}");
+        for (record, path, build) in [(&records[0], "first.go", 1), (&records[1], "second.go", 2)] {
+            assert_eq!(record["paths"], serde_json::json!([path]), "{text}");
+            assert_eq!(record["build_ms"], 100 + build, "{text}");
+            assert_eq!(record["restart_ms"], 10 + build, "{text}");
+            assert_eq!(record["ready_ms"], 20 + build, "{text}");
+        }
+    }
+
+    /// A cancelled build's reload is over: its events never come, and the newer reload's are
+    /// not mistaken for them.
+    #[test]
+    fn a_cancelled_builds_reload_is_dropped() {
+        let mut report = Report::new(Some(8080), None, None, PathBuf::from("/"));
+        let ui = Ui::plain();
+        report.start(Reload::new(vec!["a.go".into()], Instant::now(), None).of_build(Some(1)));
+        report.start(Reload::new(vec!["b.go".into()], Instant::now(), None).of_build(Some(2)));
+        assert!(report.superseded.is_some());
+        show_message(
+            event(Event::BuildFinished {
+                build_id: 1,
+                outcome: BuildOutcome::Cancelled,
+                exit_code: None,
+                elapsed_ms: 5,
+                output: String::new(),
+                output_truncated: false,
+                installed: false,
+                unchanged: false,
+            }),
+            &mut report,
+            &ui,
+        );
+        assert!(report.superseded.is_none());
+        show_message(built(2), &mut report, &ui);
+        let r = report
+            .reload
+            .as_ref()
+            .expect("b.go's reload waits for its restart");
+        assert_eq!(r.pod.build_ms, Some(102));
+    }
 
     #[test]
     fn build_output_paths_become_local() {

@@ -51,13 +51,12 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
         forwards: Forwards::default(),
         batches,
         engine,
-        report: Report {
-            reload: None,
-            app_port: s.app_port,
-            timings: plan.timings.clone(),
-            service: s.timings_name.clone(),
+        report: Report::new(
+            s.app_port,
+            plan.timings.clone(),
+            s.timings_name.clone(),
             root,
-        },
+        ),
         enter,
         batches_in: Some(batches_in),
         enter_in: Some(enter_in),

@@ -194,6 +194,8 @@ pub struct Synced {
     pub changed: Vec<String>,
     /// When syncing began.
     pub started: Instant,
+    /// The build the pod started for it, if any: the events of this reload name it.
+    pub build_id: Option<u64>,
 }
 
 impl SyncEngine {
@@ -287,7 +289,7 @@ impl SyncEngine {
             started,
             files,
             compared_bytes: self.known.values().map(|e| e.size).sum(),
-            in_sync: plan.is_empty() && !sent.build_started,
+            in_sync: plan.is_empty() && sent.build_id.is_none(),
             sent_files: plan.send.len(),
             sent_bytes: bytes,
             deleted: plan.delete.len(),
@@ -339,7 +341,11 @@ impl SyncEngine {
         if refused_all(&plan, &sent.refused) {
             return Ok(None);
         }
-        Ok(Some(Synced { changed, started }))
+        Ok(Some(Synced {
+            changed,
+            started,
+            build_id: sent.build_id,
+        }))
     }
 
     /// The local entries at and below `paths` (a new directory brings its contents; the root

@@ -22,8 +22,8 @@ const IN_FLIGHT_BYTES: u64 = 16 * 1024 * 1024;
 /// What sending a plan did.
 #[derive(Debug, Default)]
 pub struct Sent {
-    /// The pod started a build after the last patch.
-    pub build_started: bool,
+    /// The build the pod started after the last patch (its events name it).
+    pub build_id: Option<u64>,
     /// Entries the pod refused (the rest was applied).
     pub refused: Vec<kdev_protocol::Refused>,
     /// Local paths left out because they could no longer be synced.
@@ -129,6 +129,6 @@ async fn collect(
     }
     sent.refused.extend(result.refused);
     // The patches are collected in order: this ends as the last one's.
-    sent.build_started = result.build_id.is_some();
+    sent.build_id = result.build_id;
     Ok(())
 }
