@@ -110,29 +110,26 @@ impl Report {
         self.reload = reload;
     }
 
+    /// Where the reload that `build`'s events belong to waits: the overtaken one when they name
+    /// its build, else the newest when it owns them.
+    fn slot_of(&mut self, build: Option<u64>) -> Option<&mut Option<Reload>> {
+        if build.is_some() && self.superseded.as_ref().is_some_and(|s| s.build == build) {
+            return Some(&mut self.superseded);
+        }
+        if self.reload.as_ref().is_some_and(|r| r.owns(build)) {
+            return Some(&mut self.reload);
+        }
+        None
+    }
+
     /// The reload that `build`'s events belong to, if one is waiting.
     fn reload_of(&mut self, build: Option<u64>) -> Option<&mut Reload> {
-        if let Some(s) = self.superseded.as_ref()
-            && build.is_some()
-            && s.build == build
-        {
-            return self.superseded.as_mut();
-        }
-        self.reload.as_mut().filter(|r| r.owns(build))
+        self.slot_of(build).and_then(Option::as_mut)
     }
 
     /// Take the reload that `build`'s events belong to (its last event came).
     fn take_reload_of(&mut self, build: Option<u64>) -> Option<Reload> {
-        if self.superseded.is_some()
-            && build.is_some()
-            && self.superseded.as_ref().and_then(|s| s.build) == build
-        {
-            return self.superseded.take();
-        }
-        if self.reload.as_ref().is_some_and(|r| r.owns(build)) {
-            return self.reload.take();
-        }
-        None
+        self.slot_of(build).and_then(Option::take)
     }
 }
 
