@@ -20,7 +20,7 @@ use crate::sync::listing::diff::{SyncPlan, diff};
 use crate::sync::listing::hashing::cache_file;
 use crate::sync::listing::local::Local;
 use crate::sync::local_tree::LocalTree;
-use crate::sync::transfer::send::{Sent, send};
+use crate::sync::transfer::send::send;
 use crate::sync::unsyncable::Unsyncable;
 use crate::ui::Ui;
 
@@ -269,9 +269,15 @@ impl SyncEngine {
             bar
         });
         // Sent even when empty: in `Auto` mode an empty patch builds if the pod's tree is unbuilt.
-        let sent = self
-            .send_plan(session, &plan, BuildMode::Auto, true, progress.as_ref())
-            .await?;
+        let sent = send(
+            &self.root,
+            session,
+            &plan,
+            BuildMode::Auto,
+            true,
+            progress.as_ref(),
+        )
+        .await?;
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
@@ -324,9 +330,7 @@ impl SyncEngine {
             return Ok(None);
         }
         let changed = changed_paths(&plan, &fresh);
-        let sent = self
-            .send_plan(session, &plan, self.build_mode, false, None)
-            .await?;
+        let sent = send(&self.root, session, &plan, self.build_mode, false, None).await?;
         for d in &plan.delete {
             self.known.retain(|p, _| !is_under(p, d));
         }
@@ -395,18 +399,6 @@ impl SyncEngine {
             }
         }
         Ok((fresh, prefixes))
-    }
-
-    /// Send a plan in frames that respect the controller's limits ([`send`]).
-    async fn send_plan(
-        &self,
-        session: &mut ControllerSession,
-        plan: &SyncPlan,
-        build: BuildMode,
-        always_send: bool,
-        progress: Option<&indicatif::ProgressBar>,
-    ) -> Result<Sent> {
-        send(&self.root, session, plan, build, always_send, progress).await
     }
 }
 
