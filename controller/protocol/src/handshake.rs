@@ -293,6 +293,7 @@ mod tests {
             supervisor_pid: None,
             app_status: None,
             max_frame_size: crate::MAX_FRAME_SIZE,
+            module_env: Default::default(),
             limits: PatchLimits {
                 max_entries: 1,
                 max_file_size: 1,

@@ -60,7 +60,10 @@
 //!    restart). [`ClientMessage::Build`] builds whatever changed. A quick rebuild is later
 //!    proven by an idle shadow `go build`: `BuildVerified`, or a `Warning`
 //!    (`quick_build_differs`).
-//! 4. [`ClientMessage::Ping`] at any time (answered by [`ServerMessage::Pong`] as soon as it is
+//! 4. With [`SessionConfig::module_proxy`], [`ServerMessage::ModuleRequest`] at any time (a go
+//!    command in the pod asked the proxy, [`module_proxy`]); the client answers with
+//!    [`ClientMessage::ModuleResponse`] parts, out of order with anything else.
+//! 5. [`ClientMessage::Ping`] at any time (answered by [`ServerMessage::Pong`] as soon as it is
 //!    read). The client closes stdin (or sends [`ClientMessage::Bye`]) to end the session.
 //!
 //! Every message with its fields and when it is sent: `controller/README.md`, "Protocol".
@@ -76,6 +79,7 @@ pub mod hash_cache;
 pub mod labels;
 pub mod layout;
 pub mod messages;
+pub mod module_proxy;
 pub mod paths;
 pub mod relay;
 pub mod signal;
@@ -102,7 +106,9 @@ pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 /// 3: `reconcile` may ask for the listing's digest first (`listing_digest`, then
 /// `reconcile_continue`). Later, without a bump: the client message `restart` is gone (no
 /// kdev ever sent it, so no session of protocol 3 between kdev and its controller changes).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the module proxy (`config.module_proxy`, `module_request`, `module_response`,
+/// `welcome.module_env`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The version of this crate (and of the controller and CLI built with it).
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -34,6 +34,9 @@ pub enum ClientMessage {
     Build(BuildRequest),
     /// Liveness check; answered by [`ServerMessage::Pong`].
     Ping(Ping),
+    /// The answer to a [`ServerMessage::ModuleRequest`], in one or more parts (the body is the
+    /// frame's binary body).
+    ModuleResponse(ModuleResponse),
     /// End the session cleanly (closing stdin does the same).
     Bye,
 }
@@ -68,6 +71,20 @@ pub struct SessionConfig {
     pub build_inputs: Option<Vec<String>>,
     /// Forward the app's stdout/stderr lines as [`Event::AppOutput`] (default true).
     pub forward_app_output: bool,
+    /// Serve the pod's go commands a module proxy over this session (protocol 4): `None` =
+    /// no proxy, go uses the image's settings (and `build.env`'s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_proxy: Option<ModuleProxyConfig>,
+}
+
+/// The module proxy's settings, from the developer's machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModuleProxyConfig {
+    /// `GONOSUMDB` for the pod's go commands: the developer's `go env GONOSUMDB` (their
+    /// `GOPRIVATE` unless set), so go never asks a public checksum database about their
+    /// private modules.
+    pub nosumdb: String,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +96,7 @@ impl Default for SessionConfig {
             ready_timeout_ms: None,
             build_inputs: None,
             forward_app_output: true,
+            module_proxy: None,
         }
     }
 }
@@ -215,10 +233,47 @@ pub struct Ping {
     pub id: u64,
 }
 
+/// The most body bytes one [`ModuleResponse`] part carries: a module zip (up to 500 MB) comes
+/// in parts, so other messages are not stuck behind one giant frame.
+pub const MODULE_RESPONSE_PART: usize = 1 << 20;
+
+/// A part of the answer to [`ModuleRequest`] `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleResponse {
+    pub id: u64,
+    pub status: ModuleStatus,
+    /// Why it failed, from the developer's machine (go's own error, or the cache's): shown to
+    /// the pod's go command as the response body, so it lands in the build's output.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The total size of the body (every part), known before the first part.
+    #[serde(default)]
+    pub size: u64,
+    /// More parts follow (same id); the body is their concatenation.
+    #[serde(default)]
+    pub more: bool,
+    /// Up to [`MODULE_RESPONSE_PART`] bytes of the file. Travels as the frame's binary body.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+/// How a module request ended on the developer's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleStatus {
+    /// The body is the file.
+    Ok,
+    /// No such module or version (HTTP 404 to go, which then says "not found").
+    NotFound,
+    /// It could not be had (no network, no credential, a bad zip): HTTP 502 to go.
+    Failed,
+}
+
 impl WireMessage for ClientMessage {
     fn body(&self) -> &[u8] {
         match self {
             ClientMessage::Patch(p) => &p.tar,
+            ClientMessage::ModuleResponse(r) => &r.body,
             _ => &[],
         }
     }
@@ -226,6 +281,10 @@ impl WireMessage for ClientMessage {
         match self {
             ClientMessage::Patch(p) => {
                 p.tar = body;
+                Ok(())
+            }
+            ClientMessage::ModuleResponse(r) => {
+                r.body = body;
                 Ok(())
             }
             _ if body.is_empty() => Ok(()),
@@ -248,6 +307,7 @@ impl WireMessage for ClientMessage {
             "patch",
             "build",
             "ping",
+            "module_response",
             "bye",
         ];
         let Tag { ty } = serde_json::from_slice(header)?;
@@ -259,6 +319,7 @@ impl WireMessage for ClientMessage {
             "patch" => ClientMessage::Patch(serde_json::from_slice(h)?),
             "build" => ClientMessage::Build(serde_json::from_slice(h)?),
             "ping" => ClientMessage::Ping(serde_json::from_slice(h)?),
+            "module_response" => ClientMessage::ModuleResponse(serde_json::from_slice(h)?),
             "bye" => ClientMessage::Bye,
             other => return Err(serde::de::Error::unknown_variant(other, VARIANTS)),
         })
@@ -271,6 +332,7 @@ impl WireMessage for ClientMessage {
             ClientMessage::Patch(_) => "patch",
             ClientMessage::Build(_) => "build",
             ClientMessage::Ping(_) => "ping",
+            ClientMessage::ModuleResponse(_) => "module_response",
             ClientMessage::Bye => "bye",
         }
     }
@@ -298,6 +360,18 @@ pub enum ServerMessage {
         event: Event,
     },
     Pong(Ping),
+    /// A go command in the pod asked the module proxy for `path`: answer with
+    /// [`ClientMessage::ModuleResponse`] parts carrying the same id.
+    ModuleRequest(ModuleRequest),
+}
+
+/// One request to the module proxy ([`crate::module_proxy`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRequest {
+    pub id: u64,
+    /// Below the proxy's root, escaped as go sent it; the controller only sends paths that
+    /// [`crate::module_proxy::ProxyPath::parse`] accepts (the CLI checks again).
+    pub path: String,
 }
 
 /// The handshake answer.
@@ -321,6 +395,11 @@ pub struct Welcome {
     /// Largest frame the server accepts.
     pub max_frame_size: u32,
     pub limits: PatchLimits,
+    /// What the controller sets for its go commands when `config.module_proxy` asked for the
+    /// proxy (`GOPROXY`, `GONOPROXY`, …); empty without it. Other go commands the CLI runs in
+    /// the pod during the session (building Delve) use them too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub module_env: BTreeMap<String, String>,
 }
 
 /// Limits the server enforces on one patch.
@@ -607,6 +686,7 @@ impl WireMessage for ServerMessage {
             ServerMessage::PatchResult(_) => "patch_result",
             ServerMessage::Event { .. } => "event",
             ServerMessage::Pong(_) => "pong",
+            ServerMessage::ModuleRequest(_) => "module_request",
         }
     }
 }

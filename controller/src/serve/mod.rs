@@ -213,6 +213,7 @@ fn welcome(
         app_status: watch.status.borrow().clone(),
         max_frame_size: MAX_FRAME_SIZE,
         limits: limits.clone(),
+        module_env: Default::default(),
     }
 }
 

@@ -131,6 +131,9 @@ impl Session {
                 self.builds.start(Some(b.id));
             }
             ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
+            // The reader hands these to the module proxy; one here answers a request nobody
+            // waits for any more.
+            ClientMessage::ModuleResponse(_) => {}
             ClientMessage::Bye => return false,
         }
         true
