@@ -343,6 +343,8 @@ impl WireMessage for ClientMessage {
 // ---------------------------------------------------------------------------------------------
 
 /// Everything the server sends.
+// The Welcome is the large variant and comes once per session: not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
