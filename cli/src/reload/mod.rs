@@ -501,12 +501,23 @@ async fn open_session(
             n as f64 / 1048576.0
         ));
     }
-    if debug {
-        delve::install_delve(pods, pod, &service.sidecar_image()).await?;
-    }
     let hello = kdev_protocol::handshake::hello(
         format!("kdev {}", env!("CARGO_PKG_VERSION")),
         config.clone(),
     );
-    Ok(ControllerSession::open(pods, pod, hello).await?)
+    let session = ControllerSession::open(pods, pod, hello).await?;
+    // Once the session is up: building Delve in the pod fetches its modules through it.
+    if debug {
+        let module_env = &session.welcome.module_env;
+        let image = service.sidecar_image();
+        match delve::install_delve(pods, pod, &image, module_env, ui).await? {
+            delve::DelveInstall::Built(took) => ui.ok(&format!(
+                "built Delve {} in the pod in {}",
+                delve::DELVE_VERSION,
+                fmt_duration(took)
+            )),
+            delve::DelveInstall::Cached | delve::DelveInstall::FromImage => {}
+        }
+    }
+    Ok(session)
 }
