@@ -3,6 +3,7 @@
 //!
 //! Tests never skip: without a reachable cluster they fail and say how to start one.
 
+pub mod module_proxy;
 pub mod netfault;
 pub mod watch;
 
@@ -17,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The sidecar image: Go toolchain, Delve, busybox (sh, tar). Built by tests/cluster/build-images.
 pub const TOOLCHAIN_IMAGE: &str = "kdev.local/go-toolchain:dev";
+/// The same without Delve (/go/bin/dlv deleted by one layer on top; otherwise the same config).
+pub const TOOLCHAIN_NODLV_IMAGE: &str = "kdev.local/go-toolchain-nodlv:dev";
 /// The example Gin service, built static into an image with no shell.
 pub const APP_IMAGE: &str = "kdev.local/gin-hello:dev";
 
