@@ -44,7 +44,7 @@ use app_watch::AppWatch;
 use build::Builds;
 use exit::{EXIT_BAD_INPUT, EXIT_HANDSHAKE, EXIT_OK, EXIT_SETUP};
 use io::{Inbound, Out, fatal};
-use module_proxy::Pending;
+use module_proxy::ModuleProxy;
 use restart::RestartCtx;
 use session::Session;
 
@@ -228,7 +228,7 @@ fn welcome(
 async fn start_module_proxy(
     config: &SessionConfig,
     out: &Out,
-    pending: &Arc<Pending>,
+    modules: &ModuleProxy,
     volume: Option<&Path>,
 ) -> (BTreeMap<String, String>, Option<String>) {
     let Some(proxy) = &config.module_proxy else {
@@ -238,7 +238,7 @@ async fn start_module_proxy(
         log("no module proxy: build.env sets GOPROXY");
         return Default::default();
     }
-    match module_proxy::start(proxy, out, pending.clone(), volume).await {
+    match modules.start(proxy, out, volume).await {
         Ok(env) => (env, None),
         Err(e) => {
             let message = format!(
@@ -277,8 +277,8 @@ async fn warn_of_takeover(out: &Out, replaced: Option<u32>, stale_build: Option<
 pub async fn run(opts: ServeOptions) -> i32 {
     let (stop, mut term_rx) = on_termination();
     let (out, writer) = io::spawn_writer(term_rx.clone());
-    let modules = Arc::new(Pending::default());
-    let mut in_rx = io::spawn_reader(&out, modules.clone());
+    let modules = ModuleProxy::default();
+    let mut in_rx = io::spawn_reader(&out, modules.pending());
 
     // The writer's queue is written out before the process ends, unless the client does not
     // read it: 5 s for a client that reads slowly, 1 s once SIGTERM says to stop now.
@@ -382,7 +382,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
     // Shut down: go commands waiting for modules hear at once (and the proxy's requests stop
     // holding the writer); no build keeps running without a session (the tree stays marked
     // dirty).
-    modules.end();
+    modules.end().await;
     let Session { out, builds, .. } = s;
     builds.shutdown().await;
     watcher.abort();

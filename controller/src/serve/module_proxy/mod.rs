@@ -14,6 +14,7 @@
 //! ([`store`]).
 
 mod ask;
+mod body;
 mod env;
 mod pending;
 mod route;
@@ -26,6 +27,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kdev_protocol::ModuleProxyConfig;
 use tokio::net::TcpListener;
@@ -36,8 +38,13 @@ pub(crate) use pending::Pending;
 
 use super::io::Out;
 use ask::{Asker, IN_FLIGHT};
+use body::Answering;
 use server::Proxy;
 use store::Store;
+
+/// How long the session's end waits for the 503s of requests that were waiting to be
+/// written.
+const END_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the proxy could not start (the session goes on without it).
 #[derive(Debug, thiserror::Error)]
@@ -48,33 +55,55 @@ pub(crate) enum StartError {
     Listen(#[source] std::io::Error),
 }
 
-/// Start the proxy for this session: answers arrive through `pending` (fed by the reader
-/// task), requests leave through `out`, and files are kept below `volume` when it is given.
-/// Returns the environment of the session's go commands.
-pub(crate) async fn start(
-    config: &ModuleProxyConfig,
-    out: &Out,
+/// A session's module proxy: its pending requests exist from the start (the reader task
+/// feeds them), the server only once the hello asked for it.
+#[derive(Default)]
+pub(crate) struct ModuleProxy {
     pending: Arc<Pending>,
-    volume: Option<&Path>,
-) -> Result<BTreeMap<String, String>, StartError> {
-    let token = token().map_err(StartError::Token)?;
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(StartError::Listen)?;
-    let port = listener.local_addr().map_err(StartError::Listen)?.port();
-    let url = format!("http://127.0.0.1:{port}/{token}/");
-    let proxy = Proxy {
-        token,
-        asker: Asker {
-            pending,
-            out: out.downgrade(),
-            turns: Semaphore::new(IN_FLIGHT),
-        },
-        store: volume.map(Store::on_volume),
-    };
-    // Serves until the process ends: after the session, every request gets its 503.
-    tokio::spawn(server::run(listener, Arc::new(proxy)));
-    Ok(env::module_env(&url, &config.nosumdb))
+    answering: Answering,
+}
+
+impl ModuleProxy {
+    /// Where the reader task hands the parts of module responses.
+    pub(crate) fn pending(&self) -> Arc<Pending> {
+        self.pending.clone()
+    }
+
+    /// Start the server: requests leave through `out`, and files are kept below `volume`
+    /// when it is given. Returns the environment of the session's go commands.
+    pub(crate) async fn start(
+        &self,
+        config: &ModuleProxyConfig,
+        out: &Out,
+        volume: Option<&Path>,
+    ) -> Result<BTreeMap<String, String>, StartError> {
+        let token = token().map_err(StartError::Token)?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(StartError::Listen)?;
+        let port = listener.local_addr().map_err(StartError::Listen)?.port();
+        let url = format!("http://127.0.0.1:{port}/{token}/");
+        let proxy = Proxy {
+            token,
+            asker: Asker {
+                pending: self.pending.clone(),
+                out: out.downgrade(),
+                turns: Semaphore::new(IN_FLIGHT),
+            },
+            store: volume.map(Store::on_volume),
+            answering: self.answering.clone(),
+        };
+        // Serves until the process ends: after the session, every request gets its 503.
+        tokio::spawn(server::run(listener, Arc::new(proxy)));
+        Ok(env::module_env(&url, &config.nosumdb))
+    }
+
+    /// The session ended: every waiting request is answered 503 (and every later one), and
+    /// those answers are given a moment to be written before the process exits.
+    pub(crate) async fn end(&self) {
+        self.pending.end();
+        self.answering.drained(END_WAIT).await;
+    }
 }
 
 /// 128 random bits, in hex.

@@ -8,9 +8,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,6 +18,7 @@ use kdev_protocol::module_proxy::{FileKind, ProxyPath};
 use tokio::net::TcpListener;
 
 use super::ask::{Asked, Asker};
+use super::body::{Answering, Body};
 use super::pending::Answer;
 use super::route::{Route, route};
 use super::store::Store;
@@ -36,6 +36,7 @@ pub(crate) struct Proxy {
     pub token: String,
     pub asker: Asker,
     pub store: Option<Store>,
+    pub answering: Answering,
 }
 
 /// Accept connections until the process ends.
@@ -110,14 +111,22 @@ fn content_type(path: &ProxyPath) -> &'static str {
 }
 
 impl Proxy {
-    async fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+        let answering = self.answering.start();
         let reply = self.answer(req.method(), req.uri().path()).await;
-        let mut resp = Response::new(Full::new(reply.body));
+        let mut resp = Response::new(Body::new(reply.body, answering));
         *resp.status_mut() = reply.status;
         let headers = resp.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-        if reply.status == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(ALLOW, HeaderValue::from_static("GET"));
+        match reply.status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                headers.insert(ALLOW, HeaderValue::from_static("GET"));
+            }
+            // The process exits shortly: no connection to keep.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }
