@@ -5,18 +5,21 @@
 //! * The reader task reads frames from stdin and queues them for the session in order, bounded
 //!   by bytes, not by count; once the Welcome is sent it answers pings itself, so a ping never
 //!   waits behind a long patch, listing or build cancellation. (Pings that come before it are
-//!   queued like any message: a pong must never overtake the Welcome.)
+//!   queued like any message: a pong must never overtake the Welcome.) It also hands the
+//!   parts of module responses straight to the module proxy ([`super::module_proxy`]): a build
+//!   waiting for a module must not wait behind the session, which may be busy with a patch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kdev_protocol::{
-    ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError, MAX_FRAME_SIZE, Ping,
-    ServerCodec, ServerMessage, Welcome,
+    ClientMessage, ErrorCode, ErrorMessage, Event, Frame, FrameError, MAX_FRAME_SIZE,
+    MODULE_RESPONSE_PART, ModuleResponse, Ping, ServerCodec, ServerMessage, Welcome,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::module_proxy::Pending;
 use crate::log::serve as log;
 use crate::util::ms;
 
@@ -62,10 +65,19 @@ impl Out {
     pub(super) fn try_event(&self, e: Event) -> bool {
         self.tx.try_send(self.wrap(e)).is_ok()
     }
+    /// Returns once the writer has stopped: the client went away (or the session ended).
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await
+    }
     /// A handle that does not keep the writer running: the session ends (and the writer
     /// drains and stops) when the last `Out` is dropped, whatever still holds a `WeakOut`.
-    fn downgrade(&self) -> WeakOut {
-        WeakOut(self.tx.downgrade(), self.welcomed.clone())
+    pub(super) fn downgrade(&self) -> WeakOut {
+        WeakOut {
+            tx: self.tx.downgrade(),
+            t0: self.t0,
+            welcomed: self.welcomed.clone(),
+            ending: self.ending.clone(),
+        }
     }
 }
 
@@ -77,17 +89,31 @@ async fn ended(mut ending: watch::Receiver<bool>) {
 }
 
 /// See [`Out::downgrade`].
-struct WeakOut(mpsc::WeakSender<ServerMessage>, Arc<AtomicBool>);
+pub(super) struct WeakOut {
+    tx: mpsc::WeakSender<ServerMessage>,
+    t0: Instant,
+    welcomed: Arc<AtomicBool>,
+    ending: watch::Receiver<bool>,
+}
 
 impl WeakOut {
     /// See [`Out::send_welcome`].
     fn welcomed(&self) -> bool {
-        self.1.load(Ordering::Acquire)
+        self.welcomed.load(Ordering::Acquire)
     }
     async fn send(&self, m: ServerMessage) {
-        if let Some(tx) = self.0.upgrade() {
+        if let Some(tx) = self.tx.upgrade() {
             let _ = tx.send(m).await;
         }
+    }
+    /// An `Out` again, while the session's own still exists.
+    pub(super) fn upgrade(&self) -> Option<Out> {
+        Some(Out {
+            tx: self.tx.upgrade()?,
+            t0: self.t0,
+            welcomed: self.welcomed.clone(),
+            ending: self.ending.clone(),
+        })
     }
 }
 
@@ -174,13 +200,26 @@ const QUEUED_BYTES: usize = MAX_FRAME_SIZE as usize;
 /// The largest frame that can be a ping (a header of at most 256 bytes, no body).
 const MAX_PING_FRAME: usize = 4 + 256;
 
-/// A small frame that is a ping.
-fn as_ping(frame: &Frame) -> Option<Ping> {
-    if frame.len() > MAX_PING_FRAME {
+/// The largest frame that can be a module response part (its body, and a header with room
+/// for a long reason).
+const MAX_MODULE_FRAME: usize = MODULE_RESPONSE_PART + 64 * 1024;
+
+/// A frame the reader handles itself instead of queueing it for the session.
+#[derive(Debug, PartialEq)]
+enum Direct {
+    Ping(Ping),
+    ModuleResponse(ModuleResponse),
+}
+
+/// A small frame that is a ping or a module response part. Larger frames (patches) are not
+/// decoded here: the session does that once.
+fn as_direct(frame: &Frame) -> Option<Direct> {
+    if frame.len() > MAX_MODULE_FRAME {
         return None;
     }
     match ServerCodec::decode(frame.clone()) {
-        Ok(ClientMessage::Ping(p)) => Some(p),
+        Ok(ClientMessage::Ping(p)) if frame.len() <= MAX_PING_FRAME => Some(Direct::Ping(p)),
+        Ok(ClientMessage::ModuleResponse(r)) => Some(Direct::ModuleResponse(r)),
         _ => None,
     }
 }
@@ -188,14 +227,14 @@ fn as_ping(frame: &Frame) -> Option<Ping> {
 /// Start the reader task; returns the queue of frames, the first being the hello. `out` is
 /// only used for pongs, and weakly: the reader may sit in read(2) until the client goes away,
 /// long after the session ended (SIGTERM), and must not keep the writer, and so the process,
-/// waiting.
-pub(super) fn spawn_reader(out: &Out) -> mpsc::Receiver<Inbound> {
+/// waiting. Module response parts go to `modules`, which hears from it when stdin ends.
+pub(super) fn spawn_reader(out: &Out, modules: Arc<Pending>) -> mpsc::Receiver<Inbound> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(reader_task(tx, out.downgrade()));
+    tokio::spawn(reader_task(tx, out.downgrade(), modules));
     rx
 }
 
-async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
+async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut, modules: Arc<Pending>) {
     let mut stdin = tokio::io::stdin();
     let mut codec = ServerCodec::new();
     let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
@@ -205,17 +244,28 @@ async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut) {
         if let Ok(Some(f)) = &frame {
             // Before the Welcome (the hello, or pings sent right behind it), every frame goes
             // to the session, which answers in order.
-            if out.welcomed()
-                && let Some(ping) = as_ping(f)
-            {
-                out.send(ServerMessage::Pong(ping)).await;
-                continue;
+            if out.welcomed() {
+                match as_direct(f) {
+                    Some(Direct::Ping(ping)) => {
+                        out.send(ServerMessage::Pong(ping)).await;
+                        continue;
+                    }
+                    Some(Direct::ModuleResponse(part)) => {
+                        modules.part(part);
+                        continue;
+                    }
+                    None => {}
+                }
             }
             // Memory stays bounded however fast the client sends: wait for room.
             let n = f.len().clamp(1, QUEUED_BYTES) as u32;
             queued = budget.clone().acquire_many_owned(n).await.ok();
         }
         let stop = !matches!(frame, Ok(Some(_)));
+        if stop {
+            // No answer can come any more: waiting go commands hear so at once.
+            modules.end();
+        }
         let msg = Inbound {
             frame,
             _queued: queued,
@@ -238,18 +288,30 @@ mod tests {
     }
 
     #[test]
-    fn pings_are_recognised_without_the_session() {
+    fn pings_and_module_responses_are_recognised_without_the_session() {
         assert_eq!(
-            as_ping(&frame(&ClientMessage::Ping(Ping { id: 4 }))),
-            Some(Ping { id: 4 })
+            as_direct(&frame(&ClientMessage::Ping(Ping { id: 4 }))),
+            Some(Direct::Ping(Ping { id: 4 }))
         );
-        assert_eq!(as_ping(&frame(&ClientMessage::Bye)), None);
+        assert_eq!(as_direct(&frame(&ClientMessage::Bye)), None);
         let padded = ClientMessage::Patch(kdev_protocol::Patch {
             id: 1,
             deletes: vec![],
             build: Default::default(),
             tar: vec![0; 10],
         });
-        assert_eq!(as_ping(&frame(&padded)), None);
+        assert_eq!(as_direct(&frame(&padded)), None);
+        let part = ModuleResponse {
+            id: 7,
+            status: kdev_protocol::ModuleStatus::Ok,
+            reason: String::new(),
+            size: MODULE_RESPONSE_PART as u64,
+            more: false,
+            body: vec![1; MODULE_RESPONSE_PART],
+        };
+        assert_eq!(
+            as_direct(&frame(&ClientMessage::ModuleResponse(part.clone()))),
+            Some(Direct::ModuleResponse(part))
+        );
     }
 }

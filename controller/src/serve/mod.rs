@@ -2,10 +2,11 @@
 //!
 //! This file starts a session: the I/O tasks ([`io`]), the handshake, setup (the session lock
 //! ([`lock`]), what an interrupted session left behind ([`leftovers`]), the sync root
-//! ([`root`])), the app watcher ([`app_watch`]) and the Welcome; then [`session`] runs the
-//! conversation, with [`reconcile`] (listing), [`patch`] (applying changes) and [`build`]
-//! (building, installing and restarting through [`restart`]); and at the end everything is
-//! stopped in order, with one of the [`exit`] codes.
+//! ([`root`])), the app watcher ([`app_watch`]), the module proxy ([`module_proxy`]) and the
+//! Welcome; then [`session`] runs the conversation, with [`reconcile`] (listing), [`patch`]
+//! (applying changes) and [`build`] (building, installing and restarting through
+//! [`restart`]); and at the end everything is stopped in order, with one of the [`exit`]
+//! codes.
 
 mod app_watch;
 pub(crate) mod build;
@@ -13,6 +14,7 @@ mod exit;
 mod io;
 mod leftovers;
 mod lock;
+mod module_proxy;
 mod patch;
 mod reconcile;
 mod restart;
@@ -25,9 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use kdev_protocol::{
     ErrorCode, Event, Hello, Layout, MAX_FRAME_SIZE, PROTOCOL_VERSION, PatchLimits, ServerMessage,
-    Welcome, check_hello,
+    SessionConfig, Welcome, check_hello,
 };
 use nix::fcntl::Flock;
 use tokio::sync::{mpsc, watch};
@@ -40,6 +44,7 @@ use app_watch::AppWatch;
 use build::Builds;
 use exit::{EXIT_BAD_INPUT, EXIT_HANDSHAKE, EXIT_OK, EXIT_SETUP};
 use io::{Inbound, Out, fatal};
+use module_proxy::ModuleProxy;
 use restart::RestartCtx;
 use session::Session;
 
@@ -200,6 +205,7 @@ fn welcome(
     builds: &Builds,
     watch: &AppWatch,
     limits: &PatchLimits,
+    module_env: BTreeMap<String, String>,
 ) -> Welcome {
     let app_binary = layout.app_binary();
     Welcome {
@@ -213,7 +219,36 @@ fn welcome(
         app_status: watch.status.borrow().clone(),
         max_frame_size: MAX_FRAME_SIZE,
         limits: limits.clone(),
-        module_env: Default::default(),
+        module_env,
+    }
+}
+
+/// Start the module proxy when the session asked for it: the environment of the session's
+/// go commands, and a warning to send after the Welcome when it could not start.
+async fn start_module_proxy(
+    config: &SessionConfig,
+    out: &Out,
+    modules: &ModuleProxy,
+    volume: Option<&Path>,
+) -> (BTreeMap<String, String>, Option<String>) {
+    let Some(proxy) = &config.module_proxy else {
+        return Default::default();
+    };
+    if !module_proxy::wanted(&config.build.env) {
+        log("no module proxy: build.env sets GOPROXY");
+        return Default::default();
+    }
+    match modules.start(proxy, out, volume).await {
+        Ok(env) => (env, None),
+        Err(e) => {
+            let message = format!(
+                "the module proxy could not start ({}): go commands in the pod use the image's \
+                 module settings",
+                error_chain(&e)
+            );
+            log(&message);
+            (BTreeMap::new(), Some(message))
+        }
     }
 }
 
@@ -242,7 +277,8 @@ async fn warn_of_takeover(out: &Out, replaced: Option<u32>, stale_build: Option<
 pub async fn run(opts: ServeOptions) -> i32 {
     let (stop, mut term_rx) = on_termination();
     let (out, writer) = io::spawn_writer(term_rx.clone());
-    let mut in_rx = io::spawn_reader(&out);
+    let modules = ModuleProxy::default();
+    let mut in_rx = io::spawn_reader(&out, modules.pending());
 
     // The writer's queue is written out before the process ends, unless the client does not
     // read it: 5 s for a client that reads slowly, 1 s once SIGTERM says to stop now.
@@ -262,7 +298,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         Err(code) => return finish(out, code).await,
     };
     let layout = &opts.layout;
-    let config = hello.config;
+    let mut config = hello.config;
     // The lock is held until this function returns, also while an error below is sent.
     let (_lock, replaced) = match take_lock(layout).await {
         Ok(v) => v,
@@ -299,6 +335,11 @@ pub async fn run(opts: ServeOptions) -> i32 {
         caches.defaults.gocache.display(),
         caches.defaults.gomodcache.display()
     ));
+    let (module_env, proxy_warning) =
+        start_module_proxy(&config, &out, &modules, caches.module_store.as_deref()).await;
+    // Every go command of the session (builds, their hooks, quick rebuilds and the go
+    // commands they ask) runs with the build's environment; build.env wins.
+    config.build.env = module_proxy::with_module_env(&module_env, config.build.env);
     let builds = Builds::new(
         layout.clone(),
         caches.defaults.clone(),
@@ -308,9 +349,16 @@ pub async fn run(opts: ServeOptions) -> i32 {
         caches.ready.clone(),
     );
     let limits = patch::default_limits();
-    let welcome = welcome(layout, &root, &builds, &watch, &limits);
+    let welcome = welcome(layout, &root, &builds, &watch, &limits, module_env);
     out.send_welcome(welcome).await;
     caches.start(&out).await;
+    if let Some(message) = proxy_warning {
+        out.event(Event::Warning {
+            code: "module_proxy".into(),
+            message,
+        })
+        .await;
+    }
     warn_of_takeover(&out, replaced, stale_build).await;
 
     let cache = {
@@ -331,7 +379,10 @@ pub async fn run(opts: ServeOptions) -> i32 {
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 
-    // Shut down: no build keeps running without a session (the tree stays marked dirty).
+    // Shut down: go commands waiting for modules hear at once (and the proxy's requests stop
+    // holding the writer); no build keeps running without a session (the tree stays marked
+    // dirty).
+    modules.end().await;
     let Session { out, builds, .. } = s;
     builds.shutdown().await;
     watcher.abort();

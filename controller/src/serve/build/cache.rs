@@ -15,6 +15,10 @@
 //!   image's pre-warmed GOCACHE entries were compiled from those paths, and Go's cache keys
 //!   include a package's directory, so moving the modules would turn the entries into misses.
 //!   (With `vendor/` the module cache is not used at all.)
+//! - The module proxy keeps the module files it is sent on the volume
+//!   (`DIR/module-proxy`, [`crate::serve::module_proxy`]) when GOMODCACHE is not there: with a
+//!   pre-filled image module cache, what builds download otherwise goes with the pod. With
+//!   GOMODCACHE on the volume, go's own cache persists, and nothing more is kept.
 //! - A volume the sidecar's user cannot write to falls back to the image's caches, with a
 //!   warning.
 
@@ -44,6 +48,9 @@ pub(crate) struct Caches {
     pub defaults: BuildDefaults,
     /// `true` once GOCACHE may be used (at once, unless it is being seeded).
     pub ready: watch::Receiver<bool>,
+    /// The volume the module proxy keeps module files on: a writable volume that GOMODCACHE
+    /// is not on.
+    pub module_store: Option<PathBuf>,
     /// What [`Caches::start`] does: seed, warn, or nothing.
     pending: Pending,
 }
@@ -65,6 +72,7 @@ pub(crate) fn resolve(image: &BuildDefaults, volume: Option<&Path>) -> Caches {
         return Caches {
             defaults: image.clone(),
             ready: ready_now(),
+            module_store: None,
             pending: Pending::Nothing,
         };
     };
@@ -72,6 +80,7 @@ pub(crate) fn resolve(image: &BuildDefaults, volume: Option<&Path>) -> Caches {
         return Caches {
             defaults: image.clone(),
             ready: ready_now(),
+            module_store: None,
             pending: Pending::Warn(format!(
                 "the build cache volume {} cannot be written ({e}); building with the image's \
                  Go caches, which do not outlive the pod (a pod securityContext.fsGroup may \
@@ -89,12 +98,14 @@ pub(crate) fn resolve(image: &BuildDefaults, volume: Option<&Path>) -> Caches {
     if dir_is_empty(&image.gomodcache) {
         defaults.gomodcache = volume.join(GOMODCACHE_DIR);
     }
+    let module_store = (!defaults.gomodcache.starts_with(volume)).then(|| volume.to_path_buf());
     match seed_from {
         Some(from) if !defaults.gocache.exists() => {
             let (done, ready) = watch::channel(false);
             Caches {
                 defaults,
                 ready,
+                module_store,
                 pending: Pending::Seed {
                     from,
                     volume: volume.to_path_buf(),
@@ -105,6 +116,7 @@ pub(crate) fn resolve(image: &BuildDefaults, volume: Option<&Path>) -> Caches {
         _ => Caches {
             defaults,
             ready: ready_now(),
+            module_store,
             pending: Pending::Nothing,
         },
     }
@@ -330,6 +342,8 @@ mod tests {
         let c = resolve(&img, Some(&volume));
         assert_eq!(c.defaults.gocache, volume.join("go-build"));
         assert_eq!(c.defaults.gomodcache, img.gomodcache);
+        // What builds download would go with the pod: the module proxy keeps it.
+        assert_eq!(c.module_store.as_deref(), Some(volume.as_path()));
         assert!(!*c.ready.borrow(), "a build waits for the seeding");
         // A copy a killed seeder left is removed.
         fs::create_dir_all(volume.join("go-build.seeding.1/xx")).unwrap();
@@ -358,6 +372,8 @@ mod tests {
         let volume = t.path().join("volume");
         let c = resolve(&img, Some(&volume));
         assert_eq!(c.defaults.gomodcache, volume.join("mod"));
+        // Go's own module cache persists there: the module proxy keeps nothing more.
+        assert_eq!(c.module_store, None);
         assert_eq!(seed(&img.gocache, &volume).unwrap(), Seeded::NothingToCopy);
         assert!(volume.join("go-build").is_dir());
     }
@@ -381,6 +397,7 @@ mod tests {
         fs::write(&volume, b"").unwrap();
         let c = resolve(&img, Some(&volume));
         assert_eq!(c.defaults.gocache, img.gocache);
+        assert_eq!(c.module_store, None);
         assert!(matches!(c.pending, Pending::Warn(_)));
     }
 }
