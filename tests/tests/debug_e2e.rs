@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::{
-    TestNamespace, client, example_project, free_port, http_get, kdev_bin, poll_until,
-    set_ping_message, spawn_captured,
+    TOOLCHAIN_IMAGE, TOOLCHAIN_NODLV_IMAGE, TestNamespace, client, example_project, exec,
+    free_port, http_get, kdev_bin, poll_until, set_ping_message, spawn_captured,
 };
 use serde_json::{Value, json};
 
@@ -35,9 +35,19 @@ impl Drop for Debug {
 
 impl Debug {
     fn start(namespace: &str) -> Result<Debug> {
+        Self::start_with_image(namespace, None)
+    }
+
+    /// With `image` as the sidecar instead of the toolchain image.
+    fn start_with_image(namespace: &str, image: Option<&str>) -> Result<Debug> {
         let dir = tempfile::tempdir()?;
         let (http_port, dlv_port) = (free_port(), free_port());
         let project = example_project(dir.path(), namespace, http_port)?;
+        if let Some(image) = image {
+            let yaml = std::fs::read_to_string(project.join("kdev.yaml"))?;
+            let yaml = yaml.replace(TOOLCHAIN_IMAGE, image);
+            std::fs::write(project.join("kdev.yaml"), yaml)?;
+        }
         let (child, output) = spawn_captured(
             Command::new(kdev_bin())
                 .args(["debug", "--port", &dlv_port.to_string()])
@@ -246,5 +256,48 @@ async fn debug_hits_breakpoints_before_and_after_a_save() -> Result<()> {
     })
     .await?;
     tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch, "pong debugged"))?;
+    Ok(())
+}
+
+/// A sidecar image without `dlv`: kdev builds Delve in the pod with the pod's own Go, every
+/// module Delve needs coming from this machine through the session's module proxy (the test
+/// cluster's pods have no network), and a breakpoint hits in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delve_is_built_in_a_pod_whose_image_has_none() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-dlvbuild").await?;
+    let d = Debug::start_with_image(ns.name(), Some(TOOLCHAIN_NODLV_IMAGE))?;
+    wait_served(&d, "pong", Duration::from_secs(420)).await?;
+    poll_until(Duration::from_secs(60), "the editor configuration", || {
+        let out = d.output();
+        async move { Ok(out.contains("GoLand:")) }
+    })
+    .await?;
+    let out = d.output();
+    ensure!(
+        out.contains("no Delve in kdev.local/go-toolchain-nodlv:dev")
+            && out.contains("built Delve"),
+        "kdev must say it builds Delve and that it did:\n{out}"
+    );
+    // The sidecar really has no dlv of its own; the one that runs is the one kdev built.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), ns.name());
+    let pod = kdev_tests::watch::dev_pod(&pods).await?;
+    let pod = kube::ResourceExt::name_any(&pod);
+    let script = "command -v dlv || echo no-dlv-in-image; ls /kdev/cache/tools/; \
+                  /kdev/bin/dlv version | head -2";
+    let seen = exec(&pods, &pod, "kdev", &["sh", "-c", script], None)
+        .await?
+        .ok()?
+        .stdout_str();
+    ensure!(
+        seen.contains("no-dlv-in-image")
+            && seen.contains("dlv-v")
+            && seen.contains("Delve Debugger"),
+        "{seen}"
+    );
+    let launch = d.launch_json()?;
+    let dd = &d;
+    tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch, "pong"))?;
     Ok(())
 }
