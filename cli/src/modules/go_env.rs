@@ -42,19 +42,25 @@ impl GoEnv {
     }
 
     /// A go command in `dir` with this environment, GOFLAGS as `settings` made them safe.
-    /// GOWORK=off and GO111MODULE=on: the commands are about one module version, outside any
-    /// workspace or module of the developer's.
     pub fn command(
         &self,
         settings: &GoSettings,
         dir: &Path,
         args: &[&str],
     ) -> tokio::process::Command {
+        let mut cmd = self.go(dir, args);
+        cmd.env("GOFLAGS", &settings.flags);
+        cmd
+    }
+
+    /// A go command in `dir` with this environment. GOWORK=off and GO111MODULE=on: the
+    /// commands are about one module version, outside any workspace or module of the
+    /// developer's.
+    fn go(&self, dir: &Path, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(args)
             .current_dir(dir)
             .envs(&self.vars)
-            .env("GOFLAGS", &settings.flags)
             .env("GOWORK", "off")
             .env("GO111MODULE", "on")
             .stdin(Stdio::null())
@@ -98,16 +104,8 @@ struct GoEnvJson {
 /// environment and go's defaults when go is not installed or does not answer.
 pub async fn settings(env: &GoEnv, dir: &Path) -> GoSettings {
     let vars = ["GOMODCACHE", "GOPROXY", "GONOSUMDB", "GOFLAGS", "GOSUMDB"];
-    let mut cmd = env.command(
-        &fallback(env, true),
-        dir,
-        &[&["env", "-json"][..], &vars].concat(),
-    );
-    // `go env` itself must see the developer's GOFLAGS as they are.
-    match env.var("GOFLAGS") {
-        Some(f) => cmd.env("GOFLAGS", f),
-        None => cmd.env_remove("GOFLAGS"),
-    };
+    // The developer's GOFLAGS as they are: `go env` does not mind what other commands refuse.
+    let mut cmd = env.go(dir, &[&["env", "-json"][..], &vars].concat());
     let out = match tokio::time::timeout(GO_ENV_TIMEOUT, cmd.output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -83,7 +83,13 @@ impl ModuleSource {
                     Err(_) => std::env::temp_dir(),
                 };
                 let settings = go_env::settings(&self.go, &dir).await;
-                tracing::debug!(target: "kdev::modules", "go settings: {settings:?}");
+                // Not GOPROXY: it may hold a password.
+                tracing::debug!(
+                    target: "kdev::modules",
+                    "module cache {}, go installed: {}",
+                    settings.modcache.display(),
+                    settings.go_installed
+                );
                 Setup { settings, workdir }
             })
             .await

@@ -40,6 +40,11 @@ impl Fixture {
             ("GOSUMDB", "off".into()),
             // -modcacherw: the extracted modules can be removed with the directory.
             ("GOFLAGS", "-mod=mod -modcacherw".into()),
+            // Nothing of this machine's go settings (its env file, a GOPRIVATE) takes part.
+            ("GOENV", "off".into()),
+            ("GOPRIVATE", String::new()),
+            ("GONOPROXY", String::new()),
+            ("GOTOOLCHAIN", "local".into()),
         ];
         GoEnv {
             program: "go".into(),
