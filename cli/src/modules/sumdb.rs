@@ -4,12 +4,14 @@
 //! the module proxy when the proxy says it `supported`s it. kdev forwards those requests the
 //! way go on this machine would: through the first GOPROXY entry that proxies the database
 //! (asked once), else directly. Only the database this machine's go uses (GOSUMDB) is
-//! forwarded: the pod cannot make kdev fetch from any other host.
+//! forwarded: the pod cannot make kdev fetch from any other host. A `user:password@` in a URL
+//! is sent as Basic authentication, as go does, and never shown or passed to the pod.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
@@ -35,9 +37,78 @@ pub struct Sumdb {
     supported: Mutex<HashMap<String, bool>>,
 }
 
+/// A URL as requests use it: without its `user:password@`, which becomes the Authorization
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Without credentials: safe to show and to pass to the pod.
+    pub url: String,
+    auth: Option<String>,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Endpoint {
+        let url = url.trim().trim_end_matches('/');
+        let plain = Endpoint {
+            url: url.to_string(),
+            auth: None,
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return plain;
+        };
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        let Some((userinfo, host)) = rest[..host_end].rsplit_once('@') else {
+            return plain;
+        };
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let credentials = [
+            percent_decode(user),
+            b":".to_vec(),
+            percent_decode(password),
+        ]
+        .concat();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        Endpoint {
+            url: format!("{scheme}://{host}{}", &rest[host_end..]),
+            auth: Some(format!("Basic {encoded}")),
+        }
+    }
+
+    /// `path` below this URL, with the same credentials.
+    fn join(&self, path: &str) -> Endpoint {
+        Endpoint {
+            url: format!("{}/{path}", self.url),
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// `%XX` escapes decoded (go's userinfo is URL-escaped); anything else kept.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(byte) if b[i] == b'%' => {
+                out.push(byte);
+                i += 3;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The database this machine's go uses: its name and where it is reached directly. `None`
 /// when checksum verification is off.
-pub fn database(gosumdb: &str) -> Option<(String, String)> {
+pub fn database(gosumdb: &str) -> Option<(String, Endpoint)> {
     let mut words = gosumdb.split_whitespace();
     let first = words.next()?;
     if first == "off" {
@@ -46,21 +117,21 @@ pub fn database(gosumdb: &str) -> Option<(String, String)> {
     // `name`, `name+key` or `name+key url`.
     let name = first.split('+').next().unwrap_or(first).to_string();
     let url = match words.next() {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => format!("https://{name}"),
+        Some(u) => Endpoint::parse(u),
+        None => Endpoint::parse(&format!("https://{name}")),
     };
     Some((name, url))
 }
 
 /// Where go looks for the database, in order: each GOPROXY entry that is an HTTP(S) URL, until
 /// `direct` or `off` (go's rule), then the database itself.
-pub fn proxies(goproxy: &str) -> Vec<String> {
+pub fn proxies(goproxy: &str) -> Vec<Endpoint> {
     goproxy
         .split([',', '|'])
-        .map(|e| e.trim().trim_end_matches('/'))
+        .map(str::trim)
         .take_while(|e| *e != "direct" && *e != "off")
         .filter(|e| e.starts_with("https://") || e.starts_with("http://"))
-        .map(String::from)
+        .map(Endpoint::parse)
         .collect()
 }
 
@@ -75,7 +146,7 @@ impl Sumdb {
     }
 
     /// Forward `rest` (`lookup/…`, `tile/…`, `latest`) to database `name`. Also returns where
-    /// it went (for the report).
+    /// it went, without credentials (for the report).
     pub async fn get(&self, name: &str, rest: &str, settings: &GoSettings) -> (Answer, String) {
         let direct = match forwarded(name, settings) {
             Ok(url) => url,
@@ -85,21 +156,22 @@ impl Sumdb {
             Ok(c) => c,
             Err(e) => return (Answer::failed(e), String::new()),
         };
-        let mut base = direct.clone();
+        let mut base = direct;
         for proxy in proxies(&settings.proxy) {
             if self.proxies_database(client, &proxy, name).await {
-                base = format!("{proxy}/sumdb/{name}");
+                base = proxy.join(&format!("sumdb/{name}"));
                 break;
             }
         }
-        let url = format!("{base}/{rest}");
-        let answer = match get(client, &url).await {
+        let target = base.join(rest);
+        let url = &target.url;
+        let answer = match get(client, &target).await {
             Ok((200, body)) => Answer::bytes(body),
-            Ok((status @ (404 | 410), body)) => Answer::not_found(http_reason(&url, status, &body)),
-            Ok((status, body)) => Answer::failed(http_reason(&url, status, &body)),
+            Ok((status @ (404 | 410), body)) => Answer::not_found(http_reason(url, status, &body)),
+            Ok((status, body)) => Answer::failed(http_reason(url, status, &body)),
             Err(e) => Answer::failed(format!("{url}: {e}")),
         };
-        (answer, base)
+        (answer, base.url)
     }
 
     fn client(&self) -> Result<&HttpClient, String> {
@@ -119,12 +191,13 @@ impl Sumdb {
 
     /// Whether `proxy` proxies database `name`: asked once (`<proxy>/sumdb/<name>/supported`);
     /// a proxy that cannot be reached is asked again next time.
-    async fn proxies_database(&self, client: &HttpClient, proxy: &str, name: &str) -> bool {
-        if let Some(known) = lock(&self.supported).get(proxy) {
+    async fn proxies_database(&self, client: &HttpClient, proxy: &Endpoint, name: &str) -> bool {
+        if let Some(known) = lock(&self.supported).get(&proxy.url) {
             return *known;
         }
-        let url = format!("{proxy}/sumdb/{name}/supported");
-        let answer = match get(client, &url).await {
+        let probe = proxy.join(&format!("sumdb/{name}/supported"));
+        let url = &probe.url;
+        let answer = match get(client, &probe).await {
             Ok((200, _)) => true,
             Ok((404 | 410, _)) => false,
             Ok((status, _)) => {
@@ -136,13 +209,13 @@ impl Sumdb {
                 return false;
             }
         };
-        lock(&self.supported).insert(proxy.to_string(), answer);
+        lock(&self.supported).insert(proxy.url.clone(), answer);
         answer
     }
 }
 
 /// The direct URL of database `name` when requests about it are forwarded, else why not.
-fn forwarded(name: &str, settings: &GoSettings) -> Result<String, String> {
+fn forwarded(name: &str, settings: &GoSettings) -> Result<Endpoint, String> {
     let Some((ours, url)) = database(&settings.sumdb) else {
         return Err("checksum verification is off on this machine (GOSUMDB=off)".into());
     };
@@ -157,11 +230,17 @@ fn forwarded(name: &str, settings: &GoSettings) -> Result<String, String> {
     Ok(url)
 }
 
-/// GET `url`: its status and body.
-async fn get(client: &HttpClient, url: &str) -> Result<(u16, Vec<u8>), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+/// GET `target`: its status and body.
+async fn get(client: &HttpClient, target: &Endpoint) -> Result<(u16, Vec<u8>), String> {
+    let mut request = hyper::Request::get(&target.url);
+    if let Some(auth) = &target.auth {
+        request = request.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| format!("bad URL: {e}"))?;
     let fetch = async {
-        let response = client.get(uri).await.map_err(|e| error_chain(&e))?;
+        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -223,20 +302,25 @@ mod tests {
 
     #[test]
     fn the_database_and_the_proxies_go_would_ask() {
+        let url = |d: Option<(String, Endpoint)>| d.map(|(name, e)| (name, e.url));
         assert_eq!(
-            database("sum.golang.org"),
+            url(database("sum.golang.org")),
             Some(("sum.golang.org".into(), "https://sum.golang.org".into()))
         );
         assert_eq!(
-            database("sum.golang.google.cn+033de0ae+Ac4zctda https://sum.golang.google.cn/"),
+            url(database(
+                "sum.golang.google.cn+033de0ae+Ac4zctda https://sum.golang.google.cn/"
+            )),
             Some((
                 "sum.golang.google.cn".into(),
                 "https://sum.golang.google.cn".into()
             ))
         );
         assert_eq!(database("off"), None);
+        let urls =
+            |goproxy| -> Vec<String> { proxies(goproxy).into_iter().map(|e| e.url).collect() };
         assert_eq!(
-            proxies(
+            urls(
                 "https://goproxy.corp/,file:///tmp/p|https://proxy.golang.org,direct,https://after"
             ),
             ["https://goproxy.corp", "https://proxy.golang.org"]
@@ -245,7 +329,24 @@ mod tests {
         assert!(proxies("off").is_empty());
     }
 
-    /// An HTTP server on localhost answering `reply(path)`, recording each path asked.
+    #[test]
+    fn credentials_in_a_url_become_basic_authentication_and_leave_the_url() {
+        let e = Endpoint::parse("https://u%40corp:p%3Ass@goproxy.corp/go/");
+        assert_eq!(e.url, "https://goproxy.corp/go");
+        // base64("u@corp:p:ss")
+        assert_eq!(e.auth.as_deref(), Some("Basic dUBjb3JwOnA6c3M="));
+        assert_eq!(e.join("sumdb/x").url, "https://goproxy.corp/go/sumdb/x");
+        // An @ in the path is not userinfo.
+        let e = Endpoint::parse("https://proxy.golang.org/sumdb/x/lookup/a@v1");
+        assert_eq!(
+            (e.url.as_str(), e.auth),
+            ("https://proxy.golang.org/sumdb/x/lookup/a@v1", None)
+        );
+        assert_eq!(percent_decode("a%2"), b"a%2");
+    }
+
+    /// An HTTP server on localhost answering `reply(path)`, recording each path asked (and the
+    /// Authorization header's value).
     async fn server(reply: fn(&str) -> (u16, &'static str)) -> (String, Arc<Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -265,7 +366,12 @@ mod tests {
                 let head = String::from_utf8_lossy(&head);
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();
                 let (status, body) = reply(&path);
-                lock(&log).push(path);
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default();
+                lock(&log).push(format!("{path}{auth}"));
                 let response = format!(
                     "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -285,7 +391,12 @@ mod tests {
             _ => (404, "no such module"),
         })
         .await;
-        let s = settings(&format!("{without},{with}/,direct"), "sum.golang.org");
+        // The second one with credentials, as GOPROXY may have them.
+        let with_credentials = with.replace("http://", "http://user:p%40ss@");
+        let s = settings(
+            &format!("{without},{with_credentials}/,direct"),
+            "sum.golang.org",
+        );
         let db = Sumdb::default();
         let (answer, via) = db.get("sum.golang.org", "latest", &s).await;
         assert_eq!(
@@ -305,14 +416,15 @@ mod tests {
             "{}",
             answer.reason
         );
+        assert!(!answer.reason.contains("p%40ss"), "{}", answer.reason);
         // Each proxy was asked once whether it supports the database.
         assert_eq!(*lock(&asked_without), ["/sumdb/sum.golang.org/supported"]);
         assert_eq!(
             *lock(&asked_with),
             [
-                "/sumdb/sum.golang.org/supported",
-                "/sumdb/sum.golang.org/latest",
-                "/sumdb/sum.golang.org/lookup/example.com/x@v1.0.0"
+                "/sumdb/sum.golang.org/supported (Basic dXNlcjpwQHNz)",
+                "/sumdb/sum.golang.org/latest (Basic dXNlcjpwQHNz)",
+                "/sumdb/sum.golang.org/lookup/example.com/x@v1.0.0 (Basic dXNlcjpwQHNz)"
             ]
         );
         // Another database is not forwarded anywhere.
