@@ -101,6 +101,11 @@ impl ModuleSource {
         self.setup().await.settings.nosumdb.clone()
     }
 
+    /// Whether there is a go on this machine to fetch what the module cache lacks.
+    pub async fn go_installed(&self) -> bool {
+        self.setup().await.settings.go_installed
+    }
+
     /// Answer the request for `path` (below the proxy's root, as go sent it), and say how.
     pub async fn answer(&self, path: &str) -> (Answer, Fetch) {
         let started = Instant::now();

@@ -25,17 +25,7 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
     let conn = connect(plan.context.as_deref(), Some(ns)).await?;
     let root = s.service.sync_root();
     let rules = IgnoreRules::load(&root, &s.service.config.sync.exclude)?;
-    // The pod's go gets modules through kdev unless the service is set up otherwise; the
-    // developer's GONOSUMDB (from `go env`, asked here the first time) goes with it.
-    let (module_proxy, modules) = if s.service.wants_module_proxy(&rules) {
-        let config = ModuleProxyConfig {
-            nosumdb: plan.modules.nosumdb().await,
-        };
-        let proxy = Proxy::new(plan.modules.clone(), s.ui.clone());
-        (Some(config), Some(proxy))
-    } else {
-        (None, None)
-    };
+    let (module_proxy, modules) = module_proxy(plan, s, &rules).await;
     let engine = SyncEngine::new(&root, rules, plan.build_mode());
     let (batches_in, batches) = mpsc::unbounded_channel();
     let (enter_in, enter) = mpsc::unbounded_channel();
@@ -78,4 +68,28 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
         batches_in: Some(batches_in),
         enter_in: Some(enter_in),
     })
+}
+
+/// The pod's go gets modules through kdev unless the service is set up otherwise: the
+/// session's setting (with the developer's GONOSUMDB, from `go env`, asked here the first
+/// time) and what answers the requests.
+async fn module_proxy(
+    plan: &Plan,
+    s: &ServicePlan,
+    rules: &IgnoreRules,
+) -> (Option<ModuleProxyConfig>, Option<Proxy>) {
+    if !s.service.wants_module_proxy(rules) {
+        return (None, None);
+    }
+    let config = ModuleProxyConfig {
+        nosumdb: plan.modules.nosumdb().await,
+    };
+    if !plan.modules.go_installed().await {
+        s.ui.warn(
+            "go is not installed on this machine: the pod gets only the modules in your module \
+             cache (`modules: {proxy: false}` in kdev.yaml lets it download them itself)",
+        );
+    }
+    let proxy = Proxy::new(plan.modules.clone(), s.ui.clone());
+    (Some(config), Some(proxy))
 }
