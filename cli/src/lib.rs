@@ -7,6 +7,7 @@
 //! - `reload`: the reload loop — connect, reconcile, sync each save, show each reload, recover.
 //! - `sync`: keeping the pod's tree equal to the local one, by stage: watching (the watcher and
 //!   the safety-net rescan), listing and diffing, transferring; and the sync engine driving them.
+//! - `modules`: the developer's side of the pods' module proxy (their module cache and go).
 //! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
@@ -23,6 +24,7 @@ mod deploy;
 mod error;
 mod exit_code;
 pub mod init;
+mod modules;
 mod pod;
 mod project;
 mod reload;

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kdev_protocol::{BuildConfig, SessionConfig};
+use kdev_protocol::{BuildConfig, ModuleProxyConfig, SessionConfig};
 
-use crate::config::{Config, FILE_NAME, ManifestSource, ServiceConfig};
+use crate::config::{Config, FILE_NAME, ManifestSource, ModulesConfig, ServiceConfig};
 use crate::deploy::{self, DebugSpec, DevPodSpec, DevTarget};
 use crate::error::UsageError;
 use crate::pod::delve::DebugOptions;
+use crate::sync::ignore::IgnoreRules;
 
 /// Who is developing: `--owner`, kdev.yaml's `owner`, else the kubeconfig user of the context.
 pub fn resolve_owner(
@@ -113,6 +114,7 @@ impl Project {
             .map(|config| Service {
                 root: self.root.clone(),
                 config,
+                modules: self.config.modules.clone(),
             })
             .collect()
     }
@@ -180,6 +182,8 @@ pub struct Service {
     /// The project root (paths in the service's config are relative to it).
     root: PathBuf,
     pub config: ServiceConfig,
+    /// kdev.yaml's `modules` (the project's).
+    modules: ModulesConfig,
 }
 
 impl Service {
@@ -223,9 +227,24 @@ impl Service {
         }
     }
 
+    /// Whether the pod's go commands get their modules through kdev
+    /// ([`crate::modules::proxy_wanted`]). go builds in the sync root, so the main module (or
+    /// workspace) is the sync root's: it is vendored when its `vendor/modules.txt` is synced
+    /// (`rules`: a vendor directory that is not synced is not in the pod).
+    pub fn wants_module_proxy(&self, rules: &IgnoreRules) -> bool {
+        let modules_txt = self.sync_root().join("vendor/modules.txt");
+        let vendored = modules_txt.is_file() && !rules.is_ignored(&modules_txt, false);
+        crate::modules::proxy_wanted(&self.modules, &self.config.build, vendored)
+    }
+
     /// What the controller is told at the handshake: where the sources live, how to build,
-    /// which port means "ready".
-    pub fn session_config(&self, debug: bool, app_port: Option<u16>) -> SessionConfig {
+    /// which port means "ready", whether to serve go the module proxy.
+    pub fn session_config(
+        &self,
+        debug: bool,
+        app_port: Option<u16>,
+        module_proxy: Option<ModuleProxyConfig>,
+    ) -> SessionConfig {
         let cfg = &self.config;
         SessionConfig {
             sync_root: Some(cfg.sync.remote.clone()),
@@ -238,6 +257,7 @@ impl Service {
             },
             app_port,
             forward_app_output: true,
+            module_proxy,
             ..Default::default()
         }
     }
@@ -310,6 +330,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kdev.yaml has no `services:`"), "{err}");
+    }
+
+    #[test]
+    fn a_vendored_module_gets_no_module_proxy_unless_its_vendor_directory_is_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("go.mod"), "module example.com/shop\n").unwrap();
+        let project = |yaml: &str| Project {
+            root: root.to_path_buf(),
+            config: Config::parse(yaml, Path::new("kdev.yaml")).unwrap(),
+            name: "shop".into(),
+        };
+        let wants = |p: &Project| {
+            let service = &p.services()[0];
+            let rules = IgnoreRules::load(&service.sync_root(), &service.config.sync.exclude);
+            service.wants_module_proxy(&rules.unwrap())
+        };
+        assert!(wants(&project("")));
+        assert!(!wants(&project("modules: {proxy: false}\n")));
+        std::fs::create_dir(root.join("vendor")).unwrap();
+        std::fs::write(
+            root.join("vendor/modules.txt"),
+            "# example.com/dep v1.0.0\n",
+        )
+        .unwrap();
+        assert!(!wants(&project("")));
+        // Not synced, so not in the pod: go downloads there.
+        assert!(wants(&project("sync: {exclude: [vendor/]}\n")));
+        // And with a GOPROXY of its own, the build uses that.
+        let own = "build: {env: {GOPROXY: https://goproxy.corp}}\nsync: {exclude: [vendor/]}\n";
+        assert!(!wants(&project(own)));
     }
 
     #[test]

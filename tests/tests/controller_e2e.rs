@@ -166,7 +166,7 @@ async fn a_patch_through_exec_makes_the_other_container_serve_new_code() -> Resu
     // Over kdev's own client (TCP_NODELAY), so the patch timing is what kdev users get.
     let kdev_client = kdev::testing::client(kube::Config::infer().await?)?;
     let kdev_pods: Api<Pod> = Api::namespaced(kdev_client, ns.name());
-    let mut session = ControllerSession::open(&kdev_pods, POD, hello).await?;
+    let mut session = ControllerSession::open(&kdev_pods, POD, hello, None).await?;
 
     // The whole example, then one edit.
     let work = tempfile::tempdir()?;

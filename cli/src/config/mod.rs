@@ -91,6 +91,27 @@ pub struct Config {
     /// Where builds keep Go's caches (for every service).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// How the pods' go commands get Go modules (for every service).
+    #[serde(default)]
+    pub modules: ModulesConfig,
+}
+
+/// Go modules for the dev pods' builds.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ModulesConfig {
+    /// Serve the pods' go commands the modules they download from this machine, through kdev:
+    /// from your module cache, else through your own `go` (your GOPROXY, GOPRIVATE, netrc and
+    /// git credentials, which never enter the cluster). Not used for a vendored module or when
+    /// `build.env` sets `GOPROXY`. Default: true.
+    #[serde(default = "default_true")]
+    pub proxy: bool,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        ModulesConfig { proxy: true }
+    }
 }
 
 /// Go's build cache in the dev pods: on a PersistentVolumeClaim that outlives the pod (when the

@@ -246,3 +246,14 @@ fn the_cache_section() {
     let with_services = format!("cache: {{persistent: false}}\n{SERVICES}");
     assert!(!parse(&with_services).unwrap().cache.persistent);
 }
+
+#[test]
+fn the_modules_section() {
+    assert!(parse("").unwrap().modules.proxy);
+    assert!(!parse("modules: {proxy: false}\n").unwrap().modules.proxy);
+    let err = parse("modules: {proxi: false}\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `proxi`"), "{err}");
+    // Project-wide: also with `services:`.
+    let with_services = format!("modules: {{proxy: false}}\n{SERVICES}");
+    assert!(!parse(&with_services).unwrap().modules.proxy);
+}

@@ -3,7 +3,10 @@
 //! A new exec per change would cost a round trip through the API server and the kubelet, which
 //! is most of what a small change should cost; so one stream carries every request, response and
 //! event of a session. Events can arrive at any time, also while a request waits for its
-//! response: they are queued and handed out by [`ControllerSession::next_event`].
+//! response: they are queued and handed out by [`ControllerSession::next_event`]. The pod's
+//! module requests are the exception: the reader hands each to the module proxy at once
+//! ([`crate::modules::Proxy`]), since the pod's go waits on them while the caller may be busy
+//! elsewhere (awaiting a patch's result); they are answered concurrently, part by part.
 //!
 //! The stream can die silently: a NAT or a cloud load balancer forgets an idle flow without a
 //! reset, and nothing ever arrives again. So the session keeps a heartbeat: when nothing has
@@ -21,15 +24,19 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kdev_protocol::handshake::client_handshake;
 use kdev_protocol::{
-    BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, ListingDigest, Patch,
-    PatchResult, Ping, Reconcile, ReconcileContinue, ReconcileResult, ServerMessage, Welcome,
+    BuildMode, ClientCodec, ClientMessage, ErrorMessage, FrameError, Hello, ListingDigest,
+    ModuleRequest, Patch, PatchResult, Ping, Reconcile, ReconcileContinue, ReconcileResult,
+    ServerMessage, Welcome,
 };
 use kube::api::Api;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
+use crate::modules::{Answer, Proxy};
 use crate::pod::exec_stream::{self, ExecStream};
+use crate::task::AbortOnDrop;
 
 /// Silence after which a `Ping` is sent.
 const PING_AFTER: Duration = Duration::from_secs(4);
@@ -144,6 +151,8 @@ fn beat(now: Instant, live: &Liveness, last_ping: Option<Instant>) -> Beat {
 struct Outgoing {
     frame: Vec<u8>,
     is_ping: bool,
+    /// Told once the frame is written (a module answer queues its next part then).
+    written: Option<oneshot::Sender<()>>,
 }
 
 /// A running `kdev-controller serve`.
@@ -162,16 +171,20 @@ pub struct ControllerSession {
     in_flight: BTreeMap<u64, (usize, Instant)>,
     peak_in_flight: usize,
     pub welcome: Welcome,
+    /// The reader task, with the module answers it started: they end with the session.
+    _reader: AbortOnDrop,
     // Kept so the stream stays open (the exec, or a local process); dropping it ends it.
     _transport: Box<dyn Send>,
 }
 
 impl ControllerSession {
-    /// Exec `kdev-controller serve` in the pod's sidecar and do the handshake.
+    /// Exec `kdev-controller serve` in the pod's sidecar and do the handshake. `modules`
+    /// answers the pod's module requests (`None` when the Hello did not ask for the proxy).
     pub async fn open(
         pods: &Api<Pod>,
         pod: &str,
         hello: Hello,
+        modules: Option<Proxy>,
     ) -> Result<ControllerSession, SessionError> {
         // Build with the image's own Go caches (which it may ship pre-filled), where `go env`
         // says they are in that image.
@@ -195,18 +208,19 @@ impl ControllerSession {
                 pod: pod.into(),
                 source,
             })?;
-        Self::start(stdout, stdin, stderr, hello, Box::new(task)).await
+        Self::start(stdout, stdin, stderr, hello, Box::new(task), modules).await
     }
 
     /// The session over any byte streams to a `kdev-controller serve` (its stdout, stdin and
     /// stderr): the handshake, then the reader and writer tasks. `transport` is kept for as
-    /// long as the session lives.
+    /// long as the session lives; `modules` answers module requests.
     pub async fn start(
         mut stdout: impl AsyncRead + Send + Unpin + 'static,
         stdin: impl AsyncWrite + Send + Unpin + 'static,
         stderr: impl AsyncRead + Send + Unpin + 'static,
         hello: Hello,
         transport: Box<dyn Send>,
+        modules: Option<Proxy>,
     ) -> Result<ControllerSession, SessionError> {
         let mut writer: Writer = Box::new(stdin);
 
@@ -254,12 +268,25 @@ impl ControllerSession {
 
         let liveness = Arc::new(Mutex::new(Liveness::new()));
         let (tx, incoming) = mpsc::channel(1024);
-        {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let reader = {
             let liveness = liveness.clone();
+            // Weak: the writer must still see the queue end when the session closes.
+            let out = out_tx.downgrade();
+            // Dropped with the reader (the stream ended, or the session was dropped): the pod
+            // answers go 503 for what was not answered yet, and go retries.
+            let mut answers = JoinSet::new();
             tokio::spawn(async move {
                 loop {
                     let got = codec.read(&mut stdout).await;
                     let item = match got {
+                        Ok(Some(ServerMessage::ModuleRequest(request))) => {
+                            lock(&liveness).last_rx = Instant::now();
+                            answers.spawn(answer_module(modules.clone(), request, out.clone()));
+                            // Reap the finished ones, so a long session does not keep them.
+                            while answers.try_join_next().is_some() {}
+                            continue;
+                        }
                         Ok(Some(msg)) => {
                             lock(&liveness).last_rx = Instant::now();
                             Incoming::Message(Box::new(msg))
@@ -272,9 +299,8 @@ impl ControllerSession {
                         break;
                     }
                 }
-            });
-        }
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+            })
+        };
         let (failed_tx, write_failed) = watch::channel(None);
         tokio::spawn(writer_task(writer, out_rx, failed_tx, liveness.clone()));
         Ok(ControllerSession {
@@ -290,6 +316,7 @@ impl ControllerSession {
             in_flight: BTreeMap::new(),
             peak_in_flight: 0,
             welcome,
+            _reader: AbortOnDrop::new(reader),
             _transport: transport,
         })
     }
@@ -315,7 +342,11 @@ impl ControllerSession {
         let frame = ClientCodec::encode(msg).map_err(|e| SessionError::Write(e.to_string()))?;
         let is_ping = matches!(msg, ClientMessage::Ping(_));
         self.outgoing
-            .send(Outgoing { frame, is_ping })
+            .send(Outgoing {
+                frame,
+                is_ping,
+                written: None,
+            })
             .map_err(|_| self.write_error())
     }
 
@@ -540,6 +571,26 @@ impl ControllerSession {
         self.recv().await
     }
 
+    /// Run `work` while reading the session (heartbeat, module requests behind events): the
+    /// events that arrive meanwhile are kept for [`Self::next_event`], in order. A session that
+    /// ends meanwhile is reported by the next call that reads it.
+    pub async fn holding_events<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut held = VecDeque::new();
+        let out = loop {
+            tokio::select! {
+                out = &mut work => break out,
+                ev = self.recv(), if self.ended.is_none() => {
+                    if let Ok(m) = ev {
+                        held.push_back(m);
+                    }
+                }
+            }
+        };
+        self.events.extend(held);
+        out
+    }
+
     /// How long this session has been up.
     pub fn age(&self) -> Duration {
         lock(&self.liveness).started.elapsed()
@@ -611,9 +662,56 @@ async fn writer_task(
             Ok(Err(e)) => return fail(e.to_string()),
             Err(_) => return fail("flushing to the pod timed out".into()),
         }
+        if let Some(written) = out.written {
+            let _ = written.send(());
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
     fail("closed".into());
+}
+
+/// Answer one module request through the writer's queue, one part at a time: the next part is
+/// read while the one before it is written, and queued once it is, so a patch queued meanwhile
+/// goes out between two parts rather than after a whole zip. Stops when the session's queue is
+/// gone.
+async fn answer_module(
+    modules: Option<Proxy>,
+    request: ModuleRequest,
+    out: mpsc::WeakUnboundedSender<Outgoing>,
+) {
+    let answer = match &modules {
+        Some(proxy) => proxy.answer(&request.path).await,
+        None => Answer::failed("kdev did not ask for the module proxy in this session"),
+    };
+    let mut parts = answer.into_parts(request.id);
+    let mut previous: Option<oneshot::Receiver<()>> = None;
+    while let Some(part) = parts.next().await {
+        if let Some(written) = previous.take()
+            && written.await.is_err()
+        {
+            return;
+        }
+        let frame = match ClientCodec::encode(&ClientMessage::ModuleResponse(part)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("module response {}: {e}", request.id);
+                return;
+            }
+        };
+        let (done, written) = oneshot::channel();
+        let queued = out.upgrade().is_some_and(|out| {
+            out.send(Outgoing {
+                frame,
+                is_ping: false,
+                written: Some(done),
+            })
+            .is_ok()
+        });
+        if !queued {
+            return;
+        }
+        previous = Some(written);
+    }
 }
 
 #[cfg(test)]
@@ -649,5 +747,242 @@ mod tests {
             ..live
         };
         assert_eq!(beat(s(12), &heard, Some(s(8))), Beat::Fine);
+    }
+
+    /// A controller on in-memory streams: the Welcome, then whatever the test does with its
+    /// codec and the two ends.
+    mod fake {
+        use super::*;
+        use kdev_protocol::{PatchLimits, ServerCodec};
+        use tokio::io::{DuplexStream, duplex};
+
+        pub struct Controller {
+            pub codec: ServerCodec,
+            /// What the client sends.
+            pub rx: DuplexStream,
+            /// What the client receives.
+            pub tx: DuplexStream,
+        }
+
+        impl Controller {
+            pub async fn read(&mut self) -> ClientMessage {
+                self.codec
+                    .read(&mut self.rx)
+                    .await
+                    .unwrap()
+                    .expect("a message")
+            }
+            pub async fn write(&mut self, m: ServerMessage) {
+                self.codec.write(&mut self.tx, &m).await.unwrap();
+            }
+        }
+
+        /// A session to a fake controller (run by `controller` in its own task).
+        pub async fn session<F, Fut>(modules: Option<Proxy>, controller: F) -> ControllerSession
+        where
+            F: FnOnce(Controller) -> Fut + Send + 'static,
+            Fut: std::future::Future<Output = ()> + Send,
+        {
+            let (client_out, rx) = duplex(1 << 16);
+            let (tx, client_in) = duplex(1 << 16);
+            let (_, stderr) = duplex(64);
+            tokio::spawn(async move {
+                let mut c = Controller {
+                    codec: ServerCodec::new(),
+                    rx,
+                    tx,
+                };
+                let ClientMessage::Hello(_) = c.read().await else {
+                    panic!("not a hello");
+                };
+                c.write(ServerMessage::Welcome(welcome())).await;
+                controller(c).await;
+            });
+            let hello = kdev_protocol::handshake::hello("session test", Default::default());
+            ControllerSession::start(client_in, client_out, stderr, hello, Box::new(()), modules)
+                .await
+                .expect("the handshake")
+        }
+
+        fn welcome() -> Welcome {
+            Welcome {
+                protocol_version: kdev_protocol::PROTOCOL_VERSION,
+                controller_version: "test".into(),
+                sync_root: "/src".into(),
+                app_binary: "/bin/app".into(),
+                app_binary_present: false,
+                needs_build: true,
+                supervisor_pid: None,
+                app_status: None,
+                max_frame_size: kdev_protocol::MAX_FRAME_SIZE,
+                limits: PatchLimits {
+                    max_entries: 1000,
+                    max_file_size: 1 << 20,
+                    max_total_size: 1 << 20,
+                    max_extension_header: 1 << 10,
+                    max_deletes: 1000,
+                },
+                module_env: Default::default(),
+            }
+        }
+    }
+
+    /// The pod's go asks for a module while the client waits for a patch's result, which the
+    /// controller only sends once the module has arrived: the reader answers it on its own.
+    #[tokio::test]
+    async fn module_requests_are_answered_while_a_patch_waits() {
+        use crate::modules::{GoEnv, ModuleSource};
+        use kdev_protocol::{MODULE_RESPONSE_PART, ModuleResponse, ModuleStatus};
+
+        // A module cache holding one zip of two and a half parts, and no go.
+        let cache = tempfile::tempdir().unwrap();
+        let at_v = cache.path().join("cache/download/example.com/dep/@v");
+        std::fs::create_dir_all(&at_v).unwrap();
+        let zip: Vec<u8> = (0..MODULE_RESPONSE_PART * 5 / 2).map(|i| i as u8).collect();
+        std::fs::write(at_v.join("v1.0.0.zip"), &zip).unwrap();
+        let go = GoEnv {
+            program: cache.path().join("no-go-here"),
+            vars: [("GOMODCACHE".into(), cache.path().display().to_string())].into(),
+        };
+        let proxy = Proxy::new(Arc::new(ModuleSource::new(go)), crate::ui::Ui::plain());
+
+        let (got_tx, got) = oneshot::channel();
+        let mut session = fake::session(Some(proxy), |mut c| async move {
+            let ClientMessage::Patch(patch) = c.read().await else {
+                panic!("not a patch");
+            };
+            let path = "example.com/dep/@v/v1.0.0.zip".to_string();
+            c.write(ServerMessage::ModuleRequest(ModuleRequest { id: 9, path }))
+                .await;
+            let mut parts: Vec<ModuleResponse> = Vec::new();
+            while parts.last().is_none_or(|p| p.more) {
+                match c.read().await {
+                    ClientMessage::ModuleResponse(r) => parts.push(r),
+                    other => panic!("{other:?} before the module's last part"),
+                }
+            }
+            let _ = got_tx.send(parts);
+            let result = PatchResult {
+                id: patch.id,
+                complete: true,
+                applied: vec![],
+                deleted: vec![],
+                refused: vec![],
+                applied_count: 0,
+                deleted_count: 0,
+                refused_count: 0,
+                files: 0,
+                bytes: 0,
+                elapsed_ms: 1,
+                cancelled_build: None,
+                build_id: None,
+            };
+            c.write(ServerMessage::PatchResult(result)).await;
+            // Keep the stream open until the test is done with it.
+            let _ = c.codec.read(&mut c.rx).await;
+        })
+        .await;
+
+        let patched = session.patch(vec![], vec![], BuildMode::Never);
+        let result = tokio::time::timeout(Duration::from_secs(10), patched)
+            .await
+            .expect("the patch's result, which waits for the module")
+            .unwrap();
+        assert!(result.complete);
+        let parts = got.await.unwrap();
+        assert_eq!(parts.len(), 3);
+        for p in &parts {
+            assert_eq!(
+                (p.id, p.status, p.size),
+                (9, ModuleStatus::Ok, zip.len() as u64)
+            );
+            assert!(p.body.len() <= MODULE_RESPONSE_PART);
+        }
+        let body: Vec<u8> = parts.into_iter().flat_map(|p| p.body).collect();
+        assert_eq!(body, zip);
+    }
+
+    /// A patch sent while a zip goes out is not queued behind the whole zip: it goes between
+    /// two of its parts.
+    #[tokio::test]
+    async fn a_patch_goes_out_between_the_parts_of_a_large_module() {
+        use crate::modules::{GoEnv, ModuleSource};
+        use kdev_protocol::{MODULE_RESPONSE_PART, WireMessage};
+
+        const PARTS: usize = 6;
+        let cache = tempfile::tempdir().unwrap();
+        let at_v = cache.path().join("cache/download/example.com/big/@v");
+        std::fs::create_dir_all(&at_v).unwrap();
+        std::fs::write(
+            at_v.join("v1.0.0.zip"),
+            vec![7u8; MODULE_RESPONSE_PART * PARTS],
+        )
+        .unwrap();
+        let go = GoEnv {
+            program: cache.path().join("no-go-here"),
+            vars: [("GOMODCACHE".into(), cache.path().display().to_string())].into(),
+        };
+        let proxy = Proxy::new(Arc::new(ModuleSource::new(go)), crate::ui::Ui::plain());
+
+        let (first_tx, first) = oneshot::channel();
+        let (order_tx, order) = oneshot::channel();
+        let mut session = fake::session(Some(proxy), |mut c| async move {
+            let path = "example.com/big/@v/v1.0.0.zip".to_string();
+            c.write(ServerMessage::ModuleRequest(ModuleRequest { id: 1, path }))
+                .await;
+            let mut first_tx = Some(first_tx);
+            let mut seen = Vec::new();
+            while seen.len() < PARTS + 1 {
+                let m = c.read().await;
+                seen.push(m.kind());
+                if let Some(tx) = first_tx.take() {
+                    // A slow link: time enough to queue every part, were they all queued at
+                    // once. Then the client sends its patch.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = tx.send(());
+                }
+            }
+            let _ = order_tx.send(seen);
+            let _ = c.codec.read(&mut c.rx).await;
+        })
+        .await;
+        first.await.unwrap();
+        session
+            .send_patch(vec![], vec![], BuildMode::Never)
+            .unwrap();
+        let order = tokio::time::timeout(Duration::from_secs(10), order)
+            .await
+            .expect("every part and the patch")
+            .unwrap();
+        let patch_at = order.iter().position(|k| *k == "patch").unwrap();
+        assert!(
+            patch_at < PARTS,
+            "the patch came after the whole module: {order:?}"
+        );
+    }
+
+    /// Without a module proxy (the Hello did not ask for one), a request is still answered:
+    /// failed, at once, so the pod's go does not wait.
+    #[tokio::test]
+    async fn a_module_request_without_a_proxy_fails_at_once() {
+        use kdev_protocol::ModuleStatus;
+
+        let (got_tx, got) = oneshot::channel();
+        let _session = fake::session(None, |mut c| async move {
+            let path = "example.com/dep/@v/v1.0.0.mod".to_string();
+            c.write(ServerMessage::ModuleRequest(ModuleRequest { id: 3, path }))
+                .await;
+            let _ = got_tx.send(c.read().await);
+            let _ = c.codec.read(&mut c.rx).await;
+        })
+        .await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), got)
+            .await
+            .expect("an answer")
+            .unwrap();
+        let ClientMessage::ModuleResponse(r) = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!((r.id, r.status, r.more), (3, ModuleStatus::Failed, false));
     }
 }

@@ -32,6 +32,7 @@ use crate::backoff::Backoff;
 use crate::deploy;
 use crate::error::SessionLost;
 use crate::exit_code::{Exit, exit_code};
+use crate::modules::Proxy;
 use crate::pod::bootstrap::{self, Uploaded};
 use crate::pod::controllers::node_arch;
 use crate::pod::delve;
@@ -173,15 +174,14 @@ impl<'a> ReloadLoop<'a> {
         backoff: &mut Backoff,
     ) -> Result<Option<ControllerSession>> {
         let s = &mut *self.session;
-        let opening = open_session(
-            &s.ui,
-            &s.service,
-            controller,
-            s.debug.is_some(),
-            &s.session_config,
-            pods,
-            pod_name,
-        );
+        let with = OpenWith {
+            ui: &s.ui,
+            service: &s.service,
+            debug: s.debug.is_some(),
+            config: &s.session_config,
+            modules: s.modules.clone(),
+        };
+        let opening = open_session(with, controller, pods, pod_name);
         let opened = tokio::select! {
             s = opening => s,
             lost = s.lease.lost() => return Err(SessionLost(lost).into()),
@@ -481,17 +481,31 @@ async fn pod_alive(pods: &Api<Pod>, name: &str) -> bool {
     }
 }
 
+/// What opening a session takes from the service.
+struct OpenWith<'a> {
+    ui: &'a Ui,
+    service: &'a Service,
+    debug: bool,
+    config: &'a SessionConfig,
+    /// Answers the pod's module requests (`None`: the proxy is off for this service).
+    modules: Option<Proxy>,
+}
+
 /// Upload the controller (if the pod lacks this one), Delve for `kdev debug`, and open the
 /// session with the handshake.
 async fn open_session(
-    ui: &Ui,
-    service: &Service,
+    with: OpenWith<'_>,
     controller: &[u8],
-    debug: bool,
-    config: &SessionConfig,
     pods: &Api<Pod>,
     pod: &str,
 ) -> Result<ControllerSession> {
+    let OpenWith {
+        ui,
+        service,
+        debug,
+        config,
+        modules,
+    } = with;
     let uploaded = bootstrap::upload(pods, pod, controller)
         .instrument(tracing::info_span!("upload", pod))
         .await?;
@@ -505,12 +519,19 @@ async fn open_session(
         format!("kdev {}", env!("CARGO_PKG_VERSION")),
         config.clone(),
     );
-    let session = ControllerSession::open(pods, pod, hello).await?;
+    let mut session = ControllerSession::open(pods, pod, hello, modules).await?;
+    if !session.welcome.module_env.is_empty() {
+        tracing::debug!(target: "kdev::modules", "the pod's go: {:?}", session.welcome.module_env);
+    }
     // Once the session is up: building Delve in the pod fetches its modules through it.
     if debug {
-        let module_env = &session.welcome.module_env;
+        let module_env = session.welcome.module_env.clone();
         let image = service.sidecar_image();
-        match delve::install_delve(pods, pod, &image, module_env, ui).await? {
+        let install = delve::install_delve(pods, pod, &image, &module_env, ui);
+        // Building takes a minute: meanwhile the session's events are read (and kept for the
+        // loop), so a chatty app cannot fill the stream and hold up the module requests.
+        let installed = session.holding_events(install).await;
+        match installed? {
             delve::DelveInstall::Built(took) => ui.ok(&format!(
                 "built Delve {} in the pod in {}",
                 delve::DELVE_VERSION,

@@ -17,6 +17,7 @@ use crate::cluster::access;
 use crate::cluster::connect::{Connection, connect};
 use crate::deploy::{self, DeployPlan, Discovered};
 use crate::error::UsageError;
+use crate::modules::{GoEnv, ModuleSource};
 use crate::pod::controllers::Controllers;
 use crate::pod::delve::DebugOptions;
 use crate::project::{Project, Service, resolve_owner};
@@ -46,6 +47,8 @@ pub struct Plan {
     pub poll: bool,
     /// `kdev debug --hold`: saves are synced, built only when asked (Enter).
     pub hold: bool,
+    /// Answers the pods' module requests, for every service that uses the module proxy.
+    pub modules: Arc<ModuleSource>,
 }
 
 impl Plan {
@@ -101,6 +104,7 @@ pub async fn plan(opts: &WatchOptions, ui: &Ui) -> Result<Plan> {
         pod_timeout: opts.pod_timeout,
         poll: opts.poll,
         hold: opts.debug.as_ref().is_some_and(|d| d.hold),
+        modules: Arc::new(ModuleSource::new(GoEnv::developer())),
     })
 }
 

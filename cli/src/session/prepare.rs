@@ -1,8 +1,10 @@
 //! Step 2 of the set-up: one service's [`ServiceSession`] from the [`Plan`]: its own
-//! connection, its ignore rules (loaded once) and sync engine, the channels its watcher,
-//! forwards and Enter presses feed, and last its session Lease.
+//! connection, its ignore rules (loaded once) and sync engine, whether its pod gets Go modules
+//! through kdev, the channels its watcher, forwards and Enter presses feed, and last its
+//! session Lease.
 
 use anyhow::Result;
+use kdev_protocol::ModuleProxyConfig;
 use tokio::sync::mpsc;
 
 use super::forwards::Forwards;
@@ -11,6 +13,7 @@ use super::service::ServiceSession;
 use super::service_plan::ServicePlan;
 use crate::cluster::connect::connect;
 use crate::cluster::lease;
+use crate::modules::Proxy;
 use crate::reload::report::Report;
 use crate::sync::engine::SyncEngine;
 use crate::sync::ignore::IgnoreRules;
@@ -22,6 +25,7 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
     let conn = connect(plan.context.as_deref(), Some(ns)).await?;
     let root = s.service.sync_root();
     let rules = IgnoreRules::load(&root, &s.service.config.sync.exclude)?;
+    let (module_proxy, modules) = module_proxy(plan, s, &rules).await;
     let engine = SyncEngine::new(&root, rules, plan.build_mode());
     let (batches_in, batches) = mpsc::unbounded_channel();
     let (enter_in, enter) = mpsc::unbounded_channel();
@@ -44,7 +48,10 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
         lease,
         pod_timeout: plan.pod_timeout,
         controllers: plan.controllers.clone(),
-        session_config: s.service.session_config(s.debug.is_some(), s.app_port),
+        session_config: s
+            .service
+            .session_config(s.debug.is_some(), s.app_port, module_proxy),
+        modules,
         debug: s.debug.clone(),
         ports: s.ports.clone(),
         forwarded: Vec::new(),
@@ -61,4 +68,28 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
         batches_in: Some(batches_in),
         enter_in: Some(enter_in),
     })
+}
+
+/// The pod's go gets modules through kdev unless the service is set up otherwise: the
+/// session's setting (with the developer's GONOSUMDB, from `go env`, asked here the first
+/// time) and what answers the requests.
+async fn module_proxy(
+    plan: &Plan,
+    s: &ServicePlan,
+    rules: &IgnoreRules,
+) -> (Option<ModuleProxyConfig>, Option<Proxy>) {
+    if !s.service.wants_module_proxy(rules) {
+        return (None, None);
+    }
+    let config = ModuleProxyConfig {
+        nosumdb: plan.modules.nosumdb().await,
+    };
+    if !plan.modules.go_installed().await {
+        s.ui.warn(
+            "go is not installed on this machine: the pod gets only the modules in your module \
+             cache (`modules: {proxy: false}` in kdev.yaml lets it download them itself)",
+        );
+    }
+    let proxy = Proxy::new(plan.modules.clone(), s.ui.clone());
+    (Some(config), Some(proxy))
 }

@@ -12,6 +12,7 @@ use super::forwards::{self, Forwards};
 use crate::cluster::connect::Connection;
 use crate::cluster::lease::SessionLease;
 use crate::deploy::DevWorkload;
+use crate::modules::Proxy;
 use crate::pod::controllers::Controllers;
 use crate::pod::delve::DebugOptions;
 use crate::project::Service;
@@ -37,6 +38,8 @@ pub struct ServiceSession {
     pub controllers: Controllers,
     /// What the controller is told at the handshake.
     pub session_config: SessionConfig,
+    /// Answers the pod's module requests, when `session_config` asks for the module proxy.
+    pub modules: Option<Proxy>,
     pub debug: Option<DebugOptions>,
     /// Local → remote ports, forwarded once [`ServiceSession::listen`] has run.
     pub ports: Vec<(u16, u16)>,

@@ -95,7 +95,7 @@ async fn start_serve(
     };
     let mut hello = kdev_protocol::handshake::hello("engine test", config);
     change_hello(&mut hello);
-    ControllerSession::start(stdout, stdin, stderr, hello, Box::new(child)).await
+    ControllerSession::start(stdout, stdin, stderr, hello, Box::new(child), None).await
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -1,0 +1,238 @@
+//! What each module request did, for the developer: one line per file fetched with `-v`
+//! (`KDEV_LOG=kdev::modules=info` alone shows only those), and a warning for every failure
+//! that breaks the pod's build, always.
+
+use std::time::Duration;
+
+use kdev_protocol::ModuleStatus;
+use kdev_protocol::module_proxy::{ProxyPath, unescape};
+
+use crate::ui::{Ui, fmt_bytes, fmt_duration};
+
+/// Where an answer came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The developer's module cache, as it was.
+    Cache,
+    /// A go command run for it (`go mod download`, `go list`).
+    Go(&'static str),
+    /// The checksum database, at this URL (a proxy's `…/sumdb/<name>` or the database's own).
+    Checksum(String),
+    /// Nothing was asked: the request was refused, or answered from the settings alone.
+    Nothing,
+}
+
+/// One module request and how it was answered.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The request as go sent it.
+    pub path: String,
+    /// The request, if it is one the proxy serves.
+    pub request: Option<ProxyPath>,
+    pub status: ModuleStatus,
+    pub reason: String,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub source: Source,
+}
+
+impl Fetch {
+    /// What was asked for, unescaped: `module github.com/Azure/x@v1.0.0 .zip`.
+    fn what(&self) -> String {
+        let name = |s: &str| unescape(s).unwrap_or_else(|| s.to_string());
+        match &self.request {
+            Some(ProxyPath::File {
+                module,
+                version,
+                kind,
+            }) => format!(
+                "module {}@{} .{}",
+                name(module),
+                name(version),
+                kind.extension()
+            ),
+            Some(ProxyPath::List { module }) => format!("module {} versions", name(module)),
+            Some(ProxyPath::Latest { module }) => format!("module {}@latest", name(module)),
+            Some(ProxyPath::SumdbSupported { name }) => format!("checksum database {name}"),
+            Some(ProxyPath::Sumdb { name, rest }) => format!("checksum database {name} {rest}"),
+            None => format!("module proxy request {:?}", self.path),
+        }
+    }
+
+    /// The `-v` line: `module github.com/gin-gonic/gin@v1.10.0 .zip 1.2 MB in 85ms (from the
+    /// module cache)`.
+    pub fn line(&self) -> String {
+        let from = match &self.source {
+            Source::Cache => "from the module cache".to_string(),
+            Source::Go(command) => format!("through {command}"),
+            Source::Checksum(url) => format!("from {url}"),
+            Source::Nothing => "from kdev's settings".to_string(),
+        };
+        let outcome = match self.status {
+            ModuleStatus::Ok => size(self.bytes),
+            ModuleStatus::NotFound => format!("not found: {}", one_line(&self.reason)),
+            ModuleStatus::Failed => format!("failed: {}", one_line(&self.reason)),
+        };
+        format!(
+            "{} {outcome} in {} ({from})",
+            self.what(),
+            fmt_duration(self.elapsed)
+        )
+    }
+
+    /// The warning for a failure the pod's build will stumble on; `None` for successes and
+    /// for the "not found"s go expects while it looks for a module (it asks every prefix of an
+    /// import path for its versions) or checks whether the checksum database is proxied.
+    pub fn warning(&self) -> Option<String> {
+        let expected = matches!(
+            self.request,
+            Some(
+                ProxyPath::List { .. }
+                    | ProxyPath::Latest { .. }
+                    | ProxyPath::SumdbSupported { .. }
+            )
+        );
+        let what = match &self.request {
+            Some(ProxyPath::File { .. }) => {
+                // `module x@v1.0.0 .zip` → `module x@v1.0.0`: one line per version is enough.
+                let w = self.what();
+                w.rsplit_once(' ').map(|(m, _)| m.to_string()).unwrap_or(w)
+            }
+            _ => self.what(),
+        };
+        let reason = one_line(&self.reason);
+        match self.status {
+            ModuleStatus::Ok => None,
+            ModuleStatus::NotFound if expected => None,
+            ModuleStatus::NotFound => Some(format!("{what}: not found on this machine: {reason}")),
+            ModuleStatus::Failed => {
+                Some(format!("{what}: cannot get it on this machine: {reason}"))
+            }
+        }
+    }
+}
+
+/// Say what `fetch` did: the `-v` line, and a warning when the pod's build will miss it.
+pub fn show(fetch: &Fetch, ui: &Ui) {
+    tracing::info!(target: "kdev::modules", "{}", fetch.line());
+    if let Some(w) = fetch.warning() {
+        ui.warn(&w);
+    }
+}
+
+/// `51 B`, `1.3 KB`, `1.2 MB` (an .info is a few dozen bytes).
+fn size(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else {
+        fmt_bytes(bytes)
+    }
+}
+
+/// A multi-line reason on one line.
+fn one_line(reason: &str) -> String {
+    reason
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(path: &str, status: ModuleStatus, reason: &str, source: Source) -> Fetch {
+        Fetch {
+            path: path.into(),
+            request: ProxyPath::parse(path).ok(),
+            status,
+            reason: reason.into(),
+            bytes: 1258291,
+            elapsed: Duration::from_millis(85),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_fetched_file_is_one_line_naming_the_module_its_size_and_its_source() {
+        let f = fetch(
+            "github.com/gin-gonic/gin/@v/v1.10.0.zip",
+            ModuleStatus::Ok,
+            "",
+            Source::Cache,
+        );
+        assert_eq!(
+            f.line(),
+            "module github.com/gin-gonic/gin@v1.10.0 .zip 1.2 MB in 85ms (from the module cache)"
+        );
+        assert_eq!(f.warning(), None);
+        let f = fetch(
+            "github.com/!azure/x/@v/v1.0.0.mod",
+            ModuleStatus::Ok,
+            "",
+            Source::Go("go list"),
+        );
+        assert!(
+            f.line()
+                .starts_with("module github.com/Azure/x@v1.0.0 .mod "),
+            "{}",
+            f.line()
+        );
+        assert!(f.line().ends_with("(through go list)"), "{}", f.line());
+        let f = Fetch { bytes: 51, ..f };
+        assert!(f.line().contains(".mod 51 B in 85ms"), "{}", f.line());
+    }
+
+    #[test]
+    fn failures_warn_with_the_module_and_the_reason_on_one_line() {
+        let f = fetch(
+            "example.com/x/@v/v9.9.9.info",
+            ModuleStatus::NotFound,
+            "example.com/x@v9.9.9: reading …: 404 Not Found\n\tserver response: not found",
+            Source::Go("go list"),
+        );
+        assert_eq!(
+            f.warning().unwrap(),
+            "module example.com/x@v9.9.9: not found on this machine: example.com/x@v9.9.9: \
+             reading …: 404 Not Found server response: not found"
+        );
+        let f = fetch(
+            "git.corp/x/@v/v1.0.0.zip",
+            ModuleStatus::Failed,
+            "terminal prompts disabled",
+            Source::Go("go mod download"),
+        );
+        assert_eq!(
+            f.warning().unwrap(),
+            "module git.corp/x@v1.0.0: cannot get it on this machine: terminal prompts disabled"
+        );
+        let refused = fetch(
+            "../../.netrc",
+            ModuleStatus::Failed,
+            "not a module proxy request",
+            Source::Nothing,
+        );
+        assert!(
+            refused
+                .warning()
+                .unwrap()
+                .starts_with("module proxy request \"../../.netrc\"")
+        );
+    }
+
+    #[test]
+    fn the_not_founds_of_go_s_own_searching_do_not_warn() {
+        for path in [
+            "example.com/a/b/@v/list",
+            "example.com/a/b/@latest",
+            "sumdb/sum.golang.org/supported",
+        ] {
+            let f = fetch(path, ModuleStatus::NotFound, "no", Source::Nothing);
+            assert_eq!(f.warning(), None, "{path}");
+            let f = fetch(path, ModuleStatus::Failed, "no", Source::Nothing);
+            assert!(f.warning().is_some(), "{path}");
+        }
+    }
+}
