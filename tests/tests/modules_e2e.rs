@@ -29,9 +29,7 @@ fn greet_module(dir: &Path) -> Result<Module> {
     std::fs::write(dir.join("go.mod"), "module kdev.test/greet\n\ngo 1.21\n")?;
     std::fs::write(
         dir.join("greet.go"),
-        format!(
-            "package greet\n\n// Hello greets.\nfunc Hello() string {{ return \"{GREETING}\" }}\n"
-        ),
+        format!("package greet\n\n// Hello greets.\nconst Hello = \"{GREETING}\"\n"),
     )?;
     Ok(Module::new("kdev.test/greet", "v1.0.0", dir))
 }
@@ -133,7 +131,7 @@ async fn modules_come_from_the_laptop_and_a_new_dependency_is_one_save_away() ->
     let text = std::fs::read_to_string(&main)?;
     let edited = text.replacen("import (", "import (\n\t\"kdev.test/greet\"", 1);
     std::fs::write(&main, edited)?;
-    kdev_tests::set_ping_expr(&project, "greet.Hello()")?;
+    kdev_tests::set_ping_expr(&project, "greet.Hello")?;
     let saved = Instant::now();
     w.wait_served(GREETING, Duration::from_secs(120)).await?;
     eprintln!(
@@ -152,16 +150,23 @@ async fn modules_come_from_the_laptop_and_a_new_dependency_is_one_save_away() ->
 
     // 3. The pod holds no credential: not in a file kdev or go wrote, not in any process's
     // environment (the pod's PID namespace is shared: the app's processes are seen too).
-    let found = sidecar_sh(
+    // The secret comes on stdin, so no command line of the check holds it.
+    let pod = dev_pod(&pods).await?.name_any();
+    let script = "read -r pat; \
+        printf '%s\\n' \"$pat\" | grep -rlF -f /dev/stdin /kdev /tmp /root /go/pkg/mod 2>/dev/null; \
+        for e in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
+        c=$(tr '\\0' ' ' < $e 2>/dev/null); case \"$c\" in *\"$pat\"*) echo $e;; esac; done; \
+        echo checked";
+    let stdin = format!("{secret}\n");
+    let found = exec(
         &pods,
-        &format!(
-            "grep -rl '{secret}' /kdev /tmp /root /go/pkg/mod 2>/dev/null; \
-             for e in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
-             tr '\\0' '\\n' < $e 2>/dev/null | grep -l '{secret}' >/dev/null && echo $e; done; \
-             echo checked"
-        ),
+        &pod,
+        "kdev",
+        &["sh", "-c", script],
+        Some(stdin.as_bytes()),
     )
-    .await?;
+    .await?
+    .stdout_str();
     ensure!(
         found.trim() == "checked",
         "the credential is in the pod: {found}"
