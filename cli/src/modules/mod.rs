@@ -306,17 +306,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Proxy {
     source: Arc<ModuleSource>,
     ui: crate::ui::Ui,
+    /// Warnings shown lately (shared by the sessions of one service).
+    repeats: Arc<std::sync::Mutex<report::Repeats>>,
 }
 
 impl Proxy {
     pub fn new(source: Arc<ModuleSource>, ui: crate::ui::Ui) -> Proxy {
-        Proxy { source, ui }
+        Proxy {
+            source,
+            ui,
+            repeats: Arc::default(),
+        }
     }
 
     /// Answer `path` and report it (`-v`: every fetch; always: a failure).
     pub async fn answer(&self, path: &str) -> Answer {
         let (answer, fetch) = self.source.answer(path).await;
-        report::show(&fetch, &self.ui);
+        report::show(&fetch, &self.ui, &self.repeats);
         answer
     }
 }

@@ -2,7 +2,9 @@
 //! (`KDEV_LOG=kdev::modules=info` alone shows only those), and a warning for every failure
 //! that breaks the pod's build, always.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kdev_protocol::ModuleStatus;
 use kdev_protocol::module_proxy::{ProxyPath, unescape};
@@ -112,11 +114,42 @@ impl Fetch {
     }
 }
 
-/// Say what `fetch` did: the `-v` line, and a warning when the pod's build will miss it.
-pub fn show(fetch: &Fetch, ui: &Ui) {
+/// How long a warning is not repeated: go asks for a missing version's `.info`, `.mod` and
+/// `.zip`, and every build of the session asks again; one line per failing module is enough.
+const REPEAT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Warnings shown lately, so the same one is not repeated within [`REPEAT_WINDOW`].
+#[derive(Debug, Default)]
+pub struct Repeats {
+    shown: HashMap<String, Instant>,
+}
+
+impl Repeats {
+    /// Whether `line` is new (not shown within the window) at `now`; remembers it if so.
+    pub fn first(&mut self, line: &str, now: Instant) -> bool {
+        self.shown
+            .retain(|_, at| now.saturating_duration_since(*at) < REPEAT_WINDOW);
+        if self.shown.contains_key(line) {
+            return false;
+        }
+        self.shown.insert(line.to_string(), now);
+        true
+    }
+}
+
+/// Say what `fetch` did: the `-v` line, and a warning when the pod's build will miss it
+/// (once per window, see [`Repeats`]).
+pub fn show(fetch: &Fetch, ui: &Ui, repeats: &Mutex<Repeats>) {
     tracing::info!(target: "kdev::modules", "{}", fetch.line());
     if let Some(w) = fetch.warning() {
-        ui.warn(&w);
+        // A panicking holder cannot leave the map half-updated in a way that matters.
+        let new = repeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first(&w, Instant::now());
+        if new {
+            ui.warn(&w);
+        }
     }
 }
 
@@ -153,6 +186,16 @@ mod tests {
             elapsed: Duration::from_millis(85),
             source,
         }
+    }
+
+    #[test]
+    fn a_warning_is_not_repeated_within_the_window() {
+        let mut r = Repeats::default();
+        let t0 = Instant::now();
+        assert!(r.first("module x@v9: not found", t0));
+        assert!(!r.first("module x@v9: not found", t0 + Duration::from_secs(1)));
+        assert!(r.first("module y@v9: not found", t0 + Duration::from_secs(1)));
+        assert!(r.first("module x@v9: not found", t0 + REPEAT_WINDOW));
     }
 
     #[test]
