@@ -131,7 +131,11 @@ const DOES_NOT_EXIST: &[&str] = &[
 /// tries its next proxy, or says so) or that it could not be had (`Failed`).
 pub fn classify(text: &str) -> ModuleStatus {
     let t = text.to_lowercase();
-    if CANNOT_LOOK.iter().any(|s| t.contains(s)) {
+    // proxy.golang.org's answer (403) for a path that is no module, e.g. `github.com` when go
+    // looks for which prefix of a package path is the module: go must go on looking.
+    if t.contains("this module version is not available") {
+        ModuleStatus::NotFound
+    } else if CANNOT_LOOK.iter().any(|s| t.contains(s)) {
         ModuleStatus::Failed
     } else if DOES_NOT_EXIST.iter().any(|s| t.contains(s)) {
         ModuleStatus::NotFound
@@ -163,6 +167,7 @@ mod tests {
         let not_found = [
             "example.com/x@v9.9.9: reading https://proxy.golang.org/example.com/x/@v/v9.9.9.info: 404 Not Found\n\tserver response: not found",
             "github.com/a/b@v1.2.3: reading https://goproxy.corp/github.com/a/b/@v/v1.2.3.info: 410 Gone",
+            "github.com@v1.27.2: reading https://proxy.golang.org/github.com/@v/v1.27.2.info: 403 Forbidden\n\tserver response: This module version is not available.",
             "github.com/a/b@v0.0.0-2020: invalid version: unknown revision 0123456789ab",
             "github.com/a/b@latest: no matching versions for query \"latest\"",
             "example.com/dep@v9.9.9: reading file:///tmp/p/example.com/dep/@v/v9.9.9.info: no such file or directory",

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kdev_protocol::ModuleStatus;
-use kdev_protocol::module_proxy::{ProxyPath, unescape};
+use kdev_protocol::module_proxy::{FileKind, ProxyPath, unescape};
 
 use crate::ui::{Ui, fmt_bytes, fmt_duration};
 
@@ -86,12 +86,20 @@ impl Fetch {
     /// for the "not found"s go expects while it looks for a module (it asks every prefix of an
     /// import path for its versions) or checks whether the checksum database is proxied.
     pub fn warning(&self) -> Option<String> {
+        // An `.info` is how go looks for which prefix of a package path is the module
+        // (`go install example.com/m/cmd/x@v1` asks for `example.com@v1`, `example.com/m@v1`,
+        // …): most fail, and go goes on. A module that is really missing fails its `.mod` or
+        // `.zip` too, and is said then.
         let expected = matches!(
             self.request,
             Some(
                 ProxyPath::List { .. }
                     | ProxyPath::Latest { .. }
                     | ProxyPath::SumdbSupported { .. }
+                    | ProxyPath::File {
+                        kind: FileKind::Info,
+                        ..
+                    }
             )
         );
         let what = match &self.request {
@@ -231,11 +239,19 @@ mod tests {
     #[test]
     fn failures_warn_with_the_module_and_the_reason_on_one_line() {
         let f = fetch(
-            "example.com/x/@v/v9.9.9.info",
+            "example.com/x/@v/v9.9.9.mod",
             ModuleStatus::NotFound,
             "example.com/x@v9.9.9: reading …: 404 Not Found\n\tserver response: not found",
             Source::Go("go list"),
         );
+        // go looks for the module of a package path by asking each prefix's .info: those
+        // that are not found are expected.
+        let probe = Fetch {
+            path: "example.com/@v/v9.9.9.info".into(),
+            request: ProxyPath::parse("example.com/@v/v9.9.9.info").ok(),
+            ..f.clone()
+        };
+        assert_eq!(probe.warning(), None);
         assert_eq!(
             f.warning().unwrap(),
             "module example.com/x@v9.9.9: not found on this machine: example.com/x@v9.9.9: \
