@@ -122,7 +122,7 @@ fn install_script(module_env: &BTreeMap<String, String>) -> String {
          how=cached; \
          if [ ! -x \"$dir/dlv\" ]; then \
            how=built; tmp=\"$dir.tmp.$$\"; rm -rf \"$tmp\"; mkdir -p \"$tmp\"; cd /; \
-           if ! env {env}GOFLAGS= CGO_ENABLED=0 GOBIN=\"$tmp\" go install -trimpath \
+           if ! env {env}GOFLAGS= CGO_ENABLED=0 GOBIN=\"$tmp\" go install \
                 github.com/go-delve/delve/cmd/dlv@{DELVE_VERSION} >&2; then rm -rf \"$tmp\"; exit 4; fi; \
            rm -rf \"$dir\"; mv \"$tmp\" \"$dir\"; fi; \
          t={DLV_PATH}.$$; cp \"$dir/dlv\" \"$t\"; chmod 0755 \"$t\"; mv -f \"$t\" {DLV_PATH}; \
