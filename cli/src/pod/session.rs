@@ -670,10 +670,16 @@ async fn writer_task(
     fail("closed".into());
 }
 
-/// Answer one module request through the writer's queue, one part at a time: the next part is
-/// read while the one before it is written, and queued once it is, so a patch queued meanwhile
-/// goes out between two parts rather than after a whole zip. Stops when the session's queue is
-/// gone.
+/// Parts of one module answer queued for the writer at once: enough to keep the stream busy
+/// while the next is read and encoded (one at a time left it idle between parts: 49 MB/s
+/// against 79 for a raw exec, `tests/bench/modules`), few enough that a patch queued meanwhile
+/// waits for at most this many MiB.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Answer one module request through the writer's queue, a few parts at a time
+/// ([`PARTS_IN_FLIGHT`]): a part is queued once the one that many before it is written, so a
+/// patch queued meanwhile goes out between parts rather than after a whole zip. Stops when
+/// the session's queue is gone.
 async fn answer_module(
     modules: Option<Proxy>,
     request: ModuleRequest,
@@ -684,10 +690,11 @@ async fn answer_module(
         None => Answer::failed("kdev did not ask for the module proxy in this session"),
     };
     let mut parts = answer.into_parts(request.id);
-    let mut previous: Option<oneshot::Receiver<()>> = None;
+    let mut in_flight: VecDeque<oneshot::Receiver<()>> = VecDeque::new();
     while let Some(part) = parts.next().await {
-        if let Some(written) = previous.take()
-            && written.await.is_err()
+        if in_flight.len() >= PARTS_IN_FLIGHT
+            && let Some(oldest) = in_flight.pop_front()
+            && oldest.await.is_err()
         {
             return;
         }
@@ -710,7 +717,7 @@ async fn answer_module(
         if !queued {
             return;
         }
-        previous = Some(written);
+        in_flight.push_back(written);
     }
 }
 
@@ -909,7 +916,7 @@ mod tests {
         use crate::modules::{GoEnv, ModuleSource};
         use kdev_protocol::{MODULE_RESPONSE_PART, WireMessage};
 
-        const PARTS: usize = 6;
+        const PARTS: usize = 12;
         let cache = tempfile::tempdir().unwrap();
         let at_v = cache.path().join("cache/download/example.com/big/@v");
         std::fs::create_dir_all(&at_v).unwrap();

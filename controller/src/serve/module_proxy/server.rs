@@ -158,7 +158,7 @@ impl Proxy {
         let (status, message) = match self.asker.ask(&path).await {
             Asked::Answer(Answer::Ok(body)) => {
                 let body = Bytes::from(body);
-                self.keep(&path, body.clone()).await;
+                self.keep(&path, body.clone());
                 return Reply::file(&path, body);
             }
             Asked::Answer(Answer::NotFound(why)) => (StatusCode::NOT_FOUND, why),
@@ -190,9 +190,11 @@ impl Proxy {
             .flatten()
     }
 
-    /// Keep a file the CLI sent, before go gets it: a replaced pod's session finds it. A
+    /// Keep a file the CLI sent, while go gets it (writing 40 MB with an fsync first made go
+    /// wait for the volume): a replaced pod's session finds it. The store writes a temporary
+    /// file and renames it, so a serve that ends meanwhile leaves nothing that is served. A
     /// failure only costs asking again.
-    async fn keep(&self, path: &ProxyPath, body: Bytes) {
+    fn keep(&self, path: &ProxyPath, body: Bytes) {
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -200,11 +202,11 @@ impl Proxy {
             return;
         }
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || store.write(&p, &body)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log(format!("module proxy: cannot store {path}: {e}")),
-            Err(e) => log(format!("module proxy: storing {path} failed: {e}")),
-        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.write(&p, &body) {
+                log(format!("module proxy: cannot store {p}: {e}"));
+            }
+        });
     }
 }
 
