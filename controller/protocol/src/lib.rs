@@ -23,7 +23,8 @@
 //! # Message encoding
 //!
 //! A frame's payload is one message: a `u32` big-endian header length, the header as JSON
-//! (UTF-8), then an optional raw binary body (only [`ClientMessage::Patch`] has one: its tar).
+//! (UTF-8), then an optional raw binary body ([`ClientMessage::Patch`]: its tar;
+//! [`ClientMessage::ModuleResponse`]: a part of a module file).
 //! See [`wire`].
 //!
 //! Why JSON plus raw bytes rather than a compact binary serde format (postcard, bincode):

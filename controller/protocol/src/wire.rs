@@ -3,7 +3,7 @@
 //!
 //! A **frame** is a `u32` big-endian payload length followed by the payload. A **payload** is a
 //! `u32` big-endian header length, the header (JSON), then a raw body (empty except for a
-//! patch's tar):
+//! patch's tar and a module response's part):
 //!
 //! ```text
 //! | frame len (4) | header len (4) | JSON header | body |
