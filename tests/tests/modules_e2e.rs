@@ -68,9 +68,10 @@ fn go(project: &Path, env: &[(String, String)], args: &[&str]) -> Result<String>
     Ok(text)
 }
 
-async fn sidecar_sh(pods: &Api<Pod>, script: &str) -> Result<String> {
+/// `sh -c script` in the dev pod's sidecar, with `stdin`; its stdout.
+async fn sidecar_sh(pods: &Api<Pod>, script: &str, stdin: Option<&[u8]>) -> Result<String> {
     let pod = dev_pod(pods).await?.name_any();
-    Ok(exec(pods, &pod, "kdev", &["sh", "-c", script], None)
+    Ok(exec(pods, &pod, "kdev", &["sh", "-c", script], stdin)
         .await?
         .stdout_str())
 }
@@ -117,6 +118,7 @@ async fn modules_come_from_the_laptop_and_a_new_dependency_is_one_save_away() ->
     let in_pod = sidecar_sh(
         &pods,
         &format!("ls {POD_MODCACHE}/cache/download/github.com/gin-gonic/gin/@v/"),
+        None,
     )
     .await?;
     ensure!(
@@ -151,22 +153,13 @@ async fn modules_come_from_the_laptop_and_a_new_dependency_is_one_save_away() ->
     // 3. The pod holds no credential: not in a file kdev or go wrote, not in any process's
     // environment (the pod's PID namespace is shared: the app's processes are seen too).
     // The secret comes on stdin, so no command line of the check holds it.
-    let pod = dev_pod(&pods).await?.name_any();
     let script = "read -r pat; \
         printf '%s\\n' \"$pat\" | grep -rlF -f /dev/stdin /kdev /tmp /root /go/pkg/mod 2>/dev/null; \
         for e in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
         c=$(tr '\\0' ' ' < $e 2>/dev/null); case \"$c\" in *\"$pat\"*) echo $e;; esac; done; \
         echo checked";
     let stdin = format!("{secret}\n");
-    let found = exec(
-        &pods,
-        &pod,
-        "kdev",
-        &["sh", "-c", script],
-        Some(stdin.as_bytes()),
-    )
-    .await?
-    .stdout_str();
+    let found = sidecar_sh(&pods, script, Some(stdin.as_bytes())).await?;
     ensure!(
         found.trim() == "checked",
         "the credential is in the pod: {found}"

@@ -240,7 +240,11 @@ async fn get(client: &HttpClient, target: &Endpoint) -> Result<(u16, Vec<u8>), S
         .body(Empty::new())
         .map_err(|e| format!("bad URL: {e}"))?;
     let fetch = async {
-        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+        // With its causes (`{:#}`): hyper's own message is only "client error (Connect)".
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -252,18 +256,6 @@ async fn get(client: &HttpClient, target: &Endpoint) -> Result<(u16, Vec<u8>), S
     tokio::time::timeout(HTTP_TIMEOUT, fetch)
         .await
         .map_err(|_| format!("no answer within {}s", HTTP_TIMEOUT.as_secs()))?
-}
-
-/// An error with its causes (hyper's own message is only "client error (Connect)").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// An HTTP error for the pod and the developer: the URL, the status and the body's first line.
