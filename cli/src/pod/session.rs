@@ -968,6 +968,44 @@ mod tests {
         );
     }
 
+    /// While the CLI waits on something else (`kdev debug` building Delve), more events than
+    /// the reader's queue holds arrive before a module request: the request is still answered
+    /// (the events are read meanwhile), and the events are kept, in order, for the loop.
+    #[tokio::test]
+    async fn events_are_held_while_work_waits_on_a_module_answer() {
+        use kdev_protocol::Event;
+        const EVENTS: u64 = 3000;
+
+        let (answered_tx, answered) = oneshot::channel();
+        let mut session = fake::session(None, |mut c| async move {
+            for lines in 0..EVENTS {
+                let event = Event::AppOutputDropped { lines };
+                c.write(ServerMessage::Event { at_ms: 0, event }).await;
+            }
+            let path = "example.com/dep/@v/v1.0.0.mod".to_string();
+            c.write(ServerMessage::ModuleRequest(ModuleRequest { id: 9, path }))
+                .await;
+            let _ = answered_tx.send(c.read().await);
+            let _ = c.codec.read(&mut c.rx).await;
+        })
+        .await;
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), session.holding_events(answered))
+                .await
+                .expect("the module request was answered while the events were held")
+                .unwrap();
+        assert!(matches!(answer, ClientMessage::ModuleResponse(r) if r.id == 9));
+        for want in 0..EVENTS {
+            match session.next_event().await.unwrap() {
+                ServerMessage::Event {
+                    event: Event::AppOutputDropped { lines },
+                    ..
+                } => assert_eq!(lines, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// Without a module proxy (the Hello did not ask for one), a request is still answered:
     /// failed, at once, so the pod's go does not wait.
     #[tokio::test]
