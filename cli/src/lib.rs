@@ -9,6 +9,7 @@
 //!   the safety-net rescan), listing and diffing, transferring; and the sync engine driving them.
 //! - `modules`: the developer's side of the pods' module proxy (their module cache and go).
 //! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
+//! - `debugger`: `kdev debug`'s endpoint, which keeps the editor attached across reloads.
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
 //! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
@@ -20,6 +21,7 @@ mod backoff;
 mod cluster;
 pub mod cmd;
 mod config;
+mod debugger;
 mod deploy;
 mod error;
 mod exit_code;
@@ -54,5 +56,14 @@ pub mod testing {
         Ok(found.for_node("amd64", "test", "test")?.binary.to_vec())
     }
     pub use crate::pod::session::ControllerSession;
+
+    /// `kdev debug`'s debug endpoint on `127.0.0.1:<port>` (0: any), reaching Delve at
+    /// `delve`; its lines go to stdout.
+    pub async fn debug_endpoint(
+        port: u16,
+        delve: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        crate::debugger::start(port, delve, crate::ui::Ui::plain()).await
+    }
     pub use crate::sync::transfer::tar::build_tar;
 }

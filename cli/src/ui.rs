@@ -44,7 +44,6 @@ impl Ui {
     }
 
     /// No colours (tests).
-    #[cfg(test)]
     pub fn plain() -> Ui {
         Ui {
             color: false,

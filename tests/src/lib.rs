@@ -3,6 +3,7 @@
 //!
 //! Tests never skip: without a reachable cluster they fail and say how to start one.
 
+pub mod dap;
 pub mod module_proxy;
 pub mod netfault;
 pub mod watch;

@@ -1,7 +1,9 @@
-//! End-to-end: `kdev debug` on a copy of examples/gin-hello. A Delve JSON-RPC client on the
-//! forwarded port sets a breakpoint in the /ping handler by LOCAL path (mapped through the
-//! printed launch.json's substitutePath, as an editor would), sees it hit with the handler's
-//! argument, continues, and gets the response; after a save, the same works on the new code.
+//! End-to-end: `kdev debug` on a copy of examples/gin-hello. A JSON-RPC client (as GoLand and
+//! `dlv connect` speak to Delve) and then a DAP client (as VS Code attaches) each attach once to
+//! kdev's debug endpoint and set a breakpoint in the /ping handler by the pod's path or the
+//! LOCAL one (mapped through the printed launch.json's substitutePath, as an editor would); it
+//! hits, and after a save it hits again in the new code on the same connection, the new value
+//! visible (for DAP, after lines were added above the handler).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -15,6 +17,7 @@ use kdev_tests::{
     TOOLCHAIN_IMAGE, TOOLCHAIN_NODLV_IMAGE, TestNamespace, client, example_project, exec,
     free_port, http_get, kdev_bin, poll_until, set_ping_message, spawn_captured,
 };
+use kdev_tests::dap::Dap;
 use serde_json::{Value, json};
 
 struct Debug {
@@ -66,10 +69,6 @@ impl Debug {
 
     fn output(&self) -> String {
         self.output.lock().unwrap().clone()
-    }
-
-    fn set_message(&self, msg: &str) {
-        set_ping_message(&self.project, msg).unwrap();
     }
 
     /// The launch.json entry kdev printed.
@@ -148,15 +147,28 @@ impl Delve {
         }
     }
 
+    /// The answer to `id`, an error as much as a result.
+    fn recv_any(&mut self, id: u64) -> Result<Value> {
+        loop {
+            let msg = self
+                .reader
+                .next()
+                .context("Delve closed the connection")??;
+            if msg["id"] == id {
+                return Ok(msg);
+            }
+        }
+    }
+
     fn call(&mut self, method: &str, params: Value) -> Result<Value> {
         let id = self.send(method, params)?;
         self.recv(id)
     }
 }
 
-/// Break in the /ping handler (set by local path, mapped like an editor would), request /ping,
-/// check the stop and the handler's argument, continue, and check the response.
-fn breakpoint_round_trip(d: &Debug, launch: &Value, expected: &str) -> Result<()> {
+/// The line of `c.JSON` in the /ping handler of the local main.go, and that file as the pod
+/// knows it (mapped through the printed launch.json's substitutePath, as an editor would).
+fn ping_line(d: &Debug, launch: &Value) -> Result<(i64, String)> {
     let local_main = d.project.join("main.go");
     let line = std::fs::read_to_string(&local_main)?
         .lines()
@@ -169,58 +181,160 @@ fn breakpoint_round_trip(d: &Debug, launch: &Value, expected: &str) -> Result<()
     let to = launch["substitutePath"][0]["to"]
         .as_str()
         .context("no substitutePath.to")?;
-    let remote_file = local_main.to_string_lossy().replacen(from, to, 1);
+    Ok((line as i64, local_main.to_string_lossy().replacen(from, to, 1)))
+}
 
+/// An edit of main.go: `msg` as pingMessage, and `above` comment lines added above the handler.
+fn edit_main(d: &Debug, msg: &str, above: usize) -> Result<()> {
+    set_ping_message(&d.project, msg)?;
+    let path = d.project.join("main.go");
+    let text = std::fs::read_to_string(&path)?;
+    let text = text.replacen(
+        "func ping(",
+        &format!("{}func ping(", "// moved down\n".repeat(above)),
+        1,
+    );
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+/// `pingMessage` evaluated where the JSON-RPC client stopped.
+fn rpc_ping_message(dlv: &mut Delve) -> Result<String> {
+    let v = dlv.call(
+        "Eval",
+        json!({
+            "Scope": { "GoroutineID": -1, "Frame": 0, "DeferredCall": 0 },
+            "Expr": "pingMessage",
+            "Cfg": { "FollowPointers": false, "MaxVariableRecurse": 0, "MaxStringLen": 64, "MaxArrayValues": 8, "MaxStructFields": 0 }
+        }),
+    )?;
+    Ok(v["Variable"]["value"].as_str().unwrap_or_default().to_string())
+}
+
+/// The JSON-RPC client (as GoLand and `dlv connect` speak it) on one connection: a breakpoint
+/// hits in the first app, then, after a save, in the new one with no new attach and no new
+/// breakpoint; the new value is visible.
+fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
+    let (line, remote_file) = ping_line(d, launch)?;
     let mut dlv = Delve::connect(d.dlv_port)?;
     dlv.call("Command", json!({ "name": "halt" }))?;
     let bp = dlv.call(
         "CreateBreakpoint",
         json!({ "Breakpoint": { "file": remote_file, "line": line } }),
     )?;
-    ensure!(
-        bp["Breakpoint"]["line"] == line,
-        "breakpoint not where asked: {bp}"
-    );
+    ensure!(bp["Breakpoint"]["line"] == line, "breakpoint not where asked: {bp}");
+    let id = bp["Breakpoint"]["id"].clone();
     let cont = dlv.send("Command", json!({ "name": "continue" }))?;
-
     let port = d.http_port;
-    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(60)));
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
     let state = dlv.recv(cont)?;
     let thread = &state["State"]["currentThread"];
     ensure!(
         thread["line"] == line && thread["file"] == remote_file.as_str(),
         "stopped elsewhere: {state}"
     );
-    let args = dlv.call(
-        "ListFunctionArgs",
-        json!({
-            "Scope": { "GoroutineID": -1, "Frame": 0, "DeferredCall": 0 },
-            "Cfg": { "FollowPointers": false, "MaxVariableRecurse": 0, "MaxStringLen": 64, "MaxArrayValues": 8, "MaxStructFields": 0 }
-        }),
-    )?;
-    let names: Vec<_> = args["Args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["name"].as_str())
-        .collect();
+    ensure!(rpc_ping_message(&mut dlv)? == "\"pong\"");
+    let running = dlv.send("Command", json!({ "name": "continue" }))?;
+    let body = request.join().unwrap()?;
+    ensure!(body.contains(r#"{"message":"pong"}"#), "unexpected response: {body}");
+
+    // The save: the app is rebuilt and restarted under a new Delve. The continue that was
+    // running ends with the old process; the breakpoint is set again in the new one by kdev.
+    let before = d.output().matches("debugger (JSON-RPC): attached").count();
+    edit_main(d, "pong debugged", 0)?;
+    let _ = dlv.recv_any(running)?;
+    let t0 = std::time::Instant::now();
+    while d.output().matches("debugger (JSON-RPC): attached").count() == before {
+        ensure!(t0.elapsed() < Duration::from_secs(120), "kdev never set the breakpoint again:\n{}", d.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cont = dlv.send("Command", json!({ "name": "continue" }))?;
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let state = dlv.recv(cont)?;
+    let thread = &state["State"]["currentThread"];
+    ensure!(thread["line"] == line, "stopped elsewhere after the save: {state}");
     ensure!(
-        names.contains(&"c"),
-        "the handler's argument `c` is not visible: {args}"
+        thread["breakPoint"]["id"] == id,
+        "the breakpoint keeps its ID across Delves: {state}"
     );
-    // Clear the breakpoint and let the request finish.
-    dlv.call("ClearBreakpoint", json!({ "Id": bp["Breakpoint"]["id"] }))?;
+    let value = rpc_ping_message(&mut dlv)?;
+    ensure!(value == "\"pong debugged\"", "the new code's value, not {value}");
+    dlv.call("ClearBreakpoint", json!({ "Id": id }))?;
     dlv.send("Command", json!({ "name": "continue" }))?;
     let body = request.join().unwrap()?;
-    ensure!(
-        body.contains(&format!(r#"{{"message":"{expected}"}}"#)),
-        "unexpected response: {body}"
-    );
+    ensure!(body.contains(r#"{"message":"pong debugged"}"#), "unexpected response: {body}");
+    Ok(())
+}
+
+/// `pingMessage` evaluated in the frame where the DAP client stopped.
+fn dap_ping_message(dap: &mut Dap, stopped: &Value) -> Result<String> {
+    let trace = dap.call(
+        "stackTrace",
+        json!({"threadId": stopped["body"]["threadId"], "levels": 1}),
+    )?;
+    let frame = trace["body"]["stackFrames"][0]["id"].clone();
+    let v = dap.call(
+        "evaluate",
+        json!({"expression": "pingMessage", "frameId": frame, "context": "watch"}),
+    )?;
+    Ok(v["body"]["result"].as_str().unwrap_or_default().to_string())
+}
+
+/// A DAP client (as VS Code attaches with the printed configuration) on one connection: a hit
+/// in the current app, then a save that adds lines above the handler (the editor moves its
+/// breakpoint with the text and says so), and a hit in the new code.
+fn dap_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
+    let (line, _) = ping_line(d, launch)?;
+    let local_main = d.project.join("main.go").display().to_string();
+    let mut dap = Dap::connect(d.dlv_port)?;
+    dap.attach(launch["substitutePath"].clone(), &[(&local_main, &[line])])?;
+    let port = d.http_port;
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let stopped = dap.event("stopped", Duration::from_secs(60))?;
+    ensure!(dap_ping_message(&mut dap, &stopped)? == "\"pong debugged\"");
+    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
+    request.join().unwrap()?;
+
+    dap.clear();
+    edit_main(d, "pong moved", 3)?;
+    dap.set_breakpoints(&local_main, &[line + 3])?;
+    dap.wait("the moved breakpoint set in the new app", Duration::from_secs(120), |m| {
+        m["event"] == "breakpoint"
+            && m["body"]["breakpoint"]["line"] == line + 3
+            && m["body"]["breakpoint"]["verified"] == true
+    })
+    .with_context(|| d.output())?;
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let stopped = dap.event("stopped", Duration::from_secs(60))?;
+    let value = dap_ping_message(&mut dap, &stopped)?;
+    ensure!(value == "\"pong moved\"", "the new code's value, not {value}");
+    dap.set_breakpoints(&local_main, &[])?;
+    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
+    let body = request.join().unwrap()?;
+    ensure!(body.contains(r#"{"message":"pong moved"}"#), "unexpected response: {body}");
+    ensure!(dap.open(), "the editor's connection stayed open");
+    Ok(())
+}
+
+/// A DAP client attaches, its breakpoint hits with `expected` as pingMessage, it leaves.
+fn dap_hits_once(d: &Debug, launch: &Value, expected: &str) -> Result<()> {
+    let (line, _) = ping_line(d, launch)?;
+    let local_main = d.project.join("main.go").display().to_string();
+    let mut dap = Dap::connect(d.dlv_port)?;
+    dap.attach(launch["substitutePath"].clone(), &[(&local_main, &[line])])?;
+    let port = d.http_port;
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let stopped = dap.event("stopped", Duration::from_secs(60))?;
+    let value = dap_ping_message(&mut dap, &stopped)?;
+    ensure!(value == format!("\"{expected}\""), "pingMessage is {value}");
+    dap.set_breakpoints(&local_main, &[])?;
+    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
+    request.join().unwrap()?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_hits_breakpoints_before_and_after_a_save() -> Result<()> {
+async fn one_attach_lasts_across_saves_for_json_rpc_and_dap() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-debug").await?;
     let d = Debug::start(ns.name())?;
@@ -241,21 +355,15 @@ async fn debug_hits_breakpoints_before_and_after_a_save() -> Result<()> {
         "{launch}"
     );
     ensure!(launch["substitutePath"][0]["to"] == "/kdev/src", "{launch}");
-
-    let launch2 = launch.clone();
     let dd = &d;
-    tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch2, "pong"))?;
-
-    // A save rebuilds and restarts the app under a new Delve (the documented default); the
-    // debugger re-attaches and the breakpoint works on the new code.
-    d.set_message("pong debugged");
-    wait_served(&d, "pong debugged", Duration::from_secs(90)).await?;
-    poll_until(Duration::from_secs(30), "the re-attach notice", || {
-        let out = d.output();
-        async move { Ok(out.contains("re-attach")) }
-    })
-    .await?;
-    tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch, "pong debugged"))?;
+    tokio::task::block_in_place(|| json_rpc_stays_attached(dd, &launch))
+        .with_context(|| d.output())?;
+    tokio::task::block_in_place(|| dap_stays_attached(dd, &launch)).with_context(|| d.output())?;
+    ensure!(
+        !d.output().contains("re-attach"),
+        "no re-attach is asked for:\n{}",
+        d.output()
+    );
     Ok(())
 }
 
@@ -298,6 +406,6 @@ async fn delve_is_built_in_a_pod_whose_image_has_none() -> Result<()> {
     );
     let launch = d.launch_json()?;
     let dd = &d;
-    tokio::task::block_in_place(|| breakpoint_round_trip(dd, &launch, "pong"))?;
+    tokio::task::block_in_place(|| dap_hits_once(dd, &launch, "pong"))?;
     Ok(())
 }

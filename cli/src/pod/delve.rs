@@ -217,8 +217,9 @@ pub fn ptrace_hint(output: &str) -> Option<&'static str> {
     )
 }
 
-/// Once Delve listens after a (re)start, say so: the full editor configuration the first time,
-/// a reminder to re-attach after that.
+/// Once Delve listens for the first time, say so with the full editor configuration. Later
+/// restarts need no word here: an attached editor stays attached ([`crate::debugger`] says
+/// when it set a client's breakpoints again).
 pub async fn announce(
     pods: &Api<Pod>,
     pod: &str,
@@ -227,21 +228,18 @@ pub async fn announce(
     ui: &Ui,
     announced: &mut bool,
 ) {
+    if *announced {
+        return;
+    }
     for _ in 0..20 {
         if port_open(pods, pod, d.port).await {
-            if *announced {
-                ui.ok(&format!(
-                    "Delve restarted on 127.0.0.1:{}: re-attach your debugger",
-                    d.port
-                ));
-            } else {
-                ui.ok(&format!(
-                    "Delve listening on 127.0.0.1:{} — attach your editor:",
-                    d.port
-                ));
-                print_editor_config(editor.local_root, editor.remote_root, d.port, editor.name);
-                *announced = true;
-            }
+            ui.ok(&format!(
+                "Delve listening on 127.0.0.1:{} — attach your editor once; it stays attached \
+                 across reloads:",
+                d.port
+            ));
+            print_editor_config(editor.local_root, editor.remote_root, d.port, editor.name);
+            *announced = true;
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -9,6 +9,7 @@ use kdev_protocol::SessionConfig;
 use tokio::sync::mpsc;
 
 use super::forwards::{self, Forwards};
+use crate::error::UsageError;
 use crate::cluster::connect::Connection;
 use crate::cluster::lease::SessionLease;
 use crate::deploy::DevWorkload;
@@ -60,8 +61,33 @@ pub struct ServiceSession {
 
 impl ServiceSession {
     /// Listen on the service's local ports.
+    /// Under `kdev debug`, Delve's port on localhost is kdev's debug endpoint
+    /// ([`crate::debugger`]), which reaches Delve through a forward of its own on a port of the
+    /// system's choice.
     pub async fn listen(&mut self) -> anyhow::Result<()> {
-        self.forwarded = self.forwards.listen(&self.ports).await?;
+        let delve = self.debug.as_ref().map(|d| d.port);
+        let ports: Vec<(u16, u16)> = self
+            .ports
+            .iter()
+            .map(|&(local, remote)| match delve {
+                Some(p) if (local, remote) == (p, p) => (0, p),
+                _ => (local, remote),
+            })
+            .collect();
+        self.forwarded = self.forwards.listen(&ports).await?;
+        if let Some(port) = delve
+            && let Some(entry) = self.forwarded.iter_mut().find(|(_, r)| *r == port)
+        {
+            entry.0 = crate::debugger::start(port, entry.0, self.ui.clone())
+                .await
+                .map_err(|e| {
+                    UsageError(format!(
+                        "cannot listen on localhost:{port} for the debugger ({e}; is it in use? \
+                         choose another with `kdev debug --port {}`)",
+                        port.wrapping_add(1)
+                    ))
+                })?;
+        }
         Ok(())
     }
 

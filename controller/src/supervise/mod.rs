@@ -11,13 +11,15 @@
 //! left holding its port. The supervisor is a child subreaper, so orphaned grandchildren are
 //! reparented to it and reaped.
 //!
-//! Files: [`child`] starts the app, [`app_log`] records its output, [`signals`] is how the
+//! Files: [`child`] starts the app, [`app_log`] records its output, [`delve_stop`] stops an
+//! app under Delve (its process first), [`signals`] is how the
 //! supervisor waits for and sends signals, [`relay`] is the forward relay kdev's port-forwards
 //! go through; this file is the supervisor's state machine (start, restart, backoff, stop) and
 //! its status file.
 
 mod app_log;
 mod child;
+mod delve_stop;
 pub mod relay;
 mod signals;
 
@@ -408,6 +410,10 @@ impl Supervisor {
         let pgid = c.pid;
         self.status.state = AppState::Stopping;
         self.write_status();
+        let running = self.child.as_ref().is_some_and(|c| c.exited.is_none());
+        if running && delve_stop::delve_port(&self.opts.command).is_some() {
+            delve_stop::kill_debuggees(pgid);
+        }
         let killed = self.stop_group(pgid, sig);
         self.drain_output();
         let info = self.child.as_ref().map(|c| c.exit_info(true));

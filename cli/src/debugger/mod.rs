@@ -1,0 +1,267 @@
+//! `kdev debug`'s debug endpoint: the editor attaches once, to `127.0.0.1:<port>`, and stays
+//! attached across every reload.
+//!
+//! Each reload runs the app under a new Delve (the supervisor restarts `dlv exec` with the new
+//! binary), and a Delve connection ends with its Delve. So kdev, not Delve, holds the editor's
+//! connection: for each one it dials Delve through the session's port-forward (`upstream`, a
+//! local forward to the pod's Delve port that follows the current pod and waits for a
+//! restarting Delve) and passes messages both ways, following what the client set up. When
+//! the Delve connection ends for any reason (a reload, a dropped session, a replaced pod), kdev
+//! tells the client what it must know now, dials again, and sets the new Delve up as the client
+//! had set up the old one; messages the client sends meanwhile wait. The protocol is Delve's
+//! choice of the client's first byte: DAP ([`dap`]) or JSON-RPC ([`jsonrpc`]); one driver
+//! ([`drive`]) runs either [`keeper::Keeper`].
+
+mod dap;
+mod jsonrpc;
+mod keeper;
+mod link;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ui::{Ui, fmt_duration};
+use keeper::{ClientStep, Keeper};
+use link::{Framing, Link};
+
+/// Between attempts to reach a Delve that is not there (yet).
+const REDIAL: Duration = Duration::from_millis(100);
+/// How long kdev keeps trying before it says it is still waiting.
+const SAY_WAITING: Duration = Duration::from_secs(10);
+
+/// Listen on `127.0.0.1:<port>`; each client's Delve is reached through `upstream`. Returns
+/// the bound address.
+pub async fn start(port: u16, upstream: SocketAddr, ui: Ui) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = conn.set_nodelay(true);
+            let ui = ui.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                // The client speaks first in both protocols.
+                if !matches!(conn.peek(&mut first).await, Ok(1)) {
+                    return;
+                }
+                let (read, write) = conn.into_split();
+                let framing = Framing::of_first_byte(first[0]);
+                let client = Link::new(framing, read, write);
+                match framing {
+                    Framing::Dap => drive(client, upstream, dap::DapKeeper::new(), &ui).await,
+                    Framing::JsonRpc => {
+                        drive(client, upstream, jsonrpc::RpcKeeper::new(), &ui).await
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The client's messages that arrived while there was no Delve.
+type Held = Vec<Value>;
+
+/// Keep one client attached across Delves until it leaves (or ends its session).
+async fn drive<K: Keeper>(
+    mut client: Link<OwnedWriteHalf>,
+    upstream: SocketAddr,
+    mut keeper: K,
+    ui: &Ui,
+) {
+    let mut held: Held = Vec::new();
+    let mut delves = 0u32;
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        // Reach a Delve; hold what the client says meanwhile.
+        let Some(mut up) = dial(upstream, &mut client, &mut keeper, &mut held).await else {
+            return;
+        };
+        delves += 1;
+        if delves > 1 {
+            settle(upstream).await;
+            match keeper.replay(&mut up).await {
+                Ok((to_client, done)) => {
+                    for m in &to_client {
+                        if client.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    let took = lost_at.take().map(|t| t.elapsed()).unwrap_or_default();
+                    ui.ok(&replayed_line(K::PROTOCOL, &done, took));
+                }
+                Err(why) => {
+                    tracing::debug!(target: "kdev::debugger", "replay: {why}");
+                    tokio::time::sleep(REDIAL).await;
+                    continue;
+                }
+            }
+        }
+        for m in held.drain(..) {
+            if up.send(&m).await.is_err() {
+                break;
+            }
+        }
+        // Pass messages both ways until one side ends.
+        loop {
+            tokio::select! {
+                m = client.recv() => {
+                    let Some(m) = m else {
+                        // The client left: so does kdev's connection to Delve.
+                        return;
+                    };
+                    match keeper.from_client(m) {
+                        ClientStep::Forward(m) => {
+                            if up.send(&m).await.is_err() {
+                                held.push(m);
+                            }
+                        }
+                        ClientStep::Answer(m) => {
+                            if client.send(&m).await.is_err() {
+                                return;
+                            }
+                        }
+                        ClientStep::Hold => {}
+                    }
+                }
+                m = up.recv() => {
+                    let Some(m) = m else { break };
+                    for out in keeper.from_upstream(m) {
+                        if client.send(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if keeper.ending() {
+            return;
+        }
+        // Delve went away: a reload, a dropped session or a replaced pod.
+        lost_at = Some(Instant::now());
+        if keeper.stopped() {
+            ui.step(&format!(
+                "debugger ({}): the app was stopped in your debugger; it is replaced by the new \
+                 one, and your debugger stays attached",
+                K::PROTOCOL
+            ));
+        }
+        for m in keeper.lost() {
+            if client.send(&m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Connect to Delve through the forward, meanwhile following the client (`None`: it left).
+async fn dial<K: Keeper>(
+    upstream: SocketAddr,
+    client: &mut Link<OwnedWriteHalf>,
+    keeper: &mut K,
+    held: &mut Held,
+) -> Option<Link<OwnedWriteHalf>> {
+    let t0 = Instant::now();
+    let mut said = false;
+    loop {
+        if let Ok(conn) = TcpStream::connect(upstream).await {
+            let _ = conn.set_nodelay(true);
+            let (read, write) = conn.into_split();
+            return Some(Link::new(client_framing::<K>(), read, write));
+        }
+        if !said && t0.elapsed() > SAY_WAITING {
+            tracing::info!(target: "kdev::debugger", "waiting for Delve to listen again");
+            said = true;
+        }
+        tokio::select! {
+            m = client.recv() => match keeper.from_client(m?) {
+                ClientStep::Forward(m) => held.push(m),
+                ClientStep::Answer(m) => client.send(&m).await.ok()?,
+                ClientStep::Hold => {}
+            },
+            () = tokio::time::sleep(REDIAL) => {}
+        }
+    }
+}
+
+/// Wait (a second at most) until a new Delve runs its process, as its `--continue` makes it
+/// do just after it starts listening. Until then a halt (which a DAP attach and kdev's
+/// JSON-RPC replay begin with) may come first and be undone by that continue, and Delve then
+/// waits for the process to stop before it sets any breakpoint. Under `--stop-at-start` the
+/// process never runs by itself: the second is lost once per restart.
+async fn settle(upstream: SocketAddr) {
+    let Ok(conn) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (read, write) = conn.into_split();
+    let mut side = Link::new(Framing::JsonRpc, read, write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let ask = serde_json::json!({
+            "method": "RPCServer.State", "params": [{"NonBlocking": true}], "id": n,
+        });
+        if side.send(&ask).await.is_err() {
+            return;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(1), side.recv()).await;
+        match answer {
+            Ok(Some(a)) if a["result"]["State"]["Running"] == true => return,
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => return,
+        }
+    }
+}
+
+/// Delve speaks to kdev in the client's protocol.
+fn client_framing<K: Keeper>() -> Framing {
+    if K::PROTOCOL == "DAP" {
+        Framing::Dap
+    } else {
+        Framing::JsonRpc
+    }
+}
+
+/// kdev's line once a new Delve is set up for a client.
+fn replayed_line(protocol: &str, done: &keeper::Replayed, took: Duration) -> String {
+    let mut line = format!(
+        "debugger ({protocol}): attached to the new app {} after the last one went away; {} \
+         breakpoint{} set again",
+        fmt_duration(took),
+        done.breakpoints,
+        if done.breakpoints == 1 { "" } else { "s" }
+    );
+    if !done.unverified.is_empty() {
+        line.push_str(&format!(
+            ", not verified (no such place in the new code): {}",
+            done.unverified.join(", ")
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_names_what_could_not_be_set() {
+        let done = keeper::Replayed {
+            breakpoints: 2,
+            unverified: vec!["main.go:40 (could not find statement)".into()],
+        };
+        let line = replayed_line("DAP", &done, Duration::from_millis(120));
+        assert!(line.contains("2 breakpoints set again"), "{line}");
+        assert!(line.contains("main.go:40"), "{line}");
+        assert_eq!(Framing::of_first_byte(b'C'), Framing::Dap);
+        assert_eq!(Framing::of_first_byte(b'{'), Framing::JsonRpc);
+    }
+}

@@ -1,0 +1,193 @@
+//! kdev's debug endpoint against a real Delve on this machine (no cluster): a client attaches
+//! once, Delve is replaced by a new one running new code (as a reload does), and the same
+//! connection hits its breakpoints in the new code. Needs `go` and `dlv` on PATH
+//! (`tests/tools/install` builds Delve).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use kdev_tests::dap::Dap;
+use serde_json::json;
+
+/// The app: one handler whose answer is `msg`, `above` blank lines above it.
+fn source(msg: &str, above: usize) -> String {
+    format!(
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n)\n{}\
+         func hello(w http.ResponseWriter, r *http.Request) {{\n\
+         \tmsg := \"{msg}\"\n\
+         \tfmt.Fprint(w, msg)\n\
+         }}\n\n\
+         func main() {{\n\
+         \thttp.HandleFunc(\"/\", hello)\n\
+         \thttp.ListenAndServe(\"127.0.0.1:\"+os.Args[1], nil)\n\
+         }}\n",
+        "\n".repeat(above)
+    )
+}
+
+/// The line of `fmt.Fprint` (after `msg` is set) in [`source`].
+fn print_line(above: usize) -> i64 {
+    10 + above as i64
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct App {
+    dir: PathBuf,
+    port: u16,
+    delve_port: u16,
+    delve: Option<Child>,
+}
+
+impl App {
+    fn new(dir: &Path) -> Result<App> {
+        std::fs::write(dir.join("go.mod"), "module example.com/hello\n\ngo 1.21\n")?;
+        Ok(App {
+            dir: dir.to_path_buf(),
+            port: free_port()?,
+            delve_port: free_port()?,
+            delve: None,
+        })
+    }
+
+    /// Write the source, build it for debugging, run it under a new Delve (the old one gone
+    /// first), as kdev's reload does in the pod.
+    fn reload(&mut self, msg: &str, above: usize) -> Result<()> {
+        std::fs::write(self.dir.join("main.go"), source(msg, above))?;
+        let built = Command::new("go")
+            .args(["build", "-gcflags=all=-N -l", "-o", "app", "."])
+            .current_dir(&self.dir)
+            .env("GOFLAGS", "-mod=mod")
+            .output()?;
+        ensure!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+        self.stop();
+        let delve = Command::new("dlv")
+            .args([
+                "exec",
+                "--headless",
+                &format!("--listen=127.0.0.1:{}", self.delve_port),
+                "--api-version=2",
+                "--accept-multiclient",
+                "--continue",
+                "./app",
+                "--",
+                &self.port.to_string(),
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running dlv (is it on PATH? tests/tools/install builds it)")?;
+        self.delve = Some(delve);
+        Ok(())
+    }
+
+    /// As the pod's supervisor stops it: SIGKILL to Delve's process (`pkill -P`: its
+    /// children), then SIGTERM to Delve.
+    fn stop(&mut self) {
+        if let Some(mut d) = self.delve.take() {
+            let pid = d.id().to_string();
+            let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+            let _ = Command::new("kill").arg(&pid).status();
+            for _ in 0..100 {
+                if matches!(d.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    fn get(&self) -> std::thread::JoinHandle<String> {
+        let url = format!("http://127.0.0.1:{}/", self.port);
+        std::thread::spawn(move || {
+            // Retried only while nothing listens yet (curl's exit 7).
+            for _ in 0..100 {
+                match Command::new("curl").args(["-sS", "--max-time", "20", &url]).output() {
+                    Ok(out) if out.status.code() == Some(7) => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Ok(out) => {
+                        return format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    Err(e) => return e.to_string(),
+                }
+            }
+            String::new()
+        })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut app = App::new(tmp.path())?;
+    app.reload("one", 0)?;
+    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
+    let main_go = app.dir.join("main.go").display().to_string();
+
+    let port = endpoint.port();
+    let result = tokio::task::spawn_blocking(move || -> Result<()> {
+        // Attached once the app runs (Delve's --continue has run it), as an editor does.
+        let first = app.get().join().unwrap_or_default();
+        ensure!(first == "one", "the app answered {first:?}");
+        let mut dap = Dap::connect(port)?;
+        dap.attach(json!([]), &[(&main_go, &[print_line(0)])])?;
+        eprintln!("attached");
+        let answer = app.get();
+        let (_, msg) = dap.stopped_with("msg", Duration::from_secs(30))?;
+        ensure!(msg == "\"one\"", "msg is {msg}");
+        eprintln!("stopped in the first app");
+        dap.call("continue", json!({"threadId": 1}))?;
+        eprintln!("continued");
+        let got = answer.join().unwrap_or_default();
+        ensure!(got == "one", "the first app answered {got:?}");
+
+        // The save: three lines above the handler, a new answer. The editor moves its
+        // breakpoint with the text and says so (as VS Code does), and asks for one on a line
+        // the new code does not have.
+        dap.clear();
+        app.reload("two", 3)?;
+        dap.set_breakpoints(&main_go, &[print_line(3), 400]).ok();
+        let changed = dap.wait("a breakpoint event for the moved line", Duration::from_secs(30), |m| {
+            m["event"] == "breakpoint"
+                && m["body"]["breakpoint"]["line"] == print_line(3)
+                && m["body"]["breakpoint"]["verified"] == true
+        })?;
+        let unverified = dap.wait("an unverified breakpoint", Duration::from_secs(5), |m| {
+            m["event"] == "breakpoint" && m["body"]["breakpoint"]["verified"] == false
+        })?;
+        eprintln!("{changed}\n{unverified}");
+        let answer = app.get();
+        let (stopped, msg) = dap.stopped_with("msg", Duration::from_secs(30))?;
+        ensure!(msg == "\"two\"", "msg is {msg} (stopped: {stopped})");
+        ensure!(
+            stopped["body"]["hitBreakpointIds"][0] == changed["body"]["breakpoint"]["id"],
+            "the hit names the breakpoint by the ID the editor knows: {stopped} vs {changed}"
+        );
+        dap.call("continue", json!({"threadId": 1}))?;
+        ensure!(answer.join().unwrap_or_default() == "two");
+        ensure!(dap.open(), "the editor's connection stayed open");
+        Ok(())
+    })
+    .await?;
+    result
+}
