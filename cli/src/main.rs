@@ -90,10 +90,10 @@ enum Command {
     /// launch.json entry and the GoLand settings that attach to it, with the path mapping from
     /// your project to the pod.
     ///
-    /// On save, by default, kdev rebuilds and restarts the app under a new Delve, like `watch`:
-    /// your debugger is disconnected and re-attaches (VS Code: run the attach configuration
-    /// again). With --hold, saves are synced but nothing is rebuilt until you press Enter, so a
-    /// debugging session is not cut by every save.
+    /// Attach once: localhost:PORT is kdev's debug endpoint, which keeps your debugger (DAP or
+    /// JSON-RPC) attached across saves. Each save rebuilds and restarts the app under a new
+    /// Delve, like `watch`, and kdev sets your breakpoints again in it. With --hold, saves are
+    /// synced but nothing is rebuilt until you press Enter.
     Debug {
         /// Delve's port, in the pod and on localhost.
         #[arg(long, default_value_t = kdev::DELVE_DEFAULT_PORT, value_name = "PORT")]

@@ -1,8 +1,8 @@
 //! A scripted DAP client, as an editor drives Delve: requests with their responses, and the
 //! events that arrive meanwhile (kept, so a test can wait for one that came early).
 
-use std::io::{BufRead, Write};
 use std::io::BufReader;
+use std::io::{BufRead, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,9 +54,11 @@ impl Dap {
     /// Send a request and wait for its response, which must be a success.
     pub fn call(&mut self, command: &str, arguments: Value) -> Result<Value> {
         let seq = self.send(command, arguments)?;
-        let resp = self.wait(&format!("the response to {command}"), Duration::from_secs(30), |m| {
-            m["type"] == "response" && m["request_seq"] == seq
-        })?;
+        let resp = self.wait(
+            &format!("the response to {command}"),
+            Duration::from_secs(30),
+            |m| m["type"] == "response" && m["request_seq"] == seq,
+        )?;
         if resp["success"] != true {
             bail!("{command} failed: {resp}");
         }
@@ -83,7 +85,10 @@ impl Dap {
                     bail!("no {what} in {timeout:?}; seen: {}", self.describe_seen())
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the connection closed before {what}; seen: {}", self.describe_seen())
+                    bail!(
+                        "the connection closed before {what}; seen: {}",
+                        self.describe_seen()
+                    )
                 }
             }
         }
@@ -166,12 +171,20 @@ impl Dap {
         let trace = self.call("stackTrace", json!({"threadId": thread, "levels": 1}))?;
         let frame = trace["body"]["stackFrames"][0]["id"].clone();
         let scopes = self.call("scopes", json!({"frameId": frame}))?;
-        for scope in scopes["body"]["scopes"].as_array().cloned().unwrap_or_default() {
+        for scope in scopes["body"]["scopes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let vars = self.call(
                 "variables",
                 json!({"variablesReference": scope["variablesReference"]}),
             )?;
-            for v in vars["body"]["variables"].as_array().cloned().unwrap_or_default() {
+            for v in vars["body"]["variables"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 if v["name"] == name {
                     let value = v["value"].as_str().unwrap_or_default().to_string();
                     return Ok((stopped, value));

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use kdev_tests::dap::Dap;
 use kdev_tests::{
     TOOLCHAIN_IMAGE, TOOLCHAIN_NODLV_IMAGE, TestNamespace, client, example_project, exec,
     free_port, http_get, kdev_bin, poll_until, set_ping_message, spawn_captured,
 };
-use kdev_tests::dap::Dap;
 use serde_json::{Value, json};
 
 struct Debug {
@@ -46,6 +46,20 @@ impl Debug {
         let dir = tempfile::tempdir()?;
         let (http_port, dlv_port) = (free_port(), free_port());
         let project = example_project(dir.path(), namespace, http_port)?;
+        // A local variable holds the answer, so a debugger sees the new code's value (Delve
+        // cannot evaluate a Go constant).
+        let main_go = project.join("main.go");
+        let text = std::fs::read_to_string(&main_go)?;
+        let text = text.replacen(
+            "\tc.JSON(http.StatusOK, gin.H{\"message\": pingMessage})",
+            "\tmsg := pingMessage\n\tc.JSON(http.StatusOK, gin.H{\"message\": msg})",
+            1,
+        );
+        ensure!(
+            text.contains("msg := pingMessage"),
+            "the ping handler changed: {text}"
+        );
+        std::fs::write(&main_go, text)?;
         if let Some(image) = image {
             let yaml = std::fs::read_to_string(project.join("kdev.yaml"))?;
             let yaml = yaml.replace(TOOLCHAIN_IMAGE, image);
@@ -172,7 +186,7 @@ fn ping_line(d: &Debug, launch: &Value) -> Result<(i64, String)> {
     let local_main = d.project.join("main.go");
     let line = std::fs::read_to_string(&local_main)?
         .lines()
-        .position(|l| l.contains("\"message\": pingMessage"))
+        .position(|l| l.contains("\"message\": msg"))
         .context("no c.JSON line in the ping handler")?
         + 1;
     let from = launch["substitutePath"][0]["from"]
@@ -181,7 +195,10 @@ fn ping_line(d: &Debug, launch: &Value) -> Result<(i64, String)> {
     let to = launch["substitutePath"][0]["to"]
         .as_str()
         .context("no substitutePath.to")?;
-    Ok((line as i64, local_main.to_string_lossy().replacen(from, to, 1)))
+    Ok((
+        line as i64,
+        local_main.to_string_lossy().replacen(from, to, 1),
+    ))
 }
 
 /// An edit of main.go: `msg` as pingMessage, and `above` comment lines added above the handler.
@@ -204,11 +221,14 @@ fn rpc_ping_message(dlv: &mut Delve) -> Result<String> {
         "Eval",
         json!({
             "Scope": { "GoroutineID": -1, "Frame": 0, "DeferredCall": 0 },
-            "Expr": "pingMessage",
+            "Expr": "msg",
             "Cfg": { "FollowPointers": false, "MaxVariableRecurse": 0, "MaxStringLen": 64, "MaxArrayValues": 8, "MaxStructFields": 0 }
         }),
     )?;
-    Ok(v["Variable"]["value"].as_str().unwrap_or_default().to_string())
+    Ok(v["Variable"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// The JSON-RPC client (as GoLand and `dlv connect` speak it) on one connection: a breakpoint
@@ -222,7 +242,10 @@ fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
         "CreateBreakpoint",
         json!({ "Breakpoint": { "file": remote_file, "line": line } }),
     )?;
-    ensure!(bp["Breakpoint"]["line"] == line, "breakpoint not where asked: {bp}");
+    ensure!(
+        bp["Breakpoint"]["line"] == line,
+        "breakpoint not where asked: {bp}"
+    );
     let id = bp["Breakpoint"]["id"].clone();
     let cont = dlv.send("Command", json!({ "name": "continue" }))?;
     let port = d.http_port;
@@ -233,10 +256,13 @@ fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
         thread["line"] == line && thread["file"] == remote_file.as_str(),
         "stopped elsewhere: {state}"
     );
-    ensure!(rpc_ping_message(&mut dlv)? == "\"pong\"");
+    ensure!(rpc_ping_message(&mut dlv)? == "pong");
     let running = dlv.send("Command", json!({ "name": "continue" }))?;
     let body = request.join().unwrap()?;
-    ensure!(body.contains(r#"{"message":"pong"}"#), "unexpected response: {body}");
+    ensure!(
+        body.contains(r#"{"message":"pong"}"#),
+        "unexpected response: {body}"
+    );
 
     // The save: the app is rebuilt and restarted under a new Delve. The continue that was
     // running ends with the old process; the breakpoint is set again in the new one by kdev.
@@ -245,24 +271,37 @@ fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
     let _ = dlv.recv_any(running)?;
     let t0 = std::time::Instant::now();
     while d.output().matches("debugger (JSON-RPC): attached").count() == before {
-        ensure!(t0.elapsed() < Duration::from_secs(120), "kdev never set the breakpoint again:\n{}", d.output());
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "kdev never set the breakpoint again:\n{}",
+            d.output()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let cont = dlv.send("Command", json!({ "name": "continue" }))?;
     let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
     let state = dlv.recv(cont)?;
     let thread = &state["State"]["currentThread"];
-    ensure!(thread["line"] == line, "stopped elsewhere after the save: {state}");
+    ensure!(
+        thread["line"] == line,
+        "stopped elsewhere after the save: {state}"
+    );
     ensure!(
         thread["breakPoint"]["id"] == id,
         "the breakpoint keeps its ID across Delves: {state}"
     );
     let value = rpc_ping_message(&mut dlv)?;
-    ensure!(value == "\"pong debugged\"", "the new code's value, not {value}");
+    ensure!(
+        value == "pong debugged",
+        "the new code's value, not {value}"
+    );
     dlv.call("ClearBreakpoint", json!({ "Id": id }))?;
     dlv.send("Command", json!({ "name": "continue" }))?;
     let body = request.join().unwrap()?;
-    ensure!(body.contains(r#"{"message":"pong debugged"}"#), "unexpected response: {body}");
+    ensure!(
+        body.contains(r#"{"message":"pong debugged"}"#),
+        "unexpected response: {body}"
+    );
     Ok(())
 }
 
@@ -275,7 +314,7 @@ fn dap_ping_message(dap: &mut Dap, stopped: &Value) -> Result<String> {
     let frame = trace["body"]["stackFrames"][0]["id"].clone();
     let v = dap.call(
         "evaluate",
-        json!({"expression": "pingMessage", "frameId": frame, "context": "watch"}),
+        json!({"expression": "msg", "frameId": frame, "context": "watch"}),
     )?;
     Ok(v["body"]["result"].as_str().unwrap_or_default().to_string())
 }
@@ -298,20 +337,30 @@ fn dap_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
     dap.clear();
     edit_main(d, "pong moved", 3)?;
     dap.set_breakpoints(&local_main, &[line + 3])?;
-    dap.wait("the moved breakpoint set in the new app", Duration::from_secs(120), |m| {
-        m["event"] == "breakpoint"
-            && m["body"]["breakpoint"]["line"] == line + 3
-            && m["body"]["breakpoint"]["verified"] == true
-    })
+    dap.wait(
+        "the moved breakpoint set in the new app",
+        Duration::from_secs(120),
+        |m| {
+            m["event"] == "breakpoint"
+                && m["body"]["breakpoint"]["line"] == line + 3
+                && m["body"]["breakpoint"]["verified"] == true
+        },
+    )
     .with_context(|| d.output())?;
     let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
     let stopped = dap.event("stopped", Duration::from_secs(60))?;
     let value = dap_ping_message(&mut dap, &stopped)?;
-    ensure!(value == "\"pong moved\"", "the new code's value, not {value}");
+    ensure!(
+        value == "\"pong moved\"",
+        "the new code's value, not {value}"
+    );
     dap.set_breakpoints(&local_main, &[])?;
     dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
     let body = request.join().unwrap()?;
-    ensure!(body.contains(r#"{"message":"pong moved"}"#), "unexpected response: {body}");
+    ensure!(
+        body.contains(r#"{"message":"pong moved"}"#),
+        "unexpected response: {body}"
+    );
     ensure!(dap.open(), "the editor's connection stayed open");
     Ok(())
 }

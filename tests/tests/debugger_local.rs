@@ -64,7 +64,11 @@ impl App {
             .current_dir(&self.dir)
             .env("GOFLAGS", "-mod=mod")
             .output()?;
-        ensure!(built.status.success(), "go build: {}", String::from_utf8_lossy(&built.stderr));
+        ensure!(
+            built.status.success(),
+            "go build: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
         self.stop();
         let delve = Command::new("dlv")
             .args([
@@ -110,7 +114,10 @@ impl App {
         std::thread::spawn(move || {
             // Retried only while nothing listens yet (curl's exit 7).
             for _ in 0..100 {
-                match Command::new("curl").args(["-sS", "--max-time", "20", &url]).output() {
+                match Command::new("curl")
+                    .args(["-sS", "--max-time", "20", &url])
+                    .output()
+                {
                     Ok(out) if out.status.code() == Some(7) => {
                         std::thread::sleep(Duration::from_millis(100))
                     }
@@ -145,7 +152,7 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
     let main_go = app.dir.join("main.go").display().to_string();
 
     let port = endpoint.port();
-    let result = tokio::task::spawn_blocking(move || -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
         // Attached once the app runs (Delve's --continue has run it), as an editor does.
         let first = app.get().join().unwrap_or_default();
         ensure!(first == "one", "the app answered {first:?}");
@@ -167,11 +174,15 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
         dap.clear();
         app.reload("two", 3)?;
         dap.set_breakpoints(&main_go, &[print_line(3), 400]).ok();
-        let changed = dap.wait("a breakpoint event for the moved line", Duration::from_secs(30), |m| {
-            m["event"] == "breakpoint"
-                && m["body"]["breakpoint"]["line"] == print_line(3)
-                && m["body"]["breakpoint"]["verified"] == true
-        })?;
+        let changed = dap.wait(
+            "a breakpoint event for the moved line",
+            Duration::from_secs(30),
+            |m| {
+                m["event"] == "breakpoint"
+                    && m["body"]["breakpoint"]["line"] == print_line(3)
+                    && m["body"]["breakpoint"]["verified"] == true
+            },
+        )?;
         let unverified = dap.wait("an unverified breakpoint", Duration::from_secs(5), |m| {
             m["event"] == "breakpoint" && m["body"]["breakpoint"]["verified"] == false
         })?;
@@ -188,6 +199,5 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
         ensure!(dap.open(), "the editor's connection stayed open");
         Ok(())
     })
-    .await?;
-    result
+    .await?
 }

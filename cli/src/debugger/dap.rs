@@ -143,7 +143,8 @@ impl DapKeeper {
     ) -> Result<Value, String> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let req = json!({"seq": seq, "type": "request", "command": command, "arguments": arguments});
+        let req =
+            json!({"seq": seq, "type": "request", "command": command, "arguments": arguments});
         up.send(&req).await.map_err(|e| e.to_string())?;
         call_timeout(async {
             while let Some(m) = up.recv().await {
@@ -151,7 +152,9 @@ impl DapKeeper {
                     return Ok(m);
                 }
             }
-            Err(format!("Delve closed the connection before answering {command}"))
+            Err(format!(
+                "Delve closed the connection before answering {command}"
+            ))
         })
         .await
     }
@@ -169,7 +172,10 @@ impl DapKeeper {
         let known = self.known.get(slot).cloned().unwrap_or_default();
         let mut ids = Vec::new();
         let wanted = req["arguments"]["breakpoints"].as_array().cloned();
-        let got = resp["body"]["breakpoints"].as_array().cloned().unwrap_or_default();
+        let got = resp["body"]["breakpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for (i, mut bp) in got.into_iter().enumerate() {
             let editor = match (bp["id"].as_i64(), known.get(i).copied().flatten()) {
                 (Some(id), Some(e)) => {
@@ -217,7 +223,7 @@ fn describe(slot: &Slot, wanted: Option<&Value>, bp: &Value) -> String {
 impl Keeper for DapKeeper {
     const PROTOCOL: &'static str = "DAP";
 
-    fn from_client(&mut self, msg: Value) -> ClientStep {
+    fn on_client(&mut self, msg: Value) -> ClientStep {
         if msg["type"] != "request" {
             return ClientStep::Forward(msg);
         }
@@ -245,7 +251,7 @@ impl Keeper for DapKeeper {
         ClientStep::Forward(msg)
     }
 
-    fn from_upstream(&mut self, mut msg: Value) -> Vec<Value> {
+    fn on_upstream(&mut self, mut msg: Value) -> Vec<Value> {
         match msg["type"].as_str() {
             Some("response") => {
                 let seq = msg["request_seq"].as_i64().unwrap_or(-1);
@@ -394,8 +400,8 @@ mod tests {
             "setBreakpoints",
             json!({"source": {"path": "/p/main.go"}, "breakpoints": [{"line": 10}, {"line": 20}]}),
         );
-        assert!(matches!(k.from_client(set), ClientStep::Forward(_)));
-        let out = k.from_upstream(json!({
+        assert!(matches!(k.on_client(set), ClientStep::Forward(_)));
+        let out = k.on_upstream(json!({
             "type": "response", "request_seq": 3, "success": true, "command": "setBreakpoints",
             "body": {"breakpoints": [{"id": 1, "verified": true}, {"id": 2, "verified": true}]}
         }));
@@ -404,11 +410,11 @@ mod tests {
         // to the editor's 2 is 2, one it never bound gets a fresh ID.
         k.lost();
         k.ids.bind(1, 2);
-        let hit = k.from_upstream(json!({
+        let hit = k.on_upstream(json!({
             "type": "event", "event": "stopped", "body": {"threadId": 7, "hitBreakpointIds": [1]}
         }));
         assert_eq!(hit[0]["body"]["hitBreakpointIds"][0], 2);
-        let bp = k.from_upstream(json!({
+        let bp = k.on_upstream(json!({
             "type": "event", "event": "breakpoint", "body": {"breakpoint": {"id": 5}}
         }));
         assert_eq!(bp[0]["body"]["breakpoint"]["id"], 3);
@@ -418,8 +424,8 @@ mod tests {
     #[test]
     fn a_lost_delve_answers_what_it_owed_and_says_the_process_continued() {
         let mut k = DapKeeper::new();
-        k.from_client(request(4, "variables", json!({"variablesReference": 1000})));
-        k.from_upstream(json!({"type": "event", "event": "stopped", "body": {"threadId": 9}}));
+        k.on_client(request(4, "variables", json!({"variablesReference": 1000})));
+        k.on_upstream(json!({"type": "event", "event": "stopped", "body": {"threadId": 9}}));
         let out = k.lost();
         assert_eq!(out[0]["request_seq"], 4);
         assert_eq!(out[0]["success"], false);
@@ -429,13 +435,13 @@ mod tests {
         assert!(!k.stopped());
         // Delve's `terminated` at a restart is not the end of the editor's session...
         assert!(
-            k.from_upstream(json!({"type": "event", "event": "terminated"}))
+            k.on_upstream(json!({"type": "event", "event": "terminated"}))
                 .is_empty()
         );
         // ...unless the editor asked for it.
-        k.from_client(request(5, "disconnect", json!({})));
+        k.on_client(request(5, "disconnect", json!({})));
         assert_eq!(
-            k.from_upstream(json!({"type": "event", "event": "terminated"}))
+            k.on_upstream(json!({"type": "event", "event": "terminated"}))
                 .len(),
             1
         );
@@ -446,14 +452,26 @@ mod tests {
     fn the_last_set_of_each_slot_is_kept() {
         let mut k = DapKeeper::new();
         let path = |p: &str| json!({"source": {"path": p}, "breakpoints": [{"line": 1}]});
-        k.from_client(request(1, "setBreakpoints", path("/a.go")));
-        k.from_client(request(2, "setBreakpoints", path("/b.go")));
-        k.from_client(request(3, "setBreakpoints", json!({"source": {"path": "/a.go"}, "breakpoints": []})));
-        k.from_client(request(4, "setFunctionBreakpoints", json!({"breakpoints": [{"name": "main.f"}]})));
+        k.on_client(request(1, "setBreakpoints", path("/a.go")));
+        k.on_client(request(2, "setBreakpoints", path("/b.go")));
+        k.on_client(request(
+            3,
+            "setBreakpoints",
+            json!({"source": {"path": "/a.go"}, "breakpoints": []}),
+        ));
+        k.on_client(request(
+            4,
+            "setFunctionBreakpoints",
+            json!({"breakpoints": [{"name": "main.f"}]}),
+        ));
         assert_eq!(k.sets.len(), 3);
         assert_eq!(k.sets[&Slot::Source("/a.go".into())]["seq"], 3);
         assert_eq!(
-            describe(&Slot::Source("/p/main.go".into()), Some(&json!({"line": 40})), &json!({"message": "no code"})),
+            describe(
+                &Slot::Source("/p/main.go".into()),
+                Some(&json!({"line": 40})),
+                &json!({"message": "no code"})
+            ),
             "main.go:40 (no code)"
         );
     }

@@ -174,7 +174,9 @@ impl RpcKeeper {
                     return Ok(m);
                 }
             }
-            Err(format!("Delve closed the connection before answering {name}"))
+            Err(format!(
+                "Delve closed the connection before answering {name}"
+            ))
         })
         .await
     }
@@ -184,9 +186,7 @@ impl RpcKeeper {
     async fn halt<W: AsyncWrite + Unpin>(&mut self, up: &mut Link<W>) -> Result<(), String> {
         for _ in 0..50 {
             self.call(up, "Command", json!({"name": "halt"})).await?;
-            let state = self
-                .call(up, "State", json!({"NonBlocking": true}))
-                .await?;
+            let state = self.call(up, "State", json!({"NonBlocking": true})).await?;
             if state["result"]["State"]["Running"] != true {
                 return Ok(());
             }
@@ -199,11 +199,13 @@ impl RpcKeeper {
 impl Keeper for RpcKeeper {
     const PROTOCOL: &'static str = "JSON-RPC";
 
-    fn from_client(&mut self, mut msg: Value) -> ClientStep {
+    fn on_client(&mut self, mut msg: Value) -> ClientStep {
         let m = method(&msg).to_string();
         if m == "Command" && command_name(&msg) == "continue" {
             if let Some(state) = self.unseen_stop.take() {
-                return ClientStep::Answer(json!({"id": msg["id"], "result": state, "error": null}));
+                return ClientStep::Answer(
+                    json!({"id": msg["id"], "result": state, "error": null}),
+                );
             }
             if self.own_continue.is_some() {
                 self.joined = Some(msg);
@@ -211,6 +213,9 @@ impl Keeper for RpcKeeper {
             }
         } else if m == "Command" || m == "Restart" {
             self.unseen_stop = None;
+        }
+        if m == "Command" && RUNNING_COMMANDS.contains(&command_name(&msg)) {
+            self.halted = false;
         }
         if m == "Detach" {
             self.detaching = true;
@@ -222,7 +227,7 @@ impl Keeper for RpcKeeper {
         ClientStep::Forward(msg)
     }
 
-    fn from_upstream(&mut self, mut msg: Value) -> Vec<Value> {
+    fn on_upstream(&mut self, mut msg: Value) -> Vec<Value> {
         let key = id_key(&msg["id"]);
         if self.own_continue.as_deref() == Some(&key) {
             self.own_continue = None;
@@ -317,7 +322,8 @@ impl Keeper for RpcKeeper {
         }
         if !runs {
             let id = self.own_id();
-            let req = json!({"method": "RPCServer.Command", "params": [{"name": "continue"}], "id": id});
+            let req =
+                json!({"method": "RPCServer.Command", "params": [{"name": "continue"}], "id": id});
             up.send(&req).await.map_err(|e| e.to_string())?;
             self.own_continue = Some(id_key(&id));
         }
@@ -345,18 +351,24 @@ mod tests {
             "CreateBreakpoint",
             json!({"Breakpoint": {"id": 0, "addrs": [4242], "Cond": "n > 1"}, "LocExpr": "main.go:12"}),
         );
-        k.from_client(create);
-        k.from_upstream(answer(1, json!({"Breakpoint": {"id": 3, "file": "/src/main.go", "line": 12, "addrs": [4242]}})));
+        k.on_client(create);
+        k.on_upstream(answer(
+            1,
+            json!({"Breakpoint": {"id": 3, "file": "/src/main.go", "line": 12, "addrs": [4242]}}),
+        ));
         let kept = &k.breakpoints[&3];
         assert_eq!(kept.loc_expr, "main.go:12");
         assert_eq!(kept.breakpoint["id"], 3);
         assert_eq!(kept.breakpoint["Cond"], "n > 1");
         assert!(kept.breakpoint.get("addrs").is_none());
-        k.from_client(call(2, "ToggleBreakpoint", json!({"Id": 3})));
-        k.from_upstream(answer(2, json!({"Breakpoint": {"id": 3, "disabled": true}})));
+        k.on_client(call(2, "ToggleBreakpoint", json!({"Id": 3})));
+        k.on_upstream(answer(
+            2,
+            json!({"Breakpoint": {"id": 3, "disabled": true}}),
+        ));
         assert_eq!(k.breakpoints[&3].breakpoint["disabled"], true);
-        k.from_client(call(3, "ClearBreakpoint", json!({"Id": 3})));
-        k.from_upstream(answer(3, json!({"Breakpoint": {"id": 3}})));
+        k.on_client(call(3, "ClearBreakpoint", json!({"Id": 3})));
+        k.on_upstream(answer(3, json!({"Breakpoint": {"id": 3}})));
         assert!(k.breakpoints.is_empty());
     }
 
@@ -366,15 +378,20 @@ mod tests {
         k.own_continue = Some(id_key(&json!("kdev-1")));
         // Joins kdev's running continue, answered under the client's ID when it returns.
         assert!(matches!(
-            k.from_client(call(7, "Command", json!({"name": "continue"}))),
+            k.on_client(call(7, "Command", json!({"name": "continue"}))),
             ClientStep::Hold
         ));
-        let out = k.from_upstream(json!({"id": "kdev-1", "result": {"State": {"Running": false}}, "error": null}));
+        let out = k.on_upstream(
+            json!({"id": "kdev-1", "result": {"State": {"Running": false}}, "error": null}),
+        );
         assert_eq!(out[0]["id"], 7);
         // A stop nobody waited for is the answer to the next continue.
         k.own_continue = Some(id_key(&json!("kdev-2")));
-        assert!(k.from_upstream(json!({"id": "kdev-2", "result": {"State": {"x": 1}}, "error": null})).is_empty());
-        match k.from_client(call(8, "Command", json!({"name": "continue"}))) {
+        assert!(
+            k.on_upstream(json!({"id": "kdev-2", "result": {"State": {"x": 1}}, "error": null}))
+                .is_empty()
+        );
+        match k.on_client(call(8, "Command", json!({"name": "continue"}))) {
             ClientStep::Answer(a) => {
                 assert_eq!(a["id"], 8);
                 assert_eq!(a["result"]["State"]["x"], 1);
@@ -386,14 +403,14 @@ mod tests {
     #[test]
     fn a_waiting_continue_waits_on_the_next_delve_and_detach_never_kills() {
         let mut k = RpcKeeper::new();
-        k.from_client(call(4, "Command", json!({"name": "halt"})));
-        k.from_upstream(answer(4, json!({"State": {"Running": false}})));
+        k.on_client(call(4, "Command", json!({"name": "halt"})));
+        k.on_upstream(answer(4, json!({"State": {"Running": false}})));
         assert!(k.stopped());
-        k.from_client(call(5, "Command", json!({"name": "continue"})));
+        k.on_client(call(5, "Command", json!({"name": "continue"})));
         assert!(!k.stopped());
         assert!(k.lost().is_empty());
         assert!(k.pending.contains_key("5"));
-        match k.from_client(call(6, "Detach", json!({"Kill": true}))) {
+        match k.on_client(call(6, "Detach", json!({"Kill": true}))) {
             ClientStep::Forward(m) => assert_eq!(m["params"][0]["Kill"], false),
             other => panic!("{other:?}"),
         }

@@ -38,10 +38,10 @@ pub trait Keeper: Send {
     const PROTOCOL: &'static str;
 
     /// A message from the client.
-    fn from_client(&mut self, msg: Value) -> ClientStep;
+    fn on_client(&mut self, msg: Value) -> ClientStep;
 
     /// A message from Delve: what the client gets of it.
-    fn from_upstream(&mut self, msg: Value) -> Vec<Value>;
+    fn on_upstream(&mut self, msg: Value) -> Vec<Value>;
 
     /// The connection to Delve ended: what the client is told now.
     fn lost(&mut self) -> Vec<Value>;

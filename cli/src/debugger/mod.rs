@@ -117,7 +117,7 @@ async fn drive<K: Keeper>(
                         // The client left: so does kdev's connection to Delve.
                         return;
                     };
-                    match keeper.from_client(m) {
+                    match keeper.on_client(m) {
                         ClientStep::Forward(m) => {
                             if up.send(&m).await.is_err() {
                                 held.push(m);
@@ -133,7 +133,7 @@ async fn drive<K: Keeper>(
                 }
                 m = up.recv() => {
                     let Some(m) = m else { break };
-                    for out in keeper.from_upstream(m) {
+                    for out in keeper.on_upstream(m) {
                         if client.send(&out).await.is_err() {
                             return;
                         }
@@ -181,7 +181,7 @@ async fn dial<K: Keeper>(
             said = true;
         }
         tokio::select! {
-            m = client.recv() => match keeper.from_client(m?) {
+            m = client.recv() => match keeper.on_client(m?) {
                 ClientStep::Forward(m) => held.push(m),
                 ClientStep::Answer(m) => client.send(&m).await.ok()?,
                 ClientStep::Hold => {}

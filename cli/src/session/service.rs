@@ -9,10 +9,10 @@ use kdev_protocol::SessionConfig;
 use tokio::sync::mpsc;
 
 use super::forwards::{self, Forwards};
-use crate::error::UsageError;
 use crate::cluster::connect::Connection;
 use crate::cluster::lease::SessionLease;
 use crate::deploy::DevWorkload;
+use crate::error::UsageError;
 use crate::modules::Proxy;
 use crate::pod::controllers::Controllers;
 use crate::pod::delve::DebugOptions;

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 /// Delve's port when `command` runs a headless Delve (`dlv … --headless --listen=[HOST]:PORT`).
 pub(super) fn delve_port(command: &[String]) -> Option<u16> {
     let program = command.first()?;
-    if !program.rsplit('/').next().is_some_and(|p| p == "dlv") {
+    if program.rsplit('/').next() != Some("dlv") {
         return None;
     }
     if !command.iter().any(|a| a == "--headless") {
@@ -96,7 +96,10 @@ mod tests {
             delve_port(&args("dlv exec --headless --listen 127.0.0.1:40000 app")),
             Some(40000)
         );
-        assert_eq!(delve_port(&args("/kdev/bin/app --listen=:2345 --headless")), None);
+        assert_eq!(
+            delve_port(&args("/kdev/bin/app --listen=:2345 --headless")),
+            None
+        );
         assert_eq!(delve_port(&args("dlv exec --listen=:2345 app")), None);
     }
 }
