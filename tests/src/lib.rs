@@ -4,6 +4,7 @@
 //! Tests never skip: without a reachable cluster they fail and say how to start one.
 
 pub mod dap;
+pub mod dlv_connect;
 pub mod module_proxy;
 pub mod netfault;
 pub mod watch;

@@ -161,19 +161,6 @@ impl Delve {
         }
     }
 
-    /// The answer to `id`, an error as much as a result.
-    fn recv_any(&mut self, id: u64) -> Result<Value> {
-        loop {
-            let msg = self
-                .reader
-                .next()
-                .context("Delve closed the connection")??;
-            if msg["id"] == id {
-                return Ok(msg);
-            }
-        }
-    }
-
     fn call(&mut self, method: &str, params: Value) -> Result<Value> {
         let id = self.send(method, params)?;
         self.recv(id)
@@ -264,11 +251,11 @@ fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
         "unexpected response: {body}"
     );
 
-    // The save: the app is rebuilt and restarted under a new Delve. The continue that was
-    // running ends with the old process; the breakpoint is set again in the new one by kdev.
+    // The save: the app is rebuilt and restarted under a new Delve, and kdev sets the
+    // breakpoint again in it. The `continue` that was running when the old process went keeps
+    // waiting (kdev sends it to the new Delve), and returns when the new process stops.
     let before = d.output().matches("debugger (JSON-RPC): attached").count();
     edit_main(d, "pong debugged", 0)?;
-    let _ = dlv.recv_any(running)?;
     let t0 = std::time::Instant::now();
     while d.output().matches("debugger (JSON-RPC): attached").count() == before {
         ensure!(
@@ -278,7 +265,7 @@ fn json_rpc_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cont = dlv.send("Command", json!({ "name": "continue" }))?;
+    let cont = running;
     let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
     let state = dlv.recv(cont)?;
     let thread = &state["State"]["currentThread"];

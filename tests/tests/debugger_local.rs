@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use kdev_tests::dap::Dap;
+use kdev_tests::dlv_connect::DlvConnect;
 use serde_json::json;
 
 /// The app: one handler whose answer is `msg`, `above` blank lines above it.
@@ -197,6 +198,49 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
         dap.call("continue", json!({"threadId": 1}))?;
         ensure!(answer.join().unwrap_or_default() == "two");
         ensure!(dap.open(), "the editor's connection stayed open");
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlv_connect_keeps_its_continue_across_delves() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut app = App::new(tmp.path())?;
+    app.reload("one", 0)?;
+    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
+    let port = endpoint.port();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let first = app.get().join().unwrap_or_default();
+        ensure!(first == "one", "the app answered {first:?}");
+        let wait = Duration::from_secs(30);
+        let mut dlv = DlvConnect::start(port)?;
+        dlv.type_line(&format!("break main.go:{}", print_line(0)))?;
+        dlv.expect("Breakpoint 1 set", wait)?;
+        dlv.type_line("continue")?;
+        let answer = app.get();
+        dlv.expect("[Breakpoint 1] main.hello()", wait)?;
+        dlv.type_line("print msg")?;
+        dlv.expect("\"one\"", wait)?;
+        dlv.type_line("continue")?;
+        ensure!(answer.join().unwrap_or_default() == "one");
+
+        // The save, while that `continue` waits: it goes on in the new process and stops at
+        // the same breakpoint there, with no new command.
+        app.reload("two", 0)?;
+        let answer = app.get();
+        let hit = dlv.expect("[Breakpoint 1] main.hello()", Duration::from_secs(60))?;
+        ensure!(
+            !hit.contains("has exited"),
+            "the client saw the old process exit:\n{hit}"
+        );
+        dlv.type_line("print msg")?;
+        dlv.expect("\"two\"", wait)?;
+        dlv.type_line("clear 1")?;
+        dlv.expect("Breakpoint 1 cleared", wait)?;
+        dlv.type_line("continue")?;
+        ensure!(answer.join().unwrap_or_default() == "two");
         Ok(())
     })
     .await?

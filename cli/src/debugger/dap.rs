@@ -8,11 +8,12 @@
 //! variables and threads they name belong to a process that is gone).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWrite;
 
-use super::keeper::{ClientStep, Keeper, Replayed, call_timeout};
+use super::keeper::{ClientStep, EXIT_HOLD, Keeper, Replayed, call_timeout};
 use super::link::Link;
 
 /// Sequence numbers of kdev's own requests: far above any editor's.
@@ -115,6 +116,8 @@ pub struct DapKeeper {
     stopped_thread: Option<i64>,
     /// The editor asked to end the session: the Delve connection ending is the end.
     ending: bool,
+    /// An `exited` event held back until then ([`EXIT_HOLD`]).
+    exited: Option<(Instant, Value)>,
     next_seq: i64,
 }
 
@@ -292,6 +295,10 @@ impl Keeper for DapKeeper {
                 }
                 // The process ends with each restart; the editor's session does not.
                 Some("terminated") if !self.ending => return Vec::new(),
+                Some("exited") if !self.ending => {
+                    self.exited = Some((Instant::now() + EXIT_HOLD, msg));
+                    return Vec::new();
+                }
                 _ => {}
             },
             _ => {}
@@ -300,6 +307,8 @@ impl Keeper for DapKeeper {
     }
 
     fn lost(&mut self) -> Vec<Value> {
+        // The exit was the restart's.
+        self.exited = None;
         let mut out: Vec<Value> = std::mem::take(&mut self.pending)
             .into_iter()
             .map(|(seq, command)| {
@@ -329,6 +338,14 @@ impl Keeper for DapKeeper {
 
     fn stopped(&self) -> bool {
         self.stopped_thread.is_some()
+    }
+
+    fn held_until(&self) -> Option<Instant> {
+        self.exited.as_ref().map(|(at, _)| *at)
+    }
+
+    fn release(&mut self) -> Vec<Value> {
+        self.exited.take().map(|(_, m)| m).into_iter().collect()
     }
 
     async fn replay<W: AsyncWrite + Unpin + Send>(
@@ -433,6 +450,17 @@ mod tests {
         assert_eq!(out[1]["body"]["threadId"], 9);
         assert_eq!(out[2]["event"], "output");
         assert!(!k.stopped());
+        // An exit is held back, and dropped when Delve goes (the restart's)...
+        assert!(
+            k.on_upstream(json!({"type": "event", "event": "exited", "body": {"exitCode": 137}}))
+                .is_empty()
+        );
+        assert!(k.held_until().is_some());
+        k.lost();
+        assert!(k.held_until().is_none());
+        // ...and given once the hold is over with Delve still there.
+        k.on_upstream(json!({"type": "event", "event": "exited", "body": {"exitCode": 2}}));
+        assert_eq!(k.release()[0]["body"]["exitCode"], 2);
         // Delve's `terminated` at a restart is not the end of the editor's session...
         assert!(
             k.on_upstream(json!({"type": "event", "event": "terminated"}))

@@ -17,12 +17,12 @@
 //! not end it for everyone.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWrite;
 
-use super::keeper::{ClientStep, Keeper, Replayed, call_timeout};
+use super::keeper::{ClientStep, EXIT_HOLD, Keeper, Replayed, call_timeout};
 use super::link::Link;
 
 /// Commands that run the process until it stops.
@@ -63,6 +63,10 @@ pub struct RpcKeeper {
     detaching: bool,
     /// The last state Delve gave this client says the process is stopped.
     halted: bool,
+    /// The answer to a running command saying the process exited, held back until then
+    /// ([`EXIT_HOLD`]); its call stays pending meanwhile, so that a reload sends it again to
+    /// the new Delve (the client's `continue` goes on in the new process).
+    exited: Option<(Instant, Value)>,
     next_id: u64,
 }
 
@@ -80,6 +84,15 @@ fn command_name(msg: &Value) -> &str {
 /// An ID's JSON text (Delve echoes IDs as raw JSON).
 fn id_key(id: &Value) -> String {
     id.to_string()
+}
+
+/// Whether Delve's answer to a running command says the process exited (a state saying so, or
+/// the error Delve gives when the process died under the command).
+fn says_exited(answer: &Value) -> bool {
+    answer["result"]["State"]["exited"] == true
+        || answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has exited with status"))
 }
 
 /// `bp` without what is only true of one process.
@@ -245,15 +258,25 @@ impl Keeper for RpcKeeper {
         if let Some(running) = msg["result"]["State"]["Running"].as_bool() {
             self.halted = !running && msg["result"]["State"]["exited"] != true;
         }
-        let Some(req) = self.pending.remove(&key) else {
+        let Some(req) = self.pending.get(&key).cloned() else {
             // An answer to one of kdev's calls of an earlier replay: not the client's.
             return Vec::new();
         };
+        if method(&req) == "Command"
+            && RUNNING_COMMANDS.contains(&command_name(&req))
+            && says_exited(&msg)
+        {
+            self.exited = Some((Instant::now() + EXIT_HOLD, msg));
+            return Vec::new();
+        }
+        self.pending.remove(&key);
         self.answered(&req, &msg);
         vec![msg]
     }
 
     fn lost(&mut self) -> Vec<Value> {
+        // The exit was the restart's: the call it answered is sent to the next Delve.
+        self.exited = None;
         self.own_continue = None;
         self.halted = false;
         self.unseen_stop = None;
@@ -274,6 +297,20 @@ impl Keeper for RpcKeeper {
                 .pending
                 .values()
                 .any(|r| method(r) == "Command" && RUNNING_COMMANDS.contains(&command_name(r)))
+    }
+
+    fn held_until(&self) -> Option<Instant> {
+        self.exited.as_ref().map(|(at, _)| *at)
+    }
+
+    fn release(&mut self) -> Vec<Value> {
+        let Some((_, msg)) = self.exited.take() else {
+            return Vec::new();
+        };
+        if let Some(req) = self.pending.remove(&id_key(&msg["id"])) {
+            self.answered(&req, &msg);
+        }
+        vec![msg]
     }
 
     async fn replay<W: AsyncWrite + Unpin + Send>(
@@ -410,6 +447,17 @@ mod tests {
         assert!(!k.stopped());
         assert!(k.lost().is_empty());
         assert!(k.pending.contains_key("5"));
+        // A continue that ends because the process exited is held; the reload sends it again.
+        let exited =
+            json!({"id": 5, "result": null, "error": "Process 139 has exited with status -1"});
+        assert!(k.on_upstream(exited.clone()).is_empty());
+        assert!(k.held_until().is_some());
+        k.lost();
+        assert!(k.pending.contains_key("5") && k.held_until().is_none());
+        // With Delve still there after the hold, the client gets it.
+        k.on_upstream(exited);
+        assert_eq!(k.release()[0]["id"], 5);
+        assert!(!k.pending.contains_key("5"));
         match k.on_client(call(6, "Detach", json!({"Kill": true}))) {
             ClientStep::Forward(m) => assert_eq!(m["params"][0]["Kill"], false),
             other => panic!("{other:?}"),

@@ -3,7 +3,7 @@
 //! Delve up as the client had set up the old one.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::AsyncWrite;
@@ -12,6 +12,11 @@ use super::link::Link;
 
 /// How long kdev waits for Delve to answer one of its own requests during a replay.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long news that the process exited is held back: a reload kills the process just before
+/// its Delve goes, and the client should hear "the app restarted", not "it exited". If Delve
+/// stays, the exit was the app's own and the client hears of it then.
+pub const EXIT_HOLD: Duration = Duration::from_secs(2);
 
 /// What to do with a client's message.
 #[derive(Debug)]
@@ -51,6 +56,12 @@ pub trait Keeper: Send {
 
     /// The client saw the process stop and has not continued it.
     fn stopped(&self) -> bool;
+
+    /// Until when news of the process's exit is held back ([`EXIT_HOLD`]), if any is.
+    fn held_until(&self) -> Option<Instant>;
+
+    /// The hold is over with Delve still there: what the client gets now.
+    fn release(&mut self) -> Vec<Value>;
 
     /// Set up a new Delve as the client had set up the old one: what the client is told, and
     /// what was set.

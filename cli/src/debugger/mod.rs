@@ -111,7 +111,15 @@ async fn drive<K: Keeper>(
         }
         // Pass messages both ways until one side ends.
         loop {
+            let hold = keeper.held_until();
             tokio::select! {
+                () = sleep_until(hold) => {
+                    for out in keeper.release() {
+                        if client.send(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 m = client.recv() => {
                     let Some(m) = m else {
                         // The client left: so does kdev's connection to Delve.
@@ -158,6 +166,14 @@ async fn drive<K: Keeper>(
                 return;
             }
         }
+    }
+}
+
+/// Until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
