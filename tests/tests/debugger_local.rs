@@ -3,9 +3,10 @@
 //! connection hits its breakpoints in the new code. Needs `go` and `dlv` on PATH
 //! (`tests/tools/install` builds Delve).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -241,6 +242,79 @@ async fn dlv_connect_keeps_its_continue_across_delves() -> Result<()> {
         dlv.expect("Breakpoint 1 cleared", wait)?;
         dlv.type_line("continue")?;
         ensure!(answer.join().unwrap_or_default() == "two");
+        Ok(())
+    })
+    .await?
+}
+
+/// A TCP relay to Delve whose connections can be cut, as a dropped session or a NAT that
+/// forgot them does to kdev's connection to Delve (Delve itself stays).
+struct CuttableRelay {
+    addr: SocketAddr,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CuttableRelay {
+    fn start(to: SocketAddr) -> Result<CuttableRelay> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let conns = live.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(up) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let mut list = conns.lock().unwrap();
+                for (mut from, mut to) in [
+                    (conn.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), conn.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                list.push(conn);
+                list.push(up);
+            }
+        });
+        Ok(CuttableRelay { addr, live })
+    }
+
+    /// Close every connection through the relay, both ways.
+    fn cut(&self) {
+        for c in self.live.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_to_the_same_delve_is_replaced_unnoticed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut app = App::new(tmp.path())?;
+    app.reload("one", 0)?;
+    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let relay = CuttableRelay::start(delve)?;
+    let endpoint = kdev::testing::debug_endpoint(0, relay.addr).await?;
+    let main_go = app.dir.join("main.go").display().to_string();
+    let port = endpoint.port();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let first = app.get().join().unwrap_or_default();
+        ensure!(first == "one", "the app answered {first:?}");
+        let mut dap = Dap::connect(port)?;
+        dap.attach(json!([]), &[(&main_go, &[print_line(0)])])?;
+
+        relay.cut();
+        // Attached again to the same Delve: the breakpoint still hits.
+        dap.event("output", Duration::from_secs(30))?;
+        let answer = app.get();
+        let (_, msg) = dap.stopped_with("msg", Duration::from_secs(30))?;
+        ensure!(msg == "\"one\"", "msg is {msg}");
+        dap.call("continue", json!({"threadId": 1}))?;
+        ensure!(answer.join().unwrap_or_default() == "one");
+        ensure!(dap.open(), "the editor's connection stayed open");
         Ok(())
     })
     .await?

@@ -118,6 +118,11 @@ pub struct DapKeeper {
     ending: bool,
     /// An `exited` event held back until then ([`EXIT_HOLD`]).
     exited: Option<(Instant, Value)>,
+    /// The app crashed under the debugger: kdev's request for its stack (its seq), and what
+    /// Delve said of the crash.
+    crash: Option<(i64, String)>,
+    own: Vec<Value>,
+    notes: Vec<String>,
     next_seq: i64,
 }
 
@@ -259,6 +264,9 @@ impl Keeper for DapKeeper {
             Some("response") => {
                 let seq = msg["request_seq"].as_i64().unwrap_or(-1);
                 if seq >= FIRST_OWN_SEQ {
+                    if let Some((_, what)) = self.crash.take_if(|(s, _)| *s == seq) {
+                        self.notes.push(crash_note(&what, &msg));
+                    }
                     return Vec::new();
                 }
                 let command = self.pending.remove(&seq);
@@ -278,7 +286,24 @@ impl Keeper for DapKeeper {
             }
             Some("event") => match msg["event"].as_str() {
                 Some("stopped") => {
-                    self.stopped_thread = Some(msg["body"]["threadId"].as_i64().unwrap_or(0));
+                    let thread = msg["body"]["threadId"].as_i64().unwrap_or(0);
+                    self.stopped_thread = Some(thread);
+                    if msg["body"]["reason"] == "exception" {
+                        // A panic or a fatal error: kdev says so, with the stack the editor sees.
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        self.own.push(json!({
+                            "seq": seq, "type": "request", "command": "stackTrace",
+                            "arguments": {"threadId": thread, "levels": 20},
+                        }));
+                        let body = &msg["body"];
+                        let what = format!(
+                            "{}: {}",
+                            body["description"].as_str().unwrap_or("exception"),
+                            body["text"].as_str().unwrap_or("")
+                        );
+                        self.crash = Some((seq, what));
+                    }
                     if let Some(hit) = msg["body"]["hitBreakpointIds"].as_array_mut() {
                         for id in hit.iter_mut() {
                             if let Some(i) = id.as_i64() {
@@ -326,7 +351,7 @@ impl Keeper for DapKeeper {
             }));
         }
         out.push(console(
-            "kdev: the app is restarting under a new Delve; your breakpoints are set again in it\n",
+            "kdev: the connection to Delve ended (the app restarts, or the connection dropped); attaching again, with your breakpoints\n",
         ));
         self.ids.next_generation();
         out
@@ -342,6 +367,14 @@ impl Keeper for DapKeeper {
 
     fn held_until(&self) -> Option<Instant> {
         self.exited.as_ref().map(|(at, _)| *at)
+    }
+
+    fn own_requests(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.own)
+    }
+
+    fn notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     fn release(&mut self) -> Vec<Value> {
@@ -382,11 +415,11 @@ impl Keeper for DapKeeper {
         }
         let line = match done.unverified.len() {
             0 => format!(
-                "kdev: attached to the new app; {} breakpoints set again\n",
+                "kdev: attached again; {} breakpoints set again\n",
                 done.breakpoints
             ),
             n => format!(
-                "kdev: attached to the new app; {} breakpoints set again, {n} not verified: {}\n",
+                "kdev: attached again; {} breakpoints set again, {n} not verified: {}\n",
                 done.breakpoints,
                 done.unverified.join(", ")
             ),
@@ -394,6 +427,27 @@ impl Keeper for DapKeeper {
         events.push(console(&line));
         Ok((events, done))
     }
+}
+
+/// kdev's words on a crash under the debugger: what Delve said, and the stack.
+fn crash_note(what: &str, stack: &Value) -> String {
+    let mut note = format!(
+        "the app crashed under the debugger ({what}); it is stopped there in your debugger \
+         (continue to let it exit):"
+    );
+    for f in stack["body"]["stackFrames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        note.push_str(&format!(
+            "\n    {} ({}:{})",
+            f["name"].as_str().unwrap_or("?"),
+            f["source"]["path"].as_str().unwrap_or("?"),
+            f["line"]
+        ));
+    }
+    note
 }
 
 /// A line in the editor's debug console.
@@ -474,6 +528,27 @@ mod tests {
             1
         );
         assert!(k.ending());
+    }
+
+    #[test]
+    fn a_crash_is_said_with_its_stack() {
+        let mut k = DapKeeper::new();
+        let out = k.on_upstream(json!({"type": "event", "event": "stopped", "body": {
+            "reason": "exception", "description": "panic", "text": "boom", "threadId": 3}}));
+        assert_eq!(out.len(), 1, "the editor gets the stop");
+        let ask = k.own_requests();
+        assert_eq!(ask[0]["command"], "stackTrace");
+        let stack = json!({"type": "response", "request_seq": ask[0]["seq"], "success": true,
+            "body": {"stackFrames": [{"name": "main.ping", "line": 32, "source": {"path": "/kdev/src/main.go"}}]}});
+        assert!(
+            k.on_upstream(stack).is_empty(),
+            "kdev's answer is not the editor's"
+        );
+        let note = k.notes().remove(0);
+        assert!(
+            note.contains("panic: boom") && note.contains("main.ping (/kdev/src/main.go:32)"),
+            "{note}"
+        );
     }
 
     #[test]

@@ -51,6 +51,17 @@ pub trait Keeper: Send {
     /// The connection to Delve ended: what the client is told now.
     fn lost(&mut self) -> Vec<Value>;
 
+    /// Requests of kdev's own for Delve, made while following the session (their answers
+    /// come back through [`Keeper::on_upstream`], which keeps them from the client).
+    fn own_requests(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// What kdev should say now (a crash under the debugger, with its stack).
+    fn notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The client asked to end its session (the end of Delve's connection is then its end).
     fn ending(&self) -> bool;
 

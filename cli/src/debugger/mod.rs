@@ -146,6 +146,12 @@ async fn drive<K: Keeper>(
                             return;
                         }
                     }
+                    for req in keeper.own_requests() {
+                        let _ = up.send(&req).await;
+                    }
+                    for note in keeper.notes() {
+                        ui.warn(&note);
+                    }
                 }
             }
         }
@@ -249,8 +255,8 @@ fn client_framing<K: Keeper>() -> Framing {
 /// kdev's line once a new Delve is set up for a client.
 fn replayed_line(protocol: &str, done: &keeper::Replayed, took: Duration) -> String {
     let mut line = format!(
-        "debugger ({protocol}): attached to the new app {} after the last one went away; {} \
-         breakpoint{} set again",
+        "debugger ({protocol}): attached again {} after the connection to Delve ended (a \
+         reload, or a dropped connection); {} breakpoint{} set again",
         fmt_duration(took),
         done.breakpoints,
         if done.breakpoints == 1 { "" } else { "s" }
