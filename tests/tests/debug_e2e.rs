@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::dap::Dap;
+use kdev_tests::dlv_connect::DlvConnect;
 use kdev_tests::{
     TOOLCHAIN_IMAGE, TOOLCHAIN_NODLV_IMAGE, TestNamespace, client, example_project, exec,
     free_port, http_get, kdev_bin, poll_until, set_ping_message, spawn_captured,
@@ -306,6 +307,38 @@ fn dap_ping_message(dap: &mut Dap, stopped: &Value) -> Result<String> {
     Ok(v["body"]["result"].as_str().unwrap_or_default().to_string())
 }
 
+/// GET /ping, continuing every stop at the breakpoint (each with `expected` in `msg`) until it
+/// is answered: the answer. Another request may be in the app too (the relay sends a request
+/// again to a restarted app if the old one never answered it), so stops are not counted
+/// exactly; at least one must come.
+fn request_through_stops(dap: &mut Dap, port: u16, expected: &str) -> Result<String> {
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let t0 = std::time::Instant::now();
+    let mut hits = 0;
+    while !request.is_finished() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "GET /ping never finished"
+        );
+        let Ok(stopped) = dap.wait("a stop", Duration::from_millis(500), |m| {
+            m["event"] == "stopped"
+        }) else {
+            continue;
+        };
+        let value = dap_ping_message(dap, &stopped)?;
+        ensure!(
+            value == format!("\"{expected}\""),
+            "msg is {value}, not {expected:?}"
+        );
+        hits += 1;
+        dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
+    }
+    ensure!(hits > 0, "the breakpoint never hit");
+    let body = request.join().unwrap()?;
+    ensure!(body.contains(expected), "unexpected response: {body}");
+    Ok(body)
+}
+
 /// A DAP client (as VS Code attaches with the printed configuration) on one connection: a hit
 /// in the current app, then a save that adds lines above the handler (the editor moves its
 /// breakpoint with the text and says so), and a hit in the new code.
@@ -315,11 +348,7 @@ fn dap_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
     let mut dap = Dap::connect(d.dlv_port)?;
     dap.attach(launch["substitutePath"].clone(), &[(&local_main, &[line])])?;
     let port = d.http_port;
-    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
-    let stopped = dap.event("stopped", Duration::from_secs(60))?;
-    ensure!(dap_ping_message(&mut dap, &stopped)? == "\"pong debugged\"");
-    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
-    request.join().unwrap()?;
+    request_through_stops(&mut dap, port, "pong dlv")?;
 
     dap.clear();
     edit_main(d, "pong moved", 3)?;
@@ -334,16 +363,10 @@ fn dap_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
         },
     )
     .with_context(|| d.output())?;
-    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
-    let stopped = dap.event("stopped", Duration::from_secs(60))?;
-    let value = dap_ping_message(&mut dap, &stopped)?;
-    ensure!(
-        value == "\"pong moved\"",
-        "the new code's value, not {value}"
-    );
+    // What arrived before that was the old process's.
+    dap.clear();
+    let body = request_through_stops(&mut dap, port, "pong moved")?;
     dap.set_breakpoints(&local_main, &[])?;
-    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
-    let body = request.join().unwrap()?;
     ensure!(
         body.contains(r#"{"message":"pong moved"}"#),
         "unexpected response: {body}"
@@ -358,19 +381,75 @@ fn dap_hits_once(d: &Debug, launch: &Value, expected: &str) -> Result<()> {
     let local_main = d.project.join("main.go").display().to_string();
     let mut dap = Dap::connect(d.dlv_port)?;
     dap.attach(launch["substitutePath"].clone(), &[(&local_main, &[line])])?;
+    request_through_stops(&mut dap, d.http_port, expected)?;
+    dap.set_breakpoints(&local_main, &[])?;
+    Ok(())
+}
+
+/// `dlv connect` itself, typed into: a breakpoint by the pod's path hits; `continue`; a save
+/// while that `continue` waits; it returns at the breakpoint in the new code, which has the new
+/// value, with nothing typed in between.
+fn dlv_connect_stays_attached(d: &Debug, launch: &Value) -> Result<()> {
+    let (line, remote_file) = ping_line(d, launch)?;
+    let wait = Duration::from_secs(60);
+    let mut dlv = DlvConnect::start(d.dlv_port)?;
+    dlv.type_line(&format!("break {remote_file}:{line}"))?;
+    let set = dlv.expect(" set at ", wait)?;
+    let id = set
+        .rsplit("Breakpoint ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .context("no breakpoint number")?
+        .to_string();
+    dlv.type_line("continue")?;
     let port = d.http_port;
     let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
-    let stopped = dap.event("stopped", Duration::from_secs(60))?;
-    let value = dap_ping_message(&mut dap, &stopped)?;
-    ensure!(value == format!("\"{expected}\""), "pingMessage is {value}");
-    dap.set_breakpoints(&local_main, &[])?;
-    dap.call("continue", json!({"threadId": stopped["body"]["threadId"]}))?;
+    dlv.expect(&format!("[Breakpoint {id}] main.ping()"), wait)?;
+    dlv.type_line("print msg")?;
+    dlv.expect("\"pong debugged\"", wait)?;
+    dlv.type_line("continue")?;
     request.join().unwrap()?;
+
+    let before = d
+        .output()
+        .matches("debugger (JSON-RPC): attached again")
+        .count();
+    edit_main(d, "pong dlv", 0)?;
+    let t0 = std::time::Instant::now();
+    while d
+        .output()
+        .matches("debugger (JSON-RPC): attached again")
+        .count()
+        == before
+    {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "kdev never set the breakpoint again:\n{}",
+            d.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let request = std::thread::spawn(move || http_get(port, "/ping", Duration::from_secs(120)));
+    let hit = dlv.expect(
+        &format!("[Breakpoint {id}] main.ping()"),
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        !hit.contains("has exited"),
+        "the client saw the old process exit:\n{hit}"
+    );
+    dlv.type_line("print msg")?;
+    dlv.expect("\"pong dlv\"", wait)?;
+    dlv.type_line(&format!("clear {id}"))?;
+    dlv.expect("cleared", wait)?;
+    dlv.type_line("continue")?;
+    let body = request.join().unwrap()?;
+    ensure!(body.contains("pong dlv"), "unexpected response: {body}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_attach_lasts_across_saves_for_json_rpc_and_dap() -> Result<()> {
+async fn one_attach_lasts_across_saves_for_json_rpc_dap_and_dlv_connect() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-debug").await?;
     let d = Debug::start(ns.name())?;
@@ -393,6 +472,10 @@ async fn one_attach_lasts_across_saves_for_json_rpc_and_dap() -> Result<()> {
     ensure!(launch["substitutePath"][0]["to"] == "/kdev/src", "{launch}");
     let dd = &d;
     tokio::task::block_in_place(|| json_rpc_stays_attached(dd, &launch))
+        .with_context(|| d.output())?;
+    // `dlv connect` before the DAP client: after a DAP client's session the process is the
+    // one Delve's DAP side runs, and the terminal's first call waits until it stops.
+    tokio::task::block_in_place(|| dlv_connect_stays_attached(dd, &launch))
         .with_context(|| d.output())?;
     tokio::task::block_in_place(|| dap_stays_attached(dd, &launch)).with_context(|| d.output())?;
     ensure!(

@@ -125,6 +125,7 @@ async fn drive<K: Keeper>(
                         // The client left: so does kdev's connection to Delve.
                         return;
                     };
+                    tracing::trace!(target: "kdev::debugger", "client → {m}");
                     match keeper.on_client(m) {
                         ClientStep::Forward(m) => {
                             if up.send(&m).await.is_err() {
@@ -141,6 +142,7 @@ async fn drive<K: Keeper>(
                 }
                 m = up.recv() => {
                     let Some(m) = m else { break };
+                    tracing::trace!(target: "kdev::debugger", "Delve → {m}");
                     for out in keeper.on_upstream(m) {
                         if client.send(&out).await.is_err() {
                             return;
@@ -159,6 +161,7 @@ async fn drive<K: Keeper>(
             return;
         }
         // Delve went away: a reload, a dropped session or a replaced pod.
+        tracing::debug!(target: "kdev::debugger", "the connection to Delve ended");
         lost_at = Some(Instant::now());
         if keeper.stopped() {
             ui.step(&format!(

@@ -12,7 +12,8 @@
 //!   until the supervisor exists, so that container never starts without it and never enters
 //!   kubelet's restart backoff.
 //! - the app container's command becomes `kdev-controller supervise -- /kdev/bin/app ARGS`.
-//! - liveness and startup probes go: they would kill an app that has not been built yet.
+//! - liveness and startup probes go: they would kill an app that has not been built yet; under
+//!   `kdev debug` the readiness probe too: its requests would stop at the breakpoints.
 //!   Readiness stays (it only gates Service traffic).
 
 use std::collections::BTreeMap;
@@ -141,6 +142,12 @@ pub fn rewrite_pod_template(
     }
     if app.startup_probe.take().is_some() {
         notes.removed_probes.push("startup");
+    }
+    // Under the debugger a readiness probe's requests stop at the developer's breakpoints (a
+    // probe of the handler being debugged hits it every period), and the pod turns unready
+    // while the app sits at one.
+    if spec.debug.is_some() && app.readiness_probe.take().is_some() {
+        notes.removed_probes.push("readiness");
     }
     app.volume_mounts
         .get_or_insert_with(Vec::new)
@@ -416,7 +423,14 @@ mod tests {
             }),
             ..spec()
         };
-        rewrite_pod_template(template, &s).unwrap();
+        let notes = rewrite_pod_template(template, &s).unwrap();
+        // Its requests would stop at the breakpoints.
+        assert!(
+            template.spec.as_ref().unwrap().containers[0]
+                .readiness_probe
+                .is_none()
+        );
+        assert_eq!(notes.removed_probes, vec!["liveness", "readiness"]);
         let cmd = template.spec.as_ref().unwrap().containers[0]
             .command
             .clone()

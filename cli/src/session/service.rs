@@ -95,9 +95,14 @@ impl ServiceSession {
     pub fn announce(&self) {
         let notes = &self.workload.notes;
         if !notes.removed_probes.is_empty() {
+            let why = if notes.removed_probes.contains(&"readiness") {
+                "a liveness or startup probe would kill an app that is being rebuilt; under the \
+                 debugger a readiness probe's requests would stop at your breakpoints"
+            } else {
+                "it would kill an app that is being rebuilt"
+            };
             self.ui.warn(&format!(
-                "{} probe removed from container {} while developing (it would kill an app that \
-                 is being rebuilt)",
+                "{} probe removed from container {} while developing ({why})",
                 notes.removed_probes.join(" and "),
                 notes.container
             ));
