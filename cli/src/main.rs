@@ -84,8 +84,9 @@ enum Command {
     },
     /// Like `watch`, with the app built for debugging and run under Delve, port-forwarded.
     ///
-    /// The app is built with `-gcflags=all=-N -l` and started as `dlv exec --headless
-    /// --accept-multiclient` in its container (Delve is copied there from the sidecar image).
+    /// The app is built with `-gcflags=all=-N -l` (and uncompressed DWARF) and started as
+    /// `dlv exec --headless --accept-multiclient` in its container (Delve is copied there from
+    /// the sidecar image, or built in the pod).
     /// Delve's port is forwarded to localhost, and once it listens kdev prints the VS Code
     /// launch.json entry and the GoLand settings that attach to it, with the path mapping from
     /// your project to the pod.

@@ -268,13 +268,19 @@ impl Service {
 /// (gin-hello: 0.75 s → 0.55 s in the pod).
 const WATCH_LDFLAGS: &str = "-ldflags=-w";
 
+/// Linker flag for `kdev debug` builds: DWARF left uncompressed. Delve reads all of it when it
+/// starts the new binary after each reload, and inflating it was a third of that start
+/// (gin-hello with `-N -l`: serving under Delve 389 ms after its start → 248 ms, medians of 4;
+/// the binary is 5 MB larger).
+const DEBUG_LDFLAGS: &str = "-ldflags=-compressdwarf=false";
+
 /// `go build` flags: the user's, then for `kdev debug` the ones that keep code debuggable, and
-/// for `kdev watch` [`WATCH_LDFLAGS`] unless the user sets linker flags (theirs win, whole).
+/// [`WATCH_LDFLAGS`] (`kdev watch`) or [`DEBUG_LDFLAGS`] unless the user sets linker flags
+/// (theirs win, whole).
 fn go_build_flags(build: &crate::config::BuildConfig, debug: bool) -> Vec<String> {
     let mut flags = build.flags.clone();
     if debug {
         flags.push(crate::pod::delve::DEBUG_GCFLAGS.to_string());
-        return flags;
     }
     let sets_ldflags = |s: &str| s.trim_start_matches('-').starts_with("ldflags");
     let user_ldflags = build.flags.iter().any(|f| sets_ldflags(f))
@@ -283,7 +289,8 @@ fn go_build_flags(build: &crate::config::BuildConfig, debug: bool) -> Vec<String
             .get("GOFLAGS")
             .is_some_and(|g| g.split_whitespace().any(sets_ldflags));
     if !user_ldflags {
-        flags.insert(0, WATCH_LDFLAGS.to_string());
+        let ldflags = if debug { DEBUG_LDFLAGS } else { WATCH_LDFLAGS };
+        flags.insert(0, ldflags.to_string());
     }
     flags
 }
@@ -370,13 +377,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(go_build_flags(&b, false), ["-ldflags=-w", "-tags", "dev"]);
-        // Debugging needs DWARF and unoptimized code.
+        // Debugging needs DWARF (uncompressed: Delve starts faster) and unoptimized code.
         assert_eq!(
             go_build_flags(&b, true),
-            ["-tags", "dev", "-gcflags=all=-N -l"]
+            [
+                "-ldflags=-compressdwarf=false",
+                "-tags",
+                "dev",
+                "-gcflags=all=-N -l"
+            ]
         );
         b.flags = vec!["-ldflags".into(), "-X main.v=1".into()];
         assert_eq!(go_build_flags(&b, false), ["-ldflags", "-X main.v=1"]);
+        assert_eq!(
+            go_build_flags(&b, true),
+            ["-ldflags", "-X main.v=1", "-gcflags=all=-N -l"]
+        );
         b.flags = vec!["--ldflags=-s".into()];
         assert_eq!(go_build_flags(&b, false), ["--ldflags=-s"]);
         b.flags.clear();
