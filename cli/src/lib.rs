@@ -1,7 +1,7 @@
 //! The `kdev` CLI. `main.rs` parses the command line and calls [`cmd`]; everything else is
 //! private to the crate. The layout, by concern:
 //!
-//! - [`cmd`]: the subcommands (`watch`/`debug`, `down`, `sessions`, `gc`).
+//! - [`cmd`]: the subcommands (`watch`/`debug`, `status`/`ui`, `down`, `sessions`, `gc`).
 //! - `session`: setting up a watch: a plan (project, connection, manifests, owner, access),
 //!   then one `ServiceSession` per service (its Lease, forwards, watcher, sync engine).
 //! - `reload`: the reload loop — connect, reconcile, sync each save, show each reload, recover.
@@ -10,6 +10,8 @@
 //! - `modules`: the developer's side of the pods' module proxy (their module cache and go).
 //! - `pod`: the dev pod (controller upload, the session stream, port-forwards, Delve).
 //! - `debugger`: `kdev debug`'s endpoint, which keeps the editor attached across reloads.
+//! - [`status`]: the session's state as the terminal block, the status page and its API, and
+//!   `kdev status` show it.
 //! - `deploy`: manifests, the dev-pod rewrite, per-owner names, apply, waiting for the pod.
 //! - `cluster`: the API client, connecting, permission checks, the session Lease.
 //! - [`init`]: `kdev init`, which looks at a project and writes its kdev.yaml.
@@ -31,6 +33,7 @@ mod pod;
 mod project;
 mod reload;
 mod session;
+pub mod status;
 mod sync;
 mod task;
 mod ui;

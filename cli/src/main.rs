@@ -121,6 +121,19 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Show the kdev sessions running on this machine: each service's state, last reload and
+    /// its phases, p50/p95, restarts and addresses (from each session's status API).
+    ///
+    /// `-o json` prints the same documents the status page reads (`GET /api/status`, see the
+    /// README's "Status page and API"), one array of sessions.
+    Status {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: kdev::cmd::status::Format,
+    },
+    /// Print the status page's address of the session running for this project (or the only
+    /// one running), to open in a browser.
+    Ui,
     /// List the dev sessions in the namespace: owner, workload, pod, age, last renewal, state.
     Sessions,
     /// Remove the workloads, Services, ConfigMaps, Secrets and Leases of sessions whose Lease
@@ -154,6 +167,15 @@ struct SessionArgs {
     /// restarted and ready (milliseconds since the epoch). For benchmarks and slow-reload reports.
     #[arg(long, value_name = "FILE")]
     timings: Option<PathBuf>,
+    /// Print the address of the status page (127.0.0.1, with a token): each service's state,
+    /// its reloads' phases as a chart, build errors that open in your editor, filtered logs,
+    /// and buttons to rebuild, restart and pause. `kdev ui` prints it from another terminal.
+    #[arg(long)]
+    ui: bool,
+    /// No live status block below the lines on a terminal (it is also off with -v, and
+    /// whenever stdout is not a terminal).
+    #[arg(long)]
+    no_status_block: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -176,6 +198,8 @@ fn watch_options(
         owner: cli.owner.clone(),
         take_over: session.take_over,
         timings: session.timings.clone(),
+        ui: session.ui,
+        status_block: !session.no_status_block && cli.verbose == 0,
     }
 }
 
@@ -271,6 +295,8 @@ fn main_impl(cli: Cli) -> anyhow::Result<()> {
                 };
                 kdev::cmd::watch::run(watch_options(&cli, session, Some(debug))).await
             }
+            Command::Status { output } => kdev::cmd::status::print(*output).await,
+            Command::Ui => kdev::cmd::status::print_page_url(&cli.file),
             Command::Sessions => {
                 kdev::cmd::sessions::print(cli.context.as_deref(), cli.namespace.as_deref()).await
             }

@@ -1,14 +1,34 @@
 //! What the user sees: compact, one line per reload, colours on a terminal, plain when piped.
 
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+use crate::status::Hub;
+use crate::status::log::{Level, Source};
+
+#[derive(Clone)]
 pub struct Ui {
     color: bool,
     /// With several services, each line starts with the service's name (in a colour of its
     /// own on a terminal), padded so the lines align.
     prefix: Option<(String, &'static str)>,
+    /// The session's status: every line also goes to its log (for the page), and through it to
+    /// the terminal, above the status block.
+    hub: Option<Arc<Hub>>,
+    /// The service this output is about (for the log), with or without a prefix.
+    service: Option<String>,
+}
+
+impl std::fmt::Debug for Ui {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ui")
+            .field("color", &self.color)
+            .field("prefix", &self.prefix)
+            .field("service", &self.service)
+            .field("status", &self.hub.is_some())
+            .finish()
+    }
 }
 
 /// Colours for service names, in kdev.yaml's order.
@@ -28,7 +48,41 @@ impl Ui {
         Ui {
             color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             prefix: None,
+            hub: None,
+            service: None,
         }
+    }
+
+    /// Whether lines are coloured (a terminal without `NO_COLOR`).
+    pub fn color(&self) -> bool {
+        self.color
+    }
+
+    /// The same output, kept in `hub` too (and drawn above its status block).
+    pub fn with_hub(&self, hub: Arc<Hub>) -> Ui {
+        Ui {
+            hub: Some(hub),
+            ..self.clone()
+        }
+    }
+
+    /// The session's status, when kept.
+    pub fn hub(&self) -> Option<&Arc<Hub>> {
+        self.hub.as_ref()
+    }
+
+    /// The same output, about service `name` (the log says so; no prefix).
+    pub fn about(&self, name: &str) -> Ui {
+        Ui {
+            service: Some(name.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether something else may draw on the terminal (a progress bar): not under the
+    /// status block.
+    pub fn may_draw_progress(&self) -> bool {
+        !self.hub.as_ref().is_some_and(|h| h.has_block())
     }
 
     /// The same output, each line prefixed with service `name` (the `index`-th service),
@@ -40,6 +94,8 @@ impl Ui {
                 format!("{name:<width$}"),
                 SERVICE_COLORS[index % SERVICE_COLORS.len()],
             )),
+            hub: self.hub.clone(),
+            service: Some(name.to_string()),
         }
     }
 
@@ -48,6 +104,8 @@ impl Ui {
         Ui {
             color: false,
             prefix: None,
+            hub: None,
+            service: None,
         }
     }
 
@@ -59,43 +117,73 @@ impl Ui {
         }
     }
 
-    fn line(&self, s: &str) {
+    /// One line: `text` as the log keeps it, `shown` as the terminal shows it.
+    fn line(&self, source: Source, level: Level, text: &str, shown: &str) {
         let line = match &self.prefix {
-            Some((name, color)) => format!("{} {s}", self.paint(color, &format!("{name} │"))),
-            None => s.to_string(),
+            Some((name, color)) => format!("{} {shown}", self.paint(color, &format!("{name} │"))),
+            None => shown.to_string(),
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        match &self.hub {
+            Some(hub) => hub.print(self.service.as_deref(), source, level, text, &line),
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+    }
+
+    fn marked(&self, level: Level, mark: &str, code: &str, s: &str) {
+        let shown = format!("{} {s}", self.paint(code, mark));
+        self.line(Source::Kdev, level, &format!("{mark} {s}"), &shown);
     }
 
     /// A step of setting up (`→ applying manifests`).
     pub fn step(&self, s: &str) {
-        self.line(&format!("{} {s}", self.paint(DIM, "→")));
+        self.marked(Level::Info, "→", DIM, s);
     }
 
     pub fn ok(&self, s: &str) {
-        self.line(&format!("{} {s}", self.paint(GREEN, "✓")));
+        self.marked(Level::Info, "✓", GREEN, s);
     }
 
     pub fn fail(&self, s: &str) {
-        self.line(&format!("{} {s}", self.paint(RED, "✗")));
+        self.marked(Level::Error, "✗", RED, s);
     }
 
     pub fn warn(&self, s: &str) {
-        self.line(&format!("{} {s}", self.paint(YELLOW, "!")));
+        self.marked(Level::Warn, "!", YELLOW, s);
     }
 
     /// A line of the app's own output.
     pub fn app(&self, stderr: bool, s: &str) {
-        let prefix = if stderr { "app!" } else { "app " };
-        self.line(&format!("{} {s}", self.paint(DIM, &format!("{prefix}│"))));
+        let (prefix, level) = if stderr {
+            ("app!", Level::Warn)
+        } else {
+            ("app ", Level::Info)
+        };
+        let shown = format!("{} {s}", self.paint(DIM, &format!("{prefix}│")));
+        self.line(Source::App, level, s, &shown);
     }
 
-    /// Indented detail (compiler output, last lines of a crashed app).
+    /// Compiler output, indented.
+    pub fn build_output(&self, s: &str) {
+        for l in s.lines() {
+            self.line(Source::Build, Level::Error, l, &format!("    {l}"));
+        }
+    }
+
+    /// Indented detail (the last lines of a crashed app).
     pub fn detail(&self, s: &str) {
         for l in s.lines() {
-            self.line(&format!("    {l}"));
+            self.line(Source::App, Level::Error, l, &format!("    {l}"));
+        }
+    }
+
+    /// Lines of text as they are (an editor configuration to copy).
+    pub fn text(&self, s: &str) {
+        for l in s.lines() {
+            self.line(Source::Kdev, Level::Info, l, l);
         }
     }
 }

@@ -2,27 +2,61 @@
 //! prepare each service, apply, watch), then run each in its reload loop ([`crate::reload`])
 //! until Ctrl-C or until a session is lost.
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use crate::project::Project;
 use crate::reload::ReloadLoop;
 use crate::session::{self, ServiceSession};
+use crate::status::{Hub, registry, server};
 use crate::ui::Ui;
 
 pub use crate::session::WatchOptions;
 
 /// Run `kdev watch` until Ctrl-C (`Ok`), or until a session is lost (an error).
 pub async fn run(opts: WatchOptions) -> Result<()> {
-    let ui = Ui::detect();
+    let base = Ui::detect();
+    let command = if opts.debug.is_some() {
+        "debug"
+    } else {
+        "watch"
+    };
+    let block = opts.status_block
+        && std::io::stdout().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
+    let hub = Hub::new(command, block, base.color());
+    let ui = base.with_hub(hub.clone());
+    // The status API runs in every session (`kdev status`, `kdev ui`); the page is announced
+    // with --ui.
+    let api = match server::start(hub.clone()).await {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            ui.warn(&format!(
+                "cannot serve the status page on 127.0.0.1 ({e}); `kdev status` will not see this session"
+            ));
+            None
+        }
+    };
+    let mut registered = None;
     // The sessions (with their Leases) outlive the set-up's and the loops' futures, so Ctrl-C
     // in any phase can release the Leases.
     let mut sessions: Vec<ServiceSession> = Vec::new();
     let mut deployed = false;
+    let status = StatusSetup {
+        hub: &hub,
+        api,
+        page: opts.ui,
+    };
     // One shutdown signal for every phase: deploy, upload, handshake, sync and retry waits.
     let outcome = tokio::select! {
-        r = watch_until_lost(&opts, &ui, &mut sessions, &mut deployed) => r,
+        r = watch_until_lost(&opts, &ui, &mut sessions, &mut deployed, &status, &mut registered) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
+    hub.close_block();
+    drop(registered);
     for s in sessions.drain(..) {
         s.lease.release().await;
     }
@@ -42,8 +76,11 @@ async fn watch_until_lost(
     ui: &Ui,
     sessions: &mut Vec<ServiceSession>,
     deployed: &mut bool,
+    status: &StatusSetup<'_>,
+    registered: &mut Option<registry::Registered>,
 ) -> Result<()> {
     let mut plan = session::plan(opts, ui).await?;
+    *registered = status.describe(&plan, ui);
     // The session Leases, then the local ports: another session of these workloads, or a port
     // in use, is found before anything is applied.
     for s in &plan.services {
@@ -60,6 +97,51 @@ async fn watch_until_lost(
     let result = futures::future::try_join_all(loops).await.map(|_| ());
     drop(watchers);
     result
+}
+
+/// The session's status and where its API listens.
+struct StatusSetup<'a> {
+    hub: &'a Arc<Hub>,
+    api: Option<SocketAddr>,
+    /// `--ui`: say the page's address.
+    page: bool,
+}
+
+impl StatusSetup<'_> {
+    /// Once the plan is made: what the session is, in its status and in the registry that
+    /// `kdev status` reads; with --ui, the page's address.
+    fn describe(&self, plan: &session::Plan, ui: &Ui) -> Option<registry::Registered> {
+        let root = plan.project.root.display().to_string();
+        let api = self.api?;
+        let entry = registry::Entry {
+            pid: std::process::id(),
+            api: format!("http://{api}"),
+            token: self.hub.token().to_string(),
+            root: root.clone(),
+            project: plan.project.name.clone(),
+        };
+        let url = entry.page_url();
+        self.hub.update(|s| {
+            s.project = plan.project.name.clone();
+            s.root = root;
+            s.namespace = plan.conn.namespace.clone();
+            s.owner = plan.owner.clone();
+            s.ui_url = Some(url.clone());
+        });
+        if self.page {
+            ui.ok(&format!("status page: {url}"));
+        }
+        match registry::register(&entry) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                ui.warn(&format!(
+                    "cannot write {} ({e}); `kdev status` and `kdev ui` will not find this session",
+                    registry::dir().display()
+                ));
+                None
+            }
+        }
+    }
 }
 
 /// `kdev debug --print-config`: the editor configuration, with nothing deployed.

@@ -62,13 +62,19 @@ pub struct EditorTarget<'a> {
 
 /// Print the editor configuration.
 pub fn print_editor_config(local_root: &Path, remote_root: &str, port: u16, name: &str) {
-    let (vscode, goland) = editor_config(local_root, remote_root, port, name);
-    println!("VS Code (.vscode/launch.json, in \"configurations\"):");
     println!(
         "{}",
-        serde_json::to_string_pretty(&vscode).unwrap_or_default()
+        editor_config_text(local_root, remote_root, port, name)
     );
-    println!("{goland}");
+}
+
+/// The editor configuration, as printed.
+pub fn editor_config_text(local_root: &Path, remote_root: &str, port: u16, name: &str) -> String {
+    let (vscode, goland) = editor_config(local_root, remote_root, port, name);
+    format!(
+        "VS Code (.vscode/launch.json, in \"configurations\"):\n{}\n{goland}",
+        serde_json::to_string_pretty(&vscode).unwrap_or_default()
+    )
 }
 
 /// The Delve kdev builds in the pod when the sidecar image has none (with the pod's own Go,
@@ -238,7 +244,12 @@ pub async fn announce(
                  across reloads:",
                 d.port
             ));
-            print_editor_config(editor.local_root, editor.remote_root, d.port, editor.name);
+            ui.text(&editor_config_text(
+                editor.local_root,
+                editor.remote_root,
+                d.port,
+                editor.name,
+            ));
             *announced = true;
             return;
         }

@@ -562,6 +562,14 @@ impl ControllerSession {
         self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))
     }
 
+    /// Restart the app without building (the status page's button).
+    pub fn restart(&mut self) -> Result<(), SessionError> {
+        let id = self.id();
+        self.send(&ClientMessage::Restart(kdev_protocol::RestartRequest {
+            id,
+        }))
+    }
+
     /// The next event (or unsolicited message); an error when the stream has ended or went
     /// silent. Cancel-safe.
     pub async fn next_event(&mut self) -> Result<ServerMessage, SessionError> {

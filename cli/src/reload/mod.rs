@@ -18,6 +18,7 @@ pub mod report;
 pub mod timings;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ use crate::pod::forward::{ErrorSummary, ForwardEvent, ForwardTarget};
 use crate::pod::session::{ControllerSession, SessionError};
 use crate::project::Service;
 use crate::session::ServiceSession;
+use crate::status::{Command, State};
 use crate::sync::watch::rescan_schedule::RescanSchedule;
 use crate::sync::watch::tree_watcher::{Batch, Notice};
 use crate::ui::{Ui, fmt_bytes, fmt_duration};
@@ -53,6 +55,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The loop of one service's session.
 pub struct ReloadLoop<'a> {
     session: &'a mut ServiceSession,
+    /// Sync paused from the status page: changes are kept in `held` until resumed.
+    paused: bool,
+    held: BTreeSet<PathBuf>,
 }
 
 /// One live session: the stream and the pod it reaches.
@@ -64,7 +69,11 @@ struct Live {
 
 impl<'a> ReloadLoop<'a> {
     pub fn new(session: &'a mut ServiceSession) -> ReloadLoop<'a> {
-        ReloadLoop { session }
+        ReloadLoop {
+            session,
+            paused: false,
+            held: BTreeSet::new(),
+        }
     }
 
     /// Run until the session is lost (an error); Ctrl-C is the caller's.
@@ -90,8 +99,20 @@ impl<'a> ReloadLoop<'a> {
     /// failed in a way worth retrying (said, and waited for, here).
     async fn connect(&mut self, first: bool, backoff: &mut Backoff) -> Result<Option<Live>> {
         let pods = self.session.conn.pods();
+        let waiting = if first {
+            "waiting for the dev pod"
+        } else {
+            "reconnecting"
+        };
+        self.session
+            .report
+            .set_state(State::Connecting, Some(waiting.into()));
         let pod = self.wait_for_pod().await?;
         let pod_name = pod.name_any();
+        if let Some(s) = &self.session.report.status {
+            let name = pod_name.clone();
+            s.update(|s, _| s.pod = Some(name));
+        }
         // Forward to the pod as soon as it is known, not only once the session is up: the old
         // one may be gone. Its relay is known again from the Welcome (a new pod has its own).
         self.session
@@ -229,6 +250,8 @@ impl<'a> ReloadLoop<'a> {
         backoff: &mut Backoff,
     ) -> Result<bool> {
         let s = &mut *self.session;
+        s.report
+            .set_state(State::Syncing, Some(format!("reconciling with {pod_name}")));
         let synced = tokio::select! {
             r = s.engine.initial_sync(stream, &s.ui)
                 .instrument(tracing::info_span!("reconcile", pod = %pod_name)) => r,
@@ -244,6 +267,7 @@ impl<'a> ReloadLoop<'a> {
                     fmt_duration(s.started.elapsed())
                 ));
                 self.session.report.replace_all(None);
+                self.session.report.set_state(State::Ready, None);
             }
             Ok(s) => {
                 // Precise enough for a benchmark (tests/bench/sync reads it).
@@ -298,12 +322,19 @@ impl<'a> ReloadLoop<'a> {
                         return Ok(anyhow!("the file watcher stopped"));
                     };
                     rescan.activity(Instant::now());
-                    if let Err(e) = self.sync_batch(live, batch).await {
+                    if self.paused {
+                        self.hold(batch);
+                    } else if let Err(e) = self.sync_batch(live, batch).await {
                         return Ok(e);
                     }
                 }
-                _ = rescan_tick.tick() => {
+                _ = rescan_tick.tick(), if !self.paused => {
                     if let Err(e) = self.rescan(live, &mut rescan).await {
+                        return Ok(e);
+                    }
+                }
+                Some(command) = next_command(&mut self.session.commands) => {
+                    if let Err(e) = self.command(live, command).await {
                         return Ok(e);
                     }
                 }
@@ -338,21 +369,93 @@ impl<'a> ReloadLoop<'a> {
     /// Sync one batch from the watcher (after its notices). An error ends the stream.
     async fn sync_batch(&mut self, live: &mut Live, batch: Batch) -> Result<()> {
         let s = &mut *self.session;
-        for n in &batch.notices {
-            match n {
-                Notice::FellBackToPolling(why) => s.ui.warn(why),
-                Notice::Error(e) => s.ui.warn(&format!("watcher: {e}")),
-            }
-        }
+        show_notices(&batch, &s.ui);
+        let before = s.report.status.as_ref().map(|h| h.state());
+        s.report.set_state(
+            State::Syncing,
+            Some(format!("syncing {} paths", batch.paths.len())),
+        );
         let synced = s
             .engine
             .sync_paths(&mut live.stream, &batch.paths, &s.ui)
             .instrument(tracing::info_span!("patch"))
             .await?;
-        if let Some(synced) = synced {
-            let reload = Reload::new(synced.changed, synced.started, batch.first_event_at)
-                .of_build(synced.build_id);
-            s.report.start(reload);
+        match synced {
+            Some(synced) => {
+                if synced.build_id.is_some() {
+                    s.report.set_state(State::Building, None);
+                } else {
+                    s.report
+                        .set_state(State::Ready, Some("synced, not built".into()));
+                }
+                let reload = Reload::new(synced.changed, synced.started, batch.first_event_at)
+                    .of_build(synced.build_id);
+                s.report.start(reload);
+            }
+            // Nothing differed: back to what it was doing.
+            None => {
+                if let Some(state) = before {
+                    s.report.set_state(state, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// While paused: keep the batch's paths for the resume (its notices are said now).
+    fn hold(&mut self, batch: Batch) {
+        show_notices(&batch, &self.session.ui);
+        self.held.extend(batch.paths);
+        self.show_pending();
+    }
+
+    fn show_pending(&self) {
+        if let Some(s) = &self.session.report.status {
+            let (paused, pending) = (self.paused, self.held.len());
+            s.update(|s, _| {
+                s.paused = paused;
+                s.pending = pending;
+            });
+        }
+    }
+
+    /// A button of the status page. An error ends the stream.
+    async fn command(&mut self, live: &mut Live, command: Command) -> Result<()> {
+        let ui = self.session.ui.clone();
+        match command {
+            Command::Rebuild => {
+                live.stream.build()?;
+                self.session.report.set_state(State::Building, None);
+                ui.step("building (asked for on the status page)");
+            }
+            Command::Restart => {
+                live.stream.restart()?;
+                self.session.report.set_state(State::Restarting, None);
+                ui.step("restarting the app (asked for on the status page)");
+            }
+            Command::Pause if !self.paused => {
+                self.paused = true;
+                self.show_pending();
+                ui.step("sync paused (status page); changes are kept until it resumes");
+            }
+            Command::Resume if self.paused => {
+                self.paused = false;
+                let paths = std::mem::take(&mut self.held);
+                self.show_pending();
+                ui.step(&format!(
+                    "sync resumed (status page); syncing {} paths changed meanwhile",
+                    paths.len()
+                ));
+                if !paths.is_empty() {
+                    let batch = Batch {
+                        paths,
+                        notices: Vec::new(),
+                        first_event_at: None,
+                    };
+                    self.sync_batch(live, batch).await?;
+                }
+            }
+            Command::Pause | Command::Resume => {}
         }
         Ok(())
     }
@@ -468,6 +571,26 @@ impl<'a> ReloadLoop<'a> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => Ok(()),
             lost = self.session.lease.lost() => Err(SessionLost(lost).into()),
         }
+    }
+}
+
+/// The watcher's notices, said once.
+fn show_notices(batch: &Batch, ui: &Ui) {
+    for n in &batch.notices {
+        match n {
+            Notice::FellBackToPolling(why) => ui.warn(why),
+            Notice::Error(e) => ui.warn(&format!("watcher: {e}")),
+        }
+    }
+}
+
+/// The next command from the status page (never, without one).
+async fn next_command(
+    commands: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Command>>,
+) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

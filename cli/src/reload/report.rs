@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use kdev_protocol::{BuildOutcome, Event, ServerMessage, Stream};
 
 use crate::reload::timings::{self, PodDurations, Timeline, TimingsLog};
+use crate::status::model::{BuildError, Outcome, Phases, ReloadEntry};
+use crate::status::{ServiceHandle, State, locations};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
 
 /// The reload in progress, and how reloads are reported.
@@ -27,6 +29,10 @@ pub struct Report {
     pub service: Option<String>,
     /// The local sync root, to show build errors with local paths.
     pub root: PathBuf,
+    /// The service's part of the session's status (the block, the page).
+    pub status: Option<ServiceHandle>,
+    /// The number of the next reload in the status's history.
+    next_entry: u64,
 }
 
 /// Timings of one reload, for its summary line and `--timings`.
@@ -89,7 +95,44 @@ impl Report {
             timings,
             service,
             root,
+            status: None,
+            next_entry: 1,
         }
+    }
+
+    /// Report to the session's status too.
+    pub fn with_status(mut self, status: Option<ServiceHandle>) -> Report {
+        self.status = status;
+        self
+    }
+
+    /// Change the service's status (when there is one).
+    pub fn set_state(&self, state: State, detail: Option<String>) {
+        if let Some(s) = &self.status {
+            s.set_state(state, detail);
+        }
+    }
+
+    /// A reload ended as `outcome`: into the status's history.
+    fn record(&mut self, r: &Reload, outcome: Outcome) {
+        let Some(status) = &self.status else {
+            return;
+        };
+        let entry = ReloadEntry {
+            id: self.next_entry,
+            at_ms: r.timeline.event_at_ms.unwrap_or(r.timeline.sync_at_ms),
+            paths: r.changed.iter().take(20).cloned().collect(),
+            outcome,
+            total_ms: r.started.elapsed().as_millis() as u64,
+            phases: Phases {
+                sync_ms: Some(r.patch_ms),
+                build_ms: r.pod.build_ms,
+                restart_ms: r.pod.restart_ms,
+                ready_ms: r.pod.ready_ms,
+            },
+        };
+        self.next_entry += 1;
+        status.update(|s, _| s.record(entry));
     }
 
     /// A new reload began (a batch was synced). One still waiting for its build's events is
@@ -135,6 +178,13 @@ impl Report {
 
 /// The reload's summary line, and its `--timings` record.
 fn finish_reload(r: Reload, state: &mut Report, ui: &Ui) {
+    state.record(&r, Outcome::Served);
+    if let Some(s) = &state.status {
+        s.update(|s, now| {
+            s.last_error = None;
+            s.set_state(State::Ready, None, now);
+        });
+    }
     let ms = |v: Option<u64>| {
         v.map(|v| fmt_duration(Duration::from_millis(v)))
             .unwrap_or_else(|| "-".into())
@@ -173,7 +223,7 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
         _ => return,
     };
     match event {
-        Event::BuildStarted { .. } => {}
+        Event::BuildStarted { .. } => state.set_state(State::Building, None),
         Event::BuildFinished {
             build_id,
             outcome,
@@ -207,17 +257,41 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             reason,
             ..
         } => {
-            state.take_reload_of(build_id);
-            ui.warn(&format!(
+            if let Some(r) = state.take_reload_of(build_id) {
+                state.record(&r, Outcome::NotReady);
+            }
+            let line = format!(
                 "app not accepting on port {port} after {}: {reason}",
                 fmt_duration(Duration::from_millis(waited_ms))
-            ));
+            );
+            state.set_state(State::Failed, Some(line.clone()));
+            ui.warn(&line);
         }
         Event::RestartFailed { build_id, reason } => {
-            state.take_reload_of(build_id);
-            ui.fail(&format!("restart failed: {reason}"))
+            if let Some(r) = state.take_reload_of(build_id) {
+                state.record(&r, Outcome::RestartFailed);
+            }
+            let line = format!("restart failed: {reason}");
+            state.set_state(State::Failed, Some(line.clone()));
+            ui.fail(&line)
         }
-        Event::AppStarted { .. } => {}
+        Event::AppStarted { .. } => {
+            // Started again after a crash: it runs (a reload's start is `Restarted`).
+            if let Some(s) = &state.status {
+                s.update(|s, now| {
+                    if s.detail
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("app exited"))
+                    {
+                        s.set_state(
+                            State::Ready,
+                            Some("started again after it exited".into()),
+                            now,
+                        );
+                    }
+                });
+            }
+        }
         Event::AppExited {
             code,
             signal,
@@ -228,7 +302,15 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
         } => {
             if !expected {
                 let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
-                app_exited(code, signal, next_start_in_ms, &tail, ui);
+                let line = app_exited(code, signal, next_start_in_ms, &tail, ui);
+                if let Some(s) = &state.status {
+                    s.update(|s, now| {
+                        if next_start_in_ms.is_some() {
+                            s.restarts += 1;
+                        }
+                        s.set_state(State::Failed, Some(line), now);
+                    });
+                }
             }
         }
         Event::AppOutput { stream, line, .. } => ui.app(stream == Stream::Stderr, &line),
@@ -267,8 +349,20 @@ fn build_finished(
                 r.pod.build_ms = Some(elapsed_ms);
                 r.timeline.built_at_ms = Some(timings::now_ms());
             }
+            if let Some(s) = &state.status {
+                s.update(|s, now| {
+                    s.last_error = None;
+                    let next = if unchanged {
+                        State::Ready
+                    } else {
+                        State::Restarting
+                    };
+                    s.set_state(next, None, now);
+                });
+            }
             // The same binary as the running one: no restart follows, the reload ends.
             if unchanged && let Some(r) = state.take_reload_of(build) {
+                state.record(&r, Outcome::Unchanged);
                 ui.ok(&format!(
                     "{} → synced {}, built {}: the binary is unchanged, not restarted \
                      (total {})",
@@ -287,15 +381,43 @@ fn build_finished(
         }
         BuildOutcome::Failed | BuildOutcome::Error => {
             // This reload ends here (and the rescan may run again).
-            let what = state
-                .take_reload_of(build)
+            let taken = state.take_reload_of(build);
+            let what = taken
+                .as_ref()
                 .map(|r| summarize_paths(&r.changed))
                 .unwrap_or_default();
+            if let Some(mut r) = taken {
+                r.pod.build_ms = Some(elapsed_ms);
+                state.record(&r, Outcome::BuildFailed);
+            }
             ui.fail(&format!(
                 "{what} → build failed in {} (the previous version keeps running)",
                 fmt_duration(Duration::from_millis(elapsed_ms))
             ));
-            ui.detail(&map_build_output(output, &state.root));
+            let local_output = map_build_output(output, &state.root);
+            ui.build_output(&local_output);
+            if let Some(s) = &state.status {
+                let cwd = std::env::current_dir().unwrap_or_default();
+                let locations = locations::parse(&local_output, &cwd);
+                let summary = match locations.first() {
+                    Some(l) => format!(
+                        "build failed: {}:{}: {}",
+                        display_path(&l.file, &cwd),
+                        l.line,
+                        l.message
+                    ),
+                    None => "build failed".to_string(),
+                };
+                s.update(|s, now| {
+                    s.set_state(State::Failed, Some(summary.clone()), now);
+                    s.last_error = Some(BuildError {
+                        at_ms: timings::now_ms(),
+                        summary,
+                        output: local_output,
+                        locations,
+                    });
+                });
+            }
         }
     }
 }
@@ -303,6 +425,14 @@ fn build_finished(
 /// The new process runs: without a port to wait for, that ends the reload.
 fn restarted(build: Option<u64>, elapsed_ms: u64, state: &mut Report, ui: &Ui) {
     tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
+    if let Some(s) = &state.status {
+        s.update(|s, now| {
+            s.restarts += 1;
+            if state.app_port.is_none() {
+                s.set_state(State::Ready, None, now);
+            }
+        });
+    }
     if let Some(r) = state.reload_of(build) {
         r.pod.restart_ms = Some(elapsed_ms);
         r.timeline.restarted_at_ms = Some(timings::now_ms());
@@ -322,11 +452,22 @@ fn ready(build: Option<u64>, elapsed_ms: u64, state: &mut Report, ui: &Ui) {
             r.timeline.ready_at_ms = Some(timings::now_ms());
             finish_reload(r, state, ui);
         }
-        None => ui.ok(&format!(
-            "app ready in {}",
-            fmt_duration(Duration::from_millis(elapsed_ms))
-        )),
+        None => {
+            state.set_state(State::Ready, None);
+            ui.ok(&format!(
+                "app ready in {}",
+                fmt_duration(Duration::from_millis(elapsed_ms))
+            ))
+        }
     }
+}
+
+/// `file` relative to `cwd` when it is under it (as the reload lines show paths).
+fn display_path(file: &str, cwd: &Path) -> String {
+    Path::new(file)
+        .strip_prefix(cwd)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| file.to_string())
 }
 
 /// The app exited when it was not asked to: how, when it starts again, its last lines, and
@@ -337,7 +478,7 @@ fn app_exited(
     next_start_in_ms: Option<u64>,
     tail: &[String],
     ui: &Ui,
-) {
+) -> String {
     let how = match (code, signal) {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("signal {s}"),
@@ -351,13 +492,15 @@ fn app_exited(
             )
         })
         .unwrap_or_default();
-    ui.fail(&format!("app exited ({how}){again}"));
+    let line = format!("app exited ({how}){again}");
+    ui.fail(&line);
     if !tail.is_empty() {
         ui.detail(&tail.join("\n"));
     }
     if let Some(hint) = crate::pod::delve::ptrace_hint(&tail.join("\n")) {
         ui.warn(hint);
     }
+    line
 }
 
 /// Compiler output names files relative to the sync root (`./handlers/ping.go:12:5: ...`):

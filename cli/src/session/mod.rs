@@ -24,7 +24,7 @@ mod watchers;
 
 pub use apply::apply;
 pub use options::WatchOptions;
-pub use plan::plan;
+pub use plan::{Plan, plan};
 pub use prepare::prepare_service;
 pub use service::ServiceSession;
 pub use watchers::watch;

@@ -24,4 +24,9 @@ pub struct WatchOptions {
     pub take_over: bool,
     /// `--timings FILE`: append each reload's timeline to FILE.
     pub timings: Option<PathBuf>,
+    /// `--ui`: say the status page's address.
+    pub ui: bool,
+    /// On a terminal, keep the status block below the lines (off with `--no-status-block` and
+    /// `-v`, whose lines go to the same terminal).
+    pub status_block: bool,
 }

@@ -29,6 +29,13 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
     let engine = SyncEngine::new(&root, rules, plan.build_mode());
     let (batches_in, batches) = mpsc::unbounded_channel();
     let (enter_in, enter) = mpsc::unbounded_channel();
+    let (status, commands) = match s.ui.hub() {
+        Some(hub) => {
+            let (handle, commands) = hub.add_service(&s.workload.service);
+            (Some(handle), Some(commands))
+        }
+        None => (None, None),
+    };
     let lease = lease::acquire(
         &plan.conn.client,
         ns,
@@ -63,7 +70,9 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
             plan.timings.clone(),
             s.timings_name.clone(),
             root,
-        ),
+        )
+        .with_status(status),
+        commands,
         enter,
         batches_in: Some(batches_in),
         enter_in: Some(enter_in),

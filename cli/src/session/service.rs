@@ -18,6 +18,7 @@ use crate::pod::controllers::Controllers;
 use crate::pod::delve::DebugOptions;
 use crate::project::Service;
 use crate::reload::report::Report;
+use crate::status::Command;
 use crate::sync::engine::SyncEngine;
 use crate::sync::watch::tree_watcher::Batch;
 use crate::ui::Ui;
@@ -51,6 +52,8 @@ pub struct ServiceSession {
     pub batches: mpsc::UnboundedReceiver<Batch>,
     pub engine: SyncEngine,
     pub report: Report,
+    /// The status page's buttons for this service (rebuild, restart, pause, resume).
+    pub commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// With `kdev debug --hold`: a line on stdin asks for the build.
     pub enter: mpsc::UnboundedReceiver<()>,
     /// The sending ends of `batches` and `enter`, until the watchers and the stdin reader take
@@ -60,6 +63,30 @@ pub struct ServiceSession {
 }
 
 impl ServiceSession {
+    /// The app's address and the debug endpoint, in the session's status.
+    fn show_addresses(&self) {
+        let Some(status) = &self.report.status else {
+            return;
+        };
+        let delve = self.debug.as_ref().map(|d| d.port);
+        let app = self
+            .forwarded
+            .iter()
+            .find(|(_, remote)| Some(*remote) == self.report.app_port)
+            .or_else(|| self.forwarded.iter().find(|(_, r)| Some(*r) != delve))
+            .map(|(local, _)| format!("http://{local}"));
+        let debugger = delve.and_then(|p| {
+            self.forwarded
+                .iter()
+                .find(|(_, r)| *r == p)
+                .map(|(local, _)| local.to_string())
+        });
+        status.update(|s, _| {
+            s.url = app;
+            s.debugger = debugger;
+        });
+    }
+
     /// Listen on the service's local ports.
     /// Under `kdev debug`, Delve's port on localhost is kdev's debug endpoint
     /// ([`crate::debugger`]), which reaches Delve through a forward of its own on a port of the
@@ -93,6 +120,7 @@ impl ServiceSession {
 
     /// Once applied: the probes the rewrite removed, and what the forwards reach.
     pub fn announce(&self) {
+        self.show_addresses();
         let notes = &self.workload.notes;
         if !notes.removed_probes.is_empty() {
             let why = if notes.removed_probes.contains(&"readiness") {

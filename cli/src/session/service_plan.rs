@@ -54,7 +54,7 @@ pub fn service_plans(
         let ui = if several {
             ui.for_service(&w.service, i, width)
         } else {
-            ui.clone()
+            ui.about(&w.service)
         };
         plans.push(ServicePlan {
             service,

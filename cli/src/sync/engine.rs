@@ -258,7 +258,8 @@ impl SyncEngine {
             ));
         }
         // A large initial sync gets a progress bar (only on a terminal: indicatif hides it otherwise).
-        let progress = (bytes > PROGRESS_THRESHOLD).then(|| {
+        // Not under the status block, which shows the sync instead.
+        let progress = (bytes > PROGRESS_THRESHOLD && ui.may_draw_progress()).then(|| {
             let bar = indicatif::ProgressBar::new(bytes);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(

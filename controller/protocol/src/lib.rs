@@ -109,7 +109,8 @@ pub use wire::{CodecError, Frame, FrameError, MAX_FRAME_SIZE, WireMessage};
 /// kdev ever sent it, so no session of protocol 3 between kdev and its controller changes).
 /// 4: the module proxy (`config.module_proxy`, `module_request`, `module_response`,
 /// `welcome.module_env`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: the client message `restart` again, now sent (the status page's restart button).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The version of this crate (and of the controller and CLI built with it).
 pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -32,6 +32,8 @@ pub enum ClientMessage {
     Patch(Patch),
     /// Build now, whatever changed (e.g. the user pressed "rebuild").
     Build(BuildRequest),
+    /// Restart the app without building (protocol 5: the status page's "restart" button).
+    Restart(RestartRequest),
     /// Liveness check; answered by [`ServerMessage::Pong`].
     Ping(Ping),
     /// The answer to a [`ServerMessage::ModuleRequest`], in one or more parts (the body is the
@@ -228,6 +230,13 @@ pub struct BuildRequest {
     pub id: u64,
 }
 
+/// Restart the running app as a reload would; its `Restarted`/`Ready` events carry `id` as
+/// their `build_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub id: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ping {
     pub id: u64,
@@ -306,6 +315,7 @@ impl WireMessage for ClientMessage {
             "reconcile_continue",
             "patch",
             "build",
+            "restart",
             "ping",
             "module_response",
             "bye",
@@ -318,6 +328,7 @@ impl WireMessage for ClientMessage {
             "reconcile_continue" => ClientMessage::ReconcileContinue(serde_json::from_slice(h)?),
             "patch" => ClientMessage::Patch(serde_json::from_slice(h)?),
             "build" => ClientMessage::Build(serde_json::from_slice(h)?),
+            "restart" => ClientMessage::Restart(serde_json::from_slice(h)?),
             "ping" => ClientMessage::Ping(serde_json::from_slice(h)?),
             "module_response" => ClientMessage::ModuleResponse(serde_json::from_slice(h)?),
             "bye" => ClientMessage::Bye,
@@ -331,6 +342,7 @@ impl WireMessage for ClientMessage {
             ClientMessage::ReconcileContinue(_) => "reconcile_continue",
             ClientMessage::Patch(_) => "patch",
             ClientMessage::Build(_) => "build",
+            ClientMessage::Restart(_) => "restart",
             ClientMessage::Ping(_) => "ping",
             ClientMessage::ModuleResponse(_) => "module_response",
             ClientMessage::Bye => "bye",
@@ -755,6 +767,7 @@ mod tests {
             r#"{"type":"patch","id":3,"deletes":["a","b"],"build":"always"}"#,
             r#"{"type":"patch","id":4}"#,
             r#"{"type":"build","id":5}"#,
+            r#"{"type":"restart","id":6}"#,
             r#"{"type":"ping","id":7,"future":[1,2]}"#,
             r#"{"type":"bye"}"#,
         ] {

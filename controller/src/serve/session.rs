@@ -130,6 +130,10 @@ impl Session {
                 }
                 self.builds.start(Some(b.id));
             }
+            ClientMessage::Restart(r) => {
+                log("restart request: restarting the app without a build");
+                self.builds.restart(r.id);
+            }
             ClientMessage::Ping(p) => self.out.send(ServerMessage::Pong(p)).await,
             // The reader hands these to the module proxy; one here answers a request nobody
             // waits for any more.

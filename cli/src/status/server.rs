@@ -1,0 +1,271 @@
+//! The session's status API and page on 127.0.0.1 (see `API.md` beside this file).
+//!
+//! Nothing is served without the session's token (in the `Authorization` header, or the
+//! `token` query parameter for the page and its event stream), nor to a request whose `Host`
+//! is not this machine's loopback (a web page elsewhere cannot reach it by DNS rebinding).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::hub::{Command, CommandError, Hub};
+
+/// The page: one file, every asset inside it (works offline).
+const PAGE: &str = include_str!("web/index.html");
+
+/// Coalesce status changes into at most a few events per second.
+const STATUS_EVENT_DELAY: Duration = Duration::from_millis(150);
+/// A comment on an idle event stream, so proxies and browsers keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Listen on 127.0.0.1 (a port of the system's choice) and serve `hub` until the process
+/// ends. Returns the address.
+pub async fn start(hub: Arc<Hub>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, most likely: try again shortly.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let hub = hub.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let hub = hub.clone();
+                async move { Ok::<_, Infallible>(handle(&hub, addr.port(), req).await) }
+            });
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn handle(hub: &Arc<Hub>, port: u16, req: Request<Incoming>) -> Response<Body> {
+    if !local_host(&req, port) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "only 127.0.0.1 and localhost are served",
+        );
+    }
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    if !authorized(&req, &query, hub.token()) {
+        let message = "this request's token is not valid: open the URL kdev printed";
+        return if req.uri().path() == "/" {
+            text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain; charset=utf-8",
+                message,
+            )
+        } else {
+            json_error(StatusCode::UNAUTHORIZED, message)
+        };
+    }
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, [""]) => text(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &hub.snapshot()),
+        (&Method::GET, ["api", "logs"]) => {
+            let after = query.number("after").unwrap_or(0);
+            let limit = query.number("limit").unwrap_or(1000) as usize;
+            let (lines, next) = hub.logs_after(after, limit);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"lines": lines, "next": next}),
+            )
+        }
+        (&Method::GET, ["api", "events"]) => events(hub.clone(), query.number("after")),
+        (&Method::POST, ["api", "services", name, action]) => {
+            let Some(command) = Command::parse(action) else {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no action {action}: rebuild, restart, pause or resume"),
+                );
+            };
+            // The body is not used; read it so the connection can be kept alive.
+            let _ = req.into_body().collect().await;
+            match hub.command(name, command) {
+                Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({"ok": true})),
+                Err(e @ CommandError::NoService(_)) => {
+                    json_error(StatusCode::NOT_FOUND, &e.to_string())
+                }
+                Err(e) => json_error(StatusCode::CONFLICT, &e.to_string()),
+            }
+        }
+        (_, ["api", ..]) | (_, [""]) => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "not with this method")
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "no such page"),
+    }
+}
+
+/// Server-sent events: the status whenever it changed (one at once), each new log line (and
+/// those after `after`, when given), a keep-alive comment while idle.
+fn events(hub: Arc<Hub>, after: Option<u64>) -> Response<Body> {
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut version = hub.watch_version();
+        let mut logs = hub.subscribe_logs();
+        let mut last_seq = 0;
+        if let Some(after) = after {
+            let (lines, _) = hub.logs_after(after, usize::MAX);
+            for l in lines {
+                last_seq = l.seq;
+                if tx.send(Ok(event("log", &l))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if tx.send(Ok(event("status", &hub.snapshot()))).await.is_err() {
+            return;
+        }
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.reset();
+        loop {
+            let frame = tokio::select! {
+                changed = version.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(STATUS_EVENT_DELAY).await;
+                    version.borrow_and_update();
+                    event("status", &hub.snapshot())
+                }
+                line = logs.recv() => match line {
+                    Ok(l) if l.seq <= last_seq => continue,
+                    Ok(l) => event("log", &l),
+                    // Too slow a reader: it missed lines, which it can fetch from /api/logs.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Frame::data(Bytes::from(format!(": {n} lines skipped\n\n")))
+                    }
+                    Err(_) => return,
+                },
+                _ = keep_alive.tick() => Frame::data(Bytes::from_static(b": keep-alive\n\n")),
+            };
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(BoxBody::new(StreamBody::new(rx.map(|f| f))));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn event(name: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
+    Frame::data(Bytes::from(format!("event: {name}\ndata: {json}\n\n")))
+}
+
+/// A request for this machine's loopback on our port.
+fn local_host(req: &Request<Incoming>, port: u16) -> bool {
+    let Some(host) = req.headers().get(hyper::header::HOST) else {
+        return false;
+    };
+    let host = host.to_str().unwrap_or("");
+    ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .any(|h| host == format!("{h}:{port}"))
+}
+
+fn authorized(req: &Request<Incoming>, query: &Query, token: &str) -> bool {
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = header.or(query.get("token")).unwrap_or("");
+    same(given.as_bytes(), token.as_bytes())
+}
+
+/// Equal, in a time that does not tell how much of the token was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// A request's query parameters (no percent-decoding: kdev's own values need none).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: &str) -> Query {
+        Query(
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| v.parse().ok())
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+    text(status, "application/json", &body)
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abd", b"abc"));
+        assert!(!same(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn queries() {
+        let q = Query::parse("token=t&after=41&x");
+        assert_eq!(q.get("token"), Some("t"));
+        assert_eq!(q.number("after"), Some(41));
+        assert_eq!(q.get("x"), Some(""));
+        assert_eq!(q.number("limit"), None);
+    }
+}
