@@ -3,10 +3,12 @@
 //!
 //! Tests never skip: without a reachable cluster they fail and say how to start one.
 
+pub mod browser;
 pub mod dap;
 pub mod dlv_connect;
 pub mod module_proxy;
 pub mod netfault;
+pub mod tmux;
 pub mod watch;
 
 use std::time::Duration;

@@ -557,9 +557,11 @@ impl ControllerSession {
     }
 
     /// Build now (and restart on success); the outcome arrives as events.
-    pub fn build(&mut self) -> Result<(), SessionError> {
+    /// Build now; returns the build's id (its events carry it).
+    pub fn build(&mut self) -> Result<u64, SessionError> {
         let id = self.id();
-        self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))
+        self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))?;
+        Ok(id)
     }
 
     /// Restart the app without building (the status page's button).

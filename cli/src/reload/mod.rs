@@ -424,9 +424,14 @@ impl<'a> ReloadLoop<'a> {
         let ui = self.session.ui.clone();
         match command {
             Command::Rebuild => {
-                live.stream.build()?;
-                self.session.report.set_state(State::Building, None);
+                let build = live.stream.build()?;
+                let s = &mut *self.session;
+                s.report.set_state(State::Building, None);
                 ui.step("building (asked for on the status page)");
+                // A reload of its own: its line and its place in the history.
+                let reload =
+                    Reload::new(vec!["rebuild".into()], Instant::now(), None).of_build(Some(build));
+                s.report.start(reload);
             }
             Command::Restart => {
                 live.stream.restart()?;

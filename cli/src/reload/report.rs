@@ -401,9 +401,10 @@ fn build_finished(
                 let locations = locations::parse(&local_output, &cwd);
                 let summary = match locations.first() {
                     Some(l) => format!(
-                        "build failed: {}:{}: {}",
+                        "build failed: {}:{}{}: {}",
                         display_path(&l.file, &cwd),
                         l.line,
+                        l.column.map(|c| format!(":{c}")).unwrap_or_default(),
                         l.message
                     ),
                     None => "build failed".to_string(),
