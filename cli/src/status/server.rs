@@ -252,6 +252,120 @@ fn json_error(status: StatusCode, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::State;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One raw HTTP/1.1 request; the response's status line, and its body so far (an event
+    /// stream is read until `until` shows up in it).
+    async fn request(addr: SocketAddr, head: &str, until: &str) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            let n = read.expect("an answer within 5 s").unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if n == 0 || (text.contains("\r\n\r\n") && text.contains(until)) {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    fn get(addr: SocketAddr, path: &str, auth: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn the_api_needs_the_token_and_a_local_host() {
+        let hub = Hub::new("watch", false, false);
+        let (api, mut commands) = hub.add_service("api");
+        let addr = start(hub.clone()).await.unwrap();
+        let bearer = format!("Authorization: Bearer {}\r\n", hub.token());
+
+        let (status, _) = request(addr, &get(addr, "/api/status", ""), "").await;
+        assert!(status.contains("401"), "{status}");
+        let (status, _) = request(addr, &get(addr, "/api/status?token=wrong", ""), "").await;
+        assert!(status.contains("401"), "{status}");
+        let rebinding = format!(
+            "GET /api/status HTTP/1.1\r\nHost: evil.example:{}\r\n{bearer}Connection: close\r\n\r\n",
+            addr.port()
+        );
+        let (status, _) = request(addr, &rebinding, "").await;
+        assert!(status.contains("403"), "{status}");
+
+        let (status, body) = request(addr, &get(addr, "/api/status", &bearer), "}").await;
+        assert!(status.contains("200"), "{status}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["services"][0]["name"], "api");
+        assert_eq!(v["services"][0]["state"], "connecting");
+        let page = format!("/?token={}", hub.token());
+        let (status, body) = request(addr, &get(addr, &page, ""), "</html>").await;
+        assert!(status.contains("200") && body.contains("<html"), "{status}");
+
+        // Buttons: refused while connecting, passed on once connected; unknown ones named.
+        let post = |path: &str| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{bearer}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let (status, body) = request(addr, &post("/api/services/api/rebuild"), "}").await;
+        assert!(
+            status.contains("409") && body.contains("not connected"),
+            "{status} {body}"
+        );
+        api.set_state(State::Ready, None);
+        let (status, _) = request(addr, &post("/api/services/api/rebuild"), "}").await;
+        assert!(status.contains("202"), "{status}");
+        assert_eq!(commands.recv().await, Some(Command::Rebuild));
+        let (status, body) = request(addr, &post("/api/services/web/pause"), "}").await;
+        assert!(
+            status.contains("404") && body.contains("no service web"),
+            "{status}"
+        );
+        let (status, _) = request(addr, &post("/api/services/api/explode"), "}").await;
+        assert!(status.contains("404"), "{status}");
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_sends_the_status_and_the_lines_after_a_point() {
+        let hub = Hub::new("watch", false, false);
+        let _ = hub.add_service("api");
+        hub.print(
+            Some("api"),
+            crate::status::log::Source::App,
+            crate::status::log::Level::Info,
+            "first",
+            "first",
+        );
+        hub.print(
+            Some("api"),
+            crate::status::log::Source::App,
+            crate::status::log::Level::Info,
+            "second",
+            "second",
+        );
+        let addr = start(hub.clone()).await.unwrap();
+        let path = format!("/api/events?token={}&after=1", hub.token());
+        let (status, body) = request(addr, &get(addr, &path, ""), "event: status").await;
+        assert!(status.contains("200"), "{status}");
+        assert!(!body.contains("\"first\""), "only lines after 1: {body}");
+        let second = body.find("\"second\"").expect("line 2 sent");
+        assert!(second < body.find("event: status").unwrap(), "{body}");
+        let logs = format!("/api/logs?after=0&limit=1");
+        let bearer = format!("Authorization: Bearer {}\r\n", hub.token());
+        let (_, body) = request(addr, &get(addr, &logs, &bearer), "}").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["next"], 2);
+        assert_eq!(v["lines"][0]["text"], "second");
+    }
 
     #[test]
     fn tokens_compare_whole() {
