@@ -359,9 +359,9 @@ mod tests {
         assert!(!body.contains("\"first\""), "only lines after 1: {body}");
         let second = body.find("\"second\"").expect("line 2 sent");
         assert!(second < body.find("event: status").unwrap(), "{body}");
-        let logs = format!("/api/logs?after=0&limit=1");
+        let logs = "/api/logs?after=0&limit=1";
         let bearer = format!("Authorization: Bearer {}\r\n", hub.token());
-        let (_, body) = request(addr, &get(addr, &logs, &bearer), "}").await;
+        let (_, body) = request(addr, &get(addr, logs, &bearer), "}").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["next"], 2);
         assert_eq!(v["lines"][0]["text"], "second");
