@@ -66,7 +66,7 @@ pub mod testing {
         port: u16,
         delve: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
-        crate::debugger::start(port, delve, crate::ui::Ui::plain()).await
+        crate::debugger::start(port, delve, crate::ui::Ui::plain(), None).await
     }
     pub use crate::sync::transfer::tar::build_tar;
 }

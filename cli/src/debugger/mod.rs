@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::status::ServiceHandle;
 use crate::ui::{Ui, fmt_duration};
 use keeper::{ClientStep, Keeper};
 use link::{Framing, Link};
@@ -34,8 +35,13 @@ const REDIAL: Duration = Duration::from_millis(100);
 const SAY_WAITING: Duration = Duration::from_secs(10);
 
 /// Listen on `127.0.0.1:<port>`; each client's Delve is reached through `upstream`. Returns
-/// the bound address.
-pub async fn start(port: u16, upstream: SocketAddr, ui: Ui) -> std::io::Result<SocketAddr> {
+/// the bound address. `status` counts the clients attached.
+pub async fn start(
+    port: u16,
+    upstream: SocketAddr,
+    ui: Ui,
+    status: Option<ServiceHandle>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -45,7 +51,9 @@ pub async fn start(port: u16, upstream: SocketAddr, ui: Ui) -> std::io::Result<S
             };
             let _ = conn.set_nodelay(true);
             let ui = ui.clone();
+            let status = status.clone();
             tokio::spawn(async move {
+                let _attached = status.map(Attached::new);
                 let mut first = [0u8; 1];
                 // The client speaks first in both protocols.
                 if !matches!(conn.peek(&mut first).await, Ok(1)) {
@@ -64,6 +72,23 @@ pub async fn start(port: u16, upstream: SocketAddr, ui: Ui) -> std::io::Result<S
         }
     });
     Ok(addr)
+}
+
+/// One client in the status's count, while it is attached.
+struct Attached(ServiceHandle);
+
+impl Attached {
+    fn new(status: ServiceHandle) -> Attached {
+        status.update(|s, _| s.debugger_clients += 1);
+        Attached(status)
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0
+            .update(|s, _| s.debugger_clients = s.debugger_clients.saturating_sub(1));
+    }
 }
 
 /// The client's messages that arrived while there was no Delve.

@@ -105,7 +105,8 @@ impl ServiceSession {
         if let Some(port) = delve
             && let Some(entry) = self.forwarded.iter_mut().find(|(_, r)| *r == port)
         {
-            entry.0 = crate::debugger::start(port, entry.0, self.ui.clone())
+            let status = self.report.status.clone();
+            entry.0 = crate::debugger::start(port, entry.0, self.ui.clone(), status)
                 .await
                 .map_err(|e| {
                     UsageError(format!(
