@@ -557,7 +557,7 @@ impl ControllerSession {
     }
 
     /// Build now (and restart on success); the outcome arrives as events.
-    /// Build now; returns the build's id (its events carry it).
+    /// Build now; returns the request's id (`BuildStarted` names it).
     pub fn build(&mut self) -> Result<u64, SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))?;

@@ -424,13 +424,13 @@ impl<'a> ReloadLoop<'a> {
         let ui = self.session.ui.clone();
         match command {
             Command::Rebuild => {
-                let build = live.stream.build()?;
+                let request = live.stream.build()?;
                 let s = &mut *self.session;
                 s.report.set_state(State::Building, None);
                 ui.step("building (asked for on the status page)");
                 // A reload of its own: its line and its place in the history.
                 let reload =
-                    Reload::new(vec!["rebuild".into()], Instant::now(), None).of_build(Some(build));
+                    Reload::new(vec!["rebuild".into()], Instant::now(), None).of_request(request);
                 s.report.start(reload);
             }
             Command::Restart => {

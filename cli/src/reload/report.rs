@@ -39,6 +39,8 @@ pub struct Report {
 pub struct Reload {
     /// The build its patch started (`None`: not known, so any build's events are its own).
     build: Option<u64>,
+    /// The `build` request that started it (its build's id comes with `BuildStarted`).
+    request: Option<u64>,
     changed: Vec<String>,
     started: Instant,
     patch_ms: u64,
@@ -51,6 +53,7 @@ impl Reload {
         let now = SystemTime::now();
         Reload {
             build: None,
+            request: None,
             changed,
             started,
             patch_ms: started.elapsed().as_millis() as u64,
@@ -69,6 +72,12 @@ impl Reload {
     /// The reload of the build its patch started.
     pub fn of_build(mut self, build: Option<u64>) -> Reload {
         self.build = build;
+        self
+    }
+
+    /// The reload of the build that request `id` starts.
+    pub fn of_request(mut self, id: u64) -> Reload {
+        self.request = Some(id);
         self
     }
 
@@ -223,7 +232,19 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
         _ => return,
     };
     match event {
-        Event::BuildStarted { .. } => state.set_state(State::Building, None),
+        Event::BuildStarted {
+            build_id,
+            request_id,
+            ..
+        } => {
+            if let Some(r) = state.reload.as_mut()
+                && r.request.is_some()
+                && r.request == request_id
+            {
+                r.build = Some(build_id);
+            }
+            state.set_state(State::Building, None)
+        }
         Event::BuildFinished {
             build_id,
             outcome,
@@ -639,6 +660,48 @@ mod tests {
             .as_ref()
             .expect("b.go's reload waits for its restart");
         assert_eq!(r.pod.build_ms, Some(102));
+    }
+
+    /// A rebuild asked for on the status page: the build its request started ends its reload
+    /// (an unchanged binary), and the status's history has it.
+    #[tokio::test]
+    async fn a_requested_builds_events_end_its_reload() {
+        let hub = crate::status::Hub::new("watch", false, false);
+        let (handle, _) = hub.add_service("api");
+        let mut report =
+            Report::new(Some(8080), None, None, PathBuf::from("/")).with_status(Some(handle));
+        let ui = Ui::plain();
+        report.start(Reload::new(vec!["rebuild".into()], Instant::now(), None).of_request(7));
+        show_message(
+            event(Event::BuildStarted {
+                build_id: 3,
+                patch_ids: vec![],
+                request_id: Some(7),
+                command: vec![],
+            }),
+            &mut report,
+            &ui,
+        );
+        show_message(
+            event(Event::BuildFinished {
+                build_id: 3,
+                outcome: BuildOutcome::Succeeded,
+                exit_code: Some(0),
+                elapsed_ms: 40,
+                output: String::new(),
+                output_truncated: false,
+                installed: false,
+                unchanged: true,
+            }),
+            &mut report,
+            &ui,
+        );
+        assert!(report.reload.is_none(), "the rebuild's reload ended");
+        let status = hub.snapshot();
+        let last = status.services[0].last_reload.as_ref().expect("in the history");
+        assert_eq!(last.outcome, Outcome::Unchanged);
+        assert_eq!(last.phases.build_ms, Some(40));
+        assert_eq!(status.services[0].state, State::Ready);
     }
 
     #[test]
