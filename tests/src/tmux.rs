@@ -1,5 +1,6 @@
 //! A command on a pseudo-terminal, as a person's terminal runs it: a tmux server of the test's
-//! own (its own socket), whose screen the test reads with `capture-pane`.
+//! own (its own socket, in a temporary directory), whose screen the test reads with
+//! `capture-pane`.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,15 +9,20 @@ use anyhow::{Context, Result, ensure};
 
 /// One tmux server with one window running a command; killed on drop.
 pub struct Tmux {
-    socket: String,
+    /// The server's socket, in a directory of its own (removed with it).
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
     /// Run `command` (a shell command line) in `dir` on a `width`×`height` terminal. The
     /// environment is the test's: tmux starts its server from this process.
     pub fn start(dir: &Path, command: &str, width: u16, height: u16) -> Result<Tmux> {
-        let socket = format!("kdev-test-{}-{}", std::process::id(), crate::free_port());
-        let tmux = Tmux { socket };
+        let dir_of_socket = tempfile::tempdir()?;
+        let tmux = Tmux {
+            socket: dir_of_socket.path().join("tmux"),
+            _dir: dir_of_socket,
+        };
         let out = tmux
             .cmd()
             .args(["new-session", "-d", "-s", "main", "-x"])
@@ -43,7 +49,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket]);
+        c.arg("-S").arg(&self.socket);
         c
     }
 

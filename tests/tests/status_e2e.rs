@@ -369,6 +369,8 @@ async fn the_status_page_and_block_show_two_services_reloads_errors_and_logs() -
         "idle 10 s with the page open: kdev used {used} CPU ticks ({:.2} % of a core); {rss}",
         used as f64 / 10.0
     );
+    // The terminal as a person sees it, beside the screenshots.
+    std::fs::write(shots.join("status-terminal.txt"), term.screen()?)?;
     eprintln!("screenshots: {}", shots.display());
 
     // Ctrl-C: the block is erased and the session says it stopped.
