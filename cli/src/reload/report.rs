@@ -698,7 +698,10 @@ mod tests {
         );
         assert!(report.reload.is_none(), "the rebuild's reload ended");
         let status = hub.snapshot();
-        let last = status.services[0].last_reload.as_ref().expect("in the history");
+        let last = status.services[0]
+            .last_reload
+            .as_ref()
+            .expect("in the history");
         assert_eq!(last.outcome, Outcome::Unchanged);
         assert_eq!(last.phases.build_ms, Some(40));
         assert_eq!(status.services[0].state, State::Ready);

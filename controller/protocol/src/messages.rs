@@ -779,7 +779,6 @@ mod tests {
         }
         for bad in [
             r#"{"type":"format_disk"}"#,
-            r#"{"type":"restart","id":6}"#,
             r#"{"id":1}"#,
             r#"{"type":["ping"]}"#,
             r#"{"type":"ping"}"#,
