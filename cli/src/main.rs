@@ -256,7 +256,8 @@ fn init_logging(verbose: u8) {
                 .unwrap_or_else(|_| filter.into()),
         )
         .with_span_events(spans)
-        .with_writer(std::io::stderr)
+        // Above the status block when it is on the same terminal.
+        .with_writer(kdev::status::StderrLines)
         .init();
 }
 

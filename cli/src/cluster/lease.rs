@@ -181,11 +181,11 @@ async fn renew_loop(
             }
             Err(_) => {
                 if !warned && last_renewed.elapsed() > Duration::from_secs(LEASE_SECONDS as u64) {
-                    eprintln!(
+                    crate::status::write_stderr(&format!(
                         "kdev: warning: the session Lease {name} could not be renewed for {}s (the \
-                         API server does not answer); still trying",
+                         API server does not answer); still trying\n",
                         last_renewed.elapsed().as_secs()
-                    );
+                    ));
                     warned = true;
                 }
                 continue;

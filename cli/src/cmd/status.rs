@@ -62,7 +62,10 @@ fn table(s: &SessionStatus) -> String {
         out.push_str(&format!("  status page: {url}\n"));
     }
     // The block's rows, as wide as they need to be (no terminal to fit).
-    for row in term_block::render(s, 400, false).into_iter().skip(1) {
+    for row in term_block::render(s, 400, usize::MAX, false)
+        .into_iter()
+        .skip(1)
+    {
         out.push_str(&row);
         out.push('\n');
     }

@@ -112,6 +112,12 @@ impl StatusSetup<'_> {
     /// `kdev status` reads; with --ui, the page's address.
     fn describe(&self, plan: &session::Plan, ui: &Ui) -> Option<registry::Registered> {
         let root = plan.project.root.display().to_string();
+        self.hub.update(|s| {
+            s.project = plan.project.name.clone();
+            s.root = root.clone();
+            s.namespace = plan.conn.namespace.clone();
+            s.owner = plan.owner.clone();
+        });
         let api = self.api?;
         let entry = registry::Entry {
             pid: std::process::id(),
@@ -121,12 +127,10 @@ impl StatusSetup<'_> {
             project: plan.project.name.clone(),
         };
         let url = entry.page_url();
+        let shown = self.page;
         self.hub.update(|s| {
-            s.project = plan.project.name.clone();
-            s.root = root;
-            s.namespace = plan.conn.namespace.clone();
-            s.owner = plan.owner.clone();
             s.ui_url = Some(url.clone());
+            s.ui_url_shown = shown;
         });
         if self.page {
             ui.ok(&format!("status page: {url}"));

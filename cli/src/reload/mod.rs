@@ -141,6 +141,16 @@ impl<'a> ReloadLoop<'a> {
         if !self.reconcile(&mut stream, &pod_name, backoff).await? {
             return Ok(None);
         }
+        // The reconcile made the pod's tree equal to the local one, held changes included.
+        if self.paused && !self.held.is_empty() {
+            self.session.ui.warn(&format!(
+                "the {} paths changed while sync was paused were synced by the reconnect; sync \
+                 stays paused",
+                self.held.len()
+            ));
+            self.held.clear();
+            self.show_pending();
+        }
         backoff.reset();
         Ok(Some(Live {
             stream,
@@ -281,8 +291,21 @@ impl<'a> ReloadLoop<'a> {
                     s.deleted,
                 ));
                 let files = vec![format!("{} files", s.files)];
-                let reload = Reload::new(files, s.started, None);
-                self.session.report.replace_all(Some(reload));
+                let report = &mut self.session.report;
+                match s.build_id {
+                    Some(build) => {
+                        report.set_state(State::Building, None);
+                        let reload = Reload::new(files, s.started, None)
+                            .of_build(Some(build))
+                            .initial();
+                        report.replace_all(Some(reload));
+                    }
+                    // Nothing to build (no Go file changed): nothing more will come.
+                    None => {
+                        report.replace_all(None);
+                        report.set_state(State::Ready, None);
+                    }
+                }
             }
             Err(e) => {
                 ui.warn(&format!("sync with {pod_name} failed: {e:#}; reconnecting"));
@@ -394,8 +417,8 @@ impl<'a> ReloadLoop<'a> {
             }
             // Nothing differed: back to what it was doing.
             None => {
-                if let Some(state) = before {
-                    s.report.set_state(state, None);
+                if let Some((state, detail)) = before {
+                    s.report.set_state(state, detail);
                 }
             }
         }

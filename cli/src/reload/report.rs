@@ -41,6 +41,8 @@ pub struct Reload {
     build: Option<u64>,
     /// The `build` request that started it (its build's id comes with `BuildStarted`).
     request: Option<u64>,
+    /// The reconcile of a new session (its time is a first sync and build, not a reload's).
+    initial: bool,
     changed: Vec<String>,
     started: Instant,
     patch_ms: u64,
@@ -54,6 +56,7 @@ impl Reload {
         Reload {
             build: None,
             request: None,
+            initial: false,
             changed,
             started,
             patch_ms: started.elapsed().as_millis() as u64,
@@ -72,6 +75,12 @@ impl Reload {
     /// The reload of the build its patch started.
     pub fn of_build(mut self, build: Option<u64>) -> Reload {
         self.build = build;
+        self
+    }
+
+    /// A new session's reconcile.
+    pub fn initial(mut self) -> Reload {
+        self.initial = true;
         self
     }
 
@@ -187,7 +196,12 @@ impl Report {
 
 /// The reload's summary line, and its `--timings` record.
 fn finish_reload(r: Reload, state: &mut Report, ui: &Ui) {
-    state.record(&r, Outcome::Served);
+    let outcome = if r.initial {
+        Outcome::InitialSync
+    } else {
+        Outcome::Served
+    };
+    state.record(&r, outcome);
     if let Some(s) = &state.status {
         s.update(|s, now| {
             s.last_error = None;

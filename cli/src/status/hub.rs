@@ -2,7 +2,8 @@
 //! page and `kdev status` read it, and the page's buttons reach the loops through it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -67,6 +68,53 @@ struct Inner {
 struct Terminal {
     block: TermBlock,
     color: bool,
+    /// The terminal's settings before kdev turned its echo off (restored at the end).
+    echo: Option<libc::termios>,
+}
+
+/// The hub whose block is on the terminal: lines for stderr (kdev's warnings, `-v`'s trace)
+/// go above it when stderr is that terminal too, instead of under it.
+static ON_TERMINAL: Mutex<Option<Weak<Hub>>> = Mutex::new(None);
+
+/// Write `text` (whole lines) for stderr: above the status block when it is on the same
+/// terminal, else to stderr as it is.
+pub fn write_stderr(text: &str) {
+    let hub = ON_TERMINAL
+        .lock()
+        .ok()
+        .and_then(|h| h.as_ref().and_then(Weak::upgrade));
+    match hub {
+        Some(h) => h.print_raw(text),
+        None => {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        }
+    }
+}
+
+/// Typed keys are not echoed while the block is drawn: an Enter would move the cursor under
+/// the block and leave a copy of it behind. Returns the settings to restore.
+fn echo_off() -> Option<libc::termios> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        (libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) == 0).then_some(saved)
+    }
+}
+
+fn restore_echo(saved: &libc::termios) {
+    // SAFETY: the settings tcgetattr gave for stdin.
+    unsafe {
+        libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+    }
 }
 
 /// One service's part of the hub (what its loop and report write through).
@@ -90,6 +138,7 @@ impl Hub {
             owner: String::new(),
             started_at_ms: now_ms(),
             ui_url: None,
+            ui_url_shown: false,
             services: Vec::new(),
         };
         let hub = Arc::new(Hub {
@@ -104,6 +153,7 @@ impl Hub {
                 Mutex::new(Terminal {
                     block: TermBlock::default(),
                     color,
+                    echo: echo_off(),
                 })
             }),
             token: random_token(),
@@ -113,6 +163,11 @@ impl Hub {
                 Arc::downgrade(&hub),
                 hub.version.subscribe(),
             ));
+            if std::io::stderr().is_terminal()
+                && let Ok(mut on) = ON_TERMINAL.lock()
+            {
+                *on = Some(Arc::downgrade(&hub));
+            }
         }
         hub
     }
@@ -189,9 +244,12 @@ impl Hub {
         self.version.subscribe()
     }
 
-    /// New log lines as they come.
-    pub fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
-        self.logs.subscribe()
+    /// New log lines as they come, and the number of the newest line before them (taken
+    /// together, under the lock lines are sent under: none is missed or seen twice).
+    pub fn subscribe_logs(&self) -> (broadcast::Receiver<LogLine>, u64) {
+        let inner = self.lock();
+        let (_, newest) = inner.log.after(u64::MAX, 0);
+        (self.logs.subscribe(), newest)
     }
 
     /// Lines after `seq` (at most `limit`), and the number of the newest.
@@ -209,8 +267,12 @@ impl Hub {
         text: &str,
         rendered: &str,
     ) {
-        let line = self.lock().log.push(now_ms(), service, source, level, text);
-        let _ = self.logs.send(line);
+        {
+            // Numbered and sent under one lock: subscribers get the lines in order.
+            let mut inner = self.lock();
+            let line = inner.log.push(now_ms(), service, source, level, text);
+            let _ = self.logs.send(line);
+        }
         let mut out = String::with_capacity(rendered.len() + 1);
         out.push_str(rendered);
         out.push('\n');
@@ -235,15 +297,42 @@ impl Hub {
         self.terminal.is_some()
     }
 
-    /// Erase the block for good (the session ends).
+    /// Erase the block for good (the session ends), and give the terminal its echo back.
     pub fn close_block(&self) {
         if let Some(t) = &self.terminal {
-            t.lock().unwrap_or_else(|e| e.into_inner()).block.close();
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.block.close();
+            if let Some(saved) = t.echo.take() {
+                restore_echo(&saved);
+            }
+        }
+        if let Ok(mut on) = ON_TERMINAL.lock() {
+            *on = None;
+        }
+    }
+
+    /// Lines that are not kdev's log (stderr's), written above the block.
+    fn print_raw(&self, text: &str) {
+        let mut out = text.to_string();
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        match &self.terminal {
+            Some(t) => {
+                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                let rows = self.rows(t.color);
+                t.block.print(&out, &rows);
+            }
+            None => {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(out.as_bytes());
+            }
         }
     }
 
     fn rows(&self, color: bool) -> Vec<String> {
-        term_block::render(&self.lock().status, term_block::terminal_width(), color)
+        let (cols, lines) = term_block::terminal_size();
+        term_block::render(&self.lock().status, cols, lines, color)
     }
 
     fn redraw(&self) {
@@ -280,9 +369,11 @@ impl ServiceHandle {
         self.update(|s, now| s.set_state(state, detail, now));
     }
 
-    /// The state the service is in.
-    pub fn state(&self) -> State {
-        self.hub.lock().status.services[self.index].state
+    /// The state the service is in, and its detail.
+    pub fn state(&self) -> (State, Option<String>) {
+        let inner = self.hub.lock();
+        let s = &inner.status.services[self.index];
+        (s.state, s.detail.clone())
     }
 }
 
@@ -328,7 +419,8 @@ mod tests {
     #[tokio::test]
     async fn lines_are_kept_and_sent_to_subscribers() {
         let hub = Hub::new("watch", false, false);
-        let mut rx = hub.subscribe_logs();
+        let (mut rx, newest) = hub.subscribe_logs();
+        assert_eq!(newest, 0);
         hub.print(
             Some("api"),
             Source::App,

@@ -22,6 +22,9 @@ pub struct SessionStatus {
     pub started_at_ms: u64,
     /// The page's address, token included.
     pub ui_url: Option<String>,
+    /// Whether the terminal block shows it (`--ui`; the token is not put on screen otherwise).
+    #[serde(skip)]
+    pub ui_url_shown: bool,
     pub services: Vec<ServiceStatus>,
 }
 
@@ -92,6 +95,8 @@ pub struct ServiceStatus {
 pub enum Outcome {
     /// The new code serves.
     Served,
+    /// A session's first sync and build served (not in the percentiles).
+    InitialSync,
     BuildFailed,
     /// Built the same binary: nothing restarted.
     Unchanged,

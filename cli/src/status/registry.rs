@@ -3,7 +3,7 @@
 //! token), removed when the session ends (and, if it crashed, by the next reader).
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -57,22 +57,46 @@ pub fn register(entry: &Entry) -> std::io::Result<Registered> {
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
+    check_private(&dir)?;
     let path = dir.join(format!("{}.json", entry.pid));
     let tmp = dir.join(format!(".{}.json.tmp", entry.pid));
+    // A leftover of a crashed session of the same pid; a new file, never followed through a
+    // link.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(&serde_json::to_vec(entry)?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(Registered { path })
 }
 
+/// The directory must be this user's own, a real directory, readable by nobody else (in
+/// `/tmp`, another user could have made it first).
+fn check_private(dir: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of yours that only you can read (remove it, or set \
+             KDEV_RUNTIME_DIR)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The sessions running now; files of processes that are gone are removed.
 pub fn running() -> Vec<Entry> {
-    let Ok(read) = std::fs::read_dir(dir()) else {
+    let dir = dir();
+    if check_private(&dir).is_err() {
+        return Vec::new();
+    }
+    let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut entries: Vec<Entry> = read
@@ -93,16 +117,24 @@ pub fn running() -> Vec<Entry> {
 }
 
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only asks whether the process exists (and may be signalled).
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::os::unix::fs::PermissionsExt;
+
     #[test]
     fn registered_while_held_and_the_dead_are_swept() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         // SAFETY (env): this test is the only one in the crate that sets KDEV_RUNTIME_DIR.
         unsafe { std::env::set_var("KDEV_RUNTIME_DIR", dir.path()) };
         let me = Entry {
@@ -131,5 +163,9 @@ mod tests {
         drop(held);
         assert!(running().is_empty());
         assert_eq!(me.page_url(), "http://127.0.0.1:1/?token=t");
+        // A directory others can read (made first by someone else, say) is not used.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = register(&me).err().expect("refused");
+        assert!(err.to_string().contains("only you can read"), "{err}");
     }
 }

@@ -123,11 +123,11 @@ fn events(hub: Arc<Hub>, after: Option<u64>) -> Response<Body> {
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     tokio::spawn(async move {
         let mut version = hub.watch_version();
-        let mut logs = hub.subscribe_logs();
-        let mut last_seq = 0;
+        let (mut logs, newest) = hub.subscribe_logs();
+        let mut last_seq = newest;
         if let Some(after) = after {
             let (lines, _) = hub.logs_after(after, usize::MAX);
-            for l in lines {
+            for l in lines.into_iter().filter(|l| l.seq <= newest) {
                 last_seq = l.seq;
                 if tx.send(Ok(event("log", &l))).await.is_err() {
                     return;
@@ -151,10 +151,19 @@ fn events(hub: Arc<Hub>, after: Option<u64>) -> Response<Body> {
                 }
                 line = logs.recv() => match line {
                     Ok(l) if l.seq <= last_seq => continue,
-                    Ok(l) => event("log", &l),
-                    // Too slow a reader: it missed lines, which it can fetch from /api/logs.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        Frame::data(Bytes::from(format!(": {n} lines skipped\n\n")))
+                    Ok(l) => {
+                        last_seq = l.seq;
+                        event("log", &l)
+                    }
+                    // Too slow a reader: the lines it missed come from the kept log.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let (lines, _) = hub.logs_after(last_seq, usize::MAX);
+                        let mut text = String::new();
+                        for l in lines {
+                            last_seq = l.seq;
+                            text.push_str(&event_text("log", &l));
+                        }
+                        Frame::data(Bytes::from(text))
                     }
                     Err(_) => return,
                 },
@@ -173,8 +182,12 @@ fn events(hub: Arc<Hub>, after: Option<u64>) -> Response<Body> {
 }
 
 fn event(name: &str, data: &impl serde::Serialize) -> Frame<Bytes> {
+    Frame::data(Bytes::from(event_text(name, data)))
+}
+
+fn event_text(name: &str, data: &impl serde::Serialize) -> String {
     let json = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
-    Frame::data(Bytes::from(format!("event: {name}\ndata: {json}\n\n")))
+    format!("event: {name}\ndata: {json}\n\n")
 }
 
 /// A request for this machine's loopback on our port.

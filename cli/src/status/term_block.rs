@@ -6,6 +6,8 @@
 
 use std::io::Write;
 
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
 use super::model::{ServiceStatus, SessionStatus, State};
 use crate::ui::fmt_duration;
 
@@ -73,41 +75,62 @@ fn write_all(s: &str) {
     let _ = out.flush();
 }
 
-/// The terminal's width in columns (80 when it cannot be asked).
-pub fn terminal_width() -> usize {
+/// The terminal's size: columns and lines (80×24 when it cannot be asked).
+pub fn terminal_size() -> (usize, usize) {
     // SAFETY: TIOCGWINSZ writes a `winsize` into the struct we pass, nothing else.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_col > 0 {
+    let cols = if ok && ws.ws_col > 0 {
         ws.ws_col as usize
     } else {
         80
-    }
+    };
+    let lines = if ok && ws.ws_row > 0 {
+        ws.ws_row as usize
+    } else {
+        24
+    };
+    (cols, lines)
 }
 
-/// The block's rows for `status` on a terminal `width` columns wide: a header, then one row
-/// per service. Empty until the session has services.
-pub fn render(status: &SessionStatus, width: usize, color: bool) -> Vec<String> {
+/// The block's rows for `status` on a terminal `width` columns wide and `height` lines high: a
+/// header, then one row per service (as many as fit below one line of log). Empty until the
+/// session has services.
+pub fn render(status: &SessionStatus, width: usize, height: usize, color: bool) -> Vec<String> {
     if status.services.is_empty() {
         return Vec::new();
     }
     let width = width.max(20) - 1;
     let mut header = format!("── kdev {} · {}", status.command, status.project);
-    if let Some(url) = &status.ui_url {
+    if let (Some(url), true) = (&status.ui_url, status.ui_url_shown) {
         header.push_str(&format!(" · {url}"));
     }
     header.push(' ');
-    let pad = width.saturating_sub(header.chars().count());
+    let pad = width.saturating_sub(UnicodeWidthStr::width(header.as_str()));
     header.push_str(&"─".repeat(pad));
     let mut rows = vec![paint(color, DIM, &cut(&header, width))];
     let name_width = status
         .services
         .iter()
-        .map(|s| s.name.chars().count())
+        .map(|s| UnicodeWidthStr::width(s.name.as_str()))
         .max()
         .unwrap_or(0);
-    for s in &status.services {
+    // A block taller than the screen would scroll its top into the scrollback on every line.
+    let room = height.saturating_sub(2).max(2);
+    let fits = if status.services.len() < room {
+        status.services.len()
+    } else {
+        room - 1
+    };
+    for s in &status.services[..fits] {
         rows.push(service_row(s, name_width, width, color));
+    }
+    if fits < status.services.len() {
+        let more = status.services.len() - fits;
+        rows.push(cut(
+            &format!(" … and {more} more services (`kdev status` lists them all)"),
+            width,
+        ));
     }
     rows
 }
@@ -122,6 +145,7 @@ fn service_row(s: &ServiceStatus, name_width: usize, width: usize, color: bool) 
         State::Syncing | State::Building | State::Restarting => ("◐", "\x1b[36m"),
     };
     let head = format!("{} {icon} {:<10}", pad(&s.name, name_width), state.as_str());
+    let head_len = head.chars().count() + 1;
     let mut parts: Vec<String> = Vec::new();
     match (&s.detail, state) {
         (Some(d), State::Failed | State::Syncing | State::Building | State::Connecting) => {
@@ -146,12 +170,11 @@ fn service_row(s: &ServiceStatus, name_width: usize, width: usize, color: bool) 
     if let Some(d) = &s.debugger {
         parts.push(format!("debugger {d} ({} attached)", s.debugger_clients));
     }
-    let plain = cut(&format!(" {head} {}", parts.join(" · ")), width);
+    let plain = cut(&sanitize(&format!(" {head} {}", parts.join(" · "))), width);
     if !color {
         return plain;
     }
     // Colour the state word (it is within the row's start, which the cut keeps first).
-    let head_len = head.chars().count() + 1;
     let (start, rest): (String, String) = (
         plain.chars().take(head_len).collect(),
         plain.chars().skip(head_len).collect(),
@@ -174,6 +197,7 @@ fn reload_summary(r: &super::model::ReloadEntry) -> String {
     .collect();
     let outcome = match r.outcome {
         Outcome::Served => "",
+        Outcome::InitialSync => "first sync ",
         Outcome::BuildFailed => "build failed ",
         Outcome::Unchanged => "unchanged ",
         Outcome::RestartFailed => "restart failed ",
@@ -186,16 +210,35 @@ fn ms(v: u64) -> String {
     fmt_duration(std::time::Duration::from_millis(v))
 }
 
+/// `s` padded with spaces to `width` columns.
 fn pad(s: &str, width: usize) -> String {
-    format!("{s:<width$}")
+    let fill = width.saturating_sub(UnicodeWidthStr::width(s));
+    format!("{s}{}", " ".repeat(fill))
 }
 
-/// At most `width` characters.
+/// Control characters (a tab, a carriage return, an escape in a build error) as spaces: the
+/// terminal would move the cursor for them.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// At most `width` columns of the terminal (wide characters count two).
 fn cut(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
+    if UnicodeWidthStr::width(s) <= width {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
     out.push('…');
     out
 }
@@ -246,13 +289,14 @@ mod tests {
             owner: "me".into(),
             started_at_ms: 0,
             ui_url: None,
+            ui_url_shown: false,
             services: vec![api, worker],
         }
     }
 
     #[test]
     fn a_row_per_service_with_its_state_and_last_reload() {
-        let rows = render(&session(), 200, false);
+        let rows = render(&session(), 200, 40, false);
         assert_eq!(rows.len(), 3, "{rows:#?}");
         assert!(rows[0].starts_with("── kdev watch · shop"), "{}", rows[0]);
         assert!(
@@ -271,12 +315,18 @@ mod tests {
 
     #[test]
     fn rows_never_wrap() {
+        let mut s = session();
+        s.services[1].detail = Some("build failed: main.go:3:1: undefined: 用户\tand\rmore".into());
         for width in [20, 40, 79] {
-            for row in render(&session(), width, false) {
-                assert!(row.chars().count() < width, "{width}: {row}");
+            for row in render(&s, width, 40, false) {
+                assert!(
+                    UnicodeWidthStr::width(row.as_str()) < width,
+                    "{width}: {row}"
+                );
+                assert!(!row.chars().any(char::is_control), "{row:?}");
             }
         }
-        let coloured = render(&session(), 40, true);
+        let coloured = render(&session(), 40, 40, true);
         assert!(coloured[1].starts_with("\x1b[32m api"), "{:?}", coloured[1]);
     }
 
@@ -284,6 +334,21 @@ mod tests {
     fn nothing_before_the_services_are_known() {
         let mut s = session();
         s.services.clear();
-        assert!(render(&s, 80, false).is_empty());
+        assert!(render(&s, 80, 24, false).is_empty());
+    }
+
+    #[test]
+    fn a_block_taller_than_the_screen_is_cut_with_a_count() {
+        let mut s = session();
+        let more: Vec<ServiceStatus> = (0..30)
+            .map(|i| ServiceStatus::new(&format!("svc{i}"), 0))
+            .collect();
+        s.services.extend(more);
+        let rows = render(&s, 100, 12, false);
+        assert_eq!(rows.len(), 11, "{rows:#?}");
+        assert_eq!(
+            rows.last().unwrap(),
+            " … and 23 more services (`kdev status` lists them all)"
+        );
     }
 }

@@ -143,6 +143,8 @@ pub struct InitialSync {
     pub compared_bytes: u64,
     /// Nothing was sent and no build started: the pod already held this tree, built.
     pub in_sync: bool,
+    /// The build the pod started for it, if any.
+    pub build_id: Option<u64>,
     /// Paths sent (files, directories, symlinks) and the bytes of the files among them.
     pub sent_files: usize,
     pub sent_bytes: u64,
@@ -297,6 +299,7 @@ impl SyncEngine {
             files,
             compared_bytes: self.known.values().map(|e| e.size).sum(),
             in_sync: plan.is_empty() && sent.build_id.is_none(),
+            build_id: sent.build_id,
             sent_files: plan.send.len(),
             sent_bytes: bytes,
             deleted: plan.delete.len(),
