@@ -86,8 +86,7 @@ pub fn print_page_url(config_path: &Path) -> Result<()> {
         ([], [only]) => only,
         ([], []) => {
             return Err(UsageError(
-                "no kdev session is running on this machine: start one with `kdev watch --ui`"
-                    .into(),
+                "no kdev session is running on this machine: start one with `kdev watch`".into(),
             )
             .into());
         }
