@@ -307,8 +307,15 @@ async fn a_dropped_connection_to_the_same_delve_is_replaced_unnoticed() -> Resul
         dap.attach(json!([]), &[(&main_go, &[print_line(0)])])?;
 
         relay.cut();
-        // Attached again to the same Delve: the breakpoint still hits.
-        dap.event("output", Duration::from_secs(30))?;
+        // Attached again to the same Delve (the editor hears of it): the breakpoint still
+        // hits. A request sent before that may pass the breakpoint while it is being set
+        // again (CI saw one do so), which is the pause the editor is told of.
+        dap.wait("kdev's attached-again line", Duration::from_secs(30), |m| {
+            m["event"] == "output"
+                && m["body"]["output"]
+                    .as_str()
+                    .is_some_and(|o| o.contains("attached again"))
+        })?;
         let answer = app.get();
         let (_, msg) = dap.stopped_with("msg", Duration::from_secs(30))?;
         ensure!(msg == "\"one\"", "msg is {msg}");
