@@ -356,6 +356,30 @@ pub fn example_project(
     Ok(project.canonicalize()?)
 }
 
+/// A copy of examples/shop under `dir` with a kdev.yaml for the test cluster: its two services
+/// (orders, gateway) in `namespace`, each forwarded to its localhost port.
+pub fn shop_project(
+    dir: &std::path::Path,
+    namespace: &str,
+    gateway_port: u16,
+    orders_port: u16,
+) -> Result<std::path::PathBuf> {
+    let project = dir.join("shop");
+    copy_dir(&repo_root().join("examples/shop"), &project)?;
+    std::fs::write(
+        project.join("kdev.yaml"),
+        format!(
+            "manifests: [k8s/]\nnamespace: {namespace}\nservices:\n\
+             \x20 - name: orders\n    workload: deployment/orders\n    build: {{package: ./cmd/orders}}\n\
+             \x20   run: {{ports: [\"{orders_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n\
+             \x20 - name: gateway\n    workload: deployment/gateway\n    build: {{package: ./cmd/gateway}}\n\
+             \x20   run: {{ports: [\"{gateway_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n",
+            img = TOOLCHAIN_IMAGE
+        ),
+    )?;
+    Ok(project.canonicalize()?)
+}
+
 /// Start `cmd` with stdout and stderr collected (and echoed to the test's stderr as `kdev| …`).
 pub fn spawn_captured(
     cmd: &mut std::process::Command,

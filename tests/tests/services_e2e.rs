@@ -4,7 +4,7 @@
 //! namespace each reach their own copies, and one who runs only the gateway reaches the shared
 //! backend.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,29 +13,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kdev_tests::watch::{Node, local_nodes, pod_nodes, tree_diff};
 use kdev_tests::{
-    KdevProcess as Kdev, TestNamespace, client, copy_dir, exec, free_port, http_get, kdev_bin,
-    repo_root, set_const,
+    KdevProcess as Kdev, TestNamespace, client, exec, free_port, http_get, kdev_bin, repo_root,
+    set_const, shop_project,
 };
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-
-/// A copy of examples/shop with a kdev.yaml for the test cluster.
-fn shop(dir: &Path, namespace: &str, gateway_port: u16, orders_port: u16) -> Result<PathBuf> {
-    let project = dir.join("shop");
-    copy_dir(&repo_root().join("examples/shop"), &project)?;
-    std::fs::write(
-        project.join("kdev.yaml"),
-        format!(
-            "manifests: [k8s/]\nnamespace: {namespace}\nservices:\n\
-             \x20 - name: orders\n    workload: deployment/orders\n    build: {{package: ./cmd/orders}}\n\
-             \x20   run: {{ports: [\"{orders_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n\
-             \x20 - name: gateway\n    workload: deployment/gateway\n    build: {{package: ./cmd/gateway}}\n\
-             \x20   run: {{ports: [\"{gateway_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n",
-            img = kdev_tests::TOOLCHAIN_IMAGE
-        ),
-    )?;
-    Ok(project.canonicalize()?)
-}
 
 /// `kdev watch ARGS` in `project` as `owner`.
 fn watch(project: &Path, owner: &str, args: &[&str]) -> Result<Kdev> {
@@ -143,7 +125,7 @@ async fn two_services_start_together_and_reload_only_what_changed() -> Result<()
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let dir = tempfile::tempdir()?;
     let (gw, op) = (free_port(), free_port());
-    let project = shop(dir.path(), ns.name(), gw, op)?;
+    let project = shop_project(dir.path(), ns.name(), gw, op)?;
     let t0 = Instant::now();
     let kdev = watch(&project, "dev", &[])?;
     // The gateway answers with the orders service's answer: both run, and the gateway reaches
@@ -272,7 +254,7 @@ async fn each_owner_reaches_their_own_copies_and_the_shared_backend_stays_shared
         ("carol", None, true),
     ] {
         let (gw, op) = (free_port(), free_port());
-        let project = shop(&dir.path().join(owner), ns.name(), gw, op)?;
+        let project = shop_project(&dir.path().join(owner), ns.name(), gw, op)?;
         if let Some(m) = message {
             set_const(&project, "cmd/orders/main.go", "ordersMessage", m)?;
         }
@@ -353,7 +335,7 @@ async fn malformed_services_are_refused_before_anything_is_applied() -> Result<(
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-badshop").await?;
     let dir = tempfile::tempdir()?;
-    let project = shop(dir.path(), ns.name(), free_port(), free_port())?;
+    let project = shop_project(dir.path(), ns.name(), free_port(), free_port())?;
     let good = std::fs::read_to_string(project.join("kdev.yaml"))?;
     let gateway_port_line = good
         .lines()

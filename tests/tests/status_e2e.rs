@@ -10,27 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use kdev_tests::browser::Browser;
 use kdev_tests::tmux::Tmux;
-use kdev_tests::{TestNamespace, client, copy_dir, free_port, kdev_bin, repo_root, set_const};
-
-/// A copy of examples/shop with a kdev.yaml for the test cluster.
-fn shop(dir: &Path, namespace: &str) -> Result<PathBuf> {
-    let project = dir.join("shop");
-    copy_dir(&repo_root().join("examples/shop"), &project)?;
-    std::fs::write(
-        project.join("kdev.yaml"),
-        format!(
-            "manifests: [k8s/]\nnamespace: {namespace}\nservices:\n\
-             \x20 - name: orders\n    workload: deployment/orders\n    build: {{package: ./cmd/orders}}\n\
-             \x20   run: {{ports: [\"{}:8080\"]}}\n    sidecar: {{image: {img}}}\n\
-             \x20 - name: gateway\n    workload: deployment/gateway\n    build: {{package: ./cmd/gateway}}\n\
-             \x20   run: {{ports: [\"{}:8080\"]}}\n    sidecar: {{image: {img}}}\n",
-            free_port(),
-            free_port(),
-            img = kdev_tests::TOOLCHAIN_IMAGE
-        ),
-    )?;
-    Ok(project.canonicalize()?)
-}
+use kdev_tests::{TestNamespace, client, free_port, kdev_bin, repo_root, set_const, shop_project};
 
 fn screenshots() -> PathBuf {
     std::env::var_os("KDEV_SCREENSHOTS")
@@ -147,7 +127,7 @@ async fn the_status_page_and_block_show_two_services_reloads_errors_and_logs() -
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-status").await?;
     let dir = tempfile::tempdir()?;
-    let project = shop(dir.path(), ns.name())?;
+    let project = shop_project(dir.path(), ns.name(), free_port(), free_port())?;
     let runtime = dir.path().join("run");
     let stderr = dir.path().join("kdev.stderr");
     let shots = screenshots();
