@@ -276,19 +276,24 @@ impl Hub {
         let mut out = String::with_capacity(rendered.len() + 1);
         out.push_str(rendered);
         out.push('\n');
-        match &self.terminal {
-            Some(t) => {
-                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                let rows = self.rows(t.color);
-                t.block.print(&out, &rows);
-            }
-            None => {
-                use std::io::Write;
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(out.as_bytes());
-                let _ = stdout.flush();
-            }
+        if !self.above_block(&out) {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
         }
+    }
+
+    /// Write `text` (whole lines) above the block and draw the block again; `false` when there
+    /// is no block (the caller writes it where it goes).
+    fn above_block(&self, text: &str) -> bool {
+        let Some(t) = &self.terminal else {
+            return false;
+        };
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = self.rows(t.color);
+        t.block.print(text, &rows);
+        true
     }
 
     /// Whether the terminal shows the block (then nothing else may draw on it: no progress
@@ -317,16 +322,9 @@ impl Hub {
         if !out.ends_with('\n') {
             out.push('\n');
         }
-        match &self.terminal {
-            Some(t) => {
-                let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                let rows = self.rows(t.color);
-                t.block.print(&out, &rows);
-            }
-            None => {
-                use std::io::Write;
-                let _ = std::io::stderr().write_all(out.as_bytes());
-            }
+        if !self.above_block(&out) {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(out.as_bytes());
         }
     }
 
@@ -336,11 +334,7 @@ impl Hub {
     }
 
     fn redraw(&self) {
-        if let Some(t) = &self.terminal {
-            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            let rows = self.rows(t.color);
-            t.block.redraw(&rows);
-        }
+        self.above_block("");
     }
 }
 

@@ -33,11 +33,6 @@ impl TermBlock {
         write_all(&out);
     }
 
-    /// Draw the block again with new rows.
-    pub fn redraw(&mut self, rows: &[String]) {
-        self.print("", rows);
-    }
-
     /// Erase the block and stop drawing it.
     pub fn close(&mut self) {
         let mut out = String::new();
