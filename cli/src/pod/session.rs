@@ -556,8 +556,8 @@ impl ControllerSession {
         Ok(result)
     }
 
-    /// Build now (and restart on success); the outcome arrives as events.
-    /// Build now; returns the request's id (`BuildStarted` names it).
+    /// Build now (and restart on success); the outcome arrives as events. Returns the request's
+    /// id (`BuildStarted` names it).
     pub fn build(&mut self) -> Result<u64, SessionError> {
         let id = self.id();
         self.send(&ClientMessage::Build(kdev_protocol::BuildRequest { id }))?;

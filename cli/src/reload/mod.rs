@@ -109,10 +109,8 @@ impl<'a> ReloadLoop<'a> {
             .set_state(State::Connecting, Some(waiting.into()));
         let pod = self.wait_for_pod().await?;
         let pod_name = pod.name_any();
-        if let Some(s) = &self.session.report.status {
-            let name = pod_name.clone();
-            s.update(|s, _| s.pod = Some(name));
-        }
+        let name = pod_name.clone();
+        self.session.report.update_status(|s, _| s.pod = Some(name));
         // Forward to the pod as soon as it is known, not only once the session is up: the old
         // one may be gone. Its relay is known again from the Welcome (a new pod has its own).
         self.session
@@ -433,13 +431,11 @@ impl<'a> ReloadLoop<'a> {
     }
 
     fn show_pending(&self) {
-        if let Some(s) = &self.session.report.status {
-            let (paused, pending) = (self.paused, self.held.len());
-            s.update(|s, _| {
-                s.paused = paused;
-                s.pending = pending;
-            });
-        }
+        let (paused, pending) = (self.paused, self.held.len());
+        self.session.report.update_status(|s, _| {
+            s.paused = paused;
+            s.pending = pending;
+        });
     }
 
     /// A button of the status page. An error ends the stream.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kdev_protocol::{BuildOutcome, Event, ServerMessage, Stream};
 
 use crate::reload::timings::{self, PodDurations, Timeline, TimingsLog};
-use crate::status::model::{BuildError, Outcome, Phases, ReloadEntry};
+use crate::status::model::{BuildError, Outcome, Phases, ReloadEntry, ServiceStatus};
 use crate::status::{ServiceHandle, State, locations};
 use crate::ui::{Ui, fmt_duration, summarize_paths};
 
@@ -125,10 +125,15 @@ impl Report {
     }
 
     /// Change the service's status (when there is one).
-    pub fn set_state(&self, state: State, detail: Option<String>) {
+    pub fn update_status(&self, change: impl FnOnce(&mut ServiceStatus, u64)) {
         if let Some(s) = &self.status {
-            s.set_state(state, detail);
+            s.update(change);
         }
+    }
+
+    /// Enter `state`, with a short line about it (when there is a status).
+    pub fn set_state(&self, state: State, detail: Option<String>) {
+        self.update_status(|s, now| s.set_state(state, detail, now));
     }
 
     /// A reload ended as `outcome`: into the status's history.
@@ -202,12 +207,10 @@ fn finish_reload(r: Reload, state: &mut Report, ui: &Ui) {
         Outcome::Served
     };
     state.record(&r, outcome);
-    if let Some(s) = &state.status {
-        s.update(|s, now| {
-            s.last_error = None;
-            s.set_state(State::Ready, None, now);
-        });
-    }
+    state.update_status(|s, now| {
+        s.last_error = None;
+        s.set_state(State::Ready, None, now);
+    });
     let ms = |v: Option<u64>| {
         v.map(|v| fmt_duration(Duration::from_millis(v)))
             .unwrap_or_else(|| "-".into())
@@ -312,20 +315,18 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
         }
         Event::AppStarted { .. } => {
             // Started again after a crash: it runs (a reload's start is `Restarted`).
-            if let Some(s) = &state.status {
-                s.update(|s, now| {
-                    if s.detail
-                        .as_deref()
-                        .is_some_and(|d| d.starts_with("app exited"))
-                    {
-                        s.set_state(
-                            State::Ready,
-                            Some("started again after it exited".into()),
-                            now,
-                        );
-                    }
-                });
-            }
+            state.update_status(|s, now| {
+                if s.detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("app exited"))
+                {
+                    s.set_state(
+                        State::Ready,
+                        Some("started again after it exited".into()),
+                        now,
+                    );
+                }
+            });
         }
         Event::AppExited {
             code,
@@ -338,14 +339,12 @@ pub fn show_message(msg: ServerMessage, state: &mut Report, ui: &Ui) {
             if !expected {
                 let tail: Vec<_> = last_output.iter().map(|l| l.line.clone()).collect();
                 let line = app_exited(code, signal, next_start_in_ms, &tail, ui);
-                if let Some(s) = &state.status {
-                    s.update(|s, now| {
-                        if next_start_in_ms.is_some() {
-                            s.restarts += 1;
-                        }
-                        s.set_state(State::Failed, Some(line), now);
-                    });
-                }
+                state.update_status(|s, now| {
+                    if next_start_in_ms.is_some() {
+                        s.restarts += 1;
+                    }
+                    s.set_state(State::Failed, Some(line), now);
+                });
             }
         }
         Event::AppOutput { stream, line, .. } => ui.app(stream == Stream::Stderr, &line),
@@ -384,17 +383,15 @@ fn build_finished(
                 r.pod.build_ms = Some(elapsed_ms);
                 r.timeline.built_at_ms = Some(timings::now_ms());
             }
-            if let Some(s) = &state.status {
-                s.update(|s, now| {
-                    s.last_error = None;
-                    let next = if unchanged {
-                        State::Ready
-                    } else {
-                        State::Restarting
-                    };
-                    s.set_state(next, None, now);
-                });
-            }
+            state.update_status(|s, now| {
+                s.last_error = None;
+                let next = if unchanged {
+                    State::Ready
+                } else {
+                    State::Restarting
+                };
+                s.set_state(next, None, now);
+            });
             // The same binary as the running one: no restart follows, the reload ends.
             if unchanged && let Some(r) = state.take_reload_of(build) {
                 state.record(&r, Outcome::Unchanged);
@@ -461,14 +458,12 @@ fn build_finished(
 /// The new process runs: without a port to wait for, that ends the reload.
 fn restarted(build: Option<u64>, elapsed_ms: u64, state: &mut Report, ui: &Ui) {
     tracing::info!(target: "kdev::phase", phase = "restart", elapsed_ms);
-    if let Some(s) = &state.status {
-        s.update(|s, now| {
-            s.restarts += 1;
-            if state.app_port.is_none() {
-                s.set_state(State::Ready, None, now);
-            }
-        });
-    }
+    state.update_status(|s, now| {
+        s.restarts += 1;
+        if state.app_port.is_none() {
+            s.set_state(State::Ready, None, now);
+        }
+    });
     if let Some(r) = state.reload_of(build) {
         r.pod.restart_ms = Some(elapsed_ms);
         r.timeline.restarted_at_ms = Some(timings::now_ms());

@@ -65,9 +65,6 @@ pub struct ServiceSession {
 impl ServiceSession {
     /// The app's address and the debug endpoint, in the session's status.
     fn show_addresses(&self) {
-        let Some(status) = &self.report.status else {
-            return;
-        };
         let delve = self.debug.as_ref().map(|d| d.port);
         let app = self
             .forwarded
@@ -81,7 +78,7 @@ impl ServiceSession {
                 .find(|(_, r)| *r == p)
                 .map(|(local, _)| local.to_string())
         });
-        status.update(|s, _| {
+        self.report.update_status(|s, _| {
             s.url = app;
             s.debugger = debugger;
         });
