@@ -66,6 +66,14 @@ enum Command {
     /// oversized frame), 3 handshake refused (protocol version mismatch), 4 setup failed.
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Print whether a kdev session is connected to this pod, as one JSON line.
+    ///
+    /// {"held":true,"pid":31,"heard_ms_ago":1800}: a `serve` holds <run-dir>/serve.lock and
+    /// last heard its kdev that long ago (a live kdev is heard every few seconds);
+    /// {"held":false}: no session. A second kdev asks this before it refuses to start (another
+    /// kdev is connected) or takes over a session whose kdev is gone. Never changes anything.
+    #[command(verbatim_doc_comment)]
+    SessionState(CommonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +174,7 @@ fn main() {
     let code = match cli.command {
         Command::Supervise(a) => run_supervise(a),
         Command::Serve(a) => run_serve(a),
+        Command::SessionState(a) => run_session_state(a),
     };
     match code {
         Ok(c) => std::process::exit(c),
@@ -188,6 +197,12 @@ fn run_supervise(a: SuperviseArgs) -> Result<i32> {
         log_max_bytes: a.log_max_bytes,
         command: a.command,
     })
+}
+
+fn run_session_state(a: CommonArgs) -> Result<i32> {
+    let state = serve::liveness::state(&layout(&a))?;
+    println!("{}", serde_json::to_string(&state)?);
+    Ok(0)
 }
 
 fn run_serve(a: ServeArgs) -> Result<i32> {

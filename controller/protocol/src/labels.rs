@@ -21,6 +21,12 @@ pub const WORKLOAD_ANNOTATION: &str = "kdev.dev/workload";
 /// Annotation on a session's Lease: the kdev.yaml service it develops.
 pub const SERVICE_ANNOTATION: &str = "kdev.dev/service";
 
+/// Annotation on a session's Lease, written with each renewal: `connected` while its kdev has
+/// a session stream to the pod (its liveness is then the pod's to tell, and it renews seldom),
+/// `connecting` while it starts or reconnects (it renews often: the Lease is its only sign of
+/// life).
+pub const CONNECTION_ANNOTATION: &str = "kdev.dev/connection";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use kdev_protocol::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::liveness::{Heard, HeardReader};
 use super::module_proxy::Pending;
 use crate::log::serve as log;
 use crate::util::ms;
@@ -228,14 +229,23 @@ fn as_direct(frame: &Frame) -> Option<Direct> {
 /// only used for pongs, and weakly: the reader may sit in read(2) until the client goes away,
 /// long after the session ended (SIGTERM), and must not keep the writer, and so the process,
 /// waiting. Module response parts go to `modules`, which hears from it when stdin ends.
-pub(super) fn spawn_reader(out: &Out, modules: Arc<Pending>) -> mpsc::Receiver<Inbound> {
+pub(super) fn spawn_reader(
+    out: &Out,
+    modules: Arc<Pending>,
+    heard: Arc<Heard>,
+) -> mpsc::Receiver<Inbound> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(reader_task(tx, out.downgrade(), modules));
+    tokio::spawn(reader_task(tx, out.downgrade(), modules, heard));
     rx
 }
 
-async fn reader_task(tx: mpsc::Sender<Inbound>, out: WeakOut, modules: Arc<Pending>) {
-    let mut stdin = tokio::io::stdin();
+async fn reader_task(
+    tx: mpsc::Sender<Inbound>,
+    out: WeakOut,
+    modules: Arc<Pending>,
+    heard: Arc<Heard>,
+) {
+    let mut stdin = HeardReader::new(tokio::io::stdin(), heard);
     let mut codec = ServerCodec::new();
     let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
     loop {

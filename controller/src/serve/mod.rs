@@ -13,6 +13,7 @@ pub(crate) mod build;
 mod exit;
 mod io;
 mod leftovers;
+pub mod liveness;
 mod lock;
 mod module_proxy;
 mod patch;
@@ -278,7 +279,8 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let (stop, mut term_rx) = on_termination();
     let (out, writer) = io::spawn_writer(term_rx.clone());
     let modules = ModuleProxy::default();
-    let mut in_rx = io::spawn_reader(&out, modules.pending());
+    let heard = Arc::new(liveness::Heard::default());
+    let mut in_rx = io::spawn_reader(&out, modules.pending(), heard.clone());
 
     // The writer's queue is written out before the process ends, unless the client does not
     // read it: 5 s for a client that reads slowly, 1 s once SIGTERM says to stop now.
@@ -300,13 +302,17 @@ pub async fn run(opts: ServeOptions) -> i32 {
     let layout = &opts.layout;
     let mut config = hello.config;
     // The lock is held until this function returns, also while an error below is sent.
-    let (_lock, replaced) = match take_lock(layout).await {
+    let (lock, replaced) = match take_lock(layout).await {
         Ok(v) => v,
         Err(e) => {
             out.send(fatal(e.code(), error_chain(&e))).await;
             return finish(out, EXIT_SETUP).await;
         }
     };
+    // A second kdev asks whether this session's kdev is still heard (`session-state`).
+    let _marker = liveness::Marker::start(&lock, heard)
+        .map_err(|e| log(format!("cannot mark the session lock as heard: {e}")))
+        .ok();
     let Prepared { stale_build, root } = match prepare(layout, config.sync_root.as_deref()).await {
         Ok(p) => p,
         Err(e) => {
