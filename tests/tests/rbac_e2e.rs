@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kdev_tests::{
     TestNamespace, client, example_project, free_port, http_get, kdev_bin, repo_root,
     set_ping_message, spawn_captured,
 };
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -357,18 +359,34 @@ async fn two_developers_share_a_namespace() -> Result<()> {
     Ok(())
 }
 
-/// Start kdev with `args` as the kubeconfig's user, wait until it has connected to the pod,
-/// then kill it (without releasing its Lease, like a crash).
-async fn run_until_connected(project: &Path, kubeconfig: &Path, args: &[&str]) -> Result<()> {
+/// Start kdev with `args` as the kubeconfig's user, wait until its Lease says it is connected
+/// to the pod, then kill it (without releasing its Lease, like a crash). Returns its output.
+async fn run_until_connected(
+    leases: &Api<Lease>,
+    project: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> Result<String> {
     let (mut child, output) = spawn_captured(
         Command::new(kdev_bin())
             .args(args)
             .current_dir(project)
             .env("KUBECONFIG", kubeconfig),
     )?;
+    let holder = format!("/{}", child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let result = loop {
-        if output.lock().unwrap().contains("connected to") {
+        let lease = leases.get_opt("kdev-gin-hello-alice").await?;
+        let connected = lease.is_some_and(|l| {
+            l.annotations()
+                .get("kdev.dev/connection")
+                .map(String::as_str)
+                == Some("connected")
+                && l.spec
+                    .and_then(|s| s.holder_identity)
+                    .is_some_and(|h| h.ends_with(&holder))
+        });
+        if connected {
             break Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -387,7 +405,8 @@ async fn run_until_connected(project: &Path, kubeconfig: &Path, args: &[&str]) -
     };
     let _ = child.kill();
     let _ = child.wait();
-    result
+    let out = output.lock().unwrap().clone();
+    result.map(|()| out)
 }
 
 fn role_from_repo() -> Result<Role> {
@@ -450,11 +469,21 @@ async fn the_role_is_enough_and_a_missing_verb_is_named() -> Result<()> {
             && second_out.contains("--take-over"),
         "{second_out}"
     );
-    // The first kdev was killed without releasing its lock: --take-over gets past it at once.
-    run_until_connected(&project, &alice, &["watch", "--take-over"]).await?;
-    // Killed again, without --take-over this time: once the Lease expires, a new kdev takes it.
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    run_until_connected(&project, &alice, &["watch"]).await?;
+    ensure!(
+        second_out.contains("it is connected to pod gin-hello-alice-"),
+        "the refusal should say how the first kdev is known to be alive: {second_out}"
+    );
+    // --take-over gets past a live session at once.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns.name());
+    run_until_connected(&leases, &project, &alice, &["watch", "--take-over"]).await?;
+    // That kdev was killed (as in a crash) while connected, its Lease live for another 90 s:
+    // its pod no longer hears it, so the next kdev takes over at once, and says so.
+    let third = run_until_connected(&leases, &project, &alice, &["watch"]).await?;
+    ensure!(
+        third.contains("took over gin-hello-alice's session of alice@")
+            && third.contains("no kdev is connected to pod gin-hello-alice-"),
+        "{third}"
+    );
     ensure!(
         !out.contains("forbidden") && !out.contains("missing permission"),
         "{out}"

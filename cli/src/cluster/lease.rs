@@ -1,28 +1,60 @@
-//! The session lock: a `coordination.k8s.io` Lease per owner and workload, renewed while
+//! The session lock: a `coordination.k8s.io` Lease per owner and workload, held while
 //! `kdev watch` runs, so a second kdev for the same developer's workload does not sync into the
-//! same pod. A crashed session's Lease simply expires.
+//! same pod.
+//!
+//! An idle session must cost the API server next to nothing (1,000 developers renewing every
+//! 5 s would be 200 writes a second to etcd), yet a second kdev must be refused at once and a
+//! crashed one taken over quickly. So the Lease says how its kdev is connected
+//! ([`CONNECTION_ANNOTATION`]):
+//! - `connecting` (starting, waiting for its pod, reconnecting): renewed every 5 s; the Lease
+//!   is the only sign of life, and a fresh one (renewed within 15 s) refuses a second kdev.
+//! - `connected` (a session stream to the pod): renewed every 30 s, and its liveness is carried
+//!   by that stream: the pod's `kdev-controller session-state` says whether a `serve` holds the
+//!   session and heard its kdev within 15 s (a live kdev is heard every few seconds). A crashed
+//!   kdev's stream closes with its process, so the next kdev takes over at once, saying so.
+//!
+//! A Lease past its `leaseDurationSeconds` (90 s) is free whatever its pod says. The holder
+//! watches its Lease, so `kdev down`, `kdev gc` or a takeover stop it at once; a renewal that
+//! finds the Lease changed (409) or gone (404) does too, should the watch be down.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::SessionLost;
+use crate::pod::session_state::{self, PodSession};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use kdev_protocol::labels::{
-    MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV, OWNER as LABEL_OWNER,
+    CONNECTION_ANNOTATION, MANAGED_BY as LABEL_MANAGED_BY, MANAGED_BY_KDEV, OWNER as LABEL_OWNER,
     PROJECT as LABEL_PROJECT, SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
 /// How long a Lease lives without renewal.
-pub const LEASE_SECONDS: i32 = 15;
-const RENEW_EVERY: Duration = Duration::from_secs(5);
+pub const LEASE_SECONDS: i32 = 90;
+/// Renewals of a connected session: at most one write per 30 s while idle.
+const RENEW_CONNECTED: Duration = Duration::from_secs(30);
+/// Renewals while starting or reconnecting.
+const RENEW_CONNECTING: Duration = Duration::from_secs(5);
+/// A `connecting` Lease renewed within this many seconds has a live holder.
+const FRESH_SECONDS: i64 = 15;
+/// A pod's `serve` that heard its kdev within this has a live kdev (it pings after 4 s of
+/// silence; the pod marks what it heard every 2 s).
+const HEARD_WITHIN_MS: u64 = 15_000;
 /// One renewal's requests must answer within this: a connection a NAT forgot would otherwise
 /// hold the renewal (and let the Lease expire) for minutes. A timed-out request's connection is
 /// dropped, so the next attempt dials or takes another.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// After a conflicting write (someone else wrote the Lease): try again this soon.
+const RETRY_AFTER_CONFLICT: Duration = Duration::from_millis(200);
+
+const CONNECTED: &str = "connected";
+const CONNECTING: &str = "connecting";
 
 /// A held session Lease; renewed in the background until released or dropped.
 pub struct SessionLease {
@@ -30,8 +62,12 @@ pub struct SessionLease {
     name: String,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
+    /// Whether the session has a stream to its pod; the renewer's cadence follows it.
+    connected: tokio::sync::watch::Sender<bool>,
     /// Set by the renewer when the Lease is no longer ours: why.
     lost: tokio::sync::watch::Receiver<Option<String>>,
+    /// When this session took over another kdev's (live but unheard) Lease: what to say.
+    pub took_over: Option<String>,
 }
 
 /// This process's identity as a Lease holder: `owner@host/pid`.
@@ -58,27 +94,99 @@ fn expired(l: &Lease, now: Timestamp) -> bool {
     renew.0.as_second() + secs < now.as_second()
 }
 
-/// Take the session Lease for `workload`, or fail naming who holds it and since when.
-pub async fn acquire(
-    client: &Client,
-    namespace: &str,
+/// Seconds since `l` was last renewed (or acquired).
+fn renewed_ago(l: &Lease, now: Timestamp) -> i64 {
+    l.spec
+        .as_ref()
+        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
+        .map_or(i64::MAX, |t| now.as_second() - t.0.as_second())
+}
+
+/// The connection state a Lease's holder wrote (`None` from kdev before 0.x: it renewed every
+/// 5 s, as `connecting` does).
+fn connection(l: &Lease) -> Option<&str> {
+    l.metadata
+        .annotations
+        .as_ref()?
+        .get(CONNECTION_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether a live Lease's holder is still there.
+#[derive(Debug, PartialEq, Eq)]
+enum Holder {
+    /// Alive: refuse, saying why.
+    Alive(String),
+    /// Gone: take over, saying why.
+    Gone(String),
+    /// Could not tell: refuse (the safe side), saying why.
+    Unsure(String),
+}
+
+/// Judge a live Lease's holder from the connection it wrote, how long ago it renewed, and what
+/// the workload's running dev pods said.
+fn judge(
+    connection: Option<&str>,
+    renewed_ago: i64,
+    pods: &[(String, Result<PodSession, String>)],
+) -> Holder {
+    if connection != Some(CONNECTED) && renewed_ago < FRESH_SECONDS {
+        return Holder::Alive(format!(
+            "it is starting or reconnecting (renewed {renewed_ago}s ago)"
+        ));
+    }
+    for (pod, answer) in pods {
+        if let Ok(PodSession {
+            held: true,
+            heard_ms_ago: Some(ms),
+        }) = answer
+            && *ms < HEARD_WITHIN_MS
+        {
+            return Holder::Alive(format!(
+                "it is connected to pod {pod} (heard {:.0}s ago)",
+                *ms as f64 / 1000.0
+            ));
+        }
+    }
+    if let Some((pod, Err(why))) = pods.iter().find(|(_, a)| a.is_err()) {
+        return Holder::Unsure(format!(
+            "pod {pod} could not say whether it is connected: {why}"
+        ));
+    }
+    let pods = match pods.len() {
+        0 => "no dev pod runs".to_string(),
+        _ => format!(
+            "no kdev is connected to {}",
+            pods.iter()
+                .map(|(p, _)| format!("pod {p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Holder::Gone(format!("{pods} (its Lease was renewed {renewed_ago}s ago)"))
+}
+
+/// The Lease as this session writes it.
+fn lease_object(
+    name: &str,
     owner: &str,
     project: &str,
     service: &str,
     workload: &str,
-    take_over: bool,
-) -> anyhow::Result<SessionLease> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let name = lease_name(workload);
-    let holder = holder_identity(owner);
-    let now = Timestamp::now();
+    holder: &str,
+    now: Timestamp,
+) -> anyhow::Result<Lease> {
     let mut lease: Lease = serde_json::from_value(serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
             "name": name,
             "labels": { LABEL_MANAGED_BY: MANAGED_BY_KDEV, LABEL_OWNER: owner, LABEL_PROJECT: project },
-            "annotations": { WORKLOAD_ANNOTATION: workload, SERVICE_ANNOTATION: service }
+            "annotations": {
+                WORKLOAD_ANNOTATION: workload,
+                SERVICE_ANNOTATION: service,
+                CONNECTION_ANNOTATION: CONNECTING,
+            }
         },
         "spec": { "holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS }
     }))?;
@@ -86,46 +194,90 @@ pub async fn acquire(
         spec.acquire_time = Some(MicroTime(now));
         spec.renew_time = Some(MicroTime(now));
     }
-    match api.get_opt(&name).await? {
-        None => {
-            api.create(&PostParams::default(), &lease).await?;
-        }
+    Ok(lease)
+}
+
+/// Who asks for the session Lease, for what.
+pub struct LeaseRequest<'a> {
+    pub namespace: &'a str,
+    pub owner: &'a str,
+    pub project: &'a str,
+    pub service: &'a str,
+    pub workload: &'a str,
+    /// The labels of the workload's dev pods (asked whether another kdev is connected).
+    pub pod_selector: &'a BTreeMap<String, String>,
+    /// `--take-over`: take it even from a live kdev.
+    pub take_over: bool,
+}
+
+/// Take the session Lease for `workload`, or fail naming who holds it, since when, and how
+/// it is known to be alive.
+pub async fn acquire(client: &Client, r: LeaseRequest<'_>) -> anyhow::Result<SessionLease> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), r.namespace);
+    let name = lease_name(r.workload);
+    let holder = holder_identity(r.owner);
+    let now = Timestamp::now();
+    let mut lease = lease_object(
+        &name, r.owner, r.project, r.service, r.workload, &holder, now,
+    )?;
+    let mut took_over = None;
+    let written = match api.get_opt(&name).await? {
+        None => api.create(&PostParams::default(), &lease).await?,
         Some(current) => {
             let spec = current.spec.clone().unwrap_or_default();
             let other = spec.holder_identity.clone().unwrap_or_default();
-            if !expired(&current, now) && !take_over {
-                let since = spec
-                    .acquire_time
-                    .map(|t| t.0.to_string())
-                    .unwrap_or_else(|| "?".into());
-                let ago = spec
-                    .renew_time
-                    .map(|t| now.as_second() - t.0.as_second())
-                    .unwrap_or(0);
-                return Err(SessionLost(format!(
-                    "{workload} is already being developed by {other} (session since {since}, \
-                     renewed {ago}s ago). Stop that kdev first, wait {LEASE_SECONDS}s after it \
-                     crashed, or pass --take-over"
-                ))
-                .into());
+            if !expired(&current, now) && !r.take_over && other != holder {
+                let ago = renewed_ago(&current, now);
+                let pods = if connection(&current) == Some(CONNECTED) || ago >= FRESH_SECONDS {
+                    session_state::ask_pods(client, r.namespace, r.pod_selector).await?
+                } else {
+                    Vec::new()
+                };
+                match judge(connection(&current), ago, &pods) {
+                    Holder::Gone(why) => {
+                        took_over = Some(format!(
+                            "took over {}'s session of {other}: {why}",
+                            r.workload
+                        ));
+                    }
+                    Holder::Alive(why) | Holder::Unsure(why) => {
+                        let since = spec
+                            .acquire_time
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_else(|| "?".into());
+                        return Err(SessionLost(format!(
+                            "{} is already being developed by {other} (session since {since};                              {why}). Stop that kdev first, or pass --take-over; a kdev that                              crashed or lost its network is taken over by the next `kdev watch`                              once its pod stops hearing it (15s)",
+                            r.workload
+                        ))
+                        .into());
+                    }
+                }
             }
             lease.metadata.resource_version = current.resource_version();
-            api.replace(&name, &PostParams::default(), &lease).await?;
+            api.replace(&name, &PostParams::default(), &lease).await?
         }
-    }
+    };
+    let (connected, connected_rx) = tokio::sync::watch::channel(false);
     let (lost_tx, lost) = tokio::sync::watch::channel(None);
-    let renewer = tokio::spawn(renew_loop(
-        api.clone(),
-        name.clone(),
-        holder.clone(),
-        lost_tx,
-    ));
+    let renewer = tokio::spawn(
+        Renewer {
+            api: api.clone(),
+            name: name.clone(),
+            holder: holder.clone(),
+            lease: written,
+            connected: connected_rx,
+            lost: lost_tx,
+        }
+        .run(),
+    );
     Ok(SessionLease {
         api,
         name,
         holder,
         renewer,
+        connected,
         lost,
+        took_over,
     })
 }
 
@@ -162,56 +314,188 @@ fn check_renewal(name: &str, current: Option<&Lease>, holder: &str) -> Renewal {
     }
 }
 
-async fn renew_loop(
+/// Whether the watch was refused for lack of permission (retrying cannot help).
+fn forbidden(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 403
+    )
+}
+
+/// How often to renew.
+fn renew_every(connected: bool) -> Duration {
+    if connected {
+        RENEW_CONNECTED
+    } else {
+        RENEW_CONNECTING
+    }
+}
+
+/// Keeps the Lease: renews it, and watches it for a deletion or a takeover.
+struct Renewer {
     api: Api<Lease>,
     name: String,
     holder: String,
+    /// The Lease as last written (its resourceVersion makes a renewal one write, no read).
+    lease: Lease,
+    connected: tokio::sync::watch::Receiver<bool>,
     lost: tokio::sync::watch::Sender<Option<String>>,
-) {
-    let mut last_renewed = tokio::time::Instant::now();
-    let mut warned = false;
-    loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        let read = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(&name)).await;
-        let current = match read {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                tracing::debug!("renewing the session lease: {e}");
-                continue;
-            }
-            Err(_) => {
-                if !warned && last_renewed.elapsed() > Duration::from_secs(LEASE_SECONDS as u64) {
-                    crate::status::write_stderr(&format!(
-                        "kdev: warning: the session Lease {name} could not be renewed for {}s (the \
-                         API server does not answer); still trying\n",
-                        last_renewed.elapsed().as_secs()
-                    ));
-                    warned = true;
+}
+
+impl Renewer {
+    async fn run(mut self) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let watch = watcher(self.api.clone(), config).default_backoff();
+        let mut watch = std::pin::pin!(watch);
+        let mut watching = true;
+        // A re-list that does not list the Lease means it was deleted meanwhile.
+        let mut listed = false;
+        let mut last_renewed = tokio::time::Instant::now();
+        let mut next = last_renewed + renew_every(false);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                changed = self.connected.changed() => {
+                    if changed.is_err() {
+                        // The session is gone; the task is about to be aborted.
+                        std::future::pending::<()>().await;
+                    }
+                    // Write the new state now: `connecting` must look fresh at once.
                 }
-                continue;
+                event = watch.next(), if watching => {
+                    let seen = match event {
+                        Some(Ok(watcher::Event::Init)) => { listed = false; None }
+                        Some(Ok(watcher::Event::InitApply(l) | watcher::Event::Apply(l))) => {
+                            listed = true;
+                            Some(Some(l))
+                        }
+                        Some(Ok(watcher::Event::InitDone)) => (!listed).then_some(None),
+                        Some(Ok(watcher::Event::Delete(_))) => Some(None),
+                        Some(Err(e)) => {
+                            tracing::debug!("watching the session lease: {e}");
+                            // A Role without `watch` on leases: the renewals notice (in 30 s).
+                            watching = !forbidden(&e);
+                            None
+                        }
+                        None => { watching = false; None }
+                    };
+                    if let Some(current) = seen
+                        && let Renewal::Lost(why) = check_renewal(&self.name, current.as_ref(), &self.holder)
+                    {
+                        let _ = self.lost.send(Some(why));
+                        return;
+                    }
+                    continue;
+                }
             }
-        };
-        let mut lease = match check_renewal(&name, current.as_ref(), &holder) {
-            Renewal::Lost(why) => {
-                let _ = lost.send(Some(why));
-                return;
+            let connected = *self.connected.borrow_and_update();
+            next = tokio::time::Instant::now() + renew_every(connected);
+            match self.renew(connected).await {
+                Renewed::Done => {
+                    last_renewed = tokio::time::Instant::now();
+                    warned = false;
+                    continue;
+                }
+                Renewed::Lost(why) => {
+                    let _ = self.lost.send(Some(why));
+                    return;
+                }
+                Renewed::Again => next = tokio::time::Instant::now() + RETRY_AFTER_CONFLICT,
+                Renewed::Failed => {}
             }
-            Renewal::Ours => current.unwrap_or_default(),
-        };
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-        match tokio::time::timeout(
+            let unrenewed = last_renewed.elapsed();
+            if !warned && unrenewed > Duration::from_secs(LEASE_SECONDS as u64 / 2) {
+                crate::status::write_stderr(&format!(
+                    "kdev: warning: the session Lease {} could not be renewed for {}s (the API \
+                     server does not answer); still trying\n",
+                    self.name,
+                    unrenewed.as_secs()
+                ));
+                warned = true;
+            }
+        }
+    }
+
+    /// One renewal: a single write, with the resourceVersion of the last one.
+    async fn renew(&mut self, connected: bool) -> Renewed {
+        let mut lease = self.lease.clone();
+        lease.spec.get_or_insert_with(Default::default).renew_time =
+            Some(MicroTime(Timestamp::now()));
+        let state = if connected { CONNECTED } else { CONNECTING };
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CONNECTION_ANNOTATION.into(), state.into());
+        let written = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            api.replace(&name, &PostParams::default(), &lease),
+            self.api.replace(&self.name, &PostParams::default(), &lease),
         )
-        .await
-        {
-            Ok(Ok(_)) => {
-                last_renewed = tokio::time::Instant::now();
-                warned = false;
+        .await;
+        let e = match written {
+            Ok(Ok(l)) => {
+                self.lease = l;
+                return Renewed::Done;
             }
-            Ok(Err(e)) => tracing::debug!("renewing the session lease: {e}"),
-            Err(_) => tracing::debug!("renewing the session lease: timed out"),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                tracing::debug!("renewing the session lease: timed out");
+                return Renewed::Failed;
+            }
+        };
+        match e {
+            kube::Error::Api(s) if s.code == 404 => {
+                Renewed::from(check_renewal(&self.name, None, &self.holder))
+            }
+            // Written by someone else since: read it, and judge.
+            kube::Error::Api(s) if s.code == 409 => {
+                let read = tokio::time::timeout(REQUEST_TIMEOUT, self.api.get_opt(&self.name));
+                match read.await {
+                    Ok(Ok(current)) => {
+                        match check_renewal(&self.name, current.as_ref(), &self.holder) {
+                            Renewal::Lost(why) => Renewed::Lost(why),
+                            // Still ours (a label added by hand, say): write over it now.
+                            Renewal::Ours => {
+                                self.lease = current.unwrap_or_default();
+                                Renewed::Again
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!("renewing the session lease: {e}");
+                        Renewed::Failed
+                    }
+                    Err(_) => Renewed::Failed,
+                }
+            }
+            e => {
+                tracing::debug!("renewing the session lease: {e}");
+                Renewed::Failed
+            }
+        }
+    }
+}
+
+/// What one renewal did.
+#[derive(Debug)]
+enum Renewed {
+    Done,
+    /// The Lease was read again after a conflict: write again soon.
+    Again,
+    /// Not written this time (no answer, a server error).
+    Failed,
+    Lost(String),
+}
+
+impl From<Renewal> for Renewed {
+    fn from(r: Renewal) -> Renewed {
+        match r {
+            Renewal::Ours => Renewed::Again,
+            Renewal::Lost(why) => Renewed::Lost(why),
         }
     }
 }
@@ -225,6 +509,13 @@ impl SessionLease {
             // The renewer ended without saying why (aborted): keep waiting forever.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Say whether the session has a stream to its pod: connected, it renews seldom and the
+    /// pod vouches for it; not connected, it renews often (and now).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected
+            .send_if_modified(|c| std::mem::replace(c, connected) != connected);
     }
 
     /// Stop renewing and delete the Lease if this session still holds it.
@@ -268,6 +559,67 @@ mod tests {
         ));
     }
 
+    fn pod(name: &str, held: bool, heard_ms_ago: u64) -> (String, Result<PodSession, String>) {
+        let heard_ms_ago = held.then_some(heard_ms_ago);
+        (name.into(), Ok(PodSession { held, heard_ms_ago }))
+    }
+
+    #[test]
+    fn a_fresh_connecting_holder_is_alive_without_asking_its_pods() {
+        for connection in [Some(CONNECTING), None] {
+            assert!(matches!(
+                judge(connection, 3, &[]),
+                Holder::Alive(why) if why.contains("starting or reconnecting")
+            ));
+        }
+        // Not renewed for longer than a connecting kdev would: its pods decide.
+        assert!(matches!(judge(Some(CONNECTING), 20, &[]), Holder::Gone(_)));
+    }
+
+    #[test]
+    fn a_connected_holder_lives_while_a_pod_hears_it() {
+        assert!(matches!(
+            judge(Some(CONNECTED), 2, &[pod("p1", false, 0), pod("p2", true, 3_000)]),
+            Holder::Alive(why) if why.contains("pod p2 (heard 3s ago)")
+        ));
+        // Held but not heard for longer than a live kdev is silent: gone (a NAT forgot it).
+        assert!(matches!(
+            judge(Some(CONNECTED), 2, &[pod("p1", true, 40_000)]),
+            Holder::Gone(why) if why.contains("no kdev is connected to pod p1")
+                && why.contains("renewed 2s ago")
+        ));
+        // Its stream closed with its process: the pod's serve is gone.
+        assert!(matches!(
+            judge(Some(CONNECTED), 25, &[pod("p1", false, 0)]),
+            Holder::Gone(_)
+        ));
+        assert!(matches!(
+            judge(Some(CONNECTED), 25, &[]),
+            Holder::Gone(why) if why.contains("no dev pod runs")
+        ));
+    }
+
+    #[test]
+    fn a_pod_that_cannot_answer_keeps_the_holder() {
+        let pods = [
+            pod("p1", false, 0),
+            ("p2".into(), Err("exec failed".into())),
+        ];
+        assert!(matches!(
+            judge(Some(CONNECTED), 25, &pods),
+            Holder::Unsure(why) if why.contains("pod p2") && why.contains("exec failed")
+        ));
+        // A pod that hears it decides, whatever another could not say.
+        let pods = [
+            ("p2".into(), Err("exec failed".into())),
+            pod("p1", true, 1_000),
+        ];
+        assert!(matches!(
+            judge(Some(CONNECTED), 25, &pods),
+            Holder::Alive(_)
+        ));
+    }
+
     #[test]
     fn names_and_expiry() {
         assert_eq!(lease_name("gin-hello-alice"), "kdev-gin-hello-alice");
@@ -277,11 +629,12 @@ mod tests {
         assert!(expired(&l, now));
         l.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
             renew_time: Some(MicroTime(now)),
-            lease_duration_seconds: Some(15),
+            lease_duration_seconds: Some(LEASE_SECONDS),
             ..Default::default()
         });
         assert!(!expired(&l, now));
-        let later = Timestamp::from_second(now.as_second() + 16).unwrap();
+        assert_eq!(renewed_ago(&l, now), 0);
+        let later = Timestamp::from_second(now.as_second() + LEASE_SECONDS as i64 + 1).unwrap();
         assert!(expired(&l, later));
     }
 }

@@ -7,3 +7,4 @@ pub mod delve;
 mod exec_stream;
 pub mod forward;
 pub mod session;
+pub mod session_state;

@@ -107,6 +107,8 @@ impl<'a> ReloadLoop<'a> {
         self.session
             .report
             .set_state(State::Connecting, Some(waiting.into()));
+        // Until the stream is up, the Lease is the only sign of this kdev's life.
+        self.session.lease.set_connected(false);
         let pod = self.wait_for_pod().await?;
         let pod_name = pod.name_any();
         let name = pod_name.clone();
@@ -150,6 +152,8 @@ impl<'a> ReloadLoop<'a> {
             self.show_pending();
         }
         backoff.reset();
+        // From now on the pod vouches for this kdev (it hears the stream's pings).
+        self.session.lease.set_connected(true);
         Ok(Some(Live {
             stream,
             pod: pod_name,

@@ -38,14 +38,20 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
     };
     let lease = lease::acquire(
         &plan.conn.client,
-        ns,
-        &plan.owner,
-        &plan.project.name,
-        &s.workload.service,
-        &s.workload.workload.name,
-        plan.take_over,
+        lease::LeaseRequest {
+            namespace: ns,
+            owner: &plan.owner,
+            project: &plan.project.name,
+            service: &s.workload.service,
+            workload: &s.workload.workload.name,
+            pod_selector: &s.workload.pod_selector,
+            take_over: plan.take_over,
+        },
     )
     .await?;
+    if let Some(note) = &lease.took_over {
+        s.ui.warn(note);
+    }
     Ok(ServiceSession {
         ui: s.ui.clone(),
         service: s.service.clone(),
