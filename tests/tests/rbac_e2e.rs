@@ -14,12 +14,13 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kdev_tests::{
     TestNamespace, client, example_project, free_port, http_get, kdev_bin, repo_root,
     set_ping_message, spawn_captured,
 };
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// A kubeconfig for user `name`, with a certificate signed by the cluster.
@@ -258,7 +259,9 @@ async fn two_developers_share_a_namespace() -> Result<()> {
         .output()?;
     let table = String::from_utf8_lossy(&sessions.stdout).into_owned();
     ensure!(
-        table.contains("alice") && table.contains("bob") && table.contains("live"),
+        table.contains("alice")
+            && table.contains("bob")
+            && table.matches("live, connected (").count() == 2,
         "{table}"
     );
 
@@ -333,7 +336,19 @@ async fn two_developers_share_a_namespace() -> Result<()> {
         deployments.get_opt("gin-hello-alice").await?.is_some(),
         "gc removed a live session"
     );
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Time passes: the Lease (90 s) as it looks 200 s after its last renewal.
+    let past = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second() - 200,
+    )?;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns.name());
+    let aged = json!({ "spec": { "renewTime": MicroTime(past), "acquireTime": MicroTime(past) } });
+    leases
+        .patch(
+            "kdev-gin-hello-alice",
+            &PatchParams::default(),
+            &Patch::Merge(&aged),
+        )
+        .await?;
     let late = gc("2s")?;
     ensure!(
         late.status.success(),

@@ -11,8 +11,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 
 use kdev_protocol::labels::{
-    BUILD_CACHE, MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER, PROJECT as LABEL_PROJECT,
-    SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
+    BUILD_CACHE, CONNECTION_ANNOTATION, MANAGED_BY as LABEL_MANAGED_BY, OWNER as LABEL_OWNER,
+    PROJECT as LABEL_PROJECT, SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
 use crate::cluster::access;
@@ -34,6 +34,8 @@ pub struct Session {
     pub renewed: Option<Timestamp>,
     pub duration_s: i64,
     pub pod: Option<String>,
+    /// What its kdev last wrote: `connected` or `connecting` (empty from older kdevs).
+    pub connection: String,
 }
 
 impl Session {
@@ -79,6 +81,7 @@ pub async fn list(client: &Client, ns: &str) -> Result<Vec<Session>> {
             renewed: spec.renew_time.map(|t| t.0),
             duration_s: spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS) as i64,
             pod,
+            connection: annotation(CONNECTION_ANNOTATION),
         });
     }
     out.sort_by(|a, b| {
@@ -170,8 +173,10 @@ async fn print_sessions(client: &Client, ns: &str) -> Result<()> {
     for s in sessions {
         let state = if s.expired_for(now) > 0 {
             format!("expired {}s ago", s.expired_for(now))
-        } else {
+        } else if s.connection.is_empty() {
             format!("live ({})", s.holder)
+        } else {
+            format!("live, {} ({})", s.connection, s.holder)
         };
         println!(
             "{:<16} {:<14} {:<28} {:<36} {:>6} {:>8}  {state}",
