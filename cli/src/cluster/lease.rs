@@ -8,12 +8,13 @@
 //! ([`CONNECTION_ANNOTATION`]):
 //! - `connecting` (starting, waiting for its pod, reconnecting): renewed every 5 s; the Lease
 //!   is the only sign of life, and a fresh one (renewed within 15 s) refuses a second kdev.
-//! - `connected` (a session stream to the pod): renewed every 30 s, and its liveness is carried
+//! - `connected` (a session stream to the pod): renewed every 30 s (each of a session's k
+//!   Leases, one per service, every 30·k s: one write per 30 s in all), and its liveness is carried
 //!   by that stream: the pod's `kdev-controller session-state` says whether a `serve` holds the
 //!   session and heard its kdev within 15 s (a live kdev is heard every few seconds). A crashed
 //!   kdev's stream closes with its process, so the next kdev takes over at once, saying so.
 //!
-//! A Lease past its `leaseDurationSeconds` (90 s) is free whatever its pod says. The holder
+//! A Lease past its `leaseDurationSeconds` (90 s, 90·k s) is free whatever its pod says. The holder
 //! watches its Lease, so `kdev down`, `kdev gc` or a takeover stop it at once; a renewal that
 //! finds the Lease changed (409) or gone (404) does too, should the watch be down.
 
@@ -35,9 +36,10 @@ use kdev_protocol::labels::{
     PROJECT as LABEL_PROJECT, SERVICE_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
-/// How long a Lease lives without renewal.
+/// How long a Lease lives without renewal (times the session's number of Leases).
 pub const LEASE_SECONDS: i32 = 90;
-/// Renewals of a connected session: at most one write per 30 s while idle.
+/// Renewals of a connected session: at most one write per 30 s while idle (a session of
+/// several services renews each Lease that many times less often).
 const RENEW_CONNECTED: Duration = Duration::from_secs(30);
 /// Renewals while starting or reconnecting.
 const RENEW_CONNECTING: Duration = Duration::from_secs(5);
@@ -168,14 +170,13 @@ fn judge(
 
 /// The Lease as this session writes it.
 fn lease_object(
+    r: &LeaseRequest<'_>,
     name: &str,
-    owner: &str,
-    project: &str,
-    service: &str,
-    workload: &str,
     holder: &str,
+    duration_s: i32,
     now: Timestamp,
 ) -> anyhow::Result<Lease> {
+    let (owner, project) = (r.owner, r.project);
     let mut lease: Lease = serde_json::from_value(serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -183,12 +184,12 @@ fn lease_object(
             "name": name,
             "labels": { LABEL_MANAGED_BY: MANAGED_BY_KDEV, LABEL_OWNER: owner, LABEL_PROJECT: project },
             "annotations": {
-                WORKLOAD_ANNOTATION: workload,
-                SERVICE_ANNOTATION: service,
+                WORKLOAD_ANNOTATION: r.workload,
+                SERVICE_ANNOTATION: r.service,
                 CONNECTION_ANNOTATION: CONNECTING,
             }
         },
-        "spec": { "holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS }
+        "spec": { "holderIdentity": holder, "leaseDurationSeconds": duration_s }
     }))?;
     if let Some(spec) = lease.spec.as_mut() {
         spec.acquire_time = Some(MicroTime(now));
@@ -208,6 +209,9 @@ pub struct LeaseRequest<'a> {
     pub pod_selector: &'a BTreeMap<String, String>,
     /// `--take-over`: take it even from a live kdev.
     pub take_over: bool,
+    /// How many Leases the session holds (one per service): a connected session's renewals
+    /// are spread so that together they make one write per 30 s.
+    pub leases_in_session: usize,
 }
 
 /// Take the session Lease for `workload`, or fail naming who holds it, since when, and how
@@ -217,9 +221,10 @@ pub async fn acquire(client: &Client, r: LeaseRequest<'_>) -> anyhow::Result<Ses
     let name = lease_name(r.workload);
     let holder = holder_identity(r.owner);
     let now = Timestamp::now();
-    let mut lease = lease_object(
-        &name, r.owner, r.project, r.service, r.workload, &holder, now,
-    )?;
+    let spread = r.leases_in_session.clamp(1, 100) as u32;
+    let renew_connected = RENEW_CONNECTED * spread;
+    let duration_s = LEASE_SECONDS * spread as i32;
+    let mut lease = lease_object(&r, &name, &holder, duration_s, now)?;
     let mut took_over = None;
     let written = match api.get_opt(&name).await? {
         None => api.create(&PostParams::default(), &lease).await?,
@@ -265,6 +270,7 @@ pub async fn acquire(client: &Client, r: LeaseRequest<'_>) -> anyhow::Result<Ses
             name: name.clone(),
             holder: holder.clone(),
             lease: written,
+            renew_connected,
             connected: connected_rx,
             lost: lost_tx,
         }
@@ -325,15 +331,6 @@ fn forbidden(e: &watcher::Error) -> bool {
     )
 }
 
-/// How often to renew.
-fn renew_every(connected: bool) -> Duration {
-    if connected {
-        RENEW_CONNECTED
-    } else {
-        RENEW_CONNECTING
-    }
-}
-
 /// Keeps the Lease: renews it, and watches it for a deletion or a takeover.
 struct Renewer {
     api: Api<Lease>,
@@ -341,6 +338,8 @@ struct Renewer {
     holder: String,
     /// The Lease as last written (its resourceVersion makes a renewal one write, no read).
     lease: Lease,
+    /// How often to renew while connected.
+    renew_connected: Duration,
     connected: tokio::sync::watch::Receiver<bool>,
     lost: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -354,7 +353,7 @@ impl Renewer {
         // A re-list that does not list the Lease means it was deleted meanwhile.
         let mut listed = false;
         let mut last_renewed = tokio::time::Instant::now();
-        let mut next = last_renewed + renew_every(false);
+        let mut next = last_renewed + RENEW_CONNECTING;
         let mut warned = false;
         loop {
             tokio::select! {
@@ -393,7 +392,12 @@ impl Renewer {
                 }
             }
             let connected = *self.connected.borrow_and_update();
-            next = tokio::time::Instant::now() + renew_every(connected);
+            let every = if connected {
+                self.renew_connected
+            } else {
+                RENEW_CONNECTING
+            };
+            next = tokio::time::Instant::now() + every;
             match self.renew(connected).await {
                 Renewed::Done => {
                     last_renewed = tokio::time::Instant::now();
@@ -408,7 +412,7 @@ impl Renewer {
                 Renewed::Failed => {}
             }
             let unrenewed = last_renewed.elapsed();
-            if !warned && unrenewed > Duration::from_secs(LEASE_SECONDS as u64 / 2) {
+            if !warned && unrenewed > self.renew_connected + RENEW_CONNECTED / 2 {
                 crate::status::write_stderr(&format!(
                     "kdev: warning: the session Lease {} could not be renewed for {}s (the API \
                      server does not answer); still trying\n",

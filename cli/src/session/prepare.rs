@@ -46,6 +46,7 @@ pub async fn prepare_service(plan: &Plan, s: &ServicePlan) -> Result<ServiceSess
             workload: &s.workload.workload.name,
             pod_selector: &s.workload.pod_selector,
             take_over: plan.take_over,
+            leases_in_session: plan.services.len(),
         },
     )
     .await?;
