@@ -311,21 +311,25 @@ async fn the_status_page_and_block_show_two_services_reloads_errors_and_logs() -
     )?;
     browser.screenshot(shots.join("status-4-filtered-logs.png"))?;
 
-    // The rebuild button builds gateway: its line, and a reload in its history.
+    // The rebuild button builds gateway: its line, and a reload in its history. Gateway's
+    // reload of the fix above may still be in flight (it builds too): counted before the click.
+    browser.wait_until(Duration::from_secs(90), "gateway ready", |b| {
+        Ok(state_of(b, "gateway")? == "ready")
+    })?;
     let before = bars(&browser, "gateway")?;
     browser
         .find("tr[data-service=gateway] button[data-action=rebuild]")?
         .click()?;
-    browser.wait_until(Duration::from_secs(90), "the rebuild's reload", |b| {
-        Ok(bars(b, "gateway")? > before)
-    })?;
-    let history = term.history()?;
-    ensure!(
+    let asked = |history: &str| {
         history
             .lines()
-            .any(|l| l.starts_with("gateway │ → building (asked for on the status page)")),
-        "kdev says the build was asked for:\n{history}"
-    );
+            .any(|l| l.starts_with("gateway │ → building (asked for on the status page)"))
+    };
+    let waited = browser.wait_until(Duration::from_secs(90), "the rebuild's reload", |b| {
+        Ok(asked(&term.history()?) && bars(b, "gateway")? > before)
+    });
+    let history = term.history()?;
+    waited.with_context(|| format!("kdev says the build was asked for:\n{history}"))?;
     browser.screenshot(shots.join("status-5-rebuilt.png"))?;
     browser.set_window_size(390, 844)?;
     browser.screenshot(shots.join("status-6-narrow.png"))?;
