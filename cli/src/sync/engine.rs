@@ -20,6 +20,7 @@ use crate::sync::listing::diff::{SyncPlan, diff};
 use crate::sync::listing::hashing::cache_file;
 use crate::sync::listing::local::Local;
 use crate::sync::local_tree::LocalTree;
+use crate::sync::subtree::{is_under, keys_under};
 use crate::sync::transfer::send::send;
 use crate::sync::unsyncable::Unsyncable;
 use crate::ui::Ui;
@@ -318,11 +319,13 @@ impl SyncEngine {
     ) -> Result<Option<Synced>> {
         let started = Instant::now();
         let (fresh, prefixes) = self.entries_at(paths, ui)?;
-        let old: Vec<Entry> = self
-            .known
-            .values()
-            .filter(|e| prefixes.iter().any(|pre| is_under(&e.path, pre)))
-            .cloned()
+        // What kdev believes the pod holds there: by range, not a pass over every known path.
+        let old: Vec<Entry> = prefixes
+            .iter()
+            .flat_map(|pre| keys_under(&self.known, pre))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|k| self.known.get(k).cloned())
             .collect();
         let fresh_list: Vec<Entry> = fresh.values().cloned().collect();
         let mut plan = diff(&fresh_list, &old);
@@ -336,7 +339,10 @@ impl SyncEngine {
         let changed = changed_paths(&plan, &fresh);
         let sent = send(&self.root, session, &plan, self.build_mode, false, None).await?;
         for d in &plan.delete {
-            self.known.retain(|p, _| !is_under(p, d));
+            let gone: Vec<String> = keys_under(&self.known, d).cloned().collect();
+            for p in gone {
+                self.known.remove(&p);
+            }
         }
         for e in fresh_list {
             self.known.insert(e.path.clone(), e);
@@ -404,11 +410,6 @@ impl SyncEngine {
         }
         Ok((fresh, prefixes))
     }
-}
-
-/// Whether relative path `p` is `prefix` or below it (`""` holds everything).
-fn is_under(p: &str, prefix: &str) -> bool {
-    prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"))
 }
 
 /// What a synced batch changed, for the reload line: the files sent and the paths deleted

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod ignore;
 pub mod listing;
 pub mod local_tree;
+pub mod subtree;
 pub mod transfer;
 pub mod unsyncable;
 pub mod watch;
