@@ -250,11 +250,7 @@ pub async fn acquire(client: &Client, r: LeaseRequest<'_>) -> anyhow::Result<Ses
                             .acquire_time
                             .map(|t| t.0.to_string())
                             .unwrap_or_else(|| "?".into());
-                        return Err(SessionLost(format!(
-                            "{} is already being developed by {other} (session since {since};                              {why}). Stop that kdev first, or pass --take-over; a kdev that                              crashed or lost its network is taken over by the next `kdev watch`                              once its pod stops hearing it (15s)",
-                            r.workload
-                        ))
-                        .into());
+                        return Err(SessionLost(refusal(r.workload, &other, &since, &why)).into());
                     }
                 }
             }
@@ -285,6 +281,15 @@ pub async fn acquire(client: &Client, r: LeaseRequest<'_>) -> anyhow::Result<Ses
         lost,
         took_over,
     })
+}
+
+/// Why a second kdev does not start.
+fn refusal(workload: &str, other: &str, since: &str, why: &str) -> String {
+    format!(
+        "{workload} is already being developed by {other} (session since {since}; {why}). Stop \
+         that kdev first, or pass --take-over; a kdev that crashed or lost its network is taken \
+         over by the next `kdev watch` once its pod stops hearing it (15s)"
+    )
 }
 
 /// What a renewal found.
@@ -622,6 +627,22 @@ mod tests {
             judge(Some(CONNECTED), 25, &pods),
             Holder::Alive(_)
         ));
+    }
+
+    #[test]
+    fn the_refusal_reads_as_one_sentence() {
+        let text = refusal(
+            "api-alice",
+            "alice@h/1",
+            "2026-12-07T10:00:00Z",
+            "it is connected to pod api-alice-1 (heard 2s ago)",
+        );
+        assert!(!text.contains("  "), "{text}");
+        assert!(
+            text.starts_with("api-alice is already being developed by alice@h/1 (session since"),
+            "{text}"
+        );
+        assert!(text.contains("--take-over"), "{text}");
     }
 
     #[test]
