@@ -175,6 +175,20 @@ impl BlackHole {
         iptables(&["-I", "INPUT", "-i", "lo", "-j", &hole.chain])?;
         Ok(hole)
     }
+
+    /// Every packet to or from `server_port` on loopback, new connections included: a laptop
+    /// whose network went away.
+    pub fn whole_port(server_port: u16) -> Result<BlackHole> {
+        let chain = format!("KDEV-TEST-BHP-{}", std::process::id() % 100_000);
+        iptables(&["-N", &chain])?;
+        let hole = BlackHole { chain };
+        let port = server_port.to_string();
+        for side in ["--sport", "--dport"] {
+            iptables(&["-A", &hole.chain, "-p", "tcp", side, &port, "-j", "DROP"])?;
+        }
+        iptables(&["-I", "INPUT", "-i", "lo", "-j", &hole.chain])?;
+        Ok(hole)
+    }
 }
 
 impl Drop for BlackHole {

@@ -173,6 +173,32 @@ impl Watch {
         Ok(t0.elapsed())
     }
 
+    /// Wait until kdev's output has `needle` (`Some`), or kdev exits first (`None`, its output
+    /// complete).
+    pub async fn wait_output_or_exit(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
+        let t0 = tokio::time::Instant::now();
+        loop {
+            if self.output().contains(needle) {
+                return Ok(Some(t0.elapsed()));
+            }
+            if self.child.try_wait()?.is_some() {
+                self.wait_exit(Duration::from_secs(5))?;
+                return Ok(None);
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "`{needle}` not in kdev's output within {timeout:?}:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait for kdev to exit, and for everything it wrote to be in `output()`; its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;

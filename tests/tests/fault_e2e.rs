@@ -177,6 +177,89 @@ async fn a_black_holed_connection_is_noticed_and_replaced() -> Result<()> {
     Ok(())
 }
 
+/// A kdev whose laptop lost its network holds a Lease that lives 90 s, renewed only every 30 s
+/// while connected: its pod, no longer hearing it, lets the next kdev take over within
+/// seconds, and the old kdev stops once it is back, saying it was taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kdev_that_lost_its_network_is_taken_over_and_stops_when_back() -> Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "kdev-netgone").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let proxy = TcpProxy::start(api_server_addr().await?, Duration::ZERO).await?;
+    let kubeconfig = tempfile::NamedTempFile::new()?;
+    kubeconfig_via(proxy.port, kubeconfig.path())?;
+    let kc = kubeconfig.path().to_string_lossy().into_owned();
+    let mut first = Watch::start_opts(
+        ns.name(),
+        WatchOptions {
+            env: &[("KUBECONFIG", &kc)],
+            ..Default::default()
+        },
+    )?;
+    first.wait_served("pong", Duration::from_secs(240)).await?;
+
+    let hole = BlackHole::whole_port(proxy.port)?;
+    let t0 = Instant::now();
+    // The same developer starts kdev again (another copy of the project: the same workload).
+    let mut refused = Vec::new();
+    let second = loop {
+        let mut w = Watch::start(ns.name())?;
+        let took = w
+            .wait_output_or_exit("took over ", Duration::from_secs(60))
+            .await?;
+        if took.is_some() {
+            break w;
+        }
+        let status = w.wait_exit(Duration::from_secs(5))?;
+        ensure!(
+            status.code() == Some(5),
+            "a refused kdev exits with 5 ({status}):\n{}",
+            w.output()
+        );
+        refused.push(w.output());
+        ensure!(
+            t0.elapsed() < Duration::from_secs(45),
+            "not taken over 45 s after the network went; last refusal:\n{}",
+            refused.last().map_or("", |s| s.as_str())
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let taken = t0.elapsed();
+    eprintln!(
+        "taken over {taken:?} after the network went, after {} refusals",
+        refused.len()
+    );
+    ensure!(
+        refused
+            .first()
+            .is_some_and(|r| r.contains("it is connected to pod gin-hello-")),
+        "right after the network went, the pod still vouches for the first kdev: {refused:?}"
+    );
+    ensure!(
+        second
+            .output()
+            .contains("no kdev is connected to pod gin-hello-"),
+        "{}",
+        second.output()
+    );
+    second.wait_served("pong", Duration::from_secs(120)).await?;
+
+    // The network is back: the first kdev learns it lost the session, and stops.
+    drop(hole);
+    let status = first.wait_exit(Duration::from_secs(60))?;
+    ensure!(
+        status.code() == Some(5) && first.output().contains("was taken over by"),
+        "the first kdev must stop, saying why ({status}):\n{}",
+        first.output()
+    );
+    second.set_message("\"second kdev\"");
+    second
+        .wait_served("second kdev", Duration::from_secs(60))
+        .await?;
+    assert_pod_tree_equals_local(&pods, &second.project(), &[]).await?;
+    Ok(())
+}
+
 /// `GOFLAGS=-mod=mod` in the sidecar made a vendored project ignore `vendor/`. The
 /// test vendors the example and adds a function to the vendored gin that exists nowhere else,
 /// so only a build from `vendor/` succeeds.

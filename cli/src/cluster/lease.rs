@@ -150,6 +150,13 @@ fn judge(
             ));
         }
     }
+    if pods.is_empty() && renewed_ago < FRESH_SECONDS {
+        // Its pod is being replaced (the old one is going, the new one not running yet): the
+        // kdev that renewed a moment ago is about to reconnect.
+        return Holder::Alive(format!(
+            "no dev pod runs right now, and it renewed its Lease {renewed_ago}s ago"
+        ));
+    }
     if let Some((pod, Err(why))) = pods.iter().find(|(_, a)| a.is_err()) {
         return Holder::Unsure(format!(
             "pod {pod} could not say whether it is connected: {why}"
@@ -605,6 +612,11 @@ mod tests {
         assert!(matches!(
             judge(Some(CONNECTED), 25, &[]),
             Holder::Gone(why) if why.contains("no dev pod runs")
+        ));
+        // No pod runs, but it renewed a moment ago: its pod is being replaced.
+        assert!(matches!(
+            judge(Some(CONNECTED), 2, &[]),
+            Holder::Alive(why) if why.contains("no dev pod runs right now")
         ));
     }
 
