@@ -13,6 +13,7 @@
 //!   by that stream: the pod's `kdev-controller session-state` says whether a `serve` holds the
 //!   session and heard its kdev within 15 s (a live kdev is heard every few seconds). A crashed
 //!   kdev's stream closes with its process, so the next kdev takes over at once, saying so.
+//!   While no dev pod runs (it is being replaced), a Lease renewed within 15 s counts as alive.
 //!
 //! A Lease past its `leaseDurationSeconds` (90 s, 90·k s) is free whatever its pod says. The holder
 //! watches its Lease, so `kdev down`, `kdev gc` or a takeover stop it at once; a renewal that
