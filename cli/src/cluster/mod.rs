@@ -5,3 +5,4 @@ pub mod access;
 pub mod client;
 pub mod connect;
 pub mod lease;
+pub mod selector;

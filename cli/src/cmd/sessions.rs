@@ -18,6 +18,7 @@ use kdev_protocol::labels::{
 use crate::cluster::access;
 use crate::cluster::connect::connect;
 use crate::cluster::lease::LEASE_SECONDS;
+use crate::cluster::selector::label_selector;
 use crate::ui::Ui;
 
 /// One dev session, as its Lease and pod describe it.
@@ -113,9 +114,8 @@ async fn workload_pod(client: &Client, ns: &str, workload: &str) -> Option<Strin
                 .match_labels?
         }
     };
-    let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&labels.join(",")))
+        .list(&ListParams::default().labels(&label_selector(&selector)))
         .await
         .ok()?
         .items

@@ -76,11 +76,7 @@ pub async fn wait_for_dev_pod(
     timeout: Duration,
 ) -> Result<Pod, DeployError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let label_selector = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let label_selector = crate::cluster::selector::label_selector(selector);
     let (store, writer) = reflector::store();
     let events = reflector(
         writer,

@@ -10,6 +10,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
+use crate::cluster::selector::label_selector;
 use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR};
 use crate::pod::bootstrap::exec_sh;
 
@@ -34,11 +35,7 @@ pub async fn ask_pods(
     selector: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, Result<PodSession, String>)>, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let labels = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let labels = label_selector(selector);
     let listed = pods.list(&ListParams::default().labels(&labels)).await?;
     let mut answers = Vec::new();
     for pod in listed.items.iter().filter(|p| running(p)) {
