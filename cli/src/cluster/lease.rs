@@ -88,21 +88,21 @@ pub fn lease_name(workload: &str) -> String {
     n.trim_end_matches('-').to_string()
 }
 
-fn expired(l: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &l.spec else { return true };
-    let Some(renew) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return true;
-    };
-    let secs = spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS) as i64;
-    renew.0.as_second() + secs < now.as_second()
-}
-
-/// Seconds since `l` was last renewed (or acquired).
+/// Seconds since `l` was last renewed (or acquired); `i64::MAX` when it never was.
 fn renewed_ago(l: &Lease, now: Timestamp) -> i64 {
     l.spec
         .as_ref()
         .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
         .map_or(i64::MAX, |t| now.as_second() - t.0.as_second())
+}
+
+fn expired(l: &Lease, now: Timestamp) -> bool {
+    let secs = l
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(LEASE_SECONDS) as i64;
+    renewed_ago(l, now) > secs
 }
 
 /// The connection state a Lease's holder wrote (`None` from kdev before 0.x: it renewed every
@@ -465,23 +465,12 @@ impl Renewer {
             }
         };
         match e {
-            kube::Error::Api(s) if s.code == 404 => {
-                Renewed::from(check_renewal(&self.name, None, &self.holder))
-            }
+            kube::Error::Api(s) if s.code == 404 => self.read_back(None),
             // Written by someone else since: read it, and judge.
             kube::Error::Api(s) if s.code == 409 => {
                 let read = tokio::time::timeout(REQUEST_TIMEOUT, self.api.get_opt(&self.name));
                 match read.await {
-                    Ok(Ok(current)) => {
-                        match check_renewal(&self.name, current.as_ref(), &self.holder) {
-                            Renewal::Lost(why) => Renewed::Lost(why),
-                            // Still ours (a label added by hand, say): write over it now.
-                            Renewal::Ours => {
-                                self.lease = current.unwrap_or_default();
-                                Renewed::Again
-                            }
-                        }
-                    }
+                    Ok(Ok(current)) => self.read_back(current),
                     Ok(Err(e)) => {
                         tracing::debug!("renewing the session lease: {e}");
                         Renewed::Failed
@@ -492,6 +481,21 @@ impl Renewer {
             e => {
                 tracing::debug!("renewing the session lease: {e}");
                 Renewed::Failed
+            }
+        }
+    }
+
+    /// The Lease as read after a failed write (`None`: deleted): lost, or still ours (a label
+    /// added by hand, say) and written over at once.
+    fn read_back(&mut self, current: Option<Lease>) -> Renewed {
+        match (
+            check_renewal(&self.name, current.as_ref(), &self.holder),
+            current,
+        ) {
+            (Renewal::Lost(why), _) => Renewed::Lost(why),
+            (Renewal::Ours, current) => {
+                self.lease = current.unwrap_or_default();
+                Renewed::Again
             }
         }
     }
@@ -506,15 +510,6 @@ enum Renewed {
     /// Not written this time (no answer, a server error).
     Failed,
     Lost(String),
-}
-
-impl From<Renewal> for Renewed {
-    fn from(r: Renewal) -> Renewed {
-        match r {
-            Renewal::Ours => Renewed::Again,
-            Renewal::Lost(why) => Renewed::Lost(why),
-        }
-    }
 }
 
 impl SessionLease {
