@@ -137,9 +137,7 @@ pub fn state(layout: &Layout) -> io::Result<SessionState> {
         // Nobody holds it; the shared lock is dropped (released) at once.
         Ok(_) => Ok(none),
         Err((_, Errno::EWOULDBLOCK)) => {
-            let pid = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse().ok());
+            let pid = super::lock::read_record(&path).map(|(pid, _)| pid);
             let ago = SystemTime::now()
                 .duration_since(modified)
                 .unwrap_or_default()

@@ -56,7 +56,7 @@ pub(super) enum LockError {
 /// What a lock file says about its holder: `<pid> <start time>`.
 type Record = (u32, u64);
 
-fn read_record(path: &Path) -> Option<Record> {
+pub(super) fn read_record(path: &Path) -> Option<Record> {
     let text = fs::read_to_string(path).ok()?;
     let mut f = text.split_whitespace();
     let pid = f.next()?.parse().ok().filter(|p| *p > 0)?;
