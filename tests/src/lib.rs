@@ -344,15 +344,21 @@ pub fn example_project(
     namespace: &str,
     http_port: u16,
 ) -> Result<std::path::PathBuf> {
-    let project = dir.join("gin-hello");
-    copy_dir(&repo_root().join("examples/gin-hello"), &project)?;
-    std::fs::write(
-        project.join("kdev.yaml"),
-        format!(
+    example_copy(
+        dir,
+        "gin-hello",
+        &format!(
             "manifests: [k8s/]\nnamespace: {namespace}\nsidecar:\n  image: {TOOLCHAIN_IMAGE}\n\
              run:\n  ports: [\"{http_port}:8080\"]\n"
         ),
-    )?;
+    )
+}
+
+/// A copy of examples/`name` under `dir` with `kdev_yaml` as its kdev.yaml; its canonical root.
+fn example_copy(dir: &std::path::Path, name: &str, kdev_yaml: &str) -> Result<std::path::PathBuf> {
+    let project = dir.join(name);
+    copy_dir(&repo_root().join("examples").join(name), &project)?;
+    std::fs::write(project.join("kdev.yaml"), kdev_yaml)?;
     Ok(project.canonicalize()?)
 }
 
@@ -364,11 +370,10 @@ pub fn shop_project(
     gateway_port: u16,
     orders_port: u16,
 ) -> Result<std::path::PathBuf> {
-    let project = dir.join("shop");
-    copy_dir(&repo_root().join("examples/shop"), &project)?;
-    std::fs::write(
-        project.join("kdev.yaml"),
-        format!(
+    example_copy(
+        dir,
+        "shop",
+        &format!(
             "manifests: [k8s/]\nnamespace: {namespace}\nservices:\n\
              \x20 - name: orders\n    workload: deployment/orders\n    build: {{package: ./cmd/orders}}\n\
              \x20   run: {{ports: [\"{orders_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n\
@@ -376,8 +381,7 @@ pub fn shop_project(
              \x20   run: {{ports: [\"{gateway_port}:8080\"]}}\n    sidecar: {{image: {img}}}\n",
             img = TOOLCHAIN_IMAGE
         ),
-    )?;
-    Ok(project.canonicalize()?)
+    )
 }
 
 /// Start `cmd` with stdout and stderr collected (and echoed to the test's stderr as `kdev| …`).

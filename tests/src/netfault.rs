@@ -2,7 +2,8 @@
 //! (a "remote" cluster, optionally with a delay each way), a kubeconfig that goes through it,
 //! and a black hole that silently drops every packet of the connections that exist at the
 //! moment — both ways, no reset — as a NAT or a cloud load balancer does when it forgets an
-//! idle flow. New connections are left alone.
+//! idle flow (new connections are left alone), or of every connection to one port, new ones
+//! included, as for a laptop gone offline.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -122,6 +123,27 @@ pub async fn api_server_addr() -> Result<SocketAddr> {
         .await?
         .next()
         .context("the API server's host does not resolve")
+}
+
+/// A [`TcpProxy`] in front of the API server, without delay, and a kubeconfig that goes
+/// through it.
+pub struct ProxiedApi {
+    pub proxy: TcpProxy,
+    kubeconfig: tempfile::NamedTempFile,
+}
+
+impl ProxiedApi {
+    pub async fn start() -> Result<ProxiedApi> {
+        let proxy = TcpProxy::start(api_server_addr().await?, Duration::ZERO).await?;
+        let kubeconfig = tempfile::NamedTempFile::new()?;
+        kubeconfig_via(proxy.port, kubeconfig.path())?;
+        Ok(ProxiedApi { proxy, kubeconfig })
+    }
+
+    /// The kubeconfig's path, for `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        self.kubeconfig.path().to_string_lossy().into_owned()
+    }
 }
 
 /// Write a copy of the current kubeconfig to `to`, with every cluster's server replaced by

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kdev_tests::netfault::{BlackHole, TcpProxy, api_server_addr, kubeconfig_via};
+use kdev_tests::netfault::{BlackHole, ProxiedApi};
 use kdev_tests::watch::{Watch, WatchOptions, assert_pod_tree_equals_local, dev_pod};
 use kdev_tests::{TestNamespace, client, exec, kdev_bin, poll_until};
 use kube::ResourceExt;
@@ -125,10 +125,8 @@ async fn a_black_holed_connection_is_noticed_and_replaced() -> Result<()> {
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-blackhole").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let proxy = TcpProxy::start(api_server_addr().await?, Duration::ZERO).await?;
-    let kubeconfig = tempfile::NamedTempFile::new()?;
-    kubeconfig_via(proxy.port, kubeconfig.path())?;
-    let kc = kubeconfig.path().to_string_lossy().into_owned();
+    let api = ProxiedApi::start().await?;
+    let kc = api.kubeconfig();
     let w = Watch::start_opts(
         ns.name(),
         WatchOptions {
@@ -140,8 +138,8 @@ async fn a_black_holed_connection_is_noticed_and_replaced() -> Result<()> {
     // Idle, as a developer reading code is.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let ports = proxy.client_ports();
-    let hole = BlackHole::swallow(proxy.port, &ports)?;
+    let ports = api.proxy.client_ports();
+    let hole = BlackHole::swallow(api.proxy.port, &ports)?;
     let t0 = Instant::now();
     w.set_message("\"through a new connection\"");
     let noticed = w
@@ -185,10 +183,8 @@ async fn a_kdev_that_lost_its_network_is_taken_over_and_stops_when_back() -> Res
     let client = client().await?;
     let ns = TestNamespace::create(&client, "kdev-netgone").await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let proxy = TcpProxy::start(api_server_addr().await?, Duration::ZERO).await?;
-    let kubeconfig = tempfile::NamedTempFile::new()?;
-    kubeconfig_via(proxy.port, kubeconfig.path())?;
-    let kc = kubeconfig.path().to_string_lossy().into_owned();
+    let api = ProxiedApi::start().await?;
+    let kc = api.kubeconfig();
     let mut first = Watch::start_opts(
         ns.name(),
         WatchOptions {
@@ -198,7 +194,7 @@ async fn a_kdev_that_lost_its_network_is_taken_over_and_stops_when_back() -> Res
     )?;
     first.wait_served("pong", Duration::from_secs(240)).await?;
 
-    let hole = BlackHole::whole_port(proxy.port)?;
+    let hole = BlackHole::whole_port(api.proxy.port)?;
     let t0 = Instant::now();
     // The same developer starts kdev again (another copy of the project: the same workload).
     let mut refused = Vec::new();
