@@ -20,7 +20,7 @@ pub use manifests::ManifestObject;
 pub use personalize::{owner_from_user, personalize};
 pub use plan::{DeployPlan, DevTarget, DevWorkload, prepare};
 pub use rewrite::{DebugSpec, DevPodSpec};
-pub use wait::wait_for_dev_pod;
+pub use wait::{connectable, wait_for_dev_pod};
 
 #[cfg(test)]
 mod tests;

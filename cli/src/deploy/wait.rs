@@ -138,6 +138,12 @@ fn api_refusal(e: watcher::Error) -> Option<kube::Error> {
     }
 }
 
+/// A pod kdev can connect to: not being deleted, its sidecar running. Its phase may still say
+/// `Pending` (the sidecar starts before the app's container) while a kdev already works in it.
+pub fn connectable(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && sidecar_running(pod)
+}
+
 fn sidecar_running(pod: &Pod) -> bool {
     pod.status
         .as_ref()

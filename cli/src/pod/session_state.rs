@@ -11,7 +11,8 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use crate::cluster::selector::label_selector;
-use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR};
+use crate::deploy::connectable;
+use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
 use crate::pod::bootstrap::exec_sh;
 
 /// How long one pod may take to answer.
@@ -27,8 +28,8 @@ pub struct PodSession {
     pub heard_ms_ago: Option<u64>,
 }
 
-/// Every running dev pod of `selector` with its answer (or why it could not answer). A pod
-/// without a controller yet has no session.
+/// Every dev pod of `selector` a kdev could be connected to (its sidecar runs) with its answer
+/// (or why it could not answer). A pod without a controller yet has no session.
 pub async fn ask_pods(
     client: &Client,
     namespace: &str,
@@ -38,7 +39,7 @@ pub async fn ask_pods(
     let labels = label_selector(selector);
     let listed = pods.list(&ListParams::default().labels(&labels)).await?;
     let mut answers = Vec::new();
-    for pod in listed.items.iter().filter(|p| running(p)) {
+    for pod in listed.items.iter().filter(|p| connectable(p)) {
         let name = pod.name_any();
         let answer = match tokio::time::timeout(ASK_TIMEOUT, ask(&pods, &name)).await {
             Ok(a) => a,
@@ -47,11 +48,6 @@ pub async fn ask_pods(
         answers.push((name, answer));
     }
     Ok(answers)
-}
-
-fn running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
 async fn ask(pods: &Api<Pod>, pod: &str) -> Result<PodSession, String> {
@@ -88,5 +84,33 @@ mod tests {
         );
         assert!(!parse("{\"held\":false}").unwrap().held);
         assert!(parse("error: unrecognized subcommand").is_err());
+    }
+
+    /// A kdev connects once the sidecar runs; the pod's phase says `Running` only once the
+    /// app's container has started too, and the API server may learn that seconds later. Such
+    /// a pod was not asked, and a connected kdev was reported as "no dev pod runs".
+    #[test]
+    fn a_pod_whose_sidecar_runs_is_asked_whatever_its_phase() {
+        let pod = |phase: &str, sidecar: serde_json::Value, deleting: bool| -> Pod {
+            let mut meta = serde_json::json!({"name": "p"});
+            if deleting {
+                meta["deletionTimestamp"] = "2026-12-07T00:00:00Z".into();
+            }
+            serde_json::from_value(serde_json::json!({
+                "metadata": meta,
+                "spec": {"containers": [{"name": "app"}]},
+                "status": {"phase": phase, "initContainerStatuses": [{
+                    "name": SIDECAR_NAME, "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": sidecar,
+                }]},
+            }))
+            .expect("a Pod")
+        };
+        let running = serde_json::json!({"running": {}});
+        let creating = serde_json::json!({"waiting": {"reason": "ContainerCreating"}});
+        assert!(connectable(&pod("Pending", running.clone(), false)));
+        assert!(connectable(&pod("Running", running.clone(), false)));
+        assert!(!connectable(&pod("Running", running, true)));
+        assert!(!connectable(&pod("Pending", creating, false)));
     }
 }
