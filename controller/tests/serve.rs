@@ -412,6 +412,50 @@ fn reconcile_listing_matches_the_files_on_disk() {
     assert_eq!(r2.entries, r.entries);
 }
 
+/// The files a patch wrote are hashed into the cache once they settle, while the session is
+/// quiet: a restarted session then lists them without reading one. Before, the first restart
+/// after a 1 GB initial sync read the whole gigabyte again (written files were hashed only by
+/// a listing, and kept only when they had settled by then).
+#[test]
+fn a_restarted_session_lists_what_a_patch_wrote_without_reading_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kdev = tmp.path();
+    let mut a = Serve::start(kdev, &[]);
+    a.hello(no_build());
+    let n = 1500;
+    let (p, _, _) = big_patch(1, n);
+    a.send(&p);
+    assert!(patch_result(&mut a, 1).complete);
+    wait_for(T, "the written files to be hashed into the cache", || {
+        a.stderr()
+            .contains(&format!("hashed {n} files"))
+            .then_some(())
+    });
+    a.close_stdin();
+    assert_eq!(a.wait_exit(T), 0);
+
+    let mut b = Serve::start(kdev, &[]);
+    b.hello(no_build());
+    let r = reconcile(&mut b, 1);
+    let files = r
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .count();
+    assert_eq!(files, n);
+    assert_eq!(r.cached as usize, n, "every file came from the cache");
+    // And the cached hashes are the files' own.
+    for e in r
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .take(20)
+    {
+        let data = fs::read(kdev.join("src").join(&e.path)).unwrap();
+        assert_eq!(e.hash.as_deref(), Some(hash_bytes(&data).as_str()));
+    }
+}
+
 /// `digest_first`: the digest of the listing comes alone, the listing follows only when asked
 /// for (same id, same entries), a dropped one is never sent, and a continue for a listing that
 /// is not waiting is an error that leaves the session going.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::cluster::selector::label_selector;
 use crate::deploy::connectable;
-use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR, SIDECAR_NAME};
+use crate::deploy::rewrite::{CONTROLLER_PATH, KDEV_DIR};
 use crate::pod::bootstrap::exec_sh;
 
 /// How long one pod may take to answer.
@@ -72,6 +72,7 @@ fn parse(out: &str) -> Result<PodSession, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::rewrite::SIDECAR_NAME;
 
     #[test]
     fn answers_parse() {

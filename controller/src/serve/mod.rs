@@ -21,6 +21,7 @@ mod reconcile;
 mod restart;
 pub(crate) mod root;
 mod session;
+mod warm;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -382,6 +383,8 @@ pub async fn run(opts: ServeOptions) -> i32 {
         cache: Arc::new(Mutex::new(cache)),
         stop,
         kept_listing: None,
+        settling: Default::default(),
+        warming: None,
     };
     let code = s.main_loop(&mut in_rx, &mut term_rx).await;
 

@@ -4,7 +4,8 @@
 //! changed at least two seconds before) at the moment its hashing began: a same-size rewrite
 //! within one timestamp tick of the hashed write would look unchanged, a later one cannot
 //! ([`kdev_protocol::hash_cache`]). The cache is kept in `/kdev/run` across `serve` sessions,
-//! so a restarted kdev finds the pod's tree listed without reading it.
+//! so a restarted kdev finds the pod's tree listed without reading it; the files patches write
+//! are hashed into it once they settle ([`super::warm`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -35,7 +36,7 @@ impl<R: Read> Read for Stoppable<'_, R> {
 }
 
 /// Why a file that `lstat` showed as regular was not hashed.
-enum Unhashed {
+pub(super) enum Unhashed {
     /// It vanished since: not listed.
     Gone,
     /// The session is ending.
@@ -48,7 +49,10 @@ enum Unhashed {
 /// have been replaced since it was listed: it is opened without following a symlink and
 /// without blocking (a FIFO would block `open` until a writer comes), then must be a regular
 /// file.
-fn hash_regular_file(path: &Path, stop: &AtomicBool) -> Result<(fs::Metadata, String), Unhashed> {
+pub(super) fn hash_regular_file(
+    path: &Path,
+    stop: &AtomicBool,
+) -> Result<(fs::Metadata, String), Unhashed> {
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

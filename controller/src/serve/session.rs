@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use super::build::Builds;
 use super::exit::{EXIT_BAD_INPUT, EXIT_OK};
 use super::io::{Inbound, Out, error, fatal};
+use super::warm::{Settling, warm};
 use super::{patch, reconcile};
 use crate::log::serve as log;
 use crate::util::ms;
@@ -47,6 +48,10 @@ pub(super) struct Session {
     /// The listing whose digest was sent, until the client says whether it wants it (one at a
     /// time: a newer `reconcile` replaces it).
     pub kept_listing: Option<KeptListing>,
+    /// Files patches wrote, hashed into the cache once settled (see [`super::warm`]).
+    pub settling: Settling,
+    /// The warm-up running in the background, if any.
+    pub warming: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(super) struct KeptListing {
@@ -105,6 +110,7 @@ impl Session {
                 Some((id, res)) = self.builds.finished() => self.builds.on_finished(id, res).await,
                 // Idle long enough after a quick rebuild: prove it (see `build`).
                 _ = sleep_until_some(shadow_due) => self.builds.start_shadow(),
+                _ = sleep_until_some(self.settling.due()) => self.warm_cache(),
             }
         }
     }
@@ -239,6 +245,34 @@ impl Session {
         }
     }
 
+    /// Hash the files patches wrote, now settled, into the listing's cache: in the background
+    /// (a patch never waits for it; a listing waits for the cache it holds, and then reads
+    /// nothing it hashed).
+    fn warm_cache(&mut self) {
+        if self.warming.as_ref().is_some_and(|w| !w.is_finished()) {
+            self.settling.postpone();
+            return;
+        }
+        let paths = self.settling.take();
+        let (root, cache, stop) = (self.root.clone(), self.cache.clone(), self.stop.clone());
+        self.warming = Some(tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            let done = warm(&root, &paths, &mut cache, &stop);
+            if done.worth_saving() {
+                log(format!(
+                    "hashed {} files ({} bytes) written by patches in {} ms, for the next listing",
+                    done.files,
+                    done.bytes,
+                    ms(t0.elapsed())
+                ));
+                if let Err(e) = cache.save() {
+                    log(format!("cannot keep the listing's hash cache: {e}"));
+                }
+            }
+        }));
+    }
+
     /// A patch with more deletions than the limit: refused as a whole.
     async fn refuse_deletes(&mut self, id: u64) {
         let msg = format!(
@@ -301,6 +335,7 @@ impl Session {
             log(format!("patch {id}: interrupted, the session is ending"));
             return;
         }
+        self.settling.wrote(&outcome.applied);
         let inputs = self.build_inputs.as_deref();
         if outcome.touched().any(|p| patch::is_build_input(p, inputs)) || cancelled_build.is_some()
         {
