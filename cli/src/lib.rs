@@ -61,12 +61,12 @@ pub mod testing {
     pub use crate::pod::session::ControllerSession;
 
     /// `kdev debug`'s debug endpoint on `127.0.0.1:<port>` (0: any), reaching Delve at
-    /// `delve`; its lines go to stdout.
+    /// `delve`, started with `--continue`; its lines go to stdout.
     pub async fn debug_endpoint(
         port: u16,
         delve: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
-        crate::debugger::start(port, delve, crate::ui::Ui::plain(), None).await
+        crate::debugger::start(port, delve, crate::ui::Ui::plain(), None, true).await
     }
     pub use crate::sync::transfer::tar::build_tar;
 }

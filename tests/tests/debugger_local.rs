@@ -44,6 +44,9 @@ struct App {
     port: u16,
     delve_port: u16,
     delve: Option<Child>,
+    /// Run the next Delve's process this long after it starts, as a slow `--continue` does
+    /// (`None`: Delve's own `--continue`).
+    late_continue: Option<Duration>,
 }
 
 impl App {
@@ -54,6 +57,7 @@ impl App {
             port: free_port()?,
             delve_port: free_port()?,
             delve: None,
+            late_continue: None,
         })
     }
 
@@ -72,24 +76,43 @@ impl App {
             String::from_utf8_lossy(&built.stderr)
         );
         self.stop();
+        let listen = format!("--listen=127.0.0.1:{}", self.delve_port);
+        let mut args = vec![
+            "exec",
+            "--headless",
+            &listen,
+            "--api-version=2",
+            "--accept-multiclient",
+        ];
+        if self.late_continue.is_none() {
+            args.push("--continue");
+        }
+        let port = self.port.to_string();
+        args.extend(["./app", "--", &port]);
         let delve = Command::new("dlv")
-            .args([
-                "exec",
-                "--headless",
-                &format!("--listen=127.0.0.1:{}", self.delve_port),
-                "--api-version=2",
-                "--accept-multiclient",
-                "--continue",
-                "./app",
-                "--",
-                &self.port.to_string(),
-            ])
+            .args(&args)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("running dlv (is it on PATH? tests/tools/install builds it)")?;
         self.delve = Some(delve);
+        if let Some(after) = self.late_continue {
+            // What `--continue` does, late: a client sends `continue` and hangs up.
+            let addr = format!("127.0.0.1:{}", self.delve_port);
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                for _ in 0..100 {
+                    if let Ok(mut c) = TcpStream::connect(&addr) {
+                        let cont = r#"{"method":"RPCServer.Command","params":[{"name":"continue"}],"id":1}"#;
+                        let _ = std::io::Write::write_all(&mut c, cont.as_bytes());
+                        std::thread::sleep(Duration::from_millis(100));
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
         Ok(())
     }
 
@@ -238,6 +261,45 @@ async fn dlv_connect_keeps_its_continue_across_delves() -> Result<()> {
         );
         dlv.type_line("print msg")?;
         dlv.expect("\"two\"", wait)?;
+        dlv.type_line("clear 1")?;
+        dlv.expect("Breakpoint 1 cleared", wait)?;
+        dlv.type_line("continue")?;
+        ensure!(answer.join().unwrap_or_default() == "two");
+        Ok(())
+    })
+    .await?
+}
+
+/// A new Delve that runs its process late (its `--continue` took 2.5 s on a loaded machine): kdev
+/// waits for that before it halts the process and sets the breakpoints again. It waited a
+/// second at most, and the late `continue` then ran the process on past the breakpoint the
+/// client's `continue` had stopped at: `print msg` never answered (CI, in a pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delve_that_runs_its_process_late_keeps_the_clients_stop() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut app = App::new(tmp.path())?;
+    app.reload("one", 0)?;
+    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
+    let port = endpoint.port();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let first = app.get().join().unwrap_or_default();
+        ensure!(first == "one", "the app answered {first:?}");
+        let wait = Duration::from_secs(20);
+        let mut dlv = DlvConnect::start(port)?;
+        dlv.type_line(&format!("break main.go:{}", print_line(0)))?;
+        dlv.expect("Breakpoint 1 set", wait)?;
+        dlv.type_line("continue")?;
+        app.late_continue = Some(Duration::from_millis(2500));
+        app.reload("two", 0)?;
+        // The request comes after the late `continue`: hitting the breakpoint before it would
+        // let the client look before that `continue` runs the process on.
+        std::thread::sleep(Duration::from_millis(3500));
+        let answer = app.get();
+        dlv.expect("[Breakpoint 1] main.hello()", Duration::from_secs(60))?;
+        dlv.type_line("print msg")?;
+        dlv.expect("\"two\"", wait)
+            .context("the process ran on past the breakpoint")?;
         dlv.type_line("clear 1")?;
         dlv.expect("Breakpoint 1 cleared", wait)?;
         dlv.type_line("continue")?;

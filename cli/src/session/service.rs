@@ -90,6 +90,7 @@ impl ServiceSession {
     /// system's choice.
     pub async fn listen(&mut self) -> anyhow::Result<()> {
         let delve = self.debug.as_ref().map(|d| d.port);
+        let continue_at_start = self.debug.as_ref().is_some_and(|d| d.continue_at_start);
         let ports: Vec<(u16, u16)> = self
             .ports
             .iter()
@@ -103,15 +104,21 @@ impl ServiceSession {
             && let Some(entry) = self.forwarded.iter_mut().find(|(_, r)| *r == port)
         {
             let status = self.report.status.clone();
-            entry.0 = crate::debugger::start(port, entry.0, self.ui.clone(), status)
-                .await
-                .map_err(|e| {
-                    UsageError(format!(
-                        "cannot listen on localhost:{port} for the debugger ({e}; is it in use? \
+            entry.0 = crate::debugger::start(
+                port,
+                entry.0,
+                self.ui.clone(),
+                status,
+                continue_at_start,
+            )
+            .await
+            .map_err(|e| {
+                UsageError(format!(
+                    "cannot listen on localhost:{port} for the debugger ({e}; is it in use? \
                          choose another with `kdev debug --port {}`)",
-                        port.wrapping_add(1)
-                    ))
-                })?;
+                    port.wrapping_add(1)
+                ))
+            })?;
         }
         Ok(())
     }
