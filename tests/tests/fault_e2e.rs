@@ -239,6 +239,13 @@ async fn a_kdev_that_lost_its_network_is_taken_over_and_stops_when_back() -> Res
         second.output()
     );
     second.wait_served("pong", Duration::from_secs(120)).await?;
+    // The first kdev cannot learn of the takeover while offline, but says it can happen.
+    first
+        .wait_output(
+            "another `kdev watch` of this workload can take the session over now",
+            Duration::from_secs(30),
+        )
+        .await?;
 
     // The network is back: the first kdev learns it lost the session, and stops.
     drop(hole);

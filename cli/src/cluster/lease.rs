@@ -357,6 +357,49 @@ struct Renewer {
     lost: tokio::sync::watch::Sender<Option<String>>,
 }
 
+/// What a Lease left unrenewed means, in rising order of concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Unrenewed {
+    /// The API server does not answer, but the pod hears this kdev: nobody can take over.
+    Slow,
+    /// Neither the API server nor the pod hears this kdev: another `kdev watch` of the
+    /// workload would judge it gone ([`judge`]) and take the session over.
+    TakeoverPossible,
+}
+
+/// What to say of a Lease last renewed `unrenewed` ago. Connected, the pod vouches for this
+/// kdev: a warning once a renewal and a half is missed. Not connected, a second kdev takes over
+/// once the Lease is no longer fresh, and this kdev learns it only when it reaches the API
+/// server again: say so then, not later.
+fn unrenewed_warning(
+    connected: bool,
+    unrenewed: Duration,
+    renew_connected: Duration,
+) -> Option<Unrenewed> {
+    if !connected && unrenewed.as_secs() >= FRESH_SECONDS as u64 {
+        Some(Unrenewed::TakeoverPossible)
+    } else if unrenewed > renew_connected + RENEW_CONNECTED / 2 {
+        Some(Unrenewed::Slow)
+    } else {
+        None
+    }
+}
+
+fn unrenewed_message(warning: Option<Unrenewed>, lease: &str, unrenewed: Duration) -> String {
+    let secs = unrenewed.as_secs();
+    match warning {
+        Some(Unrenewed::TakeoverPossible) => format!(
+            "kdev: warning: this kdev has not renewed its session Lease {lease} for {secs}s \
+             and has no stream to its pod: another `kdev watch` of this workload can take the \
+             session over now; this kdev stops, saying so, once it reaches the API server again\n"
+        ),
+        _ => format!(
+            "kdev: warning: the session Lease {lease} could not be renewed for {secs}s (the API \
+             server does not answer); still trying\n"
+        ),
+    }
+}
+
 impl Renewer {
     async fn run(mut self) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
@@ -367,7 +410,7 @@ impl Renewer {
         let mut listed = false;
         let mut last_renewed = tokio::time::Instant::now();
         let mut next = last_renewed + RENEW_CONNECTING;
-        let mut warned = false;
+        let mut warned = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
@@ -411,10 +454,12 @@ impl Renewer {
                 RENEW_CONNECTING
             };
             next = tokio::time::Instant::now() + every;
+            // Before the attempt too: one that hangs holds the loop for REQUEST_TIMEOUT.
+            self.warn_unrenewed(connected, last_renewed, &mut warned);
             match self.renew(connected).await {
                 Renewed::Done => {
                     last_renewed = tokio::time::Instant::now();
-                    warned = false;
+                    warned = None;
                     continue;
                 }
                 Renewed::Lost(why) => {
@@ -424,16 +469,23 @@ impl Renewer {
                 Renewed::Again => next = tokio::time::Instant::now() + RETRY_AFTER_CONFLICT,
                 Renewed::Failed => {}
             }
-            let unrenewed = last_renewed.elapsed();
-            if !warned && unrenewed > self.renew_connected + RENEW_CONNECTED / 2 {
-                crate::status::write_stderr(&format!(
-                    "kdev: warning: the session Lease {} could not be renewed for {}s (the API \
-                     server does not answer); still trying\n",
-                    self.name,
-                    unrenewed.as_secs()
-                ));
-                warned = true;
-            }
+            self.warn_unrenewed(connected, last_renewed, &mut warned);
+        }
+    }
+
+    /// Say what a Lease unrenewed since `last_renewed` means, once per level of concern
+    /// (`warned`: the highest said since the last renewal).
+    fn warn_unrenewed(
+        &self,
+        connected: bool,
+        last_renewed: tokio::time::Instant,
+        warned: &mut Option<Unrenewed>,
+    ) {
+        let unrenewed = last_renewed.elapsed();
+        let warning = unrenewed_warning(connected, unrenewed, self.renew_connected);
+        if warning.is_some() && warning > *warned {
+            crate::status::write_stderr(&unrenewed_message(warning, &self.name, unrenewed));
+            *warned = warning;
         }
     }
 
@@ -635,6 +687,28 @@ mod tests {
             judge(Some(CONNECTED), 25, &pods),
             Holder::Alive(_)
         ));
+    }
+
+    #[test]
+    fn an_unheard_kdev_is_told_at_once_that_it_can_be_taken_over() {
+        let every = RENEW_CONNECTED;
+        let s = Duration::from_secs;
+        // Connected: the pod vouches for it; only a long silence of the API server is said.
+        assert_eq!(unrenewed_warning(true, s(20), every), None);
+        assert_eq!(unrenewed_warning(true, s(46), every), Some(Unrenewed::Slow));
+        // Not connected: as soon as a second kdev would judge it gone.
+        assert_eq!(unrenewed_warning(false, s(14), every), None);
+        assert_eq!(
+            unrenewed_warning(false, s(15), every),
+            Some(Unrenewed::TakeoverPossible)
+        );
+        assert!(Some(Unrenewed::TakeoverPossible) > Some(Unrenewed::Slow));
+        let m = unrenewed_message(Some(Unrenewed::TakeoverPossible), "kdev-x", s(16));
+        assert!(
+            m.contains("for 16s") && m.contains("can take the session over now"),
+            "{m}"
+        );
+        assert!(!m.contains("  "), "{m}");
     }
 
     #[test]

@@ -589,6 +589,9 @@ impl<'a> ReloadLoop<'a> {
             ));
         }
         drop(live.stream);
+        // No pod hears this kdev any more: renew often (and warn when a takeover becomes
+        // possible) from now, not from the reconnect, which may first wait for the API server.
+        self.session.lease.set_connected(false);
         self.session.conn.renew()?;
         // Keep forwarding to this pod while it lives (a broken stream often leaves it healthy);
         // stop at once if it is gone or going, rather than dial a dead pod.
