@@ -392,6 +392,12 @@ pub async fn run(opts: ServeOptions) -> i32 {
     // holding the writer); no build keeps running without a session (the tree stays marked
     // dirty).
     modules.end().await;
+    // A warm-up of the hash cache stops between files; one writing the cache file finishes it
+    // (the runtime's shutdown would kill it mid-write, leaving a temporary file behind).
+    s.stop.store(true, Ordering::Relaxed);
+    if let Some(warming) = s.warming.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), warming).await;
+    }
     let Session { out, builds, .. } = s;
     builds.shutdown().await;
     watcher.abort();
