@@ -312,6 +312,30 @@ async fn a_replaced_pod_is_dialled_at_once_and_errors_are_summarised() -> Result
     let w = Watch::start(ns.name())?;
     w.wait_served("pong", Duration::from_secs(240)).await?;
     let old = dev_pod(&pods).await?.name_any();
+    // Until its Lease was last renewed over 15 s ago (connected, it renews every 30 s): the
+    // stream's loss then must not make kdev say it can be taken over, since its first
+    // renewal answers at once (it said so, falsely, when it warned before trying).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns.name());
+    poll_until(
+        Duration::from_secs(40),
+        "a Lease renewed over 15 s ago",
+        || {
+            let leases = leases.clone();
+            async move {
+                let list = leases.list(&Default::default()).await?;
+                Ok(list.items.iter().any(|l| {
+                    l.spec
+                        .as_ref()
+                        .and_then(|s| s.renew_time.as_ref())
+                        .is_some_and(|t| {
+                            k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second() > 16
+                        })
+                }))
+            }
+        },
+    )
+    .await?;
 
     // A client keeps asking through the forward while the pod is replaced.
     let port = w.port;
@@ -337,6 +361,10 @@ async fn a_replaced_pod_is_dialled_at_once_and_errors_are_summarised() -> Result
     ensure!(
         !out.contains(&format!("port-forward to {old}")),
         "no connection may be forwarded to the deleted pod:\n{out}"
+    );
+    ensure!(
+        !out.contains("can take the session over now"),
+        "a healthy reconnect must not say the session can be taken over:\n{out}"
     );
     let forward_lines = count_lines(&out, &format!("localhost:{port}:"));
     ensure!(

@@ -53,6 +53,8 @@ const HEARD_WITHIN_MS: u64 = 15_000;
 /// hold the renewal (and let the Lease expire) for minutes. A timed-out request's connection is
 /// dropped, so the next attempt dials or takes another.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// A renewal that has not answered within this is taken as failing (for the warnings).
+const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
 /// After a conflicting write (someone else wrote the Lease): try again this soon.
 const RETRY_AFTER_CONFLICT: Duration = Duration::from_millis(200);
 
@@ -385,6 +387,25 @@ fn unrenewed_warning(
     }
 }
 
+/// What the holder said of its unrenewed Lease since the last renewal.
+struct Unheard {
+    lease: String,
+    renew_connected: Duration,
+    /// The highest concern said.
+    warned: Option<Unrenewed>,
+}
+
+impl Unheard {
+    /// Say what a Lease unrenewed for `unrenewed` means, once per level of concern.
+    fn say(&mut self, connected: bool, unrenewed: Duration) {
+        let warning = unrenewed_warning(connected, unrenewed, self.renew_connected);
+        if warning.is_some() && warning > self.warned {
+            crate::status::write_stderr(&unrenewed_message(warning, &self.lease, unrenewed));
+            self.warned = warning;
+        }
+    }
+}
+
 fn unrenewed_message(warning: Option<Unrenewed>, lease: &str, unrenewed: Duration) -> String {
     let secs = unrenewed.as_secs();
     match warning {
@@ -410,7 +431,13 @@ impl Renewer {
         let mut listed = false;
         let mut last_renewed = tokio::time::Instant::now();
         let mut next = last_renewed + RENEW_CONNECTING;
-        let mut warned = None;
+        // An attempt failed since the last renewal.
+        let mut failing = false;
+        let mut unheard = Unheard {
+            lease: self.name.clone(),
+            renew_connected: self.renew_connected,
+            warned: None,
+        };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
@@ -454,12 +481,28 @@ impl Renewer {
                 RENEW_CONNECTING
             };
             next = tokio::time::Instant::now() + every;
-            // Before the attempt too: one that hangs holds the loop for REQUEST_TIMEOUT.
-            self.warn_unrenewed(connected, last_renewed, &mut warned);
-            match self.renew(connected).await {
+            // Warnings only once renewing fails: an attempt that failed, or one that has not
+            // answered for a second (it may hang for REQUEST_TIMEOUT). A healthy reconnect,
+            // whose first renewal answers at once, says nothing.
+            if failing {
+                unheard.say(connected, last_renewed.elapsed());
+            }
+            let outcome = {
+                let attempt = self.renew(connected);
+                tokio::pin!(attempt);
+                tokio::select! {
+                    r = &mut attempt => r,
+                    () = tokio::time::sleep(SLOW_ATTEMPT) => {
+                        unheard.say(connected, last_renewed.elapsed());
+                        attempt.await
+                    }
+                }
+            };
+            match outcome {
                 Renewed::Done => {
                     last_renewed = tokio::time::Instant::now();
-                    warned = None;
+                    failing = false;
+                    unheard.warned = None;
                     continue;
                 }
                 Renewed::Lost(why) => {
@@ -467,25 +510,11 @@ impl Renewer {
                     return;
                 }
                 Renewed::Again => next = tokio::time::Instant::now() + RETRY_AFTER_CONFLICT,
-                Renewed::Failed => {}
+                Renewed::Failed => {
+                    failing = true;
+                    unheard.say(connected, last_renewed.elapsed());
+                }
             }
-            self.warn_unrenewed(connected, last_renewed, &mut warned);
-        }
-    }
-
-    /// Say what a Lease unrenewed since `last_renewed` means, once per level of concern
-    /// (`warned`: the highest said since the last renewal).
-    fn warn_unrenewed(
-        &self,
-        connected: bool,
-        last_renewed: tokio::time::Instant,
-        warned: &mut Option<Unrenewed>,
-    ) {
-        let unrenewed = last_renewed.elapsed();
-        let warning = unrenewed_warning(connected, unrenewed, self.renew_connected);
-        if warning.is_some() && warning > *warned {
-            crate::status::write_stderr(&unrenewed_message(warning, &self.name, unrenewed));
-            *warned = warning;
         }
     }
 
