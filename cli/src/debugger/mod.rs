@@ -122,6 +122,8 @@ async fn drive<K: Keeper>(
 ) {
     let mut held: Held = Vec::new();
     let mut delves = 0u32;
+    // The PID of the process the last Delve debugged.
+    let mut pid = None;
     let mut lost_at: Option<Instant> = None;
     loop {
         // Reach a Delve; hold what the client says meanwhile.
@@ -129,8 +131,11 @@ async fn drive<K: Keeper>(
             return;
         };
         delves += 1;
-        if delves > 1 {
-            settle(upstream.addr, upstream.settle_within).await;
+        if delves == 1 {
+            // Only to know it again after a dropped connection.
+            pid = settle(upstream.addr, Duration::ZERO, None).await;
+        } else {
+            pid = settle(upstream.addr, upstream.settle_within, pid).await;
             match keeper.replay(&mut up).await {
                 Ok((to_client, done)) => {
                     for m in &to_client {
@@ -265,40 +270,50 @@ async fn dial<K: Keeper>(
 /// JSON-RPC replay begin with) may come first and be undone by that continue: Delve runs it
 /// once the process stops, so the process runs on past the breakpoint the client was waiting
 /// for, and the client's next call waits for a stop that never comes. On a loaded machine
-/// Delve took more than a second to get there (CI: `one_attach_lasts_across_saves…`); the wait
-/// ends as soon as the process runs. Under `--stop-at-start` it never runs by itself, and
-/// nothing is waited for (`within` is zero).
-async fn settle(upstream: SocketAddr, within: Duration) {
-    if within.is_zero() {
-        return;
-    }
-    let Ok(conn) = TcpStream::connect(upstream).await else {
-        return;
-    };
+/// Delve took more than a second to get there (CI: `one_attach_lasts_across_saves…`).
+///
+/// The wait ends as soon as the process runs, has stopped at a breakpoint (Delve's own for an
+/// unrecovered panic included) or has exited (Delve then answers with an error). It is skipped
+/// for the Delve kdev was connected to before (`previous`, its process's PID: a dropped
+/// connection, not a reload), and under `--stop-at-start` (`within` is zero: the process never
+/// runs by itself). Returns the PID of the process Delve debugs, if it said.
+async fn settle(upstream: SocketAddr, within: Duration, previous: Option<u64>) -> Option<u64> {
+    let conn = TcpStream::connect(upstream).await.ok()?;
     let (read, write) = conn.into_split();
     let mut side = Link::new(Framing::JsonRpc, read, write);
-    let deadline = Instant::now() + within;
     let mut n = 0u64;
-    while Instant::now() < deadline {
+    let mut ask = async |method: &str, params: Value| -> Option<Value> {
         n += 1;
-        let ask = serde_json::json!({
-            "method": "RPCServer.State", "params": [{"NonBlocking": true}], "id": n,
-        });
-        if side.send(&ask).await.is_err() {
-            return;
-        }
-        let answer = tokio::time::timeout(Duration::from_secs(1), side.recv()).await;
-        match answer {
-            Ok(Some(a))
-                if a["result"]["State"]["Running"] == true
-                    || a["result"]["State"]["exited"] == true =>
-            {
-                return;
-            }
-            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-            _ => return,
-        }
+        let call = serde_json::json!({"method": method, "params": [params], "id": n});
+        side.send(&call).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(1), side.recv())
+            .await
+            .ok()
+            .flatten()
+    };
+    let pid = ask("RPCServer.ProcessPid", serde_json::json!({}))
+        .await
+        .and_then(|a| a["result"]["Pid"].as_u64());
+    if within.is_zero() || (pid.is_some() && pid == previous) {
+        return pid;
     }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let Some(a) = ask("RPCServer.State", serde_json::json!({"NonBlocking": true})).await else {
+            return pid;
+        };
+        let state = &a["result"]["State"];
+        if !a["error"].is_null()
+            || state["Running"] == true
+            || state["exited"] == true
+            || !state["currentThread"]["breakPoint"].is_null()
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::debug!(target: "kdev::debugger", "the new Delve did not run its process within {within:?}");
+    pid
 }
 
 /// Delve speaks to kdev in the client's protocol.
