@@ -7,6 +7,8 @@
 //!   next session's build. So every build records its process group in `run/build.pgid`
 //!   while it runs, and the next session kills that group at startup
 //!   ([`kill_stale_build`]).
+//! * A write of the listing's hash cache cut short (`run/.reconcile-cache.<pid>.tmp`):
+//!   [`remove_cache_temp_files`].
 
 use std::fs;
 use std::io;
@@ -109,4 +111,62 @@ pub(super) fn remove_temp_files(root: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Remove the temporary files of writes of `cache_file` that never finished
+/// (`.<name>.<pid>.tmp` beside it, as `write_atomically` names them; a killed writer leaves its
+/// one behind for good). Called with the session lock held: no other `serve` writes it now.
+pub(super) fn remove_cache_temp_files(cache_file: &Path) -> usize {
+    let (Some(dir), Some(name)) = (
+        cache_file.parent(),
+        cache_file.file_name().and_then(|n| n.to_str()),
+    ) else {
+        return 0;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for de in rd.flatten() {
+        let file_name = de.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        let ours = n
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if ours && de.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(de.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unfinished_writes_of_the_cache_file_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("reconcile-cache");
+        fs::write(&cache, "kept").unwrap();
+        for n in [".reconcile-cache.123.tmp", ".reconcile-cache.9.tmp"] {
+            fs::write(d.path().join(n), "half").unwrap();
+        }
+        let kept = [
+            ".reconcile-cache.x1.tmp",
+            ".reconcile-cache..tmp",
+            ".other.12.tmp",
+            "reconcile-cache.12.tmp",
+        ];
+        for n in kept {
+            fs::write(d.path().join(n), "not ours").unwrap();
+        }
+        assert_eq!(remove_cache_temp_files(&cache), 2);
+        assert!(cache.exists());
+        for n in kept {
+            assert!(d.path().join(n).exists(), "{n}");
+        }
+    }
 }

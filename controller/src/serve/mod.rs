@@ -370,9 +370,12 @@ pub async fn run(opts: ServeOptions) -> i32 {
 
     let cache = {
         let (file, root) = (layout.reconcile_cache_file(), root.clone());
-        tokio::task::spawn_blocking(move || kdev_protocol::hash_cache::HashCache::load(file, &root))
-            .await
-            .unwrap_or_default()
+        tokio::task::spawn_blocking(move || {
+            leftovers::remove_cache_temp_files(&file);
+            kdev_protocol::hash_cache::HashCache::load(file, &root)
+        })
+        .await
+        .unwrap_or_default()
     };
     let mut s = Session {
         root,
