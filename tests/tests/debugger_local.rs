@@ -134,6 +134,11 @@ impl App {
         }
     }
 
+    /// Where its Delve listens.
+    fn delve_addr(&self) -> Result<SocketAddr> {
+        Ok(format!("127.0.0.1:{}", self.delve_port).parse()?)
+    }
+
     fn get(&self) -> std::thread::JoinHandle<String> {
         let url = format!("http://127.0.0.1:{}/", self.port);
         std::thread::spawn(move || {
@@ -172,7 +177,7 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut app = App::new(tmp.path())?;
     app.reload("one", 0)?;
-    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let delve = app.delve_addr()?;
     let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
     let main_go = app.dir.join("main.go").display().to_string();
 
@@ -227,21 +232,45 @@ async fn a_dap_client_stays_attached_across_delves() -> Result<()> {
     .await?
 }
 
+/// Once the app answers "one": `dlv connect` through kdev's endpoint at `port`, with breakpoint 1
+/// where `msg` is printed.
+fn dlv_with_a_breakpoint(app: &App, port: u16, wait: Duration) -> Result<DlvConnect> {
+    let first = app.get().join().unwrap_or_default();
+    ensure!(first == "one", "the app answered {first:?}");
+    let mut dlv = DlvConnect::start(port)?;
+    dlv.type_line(&format!("break main.go:{}", print_line(0)))?;
+    dlv.expect("Breakpoint 1 set", wait)?;
+    Ok(dlv)
+}
+
+/// Stopped at breakpoint 1 in the new code: `msg` is "two"; the breakpoint is cleared and the
+/// request that hit it (`answer`) gets "two".
+fn sees_two_clears_and_continues(
+    dlv: &mut DlvConnect,
+    answer: std::thread::JoinHandle<String>,
+    wait: Duration,
+) -> Result<()> {
+    dlv.type_line("print msg")?;
+    dlv.expect("\"two\"", wait)
+        .context("the process ran on past the breakpoint")?;
+    dlv.type_line("clear 1")?;
+    dlv.expect("Breakpoint 1 cleared", wait)?;
+    dlv.type_line("continue")?;
+    ensure!(answer.join().unwrap_or_default() == "two");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlv_connect_keeps_its_continue_across_delves() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut app = App::new(tmp.path())?;
     app.reload("one", 0)?;
-    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let delve = app.delve_addr()?;
     let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
     let port = endpoint.port();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let first = app.get().join().unwrap_or_default();
-        ensure!(first == "one", "the app answered {first:?}");
         let wait = Duration::from_secs(30);
-        let mut dlv = DlvConnect::start(port)?;
-        dlv.type_line(&format!("break main.go:{}", print_line(0)))?;
-        dlv.expect("Breakpoint 1 set", wait)?;
+        let mut dlv = dlv_with_a_breakpoint(&app, port, wait)?;
         dlv.type_line("continue")?;
         let answer = app.get();
         dlv.expect("[Breakpoint 1] main.hello()", wait)?;
@@ -259,13 +288,7 @@ async fn dlv_connect_keeps_its_continue_across_delves() -> Result<()> {
             !hit.contains("has exited"),
             "the client saw the old process exit:\n{hit}"
         );
-        dlv.type_line("print msg")?;
-        dlv.expect("\"two\"", wait)?;
-        dlv.type_line("clear 1")?;
-        dlv.expect("Breakpoint 1 cleared", wait)?;
-        dlv.type_line("continue")?;
-        ensure!(answer.join().unwrap_or_default() == "two");
-        Ok(())
+        sees_two_clears_and_continues(&mut dlv, answer, wait)
     })
     .await?
 }
@@ -279,16 +302,12 @@ async fn a_delve_that_runs_its_process_late_keeps_the_clients_stop() -> Result<(
     let tmp = tempfile::tempdir()?;
     let mut app = App::new(tmp.path())?;
     app.reload("one", 0)?;
-    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let delve = app.delve_addr()?;
     let endpoint = kdev::testing::debug_endpoint(0, delve).await?;
     let port = endpoint.port();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let first = app.get().join().unwrap_or_default();
-        ensure!(first == "one", "the app answered {first:?}");
         let wait = Duration::from_secs(20);
-        let mut dlv = DlvConnect::start(port)?;
-        dlv.type_line(&format!("break main.go:{}", print_line(0)))?;
-        dlv.expect("Breakpoint 1 set", wait)?;
+        let mut dlv = dlv_with_a_breakpoint(&app, port, wait)?;
         dlv.type_line("continue")?;
         app.late_continue = Some(Duration::from_millis(2500));
         app.reload("two", 0)?;
@@ -297,14 +316,7 @@ async fn a_delve_that_runs_its_process_late_keeps_the_clients_stop() -> Result<(
         std::thread::sleep(Duration::from_millis(3500));
         let answer = app.get();
         dlv.expect("[Breakpoint 1] main.hello()", Duration::from_secs(60))?;
-        dlv.type_line("print msg")?;
-        dlv.expect("\"two\"", wait)
-            .context("the process ran on past the breakpoint")?;
-        dlv.type_line("clear 1")?;
-        dlv.expect("Breakpoint 1 cleared", wait)?;
-        dlv.type_line("continue")?;
-        ensure!(answer.join().unwrap_or_default() == "two");
-        Ok(())
+        sees_two_clears_and_continues(&mut dlv, answer, wait)
     })
     .await?
 }
@@ -357,7 +369,7 @@ async fn a_dropped_connection_to_the_same_delve_is_replaced_unnoticed() -> Resul
     let tmp = tempfile::tempdir()?;
     let mut app = App::new(tmp.path())?;
     app.reload("one", 0)?;
-    let delve: SocketAddr = format!("127.0.0.1:{}", app.delve_port).parse()?;
+    let delve = app.delve_addr()?;
     let relay = CuttableRelay::start(delve)?;
     let endpoint = kdev::testing::debug_endpoint(0, relay.addr).await?;
     let main_go = app.dir.join("main.go").display().to_string();
