@@ -353,7 +353,7 @@ pub(super) fn split(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -388,7 +388,9 @@ mod tests {
         assert_eq!(l.cached, 0);
     }
 
-    fn later() -> std::time::SystemTime {
+    /// A clock past [`kdev_protocol::hash_cache::SETTLE`] from now: files written now look
+    /// settled to a cache that reads it.
+    pub(in crate::serve) fn later() -> std::time::SystemTime {
         std::time::SystemTime::now()
             + kdev_protocol::hash_cache::SETTLE
             + std::time::Duration::from_secs(1)

@@ -128,10 +128,7 @@ pub(super) fn warm(
 mod tests {
     use super::*;
     use crate::serve::reconcile::list;
-
-    fn later() -> std::time::SystemTime {
-        std::time::SystemTime::now() + SETTLE + Duration::from_secs(1)
-    }
+    use crate::serve::reconcile::tests::later;
 
     /// After a warm-up, a listing reads no file the patch wrote, and lists exactly what a
     /// listing with an empty cache lists (the slow twin).
