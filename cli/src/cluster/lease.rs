@@ -399,22 +399,24 @@ impl Unheard {
     /// Say what a Lease unrenewed for `unrenewed` means, once per level of concern.
     fn say(&mut self, connected: bool, unrenewed: Duration) {
         let warning = unrenewed_warning(connected, unrenewed, self.renew_connected);
-        if warning.is_some() && warning > self.warned {
-            crate::status::write_stderr(&unrenewed_message(warning, &self.lease, unrenewed));
+        if let Some(w) = warning
+            && warning > self.warned
+        {
+            crate::status::write_stderr(&unrenewed_message(w, &self.lease, unrenewed));
             self.warned = warning;
         }
     }
 }
 
-fn unrenewed_message(warning: Option<Unrenewed>, lease: &str, unrenewed: Duration) -> String {
+fn unrenewed_message(warning: Unrenewed, lease: &str, unrenewed: Duration) -> String {
     let secs = unrenewed.as_secs();
     match warning {
-        Some(Unrenewed::TakeoverPossible) => format!(
+        Unrenewed::TakeoverPossible => format!(
             "kdev: warning: this kdev has not renewed its session Lease {lease} for {secs}s \
              and has no stream to its pod: another `kdev watch` of this workload can take the \
              session over now; this kdev stops, saying so, once it reaches the API server again\n"
         ),
-        _ => format!(
+        Unrenewed::Slow => format!(
             "kdev: warning: the session Lease {lease} could not be renewed for {secs}s (the API \
              server does not answer); still trying\n"
         ),
@@ -732,7 +734,7 @@ mod tests {
             Some(Unrenewed::TakeoverPossible)
         );
         assert!(Some(Unrenewed::TakeoverPossible) > Some(Unrenewed::Slow));
-        let m = unrenewed_message(Some(Unrenewed::TakeoverPossible), "kdev-x", s(16));
+        let m = unrenewed_message(Unrenewed::TakeoverPossible, "kdev-x", s(16));
         assert!(
             m.contains("for 16s") && m.contains("can take the session over now"),
             "{m}"
