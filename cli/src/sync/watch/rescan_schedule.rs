@@ -5,10 +5,11 @@
 //! only while kdev is idle (no reload in flight, no watcher batch for [`QUIET`]), at most every
 //! [`MIN_EVERY`], and never more often than 20 times its own duration (≤ 5 % of one core on a
 //! huge tree); once the interval has grown to [`MAX_EVERY`], 100 times (≤ 1 %: an idle kdev on
-//! a 100,000-file tree spent 2.8 % of a core on rescans every 16 s). While nothing happens the interval doubles with every rescan that finds nothing,
-//! up to [`MAX_EVERY`] (an idle kdev on 10,000 files spent 1.5 % of a core rescanning every
-//! 2 s); any activity brings it back to [`MIN_EVERY`]. What it reports is not synced at once: a save the rescan saw a few milliseconds
-//! before the watcher's batch would be counted as "missed". Its paths wait [`SETTLE`] first;
+//! a 100,000-file tree spent 2.8 % of a core on rescans every 16 s). While nothing happens the
+//! interval doubles with every rescan that finds nothing, up to [`MAX_EVERY`] (an idle kdev on
+//! 10,000 files spent 1.5 % of a core rescanning every 2 s); any activity brings it back to
+//! [`MIN_EVERY`]. What it reports is not synced at once: a save the rescan saw a few
+//! milliseconds before the watcher's batch would be counted as "missed". Its paths wait [`SETTLE`] first;
 //! whatever the watcher delivered meanwhile is synced by then and compares equal, so only what
 //! the watcher truly missed is left to sync and report.
 
